@@ -1,0 +1,77 @@
+//! The admin listener: liveness, readiness and metrics, kept off the license listener so they
+//! can be firewalled apart from what players reach.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, header};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::problem::Problem;
+use crate::server::State;
+
+pub struct AdminApp {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let request = session.req_header();
+        if request.method != Method::GET && request.method != Method::HEAD {
+            return problem(&Problem::method_not_allowed());
+        }
+        match request.uri.path() {
+            "/healthz" => json_response(200, json!({"status": "alive"})),
+            "/readyz" => self.readiness(),
+            "/metrics" => Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
+                .body(self.state.metrics.render())
+                .expect("valid response"),
+            _ => problem(&Problem::not_found()),
+        }
+    }
+}
+
+impl AdminApp {
+    /// Ready once every vendor that serves a route has at least one healthy endpoint.
+    fn readiness(&self) -> Response<Vec<u8>> {
+        let vendors: serde_json::Map<String, serde_json::Value> = self
+            .state
+            .routed_upstreams()
+            .map(|upstream| {
+                (
+                    upstream.vendor.name.clone(),
+                    json!(upstream.healthy_endpoints()),
+                )
+            })
+            .collect();
+        let ready = vendors.values().all(|healthy| healthy.as_u64() > Some(0));
+        json_response(
+            if ready { 200 } else { 503 },
+            json!({"ready": ready, "healthy_endpoints": vendors}),
+        )
+    }
+}
+
+fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.to_string().into_bytes())
+        .expect("valid response")
+}
+
+fn problem(problem: &Problem) -> Response<Vec<u8>> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    Response::builder()
+        .status(problem.status)
+        .header(header::CONTENT_TYPE, crate::problem::CONTENT_TYPE)
+        .header(crate::pipeline::REQUEST_ID, request_id.as_str())
+        .body(problem.to_body(&request_id).to_vec())
+        .expect("valid response")
+}

@@ -1,0 +1,32 @@
+//! The vendor simulator's command line; the server itself lives in `licensegate::sim`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use licensegate::sim::{self, Faults};
+
+#[derive(Parser)]
+#[command(name = "licensegate-sim", version, about = "License server simulator")]
+struct Cli {
+    /// Address to listen on (HTTP/1.1 and h2c on the same port).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Worker threads; defaults to the number of cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    faults: Faults,
+}
+
+fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(threads);
+    }
+    runtime.enable_all().build()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+        println!("licensegate-sim listening on {}", listener.local_addr()?);
+        sim::serve(listener, cli.faults).await
+    })
+}

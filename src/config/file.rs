@@ -1,0 +1,179 @@
+//! The TOML file's shape, exactly as operators write it. Unknown keys are errors so a typo
+//! never silently falls back to a default.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::drm::Drm;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub cors: Cors,
+    #[serde(default)]
+    pub vendors: BTreeMap<String, Vendor>,
+    #[serde(default)]
+    pub routes: BTreeMap<Drm, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    pub license: String,
+    pub admin: String,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+    pub upstream_idle_timeout_seconds: u64,
+    pub max_challenge_bytes: usize,
+    pub challenge_read_timeout_ms: u64,
+    pub service_certificate_ttl_seconds: u64,
+    pub log_format: LogFormat,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 10,
+            upstream_keepalive_pool_size: 128,
+            upstream_idle_timeout_seconds: 60,
+            max_challenge_bytes: 64 * 1024,
+            challenge_read_timeout_ms: 10_000,
+            service_certificate_ttl_seconds: 3600,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_seconds: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            allowed_origins: vec!["*".into()],
+            allowed_headers: [
+                "Authorization",
+                "Content-Type",
+                "X-Content-Id",
+                "SOAPAction",
+                "X-Request-Id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            expose_headers: Vec::new(),
+            max_age_seconds: 600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vendor {
+    pub kind: VendorKind,
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: usize,
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    #[serde(default = "default_health_check_seconds")]
+    pub health_check_interval_seconds: u64,
+    #[serde(default = "default_dns_refresh_seconds")]
+    pub dns_refresh_seconds: u64,
+    /// The response header in which this vendor explains a refusal.
+    pub error_header: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_streams() -> usize {
+    100
+}
+fn default_retries() -> usize {
+    2
+}
+fn default_health_check_seconds() -> u64 {
+    5
+}
+fn default_dns_refresh_seconds() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VendorKind {
+    /// Forwards the challenge as-is with no vendor authorization.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Protocol {
+    /// HTTP/2 only: ALPN h2 over TLS, prior knowledge (h2c) over plain http.
+    #[default]
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/2 when the vendor's TLS endpoint offers it, else HTTP/1.1.
+    #[serde(rename = "h2-or-h1")]
+    H2OrH1,
+    #[serde(rename = "h1")]
+    H1,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    pub read_ms: u64,
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 1000,
+            read_ms: 5000,
+            total_ms: 10000,
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! Configuration in layers: the TOML file's shape (`file`), environment substitution (`env`),
+//! and the validated internal [`Config`] that the rest of licensegate sees. Every error names
+//! the key path it is about.
+
+mod env;
+mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::drm::Drm;
+pub use file::{LogFormat, Protocol, VendorKind};
+
+/// The largest challenge Pingora's retry buffer holds whole; beyond it a retry would send a
+/// truncated body, so licensegate refuses such bodies instead.
+pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug)]
+pub struct Config {
+    pub license_listener: SocketAddr,
+    pub admin_listener: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub server: ServerSettings,
+    pub cors: CorsSettings,
+    pub vendors: BTreeMap<String, Arc<VendorConfig>>,
+    pub routes: BTreeMap<Drm, Arc<VendorConfig>>,
+}
+
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+    pub upstream_idle_timeout: Duration,
+    pub max_challenge_bytes: usize,
+    /// How long a player may take to send its challenge once the headers arrived.
+    pub challenge_read_timeout: Duration,
+    pub service_certificate_ttl: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug)]
+pub struct CorsSettings {
+    pub any_origin: bool,
+    pub origins: Vec<String>,
+    /// Pre-joined header values: they are sent on every answer.
+    pub allowed_headers: String,
+    pub expose_headers: String,
+    pub max_age_seconds: u64,
+}
+
+#[derive(Debug)]
+pub struct VendorConfig {
+    pub name: String,
+    pub kind: VendorKind,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub protocol: Protocol,
+    pub tls_verify: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub total_timeout: Duration,
+    pub max_concurrent_streams: usize,
+    pub retries: usize,
+    pub health_check_interval: Duration,
+    pub dns_refresh: Duration,
+    pub error_header: Option<HeaderName>,
+}
+
+/// One license URL of a vendor, taken apart once at start so requests only copy pieces.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as the `Host` header / `:authority` carries it.
+    pub authority: String,
+    pub path_and_query: String,
+}
+
+impl Config {
+    /// Reads, substitutes and validates the file at `path` against the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    pub fn parse(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError::new("(syntax)", e.message().to_string()))?;
+        env::substitute(&mut tree, "", lookup)?;
+        let file: file::FileConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::new(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                e.into_inner().message().to_string(),
+            )
+        })?;
+        validate(file)
+    }
+}
+
+fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
+    let license_listener = socket_addr("listeners.license", &file.listeners.license)?;
+    let admin_listener = socket_addr("listeners.admin", &file.listeners.admin)?;
+    if license_listener == admin_listener {
+        return Err(ConfigError::new(
+            "listeners.admin",
+            "must differ from listeners.license",
+        ));
+    }
+    let tls = file
+        .listeners
+        .tls
+        .map(|tls| {
+            for (key, value) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !Path::new(value).is_file() {
+                    return Err(ConfigError::new(
+                        format!("listeners.tls.{key}"),
+                        format!("no file at '{value}'"),
+                    ));
+                }
+            }
+            Ok(TlsFiles {
+                cert: tls.cert.into(),
+                key: tls.key.into(),
+            })
+        })
+        .transpose()?;
+
+    let server = validate_server(file.server)?;
+
+    let mut vendors = BTreeMap::new();
+    for (name, vendor) in file.vendors {
+        let checked = validate_vendor(&name, vendor)?;
+        vendors.insert(name, Arc::new(checked));
+    }
+
+    let mut routes = BTreeMap::new();
+    for (drm, vendor_name) in file.routes {
+        let Some(vendor) = vendors.get(&vendor_name) else {
+            return Err(ConfigError::new(
+                format!("routes.{drm}"),
+                format!("no vendor named '{vendor_name}' under [vendors]"),
+            ));
+        };
+        routes.insert(drm, vendor.clone());
+    }
+    if routes.is_empty() {
+        return Err(ConfigError::new(
+            "routes",
+            "route at least one DRM to a vendor",
+        ));
+    }
+
+    let cors = validate_cors(file.cors, vendors.values())?;
+    Ok(Config {
+        license_listener,
+        admin_listener,
+        tls,
+        server,
+        cors,
+        vendors,
+        routes,
+    })
+}
+
+fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> {
+    if server.threads == 0 {
+        return Err(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    if server.max_challenge_bytes == 0 || server.max_challenge_bytes > RETRY_BUFFER_BYTES {
+        return Err(ConfigError::new(
+            "server.max_challenge_bytes",
+            format!("must be between 1 and {RETRY_BUFFER_BYTES}"),
+        ));
+    }
+    if server.challenge_read_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "server.challenge_read_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    if server.upstream_keepalive_pool_size == 0 {
+        return Err(ConfigError::new(
+            "server.upstream_keepalive_pool_size",
+            "must be at least 1",
+        ));
+    }
+    if server.upstream_idle_timeout_seconds == 0 {
+        return Err(ConfigError::new(
+            "server.upstream_idle_timeout_seconds",
+            "must be at least 1 (0 would disable connection reuse)",
+        ));
+    }
+    Ok(ServerSettings {
+        threads: server.threads,
+        grace_period_seconds: server.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: server.graceful_shutdown_timeout_seconds,
+        upstream_keepalive_pool_size: server.upstream_keepalive_pool_size,
+        upstream_idle_timeout: Duration::from_secs(server.upstream_idle_timeout_seconds),
+        max_challenge_bytes: server.max_challenge_bytes,
+        challenge_read_timeout: Duration::from_millis(server.challenge_read_timeout_ms),
+        service_certificate_ttl: Duration::from_secs(server.service_certificate_ttl_seconds),
+        log_format: server.log_format,
+    })
+}
+
+fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, ConfigError> {
+    let key = |field: &str| format!("vendors.{name}.{field}");
+    if vendor.endpoints.is_empty() {
+        return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
+    }
+    let mut endpoints = Vec::with_capacity(vendor.endpoints.len());
+    for (index, url) in vendor.endpoints.iter().enumerate() {
+        let endpoint = parse_endpoint(url)
+            .map_err(|reason| ConfigError::new(format!("{}[{index}]", key("endpoints")), reason))?;
+        if endpoints
+            .iter()
+            .any(|e: &Arc<Endpoint>| e.host == endpoint.host && e.port == endpoint.port)
+        {
+            return Err(ConfigError::new(
+                format!("{}[{index}]", key("endpoints")),
+                "another endpoint already uses this host and port",
+            ));
+        }
+        endpoints.push(Arc::new(endpoint));
+    }
+    let plain_http_fallback =
+        vendor.protocol == Protocol::H2OrH1 && endpoints.iter().any(|e| !e.tls);
+    if plain_http_fallback {
+        return Err(ConfigError::new(
+            key("protocol"),
+            "h2-or-h1 needs https endpoints (ALPN); use h2 (prior knowledge) or h1 for http://",
+        ));
+    }
+    let timeouts = &vendor.timeouts;
+    for (field, value) in [
+        ("timeouts.connect_ms", timeouts.connect_ms),
+        ("timeouts.read_ms", timeouts.read_ms),
+        ("timeouts.total_ms", timeouts.total_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key(field), "must be at least 1"));
+        }
+    }
+    if timeouts.total_ms < timeouts.connect_ms {
+        return Err(ConfigError::new(
+            key("timeouts.total_ms"),
+            "must be at least timeouts.connect_ms",
+        ));
+    }
+    if !(1..=1000).contains(&vendor.max_concurrent_streams) {
+        return Err(ConfigError::new(
+            key("max_concurrent_streams"),
+            "must be between 1 and 1000",
+        ));
+    }
+    if vendor.retries > 10 {
+        return Err(ConfigError::new(key("retries"), "must be at most 10"));
+    }
+    if vendor.health_check_interval_seconds == 0 {
+        return Err(ConfigError::new(
+            key("health_check_interval_seconds"),
+            "must be at least 1",
+        ));
+    }
+    if vendor.dns_refresh_seconds == 0 {
+        return Err(ConfigError::new(
+            key("dns_refresh_seconds"),
+            "must be at least 1",
+        ));
+    }
+    let error_header = vendor
+        .error_header
+        .map(|header| {
+            HeaderName::try_from(header.as_str())
+                .map_err(|_| ConfigError::new(key("error_header"), "not a valid header name"))
+        })
+        .transpose()?;
+    Ok(VendorConfig {
+        name: name.to_string(),
+        kind: vendor.kind,
+        endpoints,
+        protocol: vendor.protocol,
+        tls_verify: vendor.tls_verify,
+        connect_timeout: Duration::from_millis(timeouts.connect_ms),
+        read_timeout: Duration::from_millis(timeouts.read_ms),
+        total_timeout: Duration::from_millis(timeouts.total_ms),
+        max_concurrent_streams: vendor.max_concurrent_streams,
+        retries: vendor.retries,
+        health_check_interval: Duration::from_secs(vendor.health_check_interval_seconds),
+        dns_refresh: Duration::from_secs(vendor.dns_refresh_seconds),
+        error_header,
+    })
+}
+
+fn validate_cors<'a>(
+    cors: file::Cors,
+    vendors: impl Iterator<Item = &'a Arc<VendorConfig>>,
+) -> Result<CorsSettings, ConfigError> {
+    let any_origin = cors.allowed_origins.iter().any(|o| o == "*");
+    for (index, origin) in cors.allowed_origins.iter().enumerate() {
+        if origin != "*" && !is_origin(origin) {
+            return Err(ConfigError::new(
+                format!("cors.allowed_origins[{index}]"),
+                format!("'{origin}' is not an origin (scheme://host[:port], no path)"),
+            ));
+        }
+    }
+    for (field, names) in [
+        ("allowed_headers", &cors.allowed_headers),
+        ("expose_headers", &cors.expose_headers),
+    ] {
+        for (index, name) in names.iter().enumerate() {
+            if HeaderName::try_from(name.as_str()).is_err() {
+                return Err(ConfigError::new(
+                    format!("cors.{field}[{index}]"),
+                    format!("'{name}' is not a header name"),
+                ));
+            }
+        }
+    }
+    // Players read the request id and the vendors' refusal reasons, so those are always exposed.
+    let mut expose: Vec<String> = vec!["X-Request-Id".into()];
+    expose.extend(vendors.filter_map(|v| v.error_header.as_ref().map(|h| h.to_string())));
+    expose.extend(cors.expose_headers);
+    expose.sort_by_key(|h| h.to_ascii_lowercase());
+    expose.dedup_by_key(|h| h.to_ascii_lowercase());
+    Ok(CorsSettings {
+        any_origin,
+        origins: cors.allowed_origins,
+        allowed_headers: cors.allowed_headers.join(", "),
+        expose_headers: expose.join(", "),
+        max_age_seconds: cors.max_age_seconds,
+    })
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("'{value}' is not an ip:port address")))
+}
+
+fn is_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.host().is_some()
+            && url.path() == "/"
+            && !origin.ends_with('/')
+            && url.query().is_none()
+    })
+}
+
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    let tls = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => return Err(format!("scheme '{other}' is not http or https")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials do not belong in an endpoint URL".into());
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(domain)) => domain.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(format!("'{text}' has no host")),
+    };
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let host_for_header = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = match url.port() {
+        Some(port) => format!("{host_for_header}:{port}"),
+        None => host_for_header,
+    };
+    let path_and_query = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    Ok(Endpoint {
+        tls,
+        host,
+        port,
+        authority,
+        path_and_query,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listeners]
+        license = "127.0.0.1:8080"
+        admin = "127.0.0.1:9090"
+        [vendors.sim]
+        kind = "passthrough"
+        endpoints = ["http://127.0.0.1:8090/AcquireLicense"]
+        error_header = "X-AxDRM-ErrorMessage"
+        [routes]
+        widevine = "sim"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &|_| None)
+    }
+
+    #[test]
+    fn minimal_file_gets_production_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        let vendor = &config.routes[&Drm::Widevine];
+        assert_eq!(vendor.max_concurrent_streams, 100);
+        assert_eq!(vendor.protocol, Protocol::H2);
+        assert_eq!(config.server.max_challenge_bytes, 65536);
+        let endpoint = &vendor.endpoints[0];
+        assert_eq!(endpoint.authority, "127.0.0.1:8090");
+        assert_eq!(endpoint.path_and_query, "/AcquireLicense");
+        assert!(!endpoint.tls);
+        let exposed = config.cors.expose_headers.to_ascii_lowercase();
+        assert!(exposed.contains("x-axdrm-errormessage"), "{exposed}");
+        assert!(config.cors.expose_headers.contains("X-Request-Id"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = parse(&MINIMAL.replace("kind = ", "knd = \"x\"\nkind = ")).unwrap_err();
+        assert_eq!(err.key, "vendors.sim.knd");
+        assert!(err.reason.contains("knd"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_full_key_path() {
+        let text = format!("{MINIMAL}\n[vendors.sim.timeouts]\nread_ms = \"soon\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "vendors.sim.timeouts.read_ms", "{err}");
+    }
+
+    #[test]
+    fn route_to_a_missing_vendor_is_refused() {
+        let err =
+            parse(&MINIMAL.replace("widevine = \"sim\"", "playready = \"axinom\"")).unwrap_err();
+        assert_eq!(err.key, "routes.playready");
+    }
+
+    #[test]
+    fn unknown_drm_in_routes_is_refused() {
+        let err = parse(&MINIMAL.replace("widevine = \"sim\"", "primetime = \"sim\"")).unwrap_err();
+        assert!(err.key.starts_with("routes"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let cases = [
+            ("\"127.0.0.1:9090\"", "\"localhost\"", "listeners.admin"),
+            (
+                "\"http://127.0.0.1:8090/AcquireLicense\"",
+                "\"ftp://x/\"",
+                "vendors.sim.endpoints[0]",
+            ),
+            (
+                "error_header = \"X-AxDRM-ErrorMessage\"",
+                "retries = 99",
+                "vendors.sim.retries",
+            ),
+            (
+                "error_header = \"X-AxDRM-ErrorMessage\"",
+                "error_header = \"bad header\"",
+                "vendors.sim.error_header",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let err = parse(&MINIMAL.replace(from, to)).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn challenge_limit_cannot_exceed_the_retry_buffer() {
+        let err = parse(&format!("{MINIMAL}\n[server]\nmax_challenge_bytes = 70000")).unwrap_err();
+        assert_eq!(err.key, "server.max_challenge_bytes");
+    }
+
+    #[test]
+    fn endpoints_keep_query_and_bracket_ipv6() {
+        let endpoint = parse_endpoint("https://[::1]:8443/rights/?token=a").unwrap();
+        assert_eq!(endpoint.authority, "[::1]:8443");
+        assert_eq!(endpoint.path_and_query, "/rights/?token=a");
+        assert_eq!(endpoint.port, 8443);
+        let endpoint = parse_endpoint("https://drm.example.com/AcquireLicense").unwrap();
+        assert_eq!(
+            (endpoint.port, endpoint.authority.as_str()),
+            (443, "drm.example.com")
+        );
+    }
+
+    #[test]
+    fn origins_are_validated() {
+        assert!(is_origin("https://player.example.com"));
+        assert!(is_origin("http://localhost:3000"));
+        assert!(!is_origin("https://player.example.com/"));
+        assert!(!is_origin("https://player.example.com/app"));
+        assert!(!is_origin("player.example.com"));
+    }
+}

@@ -1,0 +1,143 @@
+//! CORS for browser players: every answer, errors included, carries the headers a player needs
+//! to read it, or the browser hides our problem JSON behind an opaque network error.
+
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+
+use crate::config::CorsSettings;
+
+/// What the request said about its origin, worked out once in the request phase.
+#[derive(Debug, Default, Clone)]
+pub enum Origin {
+    /// No `Origin` header: not a cross-origin browser request.
+    #[default]
+    Absent,
+    Allowed(HeaderValue),
+    Refused,
+}
+
+impl Origin {
+    pub fn of(settings: &CorsSettings, origin: Option<&HeaderValue>) -> Self {
+        let Some(origin) = origin else {
+            return Origin::Absent;
+        };
+        let allowed = settings.any_origin
+            || origin.to_str().is_ok_and(|text| {
+                settings
+                    .origins
+                    .iter()
+                    .any(|o| o.eq_ignore_ascii_case(text))
+            });
+        if allowed {
+            Origin::Allowed(origin.clone())
+        } else {
+            Origin::Refused
+        }
+    }
+}
+
+/// Adds the headers of an actual (non-preflight) answer.
+pub fn decorate(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
+    // Answers differ by Origin, so shared caches must key on it.
+    append(response, "Vary", "Origin");
+    if let Origin::Allowed(origin) = origin {
+        insert_value(response, "Access-Control-Allow-Origin", origin.clone());
+        insert(
+            response,
+            "Access-Control-Expose-Headers",
+            &settings.expose_headers,
+        );
+    }
+}
+
+/// Adds the headers of a preflight answer on top of [`decorate`].
+pub fn decorate_preflight(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
+    decorate(settings, origin, response);
+    if matches!(origin, Origin::Allowed(_)) {
+        insert(
+            response,
+            "Access-Control-Allow-Methods",
+            "POST, GET, OPTIONS",
+        );
+        insert(
+            response,
+            "Access-Control-Allow-Headers",
+            &settings.allowed_headers,
+        );
+        insert(
+            response,
+            "Access-Control-Max-Age",
+            &settings.max_age_seconds.to_string(),
+        );
+    }
+}
+
+fn insert(response: &mut ResponseHeader, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        insert_value(response, name, value);
+    }
+}
+
+fn insert_value(response: &mut ResponseHeader, name: &'static str, value: HeaderValue) {
+    response
+        .insert_header(name, value)
+        .expect("static header name is valid");
+}
+
+fn append(response: &mut ResponseHeader, name: &'static str, value: &'static str) {
+    response
+        .append_header(name, value)
+        .expect("static header name is valid");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(origins: &[&str]) -> CorsSettings {
+        CorsSettings {
+            any_origin: origins.contains(&"*"),
+            origins: origins.iter().map(|o| o.to_string()).collect(),
+            allowed_headers: "Authorization, Content-Type".into(),
+            expose_headers: "X-Request-Id".into(),
+            max_age_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn listed_origin_is_echoed_and_others_refused() {
+        let settings = settings(&["https://player.example"]);
+        let good = HeaderValue::from_static("https://player.example");
+        let bad = HeaderValue::from_static("https://evil.example");
+        assert!(matches!(
+            Origin::of(&settings, Some(&good)),
+            Origin::Allowed(_)
+        ));
+        assert!(matches!(Origin::of(&settings, Some(&bad)), Origin::Refused));
+        assert!(matches!(Origin::of(&settings, None), Origin::Absent));
+    }
+
+    #[test]
+    fn preflight_carries_methods_headers_and_max_age() {
+        let settings = settings(&["*"]);
+        let origin = Origin::of(
+            &settings,
+            Some(&HeaderValue::from_static("https://a.example")),
+        );
+        let mut response = ResponseHeader::build(204, None).unwrap();
+        decorate_preflight(&settings, &origin, &mut response);
+        let header = |name: &str| {
+            response
+                .headers
+                .get(name)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(header("Access-Control-Allow-Origin"), "https://a.example");
+        assert_eq!(header("Access-Control-Max-Age"), "60");
+        assert_eq!(header("Access-Control-Expose-Headers"), "X-Request-Id");
+        assert!(header("Access-Control-Allow-Methods").contains("POST"));
+    }
+}

@@ -1,0 +1,17 @@
+//! licensegate: a DRM license acquisition proxy on Pingora.
+//!
+//! The request pipeline reads top to bottom in [`pipeline`]; [`proxy`] wires it into Pingora's
+//! hooks and [`server`] assembles listeners and background services from the [`config`].
+
+pub mod admin;
+pub mod config;
+pub mod cors;
+pub mod drm;
+pub mod metrics;
+pub mod pipeline;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+pub mod service_certificate;
+pub mod sim;
+pub mod upstream;

@@ -1,0 +1,581 @@
+//! One license request, phase by phase, top to bottom:
+//!
+//! route -> read challenge -> resolve vendor -> (service certificate from memory) -> forward
+//! (choose endpoint, build upstream request, retry policy) -> inspect response -> answer -> record.
+//!
+//! The Pingora hooks in `proxy.rs` only call these phases; what a phase learns lives in
+//! [`RequestCtx`], the pipeline's memory.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, header};
+use pingora::prelude::{HttpPeer, RequestHeader, Session};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::Endpoint;
+use crate::cors::{self, Origin};
+use crate::drm::{Drm, PLAYREADY_SOAP_ACTION};
+use crate::metrics::InFlight;
+use crate::problem::{self, Problem};
+use crate::server::State;
+use crate::service_certificate::{Certificate, Filler, Lookup};
+use crate::upstream::Upstream;
+
+pub const REQUEST_ID: &str = "X-Request-Id";
+const CONTENT_ID_HEADER: &str = "X-Content-Id";
+const MAX_CONTENT_ID_LEN: usize = 256;
+/// A vendor's refusal reason is logged, and a runaway one must not flood the log line.
+const MAX_REASON_LEN: usize = 256;
+
+/// What the pipeline knows about one request.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub origin: Origin,
+    pub drm: Option<Drm>,
+    pub upstream: Option<Arc<Upstream>>,
+    pub content_id: Option<String>,
+    pub challenge_len: usize,
+    /// What the answer was, as a stable word for logs and the outcome label.
+    pub outcome: &'static str,
+    pub status: u16,
+    pub forward: Forwarding,
+    pub service_certificate: Option<Filler>,
+    /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
+    /// answers with it.
+    pub pending_problem: Option<Problem>,
+    _in_flight: Option<InFlight>,
+}
+
+/// The upstream leg: attempts, timings and what the vendor said.
+#[derive(Default)]
+pub struct Forwarding {
+    pub tried: Vec<SocketAddr>,
+    pub started: Option<Instant>,
+    pub finished: Option<Instant>,
+    pub endpoint: Option<Arc<Endpoint>>,
+    pub status: Option<u16>,
+    pub vendor_reason: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            started: Instant::now(),
+            origin: Origin::Absent,
+            drm: None,
+            upstream: None,
+            content_id: None,
+            challenge_len: 0,
+            outcome: "ok",
+            status: 0,
+            forward: Forwarding::default(),
+            service_certificate: None,
+            pending_problem: None,
+            _in_flight: None,
+        }
+    }
+
+    pub fn vendor_name(&self) -> &str {
+        self.upstream
+            .as_ref()
+            .map_or("-", |u| u.vendor.name.as_str())
+    }
+
+    pub fn drm_name(&self) -> &'static str {
+        self.drm.map_or("-", Drm::as_str)
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What licensegate answers itself, without a vendor.
+pub struct LocalAnswer {
+    pub status: u16,
+    pub outcome: &'static str,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    pub preflight: bool,
+}
+
+impl LocalAnswer {
+    fn problem(problem: &Problem, request_id: &str) -> Self {
+        Self {
+            status: problem.status,
+            outcome: problem.code,
+            content_type: Some(HeaderValue::from_static(problem::CONTENT_TYPE)),
+            body: problem.to_body(request_id),
+            preflight: false,
+        }
+    }
+
+    fn certificate(certificate: Certificate) -> Self {
+        Self {
+            status: 200,
+            outcome: "service_certificate_cached",
+            content_type: certificate.content_type,
+            body: certificate.body,
+            preflight: false,
+        }
+    }
+}
+
+pub enum Admission {
+    Forward,
+    Answer(LocalAnswer),
+}
+
+enum Route {
+    License(Drm),
+    Preflight,
+}
+
+/// Phase 1: which endpoint of our API this is.
+fn route(method: &Method, path: &str) -> Result<Route, Problem> {
+    let Some(drm_name) = path.strip_prefix("/v1/license/") else {
+        return Err(Problem::not_found());
+    };
+    let drm = drm_name
+        .parse::<Drm>()
+        .map_err(|()| Problem::unknown_drm(drm_name))?;
+    match *method {
+        Method::POST => Ok(Route::License(drm)),
+        Method::OPTIONS => Ok(Route::Preflight),
+        _ => Err(Problem::method_not_allowed()),
+    }
+}
+
+/// Phases up to the forward: route, read the challenge, resolve the vendor, and answer from
+/// memory where we can. `Forward` leaves everything the forward needs in `ctx`.
+pub async fn admit(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admission, Problem> {
+    ctx._in_flight = Some(InFlight::enter(&state.metrics.in_flight));
+    let request = session.req_header();
+    ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
+    let drm = match route(&request.method, request.uri.path())? {
+        Route::Preflight => return preflight(ctx),
+        Route::License(drm) => drm,
+    };
+    ctx.drm = Some(drm);
+    let upstream = state
+        .upstreams
+        .get(&drm)
+        .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
+        .clone();
+    ctx.upstream = Some(upstream.clone());
+
+    let challenge = read_challenge(session, &state.config.server).await?;
+    ctx.challenge_len = challenge.len();
+    if drm.is_service_certificate_request(&challenge) {
+        let cache = &state.metrics.service_certificate_cache;
+        return match state
+            .service_certificates
+            .lookup(&upstream.vendor.name)
+            .await
+        {
+            Lookup::Hit(certificate) => {
+                cache.with_label_values(&["hit"]).inc();
+                Ok(Admission::Answer(LocalAnswer::certificate(certificate)))
+            }
+            Lookup::Miss(filler) => {
+                cache.with_label_values(&["miss"]).inc();
+                ctx.service_certificate = Some(filler);
+                Ok(Admission::Forward)
+            }
+        };
+    }
+    ctx.content_id = Some(content_id(session.req_header())?);
+    Ok(Admission::Forward)
+}
+
+fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
+    if matches!(ctx.origin, Origin::Refused) {
+        return Err(Problem::origin_not_allowed());
+    }
+    Ok(Admission::Answer(LocalAnswer {
+        status: 204,
+        outcome: "preflight",
+        content_type: None,
+        body: Bytes::new(),
+        preflight: true,
+    }))
+}
+
+/// Reads the whole challenge into Pingora's retry buffer, so that every attempt, retries
+/// included, sends it unchanged.
+async fn read_challenge(
+    session: &mut Session,
+    server: &crate::config::ServerSettings,
+) -> Result<Bytes, Problem> {
+    let limit = server.max_challenge_bytes;
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Problem::body_too_large(limit));
+    }
+    session.enable_retry_buffering();
+    let read = async {
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+        while let Some(chunk) = session.read_request_body().await.map_err(|e| {
+            Problem::new(400, "challenge_unreadable", "Challenge could not be read")
+                .with_detail(e.etype().as_str())
+        })? {
+            if body.len() + chunk.len() > limit {
+                return Err(Problem::body_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    let body = tokio::time::timeout(server.challenge_read_timeout, read)
+        .await
+        .map_err(|_| Problem::new(408, "challenge_timeout", "Challenge not received in time"))??;
+    if body.is_empty() {
+        return Err(Problem::body_empty());
+    }
+    Ok(body)
+}
+
+fn content_id(request: &RequestHeader) -> Result<String, Problem> {
+    let from_query = request.uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "content")
+            .map(|(_, value)| value.into_owned())
+    });
+    let id = match from_query {
+        Some(id) => id,
+        None => match request.headers.get(CONTENT_ID_HEADER) {
+            Some(value) => value
+                .to_str()
+                .map_err(|_| Problem::content_id_invalid())?
+                .to_string(),
+            None => return Err(Problem::content_id_missing()),
+        },
+    };
+    let well_formed = !id.is_empty()
+        && id.len() <= MAX_CONTENT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
+    if well_formed {
+        Ok(id)
+    } else {
+        Err(Problem::content_id_invalid())
+    }
+}
+
+/// Phase "forward", each attempt: the next endpoint, with what is left of the total budget as
+/// its read timeout.
+pub fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+    let upstream = ctx
+        .upstream
+        .clone()
+        .expect("only admitted requests are forwarded");
+    let now = Instant::now();
+    let started = *ctx.forward.started.get_or_insert(now);
+    let remaining = upstream.vendor.total_timeout.saturating_sub(now - started);
+    if remaining.is_zero() {
+        return Err(Problem::upstream_timeout(format!(
+            "{} did not answer within {} ms",
+            upstream.vendor.name,
+            upstream.vendor.total_timeout.as_millis()
+        )));
+    }
+    let Some(target) = upstream.select(&ctx.forward.tried) else {
+        return Err(Problem::upstream_unavailable(format!(
+            "{} has no healthy endpoint",
+            upstream.vendor.name
+        )));
+    };
+    let peer = upstream.peer(&target, remaining.min(upstream.vendor.read_timeout));
+    ctx.forward.tried.push(target.addr);
+    ctx.forward.endpoint = Some(target.endpoint);
+    Ok(peer)
+}
+
+/// The request the vendor sees: our path and host, the DRM's content type, and only the
+/// headers we decide on. The player's credentials and hop-by-hop headers never leave.
+pub fn upstream_request(
+    ctx: &RequestCtx,
+    downstream: &RequestHeader,
+    client_ip: Option<IpAddr>,
+) -> pingora::Result<RequestHeader> {
+    let drm = ctx.drm.expect("only admitted requests are forwarded");
+    let endpoint = ctx
+        .forward
+        .endpoint
+        .as_ref()
+        .expect("an endpoint is chosen before the request is built");
+    let mut request =
+        RequestHeader::build_no_case(Method::POST, endpoint.path_and_query.as_bytes(), Some(8))?;
+    request.insert_header(header::HOST, endpoint.authority.as_str())?;
+    request.insert_header(header::CONTENT_TYPE, drm.upstream_content_type())?;
+    request.insert_header(header::CONTENT_LENGTH, ctx.challenge_len.to_string())?;
+    if drm == Drm::PlayReady {
+        let action = downstream
+            .headers
+            .get("SOAPAction")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(PLAYREADY_SOAP_ACTION));
+        request.insert_header("SOAPAction", action)?;
+    }
+    if let Some(ip) = client_ip {
+        let forwarded_for = match downstream.headers.get("X-Forwarded-For") {
+            Some(earlier) => format!("{}, {ip}", String::from_utf8_lossy(earlier.as_bytes())),
+            None => ip.to_string(),
+        };
+        request.insert_header("X-Forwarded-For", forwarded_for)?;
+    }
+    request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    Ok(request)
+}
+
+/// Whether a failed attempt may be tried again: within the vendor's retry count and total
+/// budget, and only while nothing of the answer has reached the player.
+pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
+    let Some(upstream) = &ctx.upstream else {
+        return false;
+    };
+    let within_budget = ctx
+        .forward
+        .started
+        .is_some_and(|started| started.elapsed() < upstream.vendor.total_timeout);
+    ctx.forward.tried.len() <= upstream.vendor.retries
+        && within_budget
+        && session.response_written().is_none()
+}
+
+/// Phase "inspect response": note what the vendor said; the answer itself passes unchanged.
+pub fn inspect_response(ctx: &mut RequestCtx, status: u16, headers: &http::HeaderMap) {
+    ctx.forward.status = Some(status);
+    ctx.status = status;
+    if !(200..300).contains(&status) {
+        ctx.outcome = "vendor_refused";
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .expect("forwarded requests have a vendor");
+        ctx.forward.vendor_reason = upstream
+            .vendor
+            .error_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .map(|value| {
+                let mut reason = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                reason.truncate(MAX_REASON_LEN);
+                reason
+            });
+    }
+    if let Some(filler) = ctx.service_certificate.as_mut() {
+        filler.response_header(status, headers.get(header::CONTENT_TYPE));
+    }
+}
+
+/// What the player is told when the vendor could not be reached or did not answer in time.
+pub fn classify_failure(error: &Error) -> Problem {
+    use ErrorType::*;
+    let detail = error.etype().as_str();
+    match error.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Problem::upstream_timeout(detail)
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | BindError | SocketError => {
+            Problem::upstream_unavailable(detail)
+        }
+        _ if *error.esource() == ErrorSource::Upstream => Problem::upstream_error(detail),
+        _ => Problem::internal(),
+    }
+}
+
+/// Phase "answer" for everything licensegate says itself: CORS, request id, problem JSON.
+pub async fn answer(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: LocalAnswer,
+) -> pingora::Result<()> {
+    let mut response = pingora::http::ResponseHeader::build(answer.status, Some(8))?;
+    if let Some(content_type) = &answer.content_type {
+        response.insert_header(header::CONTENT_TYPE, content_type)?;
+    }
+    response.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
+    response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if answer.status == 405 {
+        response.insert_header(header::ALLOW, "POST, OPTIONS")?;
+    }
+    if answer.preflight {
+        cors::decorate_preflight(&state.config.cors, &ctx.origin, &mut response);
+    } else {
+        cors::decorate(&state.config.cors, &ctx.origin, &mut response);
+    }
+    // A body we did not read would be taken for the next request on this connection.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    ctx.status = answer.status;
+    ctx.outcome = answer.outcome;
+    let empty = answer.body.is_empty();
+    session
+        .write_response_header(Box::new(response), empty)
+        .await?;
+    if !empty {
+        session.write_response_body(Some(answer.body), true).await?;
+    }
+    Ok(())
+}
+
+pub fn problem_answer(problem: &Problem, ctx: &RequestCtx) -> LocalAnswer {
+    LocalAnswer::problem(problem, &ctx.request_id)
+}
+
+/// Phase "record": metrics and the one log line. Never the challenge, the license or secrets.
+pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
+    let total = ctx.started.elapsed();
+    let upstream_time = ctx.forward.started.map(|started| {
+        ctx.forward
+            .finished
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(started)
+    });
+    let drm = ctx.drm_name();
+    let vendor = ctx.vendor_name();
+    let status = ctx.status.to_string();
+    let metrics = &state.metrics;
+    metrics
+        .license_duration
+        .with_label_values(&[drm, vendor, ctx.outcome])
+        .observe(total.as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[drm, vendor, &status])
+        .inc();
+    if let Some(upstream_time) = upstream_time {
+        let upstream_status = ctx
+            .forward
+            .status
+            .map_or_else(|| "error".to_string(), |s| s.to_string());
+        metrics
+            .upstream_duration
+            .with_label_values(&[vendor, &upstream_status])
+            .observe(upstream_time.as_secs_f64());
+    }
+    tracing::info!(
+        target: "licensegate::access",
+        request_id = %ctx.request_id,
+        drm,
+        vendor,
+        content_id = ctx.content_id.as_deref().unwrap_or("-"),
+        status = ctx.status,
+        outcome = ctx.outcome,
+        total_ms = millis(total),
+        upstream_ms = upstream_time.map(millis),
+        attempts = ctx.forward.tried.len(),
+        vendor_reason = ctx.forward.vendor_reason.as_deref(),
+        error = error.map(|e| e.etype().as_str()),
+    );
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(
+            route(&Method::POST, "/v1/license/widevine"),
+            Ok(Route::License(Drm::Widevine))
+        ));
+        assert!(matches!(
+            route(&Method::OPTIONS, "/v1/license/clearkey"),
+            Ok(Route::Preflight)
+        ));
+        assert_eq!(
+            route(&Method::GET, "/v1/license/widevine")
+                .err()
+                .unwrap()
+                .status,
+            405
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/license/primetime")
+                .err()
+                .unwrap()
+                .code,
+            "unknown_drm"
+        );
+        assert_eq!(
+            route(&Method::POST, "/v2/x").err().unwrap().code,
+            "not_found"
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/license/widevine/")
+                .err()
+                .unwrap()
+                .code,
+            "unknown_drm"
+        );
+    }
+
+    fn request(uri: &str, header: Option<&str>) -> RequestHeader {
+        let mut request = RequestHeader::build("POST", uri.as_bytes(), None).unwrap();
+        if let Some(value) = header {
+            request.insert_header(CONTENT_ID_HEADER, value).unwrap();
+        }
+        request
+    }
+
+    #[test]
+    fn content_id_from_query_then_header() {
+        let id = content_id(&request(
+            "/v1/license/widevine?content=movie%2F1",
+            Some("other"),
+        ));
+        assert_eq!(id.unwrap(), "movie/1");
+        assert_eq!(content_id(&request("/x", Some("ep-2"))).unwrap(), "ep-2");
+        assert_eq!(
+            content_id(&request("/x", None)).unwrap_err().code,
+            "content_id_missing"
+        );
+        for bad in ["/x?content=", "/x?content=a%20b", "/x?content=%3Cscript%3E"] {
+            assert_eq!(
+                content_id(&request(bad, None)).unwrap_err().code,
+                "content_id_invalid",
+                "{bad}"
+            );
+        }
+        let long = format!("/x?content={}", "a".repeat(257));
+        assert!(content_id(&request(&long, None)).is_err());
+    }
+
+    #[test]
+    fn connect_failures_are_502_and_timeouts_504() {
+        let refused = Error::new(ErrorType::ConnectRefused);
+        assert_eq!(classify_failure(&refused).status, 502);
+        let timeout = Error::new(ErrorType::ReadTimedout);
+        assert_eq!(classify_failure(&timeout).code, "upstream_timeout");
+        let reset = Error::new_up(ErrorType::ConnectionClosed);
+        assert_eq!(classify_failure(&reset).code, "upstream_error");
+    }
+}

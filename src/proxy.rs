@@ -1,0 +1,205 @@
+//! The Pingora hooks. Each one hands over to a pipeline phase; the order of phases is read in
+//! `pipeline.rs`, not here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::{HttpPeer, RequestHeader, Session};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::{Error, ErrorType, Result};
+
+use crate::pipeline::{self, Admission, RequestCtx};
+use crate::server::State;
+
+pub struct LicenseProxy {
+    pub state: Arc<State>,
+}
+
+#[async_trait]
+impl ProxyHttp for LicenseProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let answer = match pipeline::admit(&self.state, session, ctx).await {
+            Ok(Admission::Forward) => return Ok(false),
+            Ok(Admission::Answer(answer)) => answer,
+            Err(problem) => pipeline::problem_answer(&problem, ctx),
+        };
+        pipeline::answer(&self.state, session, ctx, answer).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        match pipeline::choose_peer(ctx) {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(problem) => {
+                ctx.pending_problem = Some(problem);
+                Error::e_explain(ErrorType::ConnectNoRoute, "no upstream attempt possible")
+            }
+        }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.state
+            .metrics
+            .upstream_connections
+            .with_label_values(&[ctx.vendor_name(), if reused { "true" } else { "false" }])
+            .inc();
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip());
+        // Pingora has already chosen the upstream HTTP version; the rebuilt header keeps it.
+        let version = upstream_request.version;
+        *upstream_request = pipeline::upstream_request(ctx, session.req_header(), client_ip)?;
+        upstream_request.set_version(version);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the vendor, so trying again (elsewhere, if possible) is always safe.
+        e.set_retry(ctx.pending_problem.is_none() && pipeline::may_retry(ctx, session));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Pingora refuses to retry any POST. The challenge is buffered whole, so a retry sends it
+        // unchanged; Pingora still decides which errors are safe (refused stream, GOAWAY, a
+        // stale pooled connection), we only bound how often.
+        let mut e = e.more_context(format!("peer {peer}"));
+        if pipeline::may_retry(ctx, session) {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        pipeline::inspect_response(
+            ctx,
+            upstream_response.status.as_u16(),
+            &upstream_response.headers,
+        );
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response.insert_header(pipeline::REQUEST_ID, ctx.request_id.as_str())?;
+        crate::cors::decorate(&self.state.config.cors, &ctx.origin, response);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(filler) = ctx.service_certificate.as_mut() {
+            filler.response_body(body.as_ref(), end_of_stream);
+        }
+        if end_of_stream {
+            ctx.forward.finished = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let problem = ctx
+            .pending_problem
+            .take()
+            .unwrap_or_else(|| pipeline::classify_failure(e));
+        let status = problem.status;
+        let can_reuse_downstream = if session.response_written().is_none() {
+            let answer = pipeline::problem_answer(&problem, ctx);
+            pipeline::answer(&self.state, session, ctx, answer)
+                .await
+                .is_ok()
+        } else {
+            // Part of the vendor's answer already left: all that is left is to cut the stream.
+            ctx.outcome = problem.code;
+            false
+        };
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        pipeline::record(&self.state, ctx, e);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // The access line carries the outcome; Pingora's own line would add the request URI,
+        // which may hold a user token in its query.
+        true
+    }
+
+    fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "request {} drm {} vendor {}",
+            ctx.request_id,
+            ctx.drm_name(),
+            ctx.vendor_name()
+        )
+    }
+}

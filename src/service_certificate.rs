@@ -1,0 +1,173 @@
+//! The Widevine service certificate answer, kept per vendor. CDMs ask for it before nearly every
+//! license and the answer is the same for every caller, so one forward per vendor and TTL serves
+//! the whole fleet of players from memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use moka::sync::Cache;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// A service certificate is well under a kilobyte; anything far larger is not one.
+const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub body: Bytes,
+    pub content_type: Option<HeaderValue>,
+}
+
+pub struct ServiceCertificates {
+    cache: Cache<String, Certificate>,
+    fill_locks: HashMap<String, Arc<Mutex<()>>>,
+}
+
+pub enum Lookup {
+    Hit(Certificate),
+    /// Not cached: this request forwards and fills; others for the vendor wait on it.
+    Miss(Filler),
+}
+
+impl ServiceCertificates {
+    pub fn new<'a>(vendors: impl Iterator<Item = &'a str>, ttl: Duration) -> Self {
+        Self {
+            cache: Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(1024)
+                .build(),
+            fill_locks: vendors
+                .map(|vendor| (vendor.to_string(), Arc::new(Mutex::new(()))))
+                .collect(),
+        }
+    }
+
+    pub async fn lookup(&self, vendor: &str) -> Lookup {
+        if let Some(hit) = self.cache.get(vendor) {
+            return Lookup::Hit(hit);
+        }
+        let lock = self
+            .fill_locks
+            .get(vendor)
+            .expect("fill locks exist for every configured vendor")
+            .clone();
+        let guard = lock.lock_owned().await;
+        // The request that held the lock may have filled the cache while this one waited.
+        if let Some(hit) = self.cache.get(vendor) {
+            return Lookup::Hit(hit);
+        }
+        Lookup::Miss(Filler {
+            cache: self.cache.clone(),
+            vendor: vendor.to_string(),
+            content_type: None,
+            body: BytesMut::new(),
+            cacheable: false,
+            _exclusive: guard,
+        })
+    }
+}
+
+/// Collects the vendor's answer as it streams to the player and caches it once complete.
+/// Dropping it without completion releases waiting requests, which then forward themselves.
+pub struct Filler {
+    cache: Cache<String, Certificate>,
+    vendor: String,
+    content_type: Option<HeaderValue>,
+    body: BytesMut,
+    cacheable: bool,
+    _exclusive: OwnedMutexGuard<()>,
+}
+
+impl Filler {
+    pub fn response_header(&mut self, status: u16, content_type: Option<&HeaderValue>) {
+        self.cacheable = status == 200;
+        self.content_type = content_type.cloned();
+        self.body.clear();
+    }
+
+    pub fn response_body(&mut self, chunk: Option<&Bytes>, end_of_stream: bool) {
+        if !self.cacheable {
+            return;
+        }
+        if let Some(chunk) = chunk {
+            if self.body.len() + chunk.len() > MAX_CERTIFICATE_BYTES {
+                self.cacheable = false;
+                return;
+            }
+            self.body.extend_from_slice(chunk);
+        }
+        if end_of_stream && !self.body.is_empty() {
+            let certificate = Certificate {
+                body: std::mem::take(&mut self.body).freeze(),
+                content_type: self.content_type.take(),
+            };
+            self.cache.insert(self.vendor.clone(), certificate);
+            self.cacheable = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificates() -> ServiceCertificates {
+        ServiceCertificates::new(["sim"].into_iter(), Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn a_complete_200_answer_is_served_afterwards() {
+        let certs = certificates();
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!("empty cache must miss");
+        };
+        filler.response_header(200, None);
+        filler.response_body(Some(&Bytes::from_static(b"\x08\x05")), false);
+        filler.response_body(Some(&Bytes::from_static(b"cert")), true);
+        drop(filler);
+        let Lookup::Hit(hit) = certs.lookup("sim").await else {
+            panic!("filled cache must hit");
+        };
+        assert_eq!(&hit.body[..], b"\x08\x05cert");
+    }
+
+    #[tokio::test]
+    async fn error_answers_and_abandoned_fills_are_not_cached() {
+        let certs = certificates();
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!()
+        };
+        filler.response_header(503, None);
+        filler.response_body(Some(&Bytes::from_static(b"down")), true);
+        drop(filler);
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!("a 503 must not be cached")
+        };
+        filler.response_header(200, None);
+        filler.response_body(Some(&Bytes::from_static(b"partial")), false);
+        drop(filler);
+        assert!(matches!(certs.lookup("sim").await, Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_the_one_fill() {
+        let certs = Arc::new(certificates());
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!()
+        };
+        let waiter = {
+            let certs = certs.clone();
+            tokio::spawn(async move { matches!(certs.lookup("sim").await, Lookup::Hit(_)) })
+        };
+        tokio::task::yield_now().await;
+        filler.response_header(200, None);
+        filler.response_body(Some(&Bytes::from_static(b"cert")), true);
+        drop(filler);
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter must see the filled answer"
+        );
+    }
+}

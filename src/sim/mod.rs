@@ -1,0 +1,244 @@
+//! `licensegate-sim`: the license-server side for tests, local development and load tests.
+//!
+//! Answers are derived from the challenge, so a test can prove that bytes travelled unchanged
+//! in both directions. Failures (status, delay, connection reset, GOAWAY) are injected by flag
+//! or, for direct calls, by request header.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Notify};
+
+/// The start of every license the simulator issues; the rest is SHA-256 of the challenge.
+pub const LICENSE_PREFIX: &[u8] = b"licensegate-sim license\n";
+/// `SignedMessage{type=SERVICE_CERTIFICATE, msg="licensegate-sim service certificate"}`.
+pub const SERVICE_CERTIFICATE: &[u8] = b"\x08\x05\x12\x23licensegate-sim service certificate";
+const MAX_CHALLENGE_BYTES: usize = 1024 * 1024;
+
+/// The license the simulator answers for `challenge`.
+pub fn license_for(challenge: &[u8]) -> Vec<u8> {
+    if challenge == [0x08, 0x04] {
+        return SERVICE_CERTIFICATE.to_vec();
+    }
+    let mut license = LICENSE_PREFIX.to_vec();
+    license.extend_from_slice(&Sha256::digest(challenge));
+    license
+}
+
+/// How the simulator misbehaves; every field is off by default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Faults {
+    /// Answer every license request with this status instead of 200.
+    #[arg(long)]
+    pub status: Option<u16>,
+    /// The refusal reason sent with --status, in --reason-header.
+    #[arg(long, default_value = "refused by licensegate-sim")]
+    pub reason: String,
+    /// The header a refusal reason travels in (vendors each have their own).
+    #[arg(long, default_value = "X-AxDRM-ErrorMessage")]
+    pub reason_header: String,
+    /// Wait this long before answering.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Reset (TCP RST) this many of the first accepted connections.
+    #[arg(long, default_value_t = 0)]
+    pub reset_connections: u64,
+    /// Send GOAWAY on a connection after it has served this many requests.
+    #[arg(long)]
+    pub goaway_after: Option<u64>,
+}
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicU64,
+    resets: AtomicU64,
+    requests: AtomicU64,
+    licenses: AtomicU64,
+    service_certificates: AtomicU64,
+}
+
+struct Sim {
+    faults: Faults,
+    stats: Stats,
+    /// Headers of the latest license request, for tests that check what the proxy forwards.
+    last_headers: Mutex<Option<HeaderMap>>,
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: TcpListener, faults: Faults) -> std::io::Result<()> {
+    let sim = Arc::new(Sim {
+        faults,
+        stats: Stats::default(),
+        last_headers: Mutex::new(None),
+    });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let connection_number = sim.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if connection_number <= sim.faults.reset_connections {
+            sim.stats.resets.fetch_add(1, Ordering::Relaxed);
+            reset(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(sim.clone(), stream));
+    }
+}
+
+fn reset(stream: TcpStream) {
+    // Linger zero turns the close into an RST, as a crashed or overloaded server would send.
+    if let Ok(stream) = stream.into_std() {
+        let socket = socket2::Socket::from(stream);
+        let _ = socket.set_linger(Some(Duration::ZERO));
+    }
+}
+
+async fn serve_connection(sim: Arc<Sim>, stream: TcpStream) {
+    let served = Arc::new(AtomicU64::new(0));
+    let goaway = Arc::new(Notify::new());
+    let service = {
+        let sim = sim.clone();
+        let goaway = goaway.clone();
+        service_fn(move |request| {
+            let sim = sim.clone();
+            let goaway = goaway.clone();
+            let count = served.fetch_add(1, Ordering::Relaxed) + 1;
+            async move {
+                let response = handle(&sim, request).await;
+                if sim.faults.goaway_after.is_some_and(|limit| count >= limit) {
+                    goaway.notify_one();
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = goaway.notified() => connection.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+async fn handle(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    sim.stats.requests.fetch_add(1, Ordering::Relaxed);
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/stats") => stats(sim).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::POST, "/AcquireLicense") => license(sim, request).await,
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let header_number = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let delay = header_number("X-Sim-Delay-Ms").unwrap_or(sim.faults.delay_ms);
+    let status = header_number("X-Sim-Status")
+        .and_then(|s| u16::try_from(s).ok())
+        .or(sim.faults.status);
+    let challenge = match Limited::new(body, MAX_CHALLENGE_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "challenge unreadable"),
+    };
+    *sim.last_headers.lock().await = Some(parts.headers.clone());
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(status) = status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = text(status, "licensegate-sim refusal");
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(sim.faults.reason_header.as_str()),
+            header::HeaderValue::try_from(sim.faults.reason.as_str()),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+        return response;
+    }
+    if challenge.as_ref() == [0x08, 0x04] {
+        sim.stats
+            .service_certificates
+            .fetch_add(1, Ordering::Relaxed);
+    } else {
+        sim.stats.licenses.fetch_add(1, Ordering::Relaxed);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(Bytes::from(license_for(&challenge))))
+        .expect("valid response")
+}
+
+async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
+    let stats = &sim.stats;
+    let last_headers = sim.last_headers.lock().await.as_ref().map(|headers| {
+        headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    json!(String::from_utf8_lossy(value.as_bytes())),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+    });
+    let body = json!({
+        "connections": stats.connections.load(Ordering::Relaxed),
+        "resets": stats.resets.load(Ordering::Relaxed),
+        "requests": stats.requests.load(Ordering::Relaxed),
+        "licenses": stats.licenses.load(Ordering::Relaxed),
+        "service_certificates": stats.service_certificates.load(Ordering::Relaxed),
+        "last_license_request_headers": last_headers,
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response")
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn licenses_are_deterministic_and_distinct() {
+        assert_eq!(license_for(b"abc"), license_for(b"abc"));
+        assert_ne!(license_for(b"abc"), license_for(b"abd"));
+        assert!(license_for(b"abc").starts_with(LICENSE_PREFIX));
+        assert_eq!(license_for(&[8, 4]), SERVICE_CERTIFICATE);
+        assert_eq!(
+            SERVICE_CERTIFICATE[3] as usize,
+            SERVICE_CERTIFICATE.len() - 4
+        );
+    }
+}
