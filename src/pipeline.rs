@@ -24,6 +24,7 @@ use crate::problem::{self, Problem};
 use crate::server::State;
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::Upstream;
+use tokio::sync::OwnedMutexGuard;
 
 pub const REQUEST_ID: &str = "X-Request-Id";
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
@@ -58,6 +59,8 @@ pub struct Forwarding {
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
     pub endpoint: Option<Arc<Endpoint>>,
+    /// Held from choosing a backend until Pingora hands over the stream (see [`crate::upstream::StreamGate`]).
+    pub stream_turn: Option<OwnedMutexGuard<()>>,
     pub status: Option<u16>,
     pub vendor_reason: Option<String>,
 }
@@ -281,8 +284,8 @@ fn content_id(request: &RequestHeader) -> Result<String, Problem> {
 }
 
 /// Phase "forward", each attempt: the next endpoint, with what is left of the total budget as
-/// its read timeout.
-pub fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+/// its read timeout; on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::StreamGate`]).
+pub async fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
     let upstream = ctx
         .upstream
         .clone()
@@ -304,9 +307,18 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
         )));
     };
     let peer = upstream.peer(&target, remaining.min(upstream.vendor.read_timeout));
+    if upstream.multiplexes() {
+        ctx.forward.stream_turn = Some(target.gate.take_turn().await);
+    }
     ctx.forward.tried.push(target.addr);
     ctx.forward.endpoint = Some(target.endpoint);
+    ctx.forward.status = None;
     Ok(peer)
+}
+
+/// The attempt has its stream, or has failed: the next request may take its turn.
+pub fn end_stream_turn(ctx: &mut RequestCtx) {
+    ctx.forward.stream_turn = None;
 }
 
 /// The request the vendor sees: our path and host, the DRM's content type, and only the
@@ -359,6 +371,19 @@ pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
     ctx.forward.tried.len() <= upstream.vendor.retries
         && within_budget
         && session.response_written().is_none()
+}
+
+/// Whether an attempt died from the connection breaking before the vendor answered anything.
+/// Pingora only retries that on a reused connection; for a license it is safe on a fresh one
+/// too: the challenge is buffered, and the player has not seen a byte of any answer.
+pub fn broke_before_answer(ctx: &RequestCtx, error: &Error) -> bool {
+    use ErrorType::*;
+    ctx.forward.status.is_none()
+        && *error.esource() == ErrorSource::Upstream
+        && matches!(
+            error.etype(),
+            ConnectionClosed | ReadError | WriteError | H2Error
+        )
 }
 
 /// Phase "inspect response": note what the vendor said; the answer itself passes unchanged.

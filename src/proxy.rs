@@ -41,7 +41,7 @@ impl ProxyHttp for LicenseProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        match pipeline::choose_peer(ctx) {
+        match pipeline::choose_peer(ctx).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(problem) => {
                 ctx.pending_problem = Some(problem);
@@ -59,6 +59,7 @@ impl ProxyHttp for LicenseProxy {
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        pipeline::end_stream_turn(ctx);
         self.state
             .metrics
             .upstream_connections
@@ -91,6 +92,7 @@ impl ProxyHttp for LicenseProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        pipeline::end_stream_turn(ctx);
         // Nothing reached the vendor, so trying again (elsewhere, if possible) is always safe.
         e.set_retry(ctx.pending_problem.is_none() && pipeline::may_retry(ctx, session));
         e
@@ -105,13 +107,16 @@ impl ProxyHttp for LicenseProxy {
         client_reused: bool,
     ) -> Box<Error> {
         // Pingora refuses to retry any POST. The challenge is buffered whole, so a retry sends it
-        // unchanged; Pingora still decides which errors are safe (refused stream, GOAWAY, a
-        // stale pooled connection), we only bound how often.
+        // unchanged; Pingora's own judgement (refused stream, GOAWAY, a stale pooled connection)
+        // stands, widened to connections that broke before any answer, and bounded in count.
         let mut e = e.more_context(format!("peer {peer}"));
-        if pipeline::may_retry(ctx, session) {
-            e.retry.decide_reuse(client_reused);
-        } else {
+        pipeline::end_stream_turn(ctx);
+        if !pipeline::may_retry(ctx, session) {
             e.set_retry(false);
+        } else if pipeline::broke_before_answer(ctx, &e) {
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }

@@ -52,7 +52,8 @@ pub struct Faults {
     /// Wait this long before answering.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
-    /// Reset (TCP RST) this many of the first accepted connections.
+    /// Reset (TCP RST) this many of the first connections that send a request. Connections
+    /// that send nothing (TCP health checks) are not counted.
     #[arg(long, default_value_t = 0)]
     pub reset_connections: u64,
     /// Send GOAWAY on a connection after it has served this many requests.
@@ -63,6 +64,8 @@ pub struct Faults {
 #[derive(Default)]
 struct Stats {
     connections: AtomicU64,
+    /// Connections that sent at least one byte: what a proxy's pool really opened.
+    request_connections: AtomicU64,
     resets: AtomicU64,
     requests: AtomicU64,
     licenses: AtomicU64,
@@ -85,15 +88,28 @@ pub async fn serve(listener: TcpListener, faults: Faults) -> std::io::Result<()>
     });
     loop {
         let (stream, _) = listener.accept().await?;
-        let connection_number = sim.stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if connection_number <= sim.faults.reset_connections {
-            sim.stats.resets.fetch_add(1, Ordering::Relaxed);
-            reset(stream);
-            continue;
-        }
+        sim.stats.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(sim.clone(), stream));
+        tokio::spawn(accept(sim.clone(), stream));
     }
+}
+
+async fn accept(sim: Arc<Sim>, stream: TcpStream) {
+    let mut first = [0u8; 1];
+    if !matches!(stream.peek(&mut first).await, Ok(n) if n > 0) {
+        return;
+    }
+    let number = sim
+        .stats
+        .request_connections
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    if number <= sim.faults.reset_connections {
+        sim.stats.resets.fetch_add(1, Ordering::Relaxed);
+        reset(stream);
+        return;
+    }
+    serve_connection(sim, stream).await;
 }
 
 fn reset(stream: TcpStream) {
@@ -205,6 +221,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
     });
     let body = json!({
         "connections": stats.connections.load(Ordering::Relaxed),
+        "request_connections": stats.request_connections.load(Ordering::Relaxed),
         "resets": stats.resets.load(Ordering::Relaxed),
         "requests": stats.requests.load(Ordering::Relaxed),
         "licenses": stats.licenses.load(Ordering::Relaxed),

@@ -1,0 +1,100 @@
+//! The `licensegate` command line as operators use it.
+
+use std::process::Command;
+
+fn licensegate(args: &[&str]) -> std::process::Output {
+    licensegate_with_env(args, &[])
+}
+
+fn licensegate_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_licensegate"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    // Examples name TLS files by environment variable, as a deployment would.
+    let tls = tempfile::tempdir().unwrap();
+    let (cert, key) = (tls.path().join("cert.pem"), tls.path().join("key.pem"));
+    std::fs::write(&cert, "").unwrap();
+    std::fs::write(&key, "").unwrap();
+    let env = [
+        ("LICENSEGATE_TLS_CERT", cert.as_path()),
+        ("LICENSEGATE_TLS_KEY", key.as_path()),
+    ];
+    let mut checked = 0;
+    for dir in ["conf", "conf/examples"] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "toml") {
+                let output =
+                    licensegate_with_env(&["check", "--config", path.to_str().unwrap()], &env);
+                assert!(
+                    output.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} configs found");
+}
+
+#[test]
+fn check_names_the_bad_key_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string("conf/licensegate.toml").unwrap();
+    let bad = shipped.replace("connect_ms = 1000", "connect_ms = 1000\nconect_ms = 5");
+    assert_ne!(
+        bad, shipped,
+        "the shipped config changed shape; update this test"
+    );
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let output = licensegate(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("vendors.sim.timeouts.conect_ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_names_an_unset_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.toml");
+    let shipped = std::fs::read_to_string("conf/licensegate.toml").unwrap();
+    std::fs::write(
+        &path,
+        shipped.replace(
+            "${LICENSEGATE_SIM_URL:-http://127.0.0.1:8090/AcquireLicense}",
+            "${LICENSEGATE_TEST_UNSET_URL}",
+        ),
+    )
+    .unwrap();
+    let output = licensegate(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("vendors.sim.endpoints[0]")
+            && stderr.contains("LICENSEGATE_TEST_UNSET_URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = licensegate(&["--version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("licensegate {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,472 @@
+//! licensegate against a real simulator, both as processes on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gate, Sim, config, fixture, problem};
+use licensegate::sim::{LICENSE_PREFIX, SERVICE_CERTIFICATE};
+use sha2::{Digest, Sha256};
+
+fn expected_license(challenge: &[u8]) -> Vec<u8> {
+    // Recomputed here rather than calling the simulator's code, so a drift on either side shows.
+    let mut license = LICENSE_PREFIX.to_vec();
+    license.extend_from_slice(&Sha256::digest(challenge));
+    license
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fixtures_come_back_as_exactly_the_vendors_bytes() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let response = client
+        .post(gate.license_url("widevine", Some("demo")))
+        .header("Authorization", "Bearer user-token")
+        .header("Cookie", "session=secret")
+        .body(widevine.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        expected_license(&widevine)
+    );
+    let seen = &sim.stats().await["last_license_request_headers"];
+    assert_eq!(seen["content-type"], "application/octet-stream");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(seen.get("cookie").is_none(), "{seen}");
+
+    let playready = fixture("license-request-v4.0.xml");
+    let response = client
+        .post(gate.license_url("playready", None))
+        .header("X-Content-Id", "demo")
+        .body(playready.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        expected_license(&playready)
+    );
+    let seen = &sim.stats().await["last_license_request_headers"];
+    assert_eq!(seen["content-type"], "text/xml; charset=utf-8");
+    assert_eq!(
+        seen["soapaction"],
+        "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\""
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_at_most_two_upstream_connections() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let url = gate.license_url("widevine", Some("demo"));
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let expected = expected_license(&challenge);
+    let mut workers = Vec::new();
+    for _ in 0..20 {
+        let (client, url, challenge, expected) = (
+            client.clone(),
+            url.clone(),
+            challenge.clone(),
+            expected.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let response = client
+                    .post(&url)
+                    .body(challenge.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                assert_eq!(&response.bytes().await.unwrap()[..], expected);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats["licenses"], 200);
+    let connections = stats["request_connections"].as_u64().unwrap();
+    // One is this test's own /stats call; the rest is licensegate's pool.
+    assert!(
+        connections - 1 <= 2,
+        "licensegate opened {} connections",
+        connections - 1
+    );
+}
+
+#[tokio::test]
+async fn service_certificate_is_forwarded_once_then_served_from_memory() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let url = gate.license_url("widevine", None);
+    let requests = (0..10).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            let response = client
+                .post(&url)
+                .body(vec![0x08, 0x04])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap()
+        })
+    });
+    for request in requests {
+        assert_eq!(&request.await.unwrap()[..], SERVICE_CERTIFICATE);
+    }
+    assert_eq!(sim.stats().await["service_certificates"], 1);
+    let metrics = reqwest::get(gate.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("licensegate_service_certificate_cache_total{result=\"hit\"} 9"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("licensegate_service_certificate_cache_total{result=\"miss\"} 1"));
+}
+
+#[tokio::test]
+async fn a_reset_first_connection_is_retried() {
+    let sim = Sim::start(&["--reset-connections", "1"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "retries = 2")).await;
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(challenge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        expected_license(&challenge)
+    );
+    let stats = sim.stats().await;
+    assert_eq!(stats["resets"], 1);
+    assert_eq!(stats["licenses"], 1);
+}
+
+#[tokio::test]
+async fn goaway_from_the_vendor_loses_no_request() {
+    let sim = Sim::start(&["--goaway-after", "3"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    for _ in 0..20 {
+        let response = client
+            .post(gate.license_url("widevine", Some("demo")))
+            .body(challenge.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(sim.stats().await["licenses"], 20);
+}
+
+#[tokio::test]
+async fn a_second_endpoint_takes_over_from_a_dead_one() {
+    let sim = Sim::start(&[]);
+    let dead = format!("http://127.0.0.1:{}/AcquireLicense", common::free_port());
+    let gate = Gate::start_ready(&config(&[dead, sim.url()], "retries = 1")).await;
+    let client = client();
+    for _ in 0..6 {
+        let response = client
+            .post(gate.license_url("clearkey", Some("demo")))
+            .body(r#"{"kids":["AQIDBAUGBwgJCgsMDQ4PEA"],"type":"temporary"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(sim.stats().await["licenses"], 6);
+}
+
+#[tokio::test]
+async fn dead_upstream_is_a_502_within_the_connect_timeout() {
+    let dead = format!("http://127.0.0.1:{}/AcquireLicense", common::free_port());
+    let gate = Gate::start(&config(
+        &[dead],
+        "[vendors.sim.timeouts]\nconnect_ms = 500\nread_ms = 1000\ntotal_ms = 2000",
+    ));
+    let started = Instant::now();
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    problem(response, 502, "upstream_unavailable").await;
+    // The health check soon marks the endpoint dead and readiness follows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = reqwest::get(gate.admin("/readyz")).await.unwrap().status();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504_within_the_read_timeout() {
+    let sim = Sim::start(&["--delay-ms", "5000"]);
+    let gate = Gate::start_ready(&config(
+        &[sim.url()],
+        "[vendors.sim.timeouts]\nconnect_ms = 500\nread_ms = 400\ntotal_ms = 3000",
+    ))
+    .await;
+    let started = Instant::now();
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    problem(response, 504, "upstream_timeout").await;
+}
+
+#[tokio::test]
+async fn oversized_and_empty_challenges_are_refused_without_reaching_the_vendor() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let response = client
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(vec![7u8; 65 * 1024])
+        .send()
+        .await
+        .unwrap();
+    problem(response, 413, "body_too_large").await;
+    let response = client
+        .post(gate.license_url("widevine", Some("demo")))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 400, "challenge_missing").await;
+    let response = client
+        .post(gate.license_url("widevine", None))
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    problem(response, 400, "content_id_missing").await;
+    assert_eq!(sim.stats().await["licenses"], 0);
+}
+
+#[tokio::test]
+async fn chunked_oversized_challenge_is_refused_too() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..65).map(|_| Ok(vec![7u8; 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 413, "body_too_large").await;
+    assert_eq!(sim.stats().await["licenses"], 0);
+}
+
+#[tokio::test]
+async fn routing_errors_are_problem_json_with_cors() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let response = client
+        .post(gate.url("/v1/license/primetime"))
+        .header("Origin", "https://player.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://player.example"
+    );
+    assert!(
+        response.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("x-request-id")
+    );
+    problem(response, 404, "unknown_drm").await;
+    let response = client
+        .get(gate.url("/v1/license/widevine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "POST, OPTIONS");
+    problem(response, 405, "method_not_allowed").await;
+    let response = client.post(gate.url("/admin")).send().await.unwrap();
+    problem(response, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn preflight_is_answered_locally() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let response = client
+        .request(reqwest::Method::OPTIONS, gate.license_url("widevine", None))
+        .header("Origin", "https://player.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://player.example"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    assert_eq!(headers["access-control-max-age"], "600");
+    let response = client
+        .request(reqwest::Method::OPTIONS, gate.license_url("widevine", None))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    problem(response, 403, "origin_not_allowed").await;
+    assert_eq!(
+        sim.stats().await["requests"],
+        1,
+        "only this /stats call reached the vendor"
+    );
+}
+
+#[tokio::test]
+async fn vendor_refusal_passes_through_unchanged_with_its_reason() {
+    let sim = Sim::start(&["--status", "403", "--reason", "Entitlement message expired"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .header("Origin", "https://player.example")
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let headers = response.headers().clone();
+    assert_eq!(
+        headers["x-axdrm-errormessage"],
+        "Entitlement message expired"
+    );
+    assert!(
+        headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("x-axdrm-errormessage")
+    );
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        b"licensegate-sim refusal"
+    );
+    let metrics = reqwest::get(gate.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "licensegate_requests_total{drm=\"widevine\",status=\"403\",vendor=\"sim\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_license_latency_by_drm_vendor_and_outcome() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    for _ in 0..3 {
+        let response = client
+            .post(gate.license_url("playready", Some("demo")))
+            .body(fixture("license-request-v4.0.xml"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let response = reqwest::get(gate.admin("/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let metrics = response.text().await.unwrap();
+    assert!(metrics.contains(
+        "licensegate_license_request_duration_seconds_count{drm=\"playready\",outcome=\"ok\",vendor=\"sim\"} 3"
+    ), "{metrics}");
+    assert!(metrics.contains("licensegate_license_request_duration_seconds_bucket{drm=\"playready\",outcome=\"ok\",vendor=\"sim\",le=\"0.0005\"}"));
+    assert!(
+        metrics.contains(
+            "licensegate_upstream_duration_seconds_count{status=\"200\",vendor=\"sim\"} 3"
+        )
+    );
+    assert!(
+        metrics
+            .contains("licensegate_upstream_connections_total{reused=\"true\",vendor=\"sim\"} 2")
+    );
+    assert!(metrics.contains("licensegate_in_flight_requests 0"));
+    let health = reqwest::get(gate.admin("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
