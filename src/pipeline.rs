@@ -137,13 +137,13 @@ pub enum Admission {
     Answer(LocalAnswer),
 }
 
-enum Route {
+pub enum Route {
     License(Drm),
     Preflight,
 }
 
 /// Phase 1: which endpoint of our API this is.
-fn route(method: &Method, path: &str) -> Result<Route, Problem> {
+pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
     let Some(drm_name) = path.strip_prefix("/v1/license/") else {
         return Err(Problem::not_found());
     };
@@ -255,7 +255,7 @@ async fn read_challenge(
     Ok(body)
 }
 
-fn content_id(request: &RequestHeader) -> Result<String, Problem> {
+pub fn content_id(request: &RequestHeader) -> Result<String, Problem> {
     let from_query = request.uri.query().and_then(|query| {
         url::form_urlencoded::parse(query.as_bytes())
             .find(|(key, _)| key == "content")

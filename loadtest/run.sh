@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Load test: oha -> simulator directly, then oha -> licensegate -> simulator, on loopback.
+# Prints one table: req/s, p50, p99, errors and upstream TCP connections opened, and the
+# ratio of the two runs.
+#
+#   loadtest/run.sh                    # 100k requests, 64 connections, 2 KiB challenges
+#   REQUESTS=20000 CONNECTIONS=32 loadtest/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requests="${REQUESTS:-100000}"
+connections="${CONNECTIONS:-64}"
+challenge_bytes="${CHALLENGE_BYTES:-2048}"
+sim_port="${SIM_PORT:-18090}"
+gate_port="${GATE_PORT:-18080}"
+admin_port="${ADMIN_PORT:-19090}"
+
+scripts/setup.sh
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --bins
+
+out="loadtest/results"
+mkdir -p "$out"
+head -c "$challenge_bytes" /dev/urandom > "$out/challenge.bin"
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" >/dev/null &
+pids+=($!)
+wait_port "$sim_port"
+
+cat > "$out/licensegate.toml" <<TOML
+[listeners]
+license = "127.0.0.1:$gate_port"
+admin = "127.0.0.1:$admin_port"
+[server]
+threads = ${GATE_THREADS:-2}
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[vendors.sim]
+kind = "passthrough"
+endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
+protocol = "h2"
+[routes]
+widevine = "sim"
+TOML
+RUST_LOG=warn ./target/release/licensegate serve --config "$out/licensegate.toml" >"$out/licensegate.log" 2>&1 &
+pids+=($!)
+wait_port "$gate_port"
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
+  sleep 0.05
+done
+
+upstream_connections() {
+  curl -fs "http://127.0.0.1:$sim_port/stats" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["request_connections"])'
+}
+
+run() { # name url
+  local before after
+  before=$(upstream_connections)
+  oha -n "$requests" -c "$connections" -m POST -D "$out/challenge.bin" \
+    -H 'Content-Type: application/octet-stream' --no-tui --output-format json "$2" \
+    >"$out/$1.json"
+  after=$(upstream_connections)
+  # The /stats calls themselves open one connection each.
+  echo $((after - before - 1)) >"$out/$1.connections"
+}
+
+run direct "http://127.0.0.1:$sim_port/AcquireLicense"
+run licensegate "http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
+
+python3 - "$out" "$requests" "$connections" "$challenge_bytes" <<'PY'
+import json, sys
+out, requests, connections, size = sys.argv[1], *sys.argv[2:]
+rows = {}
+for name in ("direct", "licensegate"):
+    report = json.load(open(f"{out}/{name}.json"))
+    summary, latency = report["summary"], report["latencyPercentiles"]
+    statuses = report.get("statusCodeDistribution", {})
+    errors = sum(report.get("errorDistribution", {}).values())
+    errors += sum(n for code, n in statuses.items() if code != "200")
+    connections_opened = open(f"{out}/{name}.connections").read().strip()
+    rows[name] = (summary["requestsPerSec"], latency["p50"] * 1000, latency["p99"] * 1000,
+                  errors, connections_opened)
+print(f"\n{requests} requests, {connections} connections, {size}-byte challenges\n")
+print(f"| {'run':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
+print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
+labels = {"direct": "(a) oha -> simulator",
+          "licensegate": "(b) oha -> licensegate -> simulator"}
+for name, (rps, p50, p99, errors, conns) in rows.items():
+    print(f"| {labels[name]:<34} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
+a, b = rows["direct"], rows["licensegate"]
+print(f"\nratio b/a req/s: {b[0] / a[0]:.2f}   p99 added: {b[2] - a[2]:.2f} ms")
+PY

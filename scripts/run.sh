@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs licensegate on the shipped default config, with the bundled
+# license-server simulator standing in for a vendor. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo build --release --bins
+
+sim_addr="${LICENSEGATE_SIM_ADDR:-127.0.0.1:8090}"
+./target/release/licensegate-sim --listen "$sim_addr" &
+sim_pid=$!
+trap 'kill $sim_pid 2>/dev/null || true' EXIT
+export LICENSEGATE_SIM_URL="http://$sim_addr/AcquireLicense"
+
+./target/release/licensegate serve --config "${LICENSEGATE_CONFIG:-conf/licensegate.toml}"
