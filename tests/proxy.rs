@@ -470,3 +470,81 @@ async fn metrics_show_license_latency_by_drm_vendor_and_outcome() {
     let health = reqwest::get(gate.admin("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn players_may_speak_http2_to_licensegate() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let response = client
+        .post(gate.license_url("widevine", Some("demo")))
+        .body(challenge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        expected_license(&challenge)
+    );
+    let response = client.post(gate.url("/nowhere")).send().await.unwrap();
+    problem(response, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn one_access_line_per_request_and_no_secret_in_the_log() {
+    let sim = Sim::start(&["--status", "403", "--reason", "Key not allowed"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let client = client();
+    let challenge = b"CHALLENGE-BYTES-MUST-NOT-BE-LOGGED".to_vec();
+    let response = client
+        .post(format!(
+            "{}&token=QUERY-SECRET",
+            gate.license_url("widevine", Some("movie-7"))
+        ))
+        .header("Authorization", "Bearer HEADER-SECRET")
+        .header("Cookie", "session=COOKIE-SECRET")
+        .body(challenge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = client
+        .post(format!(
+            "{}?token=QUERY-SECRET",
+            gate.url("/v1/license/primetime")
+        ))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gate.log();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("licensegate::access"))
+        .collect();
+    assert_eq!(access.len(), 2, "{log}");
+    assert!(
+        access[0].contains("movie-7") && access[0].contains("Key not allowed"),
+        "{log}"
+    );
+    assert!(access[1].contains("unknown_drm"), "{log}");
+    for secret in [
+        "QUERY-SECRET",
+        "HEADER-SECRET",
+        "COOKIE-SECRET",
+        "CHALLENGE-BYTES",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret} leaked into the log:\n{log}"
+        );
+    }
+}

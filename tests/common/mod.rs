@@ -83,7 +83,7 @@ pub struct Gate {
     child: Child,
     pub port: u16,
     pub admin_port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A config routing every DRM to one vendor at `endpoints`; `vendor_extra` lands in the
@@ -136,8 +136,8 @@ impl Gate {
             .arg(&path)
             .env("LG_PORT", port.to_string())
             .env("LG_ADMIN_PORT", admin_port.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(dir.path().join("licensegate.log")).unwrap())
             .spawn()
             .unwrap();
         wait_for_port(port, &mut child);
@@ -146,7 +146,7 @@ impl Gate {
             child,
             port,
             admin_port,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -177,6 +177,11 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Everything licensegate logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("licensegate.log")).unwrap()
     }
 
     pub fn admin(&self, path: &str) -> String {
