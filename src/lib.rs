@@ -4,9 +4,11 @@
 //! hooks and [`server`] assembles listeners and background services from the [`config`].
 
 pub mod admin;
+pub mod challenge;
 pub mod config;
 pub mod cors;
 pub mod drm;
+pub mod keyseed;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;

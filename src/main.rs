@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use licensegate::challenge::Kid;
 use licensegate::config::{Config, LogFormat};
+use licensegate::keyseed::KeySeed;
 
 const DEFAULT_CONFIG: &str = "conf/licensegate.toml";
 
@@ -28,6 +30,24 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Content key tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Derive a content key from a PlayReady key seed and a key ID.
+    Derive {
+        /// The key seed, hex (60+ digits) or base64.
+        #[arg(long)]
+        seed: String,
+        /// The key ID, as a UUID or 32 hex digits.
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +62,18 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::Derive { seed, kid },
+        } => match derive_key(&seed, &kid) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
@@ -70,6 +102,18 @@ fn main() -> ExitCode {
             server.run_forever()
         }
     }
+}
+
+fn derive_key(seed: &str, kid: &str) -> Result<String, String> {
+    use base64::Engine;
+    let seed = KeySeed::parse(seed).map_err(|e| format!("--seed: {e}"))?;
+    let kid: Kid = kid.parse().map_err(|e| format!("--kid: {e}"))?;
+    let key = seed.derive(kid);
+    Ok(format!(
+        "kid     {kid}\nkey hex {}\nkey b64 {}\n",
+        hex::encode(key),
+        base64::engine::general_purpose::STANDARD.encode(key)
+    ))
 }
 
 fn init_logging(format: LogFormat) {

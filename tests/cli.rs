@@ -98,3 +98,28 @@ fn version_prints_the_crate_version() {
         format!("licensegate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn keys_derive_prints_the_key_in_hex_and_base64() {
+    let output = licensegate(&[
+        "keys",
+        "derive",
+        "--seed",
+        "XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I",
+        "--kid",
+        "339C45B5-FB6D-4BD9-994C-EABD9D41C95B",
+    ]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("key hex a537cdc0ca65841406d525e7bf22d754"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("key b64 pTfNwMplhBQG1SXnvyLXVA=="),
+        "{stdout}"
+    );
+    let output = licensegate(&["keys", "derive", "--seed", "short", "--kid", "x"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--seed"));
+}

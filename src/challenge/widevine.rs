@@ -1,0 +1,340 @@
+//! Widevine: `SignedMessage` -> `LicenseRequest` -> content identification -> pssh data ->
+//! `key_ids`. Only the fields licensegate reads are declared; prost skips the rest.
+
+use prost::Message;
+
+use super::{ChallengeError, ChallengeInfo, Kid, RequestType, malformed};
+
+#[derive(Clone, PartialEq, Message)]
+struct SignedMessage {
+    #[prost(int32, optional, tag = "1")]
+    r#type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    msg: Option<Vec<u8>>,
+}
+
+const LICENSE_REQUEST: i32 = 1;
+const SERVICE_CERTIFICATE_REQUEST: i32 = 4;
+
+#[derive(Clone, PartialEq, Message)]
+struct LicenseRequest {
+    #[prost(message, optional, tag = "2")]
+    content_id: Option<ContentIdentification>,
+    #[prost(int32, optional, tag = "3")]
+    r#type: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ContentIdentification {
+    #[prost(message, optional, tag = "1")]
+    widevine_pssh_data: Option<WidevinePsshDataContainer>,
+    #[prost(message, optional, tag = "2")]
+    webm_key_id: Option<WebmKeyId>,
+    #[prost(message, optional, tag = "3")]
+    existing_license: Option<ExistingLicense>,
+    #[prost(message, optional, tag = "4")]
+    init_data: Option<InitData>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WidevinePsshDataContainer {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pssh_data: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WebmKeyId {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    header: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ExistingLicense {
+    #[prost(message, optional, tag = "1")]
+    license_id: Option<LicenseIdentification>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct LicenseIdentification {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    request_id: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct InitData {
+    #[prost(int32, optional, tag = "1")]
+    init_data_type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    init_data: Option<Vec<u8>>,
+}
+
+const INIT_DATA_CENC: i32 = 1;
+
+#[derive(Clone, PartialEq, Message)]
+struct WidevinePsshData {
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    key_ids: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    content_id: Option<Vec<u8>>,
+}
+
+const WIDEVINE_SYSTEM_ID: [u8; 16] = [
+    0xed, 0xef, 0x8b, 0xa9, 0x79, 0xd6, 0x4a, 0xce, 0xa3, 0xc8, 0x27, 0xdc, 0xd5, 0x1d, 0x21, 0xed,
+];
+
+pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
+    let signed =
+        SignedMessage::decode(challenge).or_else(|_| malformed("not a Widevine SignedMessage"))?;
+    match signed.r#type {
+        Some(SERVICE_CERTIFICATE_REQUEST) => {
+            return Ok(ChallengeInfo {
+                key_ids: Vec::new(),
+                request_type: RequestType::New,
+                custom_data: None,
+            });
+        }
+        Some(LICENSE_REQUEST) => {}
+        Some(other) => return malformed(format!("SignedMessage type {other} is not a request")),
+        None => return malformed("SignedMessage has no type"),
+    }
+    let Some(msg) = signed.msg else {
+        return malformed("SignedMessage carries no license request");
+    };
+    let request = LicenseRequest::decode(msg.as_slice())
+        .or_else(|_| malformed("malformed LicenseRequest"))?;
+    let request_type = match request.r#type.unwrap_or(1) {
+        1 => RequestType::New,
+        2 => RequestType::Renewal,
+        3 => RequestType::Release,
+        other => return malformed(format!("unknown license request type {other}")),
+    };
+    let mut info = ChallengeInfo {
+        key_ids: Vec::new(),
+        request_type,
+        custom_data: None,
+    };
+    let Some(content) = request.content_id else {
+        // Renewals and releases identify the license, not the keys.
+        return Ok(info);
+    };
+    let blobs: Vec<Vec<u8>> = match (content.widevine_pssh_data, content.init_data) {
+        (Some(pssh), _) => pssh.pssh_data,
+        (None, Some(init)) if init.init_data_type.unwrap_or(INIT_DATA_CENC) == INIT_DATA_CENC => {
+            init.init_data.into_iter().collect()
+        }
+        _ => Vec::new(),
+    };
+    for blob in &blobs {
+        read_pssh_data(blob, &mut info)?;
+    }
+    Ok(info)
+}
+
+/// A blob is either `WidevinePsshData` or a whole `pssh` box around one.
+fn read_pssh_data(blob: &[u8], info: &mut ChallengeInfo) -> Result<(), ChallengeError> {
+    let data = match PsshBox::parse(blob) {
+        Some(pssh) => {
+            if pssh.system_id != WIDEVINE_SYSTEM_ID {
+                return malformed("pssh box is not Widevine's");
+            }
+            info.key_ids.extend(pssh.key_ids);
+            pssh.data
+        }
+        None => blob,
+    };
+    let pssh = WidevinePsshData::decode(data).or_else(|_| malformed("malformed pssh data"))?;
+    for key_id in pssh.key_ids {
+        let Some(kid) = Kid::from_slice(&key_id) else {
+            return malformed(format!("key ID of {} bytes, not 16", key_id.len()));
+        };
+        if !info.key_ids.contains(&kid) {
+            info.key_ids.push(kid);
+        }
+    }
+    if info.custom_data.is_none() {
+        info.custom_data = pssh
+            .content_id
+            .map(|id| String::from_utf8_lossy(&id).into_owned());
+    }
+    Ok(())
+}
+
+/// An ISO BMFF `pssh` box (versions 0 and 1), borrowed from the bytes it was read from.
+pub struct PsshBox<'a> {
+    pub system_id: [u8; 16],
+    pub key_ids: Vec<Kid>,
+    pub data: &'a [u8],
+}
+
+impl<'a> PsshBox<'a> {
+    /// `None` unless `bytes` is exactly one well-formed pssh box.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut reader = Reader(bytes);
+        let size = reader.u32()? as usize;
+        if size != bytes.len() || reader.take(4)? != b"pssh" {
+            return None;
+        }
+        let version = reader.take(4)?[0];
+        let system_id: [u8; 16] = reader.take(16)?.try_into().ok()?;
+        let mut key_ids = Vec::new();
+        if version > 0 {
+            let count = reader.u32()? as usize;
+            if count > super::MAX_KEY_IDS {
+                return None;
+            }
+            for _ in 0..count {
+                key_ids.push(Kid::from_slice(reader.take(16)?)?);
+            }
+        }
+        let data_size = reader.u32()? as usize;
+        let data = reader.take(data_size)?;
+        reader.0.is_empty().then_some(PsshBox {
+            system_id,
+            key_ids,
+            data,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/license-request-kid-01020304.bin");
+
+    fn kid(n: u8) -> Vec<u8> {
+        vec![n; 16]
+    }
+
+    fn request(content: ContentIdentification, request_type: i32) -> Vec<u8> {
+        let msg = LicenseRequest {
+            content_id: Some(content),
+            r#type: Some(request_type),
+        }
+        .encode_to_vec();
+        SignedMessage {
+            r#type: Some(LICENSE_REQUEST),
+            msg: Some(msg),
+        }
+        .encode_to_vec()
+    }
+
+    fn pssh_data(key_ids: Vec<Vec<u8>>) -> Vec<u8> {
+        WidevinePsshData {
+            key_ids,
+            content_id: Some(b"movie-1".to_vec()),
+        }
+        .encode_to_vec()
+    }
+
+    fn pssh_box(version: u8, box_kids: &[Vec<u8>], data: &[u8]) -> Vec<u8> {
+        let mut body = vec![version, 0, 0, 0];
+        body.extend_from_slice(&WIDEVINE_SYSTEM_ID);
+        if version > 0 {
+            body.extend_from_slice(&(box_kids.len() as u32).to_be_bytes());
+            for kid in box_kids {
+                body.extend_from_slice(kid);
+            }
+        }
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(data);
+        let mut pssh = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        pssh.extend_from_slice(b"pssh");
+        pssh.extend_from_slice(&body);
+        pssh
+    }
+
+    #[test]
+    fn fixture_has_one_kid_and_is_new() {
+        let info = parse(FIXTURE).unwrap();
+        assert_eq!(info.key_ids.len(), 1);
+        assert_eq!(
+            info.key_ids[0].to_string(),
+            "01020304-0506-0708-090a-0b0c0d0e0f10"
+        );
+        assert_eq!(info.request_type, RequestType::New);
+    }
+
+    #[test]
+    fn pssh_data_in_a_box_and_in_init_data() {
+        let data = pssh_data(vec![kid(1), kid(2)]);
+        let boxed = pssh_box(1, &[kid(3)], &data);
+        let via_pssh = request(
+            ContentIdentification {
+                widevine_pssh_data: Some(WidevinePsshDataContainer {
+                    pssh_data: vec![boxed.clone()],
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        let info = parse(&via_pssh).unwrap();
+        assert_eq!(info.key_ids.len(), 3);
+        assert_eq!(info.custom_data.as_deref(), Some("movie-1"));
+        let via_init = request(
+            ContentIdentification {
+                init_data: Some(InitData {
+                    init_data_type: Some(INIT_DATA_CENC),
+                    init_data: Some(boxed),
+                }),
+                ..Default::default()
+            },
+            2,
+        );
+        let info = parse(&via_init).unwrap();
+        assert_eq!(info.key_ids.len(), 3);
+        assert_eq!(info.request_type, RequestType::Renewal);
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors_not_panics() {
+        let wrong_kid = request(
+            ContentIdentification {
+                widevine_pssh_data: Some(WidevinePsshDataContainer {
+                    pssh_data: vec![pssh_data(vec![vec![1; 15]])],
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(parse(&wrong_kid).is_err());
+        for cut in 0..FIXTURE.len() {
+            let _ = parse(&FIXTURE[..cut]);
+        }
+        // A length field claiming 2^32 bytes.
+        assert!(parse(&[0x12, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]).is_err());
+        // Nesting far deeper than the schema: a chain of length-delimited field 2s.
+        let mut deep = vec![0x08, 0x01];
+        for _ in 0..200 {
+            let mut outer = vec![0x12];
+            let mut len = deep.len();
+            while len >= 0x80 {
+                outer.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            outer.push(len as u8);
+            outer.extend_from_slice(&deep);
+            deep = outer;
+        }
+        let _ = parse(&deep);
+        assert!(parse(b"not protobuf at all \xff\xff").is_err());
+        assert!(PsshBox::parse(&[0, 0, 0, 8, b'p', b's', b's', b'h']).is_none());
+    }
+}
