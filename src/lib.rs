@@ -9,6 +9,7 @@ pub mod config;
 pub mod cors;
 pub mod drm;
 pub mod keyseed;
+pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;

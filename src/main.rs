@@ -1,7 +1,7 @@
 //! The `licensegate` command: serve, or check a config.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +29,11 @@ enum Command {
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// List the key IDs in a DASH manifest, per adaptation set.
+    Kids {
+        #[arg(long)]
+        mpd: PathBuf,
     },
     /// Content key tools.
     Keys {
@@ -77,6 +82,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Kids { mpd } => match list_kids(&mpd) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", mpd.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config: path } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -102,6 +117,27 @@ fn main() -> ExitCode {
             server.run_forever()
         }
     }
+}
+
+fn list_kids(mpd: &Path) -> Result<String, String> {
+    use std::fmt::Write;
+    let text = std::fs::read(mpd).map_err(|e| e.to_string())?;
+    let sets = licensegate::manifest::dash_kids(&text)?;
+    let mut out = String::new();
+    for (index, set) in sets.iter().enumerate() {
+        let id = set.id.clone().unwrap_or_else(|| index.to_string());
+        let kind = set.content_type.as_deref().unwrap_or("-");
+        let _ = writeln!(out, "adaptation set {id} ({kind})");
+        for kid in &set.default_kids {
+            let _ = writeln!(out, "  default_KID  {kid}");
+        }
+        for (drm, kids) in &set.pssh {
+            for kid in kids {
+                let _ = writeln!(out, "  {drm:<12} {kid}");
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn derive_key(seed: &str, kid: &str) -> Result<String, String> {

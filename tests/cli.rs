@@ -123,3 +123,24 @@ fn keys_derive_prints_the_key_in_hex_and_base64() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--seed"));
 }
+
+#[test]
+fn kids_lists_every_key_id_of_the_demo_manifest() {
+    let output = licensegate(&["kids", "--mpd", "tests/fixtures/clearkey-demo.mpd"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let kid = "01020304-0506-0708-090a-0b0c0d0e0f10";
+    for label in ["default_KID", "clearkey", "playready", "widevine"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(label) && l.ends_with(kid)),
+            "{label} missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.starts_with("adaptation set 0 (video)"), "{stdout}");
+}

@@ -5,8 +5,9 @@
 //! malformed challenge is a [`ChallengeError`] (400 `challenge_malformed`).
 
 mod clearkey;
-mod playready;
-mod widevine;
+pub(crate) mod playready;
+pub mod pssh;
+pub(crate) mod widevine;
 
 use std::fmt;
 use std::str::FromStr;

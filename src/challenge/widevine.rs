@@ -3,6 +3,7 @@
 
 use prost::Message;
 
+use super::pssh::{PsshBox, WIDEVINE_SYSTEM_ID};
 use super::{ChallengeError, ChallengeInfo, Kid, RequestType, malformed};
 
 #[derive(Clone, PartialEq, Message)]
@@ -78,10 +79,6 @@ struct WidevinePsshData {
     content_id: Option<Vec<u8>>,
 }
 
-const WIDEVINE_SYSTEM_ID: [u8; 16] = [
-    0xed, 0xef, 0x8b, 0xa9, 0x79, 0xd6, 0x4a, 0xce, 0xa3, 0xc8, 0x27, 0xdc, 0xd5, 0x1d, 0x21, 0xed,
-];
-
 pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     let signed =
         SignedMessage::decode(challenge).or_else(|_| malformed("not a Widevine SignedMessage"))?;
@@ -130,11 +127,22 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     Ok(info)
 }
 
+/// The key IDs listed in a `WidevinePsshData` payload.
+pub fn pssh_data_kids(data: &[u8]) -> Result<Vec<Kid>, ChallengeError> {
+    let mut info = ChallengeInfo {
+        key_ids: Vec::new(),
+        request_type: RequestType::New,
+        custom_data: None,
+    };
+    read_pssh_data(data, &mut info)?;
+    Ok(info.key_ids)
+}
+
 /// A blob is either `WidevinePsshData` or a whole `pssh` box around one.
 fn read_pssh_data(blob: &[u8], info: &mut ChallengeInfo) -> Result<(), ChallengeError> {
     let data = match PsshBox::parse(blob) {
         Some(pssh) => {
-            if pssh.system_id != WIDEVINE_SYSTEM_ID {
+            if pssh.system_id != WIDEVINE_SYSTEM_ID.0 {
                 return malformed("pssh box is not Widevine's");
             }
             info.key_ids.extend(pssh.key_ids);
@@ -157,60 +165,6 @@ fn read_pssh_data(blob: &[u8], info: &mut ChallengeInfo) -> Result<(), Challenge
             .map(|id| String::from_utf8_lossy(&id).into_owned());
     }
     Ok(())
-}
-
-/// An ISO BMFF `pssh` box (versions 0 and 1), borrowed from the bytes it was read from.
-pub struct PsshBox<'a> {
-    pub system_id: [u8; 16],
-    pub key_ids: Vec<Kid>,
-    pub data: &'a [u8],
-}
-
-impl<'a> PsshBox<'a> {
-    /// `None` unless `bytes` is exactly one well-formed pssh box.
-    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        let mut reader = Reader(bytes);
-        let size = reader.u32()? as usize;
-        if size != bytes.len() || reader.take(4)? != b"pssh" {
-            return None;
-        }
-        let version = reader.take(4)?[0];
-        let system_id: [u8; 16] = reader.take(16)?.try_into().ok()?;
-        let mut key_ids = Vec::new();
-        if version > 0 {
-            let count = reader.u32()? as usize;
-            if count > super::MAX_KEY_IDS {
-                return None;
-            }
-            for _ in 0..count {
-                key_ids.push(Kid::from_slice(reader.take(16)?)?);
-            }
-        }
-        let data_size = reader.u32()? as usize;
-        let data = reader.take(data_size)?;
-        reader.0.is_empty().then_some(PsshBox {
-            system_id,
-            key_ids,
-            data,
-        })
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
 }
 
 #[cfg(test)]
@@ -246,7 +200,7 @@ mod tests {
 
     fn pssh_box(version: u8, box_kids: &[Vec<u8>], data: &[u8]) -> Vec<u8> {
         let mut body = vec![version, 0, 0, 0];
-        body.extend_from_slice(&WIDEVINE_SYSTEM_ID);
+        body.extend_from_slice(&WIDEVINE_SYSTEM_ID.0);
         if version > 0 {
             body.extend_from_slice(&(box_kids.len() as u32).to_be_bytes());
             for kid in box_kids {
@@ -335,6 +289,5 @@ mod tests {
         }
         let _ = parse(&deep);
         assert!(parse(b"not protobuf at all \xff\xff").is_err());
-        assert!(PsshBox::parse(&[0, 0, 0, 8, b'p', b's', b's', b'h']).is_none());
     }
 }
