@@ -14,6 +14,8 @@ challenge_bytes="${CHALLENGE_BYTES:-2048}"
 sim_port="${SIM_PORT:-18090}"
 gate_port="${GATE_PORT:-18080}"
 admin_port="${ADMIN_PORT:-19090}"
+rate="${RATE:-2000}"
+rate_requests="${RATE_REQUESTS:-20000}"
 
 scripts/setup.sh
 command -v oha >/dev/null || cargo install oha --locked
@@ -36,7 +38,7 @@ wait_port() {
   exit 1
 }
 
-./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" >/dev/null &
+./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads "${SIM_THREADS:-2}" >/dev/null &
 pids+=($!)
 wait_port "$sim_port"
 
@@ -68,25 +70,32 @@ upstream_connections() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["request_connections"])'
 }
 
-run() { # name url
-  local before after
+run() { # name url [oha options...]
+  local name=$1 url=$2 before after
+  shift 2
   before=$(upstream_connections)
-  oha -n "$requests" -c "$connections" -m POST -D "$out/challenge.bin" \
-    -H 'Content-Type: application/octet-stream' --no-tui --output-format json "$2" \
-    >"$out/$1.json"
+  oha "$@" -c "$connections" -m POST -D "$out/challenge.bin" \
+    -H 'Content-Type: application/octet-stream' --no-tui --output-format json "$url" \
+    >"$out/$name.json"
   after=$(upstream_connections)
   # The /stats calls themselves open one connection each.
-  echo $((after - before - 1)) >"$out/$1.connections"
+  echo $((after - before - 1)) >"$out/$name.connections"
 }
 
-run direct "http://127.0.0.1:$sim_port/AcquireLicense"
-run licensegate "http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
+direct="http://127.0.0.1:$sim_port/AcquireLicense"
+gate="http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
+# Saturated: throughput. Then a fixed rate well below saturation: the latency licensegate
+# adds, without queueing in it.
+run direct "$direct" -n "$requests"
+run licensegate "$gate" -n "$requests"
+run direct_rate "$direct" -n "$rate_requests" -q "$rate"
+run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
-python3 - "$out" "$requests" "$connections" "$challenge_bytes" <<'PY'
+python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" <<'PY'
 import json, sys
-out, requests, connections, size = sys.argv[1], *sys.argv[2:]
+out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
-for name in ("direct", "licensegate"):
+for name in ("direct", "licensegate", "direct_rate", "licensegate_rate"):
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
     statuses = report.get("statusCodeDistribution", {})
@@ -99,9 +108,13 @@ print(f"\n{requests} requests, {connections} connections, {size}-byte challenges
 print(f"| {'run':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
 print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
 labels = {"direct": "(a) oha -> simulator",
-          "licensegate": "(b) oha -> licensegate -> simulator"}
+          "licensegate": "(b) oha -> licensegate -> simulator",
+          "direct_rate": f"(a) at {rate} req/s",
+          "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
     print(f"| {labels[name]:<34} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
 a, b = rows["direct"], rows["licensegate"]
-print(f"\nratio b/a req/s: {b[0] / a[0]:.2f}   p99 added: {b[2] - a[2]:.2f} ms")
+ar, br = rows["direct_rate"], rows["licensegate_rate"]
+print(f"\nsaturated: ratio b/a req/s {b[0] / a[0]:.2f}, p99 added {b[2] - a[2]:.2f} ms")
+print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY

@@ -11,6 +11,11 @@ use licensegate::keyseed::KeySeed;
 
 const DEFAULT_CONFIG: &str = "conf/licensegate.toml";
 
+// Per-request allocations are many and small; jemalloc keeps them off glibc's arena locks
+// (as Pingora's own benchmarks do).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "licensegate", version, about = "DRM license acquisition proxy")]
 struct Cli {
