@@ -4,6 +4,7 @@
 //! hooks and [`server`] assembles listeners and background services from the [`config`].
 
 pub mod admin;
+pub mod auth;
 pub mod challenge;
 pub mod config;
 pub mod cors;

@@ -307,7 +307,7 @@ pub async fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
         )));
     };
     let peer = upstream.peer(&target, remaining.min(upstream.vendor.read_timeout));
-    if upstream.multiplexes() && std::env::var_os("NO_GATE").is_none() {
+    if upstream.multiplexes() {
         ctx.forward.stream_turn = Some(target.gate.take_turn().await);
     }
     ctx.forward.tried.push(target.addr);

@@ -19,6 +19,179 @@ pub struct FileConfig {
     pub vendors: BTreeMap<String, Vendor>,
     #[serde(default)]
     pub routes: BTreeMap<Drm, String>,
+    pub auth: Option<Auth>,
+    pub catalog: Option<Catalog>,
+    #[serde(default)]
+    pub key_seeds: BTreeMap<String, String>,
+    #[serde(default)]
+    pub entitlement: Entitlement,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Policy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default = "default_token_sources")]
+    pub sources: Vec<TokenSource>,
+    #[serde(default = "default_query_parameter")]
+    pub query_parameter: String,
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    #[serde(default = "default_reload_seconds")]
+    pub reload_seconds: u64,
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u64,
+    pub keys: Vec<AuthKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Header, TokenSource::Query, TokenSource::Cookie]
+}
+fn default_query_parameter() -> String {
+    "token".into()
+}
+fn default_cookie() -> String {
+    "licensegate_token".into()
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_reload_seconds() -> u64 {
+    5
+}
+fn default_cache_entries() -> u64 {
+    100_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum AuthKey {
+    /// A shared HMAC secret.
+    Secret {
+        algorithm: String,
+        secret: String,
+        #[serde(default)]
+        encoding: SecretEncoding,
+        kid: Option<String>,
+    },
+    /// A public key file (RSA, EC or Ed25519) in PEM.
+    Pem {
+        algorithm: String,
+        path: String,
+        kid: Option<String>,
+    },
+    /// A JWKS file; each key is selected by its `kid`.
+    Jwks { path: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEncoding {
+    #[default]
+    Text,
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub path: String,
+    #[serde(default = "default_reload_seconds")]
+    pub reload_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Entitlement {
+    /// The token claim listing what the user may play: content ids, glob patterns such as
+    /// `series-12/*`, or `tier:NAME` for catalog entries of that tier.
+    pub claim: String,
+    pub default_policy: String,
+    pub service: Option<EntitlementService>,
+}
+
+impl Default for Entitlement {
+    fn default() -> Self {
+        Self {
+            claim: "entitlements".into(),
+            default_policy: "default".into(),
+            service: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementService {
+    pub url: String,
+    #[serde(default = "default_entitlement_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_entitlement_cache")]
+    pub cache_seconds: u64,
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u64,
+    /// Allow with the default policy when the service cannot answer (default: refuse).
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+fn default_entitlement_timeout() -> u64 {
+    500
+}
+fn default_entitlement_cache() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// 1 (software) to 5 (hardware secure decode), Widevine's scale.
+    #[serde(default = "default_security_level")]
+    pub security_level: u8,
+    #[serde(default)]
+    pub hdcp: Hdcp,
+    /// 0 for no limit.
+    #[serde(default)]
+    pub license_duration_seconds: u64,
+    #[serde(default)]
+    pub persistent: bool,
+    /// 0 for no renewal.
+    #[serde(default)]
+    pub renewal_interval_seconds: u64,
+}
+
+fn default_security_level() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Hdcp {
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "1.4")]
+    V1_4,
+    #[serde(rename = "2.2")]
+    V2_2,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +278,7 @@ impl Default for Cors {
 #[serde(deny_unknown_fields)]
 pub struct Vendor {
     pub kind: VendorKind,
+    #[serde(default)]
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub protocol: Protocol,
@@ -145,6 +319,8 @@ fn default_dns_refresh_seconds() -> u64 {
 pub enum VendorKind {
     /// Forwards the challenge as-is with no vendor authorization.
     Passthrough,
+    /// licensegate's own ClearKey license server, answering from the catalog's keys.
+    Clearkey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -15,7 +15,9 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::drm::Drm;
-pub use file::{LogFormat, Protocol, VendorKind};
+use crate::keyseed::KeySeed;
+pub use file::{Hdcp, LogFormat, Policy, Protocol, SecretEncoding, TokenSource, VendorKind};
+pub use jsonwebtoken::Algorithm;
 
 /// The largest challenge Pingora's retry buffer holds whole; beyond it a retry would send a
 /// truncated body, so licensegate refuses such bodies instead.
@@ -53,7 +55,75 @@ pub struct Config {
     pub cors: CorsSettings,
     pub vendors: BTreeMap<String, Arc<VendorConfig>>,
     pub routes: BTreeMap<Drm, Arc<VendorConfig>>,
+    pub auth: Option<AuthSettings>,
+    pub catalog: Option<CatalogSettings>,
+    pub key_seeds: BTreeMap<String, KeySeed>,
+    pub entitlement: EntitlementSettings,
+    pub policies: BTreeMap<String, Arc<Policy>>,
 }
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub sources: Vec<TokenSource>,
+    pub query_parameter: String,
+    pub cookie: String,
+    pub user_claim: String,
+    pub leeway_seconds: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub reload_interval: Duration,
+    pub cache_entries: u64,
+    pub keys: Vec<AuthKeySource>,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthKeySource {
+    Secret {
+        algorithm: Algorithm,
+        secret: Vec<u8>,
+        kid: Option<String>,
+    },
+    Pem {
+        algorithm: Algorithm,
+        path: PathBuf,
+        kid: Option<String>,
+    },
+    Jwks {
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug)]
+pub struct CatalogSettings {
+    pub path: PathBuf,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct EntitlementSettings {
+    pub claim: String,
+    pub default_policy: String,
+    pub service: Option<EntitlementServiceSettings>,
+}
+
+#[derive(Debug)]
+pub struct EntitlementServiceSettings {
+    pub url: url::Url,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub cache_entries: u64,
+    pub fail_open: bool,
+}
+
+/// The policy used where neither content nor entitlement names one and the config defines
+/// no `[policies.default]`: software security, no output protection, no expiry.
+const BUILT_IN_DEFAULT_POLICY: Policy = Policy {
+    security_level: 1,
+    hdcp: Hdcp::None,
+    license_duration_seconds: 0,
+    persistent: false,
+    renewal_interval_seconds: 0,
+};
 
 #[derive(Debug)]
 pub struct TlsFiles {
@@ -197,6 +267,39 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
     }
 
     let cors = validate_cors(file.cors, vendors.values())?;
+    let auth = file.auth.map(validate_auth).transpose()?;
+    let catalog = file
+        .catalog
+        .map(|catalog| {
+            if catalog.reload_seconds == 0 {
+                return Err(ConfigError::new(
+                    "catalog.reload_seconds",
+                    "must be at least 1",
+                ));
+            }
+            Ok(CatalogSettings {
+                path: catalog.path.into(),
+                reload_interval: Duration::from_secs(catalog.reload_seconds),
+            })
+        })
+        .transpose()?;
+    let mut key_seeds = BTreeMap::new();
+    for (name, text) in file.key_seeds {
+        let seed =
+            KeySeed::parse(&text).map_err(|e| ConfigError::new(format!("key_seeds.{name}"), e))?;
+        key_seeds.insert(name, seed);
+    }
+    let mut policies = BTreeMap::new();
+    for (name, policy) in file.policies {
+        if !(1..=5).contains(&policy.security_level) {
+            return Err(ConfigError::new(
+                format!("policies.{name}.security_level"),
+                "must be between 1 and 5",
+            ));
+        }
+        policies.insert(name, Arc::new(policy));
+    }
+    let entitlement = validate_entitlement(file.entitlement, &mut policies)?;
     Ok(Config {
         license_listener,
         admin_listener,
@@ -205,6 +308,162 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         cors,
         vendors,
         routes,
+        auth,
+        catalog,
+        key_seeds,
+        entitlement,
+        policies,
+    })
+}
+
+fn validate_auth(auth: file::Auth) -> Result<AuthSettings, ConfigError> {
+    if auth.sources.is_empty() {
+        return Err(ConfigError::new(
+            "auth.sources",
+            "name at least one token source",
+        ));
+    }
+    if auth.keys.is_empty() {
+        return Err(ConfigError::new("auth.keys", "configure at least one key"));
+    }
+    if auth.reload_seconds == 0 {
+        return Err(ConfigError::new(
+            "auth.reload_seconds",
+            "must be at least 1",
+        ));
+    }
+    let mut keys = Vec::with_capacity(auth.keys.len());
+    for (index, key) in auth.keys.into_iter().enumerate() {
+        let at = |field: &str| format!("auth.keys[{index}].{field}");
+        let algorithm_of = |name: &str| {
+            name.parse::<Algorithm>().map_err(|_| {
+                ConfigError::new(at("algorithm"), format!("'{name}' is not a JWT algorithm"))
+            })
+        };
+        keys.push(match key {
+            file::AuthKey::Secret {
+                algorithm,
+                secret,
+                encoding,
+                kid,
+            } => {
+                let algorithm = algorithm_of(&algorithm)?;
+                if !matches!(
+                    algorithm,
+                    Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+                ) {
+                    return Err(ConfigError::new(
+                        at("algorithm"),
+                        "a secret signs HS256, HS384 or HS512",
+                    ));
+                }
+                let secret = decode_secret(&secret, encoding)
+                    .map_err(|e| ConfigError::new(at("secret"), e))?;
+                if secret.len() < 32 {
+                    return Err(ConfigError::new(at("secret"), "use at least 32 bytes"));
+                }
+                AuthKeySource::Secret {
+                    algorithm,
+                    secret,
+                    kid,
+                }
+            }
+            file::AuthKey::Pem {
+                algorithm,
+                path,
+                kid,
+            } => {
+                let algorithm = algorithm_of(&algorithm)?;
+                if matches!(
+                    algorithm,
+                    Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+                ) {
+                    return Err(ConfigError::new(
+                        at("algorithm"),
+                        "HMAC algorithms take kind = \"secret\"",
+                    ));
+                }
+                AuthKeySource::Pem {
+                    algorithm,
+                    path: path.into(),
+                    kid,
+                }
+            }
+            file::AuthKey::Jwks { path } => AuthKeySource::Jwks { path: path.into() },
+        });
+    }
+    Ok(AuthSettings {
+        sources: auth.sources,
+        query_parameter: auth.query_parameter,
+        cookie: auth.cookie,
+        user_claim: auth.user_claim,
+        leeway_seconds: auth.leeway_seconds,
+        issuer: auth.issuer,
+        audience: auth.audience,
+        reload_interval: Duration::from_secs(auth.reload_seconds),
+        cache_entries: auth.cache_entries,
+        keys,
+    })
+}
+
+fn decode_secret(text: &str, encoding: SecretEncoding) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    match encoding {
+        SecretEncoding::Text => Ok(text.as_bytes().to_vec()),
+        SecretEncoding::Hex => hex::decode(text.trim()).map_err(|_| "not hex".to_string()),
+        SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "not base64".to_string()),
+    }
+}
+
+fn validate_entitlement(
+    entitlement: file::Entitlement,
+    policies: &mut BTreeMap<String, Arc<Policy>>,
+) -> Result<EntitlementSettings, ConfigError> {
+    if !policies.contains_key(&entitlement.default_policy) {
+        if entitlement.default_policy != "default" {
+            return Err(ConfigError::new(
+                "entitlement.default_policy",
+                format!(
+                    "no policy named '{}' under [policies]",
+                    entitlement.default_policy
+                ),
+            ));
+        }
+        policies.insert("default".into(), Arc::new(BUILT_IN_DEFAULT_POLICY));
+    }
+    let service = entitlement
+        .service
+        .map(|service| {
+            let url = url::Url::parse(&service.url)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "entitlement.service.url",
+                        format!("'{}' is not an http(s) URL", service.url),
+                    )
+                })?;
+            if service.timeout_ms == 0 {
+                return Err(ConfigError::new(
+                    "entitlement.service.timeout_ms",
+                    "must be at least 1",
+                ));
+            }
+            Ok(EntitlementServiceSettings {
+                url,
+                timeout: Duration::from_millis(service.timeout_ms),
+                cache_ttl: Duration::from_secs(service.cache_seconds),
+                cache_entries: service.cache_entries,
+                fail_open: service.fail_open,
+            })
+        })
+        .transpose()?;
+    Ok(EntitlementSettings {
+        claim: entitlement.claim,
+        default_policy: entitlement.default_policy,
+        service,
     })
 }
 
@@ -251,8 +510,17 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
 
 fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, ConfigError> {
     let key = |field: &str| format!("vendors.{name}.{field}");
-    if vendor.endpoints.is_empty() {
-        return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
+    match vendor.kind {
+        VendorKind::Clearkey if !vendor.endpoints.is_empty() => {
+            return Err(ConfigError::new(
+                key("endpoints"),
+                "the built-in ClearKey server has no endpoints",
+            ));
+        }
+        VendorKind::Passthrough if vendor.endpoints.is_empty() => {
+            return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
+        }
+        _ => {}
     }
     let mut endpoints = Vec::with_capacity(vendor.endpoints.len());
     for (index, url) in vendor.endpoints.iter().enumerate() {
