@@ -90,10 +90,11 @@ impl Authenticator {
         if *seen == times {
             return Ok(false);
         }
+        // Recorded before loading: a broken file is reported once, not on every poll.
+        *seen = times;
         let keys = load_keys(&self.settings.keys)?;
         self.keys.store(Arc::new(keys));
         self.cache.invalidate_all();
-        *seen = times;
         Ok(true)
     }
 

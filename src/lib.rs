@@ -5,17 +5,21 @@
 
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod challenge;
 pub mod config;
 pub mod cors;
 pub mod drm;
+pub mod entitlement;
 pub mod keyseed;
 pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod service_certificate;
 pub mod sim;
 pub mod upstream;
+pub mod vendor;

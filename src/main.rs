@@ -65,8 +65,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve {
         config: DEFAULT_CONFIG.into(),
     }) {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+        Command::Check { config } => match Config::load(&config)
+            .and_then(|loaded| licensegate::server::load_resources(&loaded).map(|_| ()))
+        {
+            Ok(()) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

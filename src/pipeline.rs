@@ -16,12 +16,15 @@ use pingora::prelude::{HttpPeer, RequestHeader, Session};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::Endpoint;
+use crate::auth::Identity;
+use crate::catalog::{Catalog, Content};
+use crate::challenge::{self, ChallengeInfo};
+use crate::config::{Endpoint, VendorConfig, VendorKind};
 use crate::cors::{self, Origin};
 use crate::drm::{Drm, PLAYREADY_SOAP_ACTION};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem};
-use crate::server::State;
+use crate::server::{State, VendorRoute};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::Upstream;
 use tokio::sync::OwnedMutexGuard;
@@ -38,6 +41,9 @@ pub struct RequestCtx {
     pub started: Instant,
     pub origin: Origin,
     pub drm: Option<Drm>,
+    /// The DRM name, or the HLS label, for metrics and logs.
+    pub label: &'static str,
+    pub vendor: Option<Arc<VendorConfig>>,
     pub upstream: Option<Arc<Upstream>>,
     pub content_id: Option<String>,
     pub challenge_len: usize,
@@ -72,6 +78,8 @@ impl RequestCtx {
             started: Instant::now(),
             origin: Origin::Absent,
             drm: None,
+            label: "-",
+            vendor: None,
             upstream: None,
             content_id: None,
             challenge_len: 0,
@@ -139,11 +147,23 @@ pub enum Admission {
 
 pub enum Route {
     License(Drm),
+    HlsKey,
     Preflight,
 }
 
+const HLS_KEY_PATH: &str = "/v1/hls/key";
+/// The metrics and log label of HLS AES-128 key requests, in place of a DRM name.
+pub const HLS_LABEL: &str = "hls-aes";
+
 /// Phase 1: which endpoint of our API this is.
 pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
+    if path == HLS_KEY_PATH {
+        return match *method {
+            Method::GET => Ok(Route::HlsKey),
+            Method::OPTIONS => Ok(Route::Preflight),
+            _ => Err(Problem::method_not_allowed()),
+        };
+    }
     let Some(drm_name) = path.strip_prefix("/v1/license/") else {
         return Err(Problem::not_found());
     };
@@ -157,8 +177,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
     }
 }
 
-/// Phases up to the forward: route, read the challenge, resolve the vendor, and answer from
-/// memory where we can. `Forward` leaves everything the forward needs in `ctx`.
+/// Phases up to the forward: route, authenticate, read the challenge, resolve the content,
+/// check its key IDs, entitle, pick the vendor, and answer locally where licensegate can.
+/// `Forward` leaves everything the forward needs in `ctx`.
 pub async fn admit(
     state: &State,
     session: &mut Session,
@@ -169,38 +190,181 @@ pub async fn admit(
     ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
     let drm = match route(&request.method, request.uri.path())? {
         Route::Preflight => return preflight(ctx),
+        Route::HlsKey => return hls_key(state, session, ctx).await,
         Route::License(drm) => drm,
     };
     ctx.drm = Some(drm);
-    let upstream = state
-        .upstreams
-        .get(&drm)
+    ctx.label = drm.as_str();
+    let route = state
+        .route(drm)
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
-    ctx.upstream = Some(upstream.clone());
+    ctx.vendor = Some(route.config.clone());
+    let identity = authenticate(state, session.req_header())?;
 
     let challenge = read_challenge(session, &state.config.server).await?;
     ctx.challenge_len = challenge.len();
     if drm.is_service_certificate_request(&challenge) {
-        let cache = &state.metrics.service_certificate_cache;
-        return match state
-            .service_certificates
-            .lookup(&upstream.vendor.name)
-            .await
-        {
-            Lookup::Hit(certificate) => {
-                cache.with_label_values(&["hit"]).inc();
-                Ok(Admission::Answer(LocalAnswer::certificate(certificate)))
-            }
-            Lookup::Miss(filler) => {
-                cache.with_label_values(&["miss"]).inc();
-                ctx.service_certificate = Some(filler);
-                Ok(Admission::Forward)
-            }
-        };
+        return service_certificate(state, ctx, route).await;
     }
-    ctx.content_id = Some(content_id(session.req_header())?);
-    Ok(Admission::Forward)
+    let requested_id = content_id(session.req_header())?;
+    let Some(catalog) = &state.catalog else {
+        // Without a catalog licensegate forwards for whatever content the player names.
+        ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
+        ctx.upstream = route.upstream;
+        return Ok(Admission::Forward);
+    };
+    let info = challenge::parse(drm, &challenge).map_err(|e| {
+        Problem::new(400, "challenge_malformed", "Challenge not understood").with_detail(e.0)
+    })?;
+    let catalog = catalog.current();
+    let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
+    ctx.content_id = Some(content.id.clone());
+    check_key_ids(&info, &content)?;
+    let client_ip = client_ip(session);
+    let grant = state
+        .entitlements
+        .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
+        .await?;
+    let vendor = match &content.vendor {
+        Some(name) => state.vendors[name].clone(),
+        None => route,
+    };
+    ctx.vendor = Some(vendor.config.clone());
+    match vendor.config.kind {
+        VendorKind::Clearkey if drm == Drm::ClearKey => {
+            let body = crate::vendor::clearkey::license(&info, &content, &grant)?;
+            Ok(Admission::Answer(LocalAnswer {
+                status: 200,
+                outcome: "ok",
+                content_type: Some(HeaderValue::from_static("application/json")),
+                body,
+                preflight: false,
+            }))
+        }
+        VendorKind::Clearkey => Err(Problem::drm_not_routed(drm.as_str())),
+        VendorKind::Passthrough => {
+            ctx.upstream = vendor.upstream;
+            Ok(Admission::Forward)
+        }
+    }
+}
+
+fn authenticate(state: &State, request: &RequestHeader) -> Result<Option<Arc<Identity>>, Problem> {
+    state
+        .auth
+        .as_ref()
+        .map(|auth| auth.authenticate(request))
+        .transpose()
+}
+
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| addr.ip())
+}
+
+/// The Widevine service certificate: from memory, or forwarded once to fill memory.
+async fn service_certificate(
+    state: &State,
+    ctx: &mut RequestCtx,
+    route: VendorRoute,
+) -> Result<Admission, Problem> {
+    let Some(upstream) = route.upstream else {
+        return Err(Problem::drm_not_routed(Drm::Widevine.as_str()));
+    };
+    let cache = &state.metrics.service_certificate_cache;
+    match state.service_certificates.lookup(&route.config.name).await {
+        Lookup::Hit(certificate) => {
+            cache.with_label_values(&["hit"]).inc();
+            Ok(Admission::Answer(LocalAnswer::certificate(certificate)))
+        }
+        Lookup::Miss(filler) => {
+            cache.with_label_values(&["miss"]).inc();
+            ctx.service_certificate = Some(filler);
+            ctx.upstream = Some(upstream);
+            Ok(Admission::Forward)
+        }
+    }
+}
+
+/// The content asked for: named by the request, or else found by the challenge's key IDs.
+fn resolve_content(
+    catalog: &Catalog,
+    requested: Option<&str>,
+    info: &ChallengeInfo,
+) -> Result<Arc<Content>, Problem> {
+    let unknown = |what: String| {
+        Problem::new(404, "content_unknown", "Content not in the catalog").with_detail(what)
+    };
+    match requested {
+        Some(id) => catalog
+            .get(id)
+            .cloned()
+            .ok_or_else(|| unknown(format!("no content '{id}'"))),
+        None => {
+            let Some(first) = info.key_ids.first() else {
+                return Err(Problem::content_id_missing());
+            };
+            catalog
+                .by_kid(first)
+                .cloned()
+                .ok_or_else(|| unknown(format!("no content holds key ID {first}")))
+        }
+    }
+}
+
+/// Entitlement to one content must never yield another's keys: every key ID the challenge
+/// names belongs to the content.
+fn check_key_ids(info: &ChallengeInfo, content: &Content) -> Result<(), Problem> {
+    match info
+        .key_ids
+        .iter()
+        .find(|kid| !content.key_ids.contains(kid))
+    {
+        Some(stranger) => {
+            Err(
+                Problem::new(403, "kid_not_in_content", "Key ID not part of this content")
+                    .with_detail(format!("{stranger} does not belong to '{}'", content.id)),
+            )
+        }
+        None => Ok(()),
+    }
+}
+
+/// `GET /v1/hls/key?content=ID`: the AES-128 key of an HLS stream, with the same
+/// authentication and entitlement as a license.
+async fn hls_key(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admission, Problem> {
+    ctx.label = HLS_LABEL;
+    let identity = authenticate(state, session.req_header())?;
+    let Some(catalog) = &state.catalog else {
+        return Err(Problem::not_found().with_detail("HLS keys need a catalog"));
+    };
+    let id = content_id(session.req_header())?.ok_or_else(Problem::content_id_missing)?;
+    let content = resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
+    ctx.content_id = Some(content.id.clone());
+    state
+        .entitlements
+        .entitle(identity.as_deref(), &content, HLS_LABEL, client_ip(session))
+        .await?;
+    let Some(hls) = &content.hls else {
+        return Err(
+            Problem::new(404, "key_not_found", "Content key not available")
+                .with_detail(format!("'{}' has no HLS key", content.id)),
+        );
+    };
+    Ok(Admission::Answer(LocalAnswer {
+        status: 200,
+        outcome: "ok",
+        content_type: Some(HeaderValue::from_static("application/octet-stream")),
+        body: Bytes::copy_from_slice(&hls.key),
+        preflight: false,
+    }))
 }
 
 fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
@@ -255,7 +419,8 @@ async fn read_challenge(
     Ok(body)
 }
 
-pub fn content_id(request: &RequestHeader) -> Result<String, Problem> {
+/// The content id the request names, if any (`?content=` first, then `X-Content-Id`).
+pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
     let from_query = request.uri.query().and_then(|query| {
         url::form_urlencoded::parse(query.as_bytes())
             .find(|(key, _)| key == "content")
@@ -268,7 +433,7 @@ pub fn content_id(request: &RequestHeader) -> Result<String, Problem> {
                 .to_str()
                 .map_err(|_| Problem::content_id_invalid())?
                 .to_string(),
-            None => return Err(Problem::content_id_missing()),
+            None => return Ok(None),
         },
     };
     let well_formed = !id.is_empty()
@@ -277,7 +442,7 @@ pub fn content_id(request: &RequestHeader) -> Result<String, Problem> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
     if well_formed {
-        Ok(id)
+        Ok(Some(id))
     } else {
         Err(Problem::content_id_invalid())
     }
@@ -444,7 +609,15 @@ pub async fn answer(
     response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
     if answer.status == 405 {
-        response.insert_header(header::ALLOW, "POST, OPTIONS")?;
+        let allow = if session.req_header().uri.path() == HLS_KEY_PATH {
+            "GET, OPTIONS"
+        } else {
+            "POST, OPTIONS"
+        };
+        response.insert_header(header::ALLOW, allow)?;
+    }
+    if answer.status == 401 {
+        response.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
     }
     if answer.preflight {
         cors::decorate_preflight(&state.config.cors, &ctx.origin, &mut response);
@@ -480,7 +653,7 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(started)
     });
-    let drm = ctx.drm_name();
+    let drm = ctx.label;
     let vendor = ctx.vendor_name();
     let status = ctx.status.to_string();
     let metrics = &state.metrics;
@@ -577,12 +750,12 @@ mod tests {
             "/v1/license/widevine?content=movie%2F1",
             Some("other"),
         ));
-        assert_eq!(id.unwrap(), "movie/1");
-        assert_eq!(content_id(&request("/x", Some("ep-2"))).unwrap(), "ep-2");
+        assert_eq!(id.unwrap().as_deref(), Some("movie/1"));
         assert_eq!(
-            content_id(&request("/x", None)).unwrap_err().code,
-            "content_id_missing"
+            content_id(&request("/x", Some("ep-2"))).unwrap().as_deref(),
+            Some("ep-2")
         );
+        assert_eq!(content_id(&request("/x", None)).unwrap(), None);
         for bad in ["/x?content=", "/x?content=a%20b", "/x?content=%3Cscript%3E"] {
             assert_eq!(
                 content_id(&request(bad, None)).unwrap_err().code,

@@ -74,10 +74,7 @@ impl ProxyHttp for LicenseProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|addr| addr.as_inet())
-            .map(|addr| addr.ip());
+        let client_ip = pipeline::client_ip(session);
         // Pingora has already chosen the upstream HTTP version; the rebuilt header keeps it.
         let version = upstream_request.version;
         *upstream_request = pipeline::upstream_request(ctx, session.req_header(), client_ip)?;
@@ -203,7 +200,7 @@ impl ProxyHttp for LicenseProxy {
         format!(
             "request {} drm {} vendor {}",
             ctx.request_id,
-            ctx.drm_name(),
+            ctx.label,
             ctx.vendor_name()
         )
     }

@@ -1,7 +1,7 @@
 //! Turns the validated [`Config`] into a Pingora server: the license listener (the proxy), the
 //! admin listener, and one background service per routed vendor for DNS and health checks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
@@ -11,59 +11,119 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::catalog::{CatalogStore, References};
+use crate::config::{Config, ConfigError, VendorConfig, VendorKind};
 use crate::drm::Drm;
+use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::proxy::LicenseProxy;
+use crate::reload::Reloader;
 use crate::service_certificate::ServiceCertificates;
 use crate::upstream::Upstream;
 
 /// Everything a request may consult, built once at start.
 pub struct State {
     pub config: Config,
-    pub upstreams: HashMap<Drm, Arc<Upstream>>,
+    pub vendors: HashMap<String, VendorRoute>,
     pub metrics: Metrics,
     pub service_certificates: ServiceCertificates,
-    routed: Vec<Arc<Upstream>>,
+    pub auth: Option<Authenticator>,
+    pub catalog: Option<CatalogStore>,
+    pub entitlements: Entitlements,
+}
+
+/// A vendor and, unless licensegate answers for it itself, the upstream to reach it.
+#[derive(Clone)]
+pub struct VendorRoute {
+    pub config: Arc<VendorConfig>,
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 impl State {
-    /// Every vendor that serves at least one route, once.
+    /// The vendor that serves `drm` unless the content names another.
+    pub fn route(&self, drm: Drm) -> Option<&VendorRoute> {
+        self.config
+            .routes
+            .get(&drm)
+            .map(|vendor| &self.vendors[&vendor.name])
+    }
+
+    /// The upstreams of every vendor that serves at least one route, once.
     pub fn routed_upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.routed.iter()
+        let mut names: Vec<&String> = self.config.routes.values().map(|v| &v.name).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| self.vendors[name].upstream.as_ref())
     }
 }
 
+/// Files the config points at (keys, catalog), loaded and validated; `licensegate check`
+/// runs this too, so a bad key file or catalog entry fails the check.
+pub struct Resources {
+    pub auth: Option<Authenticator>,
+    pub catalog: Option<CatalogStore>,
+}
+
+pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
+    let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
+    let references = References {
+        policies: config.policies.clone(),
+        vendors: config.vendors.keys().cloned().collect(),
+        key_seeds: config.key_seeds.clone(),
+    };
+    let catalog = config
+        .catalog
+        .as_ref()
+        .map(|catalog| CatalogStore::open(&catalog.path, references))
+        .transpose()?;
+    Ok(Resources { auth, catalog })
+}
+
 /// Builds the server; `run_forever` (or `run`) starts it.
-pub fn build(config: Config) -> Result<Server, Box<pingora::Error>> {
+pub fn build(config: Config) -> Result<Server, String> {
+    let resources = load_resources(&config).map_err(|e| e.to_string())?;
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
 
-    let mut by_vendor: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-    for vendor in config.routes.values() {
-        if by_vendor.contains_key(&vendor.name) {
-            continue;
-        }
-        let (upstream, discovery) =
-            Upstream::new(vendor.clone(), config.server.upstream_idle_timeout);
-        server.add_service(discovery);
-        by_vendor.insert(vendor.name.clone(), Arc::new(upstream));
+    let mut vendors = HashMap::new();
+    for (name, vendor) in &config.vendors {
+        let upstream = match vendor.kind {
+            VendorKind::Passthrough => {
+                let (upstream, discovery) =
+                    Upstream::new(vendor.clone(), config.server.upstream_idle_timeout);
+                server.add_service(discovery);
+                Some(Arc::new(upstream))
+            }
+            VendorKind::Clearkey => None,
+        };
+        vendors.insert(
+            name.clone(),
+            VendorRoute {
+                config: vendor.clone(),
+                upstream,
+            },
+        );
     }
-    let upstreams = config
-        .routes
-        .iter()
-        .map(|(drm, vendor)| (*drm, by_vendor[&vendor.name].clone()))
-        .collect();
     let service_certificates = ServiceCertificates::new(
-        by_vendor.keys().map(String::as_str),
+        config.vendors.keys().map(String::as_str),
         config.server.service_certificate_ttl,
     );
     let state = Arc::new(State {
-        upstreams,
+        vendors,
         metrics: Metrics::new(),
         service_certificates,
-        routed: by_vendor.into_values().collect(),
+        auth: resources.auth,
+        catalog: resources.catalog,
+        entitlements: Entitlements::new(&config.entitlement, &config.policies),
         config,
     });
+    if let Some(reloader) = Reloader::new(state.clone()) {
+        server.add_service(pingora::services::background::background_service(
+            "reloader", reloader,
+        ));
+    }
 
     let mut license = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -82,7 +142,8 @@ pub fn build(config: Config) -> Result<Server, Box<pingora::Error>> {
     match &state.config.tls {
         Some(tls) => {
             let mut settings =
-                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())?;
+                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                    .map_err(|e| format!("listeners.tls: {e}"))?;
             settings.enable_h2();
             license.add_tls_with_settings(&license_addr, None, settings);
         }

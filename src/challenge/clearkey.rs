@@ -4,11 +4,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::{ChallengeError, ChallengeInfo, Kid, RequestType, malformed};
+use super::{ChallengeError, ChallengeInfo, Kid, malformed};
 
 #[derive(Deserialize)]
 struct Request {
     kids: Vec<String>,
+    #[serde(rename = "type")]
+    session_type: Option<String>,
 }
 
 pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
@@ -33,10 +35,15 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
             key_ids.push(kid);
         }
     }
+    let persistent = match request.session_type.as_deref() {
+        None | Some("temporary") => false,
+        Some("persistent-license") => true,
+        Some(other) => return malformed(format!("unknown session type '{other}'")),
+    };
     Ok(ChallengeInfo {
         key_ids,
-        request_type: RequestType::New,
-        custom_data: None,
+        persistent,
+        ..ChallengeInfo::default()
     })
 }
 
@@ -62,6 +69,7 @@ mod tests {
             br#"{"kids":["AQID"]}"#,
             br#"{"kids":[1]}"#,
             br#"{"kids":"AQIDBAUGBwgJCgsMDQ4PEA"}"#,
+            br#"{"kids":["AQIDBAUGBwgJCgsMDQ4PEA"],"type":"forever"}"#,
             b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
         ] {
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));

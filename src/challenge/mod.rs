@@ -58,20 +58,24 @@ impl FromStr for Kid {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RequestType {
+    #[default]
     New,
     Renewal,
     Release,
 }
 
 /// What licensegate learned from a challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChallengeInfo {
     /// Key IDs the challenge names; empty when the format carries none (FairPlay's SPC is
     /// encrypted to the key server) or the CDM left them out.
     pub key_ids: Vec<Kid>,
     pub request_type: RequestType,
+    /// Whether the CDM asks for a license it may store (ClearKey `persistent-license`,
+    /// Widevine `OFFLINE`).
+    pub persistent: bool,
     /// Free text the player's app put in the challenge: PlayReady `CustomData`, Widevine pssh
     /// `content_id`. Untrusted; for logs and vendor adapters, never for decisions.
     pub custom_data: Option<String>,
@@ -96,11 +100,7 @@ pub fn parse(drm: Drm, challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError
         Drm::Widevine => widevine::parse(challenge)?,
         Drm::PlayReady => playready::parse(challenge)?,
         Drm::ClearKey => clearkey::parse(challenge)?,
-        Drm::FairPlay => ChallengeInfo {
-            key_ids: Vec::new(),
-            request_type: RequestType::New,
-            custom_data: None,
-        },
+        Drm::FairPlay => ChallengeInfo::default(),
     };
     if info.key_ids.len() > MAX_KEY_IDS {
         return malformed(format!("more than {MAX_KEY_IDS} key IDs"));

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
-use super::{ChallengeError, ChallengeInfo, Kid, RequestType, malformed};
+use super::{ChallengeError, ChallengeInfo, Kid, malformed};
 
 /// Real challenges nest about ten deep; anything far deeper is an attack on the parser.
 const MAX_DEPTH: usize = 32;
@@ -19,11 +19,7 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     let mut path: Vec<Vec<u8>> = Vec::new();
     // The text of the element being read: quick-xml splits it around entity references.
     let mut text = String::new();
-    let mut info = ChallengeInfo {
-        key_ids: Vec::new(),
-        request_type: RequestType::New,
-        custom_data: None,
-    };
+    let mut info = ChallengeInfo::default();
     let mut saw_wrmheader = false;
     let mut buf = Vec::new();
     loop {

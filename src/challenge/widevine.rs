@@ -41,6 +41,8 @@ struct ContentIdentification {
 struct WidevinePsshDataContainer {
     #[prost(bytes = "vec", repeated, tag = "1")]
     pssh_data: Vec<Vec<u8>>,
+    #[prost(int32, optional, tag = "2")]
+    license_type: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -67,9 +69,12 @@ struct InitData {
     init_data_type: Option<i32>,
     #[prost(bytes = "vec", optional, tag = "2")]
     init_data: Option<Vec<u8>>,
+    #[prost(int32, optional, tag = "3")]
+    license_type: Option<i32>,
 }
 
 const INIT_DATA_CENC: i32 = 1;
+const LICENSE_TYPE_OFFLINE: i32 = 2;
 
 #[derive(Clone, PartialEq, Message)]
 struct WidevinePsshData {
@@ -84,11 +89,7 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
         SignedMessage::decode(challenge).or_else(|_| malformed("not a Widevine SignedMessage"))?;
     match signed.r#type {
         Some(SERVICE_CERTIFICATE_REQUEST) => {
-            return Ok(ChallengeInfo {
-                key_ids: Vec::new(),
-                request_type: RequestType::New,
-                custom_data: None,
-            });
+            return Ok(ChallengeInfo::default());
         }
         Some(LICENSE_REQUEST) => {}
         Some(other) => return malformed(format!("SignedMessage type {other} is not a request")),
@@ -106,21 +107,24 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
         other => return malformed(format!("unknown license request type {other}")),
     };
     let mut info = ChallengeInfo {
-        key_ids: Vec::new(),
         request_type,
-        custom_data: None,
+        ..ChallengeInfo::default()
     };
     let Some(content) = request.content_id else {
         // Renewals and releases identify the license, not the keys.
         return Ok(info);
     };
-    let blobs: Vec<Vec<u8>> = match (content.widevine_pssh_data, content.init_data) {
-        (Some(pssh), _) => pssh.pssh_data,
-        (None, Some(init)) if init.init_data_type.unwrap_or(INIT_DATA_CENC) == INIT_DATA_CENC => {
-            init.init_data.into_iter().collect()
-        }
-        _ => Vec::new(),
-    };
+    let (blobs, license_type): (Vec<Vec<u8>>, Option<i32>) =
+        match (content.widevine_pssh_data, content.init_data) {
+            (Some(pssh), _) => (pssh.pssh_data, pssh.license_type),
+            (None, Some(init))
+                if init.init_data_type.unwrap_or(INIT_DATA_CENC) == INIT_DATA_CENC =>
+            {
+                (init.init_data.into_iter().collect(), init.license_type)
+            }
+            _ => (Vec::new(), None),
+        };
+    info.persistent = license_type == Some(LICENSE_TYPE_OFFLINE);
     for blob in &blobs {
         read_pssh_data(blob, &mut info)?;
     }
@@ -129,11 +133,7 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
 
 /// The key IDs listed in a `WidevinePsshData` payload.
 pub fn pssh_data_kids(data: &[u8]) -> Result<Vec<Kid>, ChallengeError> {
-    let mut info = ChallengeInfo {
-        key_ids: Vec::new(),
-        request_type: RequestType::New,
-        custom_data: None,
-    };
+    let mut info = ChallengeInfo::default();
     read_pssh_data(data, &mut info)?;
     Ok(info.key_ids)
 }
@@ -234,6 +234,7 @@ mod tests {
             ContentIdentification {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![boxed.clone()],
+                    license_type: Some(LICENSE_TYPE_OFFLINE),
                 }),
                 ..Default::default()
             },
@@ -241,12 +242,14 @@ mod tests {
         );
         let info = parse(&via_pssh).unwrap();
         assert_eq!(info.key_ids.len(), 3);
+        assert!(info.persistent);
         assert_eq!(info.custom_data.as_deref(), Some("movie-1"));
         let via_init = request(
             ContentIdentification {
                 init_data: Some(InitData {
                     init_data_type: Some(INIT_DATA_CENC),
                     init_data: Some(boxed),
+                    license_type: None,
                 }),
                 ..Default::default()
             },
@@ -263,6 +266,7 @@ mod tests {
             ContentIdentification {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![pssh_data(vec![vec![1; 15]])],
+                    license_type: None,
                 }),
                 ..Default::default()
             },

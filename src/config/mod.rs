@@ -106,7 +106,7 @@ pub struct EntitlementSettings {
     pub service: Option<EntitlementServiceSettings>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EntitlementServiceSettings {
     pub url: url::Url,
     pub timeout: Duration,
@@ -257,6 +257,12 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
                 format!("no vendor named '{vendor_name}' under [vendors]"),
             ));
         };
+        if vendor.kind == VendorKind::Clearkey && drm != Drm::ClearKey {
+            return Err(ConfigError::new(
+                format!("routes.{drm}"),
+                format!("'{vendor_name}' is the built-in ClearKey server; it serves only clearkey"),
+            ));
+        }
         routes.insert(drm, vendor.clone());
     }
     if routes.is_empty() {

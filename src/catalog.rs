@@ -1,0 +1,443 @@
+//! The content catalog: what each content id is made of (key IDs, keys, HLS key), which
+//! license policy and vendor it uses, and flags such as `free`.
+//!
+//! Loaded from a TOML or JSON file, validated with errors naming the entry, and reloaded
+//! atomically when the file changes: a request keeps the catalog it started with, and a broken
+//! new file leaves the running catalog in place.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use crate::challenge::Kid;
+use crate::config::{ConfigError, Policy};
+use crate::keyseed::KeySeed;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    content: BTreeMap<String, EntryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    #[serde(default)]
+    key_ids: Vec<String>,
+    /// KID -> content key (32 hex digits).
+    #[serde(default)]
+    keys: BTreeMap<String, String>,
+    /// Derive the keys of `key_ids` from this named key seed instead of listing them.
+    key_seed: Option<String>,
+    policy: Option<String>,
+    vendor: Option<String>,
+    #[serde(default)]
+    free: bool,
+    #[serde(default)]
+    tiers: Vec<String>,
+    hls: Option<HlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HlsFile {
+    key: String,
+    iv: Option<String>,
+}
+
+/// One content entry, validated.
+#[derive(Debug)]
+pub struct Content {
+    pub id: String,
+    pub key_ids: Vec<Kid>,
+    /// Content keys by KID, listed or derived; may be empty when a vendor holds the keys.
+    pub keys: HashMap<Kid, [u8; 16]>,
+    pub policy: Option<(String, Arc<Policy>)>,
+    pub vendor: Option<String>,
+    pub free: bool,
+    pub tiers: Vec<String>,
+    pub hls: Option<HlsKey>,
+}
+
+#[derive(Debug)]
+pub struct HlsKey {
+    pub key: [u8; 16],
+    pub iv: Option<[u8; 16]>,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    entries: HashMap<String, Arc<Content>>,
+    by_kid: HashMap<Kid, Arc<Content>>,
+}
+
+impl Catalog {
+    pub fn get(&self, content_id: &str) -> Option<&Arc<Content>> {
+        self.entries.get(content_id)
+    }
+
+    /// The content a key ID belongs to, for requests that name no content id.
+    pub fn by_kid(&self, kid: &Kid) -> Option<&Arc<Content>> {
+        self.by_kid.get(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What catalog entries may refer to, taken from the config.
+#[derive(Clone)]
+pub struct References {
+    pub policies: BTreeMap<String, Arc<Policy>>,
+    pub vendors: BTreeSet<String>,
+    pub key_seeds: BTreeMap<String, KeySeed>,
+}
+
+/// Parses and validates catalog text; `json` picks the format.
+pub fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
+    let file: CatalogFile = if json {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+            .map_err(|e| ConfigError::new(e.path().to_string(), e.into_inner().to_string()))?
+    } else {
+        let tree: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError::new("(syntax)", e.message().to_string()))?;
+        serde_path_to_error::deserialize(tree).map_err(|e| {
+            ConfigError::new(e.path().to_string(), e.into_inner().message().to_string())
+        })?
+    };
+    let mut catalog = Catalog::default();
+    for (id, entry) in file.content {
+        let content = Arc::new(validate_entry(&id, entry, refs)?);
+        for kid in &content.key_ids {
+            if let Some(other) = catalog.by_kid.insert(*kid, content.clone()) {
+                return Err(ConfigError::new(
+                    format!("content.{id}.key_ids"),
+                    format!("key ID {kid} also belongs to '{}'", other.id),
+                ));
+            }
+        }
+        catalog.entries.insert(id, content);
+    }
+    Ok(catalog)
+}
+
+fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Content, ConfigError> {
+    let at = |field: &str| format!("content.{id}.{field}");
+    if id.is_empty()
+        || id.len() > 256
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
+    {
+        return Err(ConfigError::new(
+            format!("content.{id}"),
+            "a content id is 1 to 256 characters of letters, digits and . _ - : /",
+        ));
+    }
+    let mut key_ids = Vec::with_capacity(entry.key_ids.len());
+    for (index, text) in entry.key_ids.iter().enumerate() {
+        let kid: Kid = text
+            .parse()
+            .map_err(|e: String| ConfigError::new(format!("{}[{index}]", at("key_ids")), e))?;
+        if !key_ids.contains(&kid) {
+            key_ids.push(kid);
+        }
+    }
+    let mut keys = HashMap::new();
+    for (kid_text, key_text) in &entry.keys {
+        let kid: Kid = kid_text
+            .parse()
+            .map_err(|e: String| ConfigError::new(at("keys"), e))?;
+        if !key_ids.contains(&kid) {
+            return Err(ConfigError::new(
+                at("keys"),
+                format!("key for {kid}, which is not in key_ids"),
+            ));
+        }
+        keys.insert(
+            kid,
+            key16(key_text)
+                .map_err(|e| ConfigError::new(format!("{}.{kid_text}", at("keys")), e))?,
+        );
+    }
+    if let Some(seed_name) = &entry.key_seed {
+        let Some(seed) = refs.key_seeds.get(seed_name) else {
+            return Err(ConfigError::new(
+                at("key_seed"),
+                format!("no key seed named '{seed_name}' under [key_seeds]"),
+            ));
+        };
+        if !entry.keys.is_empty() {
+            return Err(ConfigError::new(
+                at("key_seed"),
+                "list keys or name a key seed, not both",
+            ));
+        }
+        keys = key_ids
+            .iter()
+            .map(|kid| (*kid, seed.derive(*kid)))
+            .collect();
+    }
+    let policy = entry
+        .policy
+        .map(|name| match refs.policies.get(&name) {
+            Some(policy) => Ok((name, policy.clone())),
+            None => Err(ConfigError::new(
+                at("policy"),
+                format!("no policy named '{name}'"),
+            )),
+        })
+        .transpose()?;
+    if let Some(vendor) = &entry.vendor
+        && !refs.vendors.contains(vendor)
+    {
+        return Err(ConfigError::new(
+            at("vendor"),
+            format!("no vendor named '{vendor}'"),
+        ));
+    }
+    let hls = entry
+        .hls
+        .map(|hls| {
+            Ok::<_, ConfigError>(HlsKey {
+                key: key16(&hls.key).map_err(|e| ConfigError::new(at("hls.key"), e))?,
+                iv: hls
+                    .iv
+                    .map(|iv| key16(&iv).map_err(|e| ConfigError::new(at("hls.iv"), e)))
+                    .transpose()?,
+            })
+        })
+        .transpose()?;
+    if key_ids.is_empty() && hls.is_none() {
+        return Err(ConfigError::new(
+            format!("content.{id}"),
+            "list key_ids, an hls key, or both",
+        ));
+    }
+    Ok(Content {
+        id: id.to_string(),
+        key_ids,
+        keys,
+        policy,
+        vendor: entry.vendor,
+        free: entry.free,
+        tiers: entry.tiers,
+        hls,
+    })
+}
+
+fn key16(text: &str) -> Result<[u8; 16], String> {
+    let bytes = hex::decode(text.trim()).map_err(|_| format!("'{text}' is not hex"))?;
+    bytes
+        .try_into()
+        .map_err(|_| "a key is 16 bytes (32 hex digits)".to_string())
+}
+
+/// The running catalog and the file it comes from.
+pub struct CatalogStore {
+    path: PathBuf,
+    refs: References,
+    current: ArcSwap<Catalog>,
+    modified: Mutex<Option<SystemTime>>,
+}
+
+impl CatalogStore {
+    pub fn open(path: &Path, refs: References) -> Result<Self, ConfigError> {
+        let modified = modified(path);
+        let catalog = load(path, &refs)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            refs,
+            current: ArcSwap::from_pointee(catalog),
+            modified: Mutex::new(modified),
+        })
+    }
+
+    /// The catalog as of now; holding it keeps it alive across a reload.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Swaps in the file's new content if it changed and is valid.
+    pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
+        let now = modified(&self.path);
+        let mut seen = self.modified.lock().expect("reload is not reentrant");
+        if *seen == now {
+            return Ok(false);
+        }
+        // Recorded before loading: a broken file is reported once, not on every poll.
+        *seen = now;
+        let catalog = load(&self.path, &self.refs)?;
+        self.current.store(Arc::new(catalog));
+        Ok(true)
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(path: &Path, refs: &References) -> Result<Catalog, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+    let json = path.extension().is_some_and(|ext| ext == "json");
+    parse(&text, json, refs)
+        .map_err(|e| ConfigError::new(format!("{}: {}", path.display(), e.key), e.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs() -> References {
+        References {
+            policies: [(
+                "default".to_string(),
+                Arc::new(Policy {
+                    security_level: 1,
+                    hdcp: crate::config::Hdcp::None,
+                    license_duration_seconds: 0,
+                    persistent: false,
+                    renewal_interval_seconds: 0,
+                }),
+            )]
+            .into(),
+            vendors: ["builtin".to_string()].into(),
+            key_seeds: [(
+                "ms".to_string(),
+                KeySeed::parse("XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I").unwrap(),
+            )]
+            .into(),
+        }
+    }
+
+    const DEMO: &str = r#"
+        [content.demo]
+        key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+        keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
+        policy = "default"
+        vendor = "builtin"
+        free = true
+
+        [content.seeded]
+        key_ids = ["339C45B5-FB6D-4BD9-994C-EABD9D41C95B"]
+        key_seed = "ms"
+        tiers = ["gold"]
+
+        [content.hls-only.hls]
+        key = "000102030405060708090a0b0c0d0e0f"
+    "#;
+
+    #[test]
+    fn entries_keys_seeds_and_reverse_index() {
+        let catalog = parse(DEMO, false, &refs()).unwrap();
+        assert_eq!(catalog.len(), 3);
+        let demo = catalog.get("demo").unwrap();
+        let kid: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
+        assert_eq!(
+            hex::encode(demo.keys[&kid]),
+            "00112233445566778899aabbccddeeff"
+        );
+        assert!(demo.free);
+        assert_eq!(catalog.by_kid(&kid).unwrap().id, "demo");
+        let seeded = catalog.get("seeded").unwrap();
+        let seeded_kid = seeded.key_ids[0];
+        assert_eq!(
+            hex::encode_upper(seeded.keys[&seeded_kid]),
+            "A537CDC0CA65841406D525E7BF22D754"
+        );
+        assert!(catalog.get("hls-only").unwrap().hls.is_some());
+    }
+
+    #[test]
+    fn json_catalogs_read_the_same() {
+        let json =
+            r#"{"content":{"demo":{"key_ids":["01020304050607080910111213141516"],"free":true}}}"#;
+        assert_eq!(parse(json, true, &refs()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_field() {
+        let cases = [
+            (
+                DEMO.replace("policy = \"default\"", "policy = \"gold\""),
+                "content.demo.policy",
+            ),
+            (
+                DEMO.replace("vendor = \"builtin\"", "vendor = \"axinom\""),
+                "content.demo.vendor",
+            ),
+            (
+                DEMO.replace("key_seed = \"ms\"", "key_seed = \"nope\""),
+                "content.seeded.key_seed",
+            ),
+            (
+                DEMO.replace(
+                    "\"339C45B5-FB6D-4BD9-994C-EABD9D41C95B\"",
+                    "\"01020304-0506-0708-090a-0b0c0d0e0f10\"",
+                ),
+                "content.seeded.key_ids",
+            ),
+            (
+                DEMO.replace("\"00112233445566778899aabbccddeeff\"", "\"0011\""),
+                "content.demo.keys.01020304-0506-0708-090a-0b0c0d0e0f10",
+            ),
+            (
+                DEMO.replace("free = true", "fre = true"),
+                "content.demo.fre",
+            ),
+            (
+                DEMO.replace("tiers = [\"gold\"]", "tiers = \"gold\""),
+                "content.seeded.tiers",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text, false, &refs()).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn reload_swaps_valid_files_and_keeps_the_old_catalog_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.toml");
+        std::fs::write(&path, DEMO).unwrap();
+        let store = CatalogStore::open(&path, refs()).unwrap();
+        let before = store.current();
+        assert!(!store.reload_if_changed().unwrap());
+        std::fs::write(&path, "[content.x]\nkey_ids = [\"bad\"]").unwrap();
+        bump(&path);
+        assert!(store.reload_if_changed().is_err());
+        assert_eq!(store.current().len(), 3);
+        std::fs::write(
+            &path,
+            "[content.only]\nkey_ids = [\"0102030405060708090a0b0c0d0e0f10\"]",
+        )
+        .unwrap();
+        bump(&path);
+        assert!(store.reload_if_changed().unwrap());
+        assert_eq!(store.current().len(), 1);
+        assert_eq!(
+            before.len(),
+            3,
+            "a request holding the old catalog keeps it"
+        );
+    }
+
+    /// Some filesystems keep one mtime for writes within a tick; move it on explicitly.
+    fn bump(path: &Path) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(1);
+        file.set_modified(later).unwrap();
+    }
+}

@@ -1,0 +1,303 @@
+//! May this user play this content with this DRM, and under which license policy?
+//!
+//! In order: the catalog's `free` flag; the token's entitlement claim (content ids, glob
+//! patterns, `tier:NAME`); then, when configured, the platform's entitlement service, whose
+//! answers are cached and whose silence refuses (or allows, if configured to fail open).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::catalog::Content;
+use crate::config::{EntitlementServiceSettings, EntitlementSettings, Policy};
+use crate::problem::Problem;
+
+/// Permission to play, with the policy the license must carry.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub policy_name: String,
+    pub policy: Arc<Policy>,
+    /// Which rule granted it, for the log line.
+    pub basis: &'static str,
+}
+
+pub struct Entitlements {
+    claim: String,
+    default_policy: (String, Arc<Policy>),
+    policies: BTreeMap<String, Arc<Policy>>,
+    service: Option<Service>,
+}
+
+struct Service {
+    settings: EntitlementServiceSettings,
+    client: reqwest::Client,
+    answers: Cache<(String, String, String), Answer>,
+}
+
+#[derive(Debug, Clone)]
+struct Answer {
+    allow: bool,
+    policy: Option<String>,
+    ttl: Duration,
+}
+
+struct AnswerExpiry;
+
+impl moka::Expiry<(String, String, String), Answer> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &(String, String, String),
+        answer: &Answer,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(answer.ttl)
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceRequest<'a> {
+    user: &'a str,
+    content: &'a str,
+    drm: &'a str,
+    client_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServiceAnswer {
+    allow: bool,
+    policy: Option<String>,
+}
+
+impl Entitlements {
+    pub fn new(settings: &EntitlementSettings, policies: &BTreeMap<String, Arc<Policy>>) -> Self {
+        let default_policy = (
+            settings.default_policy.clone(),
+            policies[&settings.default_policy].clone(),
+        );
+        let service = settings.service.as_ref().map(|service| Service {
+            client: reqwest::Client::builder()
+                .timeout(service.timeout)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build()
+                .expect("a client with a timeout builds"),
+            answers: Cache::builder()
+                .max_capacity(service.cache_entries)
+                .expire_after(AnswerExpiry)
+                .build(),
+            settings: service.clone(),
+        });
+        Self {
+            claim: settings.claim.clone(),
+            default_policy,
+            policies: policies.clone(),
+            service,
+        }
+    }
+
+    /// Decides for an authenticated user; `None` when authentication is off, in which case
+    /// licensegate trusts whatever sits in front of it and only applies the content's policy.
+    pub async fn entitle(
+        &self,
+        identity: Option<&Identity>,
+        content: &Content,
+        drm: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Grant, Problem> {
+        let content_policy = content
+            .policy
+            .clone()
+            .unwrap_or_else(|| self.default_policy.clone());
+        let grant = |basis| Grant {
+            policy_name: content_policy.0.clone(),
+            policy: content_policy.1.clone(),
+            basis,
+        };
+        if content.free {
+            return Ok(grant("free"));
+        }
+        let Some(identity) = identity else {
+            return Ok(grant("unauthenticated"));
+        };
+        if claim_grants(identity.claims.get(&self.claim), content) {
+            return Ok(grant("token"));
+        }
+        let Some(service) = &self.service else {
+            return Err(not_entitled());
+        };
+        match service
+            .ask(&identity.user, &content.id, drm, client_ip)
+            .await
+        {
+            Ok(answer) if answer.allow => {
+                let Some(name) = answer.policy else {
+                    return Ok(grant("service"));
+                };
+                match self.policies.get(&name) {
+                    Some(policy) => Ok(Grant {
+                        policy_name: name,
+                        policy: policy.clone(),
+                        basis: "service",
+                    }),
+                    None => Err(Problem::new(
+                        502,
+                        "entitlement_invalid",
+                        "Entitlement service answer not understood",
+                    )
+                    .with_detail(format!("unknown policy '{name}'"))),
+                }
+            }
+            Ok(_) => Err(not_entitled()),
+            Err(reason) if service.settings.fail_open => {
+                tracing::warn!(%reason, "entitlement service unavailable; failing open");
+                Ok(grant("fail_open"))
+            }
+            Err(reason) => Err(Problem::new(
+                503,
+                "entitlement_unavailable",
+                "Entitlement service unavailable",
+            )
+            .with_detail(reason)),
+        }
+    }
+}
+
+fn not_entitled() -> Problem {
+    Problem::new(403, "not_entitled", "Not entitled to this content")
+}
+
+/// The claim is a list (or one string) of content ids, glob patterns and `tier:NAME`s.
+fn claim_grants(claim: Option<&Value>, content: &Content) -> bool {
+    let grants = |entry: &str| match entry.strip_prefix("tier:") {
+        Some(tier) => content.tiers.iter().any(|t| t == tier),
+        None => {
+            entry == content.id
+                || glob::Pattern::new(entry).is_ok_and(|pattern| pattern.matches(&content.id))
+        }
+    };
+    match claim {
+        Some(Value::String(entry)) => grants(entry),
+        Some(Value::Array(entries)) => entries.iter().filter_map(Value::as_str).any(grants),
+        _ => false,
+    }
+}
+
+impl Service {
+    async fn ask(
+        &self,
+        user: &str,
+        content: &str,
+        drm: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Answer, String> {
+        let key = (user.to_string(), content.to_string(), drm.to_string());
+        // One call per key however many requests wait for it; errors are not cached.
+        self.answers
+            .try_get_with(key, self.call(user, content, drm, client_ip))
+            .await
+            .map_err(|e: Arc<String>| e.to_string())
+    }
+
+    async fn call(
+        &self,
+        user: &str,
+        content: &str,
+        drm: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Answer, String> {
+        let request = ServiceRequest {
+            user,
+            content,
+            drm,
+            client_ip: client_ip.map(|ip| ip.to_string()),
+        };
+        let response = tokio::time::timeout(
+            self.settings.timeout,
+            self.client
+                .post(self.settings.url.clone())
+                .json(&request)
+                .send(),
+        )
+        .await
+        .map_err(|_| format!("no answer within {} ms", self.settings.timeout.as_millis()))?
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let ttl = max_age(response.headers()).unwrap_or(self.settings.cache_ttl);
+        let answer: ServiceAnswer = tokio::time::timeout(self.settings.timeout, response.json())
+            .await
+            .map_err(|_| "answer body timed out".to_string())?
+            .map_err(|e| format!("answer is not JSON {{allow, policy}}: {}", e.without_url()))?;
+        Ok(Answer {
+            allow: answer.allow,
+            policy: answer.policy,
+            ttl,
+        })
+    }
+}
+
+/// `Cache-Control: max-age=N` (or `no-store`/`no-cache` as zero).
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').map(str::trim).find_map(|directive| {
+        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
+        {
+            return Some(Duration::ZERO);
+        }
+        let (name, seconds) = directive.split_once('=')?;
+        name.eq_ignore_ascii_case("max-age")
+            .then(|| seconds.parse().ok().map(Duration::from_secs))
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn content(id: &str, tiers: &[&str]) -> Content {
+        Content {
+            id: id.into(),
+            key_ids: Vec::new(),
+            keys: HashMap::new(),
+            policy: None,
+            vendor: None,
+            free: false,
+            tiers: tiers.iter().map(|t| t.to_string()).collect(),
+            hls: None,
+        }
+    }
+
+    #[test]
+    fn claims_grant_by_id_glob_and_tier() {
+        let movie = content("series-12/ep-3", &["gold"]);
+        assert!(claim_grants(Some(&json!(["series-12/ep-3"])), &movie));
+        assert!(claim_grants(Some(&json!(["other", "series-12/*"])), &movie));
+        assert!(claim_grants(Some(&json!("tier:gold")), &movie));
+        assert!(!claim_grants(
+            Some(&json!(["tier:silver", "series-13/*"])),
+            &movie
+        ));
+        assert!(!claim_grants(Some(&json!(42)), &movie));
+        assert!(!claim_grants(None, &movie));
+    }
+
+    #[test]
+    fn max_age_from_cache_control() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("Cache-Control", "private, max-age=120".parse().unwrap());
+        assert_eq!(max_age(&headers), Some(Duration::from_secs(120)));
+        headers.insert("Cache-Control", "no-store".parse().unwrap());
+        assert_eq!(max_age(&headers), Some(Duration::ZERO));
+        headers.insert("Cache-Control", "public".parse().unwrap());
+        assert_eq!(max_age(&headers), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! The built-in W3C ClearKey license server: keys from the catalog, only for key IDs of the
+//! content the user is entitled to (the pipeline has checked both before this runs).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::catalog::Content;
+use crate::challenge::ChallengeInfo;
+use crate::entitlement::Grant;
+use crate::problem::Problem;
+
+#[derive(Serialize)]
+struct KeySet<'a> {
+    keys: Vec<Key>,
+    #[serde(rename = "type")]
+    session_type: &'a str,
+}
+
+#[derive(Serialize)]
+struct Key {
+    kty: &'static str,
+    kid: String,
+    k: String,
+}
+
+/// The JSON key set answering `challenge`.
+pub fn license(
+    challenge: &ChallengeInfo,
+    content: &Content,
+    grant: &Grant,
+) -> Result<Bytes, Problem> {
+    if challenge.persistent && !grant.policy.persistent {
+        return Err(Problem::new(
+            403,
+            "persistence_not_allowed",
+            "Persistent license not allowed",
+        )
+        .with_detail(format!(
+            "policy '{}' does not allow persistent licenses",
+            grant.policy_name
+        )));
+    }
+    if challenge.key_ids.is_empty() {
+        return Err(
+            Problem::new(400, "challenge_malformed", "Challenge not understood")
+                .with_detail("the ClearKey request names no key ID"),
+        );
+    }
+    let mut keys = Vec::with_capacity(challenge.key_ids.len());
+    for kid in &challenge.key_ids {
+        let Some(key) = content.keys.get(kid) else {
+            return Err(
+                Problem::new(404, "key_not_found", "Content key not available").with_detail(
+                    format!("the catalog holds no key for {kid} of '{}'", content.id),
+                ),
+            );
+        };
+        keys.push(Key {
+            kty: "oct",
+            kid: URL_SAFE_NO_PAD.encode(kid.0),
+            k: URL_SAFE_NO_PAD.encode(key),
+        });
+    }
+    let set = KeySet {
+        keys,
+        session_type: if challenge.persistent {
+            "persistent-license"
+        } else {
+            "temporary"
+        },
+    };
+    Ok(Bytes::from(
+        serde_json::to_vec(&set).expect("key sets serialize"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::Kid;
+    use crate::config::{Hdcp, Policy};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn demo() -> (Content, Kid) {
+        let kid: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
+        let key: [u8; 16] = hex::decode("00112233445566778899aabbccddeeff")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let content = Content {
+            id: "demo".into(),
+            key_ids: vec![kid],
+            keys: HashMap::from([(kid, key)]),
+            policy: None,
+            vendor: None,
+            free: true,
+            tiers: Vec::new(),
+            hls: None,
+        };
+        (content, kid)
+    }
+
+    fn grant(persistent: bool) -> Grant {
+        Grant {
+            policy_name: "p".into(),
+            policy: Arc::new(Policy {
+                security_level: 1,
+                hdcp: Hdcp::None,
+                license_duration_seconds: 0,
+                persistent,
+                renewal_interval_seconds: 0,
+            }),
+            basis: "test",
+        }
+    }
+
+    #[test]
+    fn answers_the_w3c_key_set_in_unpadded_base64url() {
+        let (content, kid) = demo();
+        let challenge = ChallengeInfo {
+            key_ids: vec![kid],
+            ..Default::default()
+        };
+        let body = license(&challenge, &content, &grant(false)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"keys":[{"kty":"oct","kid":"AQIDBAUGBwgJCgsMDQ4PEA","k":"ABEiM0RVZneImaq7zN3u_w"}],"type":"temporary"})
+        );
+    }
+
+    #[test]
+    fn persistence_follows_the_policy() {
+        let (content, kid) = demo();
+        let challenge = ChallengeInfo {
+            key_ids: vec![kid],
+            persistent: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            license(&challenge, &content, &grant(false))
+                .unwrap_err()
+                .code,
+            "persistence_not_allowed"
+        );
+        let body = license(&challenge, &content, &grant(true)).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("\"type\":\"persistent-license\""));
+    }
+}
