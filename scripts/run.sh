@@ -13,4 +13,14 @@ sim_pid=$!
 trap 'kill $sim_pid 2>/dev/null || true' EXIT
 export LICENSEGATE_SIM_URL="http://$sim_addr/AcquireLicense"
 
-./target/release/licensegate serve --config "${LICENSEGATE_CONFIG:-conf/licensegate.toml}"
+if [ -z "${LICENSEGATE_JWT_SECRET:-}" ]; then
+  LICENSEGATE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  export LICENSEGATE_JWT_SECRET
+  echo "run: LICENSEGATE_JWT_SECRET was unset; using a fresh random secret for this run"
+fi
+config="${LICENSEGATE_CONFIG:-conf/licensegate.toml}"
+token=$(./target/release/licensegate token --config "$config" --sub demo-user --entitle demo)
+echo "run: a token for user demo-user, entitled to 'demo' (valid 1 h):"
+echo "export TOKEN=$token"
+
+./target/release/licensegate serve --config "$config"

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use licensegate::challenge::Kid;
-use licensegate::config::{Config, LogFormat};
+use licensegate::config::{AuthKeySource, Config, LogFormat};
 use licensegate::keyseed::KeySeed;
 
 const DEFAULT_CONFIG: &str = "conf/licensegate.toml";
@@ -39,6 +39,20 @@ enum Command {
     Kids {
         #[arg(long)]
         mpd: PathBuf,
+    },
+    /// Mint a user token signed with the config's first HMAC secret (for demos and tests).
+    Token {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The user id.
+        #[arg(long)]
+        sub: String,
+        /// Content ids, glob patterns or tier:NAME the user may play (repeatable).
+        #[arg(long = "entitle")]
+        entitlements: Vec<String>,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
     /// Content key tools.
     Keys {
@@ -89,6 +103,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Token {
+            config,
+            sub,
+            entitlements,
+            ttl,
+        } => match mint_token(&config, &sub, &entitlements, ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Kids { mpd } => match list_kids(&mpd) {
             Ok(text) => {
                 print!("{text}");
@@ -124,6 +153,46 @@ fn main() -> ExitCode {
             server.run_forever()
         }
     }
+}
+
+fn mint_token(path: &Path, sub: &str, entitlements: &[String], ttl: u64) -> Result<String, String> {
+    let config = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let auth = config
+        .auth
+        .as_ref()
+        .ok_or("the config has no [auth] section")?;
+    let (algorithm, secret) = auth
+        .keys
+        .iter()
+        .find_map(|key| match key {
+            AuthKeySource::Secret {
+                algorithm, secret, ..
+            } => Some((*algorithm, secret)),
+            _ => None,
+        })
+        .ok_or("the config has no HMAC secret to sign with")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        auth.user_claim.as_str(): sub,
+        "iat": now,
+        "exp": now + ttl,
+        config.entitlement.claim.as_str(): entitlements,
+    });
+    if let Some(issuer) = &auth.issuer {
+        claims["iss"] = issuer.as_str().into();
+    }
+    if let Some(audience) = &auth.audience {
+        claims["aud"] = audience.as_str().into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(algorithm),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn list_kids(mpd: &Path) -> Result<String, String> {

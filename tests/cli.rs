@@ -2,14 +2,19 @@
 
 use std::process::Command;
 
+const SECRET_ENV: &[(&str, &str)] = &[(
+    "LICENSEGATE_JWT_SECRET",
+    "check-only-secret-of-at-least-32-bytes",
+)];
+
 fn licensegate(args: &[&str]) -> std::process::Output {
     licensegate_with_env(args, &[])
 }
 
-fn licensegate_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+fn licensegate_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_licensegate"))
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap()
@@ -23,8 +28,9 @@ fn check_accepts_every_shipped_config() {
     std::fs::write(&cert, "").unwrap();
     std::fs::write(&key, "").unwrap();
     let env = [
-        ("LICENSEGATE_TLS_CERT", cert.as_path()),
-        ("LICENSEGATE_TLS_KEY", key.as_path()),
+        ("LICENSEGATE_TLS_CERT", cert.to_str().unwrap()),
+        ("LICENSEGATE_TLS_KEY", key.to_str().unwrap()),
+        SECRET_ENV[0],
     ];
     let mut checked = 0;
     for dir in ["conf", "conf/examples"] {
@@ -57,7 +63,7 @@ fn check_names_the_bad_key_and_fails() {
     );
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, bad).unwrap();
-    let output = licensegate(&["check", "--config", path.to_str().unwrap()]);
+    let output = licensegate_with_env(&["check", "--config", path.to_str().unwrap()], SECRET_ENV);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -79,7 +85,7 @@ fn check_names_an_unset_secret() {
         ),
     )
     .unwrap();
-    let output = licensegate(&["check", "--config", path.to_str().unwrap()]);
+    let output = licensegate_with_env(&["check", "--config", path.to_str().unwrap()], SECRET_ENV);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -143,4 +149,42 @@ fn kids_lists_every_key_id_of_the_demo_manifest() {
         );
     }
     assert!(stdout.starts_with("adaptation set 0 (video)"), "{stdout}");
+}
+
+#[test]
+fn token_mints_a_jwt_the_shipped_config_accepts() {
+    let output = licensegate_with_env(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--entitle",
+            "demo",
+            "--entitle",
+            "tier:gold",
+        ],
+        SECRET_ENV,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(b"check-only-secret-of-at-least-32-bytes"),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["entitlements"],
+        serde_json::json!(["demo", "tier:gold"])
+    );
+    let output = licensegate(&["token", "--sub", "alice"]);
+    assert!(!output.status.success(), "no secret, no token");
 }
