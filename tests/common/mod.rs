@@ -126,7 +126,15 @@ fairplay = "sim"
 
 impl Gate {
     pub fn start(config: &str) -> Gate {
+        Gate::start_with_files(config, &[])
+    }
+
+    /// Writes `files` into the gate's directory first; the config finds them under `${LG_DIR}`.
+    pub fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Gate {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let path: PathBuf = dir.path().join("licensegate.toml");
         std::fs::write(&path, config).unwrap();
         let port = free_port();
@@ -136,6 +144,7 @@ impl Gate {
             .arg(&path)
             .env("LG_PORT", port.to_string())
             .env("LG_ADMIN_PORT", admin_port.to_string())
+            .env("LG_DIR", dir.path())
             .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(dir.path().join("licensegate.log")).unwrap())
             .spawn()
@@ -152,7 +161,10 @@ impl Gate {
 
     /// Starts licensegate and waits until it has resolved its vendor endpoints.
     pub async fn start_ready(config: &str) -> Gate {
-        let gate = Gate::start(config);
+        Gate::ready(Gate::start(config)).await
+    }
+
+    pub async fn ready(gate: Gate) -> Gate {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(response) = reqwest::get(gate.admin("/readyz")).await
@@ -177,6 +189,11 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Where the gate's config and files live.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Everything licensegate logged so far.

@@ -1,0 +1,652 @@
+//! Who may play what: tokens, catalog, key IDs, entitlement, the built-in ClearKey server and
+//! HLS keys, against a real licensegate (and simulator, where a vendor is involved).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Gate, Sim, fixture, problem};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+const SECRET: &str = "integration-test-secret-0123456789abcdef";
+const DEMO_KID_B64: &str = "AQIDBAUGBwgJCgsMDQ4PEA";
+
+const CATALOG: &str = r#"
+[content.demo]
+key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
+tiers = ["basic"]
+
+[content.other]
+key_ids = ["a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"]
+
+[content.playready-sample]
+key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
+
+[content.radio]
+key_ids = ["b0b1b2b3-b4b5-b6b7-b8b9-babbbcbdbebf"]
+free = true
+
+[content.hls-movie.hls]
+key = "000102030405060708090a0b0c0d0e0f"
+iv = "0f0e0d0c0b0a09080706050403020100"
+"#;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn user(entitlements: &[&str]) -> String {
+    token(json!({"sub": "alice", "exp": now() + 600, "entitlements": entitlements}))
+}
+
+/// Every DRM but ClearKey goes to `sim`; ClearKey is answered by licensegate itself.
+fn config(sim_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listeners]
+license = "127.0.0.1:${{LG_PORT}}"
+admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
+[server]
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[vendors.sim]
+kind = "passthrough"
+endpoints = ["{sim_url}"]
+[vendors.builtin]
+kind = "clearkey"
+[routes]
+widevine = "sim"
+playready = "sim"
+fairplay = "sim"
+clearkey = "builtin"
+[catalog]
+path = "${{LG_DIR}}/catalog.toml"
+reload_seconds = 1
+{extra}
+"#
+    )
+}
+
+const HMAC_AUTH: &str = r#"
+[auth]
+cookie = "lg"
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "integration-test-secret-0123456789abcdef"
+"#;
+
+async fn gate(sim: &Sim, extra: &str) -> Gate {
+    Gate::ready(Gate::start_with_files(
+        &config(&sim.url(), &format!("{HMAC_AUTH}{extra}")),
+        &[("catalog.toml", CATALOG.as_bytes())],
+    ))
+    .await
+}
+
+fn clearkey_request(kid_b64: &str) -> String {
+    format!(r#"{{"kids":["{kid_b64}"],"type":"temporary"}}"#)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clearkey_demo_key_for_the_entitled_user_only() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    let client = client();
+    let response = client
+        .post(gate.license_url("clearkey", Some("demo")))
+        .bearer_auth(user(&["demo"]))
+        .body(fixture("clearkey-request-kid-01020304.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let keys: Value = response.json().await.unwrap();
+    assert_eq!(keys["keys"][0]["kid"], DEMO_KID_B64);
+    // 00112233445566778899aabbccddeeff in unpadded base64url.
+    assert_eq!(keys["keys"][0]["k"], "ABEiM0RVZneImaq7zN3u_w");
+    assert_eq!(keys["type"], "temporary");
+
+    // Entitled through a tier, and found by its key ID alone.
+    let response = client
+        .post(gate.license_url("clearkey", None))
+        .bearer_auth(user(&["tier:basic"]))
+        .body(clearkey_request(DEMO_KID_B64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = client
+        .post(gate.license_url("clearkey", Some("demo")))
+        .bearer_auth(user(&["other", "series-*"]))
+        .body(clearkey_request(DEMO_KID_B64))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "not_entitled").await;
+    assert_eq!(sim.stats().await["requests"], 1, "only this /stats call");
+}
+
+#[tokio::test]
+async fn tokens_from_header_query_and_cookie_and_each_refusal() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    let client = client();
+    let body = clearkey_request(DEMO_KID_B64);
+    let good = user(&["demo"]);
+    let url = gate.license_url("clearkey", Some("demo"));
+    for request in [
+        client.post(&url).bearer_auth(&good),
+        client.post(format!("{url}&token={good}")),
+        client
+            .post(&url)
+            .header("Cookie", format!("theme=dark; lg={good}")),
+    ] {
+        assert_eq!(
+            request.body(body.clone()).send().await.unwrap().status(),
+            200
+        );
+    }
+    let response = client
+        .post(&url)
+        .header("Origin", "https://player.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://player.example"
+    );
+    problem(response, 401, "token_missing").await;
+    let expired = token(json!({"sub": "alice", "exp": now() - 120, "entitlements": ["demo"]}));
+    let early = token(json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 300}));
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now() + 600}),
+        &EncodingKey::from_secret(b"a different secret, long enough!!"),
+    )
+    .unwrap();
+    for (bad, code) in [
+        (expired, "token_expired"),
+        (early, "token_not_yet_valid"),
+        (forged.clone(), "token_signature"),
+        ("garbage".to_string(), "token_malformed"),
+    ] {
+        let response = client
+            .post(&url)
+            .bearer_auth(&bad)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let problem = problem(response, 401, code).await;
+        assert!(
+            !problem.to_string().contains(&bad),
+            "the token is echoed back"
+        );
+    }
+    let log = gate.log();
+    assert!(
+        !log.contains(&good) && !log.contains(&forged),
+        "a token reached the log"
+    );
+}
+
+#[tokio::test]
+async fn audience_issuer_and_kid_are_enforced() {
+    let sim = Sim::start(&[]);
+    let auth = r#"
+[auth]
+issuer = "portal"
+audience = "licensegate"
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+kid = "k1"
+secret = "integration-test-secret-0123456789abcdef"
+"#;
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(&sim.url(), auth),
+        &[("catalog.toml", CATALOG.as_bytes())],
+    ))
+    .await;
+    let sign = |claims: Value, kid: &str| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let claims = |iss: &str, aud: &str| json!({"sub": "alice", "exp": now() + 600, "iss": iss, "aud": aud, "entitlements": ["demo"]});
+    let client = client();
+    for (token, status, code) in [
+        (sign(claims("portal", "licensegate"), "k1"), 200, "ok"),
+        (sign(claims("portal", "other"), "k1"), 401, "token_audience"),
+        (
+            sign(claims("evil", "licensegate"), "k1"),
+            401,
+            "token_issuer",
+        ),
+        (
+            sign(claims("portal", "licensegate"), "k9"),
+            401,
+            "token_unknown_kid",
+        ),
+    ] {
+        let response = client
+            .post(gate.license_url("clearkey", Some("demo")))
+            .bearer_auth(token)
+            .body(clearkey_request(DEMO_KID_B64))
+            .send()
+            .await
+            .unwrap();
+        if status == 200 {
+            assert_eq!(response.status(), 200);
+        } else {
+            problem(response, status, code).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn jwks_rotation_accepts_old_and_new_then_drops_the_removed_key() {
+    let sim = Sim::start(&[]);
+    let jwks = |name: &str| fixture(&format!("jwt/{name}"));
+    let auth = r#"
+[auth]
+reload_seconds = 1
+[[auth.keys]]
+kind = "jwks"
+path = "${LG_DIR}/jwks.json"
+"#;
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(&sim.url(), auth),
+        &[
+            ("catalog.toml", CATALOG.as_bytes()),
+            ("jwks.json", &jwks("jwks-a.json")),
+        ],
+    ))
+    .await;
+    let sign = |kid: &str, pem: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let key = EncodingKey::from_rsa_pem(&fixture(&format!("jwt/{pem}"))).unwrap();
+        encode(
+            &header,
+            &json!({"sub": "alice", "exp": now() + 600, "entitlements": ["demo"]}),
+            &key,
+        )
+        .unwrap()
+    };
+    let (old, new) = (sign("a", "rsa-private.pem"), sign("b", "rsa2-private.pem"));
+    let client = client();
+    let status = |token: String| {
+        let request = client
+            .post(gate.license_url("clearkey", Some("demo")))
+            .bearer_auth(token)
+            .body(clearkey_request(DEMO_KID_B64));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(old.clone()).await, 200);
+    assert_eq!(status(new.clone()).await, 401);
+
+    rotate(&gate, &jwks("jwks-ab.json"));
+    wait_until(|| status(new.clone()), 200).await;
+    assert_eq!(
+        status(old.clone()).await,
+        200,
+        "both keys valid during rotation"
+    );
+
+    rotate(&gate, &jwks("jwks-b.json"));
+    wait_until(|| status(old.clone()), 401).await;
+    assert_eq!(status(new.clone()).await, 200);
+}
+
+fn rotate(gate: &Gate, jwks: &[u8]) {
+    let path = gate.dir().join("jwks.json");
+    std::fs::write(&path, jwks).unwrap();
+    // Filesystems may keep one mtime for quick successive writes; make the change visible.
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+}
+
+async fn wait_until<F, Fut>(check: F, expected: u16)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let got = check().await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {got}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn key_ids_must_belong_to_the_requested_content() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    let client = client();
+    let everything = user(&["*"]);
+    let widevine = fixture("license-request-kid-01020304.bin");
+    // The fixture's KID is demo's: fine for demo, refused under another title.
+    let response = client
+        .post(gate.license_url("widevine", Some("demo")))
+        .bearer_auth(&everything)
+        .body(widevine.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .post(gate.license_url("widevine", Some("other")))
+        .bearer_auth(&everything)
+        .body(widevine.clone())
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "kid_not_in_content").await;
+    let response = client
+        .post(gate.license_url("clearkey", Some("other")))
+        .bearer_auth(&everything)
+        .body(clearkey_request(DEMO_KID_B64))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "kid_not_in_content").await;
+    // PlayReady's sample challenge resolves by its KID when no content id is given.
+    let response = client
+        .post(gate.license_url("playready", None))
+        .bearer_auth(&everything)
+        .body(fixture("license-request-v4.0.xml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for (drm, body) in [
+        ("widevine", b"\x08\x01\x12\xff\xff".to_vec()),
+        ("playready", b"<soap:Envelope>".to_vec()),
+        ("clearkey", b"{\"kids\":[\"AQID\"]}".to_vec()),
+    ] {
+        let response = client
+            .post(gate.license_url(drm, Some("demo")))
+            .bearer_auth(&everything)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        problem(response, 400, "challenge_malformed").await;
+    }
+    let response = client
+        .post(gate.license_url("widevine", Some("no-such-title")))
+        .bearer_auth(&everything)
+        .body(widevine)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404, "content_unknown").await;
+    assert_eq!(
+        sim.stats().await["licenses"],
+        2,
+        "only the two allowed requests reached the vendor"
+    );
+}
+
+#[tokio::test]
+async fn free_content_needs_a_token_but_no_entitlement() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    // FairPlay's SPC is opaque: the content id alone decides.
+    let response = client()
+        .post(gate.license_url("fairplay", Some("radio")))
+        .bearer_auth(user(&[]))
+        .body(b"opaque-spc".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn hls_key_for_entitled_users() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    let client = client();
+    let url = gate.url("/v1/hls/key?content=hls-movie");
+    let response = client
+        .get(&url)
+        .bearer_auth(user(&["hls-*"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(
+        response.bytes().await.unwrap().to_vec(),
+        hex::decode("000102030405060708090a0b0c0d0e0f").unwrap()
+    );
+    let response = client
+        .get(&url)
+        .bearer_auth(user(&["demo"]))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "not_entitled").await;
+    let response = client.get(&url).send().await.unwrap();
+    problem(response, 401, "token_missing").await;
+    let response = client
+        .get(gate.url("/v1/hls/key?content=demo"))
+        .bearer_auth(user(&["demo"]))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404, "key_not_found").await;
+    let metrics = reqwest::get(gate.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(
+        "licensegate_license_request_duration_seconds_count{drm=\"hls-aes\",outcome=\"ok\",vendor=\"-\"} 1"
+    ), "{metrics}");
+}
+
+/// A stand-in for the platform's entitlement service: allows `demo` for alice, counts calls,
+/// and hangs when told to.
+struct EntitlementService {
+    port: u16,
+    calls: Arc<AtomicU64>,
+}
+
+impl EntitlementService {
+    async fn start(hang: bool) -> EntitlementService {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let counter = counter.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let body = request.into_body().collect().await.unwrap().to_bytes();
+                                let asked: Value = serde_json::from_slice(&body).unwrap();
+                                if hang {
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                }
+                                let allow = asked["user"] == "alice" && asked["content"] == "demo";
+                                let answer = json!({"allow": allow}).to_string();
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("Content-Type", "application/json")
+                                        .header("Cache-Control", "max-age=300")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        EntitlementService { port, calls }
+    }
+
+    fn config(&self, timeout_ms: u64) -> String {
+        format!(
+            "[entitlement.service]\nurl = \"http://127.0.0.1:{}/entitle\"\ntimeout_ms = {timeout_ms}\n",
+            self.port
+        )
+    }
+}
+
+#[tokio::test]
+async fn entitlement_service_answers_are_cached() {
+    let sim = Sim::start(&[]);
+    let service = EntitlementService::start(false).await;
+    let gate = gate(&sim, &service.config(1000)).await;
+    let client = client();
+    for _ in 0..3 {
+        let response = client
+            .post(gate.license_url("clearkey", Some("demo")))
+            .bearer_auth(user(&[]))
+            .body(clearkey_request(DEMO_KID_B64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        service.calls.load(Ordering::SeqCst),
+        1,
+        "answers are cached"
+    );
+    let refused = token(json!({"sub": "mallory", "exp": now() + 600}));
+    let response = client
+        .post(gate.license_url("clearkey", Some("demo")))
+        .bearer_auth(refused)
+        .body(clearkey_request(DEMO_KID_B64))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "not_entitled").await;
+}
+
+#[tokio::test]
+async fn a_hanging_entitlement_service_is_a_503_within_its_timeout() {
+    let sim = Sim::start(&[]);
+    let service = EntitlementService::start(true).await;
+    let gate = gate(&sim, &service.config(300)).await;
+    let started = Instant::now();
+    let response = client()
+        .post(gate.license_url("clearkey", Some("demo")))
+        .bearer_auth(user(&[]))
+        .body(clearkey_request(DEMO_KID_B64))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    problem(response, 503, "entitlement_unavailable").await;
+}
+
+#[tokio::test]
+async fn catalog_reload_under_load_fails_no_request() {
+    let sim = Sim::start(&[]);
+    let gate = Arc::new(gate(&sim, "").await);
+    let client = client();
+    let token = user(&["demo"]);
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, gate, token) = (client.clone(), gate.clone(), token.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let response = client
+                    .post(gate.license_url("clearkey", Some("demo")))
+                    .bearer_auth(&token)
+                    .body(clearkey_request(DEMO_KID_B64))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+                ok += 1;
+            }
+            ok
+        }));
+    }
+    for generation in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let grown = format!(
+            "{CATALOG}\n[content.extra-{generation}]\nkey_ids = [\"c0c1c2c3-c4c5-c6c7-c8c9-cacbcccdce{generation:02x}\"]\n"
+        );
+        let path = gate.dir().join("catalog.toml");
+        std::fs::write(&path, grown).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(generation + 1))
+            .unwrap();
+    }
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
+    }
+    assert!(total > 100, "only {total} requests ran");
+    let log = gate.log();
+    assert!(log.matches("catalog reloaded").count() >= 3, "{log}");
+}
