@@ -23,7 +23,22 @@ cargo build --release --bins
 
 out="loadtest/results"
 mkdir -p "$out"
-head -c "$challenge_bytes" /dev/urandom > "$out/challenge.bin"
+# A real Widevine license request (the test fixture, KID 01020304-...) padded to the challenge
+# size in a SignedMessage field licensegate does not read, so every run parses the same bytes.
+python3 - "$challenge_bytes" "$out/challenge.bin" <<'PY'
+import os, sys
+size, path = int(sys.argv[1]), sys.argv[2]
+base = open("tests/fixtures/license-request-kid-01020304.bin", "rb").read()
+pad = max(size - len(base) - 4, 0)
+varint = bytearray()
+n = pad
+while True:
+    byte, n = n & 0x7F, n >> 7
+    varint.append(byte | (0x80 if n else 0))
+    if not n:
+        break
+open(path, "wb").write(base + bytes([0x32]) + bytes(varint) + os.urandom(pad))
+PY
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
@@ -57,12 +72,35 @@ protocol = "h2"
 [routes]
 widevine = "sim"
 TOML
-RUST_LOG=warn ./target/release/licensegate serve --config "$out/licensegate.toml" >"$out/licensegate.log" 2>&1 &
-pids+=($!)
-wait_port "$gate_port"
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
-  sleep 0.05
+# The same, with users, a catalog and entitlement: what issue 3's pipeline costs.
+identity_port=$((gate_port + 1))
+identity_admin=$((admin_port + 1))
+sed -e "s/127.0.0.1:$gate_port/127.0.0.1:$identity_port/" \
+    -e "s/127.0.0.1:$admin_port/127.0.0.1:$identity_admin/" "$out/licensegate.toml" \
+    > "$out/identity.toml"
+cat >> "$out/identity.toml" <<TOML
+[auth]
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "\${LOADTEST_SECRET}"
+[catalog]
+path = "conf/catalog/demo.toml"
+[policies.streaming]
+security_level = 1
+TOML
+export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
+token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest --entitle demo)
+
+for config in licensegate identity; do
+  RUST_LOG=warn ./target/release/licensegate serve --config "$out/$config.toml" >"$out/$config.log" 2>&1 &
+  pids+=($!)
+done
+for admin in "$admin_port" "$identity_admin"; do
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break
+    sleep 0.05
+  done
 done
 
 upstream_connections() {
@@ -88,6 +126,8 @@ gate="http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
 # adds, without queueing in it.
 run direct "$direct" -n "$requests"
 run licensegate "$gate" -n "$requests"
+run identity "http://127.0.0.1:$identity_port/v1/license/widevine?content=demo" -n "$requests" \
+  -H "Authorization: Bearer $token"
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
@@ -95,7 +135,7 @@ python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" <<'PY'
 import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
-for name in ("direct", "licensegate", "direct_rate", "licensegate_rate"):
+for name in ("direct", "licensegate", "identity", "direct_rate", "licensegate_rate"):
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
     statuses = report.get("statusCodeDistribution", {})
@@ -109,12 +149,15 @@ print(f"| {'run':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors'
 print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
 labels = {"direct": "(a) oha -> simulator",
           "licensegate": "(b) oha -> licensegate -> simulator",
+          "identity": "(c) (b) + auth, catalog, entitlement",
           "direct_rate": f"(a) at {rate} req/s",
           "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
     print(f"| {labels[name]:<34} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
 a, b = rows["direct"], rows["licensegate"]
 ar, br = rows["direct_rate"], rows["licensegate_rate"]
+c = rows["identity"]
 print(f"\nsaturated: ratio b/a req/s {b[0] / a[0]:.2f}, p99 added {b[2] - a[2]:.2f} ms")
+print(f"identity pipeline: ratio c/b req/s {c[0] / b[0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Gate, Sim, fixture, problem};
+use common::{Gate, Sim, client, fixture, problem};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
@@ -102,13 +102,6 @@ async fn gate(sim: &Sim, extra: &str) -> Gate {
 
 fn clearkey_request(kid_b64: &str) -> String {
     format!(r#"{{"kids":["{kid_b64}"],"type":"temporary"}}"#)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gate, Sim, config, fixture, problem};
+use common::{Gate, Sim, client, config, fixture, problem};
 use licensegate::sim::{LICENSE_PREFIX, SERVICE_CERTIFICATE};
 use sha2::{Digest, Sha256};
 
@@ -13,13 +13,6 @@ fn expected_license(challenge: &[u8]) -> Vec<u8> {
     let mut license = LICENSE_PREFIX.to_vec();
     license.extend_from_slice(&Sha256::digest(challenge));
     license
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

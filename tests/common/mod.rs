@@ -16,6 +16,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A player's HTTP client; the timeout only keeps a broken test from hanging.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
