@@ -22,5 +22,6 @@ config="${LICENSEGATE_CONFIG:-conf/licensegate.toml}"
 token=$(./target/release/licensegate token --config "$config" --sub demo-user --entitle demo)
 echo "run: a token for user demo-user, entitled to 'demo' (valid 1 h):"
 echo "export TOKEN=$token"
+echo "run: the demo page: http://127.0.0.1:9090/demo/?token=$token"
 
 ./target/release/licensegate serve --config "$config"

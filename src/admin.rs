@@ -23,7 +23,19 @@ impl ServeHttp for AdminApp {
         if request.method != Method::GET && request.method != Method::HEAD {
             return problem(&Problem::method_not_allowed());
         }
-        match request.uri.path() {
+        let path = request.uri.path();
+        if let Some(root) = &self.state.config.demo_root
+            && path.starts_with(crate::demo::PREFIX)
+        {
+            return crate::demo::serve(root, path, &request.headers)
+                .unwrap_or_else(|| problem(&Problem::not_found()));
+        }
+        match path {
+            "/demo" if self.state.config.demo_root.is_some() => Response::builder()
+                .status(308)
+                .header(header::LOCATION, crate::demo::PREFIX)
+                .body(Vec::new())
+                .expect("valid response"),
             "/healthz" => json_response(200, json!({"status": "alive"})),
             "/readyz" => self.readiness(),
             "/metrics" => Response::builder()

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod challenge;
 pub mod config;
 pub mod cors;
+pub mod demo;
 pub mod drm;
 pub mod entitlement;
 pub mod keyseed;

@@ -93,13 +93,7 @@ impl RequestCtx {
     }
 
     pub fn vendor_name(&self) -> &str {
-        self.upstream
-            .as_ref()
-            .map_or("-", |u| u.vendor.name.as_str())
-    }
-
-    pub fn drm_name(&self) -> &'static str {
-        self.drm.map_or("-", Drm::as_str)
+        self.vendor.as_ref().map_or("-", |v| v.name.as_str())
     }
 }
 

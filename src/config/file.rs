@@ -27,6 +27,16 @@ pub struct FileConfig {
     pub entitlement: Entitlement,
     #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
+    pub demo: Option<Demo>,
+}
+
+/// The demo page and stream, served under `/demo/` on the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demo {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub root: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,8 @@ pub struct Config {
     pub key_seeds: BTreeMap<String, KeySeed>,
     pub entitlement: EntitlementSettings,
     pub policies: BTreeMap<String, Arc<Policy>>,
+    /// The directory served under `/demo/` on the admin listener, when enabled.
+    pub demo_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +308,19 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         policies.insert(name, Arc::new(policy));
     }
     let entitlement = validate_entitlement(file.entitlement, &mut policies)?;
+    let demo_root = match file.demo {
+        Some(demo) if demo.enabled => {
+            let root = PathBuf::from(&demo.root);
+            if !root.join("index.html").is_file() {
+                return Err(ConfigError::new(
+                    "demo.root",
+                    format!("'{}' has no index.html", demo.root),
+                ));
+            }
+            Some(root)
+        }
+        _ => None,
+    };
     Ok(Config {
         license_listener,
         admin_listener,
@@ -319,6 +334,7 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         key_seeds,
         entitlement,
         policies,
+        demo_root,
     })
 }
 
