@@ -18,7 +18,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::auth::Identity;
 use crate::catalog::{Catalog, Content};
-use crate::challenge::{self, ChallengeInfo};
+use crate::challenge::{self, ChallengeInfo, RequestType};
 use crate::config::{Endpoint, VendorConfig, VendorKind};
 use crate::cors::{self, Origin};
 use crate::drm::{Drm, PLAYREADY_SOAP_ACTION};
@@ -47,6 +47,9 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<Upstream>>,
     pub content_id: Option<String>,
     pub challenge_len: usize,
+    pub request_type: Option<RequestType>,
+    /// Which entitlement rule allowed the request (free, token, service...).
+    pub entitled_by: Option<&'static str>,
     /// What the answer was, as a stable word for logs and the outcome label.
     pub outcome: &'static str,
     pub status: u16,
@@ -83,6 +86,8 @@ impl RequestCtx {
             upstream: None,
             content_id: None,
             challenge_len: 0,
+            request_type: None,
+            entitled_by: None,
             outcome: "ok",
             status: 0,
             forward: Forwarding::default(),
@@ -211,6 +216,7 @@ pub async fn admit(
     let info = challenge::parse(drm, &challenge).map_err(|e| {
         Problem::new(400, "challenge_malformed", "Challenge not understood").with_detail(e.0)
     })?;
+    ctx.request_type = Some(info.request_type);
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
@@ -220,6 +226,7 @@ pub async fn admit(
         .entitlements
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
         .await?;
+    ctx.entitled_by = Some(grant.basis);
     let vendor = match &content.vendor {
         Some(name) => state.vendors[name].clone(),
         None => route,
@@ -342,10 +349,11 @@ async fn hls_key(
     let id = content_id(session.req_header())?.ok_or_else(Problem::content_id_missing)?;
     let content = resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
     ctx.content_id = Some(content.id.clone());
-    state
+    let grant = state
         .entitlements
         .entitle(identity.as_deref(), &content, HLS_LABEL, client_ip(session))
         .await?;
+    ctx.entitled_by = Some(grant.basis);
     let Some(hls) = &content.hls else {
         return Err(
             Problem::new(404, "key_not_found", "Content key not available")
@@ -675,6 +683,8 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         drm,
         vendor,
         content_id = ctx.content_id.as_deref().unwrap_or("-"),
+        request_type = ctx.request_type.map(RequestType::as_str),
+        entitled_by = ctx.entitled_by,
         status = ctx.status,
         outcome = ctx.outcome,
         total_ms = millis(total),

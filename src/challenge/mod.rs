@@ -35,10 +35,6 @@ impl Kid {
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Kid)
     }
-
-    pub fn hex(self) -> String {
-        hex::encode(self.0)
-    }
 }
 
 impl fmt::Display for Kid {
@@ -64,6 +60,16 @@ pub enum RequestType {
     New,
     Renewal,
     Release,
+}
+
+impl RequestType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestType::New => "new",
+            RequestType::Renewal => "renewal",
+            RequestType::Release => "release",
+        }
+    }
 }
 
 /// What licensegate learned from a challenge.
@@ -124,7 +130,6 @@ mod tests {
             kid
         );
         assert_eq!(kid.to_string(), "01020304-0506-0708-090a-0b0c0d0e0f10");
-        assert_eq!(kid.hex(), "0102030405060708090a0b0c0d0e0f10");
         assert!("0102".parse::<Kid>().is_err());
     }
 
