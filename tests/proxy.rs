@@ -541,3 +541,48 @@ async fn one_access_line_per_request_and_no_secret_in_the_log() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_license_listener_speaks_tls_with_http2() {
+    let sim = Sim::start(&[]);
+    let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let tls = "[listeners.tls]\ncert = \"${LG_DIR}/cert.pem\"\nkey = \"${LG_DIR}/key.pem\"\n";
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(&[sim.url()], "").replace("[server]", &format!("{tls}\n[server]")),
+        &[
+            ("cert.pem", certificate.cert.pem().as_bytes()),
+            (
+                "key.pem",
+                certificate.signing_key.serialize_pem().as_bytes(),
+            ),
+        ],
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certificate.cert.pem().as_bytes()).unwrap(),
+        )
+        .resolve("localhost", ([127, 0, 0, 1], gate.port).into())
+        .build()
+        .unwrap();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let response = client
+        .post(format!(
+            "https://localhost:{}/v1/license/widevine?content=demo",
+            gate.port
+        ))
+        .body(challenge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN chose h2"
+    );
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        expected_license(&challenge)
+    );
+}
