@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{Method, Response, header};
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
@@ -19,16 +20,29 @@ pub struct AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let request = session.req_header();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut response = self.answer(session.req_header(), &request_id);
+        if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+            response
+                .headers_mut()
+                .insert(crate::pipeline::REQUEST_ID, value);
+        }
+        response
+    }
+}
+
+impl AdminApp {
+    fn answer(&self, request: &RequestHeader, request_id: &str) -> Response<Vec<u8>> {
+        let problem = |p: Problem| problem(&p, request_id);
         if request.method != Method::GET && request.method != Method::HEAD {
-            return problem(&Problem::method_not_allowed());
+            return problem(Problem::method_not_allowed());
         }
         let path = request.uri.path();
         if let Some(root) = &self.state.config.demo_root
             && path.starts_with(crate::demo::PREFIX)
         {
             return crate::demo::serve(root, path, &request.headers)
-                .unwrap_or_else(|| problem(&Problem::not_found()));
+                .unwrap_or_else(|| problem(Problem::not_found()));
         }
         match path {
             "/demo" if self.state.config.demo_root.is_some() => Response::builder()
@@ -43,12 +57,10 @@ impl ServeHttp for AdminApp {
                 .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
                 .body(self.state.metrics.render())
                 .expect("valid response"),
-            _ => problem(&Problem::not_found()),
+            _ => problem(Problem::not_found()),
         }
     }
-}
 
-impl AdminApp {
     /// Ready once every vendor that serves a route has at least one healthy endpoint.
     fn readiness(&self) -> Response<Vec<u8>> {
         let vendors: serde_json::Map<String, serde_json::Value> = self
@@ -78,12 +90,10 @@ fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
         .expect("valid response")
 }
 
-fn problem(problem: &Problem) -> Response<Vec<u8>> {
-    let request_id = uuid::Uuid::new_v4().to_string();
+fn problem(problem: &Problem, request_id: &str) -> Response<Vec<u8>> {
     Response::builder()
         .status(problem.status)
         .header(header::CONTENT_TYPE, crate::problem::CONTENT_TYPE)
-        .header(crate::pipeline::REQUEST_ID, request_id.as_str())
-        .body(problem.to_body(&request_id).to_vec())
+        .body(problem.to_body(request_id).to_vec())
         .expect("valid response")
 }

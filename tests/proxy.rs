@@ -462,6 +462,9 @@ async fn metrics_show_license_latency_by_drm_vendor_and_outcome() {
     assert!(metrics.contains("licensegate_in_flight_requests 0"));
     let health = reqwest::get(gate.admin("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
+    assert!(health.headers().contains_key("x-request-id"));
+    let missing = reqwest::get(gate.admin("/nothing-here")).await.unwrap();
+    problem(missing, 404, "not_found").await;
 }
 
 #[tokio::test]
