@@ -113,12 +113,7 @@ async fn shaka_plays_through_licensegate_and_reads_its_refusals() {
         state["license"]["ms"],
         screenshot.display()
     );
-    let metrics = reqwest::get(gate.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics().await;
     assert!(
         metrics.contains(
             "licensegate_license_request_duration_seconds_count{drm=\"clearkey\",outcome=\"ok\",vendor=\"builtin\"} 1"

@@ -476,12 +476,7 @@ async fn hls_key_for_entitled_users() {
         .await
         .unwrap();
     problem(response, 404, "key_not_found").await;
-    let metrics = reqwest::get(gate.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics().await;
     assert!(metrics.contains(
         "licensegate_license_request_duration_seconds_count{drm=\"hls-aes\",outcome=\"ok\",vendor=\"-\"} 1"
     ), "{metrics}");

@@ -130,12 +130,7 @@ async fn service_certificate_is_forwarded_once_then_served_from_memory() {
         assert_eq!(&request.await.unwrap()[..], SERVICE_CERTIFICATE);
     }
     assert_eq!(sim.stats().await["service_certificates"], 1);
-    let metrics = reqwest::get(gate.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics().await;
     assert!(
         metrics.contains("licensegate_service_certificate_cache_total{result=\"hit\"} 9"),
         "{metrics}"
@@ -414,12 +409,7 @@ async fn vendor_refusal_passes_through_unchanged_with_its_reason() {
         &response.bytes().await.unwrap()[..],
         b"licensegate-sim refusal"
     );
-    let metrics = reqwest::get(gate.admin("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics().await;
     assert!(
         metrics.contains(
             "licensegate_requests_total{drm=\"widevine\",status=\"403\",vendor=\"sim\"} 1"
@@ -443,9 +433,7 @@ async fn metrics_show_license_latency_by_drm_vendor_and_outcome() {
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap();
     }
-    let response = reqwest::get(gate.admin("/metrics")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let metrics = response.text().await.unwrap();
+    let metrics = gate.metrics().await;
     assert!(metrics.contains(
         "licensegate_license_request_duration_seconds_count{drm=\"playready\",outcome=\"ok\",vendor=\"sim\"} 3"
     ), "{metrics}");

@@ -209,6 +209,13 @@ impl Gate {
         std::fs::read_to_string(self.dir.path().join("licensegate.log")).unwrap()
     }
 
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::get(self.admin("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub fn admin(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
