@@ -175,10 +175,11 @@ fn not_entitled() -> Problem {
 fn claim_grants(claim: Option<&Value>, content: &Content) -> bool {
     let grants = |entry: &str| match entry.strip_prefix("tier:") {
         Some(tier) => content.tiers.iter().any(|t| t == tier),
-        None => {
-            entry == content.id
-                || glob::Pattern::new(entry).is_ok_and(|pattern| pattern.matches(&content.id))
+        // Most entries are plain content ids; only patterns pay for compiling a glob.
+        None if entry.contains(['*', '?', '[']) => {
+            glob::Pattern::new(entry).is_ok_and(|pattern| pattern.matches(&content.id))
         }
+        None => entry == content.id,
     };
     match claim {
         Some(Value::String(entry)) => grants(entry),
