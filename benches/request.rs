@@ -71,7 +71,7 @@ fn forward(c: &mut Criterion) {
     let mut ctx = RequestCtx::new();
     ctx.drm = Some(Drm::Widevine);
     ctx.challenge_len = 2048;
-    ctx.forward.endpoint = Some(vendor.endpoints[0].clone());
+    ctx.forward.endpoint = Some(vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone());
     let request = player_request();
     let ip = Some("203.0.113.7".parse().unwrap());
     c.bench_function("forward/upstream_request_header", |b| {

@@ -66,9 +66,10 @@ impl AdminApp {
         let vendors: serde_json::Map<String, serde_json::Value> = self
             .state
             .routed_upstreams()
+            .iter()
             .map(|upstream| {
                 (
-                    upstream.vendor.name.clone(),
+                    upstream.label().to_string(),
                     json!(upstream.healthy_endpoints()),
                 )
             })

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub upstream_connections: IntCounterVec,
     pub service_certificate_cache: IntCounterVec,
+    pub token_cache: IntCounterVec,
+    pub token_mint_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -70,6 +72,24 @@ impl Metrics {
             &["result"],
         )
         .expect("valid counter");
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "licensegate_token_cache_total",
+                "Vendor authorizations: reused (hit), minted for the cache (miss), minted per \
+                 attempt (single_use), or failed (error)",
+            ),
+            &["vendor", "result"],
+        )
+        .expect("valid counter");
+        let token_mint_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "licensegate_token_mint_duration_seconds",
+                "Time to mint one vendor authorization, token service calls included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["vendor"],
+        )
+        .expect("valid histogram");
         for collector in [
             Box::new(license_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_duration.clone()),
@@ -77,6 +97,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(service_certificate_cache.clone()),
+            Box::new(token_cache.clone()),
+            Box::new(token_mint_duration.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -88,6 +110,8 @@ impl Metrics {
             in_flight,
             upstream_connections,
             service_certificate_cache,
+            token_cache,
+            token_mint_duration,
         }
     }
 

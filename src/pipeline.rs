@@ -19,7 +19,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::auth::Identity;
 use crate::catalog::{Catalog, Content};
 use crate::challenge::{self, ChallengeInfo, RequestType};
-use crate::config::{Endpoint, VendorConfig, VendorKind};
+use crate::config::{Endpoint, VendorConfig};
 use crate::cors::{self, Origin};
 use crate::drm::{Drm, PLAYREADY_SOAP_ACTION};
 use crate::metrics::InFlight;
@@ -27,13 +27,13 @@ use crate::problem::{self, Problem};
 use crate::server::{State, VendorRoute};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::Upstream;
+use crate::vendor::{Authorization, Device, LicenseRequest, Minting, Vendor};
+use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
 
 pub const REQUEST_ID: &str = "X-Request-Id";
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
 const MAX_CONTENT_ID_LEN: usize = 256;
-/// A vendor's refusal reason is logged, and a runaway one must not flood the log line.
-const MAX_REASON_LEN: usize = 256;
 
 /// What the pipeline knows about one request.
 pub struct RequestCtx {
@@ -44,7 +44,13 @@ pub struct RequestCtx {
     /// The DRM name, or the HLS label, for metrics and logs.
     pub label: &'static str,
     pub vendor: Option<Arc<VendorConfig>>,
+    pub adapter: Option<Arc<dyn Vendor>>,
     pub upstream: Option<Arc<Upstream>>,
+    /// Kept for vendors whose authorization is minted per attempt.
+    pub license_request: Option<LicenseRequest>,
+    pub authorization: Option<Arc<Authorization>>,
+    /// The device the vendor's answer reported.
+    pub device: Device,
     pub content_id: Option<String>,
     pub challenge_len: usize,
     pub request_type: Option<RequestType>,
@@ -83,7 +89,11 @@ impl RequestCtx {
             drm: None,
             label: "-",
             vendor: None,
+            adapter: None,
             upstream: None,
+            license_request: None,
+            authorization: None,
+            device: Device::NotReported,
             content_id: None,
             challenge_len: 0,
             request_type: None,
@@ -210,7 +220,13 @@ pub async fn admit(
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
-        ctx.upstream = route.upstream;
+        ctx.upstream = Some(
+            route
+                .upstream(drm)
+                .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
+                .clone(),
+        );
+        ctx.adapter = Some(route.adapter);
         return Ok(Admission::Forward);
     };
     let info = challenge::parse(drm, &challenge).map_err(|e| {
@@ -232,23 +248,53 @@ pub async fn admit(
         None => route,
     };
     ctx.vendor = Some(vendor.config.clone());
-    match vendor.config.kind {
-        VendorKind::Clearkey if drm == Drm::ClearKey => {
-            let body = crate::vendor::clearkey::license(&info, &content, &grant)?;
-            Ok(Admission::Answer(LocalAnswer {
-                status: 200,
-                outcome: "ok",
-                content_type: Some(HeaderValue::from_static("application/json")),
-                body,
-                preflight: false,
-            }))
-        }
-        VendorKind::Clearkey => Err(Problem::drm_not_routed(drm.as_str())),
-        VendorKind::Passthrough => {
-            ctx.upstream = vendor.upstream;
-            Ok(Admission::Forward)
-        }
+    let request = LicenseRequest {
+        request_id: ctx.request_id.clone(),
+        user: identity.map(|identity| identity.user.clone()),
+        content,
+        drm,
+        key_ids: info.key_ids.clone(),
+        policy_name: grant.policy_name,
+        policy: grant.policy,
+        client_ip,
+    };
+    authorize(state, ctx, &vendor, request, &info).await
+}
+
+/// Phase "authorize with vendor": licensegate's own license, or what the vendor needs to see
+/// with the challenge (reused from the token cache, or left to mint per attempt).
+async fn authorize(
+    state: &State,
+    ctx: &mut RequestCtx,
+    vendor: &VendorRoute,
+    request: LicenseRequest,
+    challenge: &ChallengeInfo,
+) -> Result<Admission, Problem> {
+    if let Some(license) = vendor.adapter.answer_locally(&request, challenge) {
+        let license = license?;
+        return Ok(Admission::Answer(LocalAnswer {
+            status: 200,
+            outcome: "ok",
+            content_type: Some(HeaderValue::from_static(license.content_type)),
+            body: license.body,
+            preflight: false,
+        }));
     }
+    let upstream = vendor
+        .upstream(request.drm)
+        .ok_or_else(|| Problem::drm_not_routed(request.drm.as_str()))?;
+    ctx.upstream = Some(upstream.clone());
+    if vendor.adapter.minting() == Minting::PerAttempt {
+        ctx.license_request = Some(request);
+    } else {
+        let authorization = state
+            .tokens
+            .authorization(&vendor.config.name, vendor.adapter.as_ref(), &request)
+            .await?;
+        ctx.authorization = Some(authorization);
+    }
+    ctx.adapter = Some(vendor.adapter.clone());
+    Ok(Admission::Forward)
 }
 
 fn authenticate(state: &State, request: &RequestHeader) -> Result<Option<Arc<Identity>>, Problem> {
@@ -272,9 +318,10 @@ async fn service_certificate(
     ctx: &mut RequestCtx,
     route: VendorRoute,
 ) -> Result<Admission, Problem> {
-    let Some(upstream) = route.upstream else {
+    let Some(upstream) = route.upstream(Drm::Widevine).cloned() else {
         return Err(Problem::drm_not_routed(Drm::Widevine.as_str()));
     };
+    ctx.adapter = Some(route.adapter.clone());
     let cache = &state.metrics.service_certificate_cache;
     match state.service_certificates.lookup(&route.config.name).await {
         Lookup::Hit(certificate) => {
@@ -452,7 +499,7 @@ pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
 
 /// Phase "forward", each attempt: the next endpoint, with what is left of the total budget as
 /// its read timeout; on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::StreamGate`]).
-pub async fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
     let upstream = ctx
         .upstream
         .clone()
@@ -473,6 +520,13 @@ pub async fn choose_peer(ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
             upstream.vendor.name
         )));
     };
+    if let (Some(request), Some(adapter)) = (&ctx.license_request, &ctx.adapter) {
+        let authorization = state
+            .tokens
+            .authorization(&upstream.vendor.name, adapter.as_ref(), request)
+            .await?;
+        ctx.authorization = Some(authorization);
+    }
     let peer = upstream.peer(&target, remaining.min(upstream.vendor.read_timeout));
     if upstream.multiplexes() {
         ctx.forward.stream_turn = Some(target.gate.take_turn().await);
@@ -501,8 +555,16 @@ pub fn upstream_request(
         .endpoint
         .as_ref()
         .expect("an endpoint is chosen before the request is built");
-    let mut request =
-        RequestHeader::build_no_case(Method::POST, endpoint.path_and_query.as_bytes(), Some(8))?;
+    let authorization = ctx.authorization.as_deref();
+    let path = authorization
+        .and_then(|a| a.path_and_query.as_deref())
+        .unwrap_or(&endpoint.path_and_query);
+    let path = match authorization.and_then(|a| a.query.as_deref()) {
+        Some(query) if path.contains('?') => Cow::Owned(format!("{path}&{query}")),
+        Some(query) => Cow::Owned(format!("{path}?{query}")),
+        None => Cow::Borrowed(path),
+    };
+    let mut request = RequestHeader::build_no_case(Method::POST, path.as_bytes(), Some(10))?;
     request.insert_header(header::HOST, endpoint.authority.as_str())?;
     request.insert_header(header::CONTENT_TYPE, drm.upstream_content_type())?;
     request.insert_header(header::CONTENT_LENGTH, ctx.challenge_len.to_string())?;
@@ -522,6 +584,9 @@ pub fn upstream_request(
         request.insert_header("X-Forwarded-For", forwarded_for)?;
     }
     request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    for (name, value) in authorization.map_or(&[][..], |a| a.headers.as_slice()) {
+        request.insert_header(name.clone(), value.clone())?;
+    }
     Ok(request)
 }
 
@@ -557,26 +622,36 @@ pub fn broke_before_answer(ctx: &RequestCtx, error: &Error) -> bool {
 pub fn inspect_response(ctx: &mut RequestCtx, status: u16, headers: &http::HeaderMap) {
     ctx.forward.status = Some(status);
     ctx.status = status;
+    let adapter = ctx
+        .adapter
+        .as_ref()
+        .expect("forwarded requests have a vendor");
+    let answer = adapter.read_answer(status, headers);
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
-        let upstream = ctx
-            .upstream
-            .as_ref()
-            .expect("forwarded requests have a vendor");
-        ctx.forward.vendor_reason = upstream
-            .vendor
-            .error_header
-            .as_ref()
-            .and_then(|name| headers.get(name))
-            .map(|value| {
-                let mut reason = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                reason.truncate(MAX_REASON_LEN);
-                reason
-            });
+        ctx.forward.vendor_reason = answer.reason;
     }
+    ctx.device = answer.device;
     if let Some(filler) = ctx.service_certificate.as_mut() {
         filler.response_header(status, headers.get(header::CONTENT_TYPE));
     }
+}
+
+/// The vendor's answer as the player receives it: vendor-internal headers removed, our
+/// request id and CORS added.
+pub fn vendor_answer_headers(
+    state: &State,
+    ctx: &RequestCtx,
+    response: &mut pingora::http::ResponseHeader,
+) -> pingora::Result<()> {
+    if let Some(adapter) = &ctx.adapter {
+        for name in adapter.internal_headers() {
+            response.remove_header(name);
+        }
+    }
+    response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    cors::decorate(&state.config.cors, &ctx.origin, response);
+    Ok(())
 }
 
 /// What the player is told when the vendor could not be reached or did not answer in time.

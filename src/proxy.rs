@@ -41,7 +41,7 @@ impl ProxyHttp for LicenseProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        match pipeline::choose_peer(ctx).await {
+        match pipeline::choose_peer(&self.state, ctx).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(problem) => {
                 ctx.pending_problem = Some(problem);
@@ -138,9 +138,7 @@ impl ProxyHttp for LicenseProxy {
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header(pipeline::REQUEST_ID, ctx.request_id.as_str())?;
-        crate::cors::decorate(&self.state.config.cors, &ctx.origin, response);
-        Ok(())
+        pipeline::vendor_answer_headers(&self.state, ctx, response)
     }
 
     fn upstream_response_body_filter(

@@ -13,7 +13,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::auth::Authenticator;
 use crate::catalog::{CatalogStore, References};
-use crate::config::{Config, ConfigError, VendorConfig, VendorKind};
+use crate::config::{Config, ConfigError, VendorConfig};
 use crate::drm::Drm;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
@@ -21,6 +21,8 @@ use crate::proxy::LicenseProxy;
 use crate::reload::Reloader;
 use crate::service_certificate::ServiceCertificates;
 use crate::upstream::Upstream;
+use crate::vendor::Vendor;
+use crate::vendor::tokens::TokenCache;
 
 /// Everything a request may consult, built once at start.
 pub struct State {
@@ -31,13 +33,27 @@ pub struct State {
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
     pub entitlements: Entitlements,
+    pub tokens: TokenCache,
 }
 
-/// A vendor and, unless licensegate answers for it itself, the upstream to reach it.
+/// A vendor: its adapter and, unless licensegate answers for it itself, the upstreams that
+/// reach its license endpoints.
 #[derive(Clone)]
 pub struct VendorRoute {
     pub config: Arc<VendorConfig>,
-    pub upstream: Option<Arc<Upstream>>,
+    pub adapter: Arc<dyn Vendor>,
+    /// By the DRM each set serves; `None` for a set serving every DRM.
+    upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
+}
+
+impl VendorRoute {
+    /// The license endpoints serving `drm`.
+    pub fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .find(|(set, _)| *set == Some(drm) || set.is_none())
+            .map(|(_, upstream)| upstream)
+    }
 }
 
 impl State {
@@ -49,14 +65,24 @@ impl State {
             .map(|vendor| &self.vendors[&vendor.name])
     }
 
-    /// The upstreams of every vendor that serves at least one route, once.
-    pub fn routed_upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        let mut names: Vec<&String> = self.config.routes.values().map(|v| &v.name).collect();
-        names.sort();
-        names.dedup();
-        names
-            .into_iter()
-            .filter_map(|name| self.vendors[name].upstream.as_ref())
+    /// Every upstream a routed request may need: the routed license endpoints and the
+    /// routed vendors' own services (token services).
+    pub fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        for (drm, vendor) in &self.config.routes {
+            let route = &self.vendors[&vendor.name];
+            let candidates = route
+                .upstream(*drm)
+                .cloned()
+                .into_iter()
+                .chain(route.adapter.upstreams());
+            for upstream in candidates {
+                if !upstreams.iter().any(|known| Arc::ptr_eq(known, &upstream)) {
+                    upstreams.push(upstream);
+                }
+            }
+        }
+        upstreams
     }
 }
 
@@ -65,6 +91,7 @@ impl State {
 pub struct Resources {
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
+    pub adapters: HashMap<String, Arc<dyn Vendor>>,
 }
 
 pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
@@ -79,7 +106,16 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
         .as_ref()
         .map(|catalog| CatalogStore::open(&catalog.path, references))
         .transpose()?;
-    Ok(Resources { auth, catalog })
+    let mut adapters = HashMap::new();
+    for (name, vendor) in &config.vendors {
+        let adapter = crate::vendor::build(vendor, config.server.upstream_idle_timeout)?;
+        adapters.insert(name.clone(), adapter);
+    }
+    Ok(Resources {
+        auth,
+        catalog,
+        adapters,
+    })
 }
 
 /// Builds the server; `run_forever` (or `run`) starts it.
@@ -89,20 +125,31 @@ pub fn build(config: Config) -> Result<Server, String> {
 
     let mut vendors = HashMap::new();
     for (name, vendor) in &config.vendors {
-        let upstream = match vendor.kind {
-            VendorKind::Passthrough => {
-                let (upstream, discovery) =
-                    Upstream::new(vendor.clone(), config.server.upstream_idle_timeout);
-                server.add_service(discovery);
-                Some(Arc::new(upstream))
-            }
-            VendorKind::Clearkey => None,
-        };
+        let mut upstreams = Vec::new();
+        for (drm, endpoints) in vendor.endpoints.sets() {
+            let label = match drm {
+                Some(drm) => format!("{name} ({drm})"),
+                None => name.clone(),
+            };
+            let upstream = Upstream::new(
+                vendor.clone(),
+                endpoints,
+                label,
+                config.server.upstream_idle_timeout,
+            );
+            server.add_service(upstream.background());
+            upstreams.push((drm, Arc::new(upstream)));
+        }
+        let adapter = resources.adapters[name].clone();
+        for upstream in adapter.upstreams() {
+            server.add_service(upstream.background());
+        }
         vendors.insert(
             name.clone(),
             VendorRoute {
                 config: vendor.clone(),
-                upstream,
+                adapter,
+                upstreams,
             },
         );
     }
@@ -110,13 +157,16 @@ pub fn build(config: Config) -> Result<Server, String> {
         config.vendors.keys().map(String::as_str),
         config.server.service_certificate_ttl,
     );
+    let metrics = Metrics::new();
+    let tokens = TokenCache::new(&config.token_cache, &metrics);
     let state = Arc::new(State {
         vendors,
-        metrics: Metrics::new(),
+        metrics,
         service_certificates,
         auth: resources.auth,
         catalog: resources.catalog,
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
+        tokens,
         config,
     });
     if let Some(reloader) = Reloader::new(state.clone()) {

@@ -3,9 +3,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -13,7 +16,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 use pingora::protocols::l4::socket::SocketAddr;
-use pingora::services::background::{GenBackgroundService, background_service};
+use pingora::services::background::GenBackgroundService;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -22,6 +25,8 @@ use crate::config::{Endpoint, Protocol, VendorConfig};
 /// The upstream side of one configured vendor.
 pub struct Upstream {
     pub vendor: Arc<VendorConfig>,
+    /// What these endpoints are for, in the background service's name.
+    label: String,
     balancer: Arc<LoadBalancer<RoundRobin>>,
     idle_timeout: Duration,
 }
@@ -49,14 +54,16 @@ impl StreamGate {
 }
 
 impl Upstream {
-    /// Builds the upstream and the background service that keeps its endpoint list and health
-    /// current; the service must be added to the server for either to happen.
+    /// Builds the upstream over `endpoints`; its [`Upstream::background`] service must be added
+    /// to the server for the endpoint list and health to be kept current.
     pub fn new(
         vendor: Arc<VendorConfig>,
+        endpoints: &[Arc<Endpoint>],
+        label: String,
         idle_timeout: Duration,
-    ) -> (Self, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+    ) -> Self {
         let discovery = DnsDiscovery {
-            endpoints: vendor.endpoints.clone(),
+            endpoints: endpoints.to_vec(),
         };
         let mut balancer = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
         let mut health_check = TcpHealthCheck::new();
@@ -65,13 +72,20 @@ impl Upstream {
         balancer.health_check_frequency = Some(vendor.health_check_interval);
         balancer.update_frequency = Some(vendor.dns_refresh);
         balancer.parallel_health_check = true;
-        let service = background_service(&format!("endpoints of {}", vendor.name), balancer);
-        let upstream = Self {
+        Self {
             vendor,
-            balancer: service.task(),
+            label,
+            balancer: Arc::new(balancer),
             idle_timeout,
-        };
-        (upstream, service)
+        }
+    }
+
+    /// The service that resolves and health checks the endpoints.
+    pub fn background(&self) -> GenBackgroundService<LoadBalancer<RoundRobin>> {
+        GenBackgroundService::new(
+            format!("endpoints of {}", self.label),
+            self.balancer.clone(),
+        )
     }
 
     /// A healthy endpoint not yet `tried` by this request, so a retry moves on when there is
@@ -91,6 +105,11 @@ impl Upstream {
             endpoint,
             gate,
         })
+    }
+
+    /// Which endpoints these are: the vendor, and the DRM or service they serve.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Whether requests share connections, so that taking streams in turn pays off.
@@ -135,6 +154,96 @@ impl Upstream {
         options.h2_ping_interval = Some(Duration::from_secs(30));
         peer
     }
+}
+
+/// What an endpoint answered to a call licensegate made itself.
+pub struct Exchange {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Upstream {
+    /// A request licensegate makes itself (a vendor's token service), through Pingora's
+    /// connector: the same pooled, multiplexed connections, peer options, endpoint selection,
+    /// retries and total budget as a forwarded license request. `request` builds the header
+    /// for the endpoint chosen; any failure before an answer moves on to the next attempt.
+    pub async fn call(
+        &self,
+        connector: &Connector,
+        request: impl Fn(&Endpoint) -> Result<RequestHeader>,
+        body: Bytes,
+        max_answer_bytes: usize,
+    ) -> Result<Exchange> {
+        let started = Instant::now();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = None;
+        for _ in 0..=self.vendor.retries {
+            let remaining = self.vendor.total_timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            let Some(target) = self.select(&tried) else {
+                break;
+            };
+            tried.push(target.addr.clone());
+            let peer = self.peer(&target, remaining.min(self.vendor.read_timeout));
+            let header = request(&target.endpoint)?;
+            let attempt = exchange(connector, &peer, header, body.clone(), max_answer_bytes);
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => {
+                    last_error = Some(Error::explain(
+                        ErrorType::ReadTimedout,
+                        "no answer within the total budget",
+                    ))
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("{} has no healthy endpoint", self.label),
+            )
+        }))
+    }
+}
+
+async fn exchange(
+    connector: &Connector,
+    peer: &HttpPeer,
+    header: RequestHeader,
+    body: Bytes,
+    max_answer_bytes: usize,
+) -> Result<Exchange> {
+    let (mut session, _reused) = connector.get_http_session(peer).await?;
+    session.write_request_header(Box::new(header)).await?;
+    if !body.is_empty() {
+        session.write_request_body(body, false).await?;
+    }
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    let response = session
+        .response_header()
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+    let status = response.status.as_u16();
+    let headers = response.headers.clone();
+    let mut answer = BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        if answer.len() + chunk.len() > max_answer_bytes {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "answer too large");
+        }
+        answer.extend_from_slice(&chunk);
+    }
+    connector
+        .release_http_session(session, peer, peer.options.idle_timeout)
+        .await;
+    Ok(Exchange {
+        status,
+        headers,
+        body: answer.freeze(),
+    })
 }
 
 /// Resolves every endpoint's host on each refresh, so a vendor moving its IPs is followed

@@ -28,6 +28,29 @@ pub struct FileConfig {
     #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
     pub demo: Option<Demo>,
+    #[serde(default)]
+    pub token_cache: TokenCache,
+}
+
+/// Vendor authorizations (signed messages, token URLs) kept for reuse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCache {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    /// An authorization leaves the cache this long before it expires, so one handed out at
+    /// the last moment still outlives the vendor call.
+    pub safety_margin_seconds: u64,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            safety_margin_seconds: 60,
+        }
+    }
 }
 
 /// The demo page and stream, served under `/demo/` on the admin listener.
@@ -289,7 +312,7 @@ impl Default for Cors {
 pub struct Vendor {
     pub kind: VendorKind,
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Endpoints,
     #[serde(default)]
     pub protocol: Protocol,
     #[serde(default = "yes")]
@@ -306,6 +329,22 @@ pub struct Vendor {
     pub dns_refresh_seconds: u64,
     /// The response header in which this vendor explains a refusal.
     pub error_header: Option<String>,
+    /// The vendor's own settings; their shape belongs to the vendor's adapter, which checks them.
+    pub settings: Option<toml::Value>,
+}
+
+/// License URLs: one list for every DRM, or a list per DRM for vendors with a host per DRM.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Endpoints {
+    Shared(Vec<String>),
+    PerDrm(BTreeMap<String, Vec<String>>),
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints::Shared(Vec::new())
+    }
 }
 
 fn yes() -> bool {
@@ -331,6 +370,16 @@ pub enum VendorKind {
     Passthrough,
     /// licensegate's own ClearKey license server, answering from the catalog's keys.
     Clearkey,
+    /// Axinom DRM: a signed entitlement message in `X-AxDRM-Message`.
+    Axinom,
+    /// ExpressPlay: a license URL with a token from its token service.
+    Expressplay,
+    /// castLabs DRMtoday: an upfront token or custom data.
+    Drmtoday,
+    /// PallyCon (DoveRunner): `pallycon-customdata-v2`.
+    Pallycon,
+    /// Headers, query parameters and an optional JWT from templates.
+    Generic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -62,6 +62,14 @@ pub struct Config {
     pub policies: BTreeMap<String, Arc<Policy>>,
     /// The directory served under `/demo/` on the admin listener, when enabled.
     pub demo_root: Option<PathBuf>,
+    pub token_cache: TokenCacheSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenCacheSettings {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub safety_margin: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +169,7 @@ pub struct CorsSettings {
 pub struct VendorConfig {
     pub name: String,
     pub kind: VendorKind,
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: EndpointSets,
     pub protocol: Protocol,
     pub tls_verify: bool,
     pub connect_timeout: Duration,
@@ -172,6 +180,37 @@ pub struct VendorConfig {
     pub health_check_interval: Duration,
     pub dns_refresh: Duration,
     pub error_header: Option<HeaderName>,
+    /// Checked and read by the vendor's adapter (`crate::vendor`).
+    pub settings: Option<toml::Value>,
+}
+
+/// A vendor's license URLs: one set for every DRM, or one per DRM.
+#[derive(Debug)]
+pub enum EndpointSets {
+    Shared(Vec<Arc<Endpoint>>),
+    PerDrm(BTreeMap<Drm, Vec<Arc<Endpoint>>>),
+}
+
+impl EndpointSets {
+    pub fn for_drm(&self, drm: Drm) -> Option<&[Arc<Endpoint>]> {
+        match self {
+            EndpointSets::Shared(endpoints) if !endpoints.is_empty() => Some(endpoints),
+            EndpointSets::Shared(_) => None,
+            EndpointSets::PerDrm(sets) => sets.get(&drm).map(Vec::as_slice),
+        }
+    }
+
+    /// Each set with the DRM it is for (`None`: every DRM).
+    pub fn sets(&self) -> Vec<(Option<Drm>, &[Arc<Endpoint>])> {
+        match self {
+            EndpointSets::Shared(endpoints) if endpoints.is_empty() => Vec::new(),
+            EndpointSets::Shared(endpoints) => vec![(None, endpoints.as_slice())],
+            EndpointSets::PerDrm(sets) => sets
+                .iter()
+                .map(|(drm, endpoints)| (Some(*drm), endpoints.as_slice()))
+                .collect(),
+        }
+    }
 }
 
 /// One license URL of a vendor, taken apart once at start so requests only copy pieces.
@@ -265,6 +304,12 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
                 format!("'{vendor_name}' is the built-in ClearKey server; it serves only clearkey"),
             ));
         }
+        if vendor.kind != VendorKind::Clearkey && vendor.endpoints.for_drm(drm).is_none() {
+            return Err(ConfigError::new(
+                format!("routes.{drm}"),
+                format!("'{vendor_name}' has no endpoints for {drm}"),
+            ));
+        }
         routes.insert(drm, vendor.clone());
     }
     if routes.is_empty() {
@@ -276,6 +321,18 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
 
     let cors = validate_cors(file.cors, vendors.values())?;
     let auth = file.auth.map(validate_auth).transpose()?;
+    if file.catalog.is_none() {
+        // Vendor authorizations name content and key IDs, which only the catalog knows.
+        let authorizing = vendors
+            .values()
+            .find(|v| !matches!(v.kind, VendorKind::Passthrough | VendorKind::Clearkey));
+        if let Some(vendor) = authorizing {
+            return Err(ConfigError::new(
+                format!("vendors.{}.kind", vendor.name),
+                "this vendor needs the content's key IDs: configure [catalog]",
+            ));
+        }
+    }
     let catalog = file
         .catalog
         .map(|catalog| {
@@ -335,6 +392,27 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         entitlement,
         policies,
         demo_root,
+        token_cache: validate_token_cache(file.token_cache)?,
+    })
+}
+
+fn validate_token_cache(cache: file::TokenCache) -> Result<TokenCacheSettings, ConfigError> {
+    if cache.max_entries == 0 {
+        return Err(ConfigError::new(
+            "token_cache.max_entries",
+            "must be at least 1",
+        ));
+    }
+    if cache.max_bytes < cache.max_entries {
+        return Err(ConfigError::new(
+            "token_cache.max_bytes",
+            "must be at least token_cache.max_entries",
+        ));
+    }
+    Ok(TokenCacheSettings {
+        max_entries: cache.max_entries,
+        max_bytes: cache.max_bytes,
+        safety_margin: Duration::from_secs(cache.safety_margin_seconds),
     })
 }
 
@@ -428,7 +506,7 @@ fn validate_auth(auth: file::Auth) -> Result<AuthSettings, ConfigError> {
     })
 }
 
-fn decode_secret(text: &str, encoding: SecretEncoding) -> Result<Vec<u8>, String> {
+pub fn decode_secret(text: &str, encoding: SecretEncoding) -> Result<Vec<u8>, String> {
     use base64::Engine;
     match encoding {
         SecretEncoding::Text => Ok(text.as_bytes().to_vec()),
@@ -532,35 +610,54 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
 
 fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, ConfigError> {
     let key = |field: &str| format!("vendors.{name}.{field}");
+    let endpoints = match &vendor.endpoints {
+        file::Endpoints::Shared(urls) => {
+            EndpointSets::Shared(endpoint_list(&key("endpoints"), urls)?)
+        }
+        file::Endpoints::PerDrm(per_drm) => {
+            let mut sets = BTreeMap::new();
+            for (drm_name, urls) in per_drm {
+                let set_key = format!("{}.{drm_name}", key("endpoints"));
+                let drm = drm_name
+                    .parse::<Drm>()
+                    .map_err(|()| ConfigError::new(&set_key, "not a DRM name"))?;
+                let list = endpoint_list(&set_key, urls)?;
+                if list.is_empty() {
+                    return Err(ConfigError::new(set_key, "list at least one URL"));
+                }
+                sets.insert(drm, list);
+            }
+            EndpointSets::PerDrm(sets)
+        }
+    };
+    let has_endpoints = !endpoints.sets().is_empty();
     match vendor.kind {
-        VendorKind::Clearkey if !vendor.endpoints.is_empty() => {
+        VendorKind::Clearkey if has_endpoints => {
             return Err(ConfigError::new(
                 key("endpoints"),
                 "the built-in ClearKey server has no endpoints",
             ));
         }
-        VendorKind::Passthrough if vendor.endpoints.is_empty() => {
+        VendorKind::Clearkey => {}
+        _ if !has_endpoints => {
             return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
         }
         _ => {}
     }
-    let mut endpoints = Vec::with_capacity(vendor.endpoints.len());
-    for (index, url) in vendor.endpoints.iter().enumerate() {
-        let endpoint = parse_endpoint(url)
-            .map_err(|reason| ConfigError::new(format!("{}[{index}]", key("endpoints")), reason))?;
-        if endpoints
-            .iter()
-            .any(|e: &Arc<Endpoint>| e.host == endpoint.host && e.port == endpoint.port)
-        {
-            return Err(ConfigError::new(
-                format!("{}[{index}]", key("endpoints")),
-                "another endpoint already uses this host and port",
-            ));
-        }
-        endpoints.push(Arc::new(endpoint));
+    let needs_settings = !matches!(vendor.kind, VendorKind::Passthrough | VendorKind::Clearkey);
+    if needs_settings != vendor.settings.is_some() {
+        let reason = if needs_settings {
+            "this kind of vendor needs its [settings]"
+        } else {
+            "this kind of vendor takes no settings"
+        };
+        return Err(ConfigError::new(key("settings"), reason));
     }
-    let plain_http_fallback =
-        vendor.protocol == Protocol::H2OrH1 && endpoints.iter().any(|e| !e.tls);
+    let plain_http_fallback = vendor.protocol == Protocol::H2OrH1
+        && endpoints
+            .sets()
+            .iter()
+            .any(|(_, set)| set.iter().any(|e| !e.tls));
     if plain_http_fallback {
         return Err(ConfigError::new(
             key("protocol"),
@@ -606,6 +703,7 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
     }
     let error_header = vendor
         .error_header
+        .or_else(|| default_error_header(vendor.kind).map(str::to_string))
         .map(|header| {
             HeaderName::try_from(header.as_str())
                 .map_err(|_| ConfigError::new(key("error_header"), "not a valid header name"))
@@ -625,7 +723,35 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
         health_check_interval: Duration::from_secs(vendor.health_check_interval_seconds),
         dns_refresh: Duration::from_secs(vendor.dns_refresh_seconds),
         error_header,
+        settings: vendor.settings,
     })
+}
+
+/// Where each vendor documents its refusal reason, unless the config says otherwise.
+fn default_error_header(kind: VendorKind) -> Option<&'static str> {
+    match kind {
+        VendorKind::Axinom => Some("X-AxDRM-ErrorMessage"),
+        _ => None,
+    }
+}
+
+fn endpoint_list(key: &str, urls: &[String]) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
+    let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(urls.len());
+    for (index, url) in urls.iter().enumerate() {
+        let endpoint = parse_endpoint(url)
+            .map_err(|reason| ConfigError::new(format!("{key}[{index}]"), reason))?;
+        if endpoints
+            .iter()
+            .any(|e| e.host == endpoint.host && e.port == endpoint.port)
+        {
+            return Err(ConfigError::new(
+                format!("{key}[{index}]"),
+                "another endpoint already uses this host and port",
+            ));
+        }
+        endpoints.push(Arc::new(endpoint));
+    }
+    Ok(endpoints)
 }
 
 fn validate_cors<'a>(
@@ -685,7 +811,7 @@ fn is_origin(origin: &str) -> bool {
     })
 }
 
-fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
     let tls = match url.scheme() {
         "https" => true,
@@ -753,7 +879,7 @@ mod tests {
         assert_eq!(vendor.max_concurrent_streams, 100);
         assert_eq!(vendor.protocol, Protocol::H2);
         assert_eq!(config.server.max_challenge_bytes, 65536);
-        let endpoint = &vendor.endpoints[0];
+        let endpoint = &vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0];
         assert_eq!(endpoint.authority, "127.0.0.1:8090");
         assert_eq!(endpoint.path_and_query, "/AcquireLicense");
         assert!(!endpoint.tls);

@@ -1,15 +1,57 @@
 //! The built-in W3C ClearKey license server: keys from the catalog, only for key IDs of the
 //! content the user is entitled to (the pipeline has checked both before this runs).
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use http::HeaderMap;
 use serde::Serialize;
 
+use super::{Authorization, LicenseRequest, LocalLicense, Minting, Vendor, VendorAnswer};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
-use crate::entitlement::Grant;
+use crate::config::Policy;
 use crate::problem::Problem;
+
+pub struct ClearKey;
+
+#[async_trait]
+impl Vendor for ClearKey {
+    fn minting(&self) -> Minting {
+        Minting::Nothing
+    }
+
+    async fn authorize(&self, _request: &LicenseRequest) -> Result<Authorization, Problem> {
+        Ok(Authorization::default())
+    }
+
+    fn answer_locally(
+        &self,
+        request: &LicenseRequest,
+        challenge: &ChallengeInfo,
+    ) -> Option<Result<LocalLicense, Problem>> {
+        // A catalog entry may name this vendor for content also packaged for other DRMs.
+        if request.drm != crate::drm::Drm::ClearKey {
+            return Some(Err(Problem::drm_not_routed(request.drm.as_str())));
+        }
+        let license = license(
+            challenge,
+            &request.content,
+            &request.policy_name,
+            &request.policy,
+        )
+        .map(|body| LocalLicense {
+            content_type: "application/json",
+            body,
+        });
+        Some(license)
+    }
+
+    fn read_answer(&self, _status: u16, _headers: &HeaderMap) -> VendorAnswer {
+        VendorAnswer::default()
+    }
+}
 
 #[derive(Serialize)]
 struct KeySet<'a> {
@@ -29,9 +71,10 @@ struct Key {
 pub fn license(
     challenge: &ChallengeInfo,
     content: &Content,
-    grant: &Grant,
+    policy_name: &str,
+    policy: &Policy,
 ) -> Result<Bytes, Problem> {
-    if challenge.persistent && !grant.policy.persistent {
+    if challenge.persistent && !policy.persistent {
         return Err(Problem::new(
             403,
             "persistence_not_allowed",
@@ -39,7 +82,7 @@ pub fn license(
         )
         .with_detail(format!(
             "policy '{}' does not allow persistent licenses",
-            grant.policy_name
+            policy_name
         )));
     }
     if challenge.key_ids.is_empty() {
@@ -80,9 +123,8 @@ pub fn license(
 mod tests {
     use super::*;
     use crate::challenge::Kid;
-    use crate::config::{Hdcp, Policy};
+    use crate::config::Hdcp;
     use std::collections::HashMap;
-    use std::sync::Arc;
 
     fn demo() -> (Content, Kid) {
         let kid: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
@@ -103,17 +145,13 @@ mod tests {
         (content, kid)
     }
 
-    fn grant(persistent: bool) -> Grant {
-        Grant {
-            policy_name: "p".into(),
-            policy: Arc::new(Policy {
-                security_level: 1,
-                hdcp: Hdcp::None,
-                license_duration_seconds: 0,
-                persistent,
-                renewal_interval_seconds: 0,
-            }),
-            basis: "test",
+    fn policy(persistent: bool) -> Policy {
+        Policy {
+            security_level: 1,
+            hdcp: Hdcp::None,
+            license_duration_seconds: 0,
+            persistent,
+            renewal_interval_seconds: 0,
         }
     }
 
@@ -124,7 +162,7 @@ mod tests {
             key_ids: vec![kid],
             ..Default::default()
         };
-        let body = license(&challenge, &content, &grant(false)).unwrap();
+        let body = license(&challenge, &content, "p", &policy(false)).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             json,
@@ -141,12 +179,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            license(&challenge, &content, &grant(false))
+            license(&challenge, &content, "p", &policy(false))
                 .unwrap_err()
                 .code,
             "persistence_not_allowed"
         );
-        let body = license(&challenge, &content, &grant(true)).unwrap();
+        let body = license(&challenge, &content, "p", &policy(true)).unwrap();
         assert!(String::from_utf8_lossy(&body).contains("\"type\":\"persistent-license\""));
     }
 }

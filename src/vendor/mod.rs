@@ -1,4 +1,251 @@
-//! License servers licensegate speaks for. Vendors reached over the network are forwarded to
-//! by the pipeline; `clearkey` is licensegate's own server, answering from the catalog.
+//! License vendors. Each vendor is one file implementing [`Vendor`]: how a license request is
+//! authorized with it, and what its answer says about the device and any refusal. The pipeline
+//! speaks only this trait; it knows no vendor by name.
 
+pub mod axinom;
 pub mod clearkey;
+pub mod drmtoday;
+pub mod expressplay;
+pub mod generic;
+pub mod pallycon;
+pub mod passthrough;
+pub mod tokens;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::de::DeserializeOwned;
+
+use crate::catalog::Content;
+use crate::challenge::{ChallengeInfo, Kid};
+use crate::config::{ConfigError, Policy, VendorConfig, VendorKind};
+use crate::drm::Drm;
+use crate::problem::Problem;
+use crate::upstream::Upstream;
+
+/// A refusal reason is logged, and a runaway one must not flood the log line.
+const MAX_REASON_LEN: usize = 256;
+
+/// Everything the pipeline has resolved about one license request by the time a vendor is
+/// asked to authorize it.
+#[derive(Debug, Clone)]
+pub struct LicenseRequest {
+    pub request_id: String,
+    /// The authenticated user; `None` when licensegate runs without `[auth]`.
+    pub user: Option<String>,
+    pub content: Arc<Content>,
+    pub drm: Drm,
+    /// The key IDs inside the challenge (a subset of the content's).
+    pub key_ids: Vec<Kid>,
+    pub policy_name: String,
+    pub policy: Arc<Policy>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl LicenseRequest {
+    /// The user as vendors that require one see it.
+    pub fn user_or_anonymous(&self) -> &str {
+        self.user.as_deref().unwrap_or("anonymous")
+    }
+}
+
+/// What goes with the challenge to the vendor.
+#[derive(Debug, Default)]
+pub struct Authorization {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Replaces the configured endpoint's path and query (a token URL).
+    pub path_and_query: Option<String>,
+    /// Appended to the endpoint's query (templated parameters), already encoded.
+    pub query: Option<String>,
+    /// When the vendor stops accepting it; `None` when it does not expire.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Authorization {
+    /// Bytes held in memory, for the cache's weight bound.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        headers
+            + self.path_and_query.as_ref().map_or(0, String::len)
+            + self.query.as_ref().map_or(0, String::len)
+            + 64
+    }
+}
+
+/// How a vendor's authorizations may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Minting {
+    /// The vendor needs no authorization.
+    Nothing,
+    /// Valid for many requests until it expires: cached per user, content, DRM and policy.
+    Reusable,
+    /// Good for one request only: minted for every attempt, retries included.
+    PerAttempt,
+}
+
+/// What licensegate answers itself, for vendors that are licensegate.
+pub struct LocalLicense {
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+/// What a vendor said besides the license.
+#[derive(Debug, Default)]
+pub struct VendorAnswer {
+    pub reason: Option<String>,
+    pub device: Device,
+}
+
+/// The device that asked, as far as the vendor's answer tells.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    NotReported,
+    /// The vendor reported a device, but the report failed verification.
+    Untrusted(String),
+    Reported(DeviceInfo),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct DeviceInfo {
+    pub client_token: Option<String>,
+    pub device_certificate_serial_number: Option<String>,
+    pub device_id: Option<String>,
+    pub platform: Option<String>,
+    pub model: Option<String>,
+}
+
+#[async_trait]
+pub trait Vendor: Send + Sync {
+    fn minting(&self) -> Minting;
+
+    /// The authorization for `request`; called once per cache fill, or once per attempt for
+    /// single-use authorizations.
+    async fn authorize(&self, request: &LicenseRequest) -> Result<Authorization, Problem>;
+
+    /// The license itself, for vendors that are licensegate; others forward.
+    fn answer_locally(
+        &self,
+        _request: &LicenseRequest,
+        _challenge: &ChallengeInfo,
+    ) -> Option<Result<LocalLicense, Problem>> {
+        None
+    }
+
+    /// The refusal reason and device in the vendor's answer.
+    fn read_answer(&self, status: u16, headers: &HeaderMap) -> VendorAnswer;
+
+    /// Response headers meant for licensegate, stripped before the player sees the answer.
+    fn internal_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+
+    /// Endpoints the vendor calls itself (token services), whose discovery and health checks
+    /// the server runs.
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        Vec::new()
+    }
+}
+
+/// The adapter for a configured vendor; a bad setting is a config error naming its key.
+pub fn build(
+    config: &Arc<VendorConfig>,
+    idle_timeout: std::time::Duration,
+) -> Result<Arc<dyn Vendor>, ConfigError> {
+    Ok(match config.kind {
+        VendorKind::Passthrough => Arc::new(passthrough::Passthrough::new(config.clone())),
+        VendorKind::Clearkey => Arc::new(clearkey::ClearKey),
+        VendorKind::Axinom => Arc::new(axinom::Axinom::new(config.clone())?),
+        VendorKind::Expressplay => {
+            Arc::new(expressplay::ExpressPlay::new(config.clone(), idle_timeout)?)
+        }
+        VendorKind::Drmtoday => Arc::new(drmtoday::DrmToday::new(config.clone())?),
+        VendorKind::Pallycon => Arc::new(pallycon::PallyCon::new(config.clone())?),
+        VendorKind::Generic => Arc::new(generic::Generic::new(config.clone())?),
+    })
+}
+
+/// The vendor's `[settings]` in its adapter's shape; errors name the key under `settings`.
+fn settings<T: DeserializeOwned>(config: &VendorConfig) -> Result<T, ConfigError> {
+    let prefix = format!("vendors.{}.settings", config.name);
+    let value = config
+        .settings
+        .clone()
+        .ok_or_else(|| ConfigError::new(&prefix, "missing"))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            prefix.clone()
+        } else {
+            format!("{prefix}.{path}")
+        };
+        ConfigError::new(key, e.into_inner().message().to_string())
+    })
+}
+
+/// Key material as vendors hand it out: hex, or base64 (standard or URL-safe).
+fn key_bytes(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
+    let text = text.trim();
+    if text.len().is_multiple_of(2)
+        && let Ok(bytes) = hex::decode(text)
+    {
+        return Ok(bytes);
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .map_err(|_| ConfigError::new(key, "neither hex nor base64"))
+}
+
+/// The refusal reason a vendor put in `header`, bounded.
+fn reason_in(header: Option<&HeaderName>, headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header?)?;
+    let mut reason = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    reason.truncate(MAX_REASON_LEN);
+    Some(reason)
+}
+
+/// RFC 3339 in UTC to the second, as vendors expect dates (`2026-11-22T10:00:00Z`).
+fn rfc3339(time: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, Problem> {
+    HeaderValue::try_from(text).map_err(|_| {
+        Problem::internal().with_detail("a vendor authorization is not a valid header value")
+    })
+}
+
+/// A signing failure is licensegate's fault (a key it was configured with), never the player's.
+fn signing_failed(vendor: &str, error: impl std::fmt::Display) -> Problem {
+    tracing::error!(vendor, %error, "cannot sign a vendor authorization");
+    Problem::internal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_as_hex_then_base64() {
+        assert_eq!(key_bytes("k", "00ff").unwrap(), vec![0, 255]);
+        assert_eq!(key_bytes("k", "AP8=").unwrap(), vec![0, 255]);
+        assert_eq!(key_bytes("k", "AP8").unwrap(), vec![0, 255]);
+        assert_eq!(key_bytes("k", "not a key!").unwrap_err().key, "k");
+    }
+
+    #[test]
+    fn dates_are_rfc3339_zulu_seconds() {
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(time), "2026-11-18T11:06:40Z");
+    }
+}

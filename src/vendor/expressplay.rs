@@ -1,0 +1,256 @@
+//! ExpressPlay (Widevine): the token service turns the key and policy into a license URL
+//! carrying an ExpressPlay token; the challenge then goes to that URL. Tokens are redeemable
+//! until they expire, so a URL is reused per user, content and policy.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, Method, header};
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use serde::Deserialize;
+
+use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use crate::config::{ConfigError, Endpoint, Hdcp, VendorConfig, parse_endpoint};
+use crate::drm::Drm;
+use crate::problem::Problem;
+use crate::upstream::Upstream;
+
+/// ExpressPlay's longest (and default) token lifetime.
+const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// A token service answer is one URL; anything longer is not one.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+/// Pooled idle connections to the token service.
+const TOKEN_POOL_SIZE: usize = 16;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The token service, e.g. `https://wv-gen.test.expressplay.com/hms/wv/token`.
+    token_url: String,
+    customer_authenticator: String,
+    #[serde(default = "default_token_ttl")]
+    token_ttl_seconds: u64,
+    /// Send the content key with the key ID; off when ExpressPlay stores the keys.
+    #[serde(default = "yes")]
+    send_content_key: bool,
+}
+
+fn default_token_ttl() -> u64 {
+    3600
+}
+fn yes() -> bool {
+    true
+}
+
+pub struct ExpressPlay {
+    config: Arc<VendorConfig>,
+    token_service: Arc<Upstream>,
+    connector: Connector,
+    customer_authenticator: String,
+    token_ttl: Duration,
+    send_content_key: bool,
+}
+
+impl ExpressPlay {
+    pub fn new(config: Arc<VendorConfig>, idle_timeout: Duration) -> Result<Self, ConfigError> {
+        let settings: Settings = super::settings(&config)?;
+        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let token_endpoint = parse_endpoint(&settings.token_url)
+            .map_err(|e| ConfigError::new(key("token_url"), e))?;
+        if settings.customer_authenticator.is_empty() {
+            return Err(ConfigError::new(key("customer_authenticator"), "is empty"));
+        }
+        if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&settings.token_ttl_seconds) {
+            return Err(ConfigError::new(
+                key("token_ttl_seconds"),
+                format!("must be between 1 and {MAX_TOKEN_TTL_SECONDS} (30 days)"),
+            ));
+        }
+        let token_service = Arc::new(Upstream::new(
+            config.clone(),
+            &[Arc::new(token_endpoint)],
+            format!("{} token service", config.name),
+            idle_timeout,
+        ));
+        Ok(Self {
+            token_service,
+            connector: Connector::new(Some(ConnectorOptions::new(TOKEN_POOL_SIZE))),
+            customer_authenticator: settings.customer_authenticator,
+            token_ttl: Duration::from_secs(settings.token_ttl_seconds),
+            send_content_key: settings.send_content_key,
+            config,
+        })
+    }
+
+    /// The token service's form for `request`.
+    fn token_form(&self, request: &LicenseRequest) -> Result<String, Problem> {
+        let policy = &request.policy;
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("customerAuthenticator", &self.customer_authenticator);
+        form.append_pair("errorFormat", "json");
+        for kid in &request.content.key_ids {
+            form.append_pair("kid", &hex::encode(kid.0));
+            if self.send_content_key {
+                let Some(key) = request.content.keys.get(kid) else {
+                    return Err(
+                        Problem::new(404, "key_not_found", "Content key not available")
+                            .with_detail(format!(
+                                "the catalog holds no key for {kid} of '{}'",
+                                request.content.id
+                            )),
+                    );
+                };
+                form.append_pair("contentKey", &hex::encode(key));
+            }
+        }
+        form.append_pair("securityLevel", &policy.security_level.to_string());
+        let hdcp = match policy.hdcp {
+            Hdcp::None => "0",
+            Hdcp::V1_4 => "1",
+            Hdcp::V2_2 => "2",
+        };
+        form.append_pair("hdcpOutputControl", hdcp);
+        if policy.license_duration_seconds > 0 {
+            form.append_pair(
+                "licenseDuration",
+                &policy.license_duration_seconds.to_string(),
+            );
+        }
+        form.append_pair("expirationTime", &format!("+{}", self.token_ttl.as_secs()));
+        // Correlates ExpressPlay's redemption logs with ours: the request that minted the token.
+        let cookie: String = request
+            .request_id
+            .chars()
+            .filter(|c| *c != '-')
+            .take(32)
+            .collect();
+        form.append_pair("cookie", &cookie);
+        Ok(form.finish())
+    }
+
+    /// The license path and query from the token service's `text/uri-list` answer; the URL
+    /// must point at one of the vendor's configured license endpoints.
+    fn license_path(&self, answer: &[u8]) -> Result<String, Problem> {
+        let invalid = |why: &str| {
+            Problem::new(
+                502,
+                "vendor_token_invalid",
+                "The vendor's token service answer is unusable",
+            )
+            .with_detail(why.to_string())
+        };
+        let text = std::str::from_utf8(answer).map_err(|_| invalid("the answer is not text"))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'))
+            .ok_or_else(|| invalid("the answer holds no URL"))?;
+        let url = parse_endpoint(line).map_err(|_| invalid("the answer is not a URL"))?;
+        let known = self
+            .config
+            .endpoints
+            .for_drm(Drm::Widevine)
+            .unwrap_or_default()
+            .iter()
+            .any(|endpoint| same_origin(endpoint, &url));
+        if !known {
+            return Err(invalid(&format!(
+                "the license URL's host {} is not among the vendor's endpoints",
+                url.authority
+            )));
+        }
+        Ok(url.path_and_query)
+    }
+}
+
+fn same_origin(a: &Endpoint, b: &Endpoint) -> bool {
+    a.tls == b.tls && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
+}
+
+/// ExpressPlay's JSON error body; the field names vary between its services, so both
+/// spellings are read.
+#[derive(Deserialize, Default)]
+struct TokenError {
+    #[serde(alias = "code")]
+    #[serde(rename = "errorCode")]
+    error_code: Option<i64>,
+    #[serde(alias = "message")]
+    #[serde(rename = "errorMessage")]
+    error_message: Option<String>,
+}
+
+#[async_trait]
+impl Vendor for ExpressPlay {
+    fn minting(&self) -> Minting {
+        Minting::Reusable
+    }
+
+    async fn authorize(&self, request: &LicenseRequest) -> Result<Authorization, Problem> {
+        if request.drm != Drm::Widevine {
+            return Err(Problem::drm_not_routed(request.drm.as_str()));
+        }
+        let form = Bytes::from(self.token_form(request)?);
+        let length = form.len().to_string();
+        let now = SystemTime::now();
+        let answer = self
+            .token_service
+            .call(
+                &self.connector,
+                |endpoint| {
+                    let mut header = RequestHeader::build_no_case(
+                        Method::POST,
+                        endpoint.path_and_query.as_bytes(),
+                        Some(4),
+                    )?;
+                    header.insert_header(header::HOST, endpoint.authority.as_str())?;
+                    header
+                        .insert_header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")?;
+                    header.insert_header(header::CONTENT_LENGTH, length.as_str())?;
+                    Ok(header)
+                },
+                form,
+                MAX_ANSWER_BYTES,
+            )
+            .await
+            .map_err(|e| {
+                let detail = format!("{} token service: {}", self.config.name, e.etype().as_str());
+                tracing::warn!(vendor = %self.config.name, error = %e, "token service call failed");
+                crate::pipeline::classify_failure(&e).with_detail(detail)
+            })?;
+        if answer.status != 200 {
+            let error: TokenError = serde_json::from_slice(&answer.body).unwrap_or_default();
+            let detail = match (error.error_code, error.error_message) {
+                (Some(code), Some(message)) => format!("ExpressPlay {code}: {message}"),
+                (Some(code), None) => format!("ExpressPlay {code}"),
+                _ => format!("ExpressPlay token service answered {}", answer.status),
+            };
+            tracing::warn!(vendor = %self.config.name, status = answer.status, reason = %detail, "token service refused");
+            return Err(Problem::new(
+                502,
+                "vendor_token_refused",
+                "The vendor's token service refused the request",
+            )
+            .with_detail(detail));
+        }
+        Ok(Authorization {
+            path_and_query: Some(self.license_path(&answer.body)?),
+            expires_at: Some(now + self.token_ttl),
+            ..Authorization::default()
+        })
+    }
+
+    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
+        VendorAnswer {
+            reason: super::reason_in(self.config.error_header.as_ref(), headers),
+            ..VendorAnswer::default()
+        }
+    }
+
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        vec![self.token_service.clone()]
+    }
+}

@@ -1,0 +1,38 @@
+//! A vendor that needs no authorization from licensegate: the challenge goes as-is.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderMap;
+
+use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use crate::config::VendorConfig;
+use crate::problem::Problem;
+
+pub struct Passthrough {
+    config: Arc<VendorConfig>,
+}
+
+impl Passthrough {
+    pub fn new(config: Arc<VendorConfig>) -> Self {
+        Self { config }
+    }
+}
+
+#[async_trait]
+impl Vendor for Passthrough {
+    fn minting(&self) -> Minting {
+        Minting::Nothing
+    }
+
+    async fn authorize(&self, _request: &LicenseRequest) -> Result<Authorization, Problem> {
+        Ok(Authorization::default())
+    }
+
+    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
+        VendorAnswer {
+            reason: super::reason_in(self.config.error_header.as_ref(), headers),
+            ..VendorAnswer::default()
+        }
+    }
+}
