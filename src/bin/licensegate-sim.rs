@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use licensegate::sim::vendors::VendorArgs;
 use licensegate::sim::{self, Faults};
 
 #[derive(Parser)]
@@ -16,6 +17,8 @@ struct Cli {
     threads: Option<usize>,
     #[command(flatten)]
     faults: Faults,
+    #[command(flatten)]
+    vendor: VendorArgs,
 }
 
 fn main() -> std::io::Result<()> {
@@ -27,6 +30,6 @@ fn main() -> std::io::Result<()> {
     runtime.enable_all().build()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(cli.listen).await?;
         println!("licensegate-sim listening on {}", listener.local_addr()?);
-        sim::serve(listener, cli.faults).await
+        sim::serve(listener, cli.faults, cli.vendor).await
     })
 }

@@ -2,7 +2,10 @@
 //!
 //! Answers are derived from the challenge, so a test can prove that bytes travelled unchanged
 //! in both directions. Failures (status, delay, connection reset, GOAWAY) are injected by flag
-//! or, for direct calls, by request header.
+//! or, for direct calls, by request header. With `--vendor`, license requests must also pass
+//! that vendor's authorization checks ([`vendors`]).
+
+pub mod vendors;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify};
+
+use vendors::{VendorArgs, VendorSim};
 
 /// The start of every license the simulator issues; the rest is SHA-256 of the challenge.
 pub const LICENSE_PREFIX: &[u8] = b"licensegate-sim license\n";
@@ -70,21 +75,36 @@ struct Stats {
     requests: AtomicU64,
     licenses: AtomicU64,
     service_certificates: AtomicU64,
+    refusals: AtomicU64,
+    token_requests: AtomicU64,
+}
+
+/// The latest license request, for tests that check what the proxy forwards.
+#[derive(Default)]
+struct LastRequest {
+    headers: Option<HeaderMap>,
+    uri: Option<String>,
+    refusal: Option<String>,
 }
 
 struct Sim {
     faults: Faults,
+    vendor: VendorSim,
     stats: Stats,
-    /// Headers of the latest license request, for tests that check what the proxy forwards.
-    last_headers: Mutex<Option<HeaderMap>>,
+    last: Mutex<LastRequest>,
 }
 
 /// Serves until the process ends.
-pub async fn serve(listener: TcpListener, faults: Faults) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    faults: Faults,
+    vendor: VendorArgs,
+) -> std::io::Result<()> {
     let sim = Arc::new(Sim {
         faults,
+        vendor: VendorSim::new(vendor),
         stats: Stats::default(),
-        last_headers: Mutex::new(None),
+        last: Mutex::new(LastRequest::default()),
     });
     loop {
         let (stream, _) = listener.accept().await?;
@@ -155,7 +175,10 @@ async fn handle(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> 
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/stats") => stats(sim).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (&Method::POST, "/AcquireLicense") => license(sim, request).await,
+        (&Method::GET | &Method::POST, "/hms/wv/token") => expressplay_token(sim, request).await,
+        (&Method::POST, path) if path.ends_with("/AcquireLicense") || path == "/hms/wv/rights/" => {
+            license(sim, request).await
+        }
         _ => text(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -177,7 +200,12 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         Ok(collected) => collected.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "challenge unreadable"),
     };
-    *sim.last_headers.lock().await = Some(parts.headers.clone());
+    {
+        let mut last = sim.last.lock().await;
+        last.headers = Some(parts.headers.clone());
+        last.uri = parts.uri.path_and_query().map(ToString::to_string);
+        last.refusal = None;
+    }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -192,23 +220,77 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         }
         return response;
     }
+    let mut answer_headers = Vec::new();
     if challenge.as_ref() == [0x08, 0x04] {
         sim.stats
             .service_certificates
             .fetch_add(1, Ordering::Relaxed);
     } else {
+        match sim
+            .vendor
+            .check_license(&parts.uri, &parts.headers, &challenge)
+        {
+            Ok(headers) => answer_headers = headers,
+            Err(refusal) => {
+                sim.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                sim.last.lock().await.refusal = Some(refusal.reason.clone());
+                let status = StatusCode::from_u16(refusal.status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = text(status, "licensegate-sim refusal");
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::try_from(sim.faults.reason_header.as_str()),
+                    header::HeaderValue::try_from(refusal.reason.as_str()),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+                return response;
+            }
+        }
         sim.stats.licenses.fetch_add(1, Ordering::Relaxed);
     }
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    for (name, value) in answer_headers {
+        response = response.header(name, value);
+    }
+    response
         .body(Full::new(Bytes::from(license_for(&challenge))))
+        .expect("valid response")
+}
+
+/// ExpressPlay's token service: parameters from the query or a form body.
+async fn expressplay_token(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    sim.stats.token_requests.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    let Ok(form) = Limited::new(body, MAX_CHALLENGE_BYTES).collect().await else {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "form unreadable");
+    };
+    let form = form.to_bytes();
+    let query = parts.uri.query().unwrap_or_default().as_bytes();
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query)
+        .chain(url::form_urlencoded::parse(&form))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let answer = sim.vendor.expressplay_token(&params, &host);
+    Response::builder()
+        .status(answer.status)
+        .header(header::CONTENT_TYPE, answer.content_type)
+        .body(Full::new(Bytes::from(answer.body)))
         .expect("valid response")
 }
 
 async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
     let stats = &sim.stats;
-    let last_headers = sim.last_headers.lock().await.as_ref().map(|headers| {
+    let last = sim.last.lock().await;
+    let last_headers = last.headers.as_ref().map(|headers| {
         headers
             .iter()
             .map(|(name, value)| {
@@ -226,7 +308,13 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "requests": stats.requests.load(Ordering::Relaxed),
         "licenses": stats.licenses.load(Ordering::Relaxed),
         "service_certificates": stats.service_certificates.load(Ordering::Relaxed),
+        "refusals": stats.refusals.load(Ordering::Relaxed),
+        "token_requests": stats.token_requests.load(Ordering::Relaxed),
+        "tokens_issued": sim.vendor.tokens_issued(),
+        "upfront_tokens_redeemed": sim.vendor.jtis_seen(),
         "last_license_request_headers": last_headers,
+        "last_license_request_uri": last.uri,
+        "last_refusal": last.refusal,
     });
     Response::builder()
         .status(StatusCode::OK)

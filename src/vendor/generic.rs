@@ -200,7 +200,8 @@ struct Jwt {
 
 pub struct Generic {
     config: Arc<VendorConfig>,
-    headers: Vec<(HeaderName, Template)>,
+    /// With the name as configured, for error messages.
+    headers: Vec<(HeaderName, String, Template)>,
     query: Vec<(String, Template)>,
     jwt: Option<Jwt>,
     single_use: bool,
@@ -216,7 +217,7 @@ impl Generic {
             let field = key(&format!("headers.{name}"));
             let header = HeaderName::try_from(name.as_str())
                 .map_err(|_| ConfigError::new(&field, "not a header name"))?;
-            headers.push((header, Template::parse(&field, text)?));
+            headers.push((header, name.clone(), Template::parse(&field, text)?));
         }
         let mut query = Vec::new();
         for (name, text) in &settings.query {
@@ -229,7 +230,7 @@ impl Generic {
             .transpose()?;
         let templates = headers
             .iter()
-            .map(|(name, t)| (key(&format!("headers.{name}")), t))
+            .map(|(_, name, t)| (key(&format!("headers.{name}")), t))
             .chain(
                 query
                     .iter()
@@ -360,7 +361,7 @@ impl Vendor for Generic {
             .map(|jwt| self.sign(jwt, request, now))
             .transpose()?;
         let mut headers = Vec::with_capacity(self.headers.len());
-        for (name, template) in &self.headers {
+        for (name, _, template) in &self.headers {
             let value = template.render(request, jwt.as_deref());
             headers.push((name.clone(), super::header_value(&value)?));
         }

@@ -1,0 +1,792 @@
+//! Vendor adapters against simulators that check requests as each vendor documents:
+//! player -> licensegate -> licensegate-sim --vendor X, and the simulators' refusals back.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::{Gate, Sim, client, fixture, problem};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// Seed 003's public Axinom test communication key.
+const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
+const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
+const WIDEVINE_KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
+const DRMTODAY_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const PALLYCON_SITE_KEY: &str = "sim-site-key-0123456789abcdefghi";
+
+const CATALOG: &str = r#"
+[content.demo]
+key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
+
+[content.playready-sample]
+key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
+"#;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn user(name: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": name, "exp": now() + 600, "entitlements": ["*"]}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Routes Widevine and PlayReady to the vendor `vendor` (a `[vendors.vendor]` table body).
+fn config(vendor: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listeners]
+license = "127.0.0.1:${{LG_PORT}}"
+admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
+[server]
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+[cors]
+allowed_origins = ["https://player.example"]
+[auth]
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "{SECRET}"
+[catalog]
+path = "${{LG_DIR}}/catalog.toml"
+[vendors.vendor]
+health_check_interval_seconds = 1
+{vendor}
+[routes]
+widevine = "vendor"
+playready = "vendor"
+{extra}
+"#
+    )
+}
+
+async fn start_gate(vendor: &str, extra: &str) -> Gate {
+    Gate::ready(Gate::start_with_files(
+        &config(vendor, extra),
+        &[("catalog.toml", CATALOG.as_bytes())],
+    ))
+    .await
+}
+
+fn axinom(sim: &Sim, settings: &str) -> String {
+    let base = format!("http://127.0.0.1:{}", sim.port);
+    format!(
+        r#"kind = "axinom"
+endpoints = {{ widevine = ["{base}/widevine/AcquireLicense"], playready = ["{base}/playready/AcquireLicense"] }}
+[vendors.vendor.settings]
+com_key_id = "{COM_KEY_ID}"
+com_key = "{COM_KEY}"
+{settings}
+"#
+    )
+}
+
+/// What the simulator answers for `challenge`: its prefix and the challenge's SHA-256.
+fn sim_license(challenge: &[u8]) -> Vec<u8> {
+    let mut license = b"licensegate-sim license\n".to_vec();
+    license.extend_from_slice(&Sha256::digest(challenge));
+    license
+}
+
+async fn post(
+    gate: &Gate,
+    drm: &str,
+    content: &str,
+    who: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    client()
+        .post(gate.license_url(drm, Some(content)))
+        .bearer_auth(user(who))
+        .header("Origin", "https://player.example")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// HS256 checked with nothing but HMAC-SHA256 over `header.payload`, independent of the code
+/// (and the JWT library) that signed it; returns the payload.
+fn verify_hs256(token: &str, key: &[u8]) -> Value {
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(signed.as_bytes());
+    let expected = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    assert_eq!(signature, expected, "HS256 signature");
+    let (header, payload) = signed.split_once('.').unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["alg"], "HS256");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn axinom_licenses_pass_the_simulated_service_byte_for_byte() {
+    let sim = Sim::start(&["--vendor", "axinom"]);
+    let gate = start_gate(&axinom(&sim, ""), "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+    assert_eq!(response.status(), 200);
+    // The signed license request info is for licensegate, never for the player.
+    assert!(response.headers().get("x-axdrm-message").is_none());
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        sim_license(&widevine)
+    );
+
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["last_license_request_uri"], "/widevine/AcquireLicense",
+        "Widevine goes to its own license URL"
+    );
+    let token = stats["last_license_request_headers"]["x-axdrm-message"]
+        .as_str()
+        .unwrap();
+    let envelope = verify_hs256(token, &hex::decode(COM_KEY).unwrap());
+    assert_eq!(envelope["version"], 1);
+    assert_eq!(envelope["com_key_id"], COM_KEY_ID);
+    let message = &envelope["message"];
+    assert_eq!(message["type"], "entitlement_message");
+    assert_eq!(message["version"], 2);
+    assert_eq!(
+        message["content_keys_source"]["inline"][0]["id"],
+        WIDEVINE_KID
+    );
+    let policy_name = message["content_keys_source"]["inline"][0]["usage_policy"].clone();
+    assert_eq!(
+        message["content_key_usage_policies"][0]["name"],
+        policy_name
+    );
+    assert_eq!(
+        message["license_server"]["return_license_request_info"],
+        true
+    );
+    let expiration =
+        chrono::DateTime::parse_from_rfc3339(envelope["expiration_date"].as_str().unwrap())
+            .unwrap();
+    let begin =
+        chrono::DateTime::parse_from_rfc3339(envelope["begin_date"].as_str().unwrap()).unwrap();
+    assert!(begin.timestamp() <= now() as i64 && expiration.timestamp() > now() as i64);
+
+    let playready = fixture("license-request-v4.0.xml");
+    let response = post(
+        &gate,
+        "playready",
+        "playready-sample",
+        "ann",
+        playready.clone(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        sim_license(&playready)
+    );
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["last_license_request_uri"],
+        "/playready/AcquireLicense"
+    );
+    assert_eq!(stats["refusals"], 0);
+}
+
+#[tokio::test]
+async fn axinom_message_version_1_lists_the_key_ids() {
+    let sim = Sim::start(&["--vendor", "axinom"]);
+    let gate = start_gate(&axinom(&sim, "message_version = 1"), "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let response = post(&gate, "widevine", "demo", "ann", widevine).await;
+    assert_eq!(response.status(), 200);
+    let stats = sim.stats().await;
+    let token = stats["last_license_request_headers"]["x-axdrm-message"]
+        .as_str()
+        .unwrap();
+    let envelope = verify_hs256(token, &hex::decode(COM_KEY).unwrap());
+    assert_eq!(
+        envelope["message"],
+        json!({"type": "entitlement_message", "key_ids": [WIDEVINE_KID]})
+    );
+}
+
+#[tokio::test]
+async fn axinom_refusals_reach_the_player_with_the_vendor_reason() {
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let other_key = "00".repeat(32);
+    for (sim_args, expected) in [
+        (
+            vec!["--vendor", "axinom", "--com-key", other_key.as_str()],
+            "signature invalid",
+        ),
+        (
+            vec![
+                "--vendor",
+                "axinom",
+                "--com-key-id",
+                "00000000-0000-0000-0000-000000000001",
+            ],
+            "Unknown communication key ID",
+        ),
+    ] {
+        let sim = Sim::start(&sim_args);
+        let gate = start_gate(&axinom(&sim, ""), "").await;
+        let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+        assert_eq!(response.status(), 401);
+        let reason = response.headers()["x-axdrm-errormessage"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(reason.contains(expected), "{reason}");
+        let exposed = response.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(exposed.contains("x-axdrm-errormessage"));
+        let body = response.bytes().await.unwrap();
+        assert_ne!(body.as_ref(), sim_license(&widevine));
+        // The access line is written once the answer has left.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let logged = |log: &str| log.contains("vendor_refused") && log.contains(expected);
+        while !logged(&gate.log()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(logged(&gate.log()), "{}", gate.log());
+    }
+}
+
+#[tokio::test]
+async fn the_axinom_simulator_refuses_what_axinom_refuses() {
+    let sim = Sim::start(&["--vendor", "axinom"]);
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let sign = |message: Value, key: &[u8], extra: Value| {
+        let mut claims = json!({"version": 1, "com_key_id": COM_KEY_ID, "message": message});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let key = hex::decode(COM_KEY).unwrap();
+    let other_kid =
+        json!({"type": "entitlement_message", "key_ids": ["a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"]});
+    let right_kid = json!({"type": "entitlement_message", "key_ids": [WIDEVINE_KID]});
+    let cases = [
+        (sign(right_kid.clone(), &key, json!({})), 200, ""),
+        (
+            sign(other_kid, &key, json!({})),
+            403,
+            "not in the entitlement message",
+        ),
+        // The key's hex text instead of its bytes: the mistake seed 003 warns about.
+        (
+            sign(right_kid.clone(), COM_KEY.as_bytes(), json!({})),
+            401,
+            "signature invalid",
+        ),
+        (
+            sign(
+                right_kid.clone(),
+                &key,
+                json!({"expiration_date": "2020-01-01T00:00:00Z"}),
+            ),
+            403,
+            "expiration_date",
+        ),
+        (
+            sign(
+                json!({"type": "license_request_info", "key_ids": [WIDEVINE_KID]}),
+                &key,
+                json!({}),
+            ),
+            400,
+            "entitlement_message",
+        ),
+    ];
+    for (token, status, reason) in cases {
+        let response = client()
+            .post(sim.url())
+            .header("X-AxDRM-Message", token)
+            .body(widevine.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        if status != 200 {
+            let given = response.headers()["x-axdrm-errormessage"].to_str().unwrap();
+            assert!(given.contains(reason), "{given}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
+    let sim = Sim::start(&["--vendor", "axinom"]);
+    // Messages live 6 s and leave the cache 2 s early.
+    let gate = start_gate(
+        &axinom(&sim, "token_ttl_seconds = 6"),
+        "[token_cache]\nsafety_margin_seconds = 2",
+    )
+    .await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let token = user("ann");
+    let client = client();
+    let requests = (0..200).map(|_| {
+        client
+            .post(gate.license_url("widevine", Some("demo")))
+            .bearer_auth(&token)
+            .body(widevine.clone())
+            .send()
+    });
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    let metrics = gate.metrics().await;
+    let count = |result| {
+        metric(
+            &metrics,
+            "licensegate_token_cache_total",
+            &[("vendor", "vendor"), ("result", result)],
+        )
+    };
+    assert_eq!(count("miss"), 1.0, "one mint");
+    assert_eq!(count("hit"), 199.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "licensegate_token_mint_duration_seconds_count",
+            &[("vendor", "vendor")]
+        ),
+        1.0
+    );
+    // Another user is another entitlement.
+    assert_eq!(
+        post(&gate, "widevine", "demo", "bob", widevine.clone())
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert_eq!(
+        post(&gate, "widevine", "demo", "ann", widevine)
+            .await
+            .status(),
+        200
+    );
+    let metrics = gate.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "licensegate_token_cache_total",
+            &[("vendor", "vendor"), ("result", "miss")]
+        ),
+        3.0,
+        "ann's message expired and was minted again, bob had his own"
+    );
+    assert_eq!(sim.stats().await["licenses"], 202);
+}
+
+fn expressplay(sim: &Sim, settings: &str) -> String {
+    let base = format!("http://127.0.0.1:{}", sim.port);
+    format!(
+        r#"kind = "expressplay"
+endpoints = ["{base}/hms/wv/rights/"]
+[vendors.vendor.settings]
+token_url = "{base}/hms/wv/token"
+customer_authenticator = "sim-authenticator"
+{settings}
+"#
+    )
+}
+
+#[tokio::test]
+async fn expressplay_one_token_call_for_200_concurrent_requests() {
+    let sim = Sim::start(&["--vendor", "expressplay"]);
+    let gate = start_gate(
+        &expressplay(&sim, "token_ttl_seconds = 6"),
+        "[token_cache]\nsafety_margin_seconds = 2",
+    )
+    .await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let token = user("ann");
+    let client = client();
+    let requests = (0..200).map(|_| {
+        client
+            .post(gate.license_url("widevine", Some("demo")))
+            .bearer_auth(&token)
+            .body(widevine.clone())
+            .send()
+    });
+    for response in futures_util::future::join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            sim_license(&widevine)
+        );
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats["token_requests"], 1);
+    assert_eq!(stats["licenses"], 200);
+    let uri = stats["last_license_request_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("/hms/wv/rights/?ExpressPlayToken="),
+        "{uri}"
+    );
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert_eq!(
+        post(&gate, "widevine", "demo", "ann", widevine)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.stats().await["token_requests"],
+        2,
+        "an expired token is replaced"
+    );
+}
+
+#[tokio::test]
+async fn expressplay_token_service_errors_reach_the_player_as_502_with_the_code() {
+    let sim = Sim::start(&["--vendor", "expressplay", "--authenticator", "the-real-one"]);
+    let gate = start_gate(&expressplay(&sim, ""), "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+    let body = problem(response, 502, "vendor_token_refused").await;
+    assert_eq!(
+        body["detail"],
+        "ExpressPlay -2018: Authentication token invalid"
+    );
+    assert_eq!(sim.stats().await["licenses"], 0);
+
+    // Without the key, ExpressPlay must find it by KID, and this account stores none.
+    let sim = Sim::start(&["--vendor", "expressplay"]);
+    let gate = start_gate(&expressplay(&sim, "send_content_key = false"), "").await;
+    let response = post(&gate, "widevine", "demo", "ann", widevine).await;
+    let body = problem(response, 502, "vendor_token_refused").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("ExpressPlay -4019"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_expressplay_simulator_applies_seed_004s_parameter_rules() {
+    let sim = Sim::start(&["--vendor", "expressplay"]);
+    let token_url = format!("http://127.0.0.1:{}/hms/wv/token", sim.port);
+    let good = [
+        ("customerAuthenticator", "sim-authenticator"),
+        ("errorFormat", "json"),
+        ("kid", "0102030405060708090a0b0c0d0e0f10"),
+        ("contentKey", "00112233445566778899aabbccddeeff"),
+        ("securityLevel", "1"),
+        ("hdcpOutputControl", "0"),
+    ];
+    let call = |overrides: Vec<(&'static str, &'static str)>| {
+        let mut form: Vec<(&str, &str)> = good
+            .iter()
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .copied()
+            .collect();
+        form.extend(overrides.into_iter().filter(|(_, v)| !v.is_empty()));
+        client().post(&token_url).form(&form).send()
+    };
+    let response = call(vec![]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/uri-list");
+    for (overrides, code) in [
+        (vec![("securityLevel", "7")], -7004),
+        (vec![("securityLevel", "")], -7003),
+        (vec![("hdcpOutputControl", "")], -7006),
+        (vec![("kid", "0102")], -4020),
+        (vec![("kid", "")], -4018),
+        (vec![("contentKey", "zz")], -2027),
+        (vec![("customerAuthenticator", "")], -2017),
+        (vec![("licenseDuration", "soon")], -7007),
+        (vec![("expirationTime", "+99999999")], -2002),
+        (vec![("wvExtension", "toolong,AAAA")], -2036),
+    ] {
+        let response = call(overrides.clone()).await.unwrap();
+        assert!(response.status().is_client_error(), "{overrides:?}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["errorCode"], code, "{overrides:?}");
+    }
+}
+
+fn drmtoday(sim: &Sim) -> String {
+    format!(
+        r#"kind = "drmtoday"
+endpoints = ["{}"]
+retries = 2
+[vendors.vendor.settings]
+merchant = "sim-merchant"
+key_id = "sim-key"
+secret = "{DRMTODAY_SECRET}"
+algorithm = "HS512"
+"#,
+        sim.url()
+    )
+}
+
+#[tokio::test]
+async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
+    // The first connection is reset: that request is retried with a token of its own.
+    let sim = Sim::start(&["--vendor", "drmtoday", "--reset-connections", "1"]);
+    let gate = start_gate(&drmtoday(&sim), "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let token = user("ann");
+    let client = client();
+    let requests = (0..50).map(|_| {
+        client
+            .post(gate.license_url("widevine", Some("demo")))
+            .bearer_auth(&token)
+            .body(widevine.clone())
+            .send()
+    });
+    for response in futures_util::future::join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-dt-client-info").is_none());
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            sim_license(&widevine)
+        );
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats["refusals"], 0, "no jti was replayed");
+    assert_eq!(stats["upfront_tokens_redeemed"], 50);
+    assert_eq!(stats["resets"], 1);
+    let metrics = gate.metrics().await;
+    let single_use = metric(
+        &metrics,
+        "licensegate_token_cache_total",
+        &[("vendor", "vendor"), ("result", "single_use")],
+    );
+    assert!(
+        single_use > 50.0,
+        "the retried attempt minted again: {single_use}"
+    );
+
+    // The token that reached DRMtoday is a signed JWT with its JSON-string claims.
+    let upfront = stats["last_license_request_headers"]["x-dt-auth-token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(upfront.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], "sim-key");
+    assert_eq!(header["alg"], "HS512");
+    // Replaying it straight to DRMtoday fails: a token is good once.
+    let replay = client
+        .post(sim.url())
+        .header("x-dt-auth-token", &upfront)
+        .body(widevine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 403);
+    assert!(
+        replay.headers()["x-axdrm-errormessage"]
+            .to_str()
+            .unwrap()
+            .contains("already used")
+    );
+}
+
+fn pallycon(sim: &Sim, access_key: &str) -> String {
+    format!(
+        r#"kind = "pallycon"
+endpoints = ["{}"]
+error_header = "X-AxDRM-ErrorMessage"
+[vendors.vendor.settings]
+site_id = "SIM0"
+site_key = "{PALLYCON_SITE_KEY}"
+access_key = "{access_key}"
+"#,
+        sim.url()
+    )
+}
+
+#[tokio::test]
+async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
+    let sim = Sim::start(&["--vendor", "pallycon"]);
+    let gate = start_gate(&pallycon(&sim, "sim-access-key"), "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    for _ in 0..2 {
+        let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            sim_license(&widevine)
+        );
+    }
+    let playready = fixture("license-request-v4.0.xml");
+    let response = post(&gate, "playready", "playready-sample", "ann", playready).await;
+    assert_eq!(response.status(), 200);
+    let stats = sim.stats().await;
+    let token: Value = serde_json::from_slice(
+        &STANDARD
+            .decode(
+                stats["last_license_request_headers"]["pallycon-customdata-v2"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(token["drm_type"], "PlayReady");
+    assert_eq!(token["user_id"], "ann");
+    assert_eq!(token["cid"], "playready-sample");
+    let metrics = gate.metrics().await;
+    let count = |result| {
+        metric(
+            &metrics,
+            "licensegate_token_cache_total",
+            &[("vendor", "vendor"), ("result", result)],
+        )
+    };
+    assert_eq!((count("miss"), count("hit")), (2.0, 1.0));
+
+    let sim = Sim::start(&["--vendor", "pallycon"]);
+    let gate = start_gate(&pallycon(&sim, "a-wrong-access-key"), "").await;
+    let response = post(&gate, "widevine", "demo", "ann", widevine).await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["x-axdrm-errormessage"]
+            .to_str()
+            .unwrap()
+            .contains("hash mismatch")
+    );
+}
+
+#[tokio::test]
+async fn generic_templates_fill_headers_query_and_a_signed_jwt() {
+    let sim = Sim::start(&[]);
+    let vendor = format!(
+        r#"kind = "generic"
+endpoints = ["{}?account=7"]
+[vendors.vendor.settings]
+headers = {{ "X-License-Auth" = "Bearer {{jwt}}", "X-Asset" = "{{content}}/{{drm}}" }}
+query = {{ pX = "{{kid}}", level = "{{policy.security_level}}" }}
+[vendors.vendor.settings.jwt]
+algorithm = "HS256"
+secret = "generic-secret"
+key_id = "k1"
+claims = {{ sub = "{{user}}", content = "{{content}}", tier = 3 }}
+"#,
+        sim.url()
+    );
+    let gate = start_gate(&vendor, "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        sim_license(&widevine)
+    );
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["last_license_request_uri"],
+        "/AcquireLicense?account=7&level=1&pX=0102030405060708090a0b0c0d0e0f10"
+    );
+    let headers = &stats["last_license_request_headers"];
+    assert_eq!(headers["x-asset"], "demo/widevine");
+    let jwt = headers["x-license-auth"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let claims = verify_hs256(jwt, b"generic-secret");
+    assert_eq!(claims["sub"], "ann");
+    assert_eq!(claims["content"], "demo");
+    assert_eq!(claims["tier"], 3);
+    assert!(claims["jti"].is_string() && claims["exp"].as_u64() > Some(now()));
+}
+
+#[tokio::test]
+async fn vendor_settings_errors_name_their_key() {
+    let sim = Sim::start(&[]);
+    for (vendor, key) in [
+        (
+            axinom(&sim, "").replace(COM_KEY, "abcd"),
+            "vendors.vendor.settings.com_key",
+        ),
+        (
+            expressplay(&sim, "token_ttl_seconds = 0"),
+            "vendors.vendor.settings.token_ttl_seconds",
+        ),
+        (
+            pallycon(&sim, "k").replace(PALLYCON_SITE_KEY, "short"),
+            "vendors.vendor.settings.site_key",
+        ),
+        (
+            format!(
+                "kind = \"generic\"\nendpoints = [\"{}\"]\n[vendors.vendor.settings]\nquery = {{ p = \"{{usr}}\" }}",
+                sim.url()
+            ),
+            "vendors.vendor.settings.query.p",
+        ),
+        (
+            format!(
+                "kind = \"generic\"\nendpoints = [\"{}\"]\n[vendors.vendor.settings]\nheaders = {{ X-Ip = \"{{client_ip}}\" }}",
+                sim.url()
+            ),
+            "vendors.vendor.settings.headers.X-Ip",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("catalog.toml"), CATALOG).unwrap();
+        let path = dir.path().join("licensegate.toml");
+        std::fs::write(&path, config(&vendor, "")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("LG_PORT", "1")
+            .env("LG_ADMIN_PORT", "2")
+            .env("LG_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+}
