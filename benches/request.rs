@@ -2,12 +2,13 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::HeaderValue;
+use licensegate::catalog::Content;
 use licensegate::config::{Config, CorsSettings};
 use licensegate::cors::Origin;
 use licensegate::drm::Drm;
@@ -15,6 +16,9 @@ use licensegate::metrics::Metrics;
 use licensegate::pipeline::{self, RequestCtx};
 use licensegate::problem::Problem;
 use licensegate::service_certificate::{Lookup, ServiceCertificates};
+use licensegate::vendor::LicenseRequest;
+use licensegate::vendor::axinom::Axinom;
+use licensegate::vendor::tokens::TokenCache;
 use pingora::prelude::RequestHeader;
 
 const CONFIG: &str = r#"
@@ -194,5 +198,63 @@ fn key_ids(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, admission, forward, answers, identity, key_ids);
+const AXINOM_CONFIG: &str = r#"
+[listeners]
+license = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+[catalog]
+path = "conf/catalog/demo.toml"
+[vendors.axinom]
+kind = "axinom"
+endpoints = ["https://drm-widevine-licensing.axtest.net/AcquireLicense"]
+[vendors.axinom.settings]
+com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
+com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
+[routes]
+widevine = "axinom"
+"#;
+
+fn vendors(c: &mut Criterion) {
+    let config = Config::parse(AXINOM_CONFIG, &|_| None).unwrap();
+    let vendor_config = config.vendors["axinom"].clone();
+    let axinom = Axinom::new(vendor_config.clone()).unwrap();
+    let adapter = licensegate::vendor::build(&vendor_config, Duration::from_secs(60)).unwrap();
+    let kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
+    let request = LicenseRequest {
+        request_id: "bench".into(),
+        user: Some("alice".into()),
+        content: Arc::new(Content {
+            id: "movie-123".into(),
+            key_ids: vec![kid],
+            keys: Default::default(),
+            policy: None,
+            vendor: None,
+            free: false,
+            tiers: Vec::new(),
+            hls: None,
+        }),
+        drm: Drm::Widevine,
+        key_ids: vec![kid],
+        policy_name: "default".into(),
+        policy: config.policies["default"].clone(),
+        client_ip: None,
+    };
+    c.bench_function("vendor/axinom_mint", |b| {
+        b.iter(|| black_box(axinom.sign(black_box(&request), SystemTime::now()).unwrap()))
+    });
+    let tokens = TokenCache::new(&config.token_cache, &Metrics::new());
+    let hit = || {
+        tokens
+            .authorization("axinom", adapter.as_ref(), &request)
+            .now_or_never()
+            .expect("a cache hit completes at once")
+            .unwrap()
+    };
+    hit();
+    c.bench_function("vendor/token_cache_hit", |b| b.iter(|| black_box(hit())));
+}
+
+criterion_group!(
+    benches, admission, forward, answers, identity, key_ids, vendors
+);
 criterion_main!(benches);

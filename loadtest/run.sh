@@ -89,22 +89,55 @@ path = "conf/catalog/demo.toml"
 [policies.streaming]
 security_level = 1
 TOML
+# The identity pipeline again, licensed through Axinom: a signed entitlement message per user
+# and content (cached), checked by the simulator in Axinom mode on every request.
+axinom_sim_port=$((sim_port + 1))
+axinom_port=$((gate_port + 2))
+axinom_admin=$((admin_port + 2))
+./target/release/licensegate-sim --listen "127.0.0.1:$axinom_sim_port" --threads "${SIM_THREADS:-2}" \
+  --vendor axinom >/dev/null &
+pids+=($!)
+wait_port "$axinom_sim_port"
+sed -e "s/127.0.0.1:$gate_port/127.0.0.1:$axinom_port/" \
+    -e "s/127.0.0.1:$admin_port/127.0.0.1:$axinom_admin/" \
+    -e '/^\[routes\]/,$d' "$out/identity.toml" > "$out/axinom.toml"
+cat >> "$out/axinom.toml" <<TOML
+[vendors.axinom]
+kind = "axinom"
+endpoints = ["http://127.0.0.1:$axinom_sim_port/AcquireLicense"]
+protocol = "h2"
+[vendors.axinom.settings]
+com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
+com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
+[routes]
+widevine = "axinom"
+[auth]
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "\${LOADTEST_SECRET}"
+[catalog]
+path = "conf/catalog/demo.toml"
+[policies.streaming]
+security_level = 1
+TOML
 export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
 token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest --entitle demo)
 
-for config in licensegate identity; do
+for config in licensegate identity axinom; do
   RUST_LOG=warn ./target/release/licensegate serve --config "$out/$config.toml" >"$out/$config.log" 2>&1 &
   pids+=($!)
 done
-for admin in "$admin_port" "$identity_admin"; do
+for admin in "$admin_port" "$identity_admin" "$axinom_admin"; do
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break
     sleep 0.05
   done
 done
 
+stats_port=$sim_port
 upstream_connections() {
-  curl -fs "http://127.0.0.1:$sim_port/stats" |
+  curl -fs "http://127.0.0.1:$stats_port/stats" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["request_connections"])'
 }
 
@@ -128,6 +161,10 @@ run direct "$direct" -n "$requests"
 run licensegate "$gate" -n "$requests"
 run identity "http://127.0.0.1:$identity_port/v1/license/widevine?content=demo" -n "$requests" \
   -H "Authorization: Bearer $token"
+stats_port=$axinom_sim_port
+run axinom "http://127.0.0.1:$axinom_port/v1/license/widevine?content=demo" -n "$requests" \
+  -H "Authorization: Bearer $token"
+stats_port=$sim_port
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
@@ -135,7 +172,7 @@ python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" <<'PY'
 import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
-for name in ("direct", "licensegate", "identity", "direct_rate", "licensegate_rate"):
+for name in ("direct", "licensegate", "identity", "axinom", "direct_rate", "licensegate_rate"):
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
     statuses = report.get("statusCodeDistribution", {})
@@ -150,6 +187,7 @@ print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
 labels = {"direct": "(a) oha -> simulator",
           "licensegate": "(b) oha -> licensegate -> simulator",
           "identity": "(c) (b) + auth, catalog, entitlement",
+          "axinom": "(d) (c) through Axinom (sim checks)",
           "direct_rate": f"(a) at {rate} req/s",
           "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
@@ -159,5 +197,7 @@ ar, br = rows["direct_rate"], rows["licensegate_rate"]
 c = rows["identity"]
 print(f"\nsaturated: ratio b/a req/s {b[0] / a[0]:.2f}, p99 added {b[2] - a[2]:.2f} ms")
 print(f"identity pipeline: ratio c/b req/s {c[0] / b[0]:.2f}")
+d = rows["axinom"]
+print(f"Axinom vendor with auth: ratio d/b req/s {d[0] / b[0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY
