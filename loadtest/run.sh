@@ -98,8 +98,8 @@ axinom_admin=$((admin_port + 2))
   --vendor axinom >/dev/null &
 pids+=($!)
 wait_port "$axinom_sim_port"
-sed -e "s/127.0.0.1:$gate_port/127.0.0.1:$axinom_port/" \
-    -e "s/127.0.0.1:$admin_port/127.0.0.1:$axinom_admin/" \
+sed -e "s/127.0.0.1:$identity_port/127.0.0.1:$axinom_port/" \
+    -e "s/127.0.0.1:$identity_admin/127.0.0.1:$axinom_admin/" \
     -e '/^\[routes\]/,$d' "$out/identity.toml" > "$out/axinom.toml"
 cat >> "$out/axinom.toml" <<TOML
 [vendors.axinom]

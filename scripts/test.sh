@@ -23,6 +23,6 @@ for config in conf/licensegate.toml conf/examples/*.toml; do
     EXPRESSPLAY_AUTHENTICATOR=check-only DRMTODAY_MERCHANT=check-only DRMTODAY_KEY_ID=check-only \
     DRMTODAY_SECRET=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
     PALLYCON_SITE_ID=CHCK PALLYCON_SITE_KEY=check-only-site-key-32-character \
-    PALLYCON_ACCESS_KEY=check-only \
+    PALLYCON_ACCESS_KEY=check-only LICENSEGATE_ADMIN_TOKEN=check-only-admin-token \
     ./target/debug/licensegate check --config "$config"
 done

@@ -21,7 +21,11 @@ pub struct AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut response = self.answer(session.req_header(), &request_id);
+        let request = session.req_header();
+        let mut response = match request.uri.path().strip_prefix(DEVICES_PREFIX) {
+            Some(rest) => self.devices(request, rest, &request_id).await,
+            None => self.answer(request, &request_id),
+        };
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response
                 .headers_mut()
@@ -31,7 +35,78 @@ impl ServeHttp for AdminApp {
     }
 }
 
+/// `GET /v1/devices/{user}`, `DELETE /v1/devices/{user}`, `DELETE /v1/devices/{user}/{device}`.
+const DEVICES_PREFIX: &str = "/v1/devices/";
+
 impl AdminApp {
+    async fn devices(
+        &self,
+        request: &RequestHeader,
+        rest: &str,
+        request_id: &str,
+    ) -> Response<Vec<u8>> {
+        let problem = |p: Problem| problem(&p, request_id);
+        let Some(devices) = &self.state.devices else {
+            return problem(Problem::not_found().with_detail("device limits are not configured"));
+        };
+        let Some(admin_token) = &devices.settings.admin_token else {
+            return problem(
+                Problem::not_found().with_detail("the device API needs devices.admin_token"),
+            );
+        };
+        if !bearer_matches(request, admin_token) {
+            let mut response = problem(Problem::new(
+                401,
+                "admin_token_invalid",
+                "Admin token missing or wrong",
+            ));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let unavailable = |e: crate::devices::StoreError| {
+            tracing::error!(error = %e, "device store unavailable for the admin API");
+            problem(Problem::new(
+                503,
+                "device_store_unavailable",
+                "Device registry unavailable",
+            ))
+        };
+        match (&request.method, decoded.as_slice()) {
+            (&Method::GET, [user]) if !user.is_empty() => match devices.list(user).await {
+                Ok(slots) => json_response(
+                    200,
+                    json!({
+                        "user": user,
+                        "default_limit": devices.settings.max_per_user,
+                        "slot_idle_seconds": devices.settings.slot_idle.as_secs(),
+                        "devices": slots,
+                    }),
+                ),
+                Err(e) => unavailable(e),
+            },
+            (&Method::DELETE, [user]) if !user.is_empty() => match devices.remove_all(user).await {
+                Ok(removed) => json_response(200, json!({"user": user, "removed": removed})),
+                Err(e) => unavailable(e),
+            },
+            (&Method::DELETE, [user, device]) if !user.is_empty() && !device.is_empty() => {
+                match devices.remove(user, device).await {
+                    Ok(true) => json_response(200, json!({"user": user, "removed": 1})),
+                    Ok(false) => problem(
+                        Problem::new(404, "device_not_registered", "No such device")
+                            .with_detail(format!("'{user}' has no device '{device}'")),
+                    ),
+                    Err(e) => unavailable(e),
+                }
+            }
+            (&Method::GET | &Method::DELETE, _) => problem(Problem::not_found()),
+            _ => problem(Problem::method_not_allowed()),
+        }
+    }
+
     fn answer(&self, request: &RequestHeader, request_id: &str) -> Response<Vec<u8>> {
         let problem = |p: Problem| problem(&p, request_id);
         if request.method != Method::GET && request.method != Method::HEAD {
@@ -80,6 +155,47 @@ impl AdminApp {
             json!({"ready": ready, "healthy_endpoints": vendors}),
         )
     }
+}
+
+/// Compares digests, so neither the token's bytes nor its length leak through timing.
+fn bearer_matches(request: &RequestHeader, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(given) = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    Sha256::digest(given.trim().as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into()
+}
+
+/// A path segment's `%XX` escapes decoded (user ids may hold any character).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| segment.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {

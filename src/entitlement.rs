@@ -25,6 +25,8 @@ pub struct Grant {
     pub policy: Arc<Policy>,
     /// Which rule granted it, for the log line.
     pub basis: &'static str,
+    /// The entitlement service's device limit for this user, if it gave one.
+    pub max_devices: Option<u32>,
 }
 
 pub struct Entitlements {
@@ -44,6 +46,7 @@ struct Service {
 struct Answer {
     allow: bool,
     policy: Option<String>,
+    max_devices: Option<u32>,
     ttl: Duration,
 }
 
@@ -72,6 +75,7 @@ struct ServiceRequest<'a> {
 struct ServiceAnswer {
     allow: bool,
     policy: Option<String>,
+    max_devices: Option<u32>,
 }
 
 impl Entitlements {
@@ -117,6 +121,7 @@ impl Entitlements {
             policy_name: content_policy.0.clone(),
             policy: content_policy.1.clone(),
             basis,
+            max_devices: None,
         };
         if content.free {
             return Ok(grant("free"));
@@ -136,13 +141,17 @@ impl Entitlements {
         {
             Ok(answer) if answer.allow => {
                 let Some(name) = answer.policy else {
-                    return Ok(grant("service"));
+                    return Ok(Grant {
+                        max_devices: answer.max_devices,
+                        ..grant("service")
+                    });
                 };
                 match self.policies.get(&name) {
                     Some(policy) => Ok(Grant {
                         policy_name: name,
                         policy: policy.clone(),
                         basis: "service",
+                        max_devices: answer.max_devices,
                     }),
                     None => Err(Problem::new(
                         502,
@@ -238,6 +247,7 @@ impl Service {
         Ok(Answer {
             allow: answer.allow,
             policy: answer.policy,
+            max_devices: answer.max_devices,
             ttl,
         })
     }

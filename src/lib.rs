@@ -10,6 +10,7 @@ pub mod challenge;
 pub mod config;
 pub mod cors;
 pub mod demo;
+pub mod devices;
 pub mod drm;
 pub mod entitlement;
 pub mod keyseed;

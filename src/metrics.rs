@@ -20,6 +20,8 @@ pub struct Metrics {
     pub service_certificate_cache: IntCounterVec,
     pub token_cache: IntCounterVec,
     pub token_mint_duration: HistogramVec,
+    pub device_decisions: IntCounterVec,
+    pub device_store_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -90,6 +92,24 @@ impl Metrics {
             &["vendor"],
         )
         .expect("valid histogram");
+        let device_decisions = IntCounterVec::new(
+            Opts::new(
+                "licensegate_device_decisions_total",
+                "Device limit decisions: registered (a new slot), known, refused (limit reached), \
+                 unidentified_*, store_down_*",
+            ),
+            &["decision"],
+        )
+        .expect("valid counter");
+        let device_store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "licensegate_device_store_duration_seconds",
+                "Device store call latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid histogram");
         for collector in [
             Box::new(license_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_duration.clone()),
@@ -99,6 +119,8 @@ impl Metrics {
             Box::new(service_certificate_cache.clone()),
             Box::new(token_cache.clone()),
             Box::new(token_mint_duration.clone()),
+            Box::new(device_decisions.clone()),
+            Box::new(device_store_duration.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -112,6 +134,8 @@ impl Metrics {
             service_certificate_cache,
             token_cache,
             token_mint_duration,
+            device_decisions,
+            device_store_duration,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::problem::{self, Problem};
 use crate::server::{State, VendorRoute};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::Upstream;
-use crate::vendor::{Authorization, Device, LicenseRequest, Minting, Vendor};
+use crate::vendor::{Authorization, LicenseRequest, Minting, Vendor};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
 
@@ -49,8 +49,10 @@ pub struct RequestCtx {
     /// Kept for vendors whose authorization is minted per attempt.
     pub license_request: Option<LicenseRequest>,
     pub authorization: Option<Arc<Authorization>>,
-    /// The device the vendor's answer reported.
-    pub device: Device,
+    /// Whose devices count, and how many may hold a license (device limits on).
+    pub device_limit: Option<(String, u32)>,
+    /// The refusal sent in place of a license the player must not get.
+    pub held_back: Option<Bytes>,
     pub content_id: Option<String>,
     pub challenge_len: usize,
     pub request_type: Option<RequestType>,
@@ -93,7 +95,8 @@ impl RequestCtx {
             upstream: None,
             license_request: None,
             authorization: None,
-            device: Device::NotReported,
+            device_limit: None,
+            held_back: None,
             content_id: None,
             challenge_len: 0,
             request_type: None,
@@ -243,6 +246,10 @@ pub async fn admit(
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
         .await?;
     ctx.entitled_by = Some(grant.basis);
+    if let (Some(devices), Some(identity)) = (&state.devices, &identity) {
+        let limit = devices.limit_for(Some(&identity.claims), grant.max_devices);
+        ctx.device_limit = Some((identity.user.clone(), limit));
+    }
     let vendor = match &content.vendor {
         Some(name) => state.vendors[name].clone(),
         None => route,
@@ -618,20 +625,33 @@ pub fn broke_before_answer(ctx: &RequestCtx, error: &Error) -> bool {
         )
 }
 
-/// Phase "inspect response": note what the vendor said; the answer itself passes unchanged.
-pub fn inspect_response(ctx: &mut RequestCtx, status: u16, headers: &http::HeaderMap) {
+/// Phase "inspect response": note what the vendor said, and hold a license back from a device
+/// beyond the user's limit. Otherwise the answer passes unchanged.
+pub async fn inspect_response(
+    state: &State,
+    ctx: &mut RequestCtx,
+    status: u16,
+    headers: &http::HeaderMap,
+) {
     ctx.forward.status = Some(status);
     ctx.status = status;
     let adapter = ctx
         .adapter
-        .as_ref()
+        .clone()
         .expect("forwarded requests have a vendor");
-    let answer = adapter.read_answer(status, headers);
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
-        ctx.forward.vendor_reason = answer.reason;
+        ctx.forward.vendor_reason = adapter.refusal_reason(headers);
+    } else if let (Some(devices), Some((user, limit)), None) =
+        (&state.devices, &ctx.device_limit, &ctx.service_certificate)
+    {
+        let device = adapter.device(headers);
+        if let Err(problem) = devices.admit(user, &device, *limit).await {
+            ctx.status = problem.status;
+            ctx.outcome = problem.code;
+            ctx.held_back = Some(problem.to_body(&ctx.request_id));
+        }
     }
-    ctx.device = answer.device;
     if let Some(filler) = ctx.service_certificate.as_mut() {
         filler.response_header(status, headers.get(header::CONTENT_TYPE));
     }
@@ -644,7 +664,15 @@ pub fn vendor_answer_headers(
     ctx: &RequestCtx,
     response: &mut pingora::http::ResponseHeader,
 ) -> pingora::Result<()> {
-    if let Some(adapter) = &ctx.adapter {
+    if ctx.held_back.is_some() {
+        // Nothing of the vendor's answer may reach the player: not its headers either.
+        let mut refusal = pingora::http::ResponseHeader::build(ctx.status, Some(6))?;
+        refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
+        let length = ctx.held_back.as_ref().map_or(0, Bytes::len);
+        refusal.insert_header(header::CONTENT_LENGTH, length.to_string())?;
+        refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
+        *response = refusal;
+    } else if let Some(adapter) = &ctx.adapter {
         for name in adapter.internal_headers() {
             response.remove_header(name);
         }
@@ -652,6 +680,17 @@ pub fn vendor_answer_headers(
     response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     cors::decorate(&state.config.cors, &ctx.origin, response);
     Ok(())
+}
+
+/// The body the player receives: the vendor's, or the refusal in place of a held-back license.
+pub fn answer_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    if ctx.held_back.is_some() {
+        *body = if end_of_stream {
+            ctx.held_back.take()
+        } else {
+            None
+        };
+    }
 }
 
 /// What the player is told when the vendor could not be reached or did not answer in time.

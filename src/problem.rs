@@ -7,12 +7,14 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// A refusal with a stable machine-readable `code`; players and dashboards key on the code,
 /// humans read `title` and `detail`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub status: u16,
     pub code: &'static str,
     pub title: &'static str,
     pub detail: String,
+    /// RFC 7807 extension members for what a client can act on (counts, times).
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -22,7 +24,13 @@ impl Problem {
             code,
             title,
             detail: String::new(),
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(name.to_string(), value);
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -101,6 +109,8 @@ impl Problem {
             detail: &'a str,
             code: &'a str,
             request_id: &'a str,
+            #[serde(flatten)]
+            extensions: &'a serde_json::Map<String, serde_json::Value>,
         }
         let body = Body {
             kind: format!("urn:licensegate:problem:{}", self.code),
@@ -109,6 +119,7 @@ impl Problem {
             detail: &self.detail,
             code: self.code,
             request_id,
+            extensions: &self.extensions,
         };
         Bytes::from(serde_json::to_vec(&body).expect("problem body serializes"))
     }

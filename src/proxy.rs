@@ -125,10 +125,12 @@ impl ProxyHttp for LicenseProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         pipeline::inspect_response(
+            &self.state,
             ctx,
             upstream_response.status.as_u16(),
             &upstream_response.headers,
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -154,6 +156,17 @@ impl ProxyHttp for LicenseProxy {
         if end_of_stream {
             ctx.forward.finished = Some(Instant::now());
         }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        pipeline::answer_body(ctx, body, end_of_stream);
         Ok(None)
     }
 

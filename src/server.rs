@@ -14,6 +14,7 @@ use crate::admin::AdminApp;
 use crate::auth::Authenticator;
 use crate::catalog::{CatalogStore, References};
 use crate::config::{Config, ConfigError, VendorConfig};
+use crate::devices::Devices;
 use crate::drm::Drm;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
@@ -34,6 +35,7 @@ pub struct State {
     pub catalog: Option<CatalogStore>,
     pub entitlements: Entitlements,
     pub tokens: TokenCache,
+    pub devices: Option<Devices>,
 }
 
 /// A vendor: its adapter and, unless licensegate answers for it itself, the upstreams that
@@ -159,6 +161,12 @@ pub fn build(config: Config) -> Result<Server, String> {
     );
     let metrics = Metrics::new();
     let tokens = TokenCache::new(&config.token_cache, &metrics);
+    let devices = config
+        .devices
+        .clone()
+        .map(|settings| Devices::open(settings, &metrics))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let state = Arc::new(State {
         vendors,
         metrics,
@@ -167,6 +175,7 @@ pub fn build(config: Config) -> Result<Server, String> {
         catalog: resources.catalog,
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
         tokens,
+        devices,
         config,
     });
     if let Some(reloader) = Reloader::new(state.clone()) {

@@ -31,6 +31,23 @@ fn check_accepts_every_shipped_config() {
         ("LICENSEGATE_TLS_CERT", cert.to_str().unwrap()),
         ("LICENSEGATE_TLS_KEY", key.to_str().unwrap()),
         SECRET_ENV[0],
+        // The vendor examples' secrets; only their shape is checked.
+        ("AXINOM_COM_KEY_ID", "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"),
+        (
+            "AXINOM_COM_KEY",
+            "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f",
+        ),
+        ("EXPRESSPLAY_AUTHENTICATOR", "check-only"),
+        ("DRMTODAY_MERCHANT", "check-only"),
+        ("DRMTODAY_KEY_ID", "check-only"),
+        (
+            "DRMTODAY_SECRET",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+        ("PALLYCON_SITE_ID", "CHCK"),
+        ("PALLYCON_SITE_KEY", "check-only-site-key-32-character"),
+        ("PALLYCON_ACCESS_KEY", "check-only"),
+        ("LICENSEGATE_ADMIN_TOKEN", "check-only-admin-token"),
     ];
     let mut checked = 0;
     for dir in ["conf", "conf/examples"] {

@@ -30,6 +30,97 @@ pub struct FileConfig {
     pub demo: Option<Demo>,
     #[serde(default)]
     pub token_cache: TokenCache,
+    pub devices: Option<Devices>,
+}
+
+/// Device limits: how many devices a user may license on, counted from the vendors' answers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    pub max_per_user: u32,
+    /// A token claim that overrides `max_per_user` for its user.
+    #[serde(default = "default_max_devices_claim")]
+    pub claim: String,
+    /// A slot unused this long frees itself.
+    #[serde(default = "default_slot_idle_seconds")]
+    pub slot_idle_seconds: u64,
+    /// Which device_info field identifies a device, in order of preference; Android devices
+    /// use `android_identity` (seed 001: the certificate serial number is shared by every
+    /// desktop browser, but identifies an Android device).
+    #[serde(default = "default_identity")]
+    pub identity: Vec<DeviceField>,
+    #[serde(default = "default_android_identity")]
+    pub android_identity: Vec<DeviceField>,
+    /// What to do when the vendor reports no device.
+    #[serde(default = "default_unreported")]
+    pub unreported: DeviceDecision,
+    /// What to do when the vendor's device report fails verification.
+    #[serde(default = "default_untrusted")]
+    pub untrusted: DeviceDecision,
+    #[serde(default)]
+    pub store: DeviceStoreKind,
+    /// The embedded store's file.
+    #[serde(default = "default_devices_path")]
+    pub path: String,
+    pub redis_url: Option<String>,
+    #[serde(default = "default_store_timeout_ms")]
+    pub store_timeout_ms: u64,
+    /// Serve licenses while the store is unreachable (no limit is enforced then).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Bearer token for the admin API's device endpoints.
+    pub admin_token: Option<String>,
+}
+
+fn default_max_devices_claim() -> String {
+    "max_devices".into()
+}
+fn default_slot_idle_seconds() -> u64 {
+    30 * 24 * 3600
+}
+fn default_identity() -> Vec<DeviceField> {
+    vec![DeviceField::ClientToken, DeviceField::DeviceId]
+}
+fn default_android_identity() -> Vec<DeviceField> {
+    vec![
+        DeviceField::DeviceCertificateSerialNumber,
+        DeviceField::DeviceId,
+    ]
+}
+fn default_unreported() -> DeviceDecision {
+    DeviceDecision::Allow
+}
+fn default_untrusted() -> DeviceDecision {
+    DeviceDecision::Refuse
+}
+fn default_devices_path() -> String {
+    "devices.db".into()
+}
+fn default_store_timeout_ms() -> u64 {
+    200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceField {
+    ClientToken,
+    DeviceCertificateSerialNumber,
+    DeviceId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceDecision {
+    Allow,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStoreKind {
+    #[default]
+    Embedded,
+    Redis,
 }
 
 /// Vendor authorizations (signed messages, token URLs) kept for reuse.

@@ -16,7 +16,10 @@ use http::HeaderName;
 
 use crate::drm::Drm;
 use crate::keyseed::KeySeed;
-pub use file::{Hdcp, LogFormat, Policy, Protocol, SecretEncoding, TokenSource, VendorKind};
+pub use file::{
+    DeviceDecision, DeviceField, DeviceStoreKind, Hdcp, LogFormat, Policy, Protocol,
+    SecretEncoding, TokenSource, VendorKind,
+};
 pub use jsonwebtoken::Algorithm;
 
 /// The largest challenge Pingora's retry buffer holds whole; beyond it a retry would send a
@@ -63,6 +66,28 @@ pub struct Config {
     /// The directory served under `/demo/` on the admin listener, when enabled.
     pub demo_root: Option<PathBuf>,
     pub token_cache: TokenCacheSettings,
+    pub devices: Option<DeviceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    pub max_per_user: u32,
+    pub claim: String,
+    pub slot_idle: Duration,
+    pub identity: Vec<DeviceField>,
+    pub android_identity: Vec<DeviceField>,
+    pub unreported: DeviceDecision,
+    pub untrusted: DeviceDecision,
+    pub store: DeviceStoreConfig,
+    pub store_timeout: Duration,
+    pub fail_open: bool,
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeviceStoreConfig {
+    Embedded(PathBuf),
+    Redis(String),
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +346,12 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
 
     let cors = validate_cors(file.cors, vendors.values())?;
     let auth = file.auth.map(validate_auth).transpose()?;
+    if file.devices.is_some() && auth.is_none() {
+        return Err(ConfigError::new(
+            "devices",
+            "device limits count per user: configure [auth]",
+        ));
+    }
     if file.catalog.is_none() {
         // Vendor authorizations name content and key IDs, which only the catalog knows.
         let authorizing = vendors
@@ -393,6 +424,70 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         policies,
         demo_root,
         token_cache: validate_token_cache(file.token_cache)?,
+        devices: file.devices.map(validate_devices).transpose()?,
+    })
+}
+
+fn validate_devices(devices: file::Devices) -> Result<DeviceSettings, ConfigError> {
+    if devices.max_per_user == 0 {
+        return Err(ConfigError::new(
+            "devices.max_per_user",
+            "must be at least 1",
+        ));
+    }
+    if devices.slot_idle_seconds == 0 {
+        return Err(ConfigError::new(
+            "devices.slot_idle_seconds",
+            "must be at least 1",
+        ));
+    }
+    if devices.store_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "devices.store_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    for (key, list) in [
+        ("devices.identity", &devices.identity),
+        ("devices.android_identity", &devices.android_identity),
+    ] {
+        if list.is_empty() {
+            return Err(ConfigError::new(key, "name at least one device_info field"));
+        }
+    }
+    let store = match devices.store {
+        DeviceStoreKind::Embedded => DeviceStoreConfig::Embedded(devices.path.into()),
+        DeviceStoreKind::Redis => {
+            let url = devices.redis_url.ok_or_else(|| {
+                ConfigError::new("devices.redis_url", "the redis store needs a URL")
+            })?;
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(ConfigError::new(
+                    "devices.redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+            DeviceStoreConfig::Redis(url)
+        }
+    };
+    if devices.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(ConfigError::new(
+            "devices.admin_token",
+            "must be at least 16 characters",
+        ));
+    }
+    Ok(DeviceSettings {
+        max_per_user: devices.max_per_user,
+        claim: devices.claim,
+        slot_idle: Duration::from_secs(devices.slot_idle_seconds),
+        identity: devices.identity,
+        android_identity: devices.android_identity,
+        unreported: devices.unreported,
+        untrusted: devices.untrusted,
+        store,
+        store_timeout: Duration::from_millis(devices.store_timeout_ms),
+        fail_open: devices.fail_open,
+        admin_token: devices.admin_token,
     })
 }
 

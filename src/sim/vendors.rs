@@ -47,9 +47,14 @@ pub struct VendorArgs {
         default_value = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
     )]
     pub com_key: String,
-    /// Axinom: the device the license request info reports (stands in for the CDM's identity).
+    /// Axinom: the device the license request info reports when the challenge carries no
+    /// Widevine client identification (which otherwise names the device).
     #[arg(long, default_value = "sim-device")]
     pub device_id: String,
+    /// Axinom: sign the license request info with this key (hex) instead of the communication
+    /// key, as a forger would.
+    #[arg(long)]
+    pub request_info_key: Option<String>,
     /// ExpressPlay customer authenticator.
     #[arg(long, default_value = "sim-authenticator")]
     pub authenticator: String,
@@ -205,6 +210,9 @@ impl VendorSim {
             Some(Drm::FairPlay) => "fairplay_license_request_info",
             _ => "widevine_license_request_info",
         };
+        let device_id = widevine_client(challenge)
+            .map(|client| hex::encode(&Sha256::digest(client)[..8]))
+            .unwrap_or_else(|| self.args.device_id.clone());
         let info = json!({
             "version": 1,
             "com_key_id": self.args.com_key_id,
@@ -212,19 +220,23 @@ impl VendorSim {
                 "version": 1,
                 "type": kind,
                 "device_info": {
-                    "device_id": self.args.device_id,
-                    "client_token": format!("client-token-{}", self.args.device_id),
+                    "device_id": device_id,
+                    "client_token": format!("client-token-{device_id}"),
                     "device_certificate_serial_number": "desktop-browser-serial",
-                    "recommended_client_id": self.args.device_id,
+                    "recommended_client_id": device_id,
                     "platform": "sim",
                 },
                 "request_type": "new",
             },
         });
+        let signing_key = match &self.args.request_info_key {
+            Some(forged) => hex::decode(forged).unwrap_or_default(),
+            None => key,
+        };
         let signed = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &info,
-            &EncodingKey::from_secret(&key),
+            &EncodingKey::from_secret(&signing_key),
         )
         .expect("HS256 signs");
         Ok(vec![("X-AxDRM-Message", signed)])
@@ -637,6 +649,29 @@ pub struct TokenAnswer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SignedRequest {
+    #[prost(bytes = "vec", optional, tag = "2")]
+    msg: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClientIdentified {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    client_id: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "8")]
+    encrypted_client_id: Option<Vec<u8>>,
+}
+
+/// The Widevine client identification in a license request, as the license service reads the
+/// device from it.
+fn widevine_client(challenge: &[u8]) -> Option<Vec<u8>> {
+    use prost::Message;
+    let request = SignedRequest::decode(challenge).ok()?.msg?;
+    let client = ClientIdentified::decode(request.as_slice()).ok()?;
+    client.client_id.or(client.encrypted_client_id)
 }
 
 /// Which DRM a challenge is for, as the vendor's per-DRM endpoint would know it.

@@ -11,9 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, VendorAnswer, rfc3339,
-};
+use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, rfc3339};
 use crate::config::{ConfigError, Hdcp, Policy, VendorConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
@@ -307,11 +305,12 @@ impl Vendor for Axinom {
         })
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            device: self.device(headers),
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
+    }
+
+    fn device(&self, headers: &HeaderMap) -> Device {
+        self.device(headers)
     }
 
     fn internal_headers(&self) -> &[HeaderName] {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::Serialize;
 
-use super::{Authorization, LicenseRequest, LocalLicense, Minting, Vendor, VendorAnswer};
+use super::{Authorization, LicenseRequest, LocalLicense, Minting, Vendor};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
 use crate::config::Policy;
@@ -48,8 +48,8 @@ impl Vendor for ClearKey {
         Some(license)
     }
 
-    fn read_answer(&self, _status: u16, _headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer::default()
+    fn refusal_reason(&self, _headers: &HeaderMap) -> Option<String> {
+        None
     }
 }
 

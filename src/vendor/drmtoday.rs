@@ -12,9 +12,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, VendorAnswer, rfc3339,
-};
+use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, rfc3339};
 use crate::config::{ConfigError, Hdcp, VendorConfig};
 use crate::problem::Problem;
 
@@ -198,11 +196,12 @@ impl Vendor for DrmToday {
         })
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            device: client_info(headers),
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
+    }
+
+    fn device(&self, headers: &HeaderMap) -> Device {
+        client_info(headers)
     }
 
     fn internal_headers(&self) -> &[HeaderName] {

@@ -13,7 +13,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use super::{Authorization, LicenseRequest, Minting, Vendor};
 use crate::config::{ConfigError, Endpoint, Hdcp, VendorConfig, parse_endpoint};
 use crate::drm::Drm;
 use crate::problem::Problem;
@@ -243,11 +243,8 @@ impl Vendor for ExpressPlay {
         })
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            ..VendorAnswer::default()
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
     }
 
     fn upstreams(&self) -> Vec<Arc<Upstream>> {

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use super::{Authorization, LicenseRequest, Minting, Vendor};
 use crate::config::{ConfigError, Hdcp, SecretEncoding, VendorConfig, decode_secret};
 use crate::problem::Problem;
 
@@ -380,11 +380,8 @@ impl Vendor for Generic {
         })
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            ..VendorAnswer::default()
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
     }
 }
 

@@ -98,13 +98,6 @@ pub struct LocalLicense {
     pub body: Bytes,
 }
 
-/// What a vendor said besides the license.
-#[derive(Debug, Default)]
-pub struct VendorAnswer {
-    pub reason: Option<String>,
-    pub device: Device,
-}
-
 /// The device that asked, as far as the vendor's answer tells.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub enum Device {
@@ -141,8 +134,13 @@ pub trait Vendor: Send + Sync {
         None
     }
 
-    /// The refusal reason and device in the vendor's answer.
-    fn read_answer(&self, status: u16, headers: &HeaderMap) -> VendorAnswer;
+    /// Why the vendor refused, from its answer's headers.
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String>;
+
+    /// The device the vendor's answer reports; read only when device limits need it.
+    fn device(&self, _headers: &HeaderMap) -> Device {
+        Device::NotReported
+    }
 
     /// Response headers meant for licensegate, stripped before the player sees the answer.
     fn internal_headers(&self) -> &[HeaderName] {
@@ -215,7 +213,7 @@ fn reason_in(header: Option<&HeaderName>, headers: &HeaderMap) -> Option<String>
 }
 
 /// RFC 3339 in UTC to the second, as vendors expect dates (`2026-11-22T10:00:00Z`).
-fn rfc3339(time: SystemTime) -> String {
+pub fn rfc3339(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use super::{Authorization, LicenseRequest, Minting, Vendor};
 use crate::config::{ConfigError, Hdcp, Policy, VendorConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
@@ -157,10 +157,7 @@ impl Vendor for PallyCon {
         })
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            ..VendorAnswer::default()
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
     }
 }

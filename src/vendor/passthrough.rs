@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::HeaderMap;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor, VendorAnswer};
+use super::{Authorization, LicenseRequest, Minting, Vendor};
 use crate::config::VendorConfig;
 use crate::problem::Problem;
 
@@ -29,10 +29,7 @@ impl Vendor for Passthrough {
         Ok(Authorization::default())
     }
 
-    fn read_answer(&self, _status: u16, headers: &HeaderMap) -> VendorAnswer {
-        VendorAnswer {
-            reason: super::reason_in(self.config.error_header.as_ref(), headers),
-            ..VendorAnswer::default()
-        }
+    fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
+        super::reason_in(self.config.error_header.as_ref(), headers)
     }
 }

@@ -177,8 +177,8 @@ mod tests {
             })
         }
 
-        fn read_answer(&self, _status: u16, _headers: &HeaderMap) -> super::super::VendorAnswer {
-            Default::default()
+        fn refusal_reason(&self, _headers: &HeaderMap) -> Option<String> {
+            None
         }
     }
 

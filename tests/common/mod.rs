@@ -132,6 +132,61 @@ fairplay = "sim"
     )
 }
 
+fn spawn_gate(dir: &Path) -> (Child, u16, u16) {
+    let port = free_port();
+    let admin_port = free_port();
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("licensegate.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
+        .args(["serve", "--config"])
+        .arg(dir.join("licensegate.toml"))
+        .env("LG_PORT", port.to_string())
+        .env("LG_ADMIN_PORT", admin_port.to_string())
+        .env("LG_DIR", dir)
+        .env("RUST_LOG", "info")
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    wait_for_port(admin_port, &mut child);
+    (child, port, admin_port)
+}
+
+/// A real `redis-server` on a free port, without persistence, stopped when dropped. A machine
+/// without Redis fails the test rather than skipping it.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup.sh installs it)");
+        wait_for_port(port, &mut child);
+        Redis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Gate {
     pub fn start(config: &str) -> Gate {
         Gate::start_with_files(config, &[])
@@ -145,26 +200,24 @@ impl Gate {
         }
         let path: PathBuf = dir.path().join("licensegate.toml");
         std::fs::write(&path, config).unwrap();
-        let port = free_port();
-        let admin_port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("LG_PORT", port.to_string())
-            .env("LG_ADMIN_PORT", admin_port.to_string())
-            .env("LG_DIR", dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(dir.path().join("licensegate.log")).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut child);
-        wait_for_port(admin_port, &mut child);
+        let (child, port, admin_port) = spawn_gate(dir.path());
         Gate {
             child,
             port,
             admin_port,
             dir,
         }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and starts a new one on the same
+    /// directory (and so the same config and files), on new ports.
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, port, admin_port) = spawn_gate(self.dir.path());
+        self.child = child;
+        self.port = port;
+        self.admin_port = admin_port;
     }
 
     /// Starts licensegate and waits until it has resolved its vendor endpoints.

@@ -1,0 +1,323 @@
+//! Device limits. The vendor learns which device asks only while answering, so the decision
+//! happens on the vendor's answer: the device it reports is counted against the user's slots,
+//! and beyond the limit the license is held back. Slots live in a [`DeviceStore`] shared by
+//! every instance (embedded SQLite for one, Redis for a fleet).
+
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use prometheus::{HistogramVec, IntCounterVec};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{ConfigError, DeviceDecision, DeviceField, DeviceSettings, DeviceStoreConfig};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::vendor::{Device, DeviceInfo};
+
+/// One registered device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub device: String,
+    /// Seconds since the epoch.
+    pub last_seen: u64,
+}
+
+/// The store's answer to a device asking for a license.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The device holds a slot (`new`: it was given one just now).
+    Admitted { new: bool },
+    /// Every slot is held by another device.
+    Full {
+        registered: u64,
+        /// Seconds since the epoch at which the least recently used slot frees itself.
+        oldest_frees_at: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Where slots are kept. `admit` is atomic per user: concurrent calls, from any number of
+/// licensegate instances sharing the store, never hand out more than `limit` slots.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Frees the user's slots idle for `idle`, then touches `device`'s slot, gives it a free
+    /// one, or refuses.
+    async fn admit(
+        &self,
+        user: &str,
+        device: &str,
+        limit: u32,
+        idle: Duration,
+        now: u64,
+    ) -> Result<Decision, StoreError>;
+
+    /// The user's slots not idle for `idle`, least recently used first.
+    async fn list(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError>;
+
+    async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError>;
+
+    async fn remove_all(&self, user: &str) -> Result<u64, StoreError>;
+}
+
+pub fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Which field of the vendor's device report names the device: seed 001's advice, as
+/// configured (the certificate serial number is shared by every desktop browser, so desktops
+/// go by client token; Android devices by serial number).
+pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> {
+    let android = info
+        .platform
+        .as_deref()
+        .is_some_and(|p| p.to_ascii_lowercase().contains("android"));
+    let order = if android {
+        &settings.android_identity
+    } else {
+        &settings.identity
+    };
+    order
+        .iter()
+        .filter_map(|field| match field {
+            DeviceField::ClientToken => info.client_token.as_ref(),
+            DeviceField::DeviceCertificateSerialNumber => {
+                info.device_certificate_serial_number.as_ref()
+            }
+            DeviceField::DeviceId => info.device_id.as_ref(),
+        })
+        .find(|value| !value.is_empty())
+        .cloned()
+}
+
+/// The device limit policy over a store.
+pub struct Devices {
+    pub settings: DeviceSettings,
+    store: Arc<dyn DeviceStore>,
+    decisions: IntCounterVec,
+    store_duration: HistogramVec,
+}
+
+impl Devices {
+    pub fn open(settings: DeviceSettings, metrics: &Metrics) -> Result<Self, ConfigError> {
+        let store: Arc<dyn DeviceStore> = match &settings.store {
+            DeviceStoreConfig::Embedded(path) => Arc::new(
+                embedded::EmbeddedStore::open(path)
+                    .map_err(|e| ConfigError::new("devices.path", e.0))?,
+            ),
+            DeviceStoreConfig::Redis(url) => Arc::new(
+                redis::RedisStore::new(url)
+                    .map_err(|e| ConfigError::new("devices.redis_url", e.0))?,
+            ),
+        };
+        Ok(Self {
+            settings,
+            store,
+            decisions: metrics.device_decisions.clone(),
+            store_duration: metrics.device_store_duration.clone(),
+        })
+    }
+
+    /// The user's limit: the token's claim if it has one, else the entitlement's, else the
+    /// configured default.
+    pub fn limit_for(
+        &self,
+        claims: Option<&serde_json::Map<String, Value>>,
+        granted: Option<u32>,
+    ) -> u32 {
+        claims
+            .and_then(|claims| claims.get(&self.settings.claim))
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .or(granted)
+            .unwrap_or(self.settings.max_per_user)
+    }
+
+    /// Whether `user`'s `device` may have the license the vendor just issued.
+    pub async fn admit(&self, user: &str, device: &Device, limit: u32) -> Result<(), Problem> {
+        let identity = match device {
+            Device::Reported(info) => identity(&self.settings, info),
+            _ => None,
+        };
+        let Some(identity) = identity else {
+            let (decision, why) = match device {
+                Device::Untrusted(why) => (self.settings.untrusted, why.as_str()),
+                _ => (self.settings.unreported, "the vendor reported no device"),
+            };
+            tracing::warn!(
+                user_device = "unknown",
+                reason = why,
+                "device not identified"
+            );
+            return match decision {
+                DeviceDecision::Allow => {
+                    self.count("unidentified_allowed");
+                    Ok(())
+                }
+                DeviceDecision::Refuse => {
+                    self.count("unidentified_refused");
+                    Err(Problem::new(403, "device_unknown", "Device not identified")
+                        .with_detail(why.to_string()))
+                }
+            };
+        };
+        let started = Instant::now();
+        let decided = tokio::time::timeout(
+            self.settings.store_timeout,
+            self.store.admit(
+                user,
+                &identity,
+                limit,
+                self.settings.slot_idle,
+                now_seconds(),
+            ),
+        )
+        .await;
+        self.store_duration
+            .with_label_values(&["admit"])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match decided {
+            Ok(Ok(Decision::Admitted { new })) => {
+                self.count(if new { "registered" } else { "known" });
+                return Ok(());
+            }
+            Ok(Ok(Decision::Full {
+                registered,
+                oldest_frees_at,
+            })) => {
+                self.count("refused");
+                let frees_at =
+                    crate::vendor::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
+                return Err(Problem::new(
+                    403,
+                    "device_limit_reached",
+                    "Device limit reached",
+                )
+                .with_detail(format!(
+                    "{registered} of {limit} devices registered; the least recently used slot frees at {frees_at}"
+                ))
+                .with_extension("registered_devices", registered.into())
+                .with_extension("device_limit", limit.into())
+                .with_extension("oldest_slot_frees_at", frees_at.into()));
+            }
+            Ok(Err(e)) => e.0,
+            Err(_) => format!(
+                "no answer within {} ms",
+                self.settings.store_timeout.as_millis()
+            ),
+        };
+        tracing::error!(error = %failure, "device store unavailable");
+        if self.settings.fail_open {
+            self.count("store_down_allowed");
+            return Ok(());
+        }
+        self.count("store_down_refused");
+        Err(Problem::new(
+            503,
+            "device_store_unavailable",
+            "Device registry unavailable",
+        )
+        .with_detail("the device limit cannot be checked right now"))
+    }
+
+    pub async fn list(&self, user: &str) -> Result<Vec<Slot>, StoreError> {
+        self.timed(
+            "list",
+            self.store
+                .list(user, self.settings.slot_idle, now_seconds()),
+        )
+        .await
+    }
+
+    pub async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        self.timed("remove", self.store.remove(user, device)).await
+    }
+
+    pub async fn remove_all(&self, user: &str) -> Result<u64, StoreError> {
+        self.timed("remove_all", self.store.remove_all(user)).await
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.store_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError("device store timed out".into())));
+        self.store_duration
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn count(&self, decision: &str) {
+        self.decisions.with_label_values(&[decision]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desktops_go_by_client_token_and_android_by_serial_number() {
+        let settings = crate::config::Config::parse(
+            r#"
+            [listeners]
+            license = "127.0.0.1:1"
+            admin = "127.0.0.1:2"
+            [vendors.v]
+            kind = "passthrough"
+            endpoints = ["http://127.0.0.1:3/"]
+            [routes]
+            widevine = "v"
+            [auth]
+            [[auth.keys]]
+            kind = "secret"
+            algorithm = "HS256"
+            secret = "a-secret-of-at-least-thirty-two-bytes"
+            [devices]
+            max_per_user = 2
+            "#,
+            &|_| None,
+        )
+        .unwrap()
+        .devices
+        .unwrap();
+        let desktop = DeviceInfo {
+            client_token: Some("token".into()),
+            device_certificate_serial_number: Some("shared-serial".into()),
+            device_id: Some("id".into()),
+            platform: Some("Windows".into()),
+            model: None,
+        };
+        assert_eq!(identity(&settings, &desktop).as_deref(), Some("token"));
+        let android = DeviceInfo {
+            platform: Some("Android".into()),
+            ..desktop.clone()
+        };
+        assert_eq!(
+            identity(&settings, &android).as_deref(),
+            Some("shared-serial")
+        );
+        let bare = DeviceInfo {
+            client_token: None,
+            ..desktop
+        };
+        assert_eq!(identity(&settings, &bare).as_deref(), Some("id"));
+        assert_eq!(identity(&settings, &DeviceInfo::default()), None);
+    }
+}
