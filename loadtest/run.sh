@@ -57,14 +57,20 @@ wait_port() {
 pids+=($!)
 wait_port "$sim_port"
 
-cat > "$out/licensegate.toml" <<TOML
+# One licensegate per configuration, each on its own ports: n-th gets gate_port + n.
+listeners() { # n
+  cat <<TOML
 [listeners]
-license = "127.0.0.1:$gate_port"
-admin = "127.0.0.1:$admin_port"
+license = "127.0.0.1:$((gate_port + $1))"
+admin = "127.0.0.1:$((admin_port + $1))"
 [server]
 threads = ${GATE_THREADS:-2}
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
+TOML
+}
+passthrough() {
+  cat <<TOML
 [vendors.sim]
 kind = "passthrough"
 endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
@@ -72,13 +78,10 @@ protocol = "h2"
 [routes]
 widevine = "sim"
 TOML
-# The same, with users, a catalog and entitlement: what issue 3's pipeline costs.
-identity_port=$((gate_port + 1))
-identity_admin=$((admin_port + 1))
-sed -e "s/127.0.0.1:$gate_port/127.0.0.1:$identity_port/" \
-    -e "s/127.0.0.1:$admin_port/127.0.0.1:$identity_admin/" "$out/licensegate.toml" \
-    > "$out/identity.toml"
-cat >> "$out/identity.toml" <<TOML
+}
+# Users, a catalog and entitlement: what issue 3's pipeline costs.
+identity() {
+  cat <<TOML
 [auth]
 [[auth.keys]]
 kind = "secret"
@@ -89,48 +92,62 @@ path = "conf/catalog/demo.toml"
 [policies.streaming]
 security_level = 1
 TOML
-# The identity pipeline again, licensed through Axinom: a signed entitlement message per user
-# and content (cached), checked by the simulator in Axinom mode on every request.
-axinom_sim_port=$((sim_port + 1))
-axinom_port=$((gate_port + 2))
-axinom_admin=$((admin_port + 2))
-./target/release/licensegate-sim --listen "127.0.0.1:$axinom_sim_port" --threads "${SIM_THREADS:-2}" \
-  --vendor axinom >/dev/null &
-pids+=($!)
-wait_port "$axinom_sim_port"
-sed -e "s/127.0.0.1:$identity_port/127.0.0.1:$axinom_port/" \
-    -e "s/127.0.0.1:$identity_admin/127.0.0.1:$axinom_admin/" \
-    -e '/^\[routes\]/,$d' "$out/identity.toml" > "$out/axinom.toml"
-cat >> "$out/axinom.toml" <<TOML
+}
+# Licensed through Axinom: a signed entitlement message per user and content (cached).
+axinom() { # simulator port
+  cat <<TOML
 [vendors.axinom]
 kind = "axinom"
-endpoints = ["http://127.0.0.1:$axinom_sim_port/AcquireLicense"]
+endpoints = ["http://127.0.0.1:$1/AcquireLicense"]
 protocol = "h2"
 [vendors.axinom.settings]
 com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
 com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 [routes]
 widevine = "axinom"
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "\${LOADTEST_SECRET}"
-[catalog]
-path = "conf/catalog/demo.toml"
-[policies.streaming]
-security_level = 1
 TOML
+}
+devices() { # store lines
+  cat <<TOML
+[devices]
+max_per_user = 3
+$1
+TOML
+}
+
+# The simulator in Axinom mode verifies every message and signs a license request info.
+axinom_sim_port=$((sim_port + 1))
+./target/release/licensegate-sim --listen "127.0.0.1:$axinom_sim_port" --threads "${SIM_THREADS:-2}" \
+  --vendor axinom >/dev/null &
+pids+=($!)
+wait_port "$axinom_sim_port"
+redis_port=$((sim_port + 2))
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+pids+=($!)
+wait_port "$redis_port"
+rm -f "$out"/devices.db*
+
+gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis)
+{ listeners 0; passthrough; } >"$out/licensegate.toml"
+{ listeners 1; passthrough; identity; } >"$out/identity.toml"
+{ listeners 2; axinom "$axinom_sim_port"; identity; } >"$out/axinom.toml"
+{ listeners 3; axinom "$sim_port"; identity; } >"$out/axinom_plain.toml"
+{ listeners 4; axinom "$axinom_sim_port"; identity; devices "path = \"$out/devices.db\""; } \
+  >"$out/devices_embedded.toml"
+{ listeners 5; axinom "$axinom_sim_port"; identity
+  devices "store = \"redis\"
+redis_url = \"redis://127.0.0.1:$redis_port\""; } >"$out/devices_redis.toml"
 export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
 token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest --entitle demo)
 
-for config in licensegate identity axinom; do
-  RUST_LOG=warn ./target/release/licensegate serve --config "$out/$config.toml" >"$out/$config.log" 2>&1 &
+for n in "${!gates[@]}"; do
+  RUST_LOG=warn ./target/release/licensegate serve --config "$out/${gates[$n]}.toml" \
+    >"$out/${gates[$n]}.log" 2>&1 &
   pids+=($!)
 done
-for admin in "$admin_port" "$identity_admin" "$axinom_admin"; do
+for n in "${!gates[@]}"; do
   for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break
+    curl -fs "http://127.0.0.1:$((admin_port + n))/readyz" >/dev/null && break
     sleep 0.05
   done
 done
@@ -159,11 +176,17 @@ gate="http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
 # adds, without queueing in it.
 run direct "$direct" -n "$requests"
 run licensegate "$gate" -n "$requests"
-run identity "http://127.0.0.1:$identity_port/v1/license/widevine?content=demo" -n "$requests" \
-  -H "Authorization: Bearer $token"
+license_at() { # n
+  echo "http://127.0.0.1:$((gate_port + $1))/v1/license/widevine?content=demo"
+}
+run identity "$(license_at 1)" -n "$requests" -H "Authorization: Bearer $token"
 stats_port=$axinom_sim_port
-run axinom "http://127.0.0.1:$axinom_port/v1/license/widevine?content=demo" -n "$requests" \
-  -H "Authorization: Bearer $token"
+run axinom "$(license_at 2)" -n "$requests" -H "Authorization: Bearer $token"
+stats_port=$sim_port
+run axinom_plain "$(license_at 3)" -n "$requests" -H "Authorization: Bearer $token"
+stats_port=$axinom_sim_port
+run devices_embedded "$(license_at 4)" -n "$requests" -H "Authorization: Bearer $token"
+run devices_redis "$(license_at 5)" -n "$requests" -H "Authorization: Bearer $token"
 stats_port=$sim_port
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
@@ -172,7 +195,9 @@ python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" <<'PY'
 import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
-for name in ("direct", "licensegate", "identity", "axinom", "direct_rate", "licensegate_rate"):
+names = ("direct", "licensegate", "identity", "axinom", "axinom_plain", "devices_embedded",
+         "devices_redis", "direct_rate", "licensegate_rate")
+for name in names:
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
     statuses = report.get("statusCodeDistribution", {})
@@ -182,22 +207,28 @@ for name in ("direct", "licensegate", "identity", "axinom", "direct_rate", "lice
     rows[name] = (summary["requestsPerSec"], latency["p50"] * 1000, latency["p99"] * 1000,
                   errors, connections_opened)
 print(f"\n{requests} requests, {connections} connections, {size}-byte challenges\n")
-print(f"| {'run':<34} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
-print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
+print(f"| {'run':<36} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
+print(f"|{'-'*38}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
 labels = {"direct": "(a) oha -> simulator",
           "licensegate": "(b) oha -> licensegate -> simulator",
           "identity": "(c) (b) + auth, catalog, entitlement",
           "axinom": "(d) (c) through Axinom (sim checks)",
+          "axinom_plain": "(e) (d), sim not checking",
+          "devices_embedded": "(f) (d) + device limit, SQLite",
+          "devices_redis": "(g) (d) + device limit, Redis",
           "direct_rate": f"(a) at {rate} req/s",
           "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
-    print(f"| {labels[name]:<34} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
+    print(f"| {labels[name]:<36} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
 a, b = rows["direct"], rows["licensegate"]
 ar, br = rows["direct_rate"], rows["licensegate_rate"]
 c = rows["identity"]
 print(f"\nsaturated: ratio b/a req/s {b[0] / a[0]:.2f}, p99 added {b[2] - a[2]:.2f} ms")
 print(f"identity pipeline: ratio c/b req/s {c[0] / b[0]:.2f}")
 d = rows["axinom"]
-print(f"Axinom vendor with auth: ratio d/b req/s {d[0] / b[0]:.2f}")
+print(f"Axinom vendor with auth: ratio d/b req/s {d[0] / b[0]:.2f}, "
+      f"e/b {rows['axinom_plain'][0] / b[0]:.2f}")
+print(f"device limits: ratio f/b {rows['devices_embedded'][0] / b[0]:.2f}, "
+      f"g/b {rows['devices_redis'][0] / b[0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY
