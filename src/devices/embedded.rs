@@ -1,17 +1,28 @@
-//! The embedded device store: one SQLite file in WAL mode. Every decision is one committed
-//! transaction, so a licensegate killed at any moment forgets no device it admitted.
+//! The embedded device store: one SQLite file in WAL mode, owned by one writer thread. Calls
+//! queue up for it and every queued call shares one transaction (group commit); each call's
+//! answer is released only once that transaction is committed, so a licensegate killed at any
+//! moment forgets no device it admitted.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::{Decision, DeviceStore, Slot, StoreError};
 
+/// Calls committed together at most; bounds one transaction's length under a burst.
+const MAX_BATCH: usize = 512;
+
+/// Delivers a call's answer once the transaction it ran in has committed (or failed to).
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// One call: runs in the shared transaction (`None`: the transaction could not begin).
+type Job = Box<dyn FnOnce(Option<&mut Transaction>) -> Reply + Send>;
+
 pub struct EmbeddedStore {
-    connection: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 fn store_error(e: rusqlite::Error) -> StoreError {
@@ -38,25 +49,79 @@ impl EmbeddedStore {
                  ) WITHOUT ROWID;",
             )
             .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
-        Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("device store".into())
+            .spawn(move || write_batches(connection, queue))
+            .map_err(|e| StoreError(format!("device store thread: {e}")))?;
+        Ok(Self { jobs })
     }
 
-    /// Runs `work` on the connection off the async threads.
+    /// Runs `work` in the writer's next transaction, within a savepoint so that a failing call
+    /// leaves nothing of itself behind; answers after the commit.
     async fn with<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection
-                .lock()
-                .map_err(|_| StoreError("device store lock poisoned".into()))?;
-            work(&mut connection).map_err(store_error)
-        })
-        .await
-        .map_err(|e| StoreError(format!("device store task: {e}")))?
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |transaction| {
+            let result = match transaction {
+                None => Err(StoreError("sqlite: no transaction".into())),
+                Some(transaction) => transaction
+                    .savepoint()
+                    .and_then(|savepoint| {
+                        let value = work(&savepoint)?;
+                        savepoint.commit()?;
+                        Ok(value)
+                    })
+                    .map_err(store_error),
+            };
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = answer.send(committed.and(result));
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError("device store writer stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError("device store writer stopped".into()))?
+    }
+}
+
+/// The writer thread: takes every queued call, runs them in one transaction, commits, answers.
+fn write_batches(mut connection: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(mut transaction) => {
+                let replies: Vec<Reply> = batch
+                    .into_iter()
+                    .map(|job| job(Some(&mut transaction)))
+                    .collect();
+                let committed = transaction.commit().map_err(store_error);
+                for reply in replies {
+                    reply(
+                        committed
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| StoreError(e.0.clone())),
+                    );
+                }
+            }
+            Err(e) => {
+                let error = store_error(e);
+                for job in batch {
+                    job(None)(Err(StoreError(error.0.clone())));
+                }
+            }
+        }
     }
 }
 
@@ -75,8 +140,7 @@ impl DeviceStore for EmbeddedStore {
         now: u64,
     ) -> Result<Decision, StoreError> {
         let (user, device) = (user.to_string(), device.to_string());
-        self.with(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with(move |tx| {
             tx.execute(
                 "DELETE FROM devices WHERE user = ?1 AND last_seen <= ?2",
                 params![user, idle_before(idle, now)],
@@ -113,7 +177,6 @@ impl DeviceStore for EmbeddedStore {
                     }
                 }
             };
-            tx.commit()?;
             Ok(decision)
         })
         .await
