@@ -790,3 +790,44 @@ async fn vendor_settings_errors_name_their_key() {
         assert!(stderr.contains(key), "{key}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn drmtoday_custom_data_is_reused_per_user_and_content() {
+    let sim = Sim::start(&["--vendor", "drmtoday"]);
+    let vendor = format!(
+        r#"kind = "drmtoday"
+endpoints = ["{}"]
+[vendors.vendor.settings]
+merchant = "sim-merchant"
+mode = "custom_data"
+"#,
+        sim.url()
+    );
+    let gate = start_gate(&vendor, "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    for _ in 0..2 {
+        let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+        assert_eq!(response.status(), 200);
+    }
+    let stats = sim.stats().await;
+    let headers = &stats["last_license_request_headers"];
+    assert!(headers.get("x-dt-auth-token").is_none());
+    let custom: Value = serde_json::from_slice(
+        &STANDARD
+            .decode(headers["x-dt-custom-data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(custom["merchant"], "sim-merchant");
+    assert_eq!(custom["userId"], "ann");
+    assert!(custom["sessionId"].is_string());
+    let metrics = gate.metrics().await;
+    let count = |result| {
+        metric(
+            &metrics,
+            "licensegate_token_cache_total",
+            &[("vendor", "vendor"), ("result", result)],
+        )
+    };
+    assert_eq!((count("miss"), count("hit")), (1.0, 1.0));
+}

@@ -189,9 +189,14 @@ impl Vendor for DrmToday {
                 (AUTH_TOKEN_HEADER, token)
             }
         };
+        // Custom data carries no expiry: DRMtoday asks the merchant about the session.
+        let expires_at = match self.signing {
+            Signing::Upfront { .. } => Some(expires_at),
+            Signing::CustomData => None,
+        };
         Ok(Authorization {
             headers: vec![(name, super::header_value(&value)?)],
-            expires_at: Some(expires_at),
+            expires_at,
             ..Authorization::default()
         })
     }
