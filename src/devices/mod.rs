@@ -155,11 +155,7 @@ impl Devices {
                 Device::Untrusted(why) => (self.settings.untrusted, why.as_str()),
                 _ => (self.settings.unreported, "the vendor reported no device"),
             };
-            tracing::warn!(
-                user_device = "unknown",
-                reason = why,
-                "device not identified"
-            );
+            tracing::warn!(reason = why, "device not identified");
             return match decision {
                 DeviceDecision::Allow => {
                     self.count("unidentified_allowed");
