@@ -121,6 +121,24 @@ async fn post(
         .unwrap()
 }
 
+/// `n` license requests from `who` for demo at once.
+async fn burst(gate: &Gate, who: &str, n: usize, challenge: &[u8]) -> Vec<reqwest::Response> {
+    let token = user(who);
+    let client = client();
+    let requests = (0..n).map(|_| {
+        client
+            .post(gate.license_url("widevine", Some("demo")))
+            .bearer_auth(&token)
+            .body(challenge.to_vec())
+            .send()
+    });
+    futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The value of one sample of `name` whose labels include all of `labels`.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
@@ -360,17 +378,8 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
     )
     .await;
     let widevine = fixture("license-request-kid-01020304.bin");
-    let token = user("ann");
-    let client = client();
-    let requests = (0..200).map(|_| {
-        client
-            .post(gate.license_url("widevine", Some("demo")))
-            .bearer_auth(&token)
-            .body(widevine.clone())
-            .send()
-    });
-    for response in futures_util::future::join_all(requests).await {
-        assert_eq!(response.unwrap().status(), 200);
+    for response in burst(&gate, "ann", 200, &widevine).await {
+        assert_eq!(response.status(), 200);
     }
     let metrics = gate.metrics().await;
     let count = |result| {
@@ -439,17 +448,7 @@ async fn expressplay_one_token_call_for_200_concurrent_requests() {
     )
     .await;
     let widevine = fixture("license-request-kid-01020304.bin");
-    let token = user("ann");
-    let client = client();
-    let requests = (0..200).map(|_| {
-        client
-            .post(gate.license_url("widevine", Some("demo")))
-            .bearer_auth(&token)
-            .body(widevine.clone())
-            .send()
-    });
-    for response in futures_util::future::join_all(requests).await {
-        let response = response.unwrap();
+    for response in burst(&gate, "ann", 200, &widevine).await {
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.bytes().await.unwrap().as_ref(),
@@ -569,17 +568,7 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
     let sim = Sim::start(&["--vendor", "drmtoday", "--reset-connections", "1"]);
     let gate = start_gate(&drmtoday(&sim), "").await;
     let widevine = fixture("license-request-kid-01020304.bin");
-    let token = user("ann");
-    let client = client();
-    let requests = (0..50).map(|_| {
-        client
-            .post(gate.license_url("widevine", Some("demo")))
-            .bearer_auth(&token)
-            .body(widevine.clone())
-            .send()
-    });
-    for response in futures_util::future::join_all(requests).await {
-        let response = response.unwrap();
+    for response in burst(&gate, "ann", 50, &widevine).await {
         assert_eq!(response.status(), 200);
         assert!(response.headers().get("x-dt-client-info").is_none());
         assert_eq!(
@@ -616,7 +605,7 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
     assert_eq!(header["kid"], "sim-key");
     assert_eq!(header["alg"], "HS512");
     // Replaying it straight to DRMtoday fails: a token is good once.
-    let replay = client
+    let replay = client()
         .post(sim.url())
         .header("x-dt-auth-token", &upfront)
         .body(widevine)
