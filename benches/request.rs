@@ -75,11 +75,21 @@ fn forward(c: &mut Criterion) {
     let mut ctx = RequestCtx::new();
     ctx.drm = Some(Drm::Widevine);
     ctx.challenge_len = 2048;
-    ctx.forward.endpoint = Some(vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone());
-    let request = player_request();
-    let ip = Some("203.0.113.7".parse().unwrap());
+    ctx.forward.target = Some(licensegate::upstream::Target {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
+        endpoint: vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone(),
+        state: Default::default(),
+    });
+    let forwarded = http::HeaderValue::from_static("198.51.100.1");
+    let client = licensegate::forwarded::client_address(
+        "203.0.113.7".parse().unwrap(),
+        Some(&forwarded),
+        &[],
+    )
+    .unwrap();
+    ctx.client = Some(client);
     c.bench_function("forward/upstream_request_header", |b| {
-        b.iter(|| black_box(pipeline::upstream_request(&ctx, &request, ip).unwrap()))
+        b.iter(|| black_box(pipeline::upstream_request(&ctx).unwrap()))
     });
 }
 
@@ -122,7 +132,7 @@ fn answers(c: &mut Criterion) {
 
 fn identity(c: &mut Criterion) {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use licensegate::auth::Authenticator;
+    use licensegate::auth::{Authenticator, Cookies};
     use licensegate::config::{AuthKeySource, AuthSettings, TokenSource};
 
     const SECRET: &[u8] = b"bench-secret-0123456789abcdef-0123456789";
@@ -136,6 +146,8 @@ fn identity(c: &mut Criterion) {
         audience: None,
         reload_interval: Duration::from_secs(5),
         cache_entries: 1_000_000,
+        cache_max_bytes: 1 << 30,
+        max_token_bytes: 8192,
         keys: vec![AuthKeySource::Secret {
             algorithm: Algorithm::HS256,
             secret: SECRET.to_vec(),
@@ -164,9 +176,9 @@ fn identity(c: &mut Criterion) {
     };
     let auth = Authenticator::new(&settings).unwrap();
     let cached = with_token(&sign(0));
-    auth.authenticate(&cached).unwrap();
+    auth.authenticate(&cached, Cookies::Admitted).unwrap();
     c.bench_function("identity/token_cached", |b| {
-        b.iter(|| black_box(auth.authenticate(&cached).unwrap()))
+        b.iter(|| black_box(auth.authenticate(&cached, Cookies::Admitted).unwrap()))
     });
     // A token never seen before on every iteration (signed outside the timing): signature
     // check, claims, and the cache insert.
@@ -177,7 +189,7 @@ fn identity(c: &mut Criterion) {
                 serial += 1;
                 with_token(&sign(serial))
             },
-            |request| black_box(auth.authenticate(&request).unwrap()),
+            |request| black_box(auth.authenticate(&request, Cookies::Admitted).unwrap()),
             criterion::BatchSize::SmallInput,
         )
     });

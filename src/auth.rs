@@ -28,7 +28,19 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// What the identity weighs in the cache: the claims are at most the token's text, plus
+    /// the map's own overhead.
+    cache_weight: u32,
 }
+
+/// Whether the request may authenticate with a cookie (see `Origin::admits_cookies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cookies {
+    Admitted,
+    Ignored,
+}
+
+const IDENTITY_OVERHEAD_BYTES: u32 = 512;
 
 struct VerifyKey {
     kid: Option<String>,
@@ -70,8 +82,13 @@ impl Authenticator {
     /// Loads every key; an unreadable or invalid key is a config error naming it.
     pub fn new(settings: &AuthSettings) -> Result<Self, ConfigError> {
         let keys = load_keys(&settings.keys)?;
+        // Weighed in bytes, and each entry at least its share of the budget, so the cache is
+        // bounded both in bytes and in entries.
+        let least_weight =
+            (settings.cache_max_bytes / settings.cache_entries).min(u64::from(u32::MAX)) as u32;
         let cache = Cache::builder()
-            .max_capacity(settings.cache_entries)
+            .max_capacity(settings.cache_max_bytes)
+            .weigher(move |_key, identity: &Arc<Identity>| identity.cache_weight.max(least_weight))
             .expire_after(UntilExpiry)
             .build();
         Ok(Self {
@@ -98,23 +115,36 @@ impl Authenticator {
         Ok(true)
     }
 
-    pub fn authenticate(&self, request: &RequestHeader) -> Result<Arc<Identity>, Problem> {
+    pub fn authenticate(
+        &self,
+        request: &RequestHeader,
+        cookies: Cookies,
+    ) -> Result<Arc<Identity>, Problem> {
         let token = self
-            .find_token(request)
+            .find_token(request, cookies)
             .ok_or_else(|| unauthorized("token_missing", "no token in the request"))?;
+        if token.len() > self.settings.max_token_bytes {
+            return Err(unauthorized(
+                "token_too_large",
+                format!("the token exceeds {} bytes", self.settings.max_token_bytes),
+            ));
+        }
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(identity) = self.cache.get(&fingerprint) {
             return Ok(identity);
         }
-        let identity = Arc::new(self.verify(&token)?);
+        let mut identity = self.verify(&token)?;
+        identity.cache_weight = (token.len() as u32).saturating_add(IDENTITY_OVERHEAD_BYTES);
+        let identity = Arc::new(identity);
         self.cache.insert(fingerprint, identity.clone());
         Ok(identity)
     }
 
-    fn find_token(&self, request: &RequestHeader) -> Option<String> {
+    fn find_token(&self, request: &RequestHeader, cookies: Cookies) -> Option<String> {
         self.settings
             .sources
             .iter()
+            .filter(|source| **source != TokenSource::Cookie || cookies == Cookies::Admitted)
             .find_map(|source| match source {
                 TokenSource::Header => request
                     .headers
@@ -211,6 +241,7 @@ impl Authenticator {
             user,
             claims,
             expires_at,
+            cache_weight: IDENTITY_OVERHEAD_BYTES,
         })
     }
 }
@@ -368,6 +399,8 @@ mod tests {
             audience: Some("licensegate".into()),
             reload_interval: Duration::from_secs(1),
             cache_entries: 100,
+            cache_max_bytes: 1 << 20,
+            max_token_bytes: 4096,
             keys,
         }
     }
@@ -406,9 +439,12 @@ mod tests {
     }
 
     fn code(auth: &Authenticator, token: &str) -> &'static str {
-        auth.authenticate(&request(Some(&format!("Bearer {token}")), "/", None))
-            .err()
-            .map_or("ok", |p| p.code)
+        auth.authenticate(
+            &request(Some(&format!("Bearer {token}")), "/", None),
+            Cookies::Admitted,
+        )
+        .err()
+        .map_or("ok", |p| p.code)
     }
 
     #[test]
@@ -420,10 +456,25 @@ mod tests {
             request(None, &format!("/?content=x&token={t}"), None),
             request(None, "/", Some(&format!("other=1; lg={t}"))),
         ] {
-            assert_eq!(auth.authenticate(&request).unwrap().user, "alice");
+            assert_eq!(
+                auth.authenticate(&request, Cookies::Admitted).unwrap().user,
+                "alice"
+            );
         }
+        let cookie_only = request(None, "/", Some(&format!("lg={t}")));
         assert_eq!(
-            auth.authenticate(&request(None, "/", None))
+            auth.authenticate(&cookie_only, Cookies::Ignored)
+                .unwrap_err()
+                .code,
+            "token_missing"
+        );
+        assert_eq!(
+            code(&auth, &"x".repeat(4097)),
+            "token_too_large",
+            "an oversized token is refused before it is parsed"
+        );
+        assert_eq!(
+            auth.authenticate(&request(None, "/", None), Cookies::Admitted)
                 .unwrap_err()
                 .code,
             "token_missing"

@@ -34,6 +34,21 @@ impl Origin {
             Origin::Refused
         }
     }
+
+    /// Whether a cookie may stand for the user: browsers attach cookies to cross-site form
+    /// posts too, so only a page on an origin the operator listed by name may spend them.
+    /// A wildcard list, or a request without `Origin`, does not qualify.
+    pub fn admits_cookies(&self, settings: &CorsSettings) -> bool {
+        let Origin::Allowed(origin) = self else {
+            return false;
+        };
+        origin.to_str().is_ok_and(|text| {
+            settings
+                .origins
+                .iter()
+                .any(|listed| listed != "*" && listed.eq_ignore_ascii_case(text))
+        })
+    }
 }
 
 /// Adds the headers of an actual (non-preflight) answer.
@@ -115,6 +130,18 @@ mod tests {
         ));
         assert!(matches!(Origin::of(&settings, Some(&bad)), Origin::Refused));
         assert!(matches!(Origin::of(&settings, None), Origin::Absent));
+    }
+
+    #[test]
+    fn cookies_only_from_origins_listed_by_name() {
+        let listed = settings(&["https://player.example"]);
+        let wildcard = settings(&["*"]);
+        let player = HeaderValue::from_static("https://player.example");
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert!(Origin::of(&listed, Some(&player)).admits_cookies(&listed));
+        assert!(!Origin::of(&listed, Some(&evil)).admits_cookies(&listed));
+        assert!(!Origin::of(&listed, None).admits_cookies(&listed));
+        assert!(!Origin::of(&wildcard, Some(&evil)).admits_cookies(&wildcard));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod devices;
 pub mod drm;
 pub mod entitlement;
+pub mod forwarded;
 pub mod keyseed;
 pub mod manifest;
 pub mod metrics;

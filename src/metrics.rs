@@ -22,6 +22,9 @@ pub struct Metrics {
     pub token_mint_duration: HistogramVec,
     pub device_decisions: IntCounterVec,
     pub device_store_duration: HistogramVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,8 +113,37 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid histogram");
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "licensegate_upstream_retries_total",
+                "Attempts made again, by why the earlier one provably never reached the vendor: \
+                 connect (no connection), refused_stream or goaway (the vendor's HTTP/2 stack \
+                 says it did not process the stream); challenge re-sends are the last two",
+            ),
+            &["vendor", "reason"],
+        )
+        .expect("valid counter");
+        let upstream_ejections = IntCounterVec::new(
+            Opts::new(
+                "licensegate_upstream_ejections_total",
+                "Endpoints taken out of rotation after consecutive connect failures or timeouts",
+            ),
+            &["vendor", "endpoint"],
+        )
+        .expect("valid counter");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "licensegate_connections_refused_total",
+                "Connections closed on accept because the listener was at its connection cap",
+            ),
+            &["listener"],
+        )
+        .expect("valid counter");
         for collector in [
-            Box::new(license_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_ejections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(license_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(requests.clone()),
             Box::new(in_flight.clone()),
@@ -136,6 +168,9 @@ impl Metrics {
             token_mint_duration,
             device_decisions,
             device_store_duration,
+            upstream_retries,
+            upstream_ejections,
+            connections_refused,
         }
     }
 

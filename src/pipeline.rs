@@ -6,7 +6,6 @@
 //! The Pingora hooks in `proxy.rs` only call these phases; what a phase learns lives in
 //! [`RequestCtx`], the pipeline's memory.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,17 +15,18 @@ use pingora::prelude::{HttpPeer, RequestHeader, Session};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::Identity;
+use crate::auth::{Cookies, Identity};
 use crate::catalog::{Catalog, Content};
 use crate::challenge::{self, ChallengeInfo, RequestType};
-use crate::config::{Endpoint, VendorConfig};
+use crate::config::VendorConfig;
 use crate::cors::{self, Origin};
-use crate::drm::{Drm, PLAYREADY_SOAP_ACTION};
+use crate::drm::{self, Drm};
+use crate::forwarded::{self, ClientAddress};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem};
 use crate::server::{State, VendorRoute};
 use crate::service_certificate::{Certificate, Filler, Lookup};
-use crate::upstream::Upstream;
+use crate::upstream::{Target, Upstream};
 use crate::vendor::{Authorization, LicenseRequest, Minting, Vendor};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
@@ -54,6 +54,10 @@ pub struct RequestCtx {
     /// The refusal sent in place of a license the player must not get.
     pub held_back: Option<Bytes>,
     pub content_id: Option<String>,
+    /// The player's address and the `X-Forwarded-For` built for the vendor.
+    pub client: Option<ClientAddress>,
+    /// The validated SOAPAction of a PlayReady challenge.
+    pub soap_action: Option<HeaderValue>,
     pub challenge_len: usize,
     pub request_type: Option<RequestType>,
     /// Which entitlement rule allowed the request (free, token, service...).
@@ -72,11 +76,15 @@ pub struct RequestCtx {
 /// The upstream leg: attempts, timings and what the vendor said.
 #[derive(Default)]
 pub struct Forwarding {
+    /// Endpoints an attempt went to, in order.
     pub tried: Vec<SocketAddr>,
+    /// Endpoints the next choice avoids: those tried, and those found stuck opening a
+    /// connection.
+    pub avoid: Vec<SocketAddr>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
-    pub endpoint: Option<Arc<Endpoint>>,
-    /// Held from choosing a backend until Pingora hands over the stream (see [`crate::upstream::StreamGate`]).
+    pub target: Option<Target>,
+    /// Held from choosing a backend until Pingora hands over the stream (see [`crate::upstream::EndpointState`]).
     pub stream_turn: Option<OwnedMutexGuard<()>>,
     pub status: Option<u16>,
     pub vendor_reason: Option<String>,
@@ -98,6 +106,8 @@ impl RequestCtx {
             device_limit: None,
             held_back: None,
             content_id: None,
+            client: None,
+            soap_action: None,
             challenge_len: 0,
             request_type: None,
             entitled_by: None,
@@ -199,7 +209,14 @@ pub async fn admit(
 ) -> Result<Admission, Problem> {
     ctx._in_flight = Some(InFlight::enter(&state.metrics.in_flight));
     let request = session.req_header();
+    check_header_limits(request, &state.config.server)?;
     ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
+    if matches!(ctx.origin, Origin::Refused) {
+        // A browser enforces CORS only on reading the answer; the request itself (and the
+        // license or device slot it spends) must be refused here.
+        return Err(Problem::origin_not_allowed());
+    }
+    ctx.client = client_address(state, session)?;
     let drm = match route(&request.method, request.uri.path())? {
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
@@ -212,7 +229,12 @@ pub async fn admit(
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
     ctx.vendor = Some(route.config.clone());
-    let identity = authenticate(state, session.req_header())?;
+    let identity = authenticate(state, session.req_header(), &ctx.origin)?;
+    if drm == Drm::PlayReady {
+        ctx.soap_action = Some(drm::playready_soap_action(
+            session.req_header().headers.get("SOAPAction"),
+        )?);
+    }
 
     let challenge = read_challenge(session, &state.config.server).await?;
     ctx.challenge_len = challenge.len();
@@ -239,8 +261,8 @@ pub async fn admit(
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
-    check_key_ids(&info, &content)?;
-    let client_ip = client_ip(session);
+    check_key_ids(drm, &info, &content)?;
+    let client_ip = ctx.client.as_ref().map(|client| client.ip);
     let grant = state
         .entitlements
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
@@ -304,19 +326,59 @@ async fn authorize(
     Ok(Admission::Forward)
 }
 
-fn authenticate(state: &State, request: &RequestHeader) -> Result<Option<Arc<Identity>>, Problem> {
+fn authenticate(
+    state: &State,
+    request: &RequestHeader,
+    origin: &Origin,
+) -> Result<Option<Arc<Identity>>, Problem> {
+    let cookies = if origin.admits_cookies(&state.config.cors) {
+        Cookies::Admitted
+    } else {
+        Cookies::Ignored
+    };
     state
         .auth
         .as_ref()
-        .map(|auth| auth.authenticate(request))
+        .map(|auth| auth.authenticate(request, cookies))
         .transpose()
 }
 
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
+/// Pingora bounds header bytes only at 1 MB; what a license request needs is far less, and
+/// what goes beyond it is refused before any work.
+fn check_header_limits(
+    request: &RequestHeader,
+    server: &crate::config::ServerSettings,
+) -> Result<(), Problem> {
+    let count = request.headers.len();
+    let bytes: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if count > server.max_header_count || bytes > server.max_header_bytes {
+        return Err(Problem::headers_too_large(
+            server.max_header_bytes,
+            server.max_header_count,
+        ));
+    }
+    Ok(())
+}
+
+fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {
+    let Some(peer) = session
         .client_addr()
         .and_then(|addr| addr.as_inet())
         .map(|addr| addr.ip())
+    else {
+        return Ok(None);
+    };
+    forwarded::client_address(
+        peer,
+        session.req_header().headers.get("X-Forwarded-For"),
+        &state.config.server.trusted_proxies,
+    )
+    .map(Some)
 }
 
 /// The Widevine service certificate: from memory, or forwarded once to fill memory.
@@ -371,8 +433,18 @@ fn resolve_content(
 }
 
 /// Entitlement to one content must never yield another's keys: every key ID the challenge
-/// names belongs to the content.
-fn check_key_ids(info: &ChallengeInfo, content: &Content) -> Result<(), Problem> {
+/// names belongs to the content, and a challenge whose keys cannot be read is not forwarded.
+fn check_key_ids(drm: Drm, info: &ChallengeInfo, content: &Content) -> Result<(), Problem> {
+    let unreadable =
+        info.unreadable_key_ids || (info.key_ids.is_empty() && !info.renews_existing_license);
+    if drm.challenge_names_key_ids() && unreadable {
+        return Err(Problem::new(
+            403,
+            "key_ids_unreadable",
+            "Challenge names no key ID licensegate can check",
+        )
+        .with_detail("the challenge identifies content without key IDs"));
+    }
     match info
         .key_ids
         .iter()
@@ -396,7 +468,7 @@ async fn hls_key(
     ctx: &mut RequestCtx,
 ) -> Result<Admission, Problem> {
     ctx.label = HLS_LABEL;
-    let identity = authenticate(state, session.req_header())?;
+    let identity = authenticate(state, session.req_header(), &ctx.origin)?;
     let Some(catalog) = &state.catalog else {
         return Err(Problem::not_found().with_detail("HLS keys need a catalog"));
     };
@@ -405,7 +477,12 @@ async fn hls_key(
     ctx.content_id = Some(content.id.clone());
     let grant = state
         .entitlements
-        .entitle(identity.as_deref(), &content, HLS_LABEL, client_ip(session))
+        .entitle(
+            identity.as_deref(),
+            &content,
+            HLS_LABEL,
+            ctx.client.as_ref().map(|client| client.ip),
+        )
         .await?;
     ctx.entitled_by = Some(grant.basis);
     let Some(hls) = &content.hls else {
@@ -504,29 +581,25 @@ pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
     }
 }
 
-/// Phase "forward", each attempt: the next endpoint, with what is left of the total budget as
-/// its read timeout; on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::StreamGate`]).
+/// Phase "forward", each attempt: the next endpoint, with what is left of the total budget
+/// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
+/// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::EndpointState`]).
 pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
-    let upstream = ctx
-        .upstream
-        .clone()
-        .expect("only admitted requests are forwarded");
-    let now = Instant::now();
-    let started = *ctx.forward.started.get_or_insert(now);
-    let remaining = upstream.vendor.total_timeout.saturating_sub(now - started);
-    if remaining.is_zero() {
-        return Err(Problem::upstream_timeout(format!(
+    let Some(upstream) = ctx.upstream.clone() else {
+        return Err(Problem::internal());
+    };
+    let started = *ctx.forward.started.get_or_insert_with(Instant::now);
+    let budget = upstream.vendor.total_timeout;
+    let out_of_time = || {
+        Problem::upstream_timeout(format!(
             "{} did not answer within {} ms",
             upstream.vendor.name,
-            upstream.vendor.total_timeout.as_millis()
-        )));
-    }
-    let Some(target) = upstream.select(&ctx.forward.tried) else {
-        return Err(Problem::upstream_unavailable(format!(
-            "{} has no healthy endpoint",
-            upstream.vendor.name
-        )));
+            budget.as_millis()
+        ))
     };
+    if started.elapsed() >= budget {
+        return Err(out_of_time());
+    }
     if let (Some(request), Some(adapter)) = (&ctx.license_request, &ctx.adapter) {
         let authorization = state
             .tokens
@@ -534,14 +607,35 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
             .await?;
         ctx.authorization = Some(authorization);
     }
-    let peer = upstream.peer(&target, remaining.min(upstream.vendor.read_timeout));
-    if upstream.multiplexes() {
-        ctx.forward.stream_turn = Some(target.gate.take_turn().await);
+    loop {
+        let remaining = budget.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(out_of_time());
+        }
+        let Some(target) = upstream.select(&ctx.forward.avoid) else {
+            return Err(Problem::upstream_unavailable(format!(
+                "{} has no healthy endpoint",
+                upstream.vendor.name
+            )));
+        };
+        if upstream.multiplexes() {
+            let wait = remaining.min(upstream.vendor.connect_timeout);
+            let Some(turn) = target.state.take_turn(wait).await else {
+                // Another request has been opening a connection there for a whole connect
+                // timeout: the endpoint is stalled, and this request moves on.
+                note_endpoint_failure(state, &upstream, &target);
+                ctx.forward.avoid.push(target.addr);
+                continue;
+            };
+            ctx.forward.stream_turn = Some(turn);
+        }
+        let peer = upstream.peer(&target, budget.saturating_sub(started.elapsed()));
+        ctx.forward.tried.push(target.addr.clone());
+        ctx.forward.avoid.push(target.addr.clone());
+        ctx.forward.target = Some(target);
+        ctx.forward.status = None;
+        return Ok(peer);
     }
-    ctx.forward.tried.push(target.addr);
-    ctx.forward.endpoint = Some(target.endpoint);
-    ctx.forward.status = None;
-    Ok(peer)
 }
 
 /// The attempt has its stream, or has failed: the next request may take its turn.
@@ -549,19 +643,109 @@ pub fn end_stream_turn(ctx: &mut RequestCtx) {
     ctx.forward.stream_turn = None;
 }
 
+fn note_endpoint_failure(state: &State, upstream: &Upstream, target: &Target) {
+    if target.state.record_failure(&upstream.vendor) {
+        let endpoint = target.addr.to_string();
+        state
+            .metrics
+            .upstream_ejections
+            .with_label_values(&[upstream.vendor.name.as_str(), endpoint.as_str()])
+            .inc();
+        tracing::warn!(
+            vendor = %upstream.vendor.name,
+            endpoint,
+            seconds = upstream.vendor.ejection_duration.as_secs(),
+            "endpoint ejected after consecutive connect failures or timeouts"
+        );
+    }
+}
+
+/// Why a failed attempt may be made again: the challenge provably never reached the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// No connection was made.
+    Connect,
+    /// The vendor's HTTP/2 stack reset the stream with REFUSED_STREAM: not processed.
+    RefusedStream,
+    /// A GOAWAY whose last stream id is below this stream's: not processed (RFC 9113 §6.8).
+    GoAway,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::RefusedStream => "refused_stream",
+            RetryReason::GoAway => "goaway",
+        }
+    }
+}
+
+/// Phase "forward", after a failed connection attempt: nothing was sent, so the endpoint's
+/// failure counts towards its ejection, and another attempt may follow.
+pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Option<RetryReason> {
+    if let (Some(upstream), Some(target)) = (&ctx.upstream, &ctx.forward.target) {
+        note_endpoint_failure(state, upstream, target);
+    }
+    (ctx.pending_problem.is_none() && may_retry(ctx, session)).then_some(RetryReason::Connect)
+}
+
+/// Phase "forward", after an attempt failed once its request was (at least partly) sent. A
+/// vendor bills every license it issues, so the challenge goes out again only when the vendor
+/// said it did not process the stream; anything else, a broken connection included, may have
+/// produced a license and ends the request.
+pub fn attempt_failed(
+    state: &State,
+    ctx: &RequestCtx,
+    session: &Session,
+    error: &Error,
+) -> Option<RetryReason> {
+    let timed_out = matches!(
+        error.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    if let (true, None, Some(upstream), Some(target)) = (
+        timed_out,
+        ctx.forward.status,
+        &ctx.upstream,
+        &ctx.forward.target,
+    ) {
+        note_endpoint_failure(state, upstream, target);
+    }
+    let reason = never_processed(error)?;
+    (ctx.forward.status.is_none() && may_retry(ctx, session)).then_some(reason)
+}
+
+/// Reads the HTTP/2 stream error under a Pingora error, if the vendor's stack said it did not
+/// process the stream.
+fn never_processed(error: &Error) -> Option<RetryReason> {
+    let h2 = error.root_cause().downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        Some(RetryReason::GoAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(RetryReason::RefusedStream)
+    } else {
+        None
+    }
+}
+
+/// Whether the request's total budget is spent; a vendor trickling its answer is cut there.
+pub fn past_deadline(ctx: &RequestCtx) -> bool {
+    match (&ctx.upstream, ctx.forward.started) {
+        (Some(upstream), Some(started)) => started.elapsed() > upstream.vendor.total_timeout,
+        _ => false,
+    }
+}
+
 /// The request the vendor sees: our path and host, the DRM's content type, and only the
 /// headers we decide on. The player's credentials and hop-by-hop headers never leave.
-pub fn upstream_request(
-    ctx: &RequestCtx,
-    downstream: &RequestHeader,
-    client_ip: Option<IpAddr>,
-) -> pingora::Result<RequestHeader> {
-    let drm = ctx.drm.expect("only admitted requests are forwarded");
-    let endpoint = ctx
-        .forward
-        .endpoint
-        .as_ref()
-        .expect("an endpoint is chosen before the request is built");
+pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
+    let Some(endpoint) = ctx.forward.target.as_ref().map(|target| &target.endpoint) else {
+        return Error::e_explain(ErrorType::InternalError, "no endpoint chosen");
+    };
     let authorization = ctx.authorization.as_deref();
     let path = authorization
         .and_then(|a| a.path_and_query.as_deref())
@@ -573,22 +757,15 @@ pub fn upstream_request(
     };
     let mut request = RequestHeader::build_no_case(Method::POST, path.as_bytes(), Some(10))?;
     request.insert_header(header::HOST, endpoint.authority.as_str())?;
-    request.insert_header(header::CONTENT_TYPE, drm.upstream_content_type())?;
+    if let Some(drm) = ctx.drm {
+        request.insert_header(header::CONTENT_TYPE, drm.upstream_content_type())?;
+    }
     request.insert_header(header::CONTENT_LENGTH, ctx.challenge_len.to_string())?;
-    if drm == Drm::PlayReady {
-        let action = downstream
-            .headers
-            .get("SOAPAction")
-            .cloned()
-            .unwrap_or(HeaderValue::from_static(PLAYREADY_SOAP_ACTION));
+    if let Some(action) = &ctx.soap_action {
         request.insert_header("SOAPAction", action)?;
     }
-    if let Some(ip) = client_ip {
-        let forwarded_for = match downstream.headers.get("X-Forwarded-For") {
-            Some(earlier) => format!("{}, {ip}", String::from_utf8_lossy(earlier.as_bytes())),
-            None => ip.to_string(),
-        };
-        request.insert_header("X-Forwarded-For", forwarded_for)?;
+    if let Some(client) = &ctx.client {
+        request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
     }
     request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     for (name, value) in authorization.map_or(&[][..], |a| a.headers.as_slice()) {
@@ -612,19 +789,6 @@ pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
         && session.response_written().is_none()
 }
 
-/// Whether an attempt died from the connection breaking before the vendor answered anything.
-/// Pingora only retries that on a reused connection; for a license it is safe on a fresh one
-/// too: the challenge is buffered, and the player has not seen a byte of any answer.
-pub fn broke_before_answer(ctx: &RequestCtx, error: &Error) -> bool {
-    use ErrorType::*;
-    ctx.forward.status.is_none()
-        && *error.esource() == ErrorSource::Upstream
-        && matches!(
-            error.etype(),
-            ConnectionClosed | ReadError | WriteError | H2Error
-        )
-}
-
 /// Phase "inspect response": note what the vendor said, and hold a license back from a device
 /// beyond the user's limit. Otherwise the answer passes unchanged.
 pub async fn inspect_response(
@@ -635,10 +799,12 @@ pub async fn inspect_response(
 ) {
     ctx.forward.status = Some(status);
     ctx.status = status;
-    let adapter = ctx
-        .adapter
-        .clone()
-        .expect("forwarded requests have a vendor");
+    if let Some(target) = &ctx.forward.target {
+        target.state.record_success();
+    }
+    let Some(adapter) = ctx.adapter.clone() else {
+        return;
+    };
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
         ctx.forward.vendor_reason = adapter.refusal_reason(headers);

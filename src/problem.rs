@@ -77,6 +77,12 @@ impl Problem {
             .with_detail("a content id is 1 to 256 characters of letters, digits and . _ - : /")
     }
 
+    pub fn headers_too_large(max_bytes: usize, max_count: usize) -> Self {
+        Self::new(431, "headers_too_large", "Request header fields too large").with_detail(format!(
+            "at most {max_count} headers of {max_bytes} bytes in all"
+        ))
+    }
+
     pub fn origin_not_allowed() -> Self {
         Self::new(403, "origin_not_allowed", "Origin not allowed")
     }

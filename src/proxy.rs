@@ -18,6 +18,18 @@ pub struct LicenseProxy {
     pub state: Arc<State>,
 }
 
+impl LicenseProxy {
+    fn count_retry(&self, ctx: &RequestCtx, retry: Option<pipeline::RetryReason>) {
+        if let Some(reason) = retry {
+            self.state
+                .metrics
+                .upstream_retries
+                .with_label_values(&[ctx.vendor_name(), reason.as_str()])
+                .inc();
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for LicenseProxy {
     type CTX = RequestCtx;
@@ -70,14 +82,13 @@ impl ProxyHttp for LicenseProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = pipeline::client_ip(session);
         // Pingora has already chosen the upstream HTTP version; the rebuilt header keeps it.
         let version = upstream_request.version;
-        *upstream_request = pipeline::upstream_request(ctx, session.req_header(), client_ip)?;
+        *upstream_request = pipeline::upstream_request(ctx)?;
         upstream_request.set_version(version);
         Ok(())
     }
@@ -90,8 +101,9 @@ impl ProxyHttp for LicenseProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         pipeline::end_stream_turn(ctx);
-        // Nothing reached the vendor, so trying again (elsewhere, if possible) is always safe.
-        e.set_retry(ctx.pending_problem.is_none() && pipeline::may_retry(ctx, session));
+        let retry = pipeline::connect_failed(&self.state, ctx, session);
+        self.count_retry(ctx, retry);
+        e.set_retry(retry.is_some());
         e
     }
 
@@ -101,20 +113,15 @@ impl ProxyHttp for LicenseProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
-        // Pingora refuses to retry any POST. The challenge is buffered whole, so a retry sends it
-        // unchanged; Pingora's own judgement (refused stream, GOAWAY, a stale pooled connection)
-        // stands, widened to connections that broke before any answer, and bounded in count.
+        // Pingora's own judgement (and its refusal to retry any POST) is replaced wholesale:
+        // see `pipeline::attempt_failed`.
         let mut e = e.more_context(format!("peer {peer}"));
         pipeline::end_stream_turn(ctx);
-        if !pipeline::may_retry(ctx, session) {
-            e.set_retry(false);
-        } else if pipeline::broke_before_answer(ctx, &e) {
-            e.set_retry(true);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        let retry = pipeline::attempt_failed(&self.state, ctx, session, &e);
+        self.count_retry(ctx, retry);
+        e.set_retry(retry.is_some());
         e
     }
 
@@ -150,6 +157,9 @@ impl ProxyHttp for LicenseProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if pipeline::past_deadline(ctx) {
+            return Error::e_explain(ErrorType::ReadTimedout, "answer outlived the total budget");
+        }
         if let Some(filler) = ctx.service_certificate.as_mut() {
             filler.response_body(body.as_ref(), end_of_stream);
         }

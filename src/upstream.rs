@@ -3,14 +3,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora::connectors::TransportConnector;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::lb::discovery::ServiceDiscovery;
-use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
@@ -20,7 +23,7 @@ use pingora::services::background::GenBackgroundService;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::config::{Endpoint, Protocol, VendorConfig};
+use crate::config::{Endpoint, HealthCheckKind, Protocol, VendorConfig};
 
 /// The upstream side of one configured vendor.
 pub struct Upstream {
@@ -31,25 +34,73 @@ pub struct Upstream {
     idle_timeout: Duration,
 }
 
-/// A chosen endpoint: where to connect and what to say to it.
+/// A chosen endpoint: where to connect, what to say to it, and what we know of its health.
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub endpoint: Arc<Endpoint>,
-    pub gate: Arc<StreamGate>,
+    pub state: Arc<EndpointState>,
 }
 
-/// Pingora takes an h2 connection out of its pool while it opens a stream on it, and a request
-/// arriving in that moment finds no connection and opens another (its v2 connector documents
-/// this false negative). Taking streams one request at a time per backend closes the window:
-/// a burst shares one connection instead of opening one per request. The turn lasts from
-/// choosing the backend until Pingora hands over the stream, a few microseconds on a warm pool.
+/// What requests learn about one resolved endpoint as they use it.
+///
+/// Stream turns: Pingora takes an h2 connection out of its pool while it opens a stream on it,
+/// and a request arriving in that moment finds no connection and opens another (its v2 connector
+/// documents this false negative). Taking streams one request at a time per backend closes the
+/// window: a burst shares one connection instead of opening one per request. A turn lasts from
+/// choosing the backend until Pingora hands over the stream: microseconds on a warm pool, a
+/// handshake on a cold one, and as long as a stalled endpoint keeps the handshake hanging, which
+/// is why waiting for a turn is bounded.
+///
+/// Ejection: consecutive connect failures or timeouts take the endpoint out of rotation for a
+/// while (passive outlier detection, as Envoy does), without waiting for the next health check.
 #[derive(Default)]
-pub struct StreamGate(Arc<Mutex<()>>);
+pub struct EndpointState {
+    turn: Arc<Mutex<()>>,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the endpoint is out of rotation; 0 when in.
+    ejected_until: AtomicU64,
+}
 
-impl StreamGate {
-    pub async fn take_turn(&self) -> OwnedMutexGuard<()> {
-        self.0.clone().lock_owned().await
+/// The time base of ejection deadlines, so they fit in an atomic.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64
+}
+
+impl EndpointState {
+    /// The turn to open a stream, or `None` when another request has held it for `wait`.
+    pub async fn take_turn(&self, wait: Duration) -> Option<OwnedMutexGuard<()>> {
+        tokio::time::timeout(wait, self.turn.clone().lock_owned())
+            .await
+            .ok()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && millis_since_epoch(Instant::now()) < until
+    }
+
+    /// The endpoint answered: whatever it said, it is reachable.
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A connect failure or a timeout. Returns true when this failure ejects the endpoint.
+    pub fn record_failure(&self, vendor: &VendorConfig) -> bool {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let threshold = vendor.ejection_consecutive_failures;
+        if threshold == 0 || failures < threshold || self.is_ejected() {
+            return false;
+        }
+        let until = millis_since_epoch(Instant::now() + vendor.ejection_duration).max(1);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        true
     }
 }
 
@@ -66,9 +117,11 @@ impl Upstream {
             endpoints: endpoints.to_vec(),
         };
         let mut balancer = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
-        let mut health_check = TcpHealthCheck::new();
-        health_check.peer_template.options.connection_timeout = Some(vendor.connect_timeout);
-        balancer.set_health_check(health_check);
+        balancer.set_health_check(Box::new(EndpointProbe {
+            vendor: vendor.clone(),
+            transport: TransportConnector::new(None),
+            http: Connector::new(None),
+        }));
         balancer.health_check_frequency = Some(vendor.health_check_interval);
         balancer.update_frequency = Some(vendor.dns_refresh);
         balancer.parallel_health_check = true;
@@ -88,22 +141,36 @@ impl Upstream {
         )
     }
 
-    /// A healthy endpoint not yet `tried` by this request, so a retry moves on when there is
-    /// somewhere to move to; with every healthy endpoint tried, any healthy one.
-    pub fn select(&self, tried: &[SocketAddr]) -> Option<Target> {
+    /// A healthy endpoint to try, preferring one in rotation and not among `avoid` (endpoints
+    /// this request already tried or found stuck), so a retry moves on when there is
+    /// somewhere to move to. When every healthy endpoint is ejected, an ejected one is still
+    /// better than refusing outright.
+    pub fn select(&self, avoid: &[SocketAddr]) -> Option<Target> {
         const MAX_ITERATIONS: usize = 256;
+        let in_rotation = |backend: &Backend| {
+            backend
+                .ext
+                .get::<Arc<EndpointState>>()
+                .is_some_and(|s| !s.is_ejected())
+        };
         let backend = self
             .balancer
             .select_with(b"", MAX_ITERATIONS, |backend, healthy| {
-                healthy && !tried.contains(&backend.addr)
+                healthy && in_rotation(backend) && !avoid.contains(&backend.addr)
+            })
+            .or_else(|| {
+                self.balancer
+                    .select_with(b"", MAX_ITERATIONS, |backend, healthy| {
+                        healthy && in_rotation(backend)
+                    })
             })
             .or_else(|| self.balancer.select(b"", MAX_ITERATIONS))?;
         let endpoint = backend.ext.get::<Arc<Endpoint>>()?.clone();
-        let gate = backend.ext.get::<Arc<StreamGate>>()?.clone();
+        let state = backend.ext.get::<Arc<EndpointState>>()?.clone();
         Some(Target {
             addr: backend.addr,
             endpoint,
-            gate,
+            state,
         })
     }
 
@@ -117,18 +184,27 @@ impl Upstream {
         self.vendor.protocol != Protocol::H1
     }
 
+    /// Endpoints that pass their health check and are not ejected.
     pub fn healthy_endpoints(&self) -> usize {
         let backends = self.balancer.backends();
         backends
             .get_backend()
             .iter()
-            .filter(|backend| backends.ready(backend))
+            .filter(|backend| {
+                backends.ready(backend)
+                    && backend
+                        .ext
+                        .get::<Arc<EndpointState>>()
+                        .is_some_and(|state| !state.is_ejected())
+            })
             .count()
     }
 
-    /// The peer for one attempt. Everything that goes into Pingora's pool key is derived from
-    /// the config alone, so all requests to an endpoint share its connections.
-    pub fn peer(&self, target: &Target, read_timeout: Duration) -> HttpPeer {
+    /// The peer for one attempt, with every timeout cut to what is left of the request's
+    /// budget (`remaining`): connecting, the TLS handshake and each read. Everything that goes
+    /// into Pingora's pool key is derived from the config alone, so all requests to an
+    /// endpoint share its connections.
+    pub fn peer(&self, target: &Target, remaining: Duration) -> HttpPeer {
         let endpoint = &target.endpoint;
         let sni = if endpoint.tls {
             endpoint.host.clone()
@@ -143,8 +219,9 @@ impl Upstream {
             Protocol::H1 => ALPN::H1,
         };
         options.max_h2_streams = self.vendor.max_concurrent_streams;
-        options.connection_timeout = Some(self.vendor.connect_timeout);
-        options.total_connection_timeout = Some(self.vendor.connect_timeout * 2);
+        options.connection_timeout = Some(self.vendor.connect_timeout.min(remaining));
+        options.total_connection_timeout = Some((self.vendor.connect_timeout * 2).min(remaining));
+        let read_timeout = self.vendor.read_timeout.min(remaining);
         options.read_timeout = Some(read_timeout);
         options.write_timeout = Some(read_timeout);
         options.idle_timeout = Some(self.idle_timeout);
@@ -187,7 +264,7 @@ impl Upstream {
                 break;
             };
             tried.push(target.addr.clone());
-            let peer = self.peer(&target, remaining.min(self.vendor.read_timeout));
+            let peer = self.peer(&target, remaining);
             let header = request(&target.endpoint)?;
             let attempt = exchange(connector, &peer, header, body.clone(), max_answer_bytes);
             match tokio::time::timeout(remaining, attempt).await {
@@ -263,9 +340,9 @@ impl ServiceDiscovery for DnsDiscovery {
                     for addr in addrs {
                         let mut backend = Backend::new(&addr.to_string())?;
                         backend.ext.insert(endpoint.clone());
-                        // Pingora keeps the previous Backend (and this gate) while the
+                        // Pingora keeps the previous Backend (and this state) while the
                         // resolved set is unchanged.
-                        backend.ext.insert(Arc::new(StreamGate::default()));
+                        backend.ext.insert(Arc::new(EndpointState::default()));
                         backends.insert(backend);
                     }
                 }
@@ -282,5 +359,75 @@ impl ServiceDiscovery for DnsDiscovery {
             tracing::warn!(failures = %failures.join("; "), "some vendor endpoints did not resolve");
         }
         Ok((backends, HashMap::new()))
+    }
+}
+
+/// The active health check: a connect (with the TLS handshake on https endpoints), or a whole
+/// HTTP exchange, each within the vendor's connect and read timeouts. An endpoint that accepts
+/// TCP and then stalls fails both; a plain TCP check would call it healthy.
+struct EndpointProbe {
+    vendor: Arc<VendorConfig>,
+    transport: TransportConnector,
+    http: Connector,
+}
+
+#[async_trait]
+impl HealthCheck for EndpointProbe {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let Some(endpoint) = target.ext.get::<Arc<Endpoint>>() else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "backend without endpoint");
+        };
+        let sni = if endpoint.tls {
+            endpoint.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(target.addr.clone(), endpoint.tls, sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.vendor.connect_timeout);
+        options.total_connection_timeout = Some(self.vendor.connect_timeout * 2);
+        options.read_timeout = Some(self.vendor.read_timeout);
+        options.write_timeout = Some(self.vendor.read_timeout);
+        options.verify_cert = self.vendor.tls_verify;
+        options.verify_hostname = self.vendor.tls_verify;
+        options.alpn = match self.vendor.protocol {
+            Protocol::H2 => ALPN::H2,
+            Protocol::H2OrH1 => ALPN::H2H1,
+            Protocol::H1 => ALPN::H1,
+        };
+        match self.vendor.health_check {
+            HealthCheckKind::Connect => self.transport.new_stream(&peer).await.map(drop),
+            HealthCheckKind::Http => self.http_exchange(&peer, endpoint).await,
+        }
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+}
+
+impl EndpointProbe {
+    async fn http_exchange(&self, peer: &HttpPeer, endpoint: &Endpoint) -> Result<()> {
+        let (mut session, _) = self.http.get_http_session(peer).await?;
+        let mut request =
+            RequestHeader::build("GET", self.vendor.health_check_path.as_bytes(), None)?;
+        request.insert_header(http::header::HOST, endpoint.authority.as_str())?;
+        session.write_request_header(Box::new(request)).await?;
+        session.finish_request_body().await?;
+        let exchange = async {
+            session.read_response_header().await?;
+            while session.read_response_body().await?.is_some() {}
+            Ok::<_, Box<Error>>(())
+        };
+        tokio::time::timeout(self.vendor.read_timeout, exchange)
+            .await
+            .map_err(|_| Error::explain(ErrorType::ReadTimedout, "health check answer"))??;
+        match session.response_header().map(|h| h.status.as_u16()) {
+            Some(status) if status < 500 => Ok(()),
+            status => Error::e_explain(
+                ErrorType::HTTPStatus(status.unwrap_or(0)),
+                "health check answered with a server error",
+            ),
+        }
     }
 }

@@ -65,6 +65,8 @@ admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
 [server]
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
+[cors]
+allowed_origins = ["https://player.example"]
 [vendors.sim]
 kind = "passthrough"
 endpoints = ["{sim_url}"]
@@ -158,6 +160,7 @@ async fn tokens_from_header_query_and_cookie_and_each_refusal() {
         client.post(format!("{url}&token={good}")),
         client
             .post(&url)
+            .header("Origin", "https://player.example")
             .header("Cookie", format!("theme=dark; lg={good}")),
     ] {
         assert_eq!(
@@ -165,6 +168,25 @@ async fn tokens_from_header_query_and_cookie_and_each_refusal() {
             200
         );
     }
+    // A cookie stands for the user only on a request from a listed origin: a cross-site form
+    // from elsewhere is refused, and one without Origin finds no token.
+    let cross_site = client
+        .post(&url)
+        .header("Origin", "https://evil.example")
+        .header("Cookie", format!("lg={good}"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    problem(cross_site, 403, "origin_not_allowed").await;
+    let no_origin = client
+        .post(&url)
+        .header("Cookie", format!("lg={good}"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    problem(no_origin, 401, "token_missing").await;
     let response = client
         .post(&url)
         .header("Origin", "https://player.example")

@@ -564,8 +564,9 @@ algorithm = "HS512"
 
 #[tokio::test]
 async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
-    // The first connection is reset: that request is retried with a token of its own.
-    let sim = Sim::start(&["--vendor", "drmtoday", "--reset-connections", "1"]);
+    // The first connection is refused with GOAWAY before any stream was processed: that
+    // request is retried with a token of its own.
+    let sim = Sim::start(&["--vendor", "drmtoday", "--refuse-connections", "1"]);
     let gate = start_gate(&drmtoday(&sim), "").await;
     let widevine = fixture("license-request-kid-01020304.bin");
     for response in burst(&gate, "ann", 50, &widevine).await {
@@ -579,7 +580,7 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
     let stats = sim.stats().await;
     assert_eq!(stats["refusals"], 0, "no jti was replayed");
     assert_eq!(stats["upfront_tokens_redeemed"], 50);
-    assert_eq!(stats["resets"], 1);
+    assert_eq!(stats["refused_connections"], 1);
     let metrics = gate.metrics().await;
     let single_use = metric(
         &metrics,
@@ -590,6 +591,12 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
         single_use > 50.0,
         "the retried attempt minted again: {single_use}"
     );
+    let resent = metric(
+        &metrics,
+        "licensegate_upstream_retries_total",
+        &[("vendor", "vendor"), ("reason", "goaway")],
+    );
+    assert_eq!(resent, single_use - 50.0, "every re-mint was a GOAWAY retry");
 
     // The token that reached DRMtoday is a signed JWT with its JSON-string claims.
     let upfront = stats["last_license_request_headers"]["x-dt-auth-token"]

@@ -82,6 +82,11 @@ pub struct ChallengeInfo {
     /// Whether the CDM asks for a license it may store (ClearKey `persistent-license`,
     /// Widevine `OFFLINE`).
     pub persistent: bool,
+    /// A renewal or release that names the license it continues instead of key IDs.
+    pub renews_existing_license: bool,
+    /// Content identification that names content without key IDs licensegate can read (a
+    /// pssh naming content by id only): what the vendor would license cannot be checked.
+    pub unreadable_key_ids: bool,
     /// Free text the player's app put in the challenge: PlayReady `CustomData`, Widevine pssh
     /// `content_id`. Untrusted; for logs and vendor adapters, never for decisions.
     pub custom_data: Option<String>,

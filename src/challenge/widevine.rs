@@ -49,6 +49,8 @@ struct WidevinePsshDataContainer {
 struct WebmKeyId {
     #[prost(bytes = "vec", optional, tag = "1")]
     header: Option<Vec<u8>>,
+    #[prost(int32, optional, tag = "2")]
+    license_type: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -74,6 +76,7 @@ struct InitData {
 }
 
 const INIT_DATA_CENC: i32 = 1;
+const INIT_DATA_WEBM: i32 = 2;
 const LICENSE_TYPE_OFFLINE: i32 = 2;
 
 #[derive(Clone, PartialEq, Message)]
@@ -111,24 +114,46 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
         ..ChallengeInfo::default()
     };
     let Some(content) = request.content_id else {
-        // Renewals and releases identify the license, not the keys.
         return Ok(info);
     };
-    let (blobs, license_type): (Vec<Vec<u8>>, Option<i32>) =
-        match (content.widevine_pssh_data, content.init_data) {
-            (Some(pssh), _) => (pssh.pssh_data, pssh.license_type),
-            (None, Some(init))
-                if init.init_data_type.unwrap_or(INIT_DATA_CENC) == INIT_DATA_CENC =>
-            {
-                (init.init_data.into_iter().collect(), init.license_type)
-            }
-            _ => (Vec::new(), None),
-        };
-    info.persistent = license_type == Some(LICENSE_TYPE_OFFLINE);
-    for blob in &blobs {
-        read_pssh_data(blob, &mut info)?;
+    // A renewal or release names the license it continues (`existing_license`), which carries
+    // no key ID: its keys are those of the license the vendor issued before.
+    info.renews_existing_license = content.existing_license.is_some();
+    let mut license_type = None;
+    if let Some(pssh) = content.widevine_pssh_data {
+        license_type = pssh.license_type;
+        for blob in &pssh.pssh_data {
+            read_pssh_data(blob, &mut info)?;
+        }
     }
+    if let Some(webm) = content.webm_key_id {
+        license_type = license_type.or(webm.license_type);
+        if let Some(header) = &webm.header {
+            add_kid(header, &mut info)?;
+        }
+    }
+    if let Some(init) = content.init_data {
+        license_type = license_type.or(init.license_type);
+        let data = init.init_data.unwrap_or_default();
+        match init.init_data_type.unwrap_or(INIT_DATA_CENC) {
+            INIT_DATA_CENC => read_pssh_data(&data, &mut info)?,
+            // WebM init data is the key ID itself.
+            INIT_DATA_WEBM => add_kid(&data, &mut info)?,
+            other => return malformed(format!("unknown init data type {other}")),
+        }
+    }
+    info.persistent = license_type == Some(LICENSE_TYPE_OFFLINE);
     Ok(info)
+}
+
+fn add_kid(bytes: &[u8], info: &mut ChallengeInfo) -> Result<(), ChallengeError> {
+    let Some(kid) = Kid::from_slice(bytes) else {
+        return malformed(format!("key ID of {} bytes, not 16", bytes.len()));
+    };
+    if !info.key_ids.contains(&kid) {
+        info.key_ids.push(kid);
+    }
+    Ok(())
 }
 
 /// The key IDs listed in a `WidevinePsshData` payload.
@@ -138,26 +163,27 @@ pub fn pssh_data_kids(data: &[u8]) -> Result<Vec<Kid>, ChallengeError> {
     Ok(info.key_ids)
 }
 
-/// A blob is either `WidevinePsshData` or a whole `pssh` box around one.
+/// A blob is either `WidevinePsshData` or a whole `pssh` box around one. A blob naming no key
+/// ID in either place identifies content some other way, which licensegate cannot check.
 fn read_pssh_data(blob: &[u8], info: &mut ChallengeInfo) -> Result<(), ChallengeError> {
-    let data = match PsshBox::parse(blob) {
+    let (box_kids, data) = match PsshBox::parse(blob) {
         Some(pssh) => {
             if pssh.system_id != WIDEVINE_SYSTEM_ID.0 {
                 return malformed("pssh box is not Widevine's");
             }
-            info.key_ids.extend(pssh.key_ids);
-            pssh.data
+            (pssh.key_ids, pssh.data)
         }
-        None => blob,
+        None => (Vec::new(), blob),
     };
     let pssh = WidevinePsshData::decode(data).or_else(|_| malformed("malformed pssh data"))?;
+    if box_kids.is_empty() && pssh.key_ids.is_empty() {
+        info.unreadable_key_ids = true;
+    }
+    for kid in box_kids {
+        add_kid(&kid.0, info)?;
+    }
     for key_id in pssh.key_ids {
-        let Some(kid) = Kid::from_slice(&key_id) else {
-            return malformed(format!("key ID of {} bytes, not 16", key_id.len()));
-        };
-        if !info.key_ids.contains(&kid) {
-            info.key_ids.push(kid);
-        }
+        add_kid(&key_id, info)?;
     }
     if info.custom_data.is_none() {
         info.custom_data = pssh
@@ -258,6 +284,110 @@ mod tests {
         let info = parse(&via_init).unwrap();
         assert_eq!(info.key_ids.len(), 3);
         assert_eq!(info.request_type, RequestType::Renewal);
+    }
+
+    #[test]
+    fn webm_key_ids_are_read_in_both_forms() {
+        let as_webm = request(
+            ContentIdentification {
+                webm_key_id: Some(WebmKeyId {
+                    header: Some(kid(7)),
+                    license_type: Some(LICENSE_TYPE_OFFLINE),
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        let info = parse(&as_webm).unwrap();
+        assert_eq!(info.key_ids, vec![Kid([7; 16])]);
+        assert!(info.persistent);
+        let as_init_data = request(
+            ContentIdentification {
+                init_data: Some(InitData {
+                    init_data_type: Some(INIT_DATA_WEBM),
+                    init_data: Some(kid(8)),
+                    license_type: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert_eq!(parse(&as_init_data).unwrap().key_ids, vec![Kid([8; 16])]);
+        let short = request(
+            ContentIdentification {
+                webm_key_id: Some(WebmKeyId {
+                    header: Some(vec![1; 8]),
+                    license_type: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(parse(&short).is_err());
+        let unknown_type = request(
+            ContentIdentification {
+                init_data: Some(InitData {
+                    init_data_type: Some(9),
+                    init_data: Some(kid(8)),
+                    license_type: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(parse(&unknown_type).is_err());
+    }
+
+    #[test]
+    fn content_named_without_key_ids_is_flagged() {
+        let by_content_id_only = request(
+            ContentIdentification {
+                widevine_pssh_data: Some(WidevinePsshDataContainer {
+                    pssh_data: vec![pssh_data(vec![kid(1)]), pssh_data(Vec::new())],
+                    license_type: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        let info = parse(&by_content_id_only).unwrap();
+        assert!(info.unreadable_key_ids);
+        let renewal = request(
+            ContentIdentification {
+                existing_license: Some(ExistingLicense {
+                    license_id: Some(LicenseIdentification {
+                        request_id: Some(b"session".to_vec()),
+                    }),
+                }),
+                ..Default::default()
+            },
+            2,
+        );
+        let info = parse(&renewal).unwrap();
+        assert!(info.renews_existing_license && !info.unreadable_key_ids);
+        assert!(info.key_ids.is_empty());
+    }
+
+    #[test]
+    fn every_form_in_one_request_is_read() {
+        let both = request(
+            ContentIdentification {
+                widevine_pssh_data: Some(WidevinePsshDataContainer {
+                    pssh_data: vec![pssh_data(vec![kid(1)])],
+                    license_type: None,
+                }),
+                webm_key_id: Some(WebmKeyId {
+                    header: Some(kid(2)),
+                    license_type: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert_eq!(
+            parse(&both).unwrap().key_ids,
+            vec![Kid([1; 16]), Kid([2; 16])]
+        );
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub struct Auth {
     pub reload_seconds: u64,
     #[serde(default = "default_cache_entries")]
     pub cache_entries: u64,
+    /// The verified-token cache's budget in bytes, beside its entry count.
+    #[serde(default = "default_auth_cache_bytes")]
+    pub cache_max_bytes: u64,
+    /// Tokens longer than this are refused before any parsing or signature work.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
     pub keys: Vec<AuthKey>,
 }
 
@@ -203,6 +209,12 @@ fn default_reload_seconds() -> u64 {
 }
 fn default_cache_entries() -> u64 {
     100_000
+}
+fn default_auth_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_token_bytes() -> usize {
+    8 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +336,19 @@ pub struct Listeners {
     pub license: String,
     pub admin: String,
     pub tls: Option<Tls>,
+    /// Connections each listener serves at once; beyond that new ones are closed on accept, so
+    /// a flood on the license listener leaves the admin listener (and its health checks) alive.
+    #[serde(default = "default_license_max_connections")]
+    pub license_max_connections: usize,
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
+}
+
+fn default_license_max_connections() -> usize {
+    10_000
+}
+fn default_admin_max_connections() -> usize {
+    64
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +368,15 @@ pub struct Server {
     pub upstream_idle_timeout_seconds: u64,
     pub max_challenge_bytes: usize,
     pub challenge_read_timeout_ms: u64,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout_ms: u64,
+    /// How long an idle keep-alive connection (HTTP/1.1 or HTTP/2) stays open.
+    pub keepalive_timeout_seconds: u64,
+    /// Request header limits, answered with 431.
+    pub max_header_bytes: usize,
+    pub max_header_count: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
     pub service_certificate_ttl_seconds: u64,
     pub log_format: LogFormat,
 }
@@ -357,6 +391,11 @@ impl Default for Server {
             upstream_idle_timeout_seconds: 60,
             max_challenge_bytes: 64 * 1024,
             challenge_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            keepalive_timeout_seconds: 60,
+            max_header_bytes: 16 * 1024,
+            max_header_count: 64,
+            trusted_proxies: Vec::new(),
             service_certificate_ttl_seconds: 3600,
             log_format: LogFormat::Text,
         }
@@ -416,6 +455,17 @@ pub struct Vendor {
     pub retries: usize,
     #[serde(default = "default_health_check_seconds")]
     pub health_check_interval_seconds: u64,
+    #[serde(default)]
+    pub health_check: HealthCheckKind,
+    /// The path an `http` health check asks for.
+    #[serde(default = "default_health_check_path")]
+    pub health_check_path: String,
+    /// Consecutive connect failures or timeouts that take an endpoint out of rotation
+    /// (0: never), and for how long.
+    #[serde(default = "default_ejection_failures")]
+    pub ejection_consecutive_failures: u32,
+    #[serde(default = "default_ejection_seconds")]
+    pub ejection_seconds: u64,
     #[serde(default = "default_dns_refresh_seconds")]
     pub dns_refresh_seconds: u64,
     /// The response header in which this vendor explains a refusal.
@@ -452,6 +502,27 @@ fn default_health_check_seconds() -> u64 {
 }
 fn default_dns_refresh_seconds() -> u64 {
     60
+}
+fn default_health_check_path() -> String {
+    "/".into()
+}
+fn default_ejection_failures() -> u32 {
+    3
+}
+fn default_ejection_seconds() -> u64 {
+    30
+}
+
+/// How an endpoint is judged alive between requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connect and, on https endpoints, the TLS handshake.
+    #[default]
+    Connect,
+    /// A whole HTTP exchange in the vendor's protocol (HTTP/2 where configured): any answer
+    /// below 500 counts as alive.
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

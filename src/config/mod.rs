@@ -17,8 +17,8 @@ use http::HeaderName;
 use crate::drm::Drm;
 use crate::keyseed::KeySeed;
 pub use file::{
-    DeviceDecision, DeviceField, DeviceStoreKind, Hdcp, LogFormat, Policy, Protocol,
-    SecretEncoding, TokenSource, VendorKind,
+    DeviceDecision, DeviceField, DeviceStoreKind, Hdcp, HealthCheckKind, LogFormat, Policy,
+    Protocol, SecretEncoding, TokenSource, VendorKind,
 };
 pub use jsonwebtoken::Algorithm;
 
@@ -53,6 +53,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     pub license_listener: SocketAddr,
     pub admin_listener: SocketAddr,
+    pub license_max_connections: usize,
+    pub admin_max_connections: usize,
     pub tls: Option<TlsFiles>,
     pub server: ServerSettings,
     pub cors: CorsSettings,
@@ -108,6 +110,8 @@ pub struct AuthSettings {
     pub audience: Option<String>,
     pub reload_interval: Duration,
     pub cache_entries: u64,
+    pub cache_max_bytes: u64,
+    pub max_token_bytes: usize,
     pub keys: Vec<AuthKeySource>,
 }
 
@@ -176,6 +180,11 @@ pub struct ServerSettings {
     pub max_challenge_bytes: usize,
     /// How long a player may take to send its challenge once the headers arrived.
     pub challenge_read_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_header_count: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub service_certificate_ttl: Duration,
     pub log_format: LogFormat,
 }
@@ -203,6 +212,10 @@ pub struct VendorConfig {
     pub max_concurrent_streams: usize,
     pub retries: usize,
     pub health_check_interval: Duration,
+    pub health_check: HealthCheckKind,
+    pub health_check_path: String,
+    pub ejection_consecutive_failures: u32,
+    pub ejection_duration: Duration,
     pub dns_refresh: Duration,
     pub error_header: Option<HeaderName>,
     /// Checked and read by the vendor's adapter (`crate::vendor`).
@@ -288,6 +301,22 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
             "must differ from listeners.license",
         ));
     }
+    for (key, value) in [
+        (
+            "listeners.license_max_connections",
+            file.listeners.license_max_connections,
+        ),
+        (
+            "listeners.admin_max_connections",
+            file.listeners.admin_max_connections,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
+        }
+    }
+    let license_max_connections = file.listeners.license_max_connections;
+    let admin_max_connections = file.listeners.admin_max_connections;
     let tls = file
         .listeners
         .tls
@@ -412,6 +441,8 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         license_listener,
         admin_listener,
+        license_max_connections,
+        admin_max_connections,
         tls,
         server,
         cors,
@@ -527,6 +558,21 @@ fn validate_auth(auth: file::Auth) -> Result<AuthSettings, ConfigError> {
             "must be at least 1",
         ));
     }
+    if auth.cache_entries == 0 {
+        return Err(ConfigError::new("auth.cache_entries", "must be at least 1"));
+    }
+    if auth.cache_max_bytes < auth.cache_entries {
+        return Err(ConfigError::new(
+            "auth.cache_max_bytes",
+            "must be at least auth.cache_entries",
+        ));
+    }
+    if !(256..=65536).contains(&auth.max_token_bytes) {
+        return Err(ConfigError::new(
+            "auth.max_token_bytes",
+            "must be between 256 and 65536",
+        ));
+    }
     let mut keys = Vec::with_capacity(auth.keys.len());
     for (index, key) in auth.keys.into_iter().enumerate() {
         let at = |field: &str| format!("auth.keys[{index}].{field}");
@@ -597,6 +643,8 @@ fn validate_auth(auth: file::Auth) -> Result<AuthSettings, ConfigError> {
         audience: auth.audience,
         reload_interval: Duration::from_secs(auth.reload_seconds),
         cache_entries: auth.cache_entries,
+        cache_max_bytes: auth.cache_max_bytes,
+        max_token_bytes: auth.max_token_bytes,
         keys,
     })
 }
@@ -678,6 +726,35 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
             "must be at least 1",
         ));
     }
+    for (key, value) in [
+        (
+            "server.header_read_timeout_ms",
+            server.header_read_timeout_ms,
+        ),
+        (
+            "server.keepalive_timeout_seconds",
+            server.keepalive_timeout_seconds,
+        ),
+        ("server.max_header_bytes", server.max_header_bytes as u64),
+        ("server.max_header_count", server.max_header_count as u64),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
+        }
+    }
+    let mut trusted_proxies = Vec::with_capacity(server.trusted_proxies.len());
+    for (index, text) in server.trusted_proxies.iter().enumerate() {
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError::new(
+                    format!("server.trusted_proxies[{index}]"),
+                    format!("'{text}' is not an address or CIDR"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
     if server.upstream_keepalive_pool_size == 0 {
         return Err(ConfigError::new(
             "server.upstream_keepalive_pool_size",
@@ -698,6 +775,11 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
         upstream_idle_timeout: Duration::from_secs(server.upstream_idle_timeout_seconds),
         max_challenge_bytes: server.max_challenge_bytes,
         challenge_read_timeout: Duration::from_millis(server.challenge_read_timeout_ms),
+        header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+        keepalive_timeout: Duration::from_secs(server.keepalive_timeout_seconds),
+        max_header_bytes: server.max_header_bytes,
+        max_header_count: server.max_header_count,
+        trusted_proxies,
         service_certificate_ttl: Duration::from_secs(server.service_certificate_ttl_seconds),
         log_format: server.log_format,
     })
@@ -790,6 +872,18 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
             "must be at least 1",
         ));
     }
+    if !vendor.health_check_path.starts_with('/') {
+        return Err(ConfigError::new(
+            key("health_check_path"),
+            "must be a path starting with /",
+        ));
+    }
+    if vendor.ejection_consecutive_failures > 0 && vendor.ejection_seconds == 0 {
+        return Err(ConfigError::new(
+            key("ejection_seconds"),
+            "must be at least 1 while ejection_consecutive_failures is set",
+        ));
+    }
     if vendor.dns_refresh_seconds == 0 {
         return Err(ConfigError::new(
             key("dns_refresh_seconds"),
@@ -816,6 +910,10 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
         max_concurrent_streams: vendor.max_concurrent_streams,
         retries: vendor.retries,
         health_check_interval: Duration::from_secs(vendor.health_check_interval_seconds),
+        health_check: vendor.health_check,
+        health_check_path: vendor.health_check_path,
+        ejection_consecutive_failures: vendor.ejection_consecutive_failures,
+        ejection_duration: Duration::from_secs(vendor.ejection_seconds),
         dns_refresh: Duration::from_secs(vendor.dns_refresh_seconds),
         error_header,
         settings: vendor.settings,

@@ -64,6 +64,11 @@ pub struct Faults {
     /// Send GOAWAY on a connection after it has served this many requests.
     #[arg(long)]
     pub goaway_after: Option<u64>,
+    /// Refuse this many of the first HTTP/2 connections that open a stream: once the first
+    /// HEADERS frame arrives, answer GOAWAY(last stream id 0, NO_ERROR), which tells the
+    /// client that no stream on it was processed (RFC 9113 section 6.8).
+    #[arg(long, default_value_t = 0)]
+    pub refuse_connections: u64,
 }
 
 #[derive(Default)]
@@ -72,6 +77,7 @@ struct Stats {
     /// Connections that sent at least one byte: what a proxy's pool really opened.
     request_connections: AtomicU64,
     resets: AtomicU64,
+    refused_connections: AtomicU64,
     requests: AtomicU64,
     licenses: AtomicU64,
     service_certificates: AtomicU64,
@@ -129,7 +135,48 @@ async fn accept(sim: Arc<Sim>, stream: TcpStream) {
         reset(stream);
         return;
     }
+    if number <= sim.faults.reset_connections + sim.faults.refuse_connections {
+        if refuse_after_first_stream(stream).await.is_ok() {
+            sim.stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     serve_connection(sim, stream).await;
+}
+
+/// Reads the client preface and frames up to the first HEADERS, then refuses everything on
+/// the connection with our SETTINGS and a GOAWAY naming stream 0 as the last one processed.
+async fn refuse_after_first_stream(mut stream: TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FRAME_HEADERS: u8 = 1;
+    let mut preface = [0u8; 24];
+    stream.read_exact(&mut preface).await?;
+    loop {
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).await?;
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).await?;
+        if header[3] == FRAME_HEADERS {
+            break;
+        }
+    }
+    let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    stream.write_all(&settings).await?;
+    stream.write_all(&goaway).await?;
+    stream.shutdown().await?;
+    // Whatever the client still sends is read and dropped, so closing sends no RST that could
+    // overtake the GOAWAY.
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    Ok(())
 }
 
 fn reset(stream: TcpStream) {
@@ -305,6 +352,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "connections": stats.connections.load(Ordering::Relaxed),
         "request_connections": stats.request_connections.load(Ordering::Relaxed),
         "resets": stats.resets.load(Ordering::Relaxed),
+        "refused_connections": stats.refused_connections.load(Ordering::Relaxed),
         "requests": stats.requests.load(Ordering::Relaxed),
         "licenses": stats.licenses.load(Ordering::Relaxed),
         "service_certificates": stats.service_certificates.load(Ordering::Relaxed),
