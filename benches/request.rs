@@ -99,10 +99,12 @@ fn answers(c: &mut Criterion) {
     });
     let certificates = ServiceCertificates::new(["sim"].into_iter(), Duration::from_secs(3600));
     if let Some(Lookup::Miss(mut filler)) = certificates.lookup("sim").now_or_never() {
-        filler.response_header(
-            200,
-            Some(&HeaderValue::from_static("application/octet-stream")),
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
         );
+        filler.response_header(200, &headers);
         filler.response_body(Some(&Bytes::from(vec![8u8; 700])), true);
     }
     let certificates = Arc::new(certificates);

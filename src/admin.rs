@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, header};
-use pingora::apps::http_app::ServeHttp;
-use pingora::http::RequestHeader;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use serde_json::json;
 
 use crate::problem::Problem;
@@ -17,15 +18,64 @@ pub struct AdminApp {
     pub state: Arc<State>,
 }
 
+/// Pingora's ready-made app for this (`ServeHttp`) logs the raw bytes of a request it cannot
+/// parse, bearer token included, and the request URI on write errors; this one logs neither.
 #[async_trait]
-impl ServeHttp for AdminApp {
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::info!(error = e.etype().as_str(), "admin request not readable");
+                return None;
+            }
+        }
+        let connections = &self.state.admin_connections;
+        connections.request_started(http.client_addr());
+        let keepalive = self.state.config.server.keepalive_timeout.as_secs();
+        http.set_keepalive((!*shutdown.borrow()).then_some(keepalive));
+        let response = self.response(&mut http).await;
+        let (parts, body) = response.into_parts();
+        let header: ResponseHeader = parts.into();
+        let head_only = http.req_header().method == Method::HEAD;
+        let mut written = http.write_response_header(Box::new(header)).await;
+        if written.is_ok() && !body.is_empty() && !head_only {
+            written = http.write_response_body(body.into(), true).await;
+        }
+        connections.request_finished(http.client_addr());
+        if let Err(e) = written {
+            tracing::info!(error = e.etype().as_str(), "admin answer not delivered");
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(reusable) => {
+                reusable.map(|stream| ReusedHttpStream::from_reusable_stream(stream, settings))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = session.req_header();
-        let mut response = match request.uri.path().strip_prefix(DEVICES_PREFIX) {
-            Some(rest) => self.devices(request, rest, &request_id).await,
-            None => self.answer(request, &request_id),
-        };
+        let server = &self.state.config.server;
+        let mut response =
+            if let Err(refusal) = crate::pipeline::check_header_limits(request, server) {
+                problem(&refusal, &request_id)
+            } else {
+                match request.uri.path().strip_prefix(DEVICES_PREFIX) {
+                    Some(rest) => self.devices(request, rest, &request_id).await,
+                    None => self.answer(request, &request_id).await,
+                }
+            };
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response
                 .headers_mut()
@@ -107,7 +157,7 @@ impl AdminApp {
         }
     }
 
-    fn answer(&self, request: &RequestHeader, request_id: &str) -> Response<Vec<u8>> {
+    async fn answer(&self, request: &RequestHeader, request_id: &str) -> Response<Vec<u8>> {
         let problem = |p: Problem| problem(&p, request_id);
         if request.method != Method::GET && request.method != Method::HEAD {
             return problem(Problem::method_not_allowed());
@@ -117,6 +167,7 @@ impl AdminApp {
             && path.starts_with(crate::demo::PREFIX)
         {
             return crate::demo::serve(root, path, &request.headers)
+                .await
                 .unwrap_or_else(|| problem(Problem::not_found()));
         }
         match path {
@@ -136,8 +187,13 @@ impl AdminApp {
         }
     }
 
-    /// Ready once every vendor that serves a route has at least one healthy endpoint.
+    /// Ready once every vendor that serves a route has at least one healthy endpoint, and
+    /// until shutdown begins (load balancers then move players elsewhere while this process
+    /// still answers).
     fn readiness(&self) -> Response<Vec<u8>> {
+        if self.state.drain.started() {
+            return json_response(503, json!({"ready": false, "draining": true}));
+        }
         let vendors: serde_json::Map<String, serde_json::Value> = self
             .state
             .routed_upstreams()

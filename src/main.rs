@@ -29,6 +29,10 @@ enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take the listening sockets over from the running licensegate (send it SIGQUIT
+        /// right after starting this one): a zero-downtime upgrade.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit; non-zero with the offending key on error.
     Check {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve {
         config: DEFAULT_CONFIG.into(),
+        upgrade: false,
     }) {
         Command::Check { config } => match Config::load(&config)
             .and_then(|loaded| licensegate::server::load_resources(&loaded).map(|_| ()))
@@ -128,7 +133,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: path,
+            upgrade,
+        } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
                 Err(e) => {
@@ -142,15 +150,26 @@ fn main() -> ExitCode {
                 admin = %config.admin_listener,
                 "licensegate starting"
             );
-            let mut server = match licensegate::server::build(config) {
-                Ok(server) => server,
+            let hold = std::time::Duration::from_secs(config.server.grace_period_seconds);
+            let (mut server, state) = match licensegate::server::build(config, upgrade) {
+                Ok(built) => built,
                 Err(e) => {
                     eprintln!("cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             server.bootstrap();
-            server.run_forever()
+            licensegate::shutdown::exit_when_drained(
+                server.watch_execution_phase(),
+                state.metrics.in_flight.clone(),
+            );
+            server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(licensegate::shutdown::Signals {
+                    drain: state.drain.clone(),
+                    hold,
+                }),
+            });
+            ExitCode::SUCCESS
         }
     }
 }

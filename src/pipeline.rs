@@ -70,6 +70,8 @@ pub struct RequestCtx {
     /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
     /// answers with it.
     pub pending_problem: Option<Problem>,
+    /// Whether the connection's clock counts this request (see [`crate::listener`]).
+    pub connection_busy: bool,
     _in_flight: Option<InFlight>,
 }
 
@@ -116,6 +118,7 @@ impl RequestCtx {
             forward: Forwarding::default(),
             service_certificate: None,
             pending_problem: None,
+            connection_busy: false,
             _in_flight: None,
         }
     }
@@ -345,7 +348,7 @@ fn authenticate(
 
 /// Pingora bounds header bytes only at 1 MB; what a license request needs is far less, and
 /// what goes beyond it is refused before any work.
-fn check_header_limits(
+pub fn check_header_limits(
     request: &RequestHeader,
     server: &crate::config::ServerSettings,
 ) -> Result<(), Problem> {
@@ -819,7 +822,7 @@ pub async fn inspect_response(
         }
     }
     if let Some(filler) = ctx.service_certificate.as_mut() {
-        filler.response_header(status, headers.get(header::CONTENT_TYPE));
+        filler.response_header(status, headers);
     }
 }
 

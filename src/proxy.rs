@@ -38,6 +38,18 @@ impl ProxyHttp for LicenseProxy {
         RequestCtx::new()
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.state
+            .license_connections
+            .request_started(session.client_addr());
+        ctx.connection_busy = true;
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let answer = match pipeline::admit(&self.state, session, ctx).await {
             Ok(Admission::Forward) => return Ok(false),
@@ -169,6 +181,18 @@ impl ProxyHttp for LicenseProxy {
         Ok(None)
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(filler) = ctx.service_certificate.as_mut() {
+            filler.response_trailers();
+        }
+        Ok(())
+    }
+
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -207,8 +231,13 @@ impl ProxyHttp for LicenseProxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         pipeline::record(&self.state, ctx, e);
+        if std::mem::take(&mut ctx.connection_busy) {
+            self.state
+                .license_connections
+                .request_finished(session.client_addr());
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {

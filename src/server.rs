@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, VendorConfig};
 use crate::devices::Devices;
 use crate::drm::Drm;
 use crate::entitlement::Entitlements;
+use crate::listener::{self, Connections, Deadlines, Drain, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::LicenseProxy;
 use crate::reload::Reloader;
@@ -36,6 +37,10 @@ pub struct State {
     pub entitlements: Entitlements,
     pub tokens: TokenCache,
     pub devices: Option<Devices>,
+    /// Set once shutdown or upgrade begins.
+    pub drain: Drain,
+    pub license_connections: Arc<Connections>,
+    pub admin_connections: Arc<Connections>,
 }
 
 /// A vendor: its adapter and, unless licensegate answers for it itself, the upstreams that
@@ -120,10 +125,15 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
     })
 }
 
-/// Builds the server; `run_forever` (or `run`) starts it.
-pub fn build(config: Config) -> Result<Server, String> {
+/// Builds the server and the state its requests share; `upgrade` takes the listening sockets
+/// from a running licensegate (see the README's upgrade section) instead of binding them.
+pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), String> {
     let resources = load_resources(&config).map_err(|e| e.to_string())?;
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    let options = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
 
     let mut vendors = HashMap::new();
     for (name, vendor) in &config.vendors {
@@ -176,6 +186,9 @@ pub fn build(config: Config) -> Result<Server, String> {
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
         tokens,
         devices,
+        drain: Drain::default(),
+        license_connections: Arc::default(),
+        admin_connections: Arc::default(),
         config,
     });
     if let Some(reloader) = Reloader::new(state.clone()) {
@@ -184,19 +197,34 @@ pub fn build(config: Config) -> Result<Server, String> {
         ));
     }
 
-    let mut license = pingora::proxy::http_proxy_service_with_name(
+    let (license_cap, admin_cap) = connection_caps(&state.config);
+    let deadlines = Deadlines {
+        header_read: state.config.server.header_read_timeout,
+        keepalive: state.config.server.keepalive_timeout,
+    };
+    let refused = |name: &str| state.metrics.connections_refused.with_label_values(&[name]);
+
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         LicenseProxy {
             state: state.clone(),
         },
-        "license API",
     );
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    license
-        .app_logic_mut()
-        .expect("a fresh service has its app")
-        .server_options = Some(options);
+    options.h2_idle_timeout = Some(state.config.server.keepalive_timeout);
+    proxy.server_options = Some(options);
+    let mut license = Service::new(
+        "license API".to_string(),
+        Listener::new(
+            proxy,
+            license_cap,
+            state.license_connections.clone(),
+            deadlines,
+            refused("license"),
+            state.drain.clone(),
+        ),
+    );
     let license_addr = state.config.license_listener.to_string();
     match &state.config.tls {
         Some(tls) => {
@@ -212,13 +240,56 @@ pub fn build(config: Config) -> Result<Server, String> {
 
     let mut admin = Service::new(
         "admin API".to_string(),
-        AdminApp {
-            state: state.clone(),
-        },
+        Listener::new(
+            AdminApp {
+                state: state.clone(),
+            },
+            admin_cap,
+            state.admin_connections.clone(),
+            deadlines,
+            refused("admin"),
+            state.drain.clone(),
+        ),
     );
     admin.add_tcp(&state.config.admin_listener.to_string());
     server.add_service(admin);
-    Ok(server)
+    Ok((server, state))
+}
+
+/// Room kept for everything but the listeners' connections: vendor connections, the device
+/// database, key and catalog files, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Each listener's connection cap, after raising the open-file limit; when the limit cannot
+/// hold both caps, the license listener's gives way so the admin listener keeps answering.
+fn connection_caps(config: &Config) -> (usize, usize) {
+    let (license, admin) = (config.license_max_connections, config.admin_max_connections);
+    let limit = match listener::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "open file limit unknown; connection caps as configured");
+            return (license, admin);
+        }
+    };
+    let room = limit.saturating_sub(RESERVED_DESCRIPTORS + admin as u64) as usize;
+    let license = if license > room {
+        tracing::warn!(
+            open_file_limit = limit,
+            configured = license,
+            applied = room.max(1),
+            "listeners.license_max_connections exceeds what the open file limit allows"
+        );
+        room.max(1)
+    } else {
+        license
+    };
+    tracing::info!(
+        open_file_limit = limit,
+        license_max_connections = license,
+        admin_max_connections = admin,
+        "connection limits"
+    );
+    (license, admin)
 }
 
 fn server_conf(config: &Config) -> ServerConf {
@@ -231,8 +302,12 @@ fn server_conf(config: &Config) -> ServerConf {
         .unwrap_or(1);
     ServerConf {
         threads: server.threads,
-        grace_period_seconds: Some(server.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(server.graceful_shutdown_timeout_seconds),
+        // licensegate keeps its listeners open for its own grace period before it hands
+        // Pingora the shutdown (see `shutdown.rs`); Pingora's grace period is then the time
+        // left for requests in flight, and the process exits as soon as none is.
+        grace_period_seconds: Some(server.graceful_shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: server.upgrade_socket.to_string_lossy().into_owned(),
         upstream_keepalive_pool_size: server.upstream_keepalive_pool_size,
         // Pingora's loop bound; each vendor's own count is enforced per request.
         max_retries: most_attempts,

@@ -62,6 +62,7 @@ impl ServiceCertificates {
             cache: self.cache.clone(),
             vendor: vendor.to_string(),
             content_type: None,
+            declared_length: None,
             body: BytesMut::new(),
             cacheable: false,
             _exclusive: guard,
@@ -71,19 +72,29 @@ impl ServiceCertificates {
 
 /// Collects the vendor's answer as it streams to the player and caches it once complete.
 /// Dropping it without completion releases waiting requests, which then forward themselves.
+///
+/// "Complete" is decided in the upstream filters, which run before a byte reaches the player:
+/// when the body reaches its `Content-Length`, at END_STREAM, or at trailers, whichever the
+/// vendor's HTTP/2 stack sends first. So the certificate is in the cache before the player can
+/// see the end of the answer and ask again.
 pub struct Filler {
     cache: Cache<String, Certificate>,
     vendor: String,
     content_type: Option<HeaderValue>,
+    declared_length: Option<usize>,
     body: BytesMut,
     cacheable: bool,
     _exclusive: OwnedMutexGuard<()>,
 }
 
 impl Filler {
-    pub fn response_header(&mut self, status: u16, content_type: Option<&HeaderValue>) {
+    pub fn response_header(&mut self, status: u16, headers: &http::HeaderMap) {
         self.cacheable = status == 200;
-        self.content_type = content_type.cloned();
+        self.content_type = headers.get(http::header::CONTENT_TYPE).cloned();
+        self.declared_length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         self.body.clear();
     }
 
@@ -92,20 +103,35 @@ impl Filler {
             return;
         }
         if let Some(chunk) = chunk {
-            if self.body.len() + chunk.len() > MAX_CERTIFICATE_BYTES {
+            let length = self.body.len() + chunk.len();
+            if length > MAX_CERTIFICATE_BYTES || self.declared_length.is_some_and(|d| length > d) {
                 self.cacheable = false;
                 return;
             }
             self.body.extend_from_slice(chunk);
         }
-        if end_of_stream && !self.body.is_empty() {
-            let certificate = Certificate {
-                body: std::mem::take(&mut self.body).freeze(),
-                content_type: self.content_type.take(),
-            };
-            self.cache.insert(self.vendor.clone(), certificate);
-            self.cacheable = false;
+        if end_of_stream || self.declared_length == Some(self.body.len()) {
+            self.complete();
         }
+    }
+
+    /// Trailers end the answer.
+    pub fn response_trailers(&mut self) {
+        if self.cacheable {
+            self.complete();
+        }
+    }
+
+    fn complete(&mut self) {
+        self.cacheable = false;
+        if self.body.is_empty() {
+            return;
+        }
+        let certificate = Certificate {
+            body: std::mem::take(&mut self.body).freeze(),
+            content_type: self.content_type.take(),
+        };
+        self.cache.insert(self.vendor.clone(), certificate);
     }
 }
 
@@ -123,7 +149,7 @@ mod tests {
         let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
             panic!("empty cache must miss");
         };
-        filler.response_header(200, None);
+        filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"\x08\x05")), false);
         filler.response_body(Some(&Bytes::from_static(b"cert")), true);
         drop(filler);
@@ -139,16 +165,41 @@ mod tests {
         let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
             panic!()
         };
-        filler.response_header(503, None);
+        filler.response_header(503, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"down")), true);
         drop(filler);
         let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
             panic!("a 503 must not be cached")
         };
-        filler.response_header(200, None);
+        filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"partial")), false);
         drop(filler);
         assert!(matches!(certs.lookup("sim").await, Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn the_declared_length_or_trailers_complete_the_fill_without_end_of_stream() {
+        let certs = certificates();
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!()
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        filler.response_header(200, &headers);
+        filler.response_body(Some(&Bytes::from_static(b"\x08\x05")), false);
+        filler.response_body(Some(&Bytes::from_static(b"cert")), false);
+        drop(filler);
+        assert!(matches!(certs.lookup("sim").await, Lookup::Hit(_)));
+
+        let certs = certificates();
+        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+            panic!()
+        };
+        filler.response_header(200, &http::HeaderMap::new());
+        filler.response_body(Some(&Bytes::from_static(b"cert")), false);
+        filler.response_trailers();
+        drop(filler);
+        assert!(matches!(certs.lookup("sim").await, Lookup::Hit(_)));
     }
 
     #[tokio::test]
@@ -162,7 +213,7 @@ mod tests {
             tokio::spawn(async move { matches!(certs.lookup("sim").await, Lookup::Hit(_)) })
         };
         tokio::task::yield_now().await;
-        filler.response_header(200, None);
+        filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"cert")), true);
         drop(filler);
         assert!(

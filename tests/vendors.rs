@@ -596,7 +596,11 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
         "licensegate_upstream_retries_total",
         &[("vendor", "vendor"), ("reason", "goaway")],
     );
-    assert_eq!(resent, single_use - 50.0, "every re-mint was a GOAWAY retry");
+    assert_eq!(
+        resent,
+        single_use - 50.0,
+        "every re-mint was a GOAWAY retry"
+    );
 
     // The token that reached DRMtoday is a signed JWT with its JSON-string claims.
     let upfront = stats["last_license_request_headers"]["x-dt-auth-token"]

@@ -379,6 +379,8 @@ pub struct Server {
     pub trusted_proxies: Vec<String>,
     pub service_certificate_ttl_seconds: u64,
     pub log_format: LogFormat,
+    /// Where a new process started with `serve --upgrade` takes over the listening sockets.
+    pub upgrade_socket: String,
 }
 
 impl Default for Server {
@@ -398,6 +400,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             service_certificate_ttl_seconds: 3600,
             log_format: LogFormat::Text,
+            upgrade_socket: "/tmp/licensegate-upgrade.sock".into(),
         }
     }
 }

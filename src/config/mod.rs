@@ -187,6 +187,7 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub service_certificate_ttl: Duration,
     pub log_format: LogFormat,
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug)]
@@ -782,6 +783,7 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
         trusted_proxies,
         service_certificate_ttl: Duration::from_secs(server.service_certificate_ttl_seconds),
         log_format: server.log_format,
+        upgrade_socket: server.upgrade_socket.into(),
     })
 }
 
