@@ -11,10 +11,11 @@ cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
 
 # The examples take TLS files and vendor secrets from the environment, as a deployment would;
-# these values only have to have the right shape.
+# these values only have to have the right shape (check loads the certificate and key).
 tls_dir=$(mktemp -d)
 trap 'rm -rf "$tls_dir"' EXIT
-touch "$tls_dir/cert.pem" "$tls_dir/key.pem"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=localhost -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" 2>/dev/null
 for config in conf/licensegate.toml conf/examples/*.toml; do
   LICENSEGATE_TLS_CERT="$tls_dir/cert.pem" LICENSEGATE_TLS_KEY="$tls_dir/key.pem" \
     LICENSEGATE_JWT_SECRET=check-only-secret-of-at-least-32-bytes \
@@ -23,6 +24,6 @@ for config in conf/licensegate.toml conf/examples/*.toml; do
     EXPRESSPLAY_AUTHENTICATOR=check-only DRMTODAY_MERCHANT=check-only DRMTODAY_KEY_ID=check-only \
     DRMTODAY_SECRET=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
     PALLYCON_SITE_ID=CHCK PALLYCON_SITE_KEY=check-only-site-key-32-character \
-    PALLYCON_ACCESS_KEY=check-only LICENSEGATE_ADMIN_TOKEN=check-only-admin-token \
+    PALLYCON_ACCESS_KEY=check-only LICENSEGATE_ADMIN_TOKEN=check-only-admin-token LICENSEGATE_DEVICES_DB="$tls_dir/devices.db" \
     ./target/debug/licensegate check --config "$config"
 done

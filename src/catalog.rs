@@ -106,13 +106,22 @@ pub struct References {
 /// Parses and validates catalog text; `json` picks the format.
 pub fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
     let file: CatalogFile = if json {
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-            .map_err(|e| ConfigError::new(e.path().to_string(), e.into_inner().to_string()))?
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(
+            |e| {
+                ConfigError::new(
+                    e.path().to_string(),
+                    crate::config::without_values(&e.into_inner().to_string()),
+                )
+            },
+        )?
     } else {
-        let tree: toml::Value = toml::from_str(text)
-            .map_err(|e| ConfigError::new("(syntax)", e.message().to_string()))?;
+        let tree: toml::Value =
+            toml::from_str(text).map_err(|e| crate::config::syntax_error(text, &e))?;
         serde_path_to_error::deserialize(tree).map_err(|e| {
-            ConfigError::new(e.path().to_string(), e.into_inner().message().to_string())
+            ConfigError::new(
+                e.path().to_string(),
+                crate::config::without_values(e.into_inner().message()),
+            )
         })?
     };
     let mut catalog = Catalog::default();
@@ -237,7 +246,8 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
 }
 
 fn key16(text: &str) -> Result<[u8; 16], String> {
-    let bytes = hex::decode(text.trim()).map_err(|_| format!("'{text}' is not hex"))?;
+    // The value is a key: the error names where it is, never what it is.
+    let bytes = hex::decode(text.trim()).map_err(|_| "not hex".to_string())?;
     bytes
         .try_into()
         .map_err(|_| "a key is 16 bytes (32 hex digits)".to_string())

@@ -248,8 +248,12 @@ fn derive_key(seed: &str, kid: &str) -> Result<String, String> {
 }
 
 fn init_logging(format: LogFormat) {
+    // Pingora's proxy logs the raw bytes of a request it cannot parse at debug level (bearer
+    // tokens included); that level stays off whatever RUST_LOG asks for.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("pingora_proxy=info".parse().expect("valid directive"))
+        .add_directive("pingora_core=info".parse().expect("valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal());

@@ -102,6 +102,12 @@ pub struct Resources {
 }
 
 pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
+    if let Some(tls) = &config.tls {
+        check_tls(tls)?;
+    }
+    if let Some(devices) = &config.devices {
+        Devices::check(&devices.store)?;
+    }
     let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
     let references = References {
         policies: config.policies.clone(),
@@ -111,7 +117,10 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
     let catalog = config
         .catalog
         .as_ref()
-        .map(|catalog| CatalogStore::open(&catalog.path, references))
+        .map(|catalog| {
+            CatalogStore::open(&catalog.path, references)
+                .map_err(|e| ConfigError::new(format!("catalog.path: {}", e.key), e.reason))
+        })
         .transpose()?;
     let mut adapters = HashMap::new();
     for (name, vendor) in &config.vendors {
@@ -123,6 +132,29 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
         catalog,
         adapters,
     })
+}
+
+/// Pingora loads the certificate and key only when the listener starts, and panics on a bad
+/// file; loading them here turns that into an error naming the key.
+fn check_tls(tls: &crate::config::TlsFiles) -> Result<(), ConfigError> {
+    let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+    let Ok(Some((certs, private_key))) = pingora::tls::load_certs_and_key_files(&cert, &key) else {
+        return Err(ConfigError::new(
+            "listeners.tls",
+            "cert must hold a PEM certificate chain and key a PEM private key",
+        ));
+    };
+    pingora::tls::install_default_crypto_provider();
+    pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map(drop)
+        .map_err(|e| {
+            ConfigError::new(
+                "listeners.tls.key",
+                format!("not usable with the certificate: {e}"),
+            )
+        })
 }
 
 /// Builds the server and the state its requests share; `upgrade` takes the listening sockets

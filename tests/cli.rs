@@ -25,8 +25,10 @@ fn check_accepts_every_shipped_config() {
     // Examples name TLS files by environment variable, as a deployment would.
     let tls = tempfile::tempdir().unwrap();
     let (cert, key) = (tls.path().join("cert.pem"), tls.path().join("key.pem"));
-    std::fs::write(&cert, "").unwrap();
-    std::fs::write(&key, "").unwrap();
+    let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&cert, certificate.cert.pem()).unwrap();
+    std::fs::write(&key, certificate.signing_key.serialize_pem()).unwrap();
+    let devices_db = tls.path().join("devices.db");
     let env = [
         ("LICENSEGATE_TLS_CERT", cert.to_str().unwrap()),
         ("LICENSEGATE_TLS_KEY", key.to_str().unwrap()),
@@ -48,6 +50,7 @@ fn check_accepts_every_shipped_config() {
         ("PALLYCON_SITE_KEY", "check-only-site-key-32-character"),
         ("PALLYCON_ACCESS_KEY", "check-only"),
         ("LICENSEGATE_ADMIN_TOKEN", "check-only-admin-token"),
+        ("LICENSEGATE_DEVICES_DB", devices_db.to_str().unwrap()),
     ];
     let mut checked = 0;
     for dir in ["conf", "conf/examples"] {
@@ -87,6 +90,53 @@ fn check_names_the_bad_key_and_fails() {
         stderr.contains("vendors.sim.timeouts.conect_ms"),
         "{stderr}"
     );
+}
+
+/// `check` reports what would stop `serve`, naming the key; values (URLs with passwords,
+/// secrets) stay out of the message.
+#[test]
+fn check_fails_where_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string("conf/licensegate.toml").unwrap();
+    let devices = "\n[devices]\nmax_per_user = 2\n";
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    let cases = [
+        (
+            shipped.replace("demo.toml}", "missing.toml}"),
+            "catalog.path",
+        ),
+        (
+            format!("{shipped}{devices}store = \"redis\"\nredis_url = \"redis://:pw-s3cr3t@\"\n"),
+            "devices.redis_url",
+        ),
+        (
+            format!("{shipped}{devices}path = \"/nonexistent-dir/devices.db\"\n"),
+            "devices.path",
+        ),
+        (
+            shipped.replace(
+                "[server]",
+                &format!("[listeners.tls]\ncert = \"{empty}\"\nkey = \"{empty}\"\n[server]"),
+            ),
+            "listeners.tls",
+        ),
+        (
+            shipped.replace("threads = 2", "threads = = 2"),
+            "(syntax) line 14, column",
+        ),
+    ];
+    for (config, key) in cases {
+        let path = dir.path().join("case.toml");
+        std::fs::write(&path, &config).unwrap();
+        let output =
+            licensegate_with_env(&["check", "--config", path.to_str().unwrap()], SECRET_ENV);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(!stderr.contains("s3cr3t"), "{stderr}");
+    }
 }
 
 #[test]

@@ -275,8 +275,7 @@ impl Config {
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut tree: toml::Value = toml::from_str(text)
-            .map_err(|e| ConfigError::new("(syntax)", e.message().to_string()))?;
+        let mut tree: toml::Value = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         env::substitute(&mut tree, "", lookup)?;
         let file: file::FileConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -286,11 +285,52 @@ impl Config {
                 } else {
                     key
                 },
-                e.into_inner().message().to_string(),
+                without_values(e.into_inner().message()),
             )
         })?;
         validate(file)
     }
+}
+
+/// A TOML syntax error as `line L, column C: reason`; the offending text is not repeated, as
+/// it may be a secret.
+pub fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let key = match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            format!("(syntax) line {line}, column {column}")
+        }
+        None => "(syntax)".into(),
+    };
+    ConfigError::new(key, error.message().to_string())
+}
+
+/// A deserializer's message without the value it quotes (`invalid type: string "s3cr3t",
+/// expected u64` becomes `invalid type: string, expected u64`): the value may be a secret, and
+/// the key path already says where to look.
+pub fn without_values(message: &str) -> String {
+    // Other messages quote names (unknown fields, variants), which are worth showing.
+    if !message.starts_with("invalid ") {
+        return message.to_string();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                if out.ends_with(' ') {
+                    out.pop();
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
@@ -684,10 +724,7 @@ fn validate_entitlement(
                 .ok()
                 .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
                 .ok_or_else(|| {
-                    ConfigError::new(
-                        "entitlement.service.url",
-                        format!("'{}' is not an http(s) URL", service.url),
-                    )
+                    ConfigError::new("entitlement.service.url", "not an http(s) URL with a host")
                 })?;
             if service.timeout_ms == 0 {
                 return Err(ConfigError::new(
@@ -1007,7 +1044,7 @@ fn is_origin(origin: &str) -> bool {
 }
 
 pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
-    let url = url::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     let tls = match url.scheme() {
         "https" => true,
         "http" => false,
@@ -1020,7 +1057,7 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         Some(url::Host::Domain(domain)) => domain.to_string(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => ip.to_string(),
-        None => return Err(format!("'{text}' has no host")),
+        None => return Err("the URL has no host".into()),
     };
     let port = url
         .port_or_known_default()
@@ -1081,6 +1118,26 @@ mod tests {
         let exposed = config.cors.expose_headers.to_ascii_lowercase();
         assert!(exposed.contains("x-axdrm-errormessage"), "{exposed}");
         assert!(config.cors.expose_headers.contains("X-Request-Id"));
+    }
+
+    #[test]
+    fn errors_name_the_place_not_the_value() {
+        let text = format!("{MINIMAL}\n[auth]\nkeys = \"s3cr3t-value\"");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.key, "auth.keys");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let syntax = parse("[listeners]\nlicense = \"127.0.0.1:1\"\nadmin = s3cr3t\n").unwrap_err();
+        assert!(
+            syntax.key.starts_with("(syntax) line 3, column 9"),
+            "{syntax}"
+        );
+        assert!(!syntax.to_string().contains("s3cr3t"), "{syntax}");
+        let endpoint = parse(&MINIMAL.replace(
+            "http://127.0.0.1:8090/AcquireLicense",
+            "http//vendor?key=s3cr3t",
+        ))
+        .unwrap_err();
+        assert!(!endpoint.to_string().contains("s3cr3t"), "{endpoint}");
     }
 
     #[test]

@@ -128,6 +128,44 @@ impl Devices {
         })
     }
 
+    /// What opening the store checks, without creating anything: an existing database file
+    /// must be one, a new one must be creatable, a Redis URL must be usable. `licensegate
+    /// check` runs this.
+    pub fn check(store: &DeviceStoreConfig) -> Result<(), ConfigError> {
+        match store {
+            DeviceStoreConfig::Embedded(path) if path.exists() => {
+                rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .and_then(|db| {
+                    db.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0))
+                })
+                .map(drop)
+                .map_err(|e| ConfigError::new("devices.path", format!("{}: {e}", path.display())))
+            }
+            DeviceStoreConfig::Embedded(path) => {
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => std::path::Path::new("."),
+                };
+                let probe = dir.join(format!(".licensegate-check-{}", std::process::id()));
+                std::fs::File::create(&probe)
+                    .and_then(|_| std::fs::remove_file(&probe))
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "devices.path",
+                            format!("cannot create a database in '{}': {e}", dir.display()),
+                        )
+                    })
+            }
+            DeviceStoreConfig::Redis(url) => ::redis::Client::open(url.as_str())
+                .map(drop)
+                // The URL may carry a password: the error names the key, not the value.
+                .map_err(|e| ConfigError::new("devices.redis_url", format!("{:?}", e.kind()))),
+        }
+    }
+
     /// The user's limit: the token's claim if it has one, else the entitlement's, else the
     /// configured default.
     pub fn limit_for(
