@@ -69,6 +69,11 @@ pub struct Faults {
     /// client that no stream on it was processed (RFC 9113 section 6.8).
     #[arg(long, default_value_t = 0)]
     pub refuse_connections: u64,
+    /// Refuse every license request with 403 as soon as its headers arrive, without reading
+    /// the challenge: over HTTP/2 the stream then ends with RST_STREAM(NO_ERROR), which RFC
+    /// 9113 section 8.1 allows (nginx's `return` does the same).
+    #[arg(long)]
+    pub early_answer: bool,
 }
 
 #[derive(Default)]
@@ -78,6 +83,7 @@ struct Stats {
     request_connections: AtomicU64,
     resets: AtomicU64,
     refused_connections: AtomicU64,
+    early_answers: AtomicU64,
     requests: AtomicU64,
     licenses: AtomicU64,
     service_certificates: AtomicU64,
@@ -231,6 +237,13 @@ async fn handle(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> 
 }
 
 async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if sim.faults.early_answer {
+        sim.stats.early_answers.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused before reading the challenge",
+        );
+    }
     let (parts, body) = request.into_parts();
     let header_number = |name: &str| {
         parts
@@ -353,6 +366,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "request_connections": stats.request_connections.load(Ordering::Relaxed),
         "resets": stats.resets.load(Ordering::Relaxed),
         "refused_connections": stats.refused_connections.load(Ordering::Relaxed),
+        "early_answers": stats.early_answers.load(Ordering::Relaxed),
         "requests": stats.requests.load(Ordering::Relaxed),
         "licenses": stats.licenses.load(Ordering::Relaxed),
         "service_certificates": stats.service_certificates.load(Ordering::Relaxed),

@@ -133,26 +133,140 @@ fairplay = "sim"
 }
 
 fn spawn_gate(dir: &Path) -> (Child, u16, u16) {
-    let port = free_port();
-    let admin_port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = gate_command(dir, port, admin_port).spawn().unwrap();
+    wait_for_port(port, &mut child);
+    wait_for_port(admin_port, &mut child);
+    (child, port, admin_port)
+}
+
+/// `licensegate serve` on the directory's config and the given ports, everything it prints
+/// appended to the directory's `licensegate.log`.
+pub fn gate_command(dir: &Path, port: u16, admin_port: u16) -> Command {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(dir.join("licensegate.log"))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_licensegate"));
+    command
         .args(["serve", "--config"])
         .arg(dir.join("licensegate.toml"))
         .env("LG_PORT", port.to_string())
         .env("LG_ADMIN_PORT", admin_port.to_string())
         .env("LG_DIR", dir)
         .env("RUST_LOG", "info")
-        .stdout(log)
-        .spawn()
+        .stderr(log.try_clone().unwrap())
+        .stdout(log);
+    command
+}
+
+/// Sends `signal` (TERM, QUIT...) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
         .unwrap();
-    wait_for_port(port, &mut child);
-    wait_for_port(admin_port, &mut child);
-    (child, port, admin_port)
+    assert!(status.success());
+}
+
+/// Waits for a child to exit by itself, at most `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Debian's nginx, a real HTTP/2 server nobody here wrote, on a free port, with its own
+/// config (`server` is the body of one server block, `{port}` and `{dir}` filled in), stopped
+/// when dropped. A machine without it fails the test rather than skipping it.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(server: &str) -> Nginx {
+        Nginx::start_with_files(server, &[])
+    }
+
+    /// Writes `files` into nginx's directory first (certificates), for `{dir}/NAME`.
+    pub fn start_with_files(server: &str, files: &[(&str, &[u8])]) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let port = free_port();
+        let d = dir.path().display();
+        let server = server
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &d.to_string());
+        let config = format!(
+            r#"load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format challenges '$http_x_request_id $status $request_length "$http_x_forwarded_for" "$http_soapaction"';
+    access_log {d}/access.log challenges;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_body_buffer_size 128k;
+    server {{
+        {server}
+    }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed (scripts/setup.sh installs nginx-light)");
+        wait_for_port(port, &mut child);
+        Nginx { child, port, dir }
+    }
+
+    pub fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The access log's lines: request id, status, request length, X-Forwarded-For, SOAPAction.
+    pub fn access_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A real `redis-server` on a free port, without persistence, stopped when dropped. A machine
@@ -209,6 +323,28 @@ impl Gate {
         }
     }
 
+    /// Starts licensegate with its open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_open_file_limit(config: &str, nofile: u64) -> Gate {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("licensegate.toml"), config).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let mut command = gate_command(dir.path(), port, admin_port);
+        // Runs in the child between fork and exec: only the one setrlimit call.
+        unsafe {
+            command.pre_exec(move || rlimit::Resource::NOFILE.set(nofile, nofile));
+        }
+        let mut child = command.spawn().unwrap();
+        wait_for_port(port, &mut child);
+        wait_for_port(admin_port, &mut child);
+        Gate {
+            child,
+            port,
+            admin_port,
+            dir,
+        }
+    }
+
     /// Kills the process with SIGKILL, as a crash would, and starts a new one on the same
     /// directory (and so the same config and files), on new ports.
     pub fn crash_and_restart(&mut self) {
@@ -255,6 +391,10 @@ impl Gate {
     /// Where the gate's config and files live.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// Everything licensegate logged so far.

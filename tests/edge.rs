@@ -1,0 +1,577 @@
+//! The edge against hostile clients and misbehaving vendors, on real sockets, with Debian's
+//! nginx as the vendor wherever a real server shows the behaviour.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Gate, Nginx, Sim, client, config, fixture, problem};
+
+const CHALLENGE_30K: usize = 30 * 1024;
+
+fn metric_lines(metrics: &str, name: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// 40 players at once send 30 KiB challenges to a vendor that refuses each as soon as its
+/// headers arrive and resets the stream with NO_ERROR before reading the body.
+async fn early_answers(gate: &Gate) -> Vec<(u16, String)> {
+    let client = client();
+    let mut players = Vec::new();
+    for _ in 0..40 {
+        let request = client
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .body(vec![0x5a; CHALLENGE_30K]);
+        players.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for player in players {
+        answers.push(player.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test]
+async fn an_early_answer_from_nginx_reaches_every_player_and_no_challenge_is_sent_twice() {
+    let nginx = Nginx::start(
+        r#"listen 127.0.0.1:{port} http2;
+        location / { return 403 "refused by nginx\n"; }"#,
+    );
+    let gate = Gate::start_ready(&config(&[nginx.url("http", "/AcquireLicense")], "")).await;
+    for (status, body) in early_answers(&gate).await {
+        assert_eq!(status, 403);
+        assert_eq!(body, "refused by nginx\n");
+    }
+    let log = nginx.access_log();
+    let request_ids: HashSet<&str> = log
+        .iter()
+        .map(|line| line.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(log.len(), 40, "each challenge reached nginx once: {log:?}");
+    assert_eq!(request_ids.len(), 40);
+    let metrics = gate.metrics().await;
+    assert!(metric_lines(&metrics, "licensegate_upstream_retries_total{").is_empty());
+}
+
+#[tokio::test]
+async fn an_early_answer_from_the_simulator_reaches_every_player() {
+    let sim = Sim::start(&["--early-answer"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    for (status, body) in early_answers(&gate).await {
+        assert_eq!(status, 403);
+        assert_eq!(body, "refused before reading the challenge");
+    }
+    assert_eq!(sim.stats().await["early_answers"], 40);
+}
+
+/// nginx reads the whole challenge, then answers; its log shows what reached it.
+fn licensing_nginx() -> Nginx {
+    Nginx::start(
+        r#"listen 127.0.0.1:{port} http2;
+        location / { echo_read_request_body; echo "licensed"; }"#,
+    )
+}
+
+#[tokio::test]
+async fn oversized_forwarding_headers_never_reach_a_shared_vendor_connection() {
+    let nginx = licensing_nginx();
+    let gate = Gate::start_ready(&config(
+        &[nginx.url("http", "/AcquireLicense")],
+        "max_concurrent_streams = 100",
+    ))
+    .await;
+    let client = client();
+    let huge_forwarded_for = vec!["198.51.100.7"; 5500].join(", ");
+    let huge_soap_action = format!(
+        "\"http://schemas.microsoft.com/DRM/2007/03/protocols/{}\"",
+        "A".repeat(70_000)
+    );
+    let mut players = Vec::new();
+    for n in 0..30 {
+        let (drm, soap) = if n % 2 == 0 {
+            ("widevine", None)
+        } else {
+            (
+                "playready",
+                Some("\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\""),
+            )
+        };
+        let mut request = client
+            .post(gate.license_url(drm, Some("movie-1")))
+            .body(vec![0x11; 2048]);
+        if let Some(soap) = soap {
+            request = request.header("SOAPAction", soap);
+        }
+        players.push(tokio::spawn(request.send()));
+    }
+    let attacks = [
+        client
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .header("X-Forwarded-For", huge_forwarded_for.as_str())
+            .body(vec![0x11; 2048]),
+        client
+            .post(gate.license_url("playready", Some("movie-1")))
+            .header("SOAPAction", huge_soap_action.as_str())
+            .body(vec![0x11; 2048]),
+    ];
+    for attack in attacks {
+        problem(attack.send().await.unwrap(), 431, "headers_too_large").await;
+    }
+    let forged = client
+        .post(gate.license_url("playready", Some("movie-1")))
+        .header(
+            "SOAPAction",
+            "\"http://evil.example/\r\nX-Injected: 1\"".replace("\r\n", " "),
+        )
+        .body(vec![0x11; 2048])
+        .send()
+        .await
+        .unwrap();
+    problem(forged, 400, "soap_action_invalid").await;
+    for player in players {
+        let response = player.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "licensed\n");
+    }
+    let log = nginx.access_log();
+    assert_eq!(
+        log.len(),
+        30,
+        "only the players' challenges, each once: {log:?}"
+    );
+    for line in &log {
+        assert!(
+            line.contains("\"127.0.0.1\""),
+            "built from the peer: {line}"
+        );
+    }
+    let metrics = gate.metrics().await;
+    assert!(metric_lines(&metrics, "licensegate_upstream_retries_total{").is_empty());
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_chain_is_parsed_and_capped() {
+    let nginx = licensing_nginx();
+    let gate = Gate::start_ready(
+        &config(&[nginx.url("http", "/AcquireLicense")], "")
+            .replace("[server]", "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let client = client();
+    let chain = (1..=20)
+        .map(|n| format!("203.0.113.{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let response = client
+        .post(gate.license_url("widevine", Some("movie-1")))
+        .header("X-Forwarded-For", chain)
+        .body(vec![0x11; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let garbage = client
+        .post(gate.license_url("widevine", Some("movie-1")))
+        .header("X-Forwarded-For", "<script>")
+        .body(vec![0x11; 64])
+        .send()
+        .await
+        .unwrap();
+    problem(garbage, 400, "forwarded_for_invalid").await;
+    let log = nginx.access_log();
+    assert_eq!(log.len(), 1);
+    let forwarded = log[0].split('"').nth(1).unwrap();
+    assert_eq!(
+        forwarded,
+        "203.0.113.14, 203.0.113.15, 203.0.113.16, 203.0.113.17, 203.0.113.18, \
+         203.0.113.19, 203.0.113.20, 127.0.0.1"
+    );
+}
+
+/// Protobuf, by hand: a length-delimited field.
+fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2];
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A Widevine `SignedMessage` around a `LicenseRequest` of `request_type` whose content
+/// identification is `content`.
+fn widevine_request(content: Vec<u8>, request_type: u8) -> Vec<u8> {
+    let mut request = field(2, &content);
+    request.extend_from_slice(&[0x18, request_type]);
+    let mut signed = vec![0x08, 0x01];
+    signed.extend(field(2, &request));
+    signed
+}
+
+const KEY_ID_CATALOG: &str = r#"
+[content.demo]
+key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+free = true
+"#;
+
+#[tokio::test]
+async fn every_widevine_key_id_form_is_checked_against_the_content() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::ready(Gate::start_with_files(
+        &format!(
+            "{}\n[catalog]\npath = \"${{LG_DIR}}/catalog.toml\"\n",
+            config(&[sim.url()], "")
+        ),
+        &[("catalog.toml", KEY_ID_CATALOG.as_bytes())],
+    ))
+    .await;
+    let client = client();
+    let send = |challenge: Vec<u8>| {
+        client
+            .post(gate.license_url("widevine", Some("demo")))
+            .body(challenge)
+            .send()
+    };
+    let demo_kid: Vec<u8> = (1..=16).collect();
+    let stranger = vec![0x99; 16];
+    // WebmKeyId { header } and InitData { type WEBM, init_data }.
+    let webm = |kid: &[u8]| field(2, &field(1, kid));
+    let webm_init_data = |kid: &[u8]| {
+        let mut init = vec![0x08, 0x02];
+        init.extend(field(2, kid));
+        field(4, &init)
+    };
+    for content in [webm(&stranger), webm_init_data(&stranger)] {
+        let response = send(widevine_request(content, 1)).await.unwrap();
+        problem(response, 403, "kid_not_in_content").await;
+    }
+    for content in [webm(&demo_kid), webm_init_data(&demo_kid)] {
+        assert_eq!(
+            send(widevine_request(content, 1)).await.unwrap().status(),
+            200
+        );
+    }
+    // A pssh naming content by its id only: what it would unlock cannot be checked.
+    let by_content_id = field(1, &field(1, &field(4, b"another-title")));
+    let response = send(widevine_request(by_content_id, 1)).await.unwrap();
+    problem(response, 403, "key_ids_unreadable").await;
+    // A renewal names its license, not key IDs; the content is named by the request.
+    let renewal = field(3, &field(1, &field(1, b"session-1")));
+    assert_eq!(
+        send(widevine_request(renewal, 2)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(sim.stats().await["licenses"], 3);
+    let _ = fixture;
+}
+
+/// Reads until the server closes the connection; how long that took.
+fn time_until_closed(mut stream: TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+const SHORT_DEADLINES: &str =
+    "[server]\nheader_read_timeout_ms = 1000\nkeepalive_timeout_seconds = 2";
+
+#[tokio::test]
+async fn slow_idle_and_lingering_clients_are_cut_within_their_deadlines() {
+    let sim = Sim::start(&[]);
+    let gate =
+        Gate::start_ready(&config(&[sim.url()], "").replace("[server]", SHORT_DEADLINES)).await;
+    let addr = format!("127.0.0.1:{}", gate.port);
+
+    let silent = TcpStream::connect(&addr).unwrap();
+    let idle =
+        tokio::task::spawn_blocking(move || time_until_closed(silent, Duration::from_secs(10)));
+
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    let slow_started = Instant::now();
+    slow.write_all(b"POST /v1/license/widevine HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let slow_writer = tokio::task::spawn_blocking(move || {
+        for n in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if slow
+                .write_all(format!("X-Slow-{n}: 1\r\n").as_bytes())
+                .is_err()
+            {
+                break;
+            }
+            let mut probe = [0u8; 1];
+            slow.set_nonblocking(true).unwrap();
+            let closed = matches!(slow.read(&mut probe), Ok(0));
+            slow.set_nonblocking(false).unwrap();
+            if closed {
+                break;
+            }
+        }
+        slow_started.elapsed()
+    });
+
+    let mut lingering = TcpStream::connect(&addr).unwrap();
+    lingering
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let lingering = tokio::task::spawn_blocking(move || {
+        let mut first = [0u8; 64];
+        let _ = lingering.read(&mut first).unwrap();
+        time_until_closed(lingering, Duration::from_secs(10))
+    });
+
+    let idle = idle.await.unwrap();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2000),
+        "{idle:?}"
+    );
+    let slow = slow_writer.await.unwrap();
+    assert!(
+        slow >= Duration::from_millis(900) && slow < Duration::from_millis(2500),
+        "{slow:?}"
+    );
+    let lingering = lingering.await.unwrap();
+    assert!(
+        lingering >= Duration::from_millis(1500) && lingering < Duration::from_millis(3500),
+        "{lingering:?}"
+    );
+}
+
+/// Passes connections through to `target` until told to stall; from then on it accepts
+/// connections and never answers, as a vendor endpoint whose TLS stack hangs does.
+struct Relay {
+    port: u16,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalling = stall.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if stalling.load(Ordering::Relaxed) {
+                    held.push(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        Relay { port, stall }
+    }
+
+    fn stall(&self) {
+        self.stall.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn timed_licenses(gate: &Gate, count: usize) -> Vec<(u16, Duration)> {
+    let client = client();
+    let mut players = Vec::new();
+    for _ in 0..count {
+        let request = client
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .body(vec![0x22; 2048]);
+        players.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let status = request.send().await.map_or(0, |r| r.status().as_u16());
+            (status, started.elapsed())
+        }));
+    }
+    let mut results = Vec::new();
+    for player in players {
+        results.push(player.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test]
+async fn a_stalled_tls_endpoint_holds_up_no_request_and_is_ejected() {
+    let certificate = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let nginx = Nginx::start_with_files(
+        r#"listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {dir}/cert.pem;
+        ssl_certificate_key {dir}/key.pem;
+        location / { echo_read_request_body; echo "licensed"; }"#,
+        &[
+            ("cert.pem", certificate.cert.pem().as_bytes()),
+            (
+                "key.pem",
+                certificate.signing_key.serialize_pem().as_bytes(),
+            ),
+        ],
+    );
+    let relay = Relay::start(nginx.port).await;
+    let total = Duration::from_millis(2000);
+    let gate = Gate::start_ready(&config(
+        &[
+            format!("https://localhost:{}/AcquireLicense", relay.port),
+            nginx.url("https", "/AcquireLicense").replace("127.0.0.1", "localhost"),
+        ],
+        "tls_verify = false\nretries = 2\n[vendors.sim.timeouts]\nconnect_ms = 300\nread_ms = 2000\ntotal_ms = 2000",
+    ))
+    .await;
+    relay.stall();
+
+    let first = timed_licenses(&gate, 20).await;
+    let succeeded = first.iter().filter(|(status, _)| *status == 200).count();
+    for (_, took) in &first {
+        assert!(*took <= total + Duration::from_millis(500), "{first:?}");
+    }
+    assert!(succeeded >= 18, "{first:?}");
+
+    let metrics = gate.metrics().await;
+    assert!(
+        !metric_lines(&metrics, "licensegate_upstream_ejections_total{").is_empty(),
+        "{metrics}"
+    );
+    let after = timed_licenses(&gate, 20).await;
+    for (status, took) in &after {
+        assert_eq!(*status, 200, "{after:?}");
+        assert!(
+            *took < Duration::from_millis(300),
+            "nobody waits on the stall: {after:?}"
+        );
+    }
+
+    // The active check sees the stall too: only nginx counts as healthy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready: serde_json::Value = reqwest::get(gate.admin("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["healthy_endpoints"]["sim"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_leaves_health_checks_and_new_players_served() {
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    rlimit::Resource::NOFILE.set(hard, hard).unwrap();
+    let sim = Sim::start(&[]);
+    let gate = Gate::ready(Gate::start_with_open_file_limit(
+        &config(&[sim.url()], "").replace("[server]", SHORT_DEADLINES),
+        1024,
+    ))
+    .await;
+    let addr = format!("127.0.0.1:{}", gate.port);
+    let idle: Vec<TcpStream> = (0..3000)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() > 1024, "{} connections opened", idle.len());
+
+    let health = client().get(gate.admin("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let started = Instant::now();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    loop {
+        let answer = client()
+            .post(gate.license_url("widevine", Some("demo")))
+            .body(challenge.clone())
+            .send()
+            .await;
+        if answer.is_ok_and(|response| response.status() == 200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "no license while flooded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = gate.metrics().await;
+    assert!(
+        metrics.contains("licensegate_connections_refused_total{listener=\"license\"}"),
+        "{metrics}"
+    );
+    assert!(
+        gate.log().contains("open_file_limit=1024"),
+        "{}",
+        gate.log()
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn sigterm_answers_every_request_in_flight_and_keeps_accepting_for_the_grace_period() {
+    let sim = Sim::start(&["--delay-ms", "2500"]);
+    let mut gate = Gate::start_ready(
+        &config(&[sim.url()], "")
+            .replace("grace_period_seconds = 0", "grace_period_seconds = 1")
+            .replace(
+                "graceful_shutdown_timeout_seconds = 1",
+                "graceful_shutdown_timeout_seconds = 10",
+            ),
+    )
+    .await;
+    let client = client();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let url = gate.license_url("widevine", Some("demo"));
+    let license = |client: &reqwest::Client| client.post(&url).body(challenge.clone()).send();
+    let mut players: Vec<_> = (0..8).map(|_| tokio::spawn(license(&client))).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    let pid = gate.child().id();
+    common::signal(pid, "TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = reqwest::get(gate.admin("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    // Still accepting: a player whose load balancer has not noticed yet is served.
+    players.push(tokio::spawn(license(&client)));
+    for player in players {
+        let response = player.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.bytes().await.unwrap().len(),
+            licensegate::sim::LICENSE_PREFIX.len() + 32
+        );
+    }
+    let exit = common::wait_exit(gate.child(), Duration::from_secs(8)).expect("exits when drained");
+    assert!(exit.success());
+    assert!(signalled.elapsed() < Duration::from_secs(7));
+    let access_lines = gate
+        .log()
+        .lines()
+        .filter(|line| line.contains("licensegate::access") && line.contains("status=200"))
+        .count();
+    assert_eq!(access_lines, 9, "{}", gate.log());
+}
