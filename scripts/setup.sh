@@ -17,6 +17,10 @@ command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 # Device limit tests run a real Redis (one per test, on a free port).
 command -v redis-server >/dev/null || need+=(redis-server)
+# Edge tests use Debian's nginx as a real HTTP/2 vendor (echo module: answer after reading).
+command -v nginx >/dev/null || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -26,10 +30,18 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# hypercorn: another real HTTP/2 server (its own stack) for the service certificate test.
+python3 -c "import hypercorn" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check hypercorn 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages hypercorn
+
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2
   exit 1
 fi
+
+# The upgrade test drives steady load with oha, as loadtest/ does.
+command -v oha >/dev/null || cargo install oha --locked --quiet
 
 # The demo page's player and the end-to-end test's browser driver (no browser download).
 for dir in examples/web tests/e2e; do

@@ -575,3 +575,211 @@ async fn sigterm_answers_every_request_in_flight_and_keeps_accepting_for_the_gra
         .count();
     assert_eq!(access_lines, 9, "{}", gate.log());
 }
+
+/// hypercorn serving `tests/servers/certificate_vendor.py`: its own HTTP/2 stack (the `h2`
+/// Python library) frames the answers.
+struct Hypercorn {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Hypercorn {
+    fn start() -> Hypercorn {
+        let port = common::free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("certificate_vendor:app")
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("hypercorn must be installed (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "hypercorn did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Hypercorn { child, port }
+    }
+
+    async fn requests(&self) -> u64 {
+        let text = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/count", self.port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.parse().unwrap()
+    }
+}
+
+impl Drop for Hypercorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// However the vendor's HTTP/2 stack ends its answer, the certificate is in the cache before
+/// the player sees the end of it: ten requests in a row reach the vendor once, every time.
+#[tokio::test]
+async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_framing() {
+    let hypercorn = Hypercorn::start();
+    let nginx = Nginx::start(
+        r#"listen 127.0.0.1:{port} http2;
+        location /last-data { return 200 "service-certificate"; }
+        location /trailers {
+            add_trailer X-Certificate complete;
+            echo_read_request_body;
+            echo -n "service-certificate";
+        }"#,
+    );
+    let hypercorn_url =
+        |framing: &str| format!("http://127.0.0.1:{}/cert/{framing}", hypercorn.port);
+    let vendors = [
+        hypercorn_url("length"),
+        hypercorn_url("split"),
+        nginx.url("http", "/last-data"),
+        nginx.url("http", "/trailers"),
+    ];
+    let client = client();
+    for repetition in 0..20 {
+        let vendor = &vendors[repetition % vendors.len()];
+        let gate = Gate::start_ready(&config(&[vendor.clone()], "")).await;
+        let before = (hypercorn.requests().await, nginx.access_log().len());
+        let mut answers = HashSet::new();
+        for _ in 0..10 {
+            let response = client
+                .post(gate.license_url("widevine", None))
+                .body(vec![0x08, 0x04])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            answers.insert(response.bytes().await.unwrap());
+        }
+        assert_eq!(answers.len(), 1, "every player got the same certificate");
+        let reached = (hypercorn.requests().await - before.0) as usize
+            + (nginx.access_log().len() - before.1);
+        assert_eq!(reached, 1, "repetition {repetition} via {vendor}");
+    }
+}
+
+const JWT_SECRET: &str = "EDGE-JWT-SECRET-0123456789abcdef-0123456789";
+const ADMIN_TOKEN: &str = "EDGE-ADMIN-TOKEN-SECRET-42";
+const CATALOG_KEY: &str = "EDGE-CATALOG-KEY-SECRET-NOT-HEX";
+
+fn mint(secret: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": "alice",
+        "exp": 4_000_000_000u64,
+        "entitlements": ["demo"],
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Writes raw bytes to a listener and reads whatever comes back.
+fn raw_exchange(port: u16, request: &[u8]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+}
+
+#[tokio::test]
+async fn no_token_key_or_secret_appears_in_any_output() {
+    let sim = Sim::start(&[]);
+    let settings = format!(
+        r#"
+[auth]
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "{JWT_SECRET}"
+[catalog]
+path = "${{LG_DIR}}/catalog.toml"
+reload_seconds = 1
+[devices]
+max_per_user = 2
+admin_token = "{ADMIN_TOKEN}"
+path = "${{LG_DIR}}/devices.db"
+"#
+    );
+    let catalog = "[content.demo]\nkey_ids = [\"01020304-0506-0708-090a-0b0c0d0e0f10\"]\n";
+    let gate = Gate::ready(Gate::start_with_files(
+        &format!("{}{settings}", config(&[sim.url()], "")),
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let token = mint(JWT_SECRET);
+    let forged = mint("another-secret-of-at-least-32-bytes-long");
+    let client = client();
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let url = gate.license_url("widevine", Some("demo"));
+    let requests = [
+        client.post(&url).bearer_auth(&token),
+        client.post(format!("{url}&token={token}")),
+        client
+            .post(&url)
+            .header("Origin", "https://player.example")
+            .header("Cookie", format!("licensegate_token={token}")),
+        client.post(&url).bearer_auth(&forged),
+    ];
+    for request in requests {
+        request.body(challenge.clone()).send().await.unwrap();
+    }
+    for bearer in [ADMIN_TOKEN, "wrong-admin-token-guess"] {
+        client
+            .get(gate.admin("/v1/devices/alice"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Requests Pingora cannot parse, carrying the credentials, on both listeners.
+    raw_exchange(
+        gate.admin_port,
+        format!("GET /v1/devices/alice HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nBad Header\r\n\r\n").as_bytes(),
+    );
+    raw_exchange(
+        gate.port,
+        format!("POST /v1/license/widevine?token={token} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nBad Header\r\n\r\n").as_bytes(),
+    );
+    // A catalog whose key is no key: the reload fails and says where, not what.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let broken = format!(
+        "{catalog}keys = {{ \"01020304-0506-0708-090a-0b0c0d0e0f10\" = \"{CATALOG_KEY}\" }}\n"
+    );
+    std::fs::write(gate.dir().join("catalog.toml"), broken).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gate.log().contains("catalog not reloaded") {
+        assert!(Instant::now() < deadline, "{}", gate.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gate.log();
+    assert!(log.contains("content.demo.keys"), "{log}");
+    let token_signature = token.rsplit('.').next().unwrap();
+    for secret in [
+        JWT_SECRET,
+        ADMIN_TOKEN,
+        CATALOG_KEY,
+        &token,
+        token_signature,
+        &forged,
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
