@@ -650,7 +650,7 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
     let client = client();
     for repetition in 0..20 {
         let vendor = &vendors[repetition % vendors.len()];
-        let gate = Gate::start_ready(&config(&[vendor.clone()], "")).await;
+        let gate = Gate::start_ready(&config(std::slice::from_ref(vendor), "")).await;
         let before = (hypercorn.requests().await, nginx.access_log().len());
         let mut answers = HashSet::new();
         for _ in 0..10 {
