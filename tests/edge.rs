@@ -783,3 +783,74 @@ path = "${{LG_DIR}}/devices.db"
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+/// Pingora's socket handover under steady load: the new process takes the listeners, the old
+/// one drains, and oha sees no failed request.
+#[tokio::test]
+async fn an_upgrade_under_steady_oha_load_fails_no_request() {
+    let sim = Sim::start(&[]);
+    let config = config(&[sim.url()], "").replace(
+        "[server]",
+        "[server]\nupgrade_socket = \"${LG_DIR}/upgrade.sock\"",
+    );
+    let mut old = Gate::start_ready(&config).await;
+    let challenge = old.dir().join("challenge.bin");
+    std::fs::write(&challenge, fixture("license-request-kid-01020304.bin")).unwrap();
+    let load = std::process::Command::new("oha")
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-z",
+            "10s",
+            "-q",
+            "200",
+            "-c",
+            "8",
+        ])
+        .args(["-m", "POST", "-D"])
+        .arg(&challenge)
+        .arg(old.license_url("widevine", Some("demo")))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("oha must be installed (scripts/setup.sh installs it)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut new = common::gate_command(old.dir(), old.port, old.admin_port)
+        .arg("--upgrade")
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old_pid = old.child().id();
+    common::signal(old_pid, "QUIT");
+    let exit = common::wait_exit(old.child(), Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "the old process drains and exits"
+    );
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process serves on"
+    );
+
+    let report = tokio::task::spawn_blocking(move || load.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    let statuses = report["statusCodeDistribution"].as_object().unwrap();
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), ["200"], "{report}");
+    assert_eq!(statuses["200"], 2000, "{report}");
+    // With JSON output oha ends a run by cancelling connection tasks that wait for their next
+    // turn and reports each as "aborted due to deadline", beside the N results it counted;
+    // any failed request shows as another error or a missing 200.
+    let errors = report["errorDistribution"].as_object().unwrap();
+    assert!(
+        errors
+            .keys()
+            .all(|error| error == "aborted due to deadline"),
+        "{report}\n{}",
+        old.log()
+    );
+}
