@@ -81,12 +81,9 @@ fn forward(c: &mut Criterion) {
         state: Default::default(),
     });
     let forwarded = http::HeaderValue::from_static("198.51.100.1");
-    let client = licensegate::forwarded::client_address(
-        "203.0.113.7".parse().unwrap(),
-        Some(&forwarded),
-        &[],
-    )
-    .unwrap();
+    let client =
+        licensegate::forwarded::client_address("203.0.113.7".parse().unwrap(), [&forwarded], &[])
+            .unwrap();
     ctx.client = Some(client);
     c.bench_function("forward/upstream_request_header", |b| {
         b.iter(|| black_box(pipeline::upstream_request(&ctx).unwrap()))
@@ -98,7 +95,10 @@ fn answers(c: &mut Criterion) {
         b.iter(|| black_box(Problem::body_too_large(65536).to_body("4b9f2c1e-request")))
     });
     let certificates = ServiceCertificates::new(["sim"].into_iter(), Duration::from_secs(3600));
-    if let Some(Lookup::Miss(mut filler)) = certificates.lookup("sim").now_or_never() {
+    if let Some(Lookup::Miss(mut filler)) = certificates
+        .lookup("sim", Duration::from_secs(1))
+        .now_or_never()
+    {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -111,7 +111,7 @@ fn answers(c: &mut Criterion) {
     c.bench_function("answer/service_certificate_hit", |b| {
         b.iter(|| {
             let hit = certificates
-                .lookup("sim")
+                .lookup("sim", Duration::from_secs(1))
                 .now_or_never()
                 .expect("a hit never waits");
             assert!(matches!(hit, Lookup::Hit(_)));

@@ -37,8 +37,9 @@ impl HttpServerApp for AdminApp {
         }
         let connections = &self.state.admin_connections;
         connections.request_started(http.client_addr());
-        let keepalive = self.state.config.server.keepalive_timeout.as_secs();
-        http.set_keepalive((!*shutdown.borrow()).then_some(keepalive));
+        let server = &self.state.config.server;
+        http.set_keepalive((!*shutdown.borrow()).then_some(server.keepalive_timeout.as_secs()));
+        http.set_write_timeout(Some(server.answer_write_timeout));
         let response = self.response(&mut http).await;
         let (parts, body) = response.into_parts();
         let header: ResponseHeader = parts.into();
@@ -191,7 +192,7 @@ impl AdminApp {
     /// until shutdown begins (load balancers then move players elsewhere while this process
     /// still answers).
     fn readiness(&self) -> Response<Vec<u8>> {
-        if self.state.drain.started() {
+        if self.state.drain.withdrawn() {
             return json_response(503, json!({"ready": false, "draining": true}));
         }
         let vendors: serde_json::Map<String, serde_json::Value> = self

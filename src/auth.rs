@@ -28,8 +28,7 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
-    /// What the identity weighs in the cache: the claims are at most the token's text, plus
-    /// the map's own overhead.
+    /// What the identity weighs in the cache, estimated from the token's length.
     cache_weight: u32,
 }
 
@@ -134,7 +133,10 @@ impl Authenticator {
             return Ok(identity);
         }
         let mut identity = self.verify(&token)?;
-        identity.cache_weight = (token.len() as u32).saturating_add(IDENTITY_OVERHEAD_BYTES);
+        // Parsed claims take a few times their text: strings, map nodes, JSON values.
+        identity.cache_weight = (token.len() as u32)
+            .saturating_mul(3)
+            .saturating_add(IDENTITY_OVERHEAD_BYTES);
         let identity = Arc::new(identity);
         self.cache.insert(fingerprint, identity.clone());
         Ok(identity)

@@ -82,7 +82,12 @@ fn resolve(root: &Path, relative: &str) -> Option<PathBuf> {
     }
     let real_root = root.canonicalize().ok()?;
     let real_file = file.canonicalize().ok()?;
-    (real_file.starts_with(&real_root) && real_file.is_file()).then_some(real_file)
+    // A link inside the root may still lead to a dotfile there.
+    let inside = real_file.strip_prefix(&real_root).ok()?;
+    let hidden = inside
+        .components()
+        .any(|part| part.as_os_str().as_encoded_bytes().starts_with(b"."));
+    (!hidden && real_file.is_file()).then_some(real_file)
 }
 
 /// What a `Range` header asks of a file of `len` bytes (RFC 9110 section 14).
@@ -196,7 +201,9 @@ mod tests {
             .unwrap();
         std::os::unix::fs::symlink(root.path().join("media/a.mp4"), root.path().join("inside"))
             .unwrap();
+        std::os::unix::fs::symlink(root.path().join(".env"), root.path().join("env.txt")).unwrap();
         assert!(resolve(root.path(), ".env").is_none());
+        assert!(resolve(root.path(), "env.txt").is_none());
         assert!(resolve(root.path(), "leak").is_none());
         assert!(resolve(root.path(), "inside").is_some());
         assert!(resolve(root.path(), "media/a.mp4").is_some());

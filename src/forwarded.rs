@@ -22,15 +22,20 @@ pub struct ClientAddress {
 
 /// Works out the client from the peer and, when the peer is a trusted proxy, the chain it
 /// forwarded. The client is the nearest address not itself a trusted proxy.
-pub fn client_address(
+/// Every `X-Forwarded-For` line counts, in order: a proxy may add its own line beside the
+/// player's. IPv4 peers of a dual-stack listener (`::ffff:a.b.c.d`) count as IPv4.
+pub fn client_address<'a>(
     peer: IpAddr,
-    forwarded: Option<&HeaderValue>,
+    forwarded: impl IntoIterator<Item = &'a HeaderValue>,
     trusted_proxies: &[IpNet],
 ) -> Result<ClientAddress, Problem> {
+    let peer = peer.to_canonical();
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
     let mut chain: Vec<IpAddr> = Vec::new();
-    if let Some(forwarded) = forwarded.filter(|_| trusted(&peer)) {
-        chain = parse_chain(forwarded)?;
+    if trusted(&peer) {
+        for line in forwarded {
+            chain.extend(parse_chain(line)?);
+        }
     }
     chain.push(peer);
     if chain.len() > MAX_FORWARDED_ADDRESSES {
@@ -62,6 +67,7 @@ fn parse_chain(header: &HeaderValue) -> Result<Vec<IpAddr>, Problem> {
             entry
                 .parse::<IpAddr>()
                 .or_else(|_| entry.parse::<SocketAddr>().map(|addr| addr.ip()))
+                .map(|ip| ip.to_canonical())
                 .map_err(|_| forwarded_for_invalid())
         })
         .collect()
@@ -91,7 +97,7 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_and_its_header_is_ignored() {
         let forwarded = HeaderValue::from_static("6.6.6.6, 7.7.7.7");
-        let address = client_address(ip("203.0.113.9"), Some(&forwarded), &[]).unwrap();
+        let address = client_address(ip("203.0.113.9"), [&forwarded], &[]).unwrap();
         assert_eq!(address.ip, ip("203.0.113.9"));
         assert_eq!(address.forwarded_for, "203.0.113.9");
     }
@@ -100,12 +106,22 @@ mod tests {
     fn a_trusted_proxy_chain_is_parsed_and_the_nearest_untrusted_address_wins() {
         let trusted = nets(&["10.0.0.0/8"]);
         let forwarded = HeaderValue::from_static("198.51.100.1, 203.0.113.5:4711 ,10.1.1.1");
-        let address = client_address(ip("10.0.0.2"), Some(&forwarded), &trusted).unwrap();
+        let address = client_address(ip("10.0.0.2"), [&forwarded], &trusted).unwrap();
         assert_eq!(address.ip, ip("203.0.113.5"));
         assert_eq!(
             address.forwarded_for,
             "198.51.100.1, 203.0.113.5, 10.1.1.1, 10.0.0.2"
         );
+    }
+
+    #[test]
+    fn every_line_counts_and_mapped_ipv4_is_ipv4() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let forged = HeaderValue::from_static("6.6.6.6");
+        let added = HeaderValue::from_static("203.0.113.5");
+        let address = client_address(ip("::ffff:10.0.0.2"), [&forged, &added], &trusted).unwrap();
+        assert_eq!(address.ip, ip("203.0.113.5"));
+        assert_eq!(address.forwarded_for, "6.6.6.6, 203.0.113.5, 10.0.0.2");
     }
 
     #[test]
@@ -117,7 +133,7 @@ mod tests {
             .join(", ");
         let address = client_address(
             ip("127.0.0.1"),
-            Some(&HeaderValue::from_str(&long).unwrap()),
+            [&HeaderValue::from_str(&long).unwrap()],
             &trusted,
         )
         .unwrap();
@@ -126,7 +142,7 @@ mod tests {
             MAX_FORWARDED_ADDRESSES
         );
         let garbage = HeaderValue::from_static("<script>, 1.2.3.4");
-        let refused = client_address(ip("127.0.0.1"), Some(&garbage), &trusted).unwrap_err();
+        let refused = client_address(ip("127.0.0.1"), [&garbage], &trusted).unwrap_err();
         assert_eq!(refused.code, "forwarded_for_invalid");
     }
 }

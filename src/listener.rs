@@ -134,12 +134,14 @@ async fn watchdog(clock: &ConnectionClock, deadlines: Deadlines) {
 #[derive(Clone)]
 pub struct Drain {
     sender: Arc<watch::Sender<bool>>,
+    withdrawn: Arc<AtomicBool>,
 }
 
 impl Default for Drain {
     fn default() -> Self {
         Self {
             sender: Arc::new(watch::channel(false).0),
+            withdrawn: Arc::default(),
         }
     }
 }
@@ -149,8 +151,14 @@ impl Drain {
         self.sender.send_replace(true);
     }
 
-    pub fn started(&self) -> bool {
-        *self.sender.borrow()
+    /// Tells load balancers to stop sending (`/readyz` 503). Not on an upgrade: the new
+    /// process shares the listening sockets, and the node stays in service.
+    pub fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::Release);
+    }
+
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
     }
 
     fn watch(&self) -> ShutdownWatch {

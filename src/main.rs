@@ -248,17 +248,32 @@ fn derive_key(seed: &str, kid: &str) -> Result<String, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    // Pingora's proxy logs the raw bytes of a request it cannot parse at debug level (bearer
-    // tokens included); that level stays off whatever RUST_LOG asks for.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive("pingora_proxy=info".parse().expect("valid directive"))
-        .add_directive("pingora_core=info".parse().expect("valid directive"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Pingora and h2 print request bytes and headers (bearer tokens, vendor authorizations)
+    // at debug level; no RUST_LOG setting, however specific, turns that on.
+    let at_most_info = tracing_subscriber::filter::filter_fn(|event| {
+        let target = event.target();
+        let chatty = target.starts_with("pingora") || target.starts_with("h2");
+        !chatty || *event.level() <= tracing::Level::INFO
+    });
+    let ansi = std::io::stdout().is_terminal();
+    let registry = tracing_subscriber::registry()
+        .with(at_most_info)
+        .with(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_ansi(ansi),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .init(),
     }
 }

@@ -378,7 +378,7 @@ fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddre
     };
     forwarded::client_address(
         peer,
-        session.req_header().headers.get("X-Forwarded-For"),
+        session.req_header().headers.get_all("X-Forwarded-For"),
         &state.config.server.trusted_proxies,
     )
     .map(Some)
@@ -395,7 +395,12 @@ async fn service_certificate(
     };
     ctx.adapter = Some(route.adapter.clone());
     let cache = &state.metrics.service_certificate_cache;
-    match state.service_certificates.lookup(&route.config.name).await {
+    let wait = route.config.total_timeout;
+    match state
+        .service_certificates
+        .lookup(&route.config.name, wait)
+        .await
+    {
         Lookup::Hit(certificate) => {
             cache.with_label_values(&["hit"]).inc();
             Ok(Admission::Answer(LocalAnswer::certificate(certificate)))
@@ -622,10 +627,10 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
             )));
         };
         if upstream.multiplexes() {
-            let wait = remaining.min(upstream.vendor.connect_timeout);
+            let wait = remaining.min(upstream.connection_setup_timeout());
             let Some(turn) = target.state.take_turn(wait).await else {
-                // Another request has been opening a connection there for a whole connect
-                // timeout: the endpoint is stalled, and this request moves on.
+                // Another request has been opening a connection there for as long as that may
+                // take: the endpoint is stalled, and this request moves on.
                 note_endpoint_failure(state, &upstream, &target);
                 ctx.forward.avoid.push(target.addr);
                 continue;

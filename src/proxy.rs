@@ -47,6 +47,13 @@ impl ProxyHttp for LicenseProxy {
             .license_connections
             .request_started(session.client_addr());
         ctx.connection_busy = true;
+        let server = &self.state.config.server;
+        // A player that stops reading its answer must not hold the stream (and a connection
+        // slot) forever; Pingora sets no write timeout.
+        session.set_write_timeout(Some(server.answer_write_timeout));
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(server.keepalive_timeout.as_secs()));
+        }
         Ok(())
     }
 

@@ -293,7 +293,9 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Stri
 const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Each listener's connection cap, after raising the open-file limit; when the limit cannot
-/// hold both caps, the license listener's gives way so the admin listener keeps answering.
+/// hold both caps, the license listener's gives way so the admin listener keeps answering. A
+/// vendor spoken to over HTTP/1.1 takes a connection per request in flight, so with one each
+/// player connection is budgeted two descriptors.
 fn connection_caps(config: &Config) -> (usize, usize) {
     let (license, admin) = (config.license_max_connections, config.admin_max_connections);
     let limit = match listener::raise_open_file_limit() {
@@ -303,7 +305,16 @@ fn connection_caps(config: &Config) -> (usize, usize) {
             return (license, admin);
         }
     };
-    let room = limit.saturating_sub(RESERVED_DESCRIPTORS + admin as u64) as usize;
+    let per_player = if config
+        .vendors
+        .values()
+        .any(|vendor| vendor.protocol != crate::config::Protocol::H2)
+    {
+        2
+    } else {
+        1
+    };
+    let room = limit.saturating_sub(RESERVED_DESCRIPTORS + admin as u64) as usize / per_player;
     let license = if license > room {
         tracing::warn!(
             open_file_limit = limit,

@@ -44,16 +44,21 @@ impl ServiceCertificates {
         }
     }
 
-    pub async fn lookup(&self, vendor: &str) -> Lookup {
+    /// The cached certificate, or the go-ahead to forward. A request waits at most `wait`
+    /// for another one's fill, then forwards without exclusivity rather than not at all.
+    pub async fn lookup(&self, vendor: &str, wait: Duration) -> Lookup {
         if let Some(hit) = self.cache.get(vendor) {
             return Lookup::Hit(hit);
         }
-        let lock = self
-            .fill_locks
-            .get(vendor)
-            .expect("fill locks exist for every configured vendor")
-            .clone();
-        let guard = lock.lock_owned().await;
+        let guard = match self.fill_locks.get(vendor) {
+            Some(lock) => match lock.clone().try_lock_owned() {
+                Ok(guard) => Some(guard),
+                Err(_) => tokio::time::timeout(wait, lock.clone().lock_owned())
+                    .await
+                    .ok(),
+            },
+            None => None,
+        };
         // The request that held the lock may have filled the cache while this one waited.
         if let Some(hit) = self.cache.get(vendor) {
             return Lookup::Hit(hit);
@@ -65,7 +70,7 @@ impl ServiceCertificates {
             declared_length: None,
             body: BytesMut::new(),
             cacheable: false,
-            _exclusive: guard,
+            exclusive: guard,
         })
     }
 }
@@ -84,12 +89,17 @@ pub struct Filler {
     declared_length: Option<usize>,
     body: BytesMut,
     cacheable: bool,
-    _exclusive: OwnedMutexGuard<()>,
+    /// Released as soon as the fill is decided (cached, or not cacheable), not when the
+    /// request ends: a slow player must not hold up the others.
+    exclusive: Option<OwnedMutexGuard<()>>,
 }
 
 impl Filler {
     pub fn response_header(&mut self, status: u16, headers: &http::HeaderMap) {
         self.cacheable = status == 200;
+        if !self.cacheable {
+            self.exclusive = None;
+        }
         self.content_type = headers.get(http::header::CONTENT_TYPE).cloned();
         self.declared_length = headers
             .get(http::header::CONTENT_LENGTH)
@@ -106,6 +116,7 @@ impl Filler {
             let length = self.body.len() + chunk.len();
             if length > MAX_CERTIFICATE_BYTES || self.declared_length.is_some_and(|d| length > d) {
                 self.cacheable = false;
+                self.exclusive = None;
                 return;
             }
             self.body.extend_from_slice(chunk);
@@ -124,20 +135,22 @@ impl Filler {
 
     fn complete(&mut self) {
         self.cacheable = false;
-        if self.body.is_empty() {
-            return;
+        if !self.body.is_empty() {
+            let certificate = Certificate {
+                body: std::mem::take(&mut self.body).freeze(),
+                content_type: self.content_type.take(),
+            };
+            self.cache.insert(self.vendor.clone(), certificate);
         }
-        let certificate = Certificate {
-            body: std::mem::take(&mut self.body).freeze(),
-            content_type: self.content_type.take(),
-        };
-        self.cache.insert(self.vendor.clone(), certificate);
+        self.exclusive = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
 
     fn certificates() -> ServiceCertificates {
         ServiceCertificates::new(["sim"].into_iter(), Duration::from_secs(60))
@@ -146,14 +159,14 @@ mod tests {
     #[tokio::test]
     async fn a_complete_200_answer_is_served_afterwards() {
         let certs = certificates();
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!("empty cache must miss");
         };
         filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"\x08\x05")), false);
         filler.response_body(Some(&Bytes::from_static(b"cert")), true);
         drop(filler);
-        let Lookup::Hit(hit) = certs.lookup("sim").await else {
+        let Lookup::Hit(hit) = certs.lookup("sim", WAIT).await else {
             panic!("filled cache must hit");
         };
         assert_eq!(&hit.body[..], b"\x08\x05cert");
@@ -162,25 +175,25 @@ mod tests {
     #[tokio::test]
     async fn error_answers_and_abandoned_fills_are_not_cached() {
         let certs = certificates();
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!()
         };
         filler.response_header(503, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"down")), true);
         drop(filler);
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!("a 503 must not be cached")
         };
         filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"partial")), false);
         drop(filler);
-        assert!(matches!(certs.lookup("sim").await, Lookup::Miss(_)));
+        assert!(matches!(certs.lookup("sim", WAIT).await, Lookup::Miss(_)));
     }
 
     #[tokio::test]
     async fn the_declared_length_or_trailers_complete_the_fill_without_end_of_stream() {
         let certs = certificates();
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!()
         };
         let mut headers = http::HeaderMap::new();
@@ -189,28 +202,41 @@ mod tests {
         filler.response_body(Some(&Bytes::from_static(b"\x08\x05")), false);
         filler.response_body(Some(&Bytes::from_static(b"cert")), false);
         drop(filler);
-        assert!(matches!(certs.lookup("sim").await, Lookup::Hit(_)));
+        assert!(matches!(certs.lookup("sim", WAIT).await, Lookup::Hit(_)));
 
         let certs = certificates();
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!()
         };
         filler.response_header(200, &http::HeaderMap::new());
         filler.response_body(Some(&Bytes::from_static(b"cert")), false);
         filler.response_trailers();
         drop(filler);
-        assert!(matches!(certs.lookup("sim").await, Lookup::Hit(_)));
+        assert!(matches!(certs.lookup("sim", WAIT).await, Lookup::Hit(_)));
+    }
+
+    #[tokio::test]
+    async fn a_stuck_fill_delays_others_only_for_their_wait() {
+        let certs = certificates();
+        let Lookup::Miss(_stuck) = certs.lookup("sim", WAIT).await else {
+            panic!()
+        };
+        let started = std::time::Instant::now();
+        let Lookup::Miss(_) = certs.lookup("sim", Duration::from_millis(50)).await else {
+            panic!("nothing cached yet")
+        };
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test]
     async fn concurrent_misses_wait_for_the_one_fill() {
         let certs = Arc::new(certificates());
-        let Lookup::Miss(mut filler) = certs.lookup("sim").await else {
+        let Lookup::Miss(mut filler) = certs.lookup("sim", WAIT).await else {
             panic!()
         };
         let waiter = {
             let certs = certs.clone();
-            tokio::spawn(async move { matches!(certs.lookup("sim").await, Lookup::Hit(_)) })
+            tokio::spawn(async move { matches!(certs.lookup("sim", WAIT).await, Lookup::Hit(_)) })
         };
         tokio::task::yield_now().await;
         filler.response_header(200, &http::HeaderMap::new());

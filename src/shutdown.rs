@@ -4,8 +4,9 @@
 //! the listeners keep accepting for `grace_period_seconds` so load balancers move players away
 //! without refusals; then the listeners close, and the process exits as soon as no request is
 //! in flight, at the latest after `graceful_shutdown_timeout_seconds`.
-//! `SIGQUIT`: the same drain, after Pingora handed the listening sockets to the new process
-//! (`serve --upgrade`). `SIGINT`: exit at once.
+//! `SIGQUIT`: the same drain of connections, after Pingora handed the listening sockets to the
+//! new process (`serve --upgrade`), with `/readyz` still ready: the node stays in service.
+//! `SIGINT`: exit at once.
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ impl ShutdownSignalWatch for Signals {
             listeners_open_seconds = self.hold.as_secs(),
             "SIGTERM: draining; /readyz answers 503"
         );
+        self.drain.withdraw();
         self.drain.start();
         tokio::select! {
             _ = interrupt.recv() => ShutdownSignal::FastShutdown,

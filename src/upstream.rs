@@ -179,6 +179,11 @@ impl Upstream {
         &self.label
     }
 
+    /// The longest a new connection may take: TCP, then the TLS handshake.
+    pub fn connection_setup_timeout(&self) -> Duration {
+        self.vendor.connect_timeout * 2
+    }
+
     /// Whether requests share connections, so that taking streams in turn pays off.
     pub fn multiplexes(&self) -> bool {
         self.vendor.protocol != Protocol::H1
@@ -220,7 +225,7 @@ impl Upstream {
         };
         options.max_h2_streams = self.vendor.max_concurrent_streams;
         options.connection_timeout = Some(self.vendor.connect_timeout.min(remaining));
-        options.total_connection_timeout = Some((self.vendor.connect_timeout * 2).min(remaining));
+        options.total_connection_timeout = Some(self.connection_setup_timeout().min(remaining));
         let read_timeout = self.vendor.read_timeout.min(remaining);
         options.read_timeout = Some(read_timeout);
         options.write_timeout = Some(read_timeout);

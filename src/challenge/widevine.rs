@@ -118,7 +118,9 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     };
     // A renewal or release names the license it continues (`existing_license`), which carries
     // no key ID: its keys are those of the license the vendor issued before.
-    info.renews_existing_license = content.existing_license.is_some();
+    // Only a renewal or release may name a license instead of key IDs.
+    info.renews_existing_license =
+        content.existing_license.is_some() && request_type != RequestType::New;
     let mut license_type = None;
     if let Some(pssh) = content.widevine_pssh_data {
         license_type = pssh.license_type;
@@ -366,6 +368,22 @@ mod tests {
         let info = parse(&renewal).unwrap();
         assert!(info.renews_existing_license && !info.unreadable_key_ids);
         assert!(info.key_ids.is_empty());
+        let new_naming_a_license = request(
+            ContentIdentification {
+                existing_license: Some(ExistingLicense {
+                    license_id: Some(LicenseIdentification {
+                        request_id: Some(b"session".to_vec()),
+                    }),
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(
+            !parse(&new_naming_a_license)
+                .unwrap()
+                .renews_existing_license
+        );
     }
 
     #[test]

@@ -372,6 +372,8 @@ pub struct Server {
     pub header_read_timeout_ms: u64,
     /// How long an idle keep-alive connection (HTTP/1.1 or HTTP/2) stays open.
     pub keepalive_timeout_seconds: u64,
+    /// How long one write of an answer to a client may block.
+    pub answer_write_timeout_ms: u64,
     /// Request header limits, answered with 431.
     pub max_header_bytes: usize,
     pub max_header_count: usize,
@@ -395,6 +397,7 @@ impl Default for Server {
             challenge_read_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             keepalive_timeout_seconds: 60,
+            answer_write_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             max_header_count: 64,
             trusted_proxies: Vec::new(),

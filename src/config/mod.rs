@@ -182,6 +182,7 @@ pub struct ServerSettings {
     pub challenge_read_timeout: Duration,
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub answer_write_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_header_count: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -764,20 +765,41 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
             "must be at least 1",
         ));
     }
-    for (key, value) in [
+    // Upper bounds: Pingora refuses more than 256 headers and the h2 crate more than 64 KiB
+    // of them before licensegate could answer with problem JSON; times stay well clear of
+    // overflowing a deadline.
+    for (key, value, most) in [
         (
             "server.header_read_timeout_ms",
             server.header_read_timeout_ms,
+            600_000,
         ),
         (
             "server.keepalive_timeout_seconds",
             server.keepalive_timeout_seconds,
+            3600,
         ),
-        ("server.max_header_bytes", server.max_header_bytes as u64),
-        ("server.max_header_count", server.max_header_count as u64),
+        (
+            "server.answer_write_timeout_ms",
+            server.answer_write_timeout_ms,
+            600_000,
+        ),
+        (
+            "server.max_header_bytes",
+            server.max_header_bytes as u64,
+            65_536,
+        ),
+        (
+            "server.max_header_count",
+            server.max_header_count as u64,
+            256,
+        ),
     ] {
-        if value == 0 {
-            return Err(ConfigError::new(key, "must be at least 1"));
+        if !(1..=most).contains(&value) {
+            return Err(ConfigError::new(
+                key,
+                format!("must be between 1 and {most}"),
+            ));
         }
     }
     let mut trusted_proxies = Vec::with_capacity(server.trusted_proxies.len());
@@ -815,6 +837,7 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
         challenge_read_timeout: Duration::from_millis(server.challenge_read_timeout_ms),
         header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
         keepalive_timeout: Duration::from_secs(server.keepalive_timeout_seconds),
+        answer_write_timeout: Duration::from_millis(server.answer_write_timeout_ms),
         max_header_bytes: server.max_header_bytes,
         max_header_count: server.max_header_count,
         trusted_proxies,
@@ -917,10 +940,11 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
             "must be a path starting with /",
         ));
     }
-    if vendor.ejection_consecutive_failures > 0 && vendor.ejection_seconds == 0 {
+    if vendor.ejection_consecutive_failures > 0 && !(1..=86_400).contains(&vendor.ejection_seconds)
+    {
         return Err(ConfigError::new(
             key("ejection_seconds"),
-            "must be at least 1 while ejection_consecutive_failures is set",
+            "must be between 1 and 86400 while ejection_consecutive_failures is set",
         ));
     }
     if vendor.dns_refresh_seconds == 0 {
