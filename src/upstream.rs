@@ -181,7 +181,7 @@ impl Upstream {
 
     /// The longest a new connection may take: TCP, then the TLS handshake.
     pub fn connection_setup_timeout(&self) -> Duration {
-        self.vendor.connect_timeout * 2
+        connection_setup_timeout(&self.vendor)
     }
 
     /// Whether requests share connections, so that taking streams in turn pays off.
@@ -210,28 +210,15 @@ impl Upstream {
     /// into Pingora's pool key is derived from the config alone, so all requests to an
     /// endpoint share its connections.
     pub fn peer(&self, target: &Target, remaining: Duration) -> HttpPeer {
-        let endpoint = &target.endpoint;
-        let sni = if endpoint.tls {
-            endpoint.host.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(target.addr.clone(), endpoint.tls, sni);
+        let mut peer = endpoint_peer(
+            &self.vendor,
+            target.addr.clone(),
+            &target.endpoint,
+            remaining,
+        );
         let options = &mut peer.options;
-        options.alpn = match self.vendor.protocol {
-            Protocol::H2 => ALPN::H2,
-            Protocol::H2OrH1 => ALPN::H2H1,
-            Protocol::H1 => ALPN::H1,
-        };
         options.max_h2_streams = self.vendor.max_concurrent_streams;
-        options.connection_timeout = Some(self.vendor.connect_timeout.min(remaining));
-        options.total_connection_timeout = Some(self.connection_setup_timeout().min(remaining));
-        let read_timeout = self.vendor.read_timeout.min(remaining);
-        options.read_timeout = Some(read_timeout);
-        options.write_timeout = Some(read_timeout);
         options.idle_timeout = Some(self.idle_timeout);
-        options.verify_cert = self.vendor.tls_verify;
-        options.verify_hostname = self.vendor.tls_verify;
         // Keeps pooled h2 connections from dying silently behind NATs and load balancers.
         options.h2_ping_interval = Some(Duration::from_secs(30));
         peer
@@ -367,6 +354,40 @@ impl ServiceDiscovery for DnsDiscovery {
     }
 }
 
+fn connection_setup_timeout(vendor: &VendorConfig) -> Duration {
+    vendor.connect_timeout * 2
+}
+
+/// How to reach one endpoint: TLS and SNI from its URL, the vendor's protocol and
+/// verification, and timeouts cut to `remaining`.
+fn endpoint_peer(
+    vendor: &VendorConfig,
+    addr: SocketAddr,
+    endpoint: &Endpoint,
+    remaining: Duration,
+) -> HttpPeer {
+    let sni = if endpoint.tls {
+        endpoint.host.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
+    let options = &mut peer.options;
+    options.alpn = match vendor.protocol {
+        Protocol::H2 => ALPN::H2,
+        Protocol::H2OrH1 => ALPN::H2H1,
+        Protocol::H1 => ALPN::H1,
+    };
+    options.connection_timeout = Some(vendor.connect_timeout.min(remaining));
+    options.total_connection_timeout = Some(connection_setup_timeout(vendor).min(remaining));
+    let read_timeout = vendor.read_timeout.min(remaining);
+    options.read_timeout = Some(read_timeout);
+    options.write_timeout = Some(read_timeout);
+    options.verify_cert = vendor.tls_verify;
+    options.verify_hostname = vendor.tls_verify;
+    peer
+}
+
 /// The active health check: a connect (with the TLS handshake on https endpoints), or a whole
 /// HTTP exchange, each within the vendor's connect and read timeouts. An endpoint that accepts
 /// TCP and then stalls fails both; a plain TCP check would call it healthy.
@@ -382,24 +403,8 @@ impl HealthCheck for EndpointProbe {
         let Some(endpoint) = target.ext.get::<Arc<Endpoint>>() else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "backend without endpoint");
         };
-        let sni = if endpoint.tls {
-            endpoint.host.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(target.addr.clone(), endpoint.tls, sni);
-        let options = &mut peer.options;
-        options.connection_timeout = Some(self.vendor.connect_timeout);
-        options.total_connection_timeout = Some(self.vendor.connect_timeout * 2);
-        options.read_timeout = Some(self.vendor.read_timeout);
-        options.write_timeout = Some(self.vendor.read_timeout);
-        options.verify_cert = self.vendor.tls_verify;
-        options.verify_hostname = self.vendor.tls_verify;
-        options.alpn = match self.vendor.protocol {
-            Protocol::H2 => ALPN::H2,
-            Protocol::H2OrH1 => ALPN::H2H1,
-            Protocol::H1 => ALPN::H1,
-        };
+        // Within the vendor's own timeouts, with no request budget to cut them.
+        let peer = endpoint_peer(&self.vendor, target.addr.clone(), endpoint, Duration::MAX);
         match self.vendor.health_check {
             HealthCheckKind::Connect => self.transport.new_stream(&peer).await.map(drop),
             HealthCheckKind::Http => self.http_exchange(&peer, endpoint).await,

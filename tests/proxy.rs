@@ -145,19 +145,14 @@ async fn a_connection_reset_after_the_challenge_left_is_not_sent_again() {
     let sim = Sim::start(&["--reset-connections", "1"]);
     let gate = Gate::start_ready(&config(&[sim.url()], "retries = 2")).await;
     let challenge = fixture("license-request-kid-01020304.bin");
-    let response = client()
-        .post(gate.license_url("widevine", Some("demo")))
-        .body(challenge.clone())
-        .send()
-        .await
-        .unwrap();
-    problem(response, 502, "upstream_error").await;
-    let response = client()
-        .post(gate.license_url("widevine", Some("demo")))
-        .body(challenge.clone())
-        .send()
-        .await
-        .unwrap();
+    let license = || {
+        client()
+            .post(gate.license_url("widevine", Some("demo")))
+            .body(challenge.clone())
+            .send()
+    };
+    problem(license().await.unwrap(), 502, "upstream_error").await;
+    let response = license().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         &response.bytes().await.unwrap()[..],

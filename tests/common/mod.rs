@@ -132,9 +132,17 @@ fairplay = "sim"
     )
 }
 
-fn spawn_gate(dir: &Path) -> (Child, u16, u16) {
+fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
+    use std::os::unix::process::CommandExt;
     let (port, admin_port) = (free_port(), free_port());
-    let mut child = gate_command(dir, port, admin_port).spawn().unwrap();
+    let mut command = gate_command(dir, port, admin_port);
+    if let Some(nofile) = nofile {
+        // Runs in the child between fork and exec: only the one setrlimit call.
+        unsafe {
+            command.pre_exec(move || rlimit::Resource::NOFILE.set(nofile, nofile));
+        }
+    }
+    let mut child = command.spawn().unwrap();
     wait_for_port(port, &mut child);
     wait_for_port(admin_port, &mut child);
     (child, port, admin_port)
@@ -308,35 +316,22 @@ impl Gate {
 
     /// Writes `files` into the gate's directory first; the config finds them under `${LG_DIR}`.
     pub fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Gate {
+        Gate::start_in(config, files, None)
+    }
+
+    /// Starts licensegate with its open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_open_file_limit(config: &str, nofile: u64) -> Gate {
+        Gate::start_in(config, &[], Some(nofile))
+    }
+
+    fn start_in(config: &str, files: &[(&str, &[u8])], nofile: Option<u64>) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
         let path: PathBuf = dir.path().join("licensegate.toml");
         std::fs::write(&path, config).unwrap();
-        let (child, port, admin_port) = spawn_gate(dir.path());
-        Gate {
-            child,
-            port,
-            admin_port,
-            dir,
-        }
-    }
-
-    /// Starts licensegate with its open-file limit (soft and hard) set to `nofile`.
-    pub fn start_with_open_file_limit(config: &str, nofile: u64) -> Gate {
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("licensegate.toml"), config).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let mut command = gate_command(dir.path(), port, admin_port);
-        // Runs in the child between fork and exec: only the one setrlimit call.
-        unsafe {
-            command.pre_exec(move || rlimit::Resource::NOFILE.set(nofile, nofile));
-        }
-        let mut child = command.spawn().unwrap();
-        wait_for_port(port, &mut child);
-        wait_for_port(admin_port, &mut child);
+        let (child, port, admin_port) = spawn_gate(dir.path(), nofile);
         Gate {
             child,
             port,
@@ -350,7 +345,7 @@ impl Gate {
     pub fn crash_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let (child, port, admin_port) = spawn_gate(self.dir.path());
+        let (child, port, admin_port) = spawn_gate(self.dir.path(), None);
         self.child = child;
         self.port = port;
         self.admin_port = admin_port;
