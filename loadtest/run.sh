@@ -19,7 +19,7 @@ rate_requests="${RATE_REQUESTS:-20000}"
 
 scripts/setup.sh
 command -v oha >/dev/null || cargo install oha --locked
-cargo build --release --bins
+cargo build --release --workspace --bins
 
 out="loadtest/results"
 mkdir -p "$out"

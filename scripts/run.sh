@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --release --bins
+cargo build --release --workspace --bins
 
 sim_addr="${LICENSEGATE_SIM_ADDR:-127.0.0.1:8090}"
 ./target/release/licensegate-sim --listen "$sim_addr" &

@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets
 
 # The examples take TLS files and vendor secrets from the environment, as a deployment would;
 # these values only have to have the right shape (check loads the certificate and key).

@@ -6,25 +6,23 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
-pub mod challenge;
 pub mod config;
 pub mod cors;
 pub mod demo;
 pub mod devices;
-pub mod drm;
 pub mod entitlement;
 pub mod forwarded;
-pub mod keyseed;
 pub mod listener;
-pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
+pub mod playready;
 pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod service_certificate;
 pub mod shutdown;
-pub mod sim;
 pub mod upstream;
 pub mod vendor;
+
+pub use licensegate_drm::{challenge, drm, keyseed, manifest};

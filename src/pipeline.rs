@@ -20,7 +20,7 @@ use crate::catalog::{Catalog, Content};
 use crate::challenge::{self, ChallengeInfo, RequestType};
 use crate::config::VendorConfig;
 use crate::cors::{self, Origin};
-use crate::drm::{self, Drm};
+use crate::drm::Drm;
 use crate::forwarded::{self, ClientAddress};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem};
@@ -234,7 +234,7 @@ pub async fn admit(
     ctx.vendor = Some(route.config.clone());
     let identity = authenticate(state, session.req_header(), &ctx.origin)?;
     if drm == Drm::PlayReady {
-        ctx.soap_action = Some(drm::playready_soap_action(
+        ctx.soap_action = Some(crate::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
         )?);
     }

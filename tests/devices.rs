@@ -2,13 +2,11 @@
 //! it from the challenge's Widevine client identification), slots per user in the embedded
 //! store or a real Redis shared by two licensegate instances, and the admin API.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Gate, Redis, Sim, client, fixture, problem};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use licensegate_testkit::{Gate, Redis, Sim, client, fixture, problem};
 use serde_json::{Value, json};
 
 const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -347,7 +345,7 @@ async fn two_instances_sharing_redis_enforce_one_limit_without_races() {
 #[tokio::test]
 async fn an_unreachable_store_fails_closed() {
     let sim = Sim::start(&["--vendor", "axinom"]);
-    let nothing = common::free_port();
+    let nothing = licensegate_testkit::free_port();
     let devices = format!(
         "max_per_user = 3\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{nothing}\"\nstore_timeout_ms = 300"
     );

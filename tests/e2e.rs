@@ -1,14 +1,12 @@
 //! A real player: Shaka Player in Debian's headless Chromium plays the encrypted demo stream
 //! from licensegate's demo page, with licensegate's built-in ClearKey server as license server.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use common::Gate;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use licensegate_testkit::Gate;
 use serde_json::{Value, json};
 
 const SECRET: &str = "e2e-test-secret-0123456789abcdef-0123456";

@@ -1,14 +1,12 @@
 //! The edge against hostile clients and misbehaving vendors, on real sockets, with Debian's
 //! nginx as the vendor wherever a real server shows the behaviour.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Gate, Nginx, Sim, client, config, fixture, problem};
+use licensegate_testkit::{Gate, Nginx, Sim, client, config, fixture, problem};
 
 const CHALLENGE_30K: usize = 30 * 1024;
 
@@ -569,7 +567,7 @@ async fn sigterm_answers_every_request_in_flight_and_keeps_accepting_for_the_gra
     tokio::time::sleep(Duration::from_millis(500)).await;
     let signalled = Instant::now();
     let pid = gate.child().id();
-    common::signal(pid, "TERM");
+    licensegate_testkit::signal(pid, "TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ready = reqwest::get(gate.admin("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -580,10 +578,11 @@ async fn sigterm_answers_every_request_in_flight_and_keeps_accepting_for_the_gra
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.bytes().await.unwrap().len(),
-            licensegate::sim::LICENSE_PREFIX.len() + 32
+            licensegate_sim::LICENSE_PREFIX.len() + 32
         );
     }
-    let exit = common::wait_exit(gate.child(), Duration::from_secs(8)).expect("exits when drained");
+    let exit = licensegate_testkit::wait_exit(gate.child(), Duration::from_secs(8))
+        .expect("exits when drained");
     assert!(exit.success());
     assert!(signalled.elapsed() < Duration::from_secs(7));
     let access_lines = gate
@@ -603,7 +602,7 @@ struct Hypercorn {
 
 impl Hypercorn {
     fn start() -> Hypercorn {
-        let port = common::free_port();
+        let port = licensegate_testkit::free_port();
         let child = std::process::Command::new("python3")
             .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}")])
             .arg("certificate_vendor:app")
@@ -834,14 +833,14 @@ async fn an_upgrade_under_steady_oha_load_fails_no_request() {
         .expect("oha must be installed (scripts/setup.sh installs it)");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let mut new = common::gate_command(old.dir(), old.port, old.admin_port)
+    let mut new = licensegate_testkit::gate_command(old.dir(), old.port, old.admin_port)
         .arg("--upgrade")
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old_pid = old.child().id();
-    common::signal(old_pid, "QUIT");
-    let exit = common::wait_exit(old.child(), Duration::from_secs(15));
+    licensegate_testkit::signal(old_pid, "QUIT");
+    let exit = licensegate_testkit::wait_exit(old.child(), Duration::from_secs(15));
     assert!(
         exit.is_some_and(|status| status.success()),
         "the old process drains and exits"

@@ -1,14 +1,12 @@
 //! Who may play what: tokens, catalog, key IDs, entitlement, the built-in ClearKey server and
 //! HLS keys, against a real licensegate (and simulator, where a vendor is involved).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Gate, Sim, client, fixture, problem};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use licensegate_testkit::{Gate, Sim, client, fixture, problem};
 use serde_json::{Value, json};
 
 const SECRET: &str = "integration-test-secret-0123456789abcdef";

@@ -1,11 +1,9 @@
 //! licensegate against a real simulator, both as processes on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Gate, Sim, client, config, fixture, problem};
-use licensegate::sim::{LICENSE_PREFIX, SERVICE_CERTIFICATE};
+use licensegate_sim::{LICENSE_PREFIX, SERVICE_CERTIFICATE};
+use licensegate_testkit::{Gate, Sim, client, config, fixture, problem};
 use sha2::{Digest, Sha256};
 
 fn expected_license(challenge: &[u8]) -> Vec<u8> {
@@ -190,7 +188,10 @@ async fn goaway_from_the_vendor_loses_no_request() {
 #[tokio::test]
 async fn a_second_endpoint_takes_over_from_a_dead_one() {
     let sim = Sim::start(&[]);
-    let dead = format!("http://127.0.0.1:{}/AcquireLicense", common::free_port());
+    let dead = format!(
+        "http://127.0.0.1:{}/AcquireLicense",
+        licensegate_testkit::free_port()
+    );
     let gate = Gate::start_ready(&config(&[dead, sim.url()], "retries = 1")).await;
     let client = client();
     for _ in 0..6 {
@@ -207,7 +208,10 @@ async fn a_second_endpoint_takes_over_from_a_dead_one() {
 
 #[tokio::test]
 async fn dead_upstream_is_a_502_within_the_connect_timeout() {
-    let dead = format!("http://127.0.0.1:{}/AcquireLicense", common::free_port());
+    let dead = format!(
+        "http://127.0.0.1:{}/AcquireLicense",
+        licensegate_testkit::free_port()
+    );
     let gate = Gate::start(&config(
         &[dead],
         "[vendors.sim.timeouts]\nconnect_ms = 500\nread_ms = 1000\ntotal_ms = 2000",

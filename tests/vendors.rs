@@ -1,15 +1,13 @@
 //! Vendor adapters against simulators that check requests as each vendor documents:
 //! player -> licensegate -> licensegate-sim --vendor X, and the simulators' refusals back.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{Gate, Sim, client, fixture, problem};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use licensegate_testkit::{Gate, Sim, client, fixture, problem};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

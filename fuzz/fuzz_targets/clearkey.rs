@@ -1,8 +1,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use licensegate::challenge;
-use licensegate::drm::Drm;
+use licensegate_drm::challenge;
+use licensegate_drm::drm::Drm;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = challenge::parse(Drm::ClearKey, data) {

@@ -1,10 +1,10 @@
-//! The vendor simulator's command line; the server itself lives in `licensegate::sim`.
+//! The simulator's command line; the server itself is the library.
 
 use std::net::SocketAddr;
 
 use clap::Parser;
-use licensegate::sim::vendors::VendorArgs;
-use licensegate::sim::{self, Faults};
+use licensegate_sim::vendors::VendorArgs;
+use licensegate_sim::{self as sim, Faults};
 
 #[derive(Parser)]
 #[command(name = "licensegate-sim", version, about = "License server simulator")]

@@ -151,7 +151,7 @@ mod tests {
         let expect: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
         let widevine = parse(
             Drm::Widevine,
-            include_bytes!("../../tests/fixtures/license-request-kid-01020304.bin"),
+            include_bytes!("../../../../tests/fixtures/license-request-kid-01020304.bin"),
         )
         .unwrap();
         assert_eq!(widevine.key_ids, vec![expect]);
@@ -159,7 +159,7 @@ mod tests {
 
         let playready = parse(
             Drm::PlayReady,
-            include_bytes!("../../tests/fixtures/license-request-v4.0.xml"),
+            include_bytes!("../../../../tests/fixtures/license-request-v4.0.xml"),
         )
         .unwrap();
         assert_eq!(
@@ -170,7 +170,7 @@ mod tests {
 
         let clearkey = parse(
             Drm::ClearKey,
-            include_bytes!("../../tests/fixtures/clearkey-request-kid-01020304.json"),
+            include_bytes!("../../../../tests/fixtures/clearkey-request-kid-01020304.json"),
         )
         .unwrap();
         assert_eq!(clearkey.key_ids, vec![expect]);

@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn demo_manifest_lists_the_demo_kid_everywhere() {
-        let sets = dash_kids(include_bytes!("../tests/fixtures/clearkey-demo.mpd")).unwrap();
+        let sets = dash_kids(include_bytes!("../../../tests/fixtures/clearkey-demo.mpd")).unwrap();
         assert_eq!(sets.len(), 1);
         let set = &sets[0];
         let demo: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();

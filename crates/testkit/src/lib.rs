@@ -1,7 +1,6 @@
-//! Real processes on loopback: the `licensegate` and `licensegate-sim` binaries this crate
-//! builds, each on a free port, killed when the handle drops.
-
-#![allow(dead_code)] // each test binary uses its own share of these helpers
+//! What licensegate's integration tests run against, on loopback, each on a free port and
+//! stopped when its handle drops: the `licensegate` binary, the simulator (in this process),
+//! and real servers nobody here wrote (Redis, nginx).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,13 +23,27 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The repository's top folder: the proxy package, its config, fixtures and demo page.
+pub fn repository() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read(repository().join("tests/fixtures").join(name)).unwrap()
+}
+
+/// The `licensegate` binary Cargo built for the running integration test: it sits beside the
+/// test's own `deps/` folder. `LICENSEGATE_BIN` names another.
+pub fn licensegate_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LICENSEGATE_BIN") {
+        return path.into();
+    }
+    let test = std::env::current_exe().unwrap();
+    test.parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("licensegate"))
+        .filter(|binary| binary.is_file())
+        .expect("run through cargo test, which builds the licensegate binary")
 }
 
 fn wait_for_port(port: u16, child: &mut Child) {
@@ -48,22 +61,44 @@ fn wait_for_port(port: u16, child: &mut Child) {
     panic!("nothing listens on port {port}");
 }
 
+/// The simulator, served by this process on a runtime of its own, as `licensegate-sim` with
+/// the given flags would serve it.
 pub struct Sim {
-    child: Child,
+    runtime: Option<tokio::runtime::Runtime>,
     pub port: u16,
+}
+
+#[derive(clap::Parser)]
+struct SimFlags {
+    #[command(flatten)]
+    faults: licensegate_sim::Faults,
+    #[command(flatten)]
+    vendor: licensegate_sim::vendors::VendorArgs,
 }
 
 impl Sim {
     pub fn start(args: &[&str]) -> Sim {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_licensegate-sim"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
-            .args(args)
-            .stdout(Stdio::null())
-            .spawn()
+        use clap::Parser;
+        let flags = SimFlags::try_parse_from(
+            std::iter::once("licensegate-sim").chain(args.iter().copied()),
+        )
+        .unwrap_or_else(|e| panic!("simulator flags {args:?}: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
             .unwrap();
-        wait_for_port(port, &mut child);
-        Sim { child, port }
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            licensegate_sim::serve(listener, flags.faults, flags.vendor).await
+        });
+        Sim {
+            runtime: Some(runtime),
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -82,8 +117,10 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Tests drop it inside their own runtime, where waiting is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -133,16 +170,10 @@ fairplay = "sim"
 }
 
 fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
-    use std::os::unix::process::CommandExt;
     let (port, admin_port) = (free_port(), free_port());
-    let mut command = gate_command(dir, port, admin_port);
-    if let Some(nofile) = nofile {
-        // Runs in the child between fork and exec: only the one setrlimit call.
-        unsafe {
-            command.pre_exec(move || rlimit::Resource::NOFILE.set(nofile, nofile));
-        }
-    }
-    let mut child = command.spawn().unwrap();
+    let mut child = gate_command_limited(dir, port, admin_port, nofile)
+        .spawn()
+        .unwrap();
     wait_for_port(port, &mut child);
     wait_for_port(admin_port, &mut child);
     (child, port, admin_port)
@@ -151,12 +182,27 @@ fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
 /// `licensegate serve` on the directory's config and the given ports, everything it prints
 /// appended to the directory's `licensegate.log`.
 pub fn gate_command(dir: &Path, port: u16, admin_port: u16) -> Command {
+    gate_command_limited(dir, port, admin_port, None)
+}
+
+/// With `nofile`, under util-linux's `prlimit`, which sets the open-file limit (soft and
+/// hard) before licensegate starts.
+fn gate_command_limited(dir: &Path, port: u16, admin_port: u16, nofile: Option<u64>) -> Command {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(dir.join("licensegate.log"))
         .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_licensegate"));
+    let mut command = match nofile {
+        Some(limit) => {
+            let mut command = Command::new("prlimit");
+            command
+                .arg(format!("--nofile={limit}:{limit}"))
+                .arg(licensegate_binary());
+            command
+        }
+        None => Command::new(licensegate_binary()),
+    };
     command
         .args(["serve", "--config"])
         .arg(dir.join("licensegate.toml"))

@@ -170,7 +170,7 @@ mod tests {
         assert!(parse(challenge(short_kid).as_bytes()).is_err());
         let not_base64 = r#"<WRMHEADER><DATA><KID>!!!</KID></DATA></WRMHEADER>"#;
         assert!(parse(challenge(not_base64).as_bytes()).is_err());
-        let fixture = include_bytes!("../../tests/fixtures/license-request-v4.0.xml");
+        let fixture = include_bytes!("../../../../tests/fixtures/license-request-v4.0.xml");
         for cut in (0..fixture.len()).step_by(7) {
             let _ = parse(&fixture[..cut]);
         }

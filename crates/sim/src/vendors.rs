@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::challenge::{self, Kid};
-use crate::drm::Drm;
+use licensegate_drm::challenge::{self, Kid};
+use licensegate_drm::drm::Drm;
 
 /// The vendor whose checks the simulator applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

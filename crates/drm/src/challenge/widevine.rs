@@ -199,7 +199,8 @@ fn read_pssh_data(blob: &[u8], info: &mut ChallengeInfo) -> Result<(), Challenge
 mod tests {
     use super::*;
 
-    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/license-request-kid-01020304.bin");
+    const FIXTURE: &[u8] =
+        include_bytes!("../../../../tests/fixtures/license-request-kid-01020304.bin");
 
     fn kid(n: u8) -> Vec<u8> {
         vec![n; 16]
