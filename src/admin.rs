@@ -11,7 +11,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::json;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 use crate::server::State;
 
 pub struct AdminApp {
@@ -106,11 +106,7 @@ impl AdminApp {
             );
         };
         if !bearer_matches(request, admin_token) {
-            let mut response = problem(Problem::new(
-                401,
-                "admin_token_invalid",
-                "Admin token missing or wrong",
-            ));
+            let mut response = problem(Problem::new(Refusal::AdminTokenInvalid));
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
@@ -120,11 +116,7 @@ impl AdminApp {
         let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
         let unavailable = |e: crate::devices::StoreError| {
             tracing::error!(error = %e, "device store unavailable for the admin API");
-            problem(Problem::new(
-                503,
-                "device_store_unavailable",
-                "Device registry unavailable",
-            ))
+            problem(Problem::new(Refusal::DeviceStoreUnavailable))
         };
         match (&request.method, decoded.as_slice()) {
             (&Method::GET, [user]) if !user.is_empty() => match devices.list(user).await {
@@ -147,7 +139,7 @@ impl AdminApp {
                 match devices.remove(user, device).await {
                     Ok(true) => json_response(200, json!({"user": user, "removed": 1})),
                     Ok(false) => problem(
-                        Problem::new(404, "device_not_registered", "No such device")
+                        Problem::new(Refusal::DeviceNotRegistered)
                             .with_detail(format!("'{user}' has no device '{device}'")),
                     ),
                     Err(e) => unavailable(e),

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthKeySource, AuthSettings, ConfigError, TokenSource};
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 
 /// A verified user.
 #[derive(Debug)]
@@ -121,10 +121,10 @@ impl Authenticator {
     ) -> Result<Arc<Identity>, Problem> {
         let token = self
             .find_token(request, cookies)
-            .ok_or_else(|| unauthorized("token_missing", "no token in the request"))?;
+            .ok_or_else(|| unauthorized(Refusal::TokenMissing, "no token in the request"))?;
         if token.len() > self.settings.max_token_bytes {
             return Err(unauthorized(
-                "token_too_large",
+                Refusal::TokenTooLarge,
                 format!("the token exceeds {} bytes", self.settings.max_token_bytes),
             ));
         }
@@ -179,7 +179,7 @@ impl Authenticator {
 
     fn verify(&self, token: &str) -> Result<Identity, Problem> {
         let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| unauthorized("token_malformed", "the token is not a JWT"))?;
+            .map_err(|_| unauthorized(Refusal::TokenMalformed, "the token is not a JWT"))?;
         let keys = self.keys.load();
         let candidates: Vec<&VerifyKey> = match &header.kid {
             Some(kid) if keys.iter().any(|k| k.kid.is_some()) => {
@@ -189,7 +189,7 @@ impl Authenticator {
                     .collect();
                 if matching.is_empty() {
                     return Err(unauthorized(
-                        "token_unknown_kid",
+                        Refusal::TokenUnknownKid,
                         "no key has the token's kid",
                     ));
                 }
@@ -197,14 +197,17 @@ impl Authenticator {
             }
             _ => keys.iter().collect(),
         };
-        let mut last_error =
-            unauthorized("token_signature", "no key accepts the token's algorithm");
+        let mut last_error = unauthorized(
+            Refusal::TokenSignature,
+            "no key accepts the token's algorithm",
+        );
         for key in candidates.into_iter().filter(|k| k.algorithm == header.alg) {
             let validation = self.validation(key.algorithm);
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => return self.identity(data.claims),
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => {
-                    last_error = unauthorized("token_signature", "the signature does not verify");
+                    last_error =
+                        unauthorized(Refusal::TokenSignature, "the signature does not verify");
                 }
                 Err(e) => return Err(problem_for(e.kind())),
             }
@@ -233,7 +236,7 @@ impl Authenticator {
             Some(Value::Number(user)) => user.to_string(),
             _ => {
                 return Err(unauthorized(
-                    "token_malformed",
+                    Refusal::TokenMalformed,
                     format!("the token has no '{}' claim", self.settings.user_claim),
                 ));
             }
@@ -248,28 +251,30 @@ impl Authenticator {
     }
 }
 
-fn unauthorized(code: &'static str, detail: impl Into<String>) -> Problem {
-    Problem::new(401, code, "Not authenticated").with_detail(detail)
+fn unauthorized(refusal: Refusal, detail: impl Into<String>) -> Problem {
+    Problem::new(refusal).with_detail(detail)
 }
 
 fn problem_for(kind: &ErrorKind) -> Problem {
     match kind {
-        ErrorKind::ExpiredSignature => unauthorized("token_expired", "the token has expired"),
+        ErrorKind::ExpiredSignature => unauthorized(Refusal::TokenExpired, "the token has expired"),
         ErrorKind::ImmatureSignature => {
-            unauthorized("token_not_yet_valid", "the token is not valid yet")
+            unauthorized(Refusal::TokenNotYetValid, "the token is not valid yet")
         }
         ErrorKind::InvalidAudience => {
-            unauthorized("token_audience", "the token is for another audience")
+            unauthorized(Refusal::TokenAudience, "the token is for another audience")
         }
-        ErrorKind::InvalidIssuer => unauthorized("token_issuer", "the token has another issuer"),
+        ErrorKind::InvalidIssuer => {
+            unauthorized(Refusal::TokenIssuer, "the token has another issuer")
+        }
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-            unauthorized("token_signature", "the signature does not verify")
+            unauthorized(Refusal::TokenSignature, "the signature does not verify")
         }
         ErrorKind::MissingRequiredClaim(claim) => unauthorized(
-            "token_malformed",
+            Refusal::TokenMalformed,
             format!("the token has no '{claim}' claim"),
         ),
-        _ => unauthorized("token_malformed", "the token is not a valid JWT"),
+        _ => unauthorized(Refusal::TokenMalformed, "the token is not a valid JWT"),
     }
 }
 

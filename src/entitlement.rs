@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::auth::Identity;
 use crate::catalog::Content;
 use crate::config::{EntitlementServiceSettings, EntitlementSettings, Policy};
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 
 /// Permission to play, with the policy the license must carry.
 #[derive(Debug, Clone)]
@@ -153,12 +153,8 @@ impl Entitlements {
                         basis: "service",
                         max_devices: answer.max_devices,
                     }),
-                    None => Err(Problem::new(
-                        502,
-                        "entitlement_invalid",
-                        "Entitlement service answer not understood",
-                    )
-                    .with_detail(format!("unknown policy '{name}'"))),
+                    None => Err(Problem::new(Refusal::EntitlementInvalid)
+                        .with_detail(format!("unknown policy '{name}'"))),
                 }
             }
             Ok(_) => Err(not_entitled()),
@@ -166,18 +162,13 @@ impl Entitlements {
                 tracing::warn!(%reason, "entitlement service unavailable; failing open");
                 Ok(grant("fail_open"))
             }
-            Err(reason) => Err(Problem::new(
-                503,
-                "entitlement_unavailable",
-                "Entitlement service unavailable",
-            )
-            .with_detail(reason)),
+            Err(reason) => Err(Problem::new(Refusal::EntitlementUnavailable).with_detail(reason)),
         }
     }
 }
 
 fn not_entitled() -> Problem {
-    Problem::new(403, "not_entitled", "Not entitled to this content")
+    Problem::new(Refusal::NotEntitled)
 }
 
 /// The claim is a list (or one string) of content ids, glob patterns and `tier:NAME`s.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderValue;
 use ipnet::IpNet;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 
 /// The most addresses a forwarded chain keeps; longer chains keep the entries nearest to us,
 /// which are the ones trusted proxies wrote.
@@ -74,12 +74,8 @@ fn parse_chain(header: &HeaderValue) -> Result<Vec<IpAddr>, Problem> {
 }
 
 fn forwarded_for_invalid() -> Problem {
-    Problem::new(
-        400,
-        "forwarded_for_invalid",
-        "X-Forwarded-For not understood",
-    )
-    .with_detail("a trusted proxy sent entries that are not IP addresses")
+    Problem::new(Refusal::ForwardedForInvalid)
+        .with_detail("a trusted proxy sent entries that are not IP addresses")
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::cors::{self, Origin};
 use crate::drm::Drm;
 use crate::forwarded::{self, ClientAddress};
 use crate::metrics::InFlight;
-use crate::problem::{self, Problem};
+use crate::problem::{self, Problem, Refusal};
 use crate::server::{State, VendorRoute};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::{Target, Upstream};
@@ -257,9 +257,8 @@ pub async fn admit(
         ctx.adapter = Some(route.adapter);
         return Ok(Admission::Forward);
     };
-    let info = challenge::parse(drm, &challenge).map_err(|e| {
-        Problem::new(400, "challenge_malformed", "Challenge not understood").with_detail(e.0)
-    })?;
+    let info = challenge::parse(drm, &challenge)
+        .map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
     ctx.request_type = Some(info.request_type);
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
@@ -420,9 +419,7 @@ fn resolve_content(
     requested: Option<&str>,
     info: &ChallengeInfo,
 ) -> Result<Arc<Content>, Problem> {
-    let unknown = |what: String| {
-        Problem::new(404, "content_unknown", "Content not in the catalog").with_detail(what)
-    };
+    let unknown = |what: String| Problem::new(Refusal::ContentUnknown).with_detail(what);
     match requested {
         Some(id) => catalog
             .get(id)
@@ -446,24 +443,16 @@ fn check_key_ids(drm: Drm, info: &ChallengeInfo, content: &Content) -> Result<()
     let unreadable =
         info.unreadable_key_ids || (info.key_ids.is_empty() && !info.renews_existing_license);
     if drm.challenge_names_key_ids() && unreadable {
-        return Err(Problem::new(
-            403,
-            "key_ids_unreadable",
-            "Challenge names no key ID licensegate can check",
-        )
-        .with_detail("the challenge identifies content without key IDs"));
+        return Err(Problem::new(Refusal::KeyIdsUnreadable)
+            .with_detail("the challenge identifies content without key IDs"));
     }
     match info
         .key_ids
         .iter()
         .find(|kid| !content.key_ids.contains(kid))
     {
-        Some(stranger) => {
-            Err(
-                Problem::new(403, "kid_not_in_content", "Key ID not part of this content")
-                    .with_detail(format!("{stranger} does not belong to '{}'", content.id)),
-            )
-        }
+        Some(stranger) => Err(Problem::new(Refusal::KidNotInContent)
+            .with_detail(format!("{stranger} does not belong to '{}'", content.id))),
         None => Ok(()),
     }
 }
@@ -494,10 +483,8 @@ async fn hls_key(
         .await?;
     ctx.entitled_by = Some(grant.basis);
     let Some(hls) = &content.hls else {
-        return Err(
-            Problem::new(404, "key_not_found", "Content key not available")
-                .with_detail(format!("'{}' has no HLS key", content.id)),
-        );
+        return Err(Problem::new(Refusal::KeyNotFound)
+            .with_detail(format!("'{}' has no HLS key", content.id)));
     };
     Ok(Admission::Answer(LocalAnswer {
         status: 200,
@@ -541,8 +528,7 @@ async fn read_challenge(
     let read = async {
         let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
         while let Some(chunk) = session.read_request_body().await.map_err(|e| {
-            Problem::new(400, "challenge_unreadable", "Challenge could not be read")
-                .with_detail(e.etype().as_str())
+            Problem::new(Refusal::ChallengeUnreadable).with_detail(e.etype().as_str())
         })? {
             if body.len() + chunk.len() > limit {
                 return Err(Problem::body_too_large(limit));
@@ -553,7 +539,7 @@ async fn read_challenge(
     };
     let body = tokio::time::timeout(server.challenge_read_timeout, read)
         .await
-        .map_err(|_| Problem::new(408, "challenge_timeout", "Challenge not received in time"))??;
+        .map_err(|_| Problem::new(Refusal::ChallengeTimeout))??;
     if body.is_empty() {
         return Err(Problem::body_empty());
     }

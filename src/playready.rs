@@ -3,7 +3,7 @@
 use http::HeaderValue;
 
 use crate::drm::PLAYREADY_SOAP_ACTION;
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 
 /// Every PlayReady SOAP action (AcquireLicense, AcknowledgeLicense, JoinDomain...) is a name in
 /// this namespace.
@@ -31,14 +31,11 @@ pub fn soap_action(sent: Option<&HeaderValue>) -> Result<HeaderValue, Problem> {
     if valid {
         Ok(sent.clone())
     } else {
-        Err(Problem::new(
-            400,
-            "soap_action_invalid",
-            "SOAPAction not a PlayReady action",
+        Err(
+            Problem::new(Refusal::SoapActionInvalid).with_detail(format!(
+                "SOAPAction must be \"{PLAYREADY_SOAP_NAMESPACE}<Action>\""
+            )),
         )
-        .with_detail(format!(
-            "SOAPAction must be \"{PLAYREADY_SOAP_NAMESPACE}<Action>\""
-        )))
     }
 }
 

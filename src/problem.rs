@@ -5,6 +5,86 @@ use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Declares the catalog: one line per refusal, so the whole list reads in one place.
+macro_rules! refusals {
+    ($($refusal:ident: $status:literal, $code:literal, $title:literal;)*) => {
+        /// Every refusal licensegate answers with. The `code` is stable: players, dashboards
+        /// and the README key on it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Refusal {
+            $($refusal,)*
+        }
+
+        impl Refusal {
+            pub const ALL: &[Refusal] = &[$(Refusal::$refusal,)*];
+
+            pub fn status(self) -> u16 {
+                match self {
+                    $(Refusal::$refusal => $status,)*
+                }
+            }
+
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(Refusal::$refusal => $code,)*
+                }
+            }
+
+            pub fn title(self) -> &'static str {
+                match self {
+                    $(Refusal::$refusal => $title,)*
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    NotFound: 404, "not_found", "No such endpoint";
+    MethodNotAllowed: 405, "method_not_allowed", "Method not allowed";
+    UnknownDrm: 404, "unknown_drm", "Unknown DRM system";
+    DrmNotEnabled: 404, "drm_not_enabled", "DRM system not enabled";
+    HeadersTooLarge: 431, "headers_too_large", "Request header fields too large";
+    OriginNotAllowed: 403, "origin_not_allowed", "Origin not allowed";
+    ForwardedForInvalid: 400, "forwarded_for_invalid", "X-Forwarded-For not understood";
+    SoapActionInvalid: 400, "soap_action_invalid", "SOAPAction not a PlayReady action";
+    TokenMissing: 401, "token_missing", "Not authenticated";
+    TokenTooLarge: 401, "token_too_large", "Not authenticated";
+    TokenMalformed: 401, "token_malformed", "Not authenticated";
+    TokenSignature: 401, "token_signature", "Not authenticated";
+    TokenUnknownKid: 401, "token_unknown_kid", "Not authenticated";
+    TokenExpired: 401, "token_expired", "Not authenticated";
+    TokenNotYetValid: 401, "token_not_yet_valid", "Not authenticated";
+    TokenAudience: 401, "token_audience", "Not authenticated";
+    TokenIssuer: 401, "token_issuer", "Not authenticated";
+    ChallengeMissing: 400, "challenge_missing", "License challenge missing";
+    ChallengeUnreadable: 400, "challenge_unreadable", "Challenge could not be read";
+    ChallengeTimeout: 408, "challenge_timeout", "Challenge not received in time";
+    BodyTooLarge: 413, "body_too_large", "License challenge too large";
+    ChallengeMalformed: 400, "challenge_malformed", "Challenge not understood";
+    ContentIdMissing: 400, "content_id_missing", "Content id missing";
+    ContentIdInvalid: 400, "content_id_invalid", "Content id invalid";
+    ContentUnknown: 404, "content_unknown", "Content not in the catalog";
+    KeyIdsUnreadable: 403, "key_ids_unreadable", "Challenge names no key ID licensegate can check";
+    KidNotInContent: 403, "kid_not_in_content", "Key ID not part of this content";
+    NotEntitled: 403, "not_entitled", "Not entitled to this content";
+    EntitlementInvalid: 502, "entitlement_invalid", "Entitlement service answer not understood";
+    EntitlementUnavailable: 503, "entitlement_unavailable", "Entitlement service unavailable";
+    KeyNotFound: 404, "key_not_found", "Content key not available";
+    PersistenceNotAllowed: 403, "persistence_not_allowed", "Persistent license not allowed";
+    DeviceLimitReached: 403, "device_limit_reached", "Device limit reached";
+    DeviceUnknown: 403, "device_unknown", "Device not identified";
+    DeviceStoreUnavailable: 503, "device_store_unavailable", "Device registry unavailable";
+    DeviceNotRegistered: 404, "device_not_registered", "No such device";
+    AdminTokenInvalid: 401, "admin_token_invalid", "Admin token missing or wrong";
+    VendorTokenRefused: 502, "vendor_token_refused", "The vendor's token service refused the request";
+    VendorTokenInvalid: 502, "vendor_token_invalid", "The vendor's token service answer is unusable";
+    UpstreamUnavailable: 502, "upstream_unavailable", "License server unavailable";
+    UpstreamError: 502, "upstream_error", "License server failed";
+    UpstreamTimeout: 504, "upstream_timeout", "License server timed out";
+    InternalError: 500, "internal_error", "Internal error";
+}
+
 /// A refusal with a stable machine-readable `code`; players and dashboards key on the code,
 /// humans read `title` and `detail`.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,11 +98,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: u16, code: &'static str, title: &'static str) -> Self {
+    pub fn new(refusal: Refusal) -> Self {
         Self {
-            status,
-            code,
-            title,
+            status: refusal.status(),
+            code: refusal.code(),
+            title: refusal.title(),
             detail: String::new(),
             extensions: serde_json::Map::new(),
         }
@@ -39,68 +119,65 @@ impl Problem {
     }
 
     pub fn not_found() -> Self {
-        Self::new(404, "not_found", "No such endpoint")
+        Self::new(Refusal::NotFound)
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "method_not_allowed", "Method not allowed")
+        Self::new(Refusal::MethodNotAllowed)
     }
 
     pub fn unknown_drm(name: &str) -> Self {
-        Self::new(404, "unknown_drm", "Unknown DRM system").with_detail(format!(
+        Self::new(Refusal::UnknownDrm).with_detail(format!(
             "'{name}' is not one of widevine, playready, fairplay, clearkey"
         ))
     }
 
     pub fn drm_not_routed(name: &str) -> Self {
-        Self::new(404, "drm_not_enabled", "DRM system not enabled")
-            .with_detail(format!("no vendor is configured for {name}"))
+        Self::new(Refusal::DrmNotEnabled).with_detail(format!("no vendor is configured for {name}"))
     }
 
     pub fn body_too_large(limit: usize) -> Self {
-        Self::new(413, "body_too_large", "License challenge too large")
-            .with_detail(format!("the challenge exceeds {limit} bytes"))
+        Self::new(Refusal::BodyTooLarge).with_detail(format!("the challenge exceeds {limit} bytes"))
     }
 
     pub fn body_empty() -> Self {
-        Self::new(400, "challenge_missing", "License challenge missing")
-            .with_detail("the request body is empty")
+        Self::new(Refusal::ChallengeMissing).with_detail("the request body is empty")
     }
 
     pub fn content_id_missing() -> Self {
-        Self::new(400, "content_id_missing", "Content id missing")
+        Self::new(Refusal::ContentIdMissing)
             .with_detail("pass the content id as ?content= or in the X-Content-Id header")
     }
 
     pub fn content_id_invalid() -> Self {
-        Self::new(400, "content_id_invalid", "Content id invalid")
+        Self::new(Refusal::ContentIdInvalid)
             .with_detail("a content id is 1 to 256 characters of letters, digits and . _ - : /")
     }
 
     pub fn headers_too_large(max_bytes: usize, max_count: usize) -> Self {
-        Self::new(431, "headers_too_large", "Request header fields too large").with_detail(format!(
+        Self::new(Refusal::HeadersTooLarge).with_detail(format!(
             "at most {max_count} headers of {max_bytes} bytes in all"
         ))
     }
 
     pub fn origin_not_allowed() -> Self {
-        Self::new(403, "origin_not_allowed", "Origin not allowed")
+        Self::new(Refusal::OriginNotAllowed)
     }
 
     pub fn upstream_unavailable(detail: impl Into<String>) -> Self {
-        Self::new(502, "upstream_unavailable", "License server unavailable").with_detail(detail)
+        Self::new(Refusal::UpstreamUnavailable).with_detail(detail)
     }
 
     pub fn upstream_error(detail: impl Into<String>) -> Self {
-        Self::new(502, "upstream_error", "License server failed").with_detail(detail)
+        Self::new(Refusal::UpstreamError).with_detail(detail)
     }
 
     pub fn upstream_timeout(detail: impl Into<String>) -> Self {
-        Self::new(504, "upstream_timeout", "License server timed out").with_detail(detail)
+        Self::new(Refusal::UpstreamTimeout).with_detail(detail)
     }
 
     pub fn internal() -> Self {
-        Self::new(500, "internal_error", "Internal error")
+        Self::new(Refusal::InternalError)
     }
 
     /// The JSON body; `request_id` ties what the player saw to our log line.
@@ -145,6 +222,42 @@ mod tests {
         assert_eq!(json["request_id"], "req-1");
         assert!(json["detail"].as_str().unwrap().contains("65536"));
         assert!(json["title"].is_string());
+    }
+
+    /// The README's error table is the players' reference: it lists exactly the catalog.
+    #[test]
+    fn the_readme_error_table_lists_every_code_and_no_other() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("### Errors")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("the README has an Errors section");
+        let mut listed: Vec<&str> = table
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').skip(1);
+                let status = cells.next()?.trim();
+                status.parse::<u16>().ok()?;
+                cells.next()
+            })
+            .flat_map(|codes| codes.split('`').skip(1).step_by(2))
+            .collect();
+        listed.sort_unstable();
+        let mut catalog: Vec<&str> = Refusal::ALL.iter().map(|r| r.code()).collect();
+        catalog.sort_unstable();
+        assert_eq!(listed, catalog);
+        for refusal in Refusal::ALL {
+            let row = table
+                .lines()
+                .find(|line| line.contains(&format!("`{}`", refusal.code())))
+                .unwrap();
+            assert!(
+                row.starts_with(&format!("| {} ", refusal.status())),
+                "{row} lists {} with another status",
+                refusal.code()
+            );
+        }
     }
 
     #[test]

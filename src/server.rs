@@ -159,8 +159,8 @@ fn check_tls(tls: &crate::config::TlsFiles) -> Result<(), ConfigError> {
 
 /// Builds the server and the state its requests share; `upgrade` takes the listening sockets
 /// from a running licensegate (see the README's upgrade section) instead of binding them.
-pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), String> {
-    let resources = load_resources(&config).map_err(|e| e.to_string())?;
+pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), ConfigError> {
+    let resources = load_resources(&config)?;
     let options = pingora::server::configuration::Opt {
         upgrade,
         ..Default::default()
@@ -207,8 +207,7 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Stri
         .devices
         .clone()
         .map(|settings| Devices::open(settings, &metrics))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+        .transpose()?;
     let state = Arc::new(State {
         vendors,
         metrics,
@@ -262,7 +261,7 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Stri
         Some(tls) => {
             let mut settings =
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
-                    .map_err(|e| format!("listeners.tls: {e}"))?;
+                    .map_err(|e| ConfigError::new("listeners.tls", e.to_string()))?;
             settings.enable_h2();
             license.add_tls_with_settings(&license_addr, None, settings);
         }

@@ -25,14 +25,20 @@ pub struct EmbeddedStore {
     jobs: mpsc::Sender<Job>,
 }
 
+fn open_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
 fn store_error(e: rusqlite::Error) -> StoreError {
-    StoreError(format!("sqlite: {e}"))
+    StoreError::Sqlite(e.to_string())
 }
 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection =
-            Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let connection = Connection::open(path).map_err(|e| open_error(path, e))?;
         // WAL: readers do not block the writer. NORMAL: a commit survives the process being
         // killed (it is in the OS's hands); only a power loss may take the last commits.
         connection
@@ -48,12 +54,12 @@ impl EmbeddedStore {
                      PRIMARY KEY (user, device)
                  ) WITHOUT ROWID;",
             )
-            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            .map_err(|e| open_error(path, e))?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("device store".into())
             .spawn(move || write_batches(connection, queue))
-            .map_err(|e| StoreError(format!("device store thread: {e}")))?;
+            .map_err(|e| open_error(path, e))?;
         Ok(Self { jobs })
     }
 
@@ -66,7 +72,7 @@ impl EmbeddedStore {
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move |transaction| {
             let result = match transaction {
-                None => Err(StoreError("sqlite: no transaction".into())),
+                None => Err(StoreError::Sqlite("no transaction".into())),
                 Some(transaction) => transaction
                     .savepoint()
                     .and_then(|savepoint| {
@@ -80,12 +86,8 @@ impl EmbeddedStore {
                 let _ = answer.send(committed.and(result));
             })
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| StoreError("device store writer stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| StoreError("device store writer stopped".into()))?
+        self.jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
+        answered.await.map_err(|_| StoreError::WriterStopped)?
     }
 }
 
@@ -107,18 +109,13 @@ fn write_batches(mut connection: Connection, queue: mpsc::Receiver<Job>) {
                     .collect();
                 let committed = transaction.commit().map_err(store_error);
                 for reply in replies {
-                    reply(
-                        committed
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| StoreError(e.0.clone())),
-                    );
+                    reply(committed.as_ref().map(|_| ()).map_err(|e| e.clone()));
                 }
             }
             Err(e) => {
                 let error = store_error(e);
                 for job in batch {
-                    job(None)(Err(StoreError(error.0.clone())));
+                    job(None)(Err(error.clone()));
                 }
             }
         }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, DeviceDecision, DeviceField, DeviceSettings, DeviceStoreConfig};
 use crate::metrics::Metrics;
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 use crate::vendor::{Device, DeviceInfo};
 
 /// One registered device of a user.
@@ -40,9 +40,21 @@ pub enum Decision {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+/// Why a device store call failed. Messages are kept as text: one failed group commit answers
+/// every call in it, and the drivers' errors cannot be cloned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("cannot open {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the device store's writer thread stopped")]
+    WriterStopped,
+    #[error("the device store did not answer in time")]
+    TimedOut,
+}
 
 /// Where slots are kept. `admit` is atomic per user: concurrent calls, from any number of
 /// licensegate instances sharing the store, never hand out more than `limit` slots.
@@ -113,11 +125,11 @@ impl Devices {
         let store: Arc<dyn DeviceStore> = match &settings.store {
             DeviceStoreConfig::Embedded(path) => Arc::new(
                 embedded::EmbeddedStore::open(path)
-                    .map_err(|e| ConfigError::new("devices.path", e.0))?,
+                    .map_err(|e| ConfigError::new("devices.path", e.to_string()))?,
             ),
             DeviceStoreConfig::Redis(url) => Arc::new(
                 redis::RedisStore::new(url)
-                    .map_err(|e| ConfigError::new("devices.redis_url", e.0))?,
+                    .map_err(|e| ConfigError::new("devices.redis_url", e.to_string()))?,
             ),
         };
         Ok(Self {
@@ -201,8 +213,7 @@ impl Devices {
                 }
                 DeviceDecision::Refuse => {
                     self.count("unidentified_refused");
-                    Err(Problem::new(403, "device_unknown", "Device not identified")
-                        .with_detail(why.to_string()))
+                    Err(Problem::new(Refusal::DeviceUnknown).with_detail(why.to_string()))
                 }
             };
         };
@@ -233,11 +244,7 @@ impl Devices {
                 self.count("refused");
                 let frees_at =
                     crate::vendor::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
-                return Err(Problem::new(
-                    403,
-                    "device_limit_reached",
-                    "Device limit reached",
-                )
+                return Err(Problem::new(Refusal::DeviceLimitReached)
                 .with_detail(format!(
                     "{registered} of {limit} devices registered; the least recently used slot frees at {frees_at}"
                 ))
@@ -245,7 +252,7 @@ impl Devices {
                 .with_extension("device_limit", limit.into())
                 .with_extension("oldest_slot_frees_at", frees_at.into()));
             }
-            Ok(Err(e)) => e.0,
+            Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
                 "no answer within {} ms",
                 self.settings.store_timeout.as_millis()
@@ -257,12 +264,8 @@ impl Devices {
             return Ok(());
         }
         self.count("store_down_refused");
-        Err(Problem::new(
-            503,
-            "device_store_unavailable",
-            "Device registry unavailable",
-        )
-        .with_detail("the device limit cannot be checked right now"))
+        Err(Problem::new(Refusal::DeviceStoreUnavailable)
+            .with_detail("the device limit cannot be checked right now"))
     }
 
     pub async fn list(&self, user: &str) -> Result<Vec<Slot>, StoreError> {
@@ -290,7 +293,7 @@ impl Devices {
         let started = Instant::now();
         let result = tokio::time::timeout(self.settings.store_timeout, call)
             .await
-            .unwrap_or_else(|_| Err(StoreError("device store timed out".into())));
+            .unwrap_or_else(|_| Err(StoreError::TimedOut));
         self.store_duration
             .with_label_values(&[operation])
             .observe(started.elapsed().as_secs_f64());

@@ -38,7 +38,7 @@ pub struct RedisStore {
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
-    StoreError(format!("redis: {e}"))
+    StoreError::Redis(e.to_string())
 }
 
 fn key(user: &str) -> String {

@@ -12,7 +12,7 @@ use super::{Authorization, LicenseRequest, LocalLicense, Minting, Vendor};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
 use crate::config::Policy;
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 
 pub struct ClearKey;
 
@@ -75,30 +75,24 @@ pub fn license(
     policy: &Policy,
 ) -> Result<Bytes, Problem> {
     if challenge.persistent && !policy.persistent {
-        return Err(Problem::new(
-            403,
-            "persistence_not_allowed",
-            "Persistent license not allowed",
-        )
-        .with_detail(format!(
-            "policy '{}' does not allow persistent licenses",
-            policy_name
-        )));
+        return Err(
+            Problem::new(Refusal::PersistenceNotAllowed).with_detail(format!(
+                "policy '{}' does not allow persistent licenses",
+                policy_name
+            )),
+        );
     }
     if challenge.key_ids.is_empty() {
-        return Err(
-            Problem::new(400, "challenge_malformed", "Challenge not understood")
-                .with_detail("the ClearKey request names no key ID"),
-        );
+        return Err(Problem::new(Refusal::ChallengeMalformed)
+            .with_detail("the ClearKey request names no key ID"));
     }
     let mut keys = Vec::with_capacity(challenge.key_ids.len());
     for kid in &challenge.key_ids {
         let Some(key) = content.keys.get(kid) else {
-            return Err(
-                Problem::new(404, "key_not_found", "Content key not available").with_detail(
-                    format!("the catalog holds no key for {kid} of '{}'", content.id),
-                ),
-            );
+            return Err(Problem::new(Refusal::KeyNotFound).with_detail(format!(
+                "the catalog holds no key for {kid} of '{}'",
+                content.id
+            )));
         };
         keys.push(Key {
             kty: "oct",

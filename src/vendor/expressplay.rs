@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{Authorization, LicenseRequest, Minting, Vendor};
 use crate::config::{ConfigError, Endpoint, Hdcp, VendorConfig, parse_endpoint};
 use crate::drm::Drm;
-use crate::problem::Problem;
+use crate::problem::{Problem, Refusal};
 use crate::upstream::Upstream;
 
 /// ExpressPlay's longest (and default) token lifetime.
@@ -96,13 +96,10 @@ impl ExpressPlay {
             form.append_pair("kid", &hex::encode(kid.0));
             if self.send_content_key {
                 let Some(key) = request.content.keys.get(kid) else {
-                    return Err(
-                        Problem::new(404, "key_not_found", "Content key not available")
-                            .with_detail(format!(
-                                "the catalog holds no key for {kid} of '{}'",
-                                request.content.id
-                            )),
-                    );
+                    return Err(Problem::new(Refusal::KeyNotFound).with_detail(format!(
+                        "the catalog holds no key for {kid} of '{}'",
+                        request.content.id
+                    )));
                 };
                 form.append_pair("contentKey", &hex::encode(key));
             }
@@ -135,14 +132,8 @@ impl ExpressPlay {
     /// The license path and query from the token service's `text/uri-list` answer; the URL
     /// must point at one of the vendor's configured license endpoints.
     fn license_path(&self, answer: &[u8]) -> Result<String, Problem> {
-        let invalid = |why: &str| {
-            Problem::new(
-                502,
-                "vendor_token_invalid",
-                "The vendor's token service answer is unusable",
-            )
-            .with_detail(why.to_string())
-        };
+        let invalid =
+            |why: &str| Problem::new(Refusal::VendorTokenInvalid).with_detail(why.to_string());
         let text = std::str::from_utf8(answer).map_err(|_| invalid("the answer is not text"))?;
         let line = text
             .lines()
@@ -229,12 +220,7 @@ impl Vendor for ExpressPlay {
                 _ => format!("ExpressPlay token service answered {}", answer.status),
             };
             tracing::warn!(vendor = %self.config.name, status = answer.status, reason = %detail, "token service refused");
-            return Err(Problem::new(
-                502,
-                "vendor_token_refused",
-                "The vendor's token service refused the request",
-            )
-            .with_detail(detail));
+            return Err(Problem::new(Refusal::VendorTokenRefused).with_detail(detail));
         }
         Ok(Authorization {
             path_and_query: Some(self.license_path(&answer.body)?),

@@ -170,7 +170,7 @@ mod tests {
             let n = self.mints.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             if n == 100 {
-                return Err(Problem::new(502, "vendor_down", "down"));
+                return Err(Problem::upstream_unavailable("down"));
             }
             Ok(Authorization {
                 path_and_query: Some(format!("/token/{n}")),
