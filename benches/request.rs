@@ -15,17 +15,17 @@ use licensegate::drm::Drm;
 use licensegate::metrics::Metrics;
 use licensegate::pipeline::{self, RequestCtx};
 use licensegate::problem::Problem;
+use licensegate::providers::LicenseRequest;
+use licensegate::providers::authorizations::AuthorizationCache;
+use licensegate::providers::axinom::Axinom;
 use licensegate::service_certificate::{Lookup, ServiceCertificates};
-use licensegate::vendor::LicenseRequest;
-use licensegate::vendor::axinom::Axinom;
-use licensegate::vendor::tokens::TokenCache;
 use pingora::prelude::RequestHeader;
 
 const CONFIG: &str = r#"
 [listeners]
 license = "127.0.0.1:8080"
 admin = "127.0.0.1:9090"
-[vendors.sim]
+[providers.sim]
 kind = "passthrough"
 endpoints = ["https://license.example.com/AcquireLicense"]
 [routes]
@@ -71,13 +71,13 @@ fn admission(c: &mut Criterion) {
 
 fn forward(c: &mut Criterion) {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
-    let vendor = config.routes[&Drm::Widevine].clone();
+    let provider = config.routes[&Drm::Widevine].clone();
     let mut ctx = RequestCtx::new();
     ctx.drm = Some(Drm::Widevine);
     ctx.challenge_len = 2048;
     ctx.forward.target = Some(licensegate::upstream::Target {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
-        endpoint: vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone(),
+        endpoint: provider.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone(),
         state: Default::default(),
     });
     let forwarded = http::HeaderValue::from_static("198.51.100.1");
@@ -218,21 +218,21 @@ license = "127.0.0.1:8080"
 admin = "127.0.0.1:9090"
 [catalog]
 path = "conf/catalog/demo.toml"
-[vendors.axinom]
+[providers.axinom]
 kind = "axinom"
 endpoints = ["https://drm-widevine-licensing.axtest.net/AcquireLicense"]
-[vendors.axinom.settings]
+[providers.axinom.settings]
 com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
 com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 [routes]
 widevine = "axinom"
 "#;
 
-fn vendors(c: &mut Criterion) {
+fn providers(c: &mut Criterion) {
     let config = Config::parse(AXINOM_CONFIG, &|_| None).unwrap();
-    let vendor_config = config.vendors["axinom"].clone();
+    let vendor_config = config.providers["axinom"].clone();
     let axinom = Axinom::new(vendor_config.clone()).unwrap();
-    let adapter = licensegate::vendor::build(&vendor_config, Duration::from_secs(60)).unwrap();
+    let provider = licensegate::providers::build(&vendor_config, Duration::from_secs(60)).unwrap();
     let kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
     let request = LicenseRequest {
         request_id: "bench".into(),
@@ -242,7 +242,7 @@ fn vendors(c: &mut Criterion) {
             key_ids: vec![kid],
             keys: Default::default(),
             policy: None,
-            vendor: None,
+            provider: None,
             free: false,
             tiers: Vec::new(),
             hls: None,
@@ -253,22 +253,22 @@ fn vendors(c: &mut Criterion) {
         policy: config.policies["default"].clone(),
         client_ip: None,
     };
-    c.bench_function("vendor/axinom_mint", |b| {
+    c.bench_function("provider/axinom_mint", |b| {
         b.iter(|| black_box(axinom.sign(black_box(&request), SystemTime::now()).unwrap()))
     });
-    let tokens = TokenCache::new(&config.token_cache, &Metrics::new());
+    let tokens = AuthorizationCache::new(&config.authorization_cache, &Metrics::new());
     let hit = || {
         tokens
-            .authorization("axinom", adapter.as_ref(), &request)
+            .authorization("axinom", provider.as_ref(), &request)
             .now_or_never()
             .expect("a cache hit completes at once")
             .unwrap()
     };
     hit();
-    c.bench_function("vendor/token_cache_hit", |b| b.iter(|| black_box(hit())));
+    c.bench_function("provider/token_cache_hit", |b| b.iter(|| black_box(hit())));
 }
 
 criterion_group!(
-    benches, admission, forward, answers, identity, key_ids, vendors
+    benches, admission, forward, answers, identity, key_ids, providers
 );
 criterion_main!(benches);

@@ -71,7 +71,7 @@ TOML
 }
 passthrough() {
   cat <<TOML
-[vendors.sim]
+[providers.sim]
 kind = "passthrough"
 endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
 protocol = "h2"
@@ -96,11 +96,11 @@ TOML
 # Licensed through Axinom: a signed entitlement message per user and content (cached).
 axinom() { # simulator port
   cat <<TOML
-[vendors.axinom]
+[providers.axinom]
 kind = "axinom"
 endpoints = ["http://127.0.0.1:$1/AcquireLicense"]
 protocol = "h2"
-[vendors.axinom.settings]
+[providers.axinom.settings]
 com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
 com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 [routes]

@@ -180,14 +180,14 @@ impl AdminApp {
         }
     }
 
-    /// Ready once every vendor that serves a route has at least one healthy endpoint, and
+    /// Ready once every provider that serves a route has at least one healthy endpoint, and
     /// until shutdown begins (load balancers then move players elsewhere while this process
     /// still answers).
     fn readiness(&self) -> Response<Vec<u8>> {
         if self.state.drain.withdrawn() {
             return json_response(503, json!({"ready": false, "draining": true}));
         }
-        let vendors: serde_json::Map<String, serde_json::Value> = self
+        let providers: serde_json::Map<String, serde_json::Value> = self
             .state
             .routed_upstreams()
             .iter()
@@ -198,10 +198,10 @@ impl AdminApp {
                 )
             })
             .collect();
-        let ready = vendors.values().all(|healthy| healthy.as_u64() > Some(0));
+        let ready = providers.values().all(|healthy| healthy.as_u64() > Some(0));
         json_response(
             if ready { 200 } else { 503 },
-            json!({"ready": ready, "healthy_endpoints": vendors}),
+            json!({"ready": ready, "healthy_endpoints": providers}),
         )
     }
 }

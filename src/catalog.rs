@@ -1,5 +1,5 @@
 //! The content catalog: what each content id is made of (key IDs, keys, HLS key), which
-//! license policy and vendor it uses, and flags such as `free`.
+//! license policy and provider it uses, and flags such as `free`.
 //!
 //! Loaded from a TOML or JSON file, validated with errors naming the entry, and reloaded
 //! atomically when the file changes: a request keeps the catalog it started with, and a broken
@@ -35,6 +35,8 @@ struct EntryFile {
     /// Derive the keys of `key_ids` from this named key seed instead of listing them.
     key_seed: Option<String>,
     policy: Option<String>,
+    provider: Option<String>,
+    /// The old name of `provider`, read for one more release.
     vendor: Option<String>,
     #[serde(default)]
     free: bool,
@@ -55,10 +57,10 @@ struct HlsFile {
 pub struct Content {
     pub id: String,
     pub key_ids: Vec<Kid>,
-    /// Content keys by KID, listed or derived; may be empty when a vendor holds the keys.
+    /// Content keys by KID, listed or derived; may be empty when a provider holds the keys.
     pub keys: HashMap<Kid, [u8; 16]>,
     pub policy: Option<(String, Arc<Policy>)>,
-    pub vendor: Option<String>,
+    pub provider: Option<String>,
     pub free: bool,
     pub tiers: Vec<String>,
     pub hls: Option<HlsKey>,
@@ -99,7 +101,7 @@ impl Catalog {
 #[derive(Clone)]
 pub struct References {
     pub policies: BTreeMap<String, Arc<Policy>>,
-    pub vendors: BTreeSet<String>,
+    pub providers: BTreeSet<String>,
     pub key_seeds: BTreeMap<String, KeySeed>,
 }
 
@@ -207,12 +209,28 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
             )),
         })
         .transpose()?;
-    if let Some(vendor) = &entry.vendor
-        && !refs.vendors.contains(vendor)
+    let provider = match (entry.provider, entry.vendor) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                at("vendor"),
+                "`vendor` is the old name of `provider`; keep only `provider`",
+            ));
+        }
+        (None, Some(old)) => {
+            tracing::warn!(
+                content = id,
+                "catalog: `vendor` is deprecated; name it `provider`"
+            );
+            Some(old)
+        }
+        (provider, None) => provider,
+    };
+    if let Some(provider) = &provider
+        && !refs.providers.contains(provider)
     {
         return Err(ConfigError::new(
-            at("vendor"),
-            format!("no vendor named '{vendor}'"),
+            at("provider"),
+            format!("no provider named '{provider}'"),
         ));
     }
     let hls = entry
@@ -238,7 +256,7 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
         key_ids,
         keys,
         policy,
-        vendor: entry.vendor,
+        provider,
         free: entry.free,
         tiers: entry.tiers,
         hls,
@@ -322,7 +340,7 @@ mod tests {
                 }),
             )]
             .into(),
-            vendors: ["builtin".to_string()].into(),
+            providers: ["builtin".to_string()].into(),
             key_seeds: [(
                 "ms".to_string(),
                 KeySeed::parse("XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I").unwrap(),
@@ -336,7 +354,7 @@ mod tests {
         key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
         keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
         policy = "default"
-        vendor = "builtin"
+        provider = "builtin"
         free = true
 
         [content.seeded]
@@ -384,8 +402,8 @@ mod tests {
                 "content.demo.policy",
             ),
             (
-                DEMO.replace("vendor = \"builtin\"", "vendor = \"axinom\""),
-                "content.demo.vendor",
+                DEMO.replace("provider = \"builtin\"", "provider = \"axinom\""),
+                "content.demo.provider",
             ),
             (
                 DEMO.replace("key_seed = \"ms\"", "key_seed = \"nope\""),

@@ -271,7 +271,7 @@ mod tests {
             key_ids: Vec::new(),
             keys: HashMap::new(),
             policy: None,
-            vendor: None,
+            provider: None,
             free: false,
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             hls: None,

@@ -13,7 +13,7 @@ use crate::problem::{Problem, Refusal};
 /// which are the ones trusted proxies wrote.
 pub const MAX_FORWARDED_ADDRESSES: usize = 8;
 
-/// The player's address and the `X-Forwarded-For` the vendor receives.
+/// The player's address and the `X-Forwarded-For` the provider receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddress {
     pub ip: IpAddr,

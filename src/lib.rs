@@ -17,12 +17,12 @@ pub mod metrics;
 pub mod pipeline;
 pub mod playready;
 pub mod problem;
+pub mod providers;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod service_certificate;
 pub mod shutdown;
 pub mod upstream;
-pub mod vendor;
 
 pub use licensegate_drm::{challenge, drm, keyseed, manifest};

@@ -215,7 +215,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
             });
         });
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            // Closing at once keeps the descriptors the admin listener and vendors need.
+            // Closing at once keeps the descriptors the admin listener and providers need.
             self.refused.inc();
             return None;
         };

@@ -84,10 +84,13 @@ fn main() -> ExitCode {
         config: DEFAULT_CONFIG.into(),
         upgrade: false,
     }) {
-        Command::Check { config } => match Config::load(&config)
-            .and_then(|loaded| licensegate::server::load_resources(&loaded).map(|_| ()))
-        {
-            Ok(()) => {
+        Command::Check { config } => match Config::load(&config).and_then(|loaded| {
+            licensegate::server::load_resources(&loaded).map(|_| loaded.deprecations)
+        }) {
+            Ok(deprecations) => {
+                for deprecation in deprecations {
+                    eprintln!("{}: warning: {deprecation}", config.display());
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -145,6 +148,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.server.log_format);
+            for deprecation in &config.deprecations {
+                tracing::warn!("{deprecation}");
+            }
             tracing::info!(
                 license = %config.license_listener,
                 admin = %config.admin_listener,
@@ -252,7 +258,7 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Pingora and h2 print request bytes and headers (bearer tokens, vendor authorizations)
+    // Pingora and h2 print request bytes and headers (bearer tokens, provider authorizations)
     // at debug level; no RUST_LOG setting, however specific, turns that on.
     let at_most_info = tracing_subscriber::filter::filter_fn(|event| {
         let target = event.target();

@@ -5,7 +5,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// From half a millisecond (a cached answer) to ten seconds (a vendor at its timeout).
+/// From half a millisecond (a cached answer) to ten seconds (a provider at its timeout).
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -18,7 +18,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub upstream_connections: IntCounterVec,
     pub service_certificate_cache: IntCounterVec,
-    pub token_cache: IntCounterVec,
+    pub authorization_cache: IntCounterVec,
     pub token_mint_duration: HistogramVec,
     pub device_decisions: IntCounterVec,
     pub device_store_duration: HistogramVec,
@@ -33,19 +33,19 @@ impl Metrics {
         let license_duration = HistogramVec::new(
             HistogramOpts::new(
                 "licensegate_license_request_duration_seconds",
-                "Time from request to the last byte of the answer, per DRM, vendor and outcome",
+                "Time from request to the last byte of the answer, per DRM, provider and outcome",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["drm", "vendor", "outcome"],
+            &["drm", "provider", "outcome"],
         )
         .expect("valid histogram");
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
                 "licensegate_upstream_duration_seconds",
-                "Time spent on the vendor's license endpoint, retries included",
+                "Time spent on the provider's license endpoint, retries included",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["vendor", "status"],
+            &["provider", "status"],
         )
         .expect("valid histogram");
         let requests = IntCounterVec::new(
@@ -53,7 +53,7 @@ impl Metrics {
                 "licensegate_requests_total",
                 "Answered license API requests",
             ),
-            &["drm", "vendor", "status"],
+            &["drm", "provider", "status"],
         )
         .expect("valid counter");
         let in_flight = IntGauge::new(
@@ -66,7 +66,7 @@ impl Metrics {
                 "licensegate_upstream_connections_total",
                 "Upstream requests by whether they rode a pooled connection",
             ),
-            &["vendor", "reused"],
+            &["provider", "reused"],
         )
         .expect("valid counter");
         let service_certificate_cache = IntCounterVec::new(
@@ -77,22 +77,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid counter");
-        let token_cache = IntCounterVec::new(
+        let authorization_cache = IntCounterVec::new(
             Opts::new(
                 "licensegate_token_cache_total",
-                "Vendor authorizations: reused (hit), minted for the cache (miss), minted per \
+                "Provider authorizations: reused (hit), minted for the cache (miss), minted per \
                  attempt (single_use), or failed (error)",
             ),
-            &["vendor", "result"],
+            &["provider", "result"],
         )
         .expect("valid counter");
         let token_mint_duration = HistogramVec::new(
             HistogramOpts::new(
                 "licensegate_token_mint_duration_seconds",
-                "Time to mint one vendor authorization, token service calls included",
+                "Time to mint one provider authorization, token service calls included",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["vendor"],
+            &["provider"],
         )
         .expect("valid histogram");
         let device_decisions = IntCounterVec::new(
@@ -116,11 +116,11 @@ impl Metrics {
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "licensegate_upstream_retries_total",
-                "Attempts made again, by why the earlier one provably never reached the vendor: \
-                 connect (no connection), refused_stream or goaway (the vendor's HTTP/2 stack \
+                "Attempts made again, by why the earlier one provably never reached the provider: \
+                 connect (no connection), refused_stream or goaway (the provider's HTTP/2 stack \
                  says it did not process the stream); challenge re-sends are the last two",
             ),
-            &["vendor", "reason"],
+            &["provider", "reason"],
         )
         .expect("valid counter");
         let upstream_ejections = IntCounterVec::new(
@@ -128,7 +128,7 @@ impl Metrics {
                 "licensegate_upstream_ejections_total",
                 "Endpoints taken out of rotation after consecutive connect failures or timeouts",
             ),
-            &["vendor", "endpoint"],
+            &["provider", "endpoint"],
         )
         .expect("valid counter");
         let connections_refused = IntCounterVec::new(
@@ -149,7 +149,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(service_certificate_cache.clone()),
-            Box::new(token_cache.clone()),
+            Box::new(authorization_cache.clone()),
             Box::new(token_mint_duration.clone()),
             Box::new(device_decisions.clone()),
             Box::new(device_store_duration.clone()),
@@ -164,7 +164,7 @@ impl Metrics {
             in_flight,
             upstream_connections,
             service_certificate_cache,
-            token_cache,
+            authorization_cache,
             token_mint_duration,
             device_decisions,
             device_store_duration,
@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(metrics.in_flight.get(), 0);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(text.contains(
-            "licensegate_license_request_duration_seconds_bucket{drm=\"widevine\",outcome=\"ok\",vendor=\"sim\",le=\"0.005\"} 1"
+            "licensegate_license_request_duration_seconds_bucket{drm=\"widevine\",outcome=\"ok\",provider=\"sim\",le=\"0.005\"} 1"
         ), "{text}");
     }
 }

@@ -1,6 +1,6 @@
 //! One license request, phase by phase, top to bottom:
 //!
-//! route -> read challenge -> resolve vendor -> (service certificate from memory) -> forward
+//! route -> read challenge -> resolve provider -> (service certificate from memory) -> forward
 //! (choose endpoint, build upstream request, retry policy) -> inspect response -> answer -> record.
 //!
 //! The Pingora hooks in `proxy.rs` only call these phases; what a phase learns lives in
@@ -18,16 +18,16 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::auth::{Cookies, Identity};
 use crate::catalog::{Catalog, Content};
 use crate::challenge::{self, ChallengeInfo, RequestType};
-use crate::config::VendorConfig;
+use crate::config::ProviderConfig;
 use crate::cors::{self, Origin};
 use crate::drm::Drm;
 use crate::forwarded::{self, ClientAddress};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem, Refusal};
-use crate::server::{State, VendorRoute};
+use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
+use crate::server::{ProviderRoute, State};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::upstream::{Target, Upstream};
-use crate::vendor::{Authorization, LicenseRequest, Minting, Vendor};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
 
@@ -43,10 +43,10 @@ pub struct RequestCtx {
     pub drm: Option<Drm>,
     /// The DRM name, or the HLS label, for metrics and logs.
     pub label: &'static str,
-    pub vendor: Option<Arc<VendorConfig>>,
-    pub adapter: Option<Arc<dyn Vendor>>,
+    pub provider_config: Option<Arc<ProviderConfig>>,
+    pub provider: Option<Arc<dyn Provider>>,
     pub upstream: Option<Arc<Upstream>>,
-    /// Kept for vendors whose authorization is minted per attempt.
+    /// Kept for providers whose authorization is minted per attempt.
     pub license_request: Option<LicenseRequest>,
     pub authorization: Option<Arc<Authorization>>,
     /// Whose devices count, and how many may hold a license (device limits on).
@@ -54,7 +54,7 @@ pub struct RequestCtx {
     /// The refusal sent in place of a license the player must not get.
     pub held_back: Option<Bytes>,
     pub content_id: Option<String>,
-    /// The player's address and the `X-Forwarded-For` built for the vendor.
+    /// The player's address and the `X-Forwarded-For` built for the provider.
     pub client: Option<ClientAddress>,
     /// The validated SOAPAction of a PlayReady challenge.
     pub soap_action: Option<HeaderValue>,
@@ -75,7 +75,7 @@ pub struct RequestCtx {
     _in_flight: Option<InFlight>,
 }
 
-/// The upstream leg: attempts, timings and what the vendor said.
+/// The upstream leg: attempts, timings and what the provider said.
 #[derive(Default)]
 pub struct Forwarding {
     /// Endpoints an attempt went to, in order.
@@ -100,8 +100,8 @@ impl RequestCtx {
             origin: Origin::Absent,
             drm: None,
             label: "-",
-            vendor: None,
-            adapter: None,
+            provider_config: None,
+            provider: None,
             upstream: None,
             license_request: None,
             authorization: None,
@@ -123,8 +123,10 @@ impl RequestCtx {
         }
     }
 
-    pub fn vendor_name(&self) -> &str {
-        self.vendor.as_ref().map_or("-", |v| v.name.as_str())
+    pub fn provider_name(&self) -> &str {
+        self.provider_config
+            .as_ref()
+            .map_or("-", |config| config.name.as_str())
     }
 }
 
@@ -134,7 +136,7 @@ impl Default for RequestCtx {
     }
 }
 
-/// What licensegate answers itself, without a vendor.
+/// What licensegate answers itself, without a provider.
 pub struct LocalAnswer {
     pub status: u16,
     pub outcome: &'static str,
@@ -203,7 +205,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
 }
 
 /// Phases up to the forward: route, authenticate, read the challenge, resolve the content,
-/// check its key IDs, entitle, pick the vendor, and answer locally where licensegate can.
+/// check its key IDs, entitle, pick the provider, and answer locally where licensegate can.
 /// `Forward` leaves everything the forward needs in `ctx`.
 pub async fn admit(
     state: &State,
@@ -231,7 +233,7 @@ pub async fn admit(
         .route(drm)
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
-    ctx.vendor = Some(route.config.clone());
+    ctx.provider_config = Some(route.config.clone());
     let identity = authenticate(state, session.req_header(), &ctx.origin)?;
     if drm == Drm::PlayReady {
         ctx.soap_action = Some(crate::playready::soap_action(
@@ -254,7 +256,7 @@ pub async fn admit(
                 .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
                 .clone(),
         );
-        ctx.adapter = Some(route.adapter);
+        ctx.provider = Some(route.provider);
         return Ok(Admission::Forward);
     };
     let info = challenge::parse(drm, &challenge)
@@ -274,11 +276,11 @@ pub async fn admit(
         let limit = devices.limit_for(Some(&identity.claims), grant.max_devices);
         ctx.device_limit = Some((identity.user.clone(), limit));
     }
-    let vendor = match &content.vendor {
-        Some(name) => state.vendors[name].clone(),
+    let provider = match &content.provider {
+        Some(name) => state.providers[name].clone(),
         None => route,
     };
-    ctx.vendor = Some(vendor.config.clone());
+    ctx.provider_config = Some(provider.config.clone());
     let request = LicenseRequest {
         request_id: ctx.request_id.clone(),
         user: identity.map(|identity| identity.user.clone()),
@@ -289,19 +291,19 @@ pub async fn admit(
         policy: grant.policy,
         client_ip,
     };
-    authorize(state, ctx, &vendor, request, &info).await
+    authorize(state, ctx, &provider, request, &info).await
 }
 
-/// Phase "authorize with vendor": licensegate's own license, or what the vendor needs to see
+/// Phase "authorize with provider": licensegate's own license, or what the provider needs to see
 /// with the challenge (reused from the token cache, or left to mint per attempt).
 async fn authorize(
     state: &State,
     ctx: &mut RequestCtx,
-    vendor: &VendorRoute,
+    provider: &ProviderRoute,
     request: LicenseRequest,
     challenge: &ChallengeInfo,
 ) -> Result<Admission, Problem> {
-    if let Some(license) = vendor.adapter.answer_locally(&request, challenge) {
+    if let Some(license) = provider.provider.answer_locally(&request, challenge) {
         let license = license?;
         return Ok(Admission::Answer(LocalAnswer {
             status: 200,
@@ -311,20 +313,20 @@ async fn authorize(
             preflight: false,
         }));
     }
-    let upstream = vendor
+    let upstream = provider
         .upstream(request.drm)
         .ok_or_else(|| Problem::drm_not_routed(request.drm.as_str()))?;
     ctx.upstream = Some(upstream.clone());
-    if vendor.adapter.minting() == Minting::PerAttempt {
+    if provider.provider.minting() == Minting::PerAttempt {
         ctx.license_request = Some(request);
     } else {
         let authorization = state
-            .tokens
-            .authorization(&vendor.config.name, vendor.adapter.as_ref(), &request)
+            .authorizations
+            .authorization(&provider.config.name, provider.provider.as_ref(), &request)
             .await?;
         ctx.authorization = Some(authorization);
     }
-    ctx.adapter = Some(vendor.adapter.clone());
+    ctx.provider = Some(provider.provider.clone());
     Ok(Admission::Forward)
 }
 
@@ -387,12 +389,12 @@ fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddre
 async fn service_certificate(
     state: &State,
     ctx: &mut RequestCtx,
-    route: VendorRoute,
+    route: ProviderRoute,
 ) -> Result<Admission, Problem> {
     let Some(upstream) = route.upstream(Drm::Widevine).cloned() else {
         return Err(Problem::drm_not_routed(Drm::Widevine.as_str()));
     };
-    ctx.adapter = Some(route.adapter.clone());
+    ctx.provider = Some(route.provider.clone());
     let cache = &state.metrics.service_certificate_cache;
     let wait = route.config.total_timeout;
     match state
@@ -583,21 +585,21 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
         return Err(Problem::internal());
     };
     let started = *ctx.forward.started.get_or_insert_with(Instant::now);
-    let budget = upstream.vendor.total_timeout;
+    let budget = upstream.provider.total_timeout;
     let out_of_time = || {
         Problem::upstream_timeout(format!(
             "{} did not answer within {} ms",
-            upstream.vendor.name,
+            upstream.provider.name,
             budget.as_millis()
         ))
     };
     if started.elapsed() >= budget {
         return Err(out_of_time());
     }
-    if let (Some(request), Some(adapter)) = (&ctx.license_request, &ctx.adapter) {
+    if let (Some(request), Some(provider)) = (&ctx.license_request, &ctx.provider) {
         let authorization = state
-            .tokens
-            .authorization(&upstream.vendor.name, adapter.as_ref(), request)
+            .authorizations
+            .authorization(&upstream.provider.name, provider.as_ref(), request)
             .await?;
         ctx.authorization = Some(authorization);
     }
@@ -609,7 +611,7 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
         let Some(target) = upstream.select(&ctx.forward.avoid) else {
             return Err(Problem::upstream_unavailable(format!(
                 "{} has no healthy endpoint",
-                upstream.vendor.name
+                upstream.provider.name
             )));
         };
         if upstream.multiplexes() {
@@ -638,28 +640,28 @@ pub fn end_stream_turn(ctx: &mut RequestCtx) {
 }
 
 fn note_endpoint_failure(state: &State, upstream: &Upstream, target: &Target) {
-    if target.state.record_failure(&upstream.vendor) {
+    if target.state.record_failure(&upstream.provider) {
         let endpoint = target.addr.to_string();
         state
             .metrics
             .upstream_ejections
-            .with_label_values(&[upstream.vendor.name.as_str(), endpoint.as_str()])
+            .with_label_values(&[upstream.provider.name.as_str(), endpoint.as_str()])
             .inc();
         tracing::warn!(
-            vendor = %upstream.vendor.name,
+            provider = %upstream.provider.name,
             endpoint,
-            seconds = upstream.vendor.ejection_duration.as_secs(),
+            seconds = upstream.provider.ejection_duration.as_secs(),
             "endpoint ejected after consecutive connect failures or timeouts"
         );
     }
 }
 
-/// Why a failed attempt may be made again: the challenge provably never reached the vendor.
+/// Why a failed attempt may be made again: the challenge provably never reached the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryReason {
     /// No connection was made.
     Connect,
-    /// The vendor's HTTP/2 stack reset the stream with REFUSED_STREAM: not processed.
+    /// The provider's HTTP/2 stack reset the stream with REFUSED_STREAM: not processed.
     RefusedStream,
     /// A GOAWAY whose last stream id is below this stream's: not processed (RFC 9113 §6.8).
     GoAway,
@@ -685,7 +687,7 @@ pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Opt
 }
 
 /// Phase "forward", after an attempt failed once its request was (at least partly) sent. A
-/// vendor bills every license it issues, so the challenge goes out again only when the vendor
+/// provider bills every license it issues, so the challenge goes out again only when the provider
 /// said it did not process the stream; anything else, a broken connection included, may have
 /// produced a license and ends the request.
 pub fn attempt_failed(
@@ -710,7 +712,7 @@ pub fn attempt_failed(
     (ctx.forward.status.is_none() && may_retry(ctx, session)).then_some(reason)
 }
 
-/// Reads the HTTP/2 stream error under a Pingora error, if the vendor's stack said it did not
+/// Reads the HTTP/2 stream error under a Pingora error, if the provider's stack said it did not
 /// process the stream.
 fn never_processed(error: &Error) -> Option<RetryReason> {
     let h2 = error.root_cause().downcast_ref::<h2::Error>()?;
@@ -726,15 +728,15 @@ fn never_processed(error: &Error) -> Option<RetryReason> {
     }
 }
 
-/// Whether the request's total budget is spent; a vendor trickling its answer is cut there.
+/// Whether the request's total budget is spent; a provider trickling its answer is cut there.
 pub fn past_deadline(ctx: &RequestCtx) -> bool {
     match (&ctx.upstream, ctx.forward.started) {
-        (Some(upstream), Some(started)) => started.elapsed() > upstream.vendor.total_timeout,
+        (Some(upstream), Some(started)) => started.elapsed() > upstream.provider.total_timeout,
         _ => false,
     }
 }
 
-/// The request the vendor sees: our path and host, the DRM's content type, and only the
+/// The request the provider sees: our path and host, the DRM's content type, and only the
 /// headers we decide on. The player's credentials and hop-by-hop headers never leave.
 pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     let Some(endpoint) = ctx.forward.target.as_ref().map(|target| &target.endpoint) else {
@@ -768,7 +770,7 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     Ok(request)
 }
 
-/// Whether a failed attempt may be tried again: within the vendor's retry count and total
+/// Whether a failed attempt may be tried again: within the provider's retry count and total
 /// budget, and only while nothing of the answer has reached the player.
 pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
     let Some(upstream) = &ctx.upstream else {
@@ -777,13 +779,13 @@ pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
     let within_budget = ctx
         .forward
         .started
-        .is_some_and(|started| started.elapsed() < upstream.vendor.total_timeout);
-    ctx.forward.tried.len() <= upstream.vendor.retries
+        .is_some_and(|started| started.elapsed() < upstream.provider.total_timeout);
+    ctx.forward.tried.len() <= upstream.provider.retries
         && within_budget
         && session.response_written().is_none()
 }
 
-/// Phase "inspect response": note what the vendor said, and hold a license back from a device
+/// Phase "inspect response": note what the provider said, and hold a license back from a device
 /// beyond the user's limit. Otherwise the answer passes unchanged.
 pub async fn inspect_response(
     state: &State,
@@ -796,16 +798,16 @@ pub async fn inspect_response(
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
-    let Some(adapter) = ctx.adapter.clone() else {
+    let Some(provider) = ctx.provider.clone() else {
         return;
     };
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
-        ctx.forward.vendor_reason = adapter.refusal_reason(headers);
+        ctx.forward.vendor_reason = provider.refusal_reason(headers);
     } else if let (Some(devices), Some((user, limit)), None) =
         (&state.devices, &ctx.device_limit, &ctx.service_certificate)
     {
-        let device = adapter.device(headers);
+        let device = provider.device(headers);
         if let Err(problem) = devices.admit(user, &device, *limit).await {
             ctx.status = problem.status;
             ctx.outcome = problem.code;
@@ -817,7 +819,7 @@ pub async fn inspect_response(
     }
 }
 
-/// The vendor's answer as the player receives it: vendor-internal headers removed, our
+/// The provider's answer as the player receives it: provider-internal headers removed, our
 /// request id and CORS added.
 pub fn vendor_answer_headers(
     state: &State,
@@ -825,15 +827,15 @@ pub fn vendor_answer_headers(
     response: &mut pingora::http::ResponseHeader,
 ) -> pingora::Result<()> {
     if ctx.held_back.is_some() {
-        // Nothing of the vendor's answer may reach the player: not its headers either.
+        // Nothing of the provider's answer may reach the player: not its headers either.
         let mut refusal = pingora::http::ResponseHeader::build(ctx.status, Some(6))?;
         refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
         let length = ctx.held_back.as_ref().map_or(0, Bytes::len);
         refusal.insert_header(header::CONTENT_LENGTH, length.to_string())?;
         refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
         *response = refusal;
-    } else if let Some(adapter) = &ctx.adapter {
-        for name in adapter.internal_headers() {
+    } else if let Some(provider) = &ctx.provider {
+        for name in provider.internal_headers() {
             response.remove_header(name);
         }
     }
@@ -842,7 +844,7 @@ pub fn vendor_answer_headers(
     Ok(())
 }
 
-/// The body the player receives: the vendor's, or the refusal in place of a held-back license.
+/// The body the player receives: the provider's, or the refusal in place of a held-back license.
 pub fn answer_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
     if ctx.held_back.is_some() {
         *body = if end_of_stream {
@@ -853,7 +855,7 @@ pub fn answer_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream
     }
 }
 
-/// What the player is told when the vendor could not be reached or did not answer in time.
+/// What the player is told when the provider could not be reached or did not answer in time.
 pub fn classify_failure(error: &Error) -> Problem {
     use ErrorType::*;
     let detail = error.etype().as_str();
@@ -930,16 +932,16 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
             .saturating_duration_since(started)
     });
     let drm = ctx.label;
-    let vendor = ctx.vendor_name();
+    let provider = ctx.provider_name();
     let status = ctx.status.to_string();
     let metrics = &state.metrics;
     metrics
         .license_duration
-        .with_label_values(&[drm, vendor, ctx.outcome])
+        .with_label_values(&[drm, provider, ctx.outcome])
         .observe(total.as_secs_f64());
     metrics
         .requests
-        .with_label_values(&[drm, vendor, &status])
+        .with_label_values(&[drm, provider, &status])
         .inc();
     if let Some(upstream_time) = upstream_time {
         let upstream_status = ctx
@@ -948,14 +950,14 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
             .map_or_else(|| "error".to_string(), |s| s.to_string());
         metrics
             .upstream_duration
-            .with_label_values(&[vendor, &upstream_status])
+            .with_label_values(&[provider, &upstream_status])
             .observe(upstream_time.as_secs_f64());
     }
     tracing::info!(
         target: "licensegate::access",
         request_id = %ctx.request_id,
         drm,
-        vendor,
+        provider,
         content_id = ctx.content_id.as_deref().unwrap_or("-"),
         request_type = ctx.request_type.map(RequestType::as_str),
         entitled_by = ctx.entitled_by,

@@ -24,7 +24,7 @@ impl LicenseProxy {
             self.state
                 .metrics
                 .upstream_retries
-                .with_label_values(&[ctx.vendor_name(), reason.as_str()])
+                .with_label_values(&[ctx.provider_name(), reason.as_str()])
                 .inc();
         }
     }
@@ -94,7 +94,7 @@ impl ProxyHttp for LicenseProxy {
         self.state
             .metrics
             .upstream_connections
-            .with_label_values(&[ctx.vendor_name(), if reused { "true" } else { "false" }])
+            .with_label_values(&[ctx.provider_name(), if reused { "true" } else { "false" }])
             .inc();
         Ok(())
     }
@@ -228,7 +228,7 @@ impl ProxyHttp for LicenseProxy {
                 .await
                 .is_ok()
         } else {
-            // Part of the vendor's answer already left: all that is left is to cut the stream.
+            // Part of the provider's answer already left: all that is left is to cut the stream.
             ctx.outcome = problem.code;
             false
         };
@@ -255,10 +255,10 @@ impl ProxyHttp for LicenseProxy {
 
     fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
         format!(
-            "request {} drm {} vendor {}",
+            "request {} drm {} provider {}",
             ctx.request_id,
             ctx.label,
-            ctx.vendor_name()
+            ctx.provider_name()
         )
     }
 }

@@ -1,5 +1,5 @@
 //! Turns the validated [`Config`] into a Pingora server: the license listener (the proxy), the
-//! admin listener, and one background service per routed vendor for DNS and health checks.
+//! admin listener, and one background service per routed provider for DNS and health checks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,29 +13,29 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::auth::Authenticator;
 use crate::catalog::{CatalogStore, References};
-use crate::config::{Config, ConfigError, VendorConfig};
+use crate::config::{Config, ConfigError, ProviderConfig};
 use crate::devices::Devices;
 use crate::drm::Drm;
 use crate::entitlement::Entitlements;
 use crate::listener::{self, Connections, Deadlines, Drain, Listener};
 use crate::metrics::Metrics;
+use crate::providers::Provider;
+use crate::providers::authorizations::AuthorizationCache;
 use crate::proxy::LicenseProxy;
 use crate::reload::Reloader;
 use crate::service_certificate::ServiceCertificates;
 use crate::upstream::Upstream;
-use crate::vendor::Vendor;
-use crate::vendor::tokens::TokenCache;
 
 /// Everything a request may consult, built once at start.
 pub struct State {
     pub config: Config,
-    pub vendors: HashMap<String, VendorRoute>,
+    pub providers: HashMap<String, ProviderRoute>,
     pub metrics: Metrics,
     pub service_certificates: ServiceCertificates,
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
     pub entitlements: Entitlements,
-    pub tokens: TokenCache,
+    pub authorizations: AuthorizationCache,
     pub devices: Option<Devices>,
     /// Set once shutdown or upgrade begins.
     pub drain: Drain,
@@ -43,17 +43,17 @@ pub struct State {
     pub admin_connections: Arc<Connections>,
 }
 
-/// A vendor: its adapter and, unless licensegate answers for it itself, the upstreams that
+/// A provider: its provider and, unless licensegate answers for it itself, the upstreams that
 /// reach its license endpoints.
 #[derive(Clone)]
-pub struct VendorRoute {
-    pub config: Arc<VendorConfig>,
-    pub adapter: Arc<dyn Vendor>,
+pub struct ProviderRoute {
+    pub config: Arc<ProviderConfig>,
+    pub provider: Arc<dyn Provider>,
     /// By the DRM each set serves; `None` for a set serving every DRM.
     upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
 }
 
-impl VendorRoute {
+impl ProviderRoute {
     /// The license endpoints serving `drm`.
     pub fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
         self.upstreams
@@ -64,25 +64,25 @@ impl VendorRoute {
 }
 
 impl State {
-    /// The vendor that serves `drm` unless the content names another.
-    pub fn route(&self, drm: Drm) -> Option<&VendorRoute> {
+    /// The provider that serves `drm` unless the content names another.
+    pub fn route(&self, drm: Drm) -> Option<&ProviderRoute> {
         self.config
             .routes
             .get(&drm)
-            .map(|vendor| &self.vendors[&vendor.name])
+            .map(|provider| &self.providers[&provider.name])
     }
 
     /// Every upstream a routed request may need: the routed license endpoints and the
-    /// routed vendors' own services (token services).
+    /// routed providers' own services (token services).
     pub fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
-        for (drm, vendor) in &self.config.routes {
-            let route = &self.vendors[&vendor.name];
+        for (drm, provider) in &self.config.routes {
+            let route = &self.providers[&provider.name];
             let candidates = route
                 .upstream(*drm)
                 .cloned()
                 .into_iter()
-                .chain(route.adapter.upstreams());
+                .chain(route.provider.upstreams());
             for upstream in candidates {
                 if !upstreams.iter().any(|known| Arc::ptr_eq(known, &upstream)) {
                     upstreams.push(upstream);
@@ -98,7 +98,7 @@ impl State {
 pub struct Resources {
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
-    pub adapters: HashMap<String, Arc<dyn Vendor>>,
+    pub providers_by_name: HashMap<String, Arc<dyn Provider>>,
 }
 
 pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
@@ -111,7 +111,7 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
     let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
     let references = References {
         policies: config.policies.clone(),
-        vendors: config.vendors.keys().cloned().collect(),
+        providers: config.providers.keys().cloned().collect(),
         key_seeds: config.key_seeds.clone(),
     };
     let catalog = config
@@ -122,15 +122,15 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
                 .map_err(|e| ConfigError::new(format!("catalog.path: {}", e.key), e.reason))
         })
         .transpose()?;
-    let mut adapters = HashMap::new();
-    for (name, vendor) in &config.vendors {
-        let adapter = crate::vendor::build(vendor, config.server.upstream_idle_timeout)?;
-        adapters.insert(name.clone(), adapter);
+    let mut providers_by_name = HashMap::new();
+    for (name, provider) in &config.providers {
+        let provider = crate::providers::build(provider, config.server.upstream_idle_timeout)?;
+        providers_by_name.insert(name.clone(), provider);
     }
     Ok(Resources {
         auth,
         catalog,
-        adapters,
+        providers_by_name,
     })
 }
 
@@ -167,16 +167,16 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
     };
     let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
 
-    let mut vendors = HashMap::new();
-    for (name, vendor) in &config.vendors {
+    let mut providers = HashMap::new();
+    for (name, provider_config) in &config.providers {
         let mut upstreams = Vec::new();
-        for (drm, endpoints) in vendor.endpoints.sets() {
+        for (drm, endpoints) in provider_config.endpoints.sets() {
             let label = match drm {
                 Some(drm) => format!("{name} ({drm})"),
                 None => name.clone(),
             };
             let upstream = Upstream::new(
-                vendor.clone(),
+                provider_config.clone(),
                 endpoints,
                 label,
                 config.server.upstream_idle_timeout,
@@ -184,38 +184,38 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
             server.add_service(upstream.background());
             upstreams.push((drm, Arc::new(upstream)));
         }
-        let adapter = resources.adapters[name].clone();
-        for upstream in adapter.upstreams() {
+        let provider = resources.providers_by_name[name].clone();
+        for upstream in provider.upstreams() {
             server.add_service(upstream.background());
         }
-        vendors.insert(
+        providers.insert(
             name.clone(),
-            VendorRoute {
-                config: vendor.clone(),
-                adapter,
+            ProviderRoute {
+                config: provider_config.clone(),
+                provider,
                 upstreams,
             },
         );
     }
     let service_certificates = ServiceCertificates::new(
-        config.vendors.keys().map(String::as_str),
+        config.providers.keys().map(String::as_str),
         config.server.service_certificate_ttl,
     );
     let metrics = Metrics::new();
-    let tokens = TokenCache::new(&config.token_cache, &metrics);
+    let authorizations = AuthorizationCache::new(&config.authorization_cache, &metrics);
     let devices = config
         .devices
         .clone()
         .map(|settings| Devices::open(settings, &metrics))
         .transpose()?;
     let state = Arc::new(State {
-        vendors,
+        providers,
         metrics,
         service_certificates,
         auth: resources.auth,
         catalog: resources.catalog,
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
-        tokens,
+        authorizations,
         devices,
         drain: Drain::default(),
         license_connections: Arc::default(),
@@ -287,13 +287,13 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
     Ok((server, state))
 }
 
-/// Room kept for everything but the listeners' connections: vendor connections, the device
+/// Room kept for everything but the listeners' connections: provider connections, the device
 /// database, key and catalog files, logs.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Each listener's connection cap, after raising the open-file limit; when the limit cannot
 /// hold both caps, the license listener's gives way so the admin listener keeps answering. A
-/// vendor spoken to over HTTP/1.1 takes a connection per request in flight, so with one each
+/// provider spoken to over HTTP/1.1 takes a connection per request in flight, so with one each
 /// player connection is budgeted two descriptors.
 fn connection_caps(config: &Config) -> (usize, usize) {
     let (license, admin) = (config.license_max_connections, config.admin_max_connections);
@@ -305,9 +305,9 @@ fn connection_caps(config: &Config) -> (usize, usize) {
         }
     };
     let per_player = if config
-        .vendors
+        .providers
         .values()
-        .any(|vendor| vendor.protocol != crate::config::Protocol::H2)
+        .any(|provider| provider.protocol != crate::config::Protocol::H2)
     {
         2
     } else {
@@ -337,9 +337,9 @@ fn connection_caps(config: &Config) -> (usize, usize) {
 fn server_conf(config: &Config) -> ServerConf {
     let server = &config.server;
     let most_attempts = config
-        .vendors
+        .providers
         .values()
-        .map(|vendor| vendor.retries + 1)
+        .map(|provider| provider.retries + 1)
         .max()
         .unwrap_or(1);
     ServerConf {
@@ -351,7 +351,7 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: server.upgrade_socket.to_string_lossy().into_owned(),
         upstream_keepalive_pool_size: server.upstream_keepalive_pool_size,
-        // Pingora's loop bound; each vendor's own count is enforced per request.
+        // Pingora's loop bound; each provider's own count is enforced per request.
         max_retries: most_attempts,
         ..ServerConf::default()
     }

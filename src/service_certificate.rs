@@ -1,5 +1,5 @@
-//! The Widevine service certificate answer, kept per vendor. CDMs ask for it before nearly every
-//! license and the answer is the same for every caller, so one forward per vendor and TTL serves
+//! The Widevine service certificate answer, kept per provider. CDMs ask for it before nearly every
+//! license and the answer is the same for every caller, so one forward per provider and TTL serves
 //! the whole fleet of players from memory.
 
 use std::collections::HashMap;
@@ -27,30 +27,30 @@ pub struct ServiceCertificates {
 
 pub enum Lookup {
     Hit(Certificate),
-    /// Not cached: this request forwards and fills; others for the vendor wait on it.
+    /// Not cached: this request forwards and fills; others for the provider wait on it.
     Miss(Filler),
 }
 
 impl ServiceCertificates {
-    pub fn new<'a>(vendors: impl Iterator<Item = &'a str>, ttl: Duration) -> Self {
+    pub fn new<'a>(providers: impl Iterator<Item = &'a str>, ttl: Duration) -> Self {
         Self {
             cache: Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(1024)
                 .build(),
-            fill_locks: vendors
-                .map(|vendor| (vendor.to_string(), Arc::new(Mutex::new(()))))
+            fill_locks: providers
+                .map(|provider| (provider.to_string(), Arc::new(Mutex::new(()))))
                 .collect(),
         }
     }
 
     /// The cached certificate, or the go-ahead to forward. A request waits at most `wait`
     /// for another one's fill, then forwards without exclusivity rather than not at all.
-    pub async fn lookup(&self, vendor: &str, wait: Duration) -> Lookup {
-        if let Some(hit) = self.cache.get(vendor) {
+    pub async fn lookup(&self, provider: &str, wait: Duration) -> Lookup {
+        if let Some(hit) = self.cache.get(provider) {
             return Lookup::Hit(hit);
         }
-        let guard = match self.fill_locks.get(vendor) {
+        let guard = match self.fill_locks.get(provider) {
             Some(lock) => match lock.clone().try_lock_owned() {
                 Ok(guard) => Some(guard),
                 Err(_) => tokio::time::timeout(wait, lock.clone().lock_owned())
@@ -60,12 +60,12 @@ impl ServiceCertificates {
             None => None,
         };
         // The request that held the lock may have filled the cache while this one waited.
-        if let Some(hit) = self.cache.get(vendor) {
+        if let Some(hit) = self.cache.get(provider) {
             return Lookup::Hit(hit);
         }
         Lookup::Miss(Filler {
             cache: self.cache.clone(),
-            vendor: vendor.to_string(),
+            provider: provider.to_string(),
             content_type: None,
             declared_length: None,
             body: BytesMut::new(),
@@ -75,16 +75,16 @@ impl ServiceCertificates {
     }
 }
 
-/// Collects the vendor's answer as it streams to the player and caches it once complete.
+/// Collects the provider's answer as it streams to the player and caches it once complete.
 /// Dropping it without completion releases waiting requests, which then forward themselves.
 ///
 /// "Complete" is decided in the upstream filters, which run before a byte reaches the player:
 /// when the body reaches its `Content-Length`, at END_STREAM, or at trailers, whichever the
-/// vendor's HTTP/2 stack sends first. So the certificate is in the cache before the player can
+/// provider's HTTP/2 stack sends first. So the certificate is in the cache before the player can
 /// see the end of the answer and ask again.
 pub struct Filler {
     cache: Cache<String, Certificate>,
-    vendor: String,
+    provider: String,
     content_type: Option<HeaderValue>,
     declared_length: Option<usize>,
     body: BytesMut,
@@ -140,7 +140,7 @@ impl Filler {
                 body: std::mem::take(&mut self.body).freeze(),
                 content_type: self.content_type.take(),
             };
-            self.cache.insert(self.vendor.clone(), certificate);
+            self.cache.insert(self.provider.clone(), certificate);
         }
         self.exclusive = None;
     }

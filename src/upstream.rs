@@ -1,4 +1,4 @@
-//! A vendor's license endpoints as Pingora sees them: resolved from DNS on a schedule, health
+//! A provider's license endpoints as Pingora sees them: resolved from DNS on a schedule, health
 //! checked, and turned into `HttpPeer`s whose options make them share pooled HTTP/2 connections.
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,11 +23,11 @@ use pingora::services::background::GenBackgroundService;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::config::{Endpoint, HealthCheckKind, Protocol, VendorConfig};
+use crate::config::{Endpoint, HealthCheckKind, Protocol, ProviderConfig};
 
-/// The upstream side of one configured vendor.
+/// The upstream side of one configured provider.
 pub struct Upstream {
-    pub vendor: Arc<VendorConfig>,
+    pub provider: Arc<ProviderConfig>,
     /// What these endpoints are for, in the background service's name.
     label: String,
     balancer: Arc<LoadBalancer<RoundRobin>>,
@@ -91,13 +91,13 @@ impl EndpointState {
     }
 
     /// A connect failure or a timeout. Returns true when this failure ejects the endpoint.
-    pub fn record_failure(&self, vendor: &VendorConfig) -> bool {
+    pub fn record_failure(&self, provider: &ProviderConfig) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let threshold = vendor.ejection_consecutive_failures;
+        let threshold = provider.ejection_consecutive_failures;
         if threshold == 0 || failures < threshold || self.is_ejected() {
             return false;
         }
-        let until = millis_since_epoch(Instant::now() + vendor.ejection_duration).max(1);
+        let until = millis_since_epoch(Instant::now() + provider.ejection_duration).max(1);
         self.ejected_until.store(until, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         true
@@ -108,7 +108,7 @@ impl Upstream {
     /// Builds the upstream over `endpoints`; its [`Upstream::background`] service must be added
     /// to the server for the endpoint list and health to be kept current.
     pub fn new(
-        vendor: Arc<VendorConfig>,
+        provider: Arc<ProviderConfig>,
         endpoints: &[Arc<Endpoint>],
         label: String,
         idle_timeout: Duration,
@@ -118,15 +118,15 @@ impl Upstream {
         };
         let mut balancer = LoadBalancer::from_backends(Backends::new(Box::new(discovery)));
         balancer.set_health_check(Box::new(EndpointProbe {
-            vendor: vendor.clone(),
+            provider: provider.clone(),
             transport: TransportConnector::new(None),
             http: Connector::new(None),
         }));
-        balancer.health_check_frequency = Some(vendor.health_check_interval);
-        balancer.update_frequency = Some(vendor.dns_refresh);
+        balancer.health_check_frequency = Some(provider.health_check_interval);
+        balancer.update_frequency = Some(provider.dns_refresh);
         balancer.parallel_health_check = true;
         Self {
-            vendor,
+            provider,
             label,
             balancer: Arc::new(balancer),
             idle_timeout,
@@ -174,19 +174,19 @@ impl Upstream {
         })
     }
 
-    /// Which endpoints these are: the vendor, and the DRM or service they serve.
+    /// Which endpoints these are: the provider, and the DRM or service they serve.
     pub fn label(&self) -> &str {
         &self.label
     }
 
     /// The longest a new connection may take: TCP, then the TLS handshake.
     pub fn connection_setup_timeout(&self) -> Duration {
-        connection_setup_timeout(&self.vendor)
+        connection_setup_timeout(&self.provider)
     }
 
     /// Whether requests share connections, so that taking streams in turn pays off.
     pub fn multiplexes(&self) -> bool {
-        self.vendor.protocol != Protocol::H1
+        self.provider.protocol != Protocol::H1
     }
 
     /// Endpoints that pass their health check and are not ejected.
@@ -211,13 +211,13 @@ impl Upstream {
     /// endpoint share its connections.
     pub fn peer(&self, target: &Target, remaining: Duration) -> HttpPeer {
         let mut peer = endpoint_peer(
-            &self.vendor,
+            &self.provider,
             target.addr.clone(),
             &target.endpoint,
             remaining,
         );
         let options = &mut peer.options;
-        options.max_h2_streams = self.vendor.max_concurrent_streams;
+        options.max_h2_streams = self.provider.max_concurrent_streams;
         options.idle_timeout = Some(self.idle_timeout);
         // Keeps pooled h2 connections from dying silently behind NATs and load balancers.
         options.h2_ping_interval = Some(Duration::from_secs(30));
@@ -233,7 +233,7 @@ pub struct Exchange {
 }
 
 impl Upstream {
-    /// A request licensegate makes itself (a vendor's token service), through Pingora's
+    /// A request licensegate makes itself (a provider's token service), through Pingora's
     /// connector: the same pooled, multiplexed connections, peer options, endpoint selection,
     /// retries and total budget as a forwarded license request. `request` builds the header
     /// for the endpoint chosen; any failure before an answer moves on to the next attempt.
@@ -247,8 +247,11 @@ impl Upstream {
         let started = Instant::now();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
-        for _ in 0..=self.vendor.retries {
-            let remaining = self.vendor.total_timeout.saturating_sub(started.elapsed());
+        for _ in 0..=self.provider.retries {
+            let remaining = self
+                .provider
+                .total_timeout
+                .saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 break;
             }
@@ -315,7 +318,7 @@ async fn exchange(
     })
 }
 
-/// Resolves every endpoint's host on each refresh, so a vendor moving its IPs is followed
+/// Resolves every endpoint's host on each refresh, so a provider moving its IPs is followed
 /// without a restart. A failed lookup keeps the previous list (Pingora ignores a failed update).
 struct DnsDiscovery {
     endpoints: Vec<Arc<Endpoint>>,
@@ -348,20 +351,20 @@ impl ServiceDiscovery for DnsDiscovery {
             );
         }
         if !failures.is_empty() {
-            tracing::warn!(failures = %failures.join("; "), "some vendor endpoints did not resolve");
+            tracing::warn!(failures = %failures.join("; "), "some provider endpoints did not resolve");
         }
         Ok((backends, HashMap::new()))
     }
 }
 
-fn connection_setup_timeout(vendor: &VendorConfig) -> Duration {
-    vendor.connect_timeout * 2
+fn connection_setup_timeout(provider: &ProviderConfig) -> Duration {
+    provider.connect_timeout * 2
 }
 
-/// How to reach one endpoint: TLS and SNI from its URL, the vendor's protocol and
+/// How to reach one endpoint: TLS and SNI from its URL, the provider's protocol and
 /// verification, and timeouts cut to `remaining`.
 fn endpoint_peer(
-    vendor: &VendorConfig,
+    provider: &ProviderConfig,
     addr: SocketAddr,
     endpoint: &Endpoint,
     remaining: Duration,
@@ -373,26 +376,26 @@ fn endpoint_peer(
     };
     let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
     let options = &mut peer.options;
-    options.alpn = match vendor.protocol {
+    options.alpn = match provider.protocol {
         Protocol::H2 => ALPN::H2,
         Protocol::H2OrH1 => ALPN::H2H1,
         Protocol::H1 => ALPN::H1,
     };
-    options.connection_timeout = Some(vendor.connect_timeout.min(remaining));
-    options.total_connection_timeout = Some(connection_setup_timeout(vendor).min(remaining));
-    let read_timeout = vendor.read_timeout.min(remaining);
+    options.connection_timeout = Some(provider.connect_timeout.min(remaining));
+    options.total_connection_timeout = Some(connection_setup_timeout(provider).min(remaining));
+    let read_timeout = provider.read_timeout.min(remaining);
     options.read_timeout = Some(read_timeout);
     options.write_timeout = Some(read_timeout);
-    options.verify_cert = vendor.tls_verify;
-    options.verify_hostname = vendor.tls_verify;
+    options.verify_cert = provider.tls_verify;
+    options.verify_hostname = provider.tls_verify;
     peer
 }
 
 /// The active health check: a connect (with the TLS handshake on https endpoints), or a whole
-/// HTTP exchange, each within the vendor's connect and read timeouts. An endpoint that accepts
+/// HTTP exchange, each within the provider's connect and read timeouts. An endpoint that accepts
 /// TCP and then stalls fails both; a plain TCP check would call it healthy.
 struct EndpointProbe {
-    vendor: Arc<VendorConfig>,
+    provider: Arc<ProviderConfig>,
     transport: TransportConnector,
     http: Connector,
 }
@@ -403,9 +406,9 @@ impl HealthCheck for EndpointProbe {
         let Some(endpoint) = target.ext.get::<Arc<Endpoint>>() else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "backend without endpoint");
         };
-        // Within the vendor's own timeouts, with no request budget to cut them.
-        let peer = endpoint_peer(&self.vendor, target.addr.clone(), endpoint, Duration::MAX);
-        match self.vendor.health_check {
+        // Within the provider's own timeouts, with no request budget to cut them.
+        let peer = endpoint_peer(&self.provider, target.addr.clone(), endpoint, Duration::MAX);
+        match self.provider.health_check {
             HealthCheckKind::Connect => self.transport.new_stream(&peer).await.map(drop),
             HealthCheckKind::Http => self.http_exchange(&peer, endpoint).await,
         }
@@ -420,7 +423,7 @@ impl EndpointProbe {
     async fn http_exchange(&self, peer: &HttpPeer, endpoint: &Endpoint) -> Result<()> {
         let (mut session, _) = self.http.get_http_session(peer).await?;
         let mut request =
-            RequestHeader::build("GET", self.vendor.health_check_path.as_bytes(), None)?;
+            RequestHeader::build("GET", self.provider.health_check_path.as_bytes(), None)?;
         request.insert_header(http::header::HOST, endpoint.authority.as_str())?;
         session.write_request_header(Box::new(request)).await?;
         session.finish_request_body().await?;
@@ -429,7 +432,7 @@ impl EndpointProbe {
             while session.read_response_body().await?.is_some() {}
             Ok::<_, Box<Error>>(())
         };
-        tokio::time::timeout(self.vendor.read_timeout, exchange)
+        tokio::time::timeout(self.provider.read_timeout, exchange)
             .await
             .map_err(|_| Error::explain(ErrorType::ReadTimedout, "health check answer"))??;
         match session.response_header().map(|h| h.status.as_u16()) {

@@ -33,7 +33,7 @@ fn check_accepts_every_shipped_config() {
         ("LICENSEGATE_TLS_CERT", cert.to_str().unwrap()),
         ("LICENSEGATE_TLS_KEY", key.to_str().unwrap()),
         SECRET_ENV[0],
-        // The vendor examples' secrets; only their shape is checked.
+        // The provider examples' secrets; only their shape is checked.
         ("AXINOM_COM_KEY_ID", "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"),
         (
             "AXINOM_COM_KEY",
@@ -87,7 +87,7 @@ fn check_names_the_bad_key_and_fails() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("vendors.sim.timeouts.conect_ms"),
+        stderr.contains("providers.sim.timeouts.conect_ms"),
         "{stderr}"
     );
 }
@@ -156,7 +156,7 @@ fn check_names_an_unset_secret() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("vendors.sim.endpoints[0]")
+        stderr.contains("providers.sim.endpoints[0]")
             && stderr.contains("LICENSEGATE_TEST_UNSET_URL"),
         "{stderr}"
     );

@@ -1,4 +1,4 @@
-//! Device limits: the device read from the vendor's answer (the simulator in Axinom mode names
+//! Device limits: the device read from the provider's answer (the simulator in Axinom mode names
 //! it from the challenge's Widevine client identification), slots per user in the embedded
 //! store or a real Redis shared by two licensegate instances, and the admin API.
 
@@ -110,11 +110,11 @@ algorithm = "HS256"
 secret = "{SECRET}"
 [catalog]
 path = "${{LG_DIR}}/catalog.toml"
-[vendors.axinom]
+[providers.axinom]
 kind = "axinom"
 endpoints = ["{}"]
 health_check_interval_seconds = 1
-[vendors.axinom.settings]
+[providers.axinom.settings]
 com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
 com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 [routes]
@@ -206,7 +206,7 @@ async fn a_device_beyond_the_limit_gets_no_license_until_a_slot_frees() {
             .ends_with('Z')
     );
     assert!(!body.to_string().contains("licensegate-sim license"));
-    // The vendor did issue (and would bill) that license; licensegate held it back.
+    // The provider did issue (and would bill) that license; licensegate held it back.
     assert_eq!(sim.stats().await["licenses"], 4);
     // Another user has slots of their own.
     assert_eq!(license(&gate, "bob", "tv").await.status(), 200);

@@ -26,7 +26,7 @@ admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
 [server]
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
-[vendors.builtin]
+[providers.builtin]
 kind = "clearkey"
 [routes]
 clearkey = "builtin"
@@ -114,7 +114,7 @@ async fn shaka_plays_through_licensegate_and_reads_its_refusals() {
     let metrics = gate.metrics().await;
     assert!(
         metrics.contains(
-            "licensegate_license_request_duration_seconds_count{drm=\"clearkey\",outcome=\"ok\",vendor=\"builtin\"} 1"
+            "licensegate_license_request_duration_seconds_count{drm=\"clearkey\",outcome=\"ok\",provider=\"builtin\"} 1"
         ),
         "{metrics}"
     );

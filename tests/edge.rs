@@ -1,5 +1,5 @@
-//! The edge against hostile clients and misbehaving vendors, on real sockets, with Debian's
-//! nginx as the vendor wherever a real server shows the behaviour.
+//! The edge against hostile clients and misbehaving providers, on real sockets, with Debian's
+//! nginx as the provider wherever a real server shows the behaviour.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -18,7 +18,7 @@ fn metric_lines(metrics: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// 40 players at once send 30 KiB challenges to a vendor that refuses each as soon as its
+/// 40 players at once send 30 KiB challenges to a provider that refuses each as soon as its
 /// headers arrive and resets the stream with NO_ERROR before reading the body.
 async fn early_answers(gate: &Gate) -> Vec<(u16, String)> {
     let client = client();
@@ -42,7 +42,7 @@ async fn early_answers(gate: &Gate) -> Vec<(u16, String)> {
 
 #[tokio::test]
 async fn an_early_answer_from_nginx_reaches_every_player_and_no_challenge_is_sent_twice() {
-    // A small stream window, as a vendor may advertise: the challenge cannot leave whole
+    // A small stream window, as a provider may advertise: the challenge cannot leave whole
     // before nginx has answered and reset the stream, so every request meets the early answer
     // while its body is still being written.
     let nginx = Nginx::start(
@@ -369,7 +369,7 @@ async fn slow_idle_and_lingering_clients_are_cut_within_their_deadlines() {
 }
 
 /// Passes connections through to `target` until told to stall; from then on it accepts
-/// connections and never answers, as a vendor endpoint whose TLS stack hangs does.
+/// connections and never answers, as a provider endpoint whose TLS stack hangs does.
 struct Relay {
     port: u16,
     stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -450,7 +450,7 @@ async fn a_stalled_tls_endpoint_holds_up_no_request_and_is_ejected() {
             format!("https://localhost:{}/AcquireLicense", relay.port),
             nginx.url("https", "/AcquireLicense").replace("127.0.0.1", "localhost"),
         ],
-        "tls_verify = false\nretries = 2\n[vendors.sim.timeouts]\nconnect_ms = 300\nread_ms = 2000\ntotal_ms = 2000",
+        "tls_verify = false\nretries = 2\n[providers.sim.timeouts]\nconnect_ms = 300\nread_ms = 2000\ntotal_ms = 2000",
     ))
     .await;
     relay.stall();
@@ -642,8 +642,8 @@ impl Drop for Hypercorn {
     }
 }
 
-/// However the vendor's HTTP/2 stack ends its answer, the certificate is in the cache before
-/// the player sees the end of it: ten requests in a row reach the vendor once, every time.
+/// However the provider's HTTP/2 stack ends its answer, the certificate is in the cache before
+/// the player sees the end of it: ten requests in a row reach the provider once, every time.
 #[tokio::test]
 async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_framing() {
     let hypercorn = Hypercorn::start();
@@ -658,7 +658,7 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
     );
     let hypercorn_url =
         |framing: &str| format!("http://127.0.0.1:{}/cert/{framing}", hypercorn.port);
-    let vendors = [
+    let providers = [
         hypercorn_url("length"),
         hypercorn_url("split"),
         nginx.url("http", "/last-data"),
@@ -666,8 +666,8 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
     ];
     let client = client();
     for repetition in 0..20 {
-        let vendor = &vendors[repetition % vendors.len()];
-        let gate = Gate::start_ready(&config(std::slice::from_ref(vendor), "")).await;
+        let provider = &providers[repetition % providers.len()];
+        let gate = Gate::start_ready(&config(std::slice::from_ref(provider), "")).await;
         let before = (hypercorn.requests().await, nginx.access_log().len());
         let mut answers = HashSet::new();
         for _ in 0..10 {
@@ -683,7 +683,7 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
         assert_eq!(answers.len(), 1, "every player got the same certificate");
         let reached = (hypercorn.requests().await - before.0) as usize
             + (nginx.access_log().len() - before.1);
-        assert_eq!(reached, 1, "repetition {repetition} via {vendor}");
+        assert_eq!(reached, 1, "repetition {repetition} via {provider}");
     }
 }
 

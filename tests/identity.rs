@@ -1,5 +1,5 @@
 //! Who may play what: tokens, catalog, key IDs, entitlement, the built-in ClearKey server and
-//! HLS keys, against a real licensegate (and simulator, where a vendor is involved).
+//! HLS keys, against a real licensegate (and simulator, where a provider is involved).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,10 +65,10 @@ grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 [cors]
 allowed_origins = ["https://player.example"]
-[vendors.sim]
+[providers.sim]
 kind = "passthrough"
 endpoints = ["{sim_url}"]
-[vendors.builtin]
+[providers.builtin]
 kind = "clearkey"
 [routes]
 widevine = "sim"
@@ -440,7 +440,7 @@ async fn key_ids_must_belong_to_the_requested_content() {
     assert_eq!(
         sim.stats().await["licenses"],
         2,
-        "only the two allowed requests reached the vendor"
+        "only the two allowed requests reached the provider"
     );
 }
 
@@ -498,7 +498,7 @@ async fn hls_key_for_entitled_users() {
     problem(response, 404, "key_not_found").await;
     let metrics = gate.metrics().await;
     assert!(metrics.contains(
-        "licensegate_license_request_duration_seconds_count{drm=\"hls-aes\",outcome=\"ok\",vendor=\"-\"} 1"
+        "licensegate_license_request_duration_seconds_count{drm=\"hls-aes\",outcome=\"ok\",provider=\"-\"} 1"
     ), "{metrics}");
 }
 

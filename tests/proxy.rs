@@ -138,7 +138,7 @@ async fn service_certificate_is_forwarded_once_then_served_from_memory() {
 
 #[tokio::test]
 async fn a_connection_reset_after_the_challenge_left_is_not_sent_again() {
-    // The vendor may have issued (and billed) a license before the connection broke, so the
+    // The provider may have issued (and billed) a license before the connection broke, so the
     // player gets a 502 instead of a second license; the next request is served.
     let sim = Sim::start(&["--reset-connections", "1"]);
     let gate = Gate::start_ready(&config(&[sim.url()], "retries = 2")).await;
@@ -214,7 +214,7 @@ async fn dead_upstream_is_a_502_within_the_connect_timeout() {
     );
     let gate = Gate::start(&config(
         &[dead],
-        "[vendors.sim.timeouts]\nconnect_ms = 500\nread_ms = 1000\ntotal_ms = 2000",
+        "[providers.sim.timeouts]\nconnect_ms = 500\nread_ms = 1000\ntotal_ms = 2000",
     ));
     let started = Instant::now();
     let response = client()
@@ -246,7 +246,7 @@ async fn slow_upstream_is_a_504_within_the_read_timeout() {
     let sim = Sim::start(&["--delay-ms", "5000"]);
     let gate = Gate::start_ready(&config(
         &[sim.url()],
-        "[vendors.sim.timeouts]\nconnect_ms = 500\nread_ms = 400\ntotal_ms = 3000",
+        "[providers.sim.timeouts]\nconnect_ms = 500\nread_ms = 400\ntotal_ms = 3000",
     ))
     .await;
     let started = Instant::now();
@@ -391,7 +391,7 @@ async fn preflight_is_answered_locally() {
     assert_eq!(
         sim.stats().await["requests"],
         1,
-        "only this /stats call reached the vendor"
+        "only this /stats call reached the provider"
     );
 }
 
@@ -426,7 +426,7 @@ async fn vendor_refusal_passes_through_unchanged_with_its_reason() {
     let metrics = gate.metrics().await;
     assert!(
         metrics.contains(
-            "licensegate_requests_total{drm=\"widevine\",status=\"403\",vendor=\"sim\"} 1"
+            "licensegate_requests_total{drm=\"widevine\",provider=\"sim\",status=\"403\"} 1"
         ),
         "{metrics}"
     );
@@ -449,17 +449,15 @@ async fn metrics_show_license_latency_by_drm_vendor_and_outcome() {
     }
     let metrics = gate.metrics().await;
     assert!(metrics.contains(
-        "licensegate_license_request_duration_seconds_count{drm=\"playready\",outcome=\"ok\",vendor=\"sim\"} 3"
+        "licensegate_license_request_duration_seconds_count{drm=\"playready\",outcome=\"ok\",provider=\"sim\"} 3"
     ), "{metrics}");
-    assert!(metrics.contains("licensegate_license_request_duration_seconds_bucket{drm=\"playready\",outcome=\"ok\",vendor=\"sim\",le=\"0.0005\"}"));
-    assert!(
-        metrics.contains(
-            "licensegate_upstream_duration_seconds_count{status=\"200\",vendor=\"sim\"} 3"
-        )
-    );
+    assert!(metrics.contains("licensegate_license_request_duration_seconds_bucket{drm=\"playready\",outcome=\"ok\",provider=\"sim\",le=\"0.0005\"}"));
+    assert!(metrics.contains(
+        "licensegate_upstream_duration_seconds_count{provider=\"sim\",status=\"200\"} 3"
+    ));
     assert!(
         metrics
-            .contains("licensegate_upstream_connections_total{reused=\"true\",vendor=\"sim\"} 2")
+            .contains("licensegate_upstream_connections_total{provider=\"sim\",reused=\"true\"} 2")
     );
     assert!(metrics.contains("licensegate_in_flight_requests 0"));
     let health = reqwest::get(gate.admin("/healthz")).await.unwrap();

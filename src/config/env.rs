@@ -97,8 +97,8 @@ mod tests {
 
     #[test]
     fn unset_variable_names_the_key_and_the_variable() {
-        let err = run("[vendors.x]\nendpoints = [\"ok\", \"${NOPE}\"]").unwrap_err();
-        assert_eq!(err.key, "vendors.x.endpoints[1]");
+        let err = run("[providers.x]\nendpoints = [\"ok\", \"${NOPE}\"]").unwrap_err();
+        assert_eq!(err.key, "providers.x.endpoints[1]");
         assert!(err.reason.contains("NOPE"), "{err}");
     }
 

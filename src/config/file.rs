@@ -16,7 +16,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub cors: Cors,
     #[serde(default)]
-    pub vendors: BTreeMap<String, Vendor>,
+    pub providers: BTreeMap<String, Provider>,
     #[serde(default)]
     pub routes: BTreeMap<Drm, String>,
     pub auth: Option<Auth>,
@@ -29,11 +29,11 @@ pub struct FileConfig {
     pub policies: BTreeMap<String, Policy>,
     pub demo: Option<Demo>,
     #[serde(default)]
-    pub token_cache: TokenCache,
+    pub authorization_cache: AuthorizationCache,
     pub devices: Option<Devices>,
 }
 
-/// Device limits: how many devices a user may license on, counted from the vendors' answers.
+/// Device limits: how many devices a user may license on, counted from the providers' answers.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Devices {
@@ -51,10 +51,10 @@ pub struct Devices {
     pub identity: Vec<DeviceField>,
     #[serde(default = "default_android_identity")]
     pub android_identity: Vec<DeviceField>,
-    /// What to do when the vendor reports no device.
+    /// What to do when the provider reports no device.
     #[serde(default = "default_unreported")]
     pub unreported: DeviceDecision,
-    /// What to do when the vendor's device report fails verification.
+    /// What to do when the provider's device report fails verification.
     #[serde(default = "default_untrusted")]
     pub untrusted: DeviceDecision,
     #[serde(default)]
@@ -123,18 +123,18 @@ pub enum DeviceStoreKind {
     Redis,
 }
 
-/// Vendor authorizations (signed messages, token URLs) kept for reuse.
+/// Provider authorizations (signed messages, token URLs) kept for reuse.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TokenCache {
+pub struct AuthorizationCache {
     pub max_entries: u64,
     pub max_bytes: u64,
     /// An authorization leaves the cache this long before it expires, so one handed out at
-    /// the last moment still outlives the vendor call.
+    /// the last moment still outlives the provider call.
     pub safety_margin_seconds: u64,
 }
 
-impl Default for TokenCache {
+impl Default for AuthorizationCache {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
@@ -445,8 +445,8 @@ impl Default for Cors {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Vendor {
-    pub kind: VendorKind,
+pub struct Provider {
+    pub kind: ProviderKind,
     #[serde(default)]
     pub endpoints: Endpoints,
     #[serde(default)]
@@ -474,13 +474,13 @@ pub struct Vendor {
     pub ejection_seconds: u64,
     #[serde(default = "default_dns_refresh_seconds")]
     pub dns_refresh_seconds: u64,
-    /// The response header in which this vendor explains a refusal.
+    /// The response header in which this provider explains a refusal.
     pub error_header: Option<String>,
-    /// The vendor's own settings; their shape belongs to the vendor's adapter, which checks them.
+    /// The provider's own settings; their shape belongs to the provider's provider, which checks them.
     pub settings: Option<toml::Value>,
 }
 
-/// License URLs: one list for every DRM, or a list per DRM for vendors with a host per DRM.
+/// License URLs: one list for every DRM, or a list per DRM for providers with a host per DRM.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Endpoints {
@@ -526,15 +526,15 @@ pub enum HealthCheckKind {
     /// A TCP connect and, on https endpoints, the TLS handshake.
     #[default]
     Connect,
-    /// A whole HTTP exchange in the vendor's protocol (HTTP/2 where configured): any answer
+    /// A whole HTTP exchange in the provider's protocol (HTTP/2 where configured): any answer
     /// below 500 counts as alive.
     Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum VendorKind {
-    /// Forwards the challenge as-is with no vendor authorization.
+pub enum ProviderKind {
+    /// Forwards the challenge as-is with no provider authorization.
     Passthrough,
     /// licensegate's own ClearKey license server, answering from the catalog's keys.
     Clearkey,
@@ -556,7 +556,7 @@ pub enum Protocol {
     #[default]
     #[serde(rename = "h2")]
     H2,
-    /// HTTP/2 when the vendor's TLS endpoint offers it, else HTTP/1.1.
+    /// HTTP/2 when the provider's TLS endpoint offers it, else HTTP/1.1.
     #[serde(rename = "h2-or-h1")]
     H2OrH1,
     #[serde(rename = "h1")]

@@ -18,7 +18,7 @@ use crate::drm::Drm;
 use crate::keyseed::KeySeed;
 pub use file::{
     DeviceDecision, DeviceField, DeviceStoreKind, Hdcp, HealthCheckKind, LogFormat, Policy,
-    Protocol, SecretEncoding, TokenSource, VendorKind,
+    Protocol, ProviderKind, SecretEncoding, TokenSource,
 };
 pub use jsonwebtoken::Algorithm;
 
@@ -58,8 +58,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub server: ServerSettings,
     pub cors: CorsSettings,
-    pub vendors: BTreeMap<String, Arc<VendorConfig>>,
-    pub routes: BTreeMap<Drm, Arc<VendorConfig>>,
+    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+    pub routes: BTreeMap<Drm, Arc<ProviderConfig>>,
     pub auth: Option<AuthSettings>,
     pub catalog: Option<CatalogSettings>,
     pub key_seeds: BTreeMap<String, KeySeed>,
@@ -67,8 +67,10 @@ pub struct Config {
     pub policies: BTreeMap<String, Arc<Policy>>,
     /// The directory served under `/demo/` on the admin listener, when enabled.
     pub demo_root: Option<PathBuf>,
-    pub token_cache: TokenCacheSettings,
+    pub authorization_cache: AuthorizationCacheSettings,
     pub devices: Option<DeviceSettings>,
+    /// Warnings about old names the file still uses.
+    pub deprecations: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +95,7 @@ pub enum DeviceStoreConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct TokenCacheSettings {
+pub struct AuthorizationCacheSettings {
     pub max_entries: u64,
     pub max_bytes: u64,
     pub safety_margin: Duration,
@@ -202,9 +204,9 @@ pub struct CorsSettings {
 }
 
 #[derive(Debug)]
-pub struct VendorConfig {
+pub struct ProviderConfig {
     pub name: String,
-    pub kind: VendorKind,
+    pub kind: ProviderKind,
     pub endpoints: EndpointSets,
     pub protocol: Protocol,
     pub tls_verify: bool,
@@ -220,11 +222,11 @@ pub struct VendorConfig {
     pub ejection_duration: Duration,
     pub dns_refresh: Duration,
     pub error_header: Option<HeaderName>,
-    /// Checked and read by the vendor's adapter (`crate::vendor`).
+    /// Checked and read by the provider's provider (`crate::providers`).
     pub settings: Option<toml::Value>,
 }
 
-/// A vendor's license URLs: one set for every DRM, or one per DRM.
+/// A provider's license URLs: one set for every DRM, or one per DRM.
 #[derive(Debug)]
 pub enum EndpointSets {
     Shared(Vec<Arc<Endpoint>>),
@@ -253,7 +255,7 @@ impl EndpointSets {
     }
 }
 
-/// One license URL of a vendor, taken apart once at start so requests only copy pieces.
+/// One license URL of a provider, taken apart once at start so requests only copy pieces.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub tls: bool,
@@ -277,6 +279,7 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut tree: toml::Value = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+        let deprecations = rename_deprecated_sections(&mut tree)?;
         env::substitute(&mut tree, "", lookup)?;
         let file: file::FileConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -289,8 +292,41 @@ impl Config {
                 without_values(e.into_inner().message()),
             )
         })?;
-        validate(file)
+        let mut config = validate(file)?;
+        config.deprecations = deprecations;
+        Ok(config)
     }
+}
+
+/// Sections renamed in 0.2, still read under their old names for one release.
+const RENAMED_SECTIONS: [(&str, &str); 2] = [
+    ("vendors", "providers"),
+    ("token_cache", "authorization_cache"),
+];
+
+/// Moves a section written under its old name to the new one, and says so.
+fn rename_deprecated_sections(tree: &mut toml::Value) -> Result<Vec<String>, ConfigError> {
+    let mut deprecations = Vec::new();
+    let Some(table) = tree.as_table_mut() else {
+        return Ok(deprecations);
+    };
+    for (old, new) in RENAMED_SECTIONS {
+        let Some(section) = table.remove(old) else {
+            continue;
+        };
+        if table.contains_key(new) {
+            return Err(ConfigError::new(
+                old,
+                format!("[{old}] is the old name of [{new}]; keep only [{new}]"),
+            ));
+        }
+        table.insert(new.to_string(), section);
+        deprecations.push(format!(
+            "[{old}] is deprecated and read as [{new}] (errors name it so); rename it, the old \
+             name goes in the next release"
+        ));
+    }
+    Ok(deprecations)
 }
 
 /// A TOML syntax error as `line L, column C: reason`; the offending text is not repeated, as
@@ -380,42 +416,44 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
 
     let server = validate_server(file.server)?;
 
-    let mut vendors = BTreeMap::new();
-    for (name, vendor) in file.vendors {
-        let checked = validate_vendor(&name, vendor)?;
-        vendors.insert(name, Arc::new(checked));
+    let mut providers = BTreeMap::new();
+    for (name, provider) in file.providers {
+        let checked = validate_vendor(&name, provider)?;
+        providers.insert(name, Arc::new(checked));
     }
 
     let mut routes = BTreeMap::new();
-    for (drm, vendor_name) in file.routes {
-        let Some(vendor) = vendors.get(&vendor_name) else {
+    for (drm, provider_name) in file.routes {
+        let Some(provider) = providers.get(&provider_name) else {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
-                format!("no vendor named '{vendor_name}' under [vendors]"),
+                format!("no provider named '{provider_name}' under [providers]"),
             ));
         };
-        if vendor.kind == VendorKind::Clearkey && drm != Drm::ClearKey {
+        if provider.kind == ProviderKind::Clearkey && drm != Drm::ClearKey {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
-                format!("'{vendor_name}' is the built-in ClearKey server; it serves only clearkey"),
+                format!(
+                    "'{provider_name}' is the built-in ClearKey server; it serves only clearkey"
+                ),
             ));
         }
-        if vendor.kind != VendorKind::Clearkey && vendor.endpoints.for_drm(drm).is_none() {
+        if provider.kind != ProviderKind::Clearkey && provider.endpoints.for_drm(drm).is_none() {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
-                format!("'{vendor_name}' has no endpoints for {drm}"),
+                format!("'{provider_name}' has no endpoints for {drm}"),
             ));
         }
-        routes.insert(drm, vendor.clone());
+        routes.insert(drm, provider.clone());
     }
     if routes.is_empty() {
         return Err(ConfigError::new(
             "routes",
-            "route at least one DRM to a vendor",
+            "route at least one DRM to a provider",
         ));
     }
 
-    let cors = validate_cors(file.cors, vendors.values())?;
+    let cors = validate_cors(file.cors, providers.values())?;
     let auth = file.auth.map(validate_auth).transpose()?;
     if file.devices.is_some() && auth.is_none() {
         return Err(ConfigError::new(
@@ -424,14 +462,14 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         ));
     }
     if file.catalog.is_none() {
-        // Vendor authorizations name content and key IDs, which only the catalog knows.
-        let authorizing = vendors
+        // Provider authorizations name content and key IDs, which only the catalog knows.
+        let authorizing = providers
             .values()
-            .find(|v| !matches!(v.kind, VendorKind::Passthrough | VendorKind::Clearkey));
-        if let Some(vendor) = authorizing {
+            .find(|v| !matches!(v.kind, ProviderKind::Passthrough | ProviderKind::Clearkey));
+        if let Some(provider) = authorizing {
             return Err(ConfigError::new(
-                format!("vendors.{}.kind", vendor.name),
-                "this vendor needs the content's key IDs: configure [catalog]",
+                format!("providers.{}.kind", provider.name),
+                "this provider needs the content's key IDs: configure [catalog]",
             ));
         }
     }
@@ -488,7 +526,7 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         tls,
         server,
         cors,
-        vendors,
+        providers,
         routes,
         auth,
         catalog,
@@ -496,8 +534,9 @@ fn validate(file: file::FileConfig) -> Result<Config, ConfigError> {
         entitlement,
         policies,
         demo_root,
-        token_cache: validate_token_cache(file.token_cache)?,
+        authorization_cache: validate_token_cache(file.authorization_cache)?,
         devices: file.devices.map(validate_devices).transpose()?,
+        deprecations: Vec::new(),
     })
 }
 
@@ -564,20 +603,22 @@ fn validate_devices(devices: file::Devices) -> Result<DeviceSettings, ConfigErro
     })
 }
 
-fn validate_token_cache(cache: file::TokenCache) -> Result<TokenCacheSettings, ConfigError> {
+fn validate_token_cache(
+    cache: file::AuthorizationCache,
+) -> Result<AuthorizationCacheSettings, ConfigError> {
     if cache.max_entries == 0 {
         return Err(ConfigError::new(
-            "token_cache.max_entries",
+            "authorization_cache.max_entries",
             "must be at least 1",
         ));
     }
     if cache.max_bytes < cache.max_entries {
         return Err(ConfigError::new(
-            "token_cache.max_bytes",
-            "must be at least token_cache.max_entries",
+            "authorization_cache.max_bytes",
+            "must be at least authorization_cache.max_entries",
         ));
     }
-    Ok(TokenCacheSettings {
+    Ok(AuthorizationCacheSettings {
         max_entries: cache.max_entries,
         max_bytes: cache.max_bytes,
         safety_margin: Duration::from_secs(cache.safety_margin_seconds),
@@ -847,9 +888,9 @@ fn validate_server(server: file::Server) -> Result<ServerSettings, ConfigError> 
     })
 }
 
-fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, ConfigError> {
-    let key = |field: &str| format!("vendors.{name}.{field}");
-    let endpoints = match &vendor.endpoints {
+fn validate_vendor(name: &str, provider: file::Provider) -> Result<ProviderConfig, ConfigError> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    let endpoints = match &provider.endpoints {
         file::Endpoints::Shared(urls) => {
             EndpointSets::Shared(endpoint_list(&key("endpoints"), urls)?)
         }
@@ -870,29 +911,32 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
         }
     };
     let has_endpoints = !endpoints.sets().is_empty();
-    match vendor.kind {
-        VendorKind::Clearkey if has_endpoints => {
+    match provider.kind {
+        ProviderKind::Clearkey if has_endpoints => {
             return Err(ConfigError::new(
                 key("endpoints"),
                 "the built-in ClearKey server has no endpoints",
             ));
         }
-        VendorKind::Clearkey => {}
+        ProviderKind::Clearkey => {}
         _ if !has_endpoints => {
             return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
         }
         _ => {}
     }
-    let needs_settings = !matches!(vendor.kind, VendorKind::Passthrough | VendorKind::Clearkey);
-    if needs_settings != vendor.settings.is_some() {
+    let needs_settings = !matches!(
+        provider.kind,
+        ProviderKind::Passthrough | ProviderKind::Clearkey
+    );
+    if needs_settings != provider.settings.is_some() {
         let reason = if needs_settings {
-            "this kind of vendor needs its [settings]"
+            "this kind of provider needs its [settings]"
         } else {
-            "this kind of vendor takes no settings"
+            "this kind of provider takes no settings"
         };
         return Err(ConfigError::new(key("settings"), reason));
     }
-    let plain_http_fallback = vendor.protocol == Protocol::H2OrH1
+    let plain_http_fallback = provider.protocol == Protocol::H2OrH1
         && endpoints
             .sets()
             .iter()
@@ -903,7 +947,7 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
             "h2-or-h1 needs https endpoints (ALPN); use h2 (prior knowledge) or h1 for http://",
         ));
     }
-    let timeouts = &vendor.timeouts;
+    let timeouts = &provider.timeouts;
     for (field, value) in [
         ("timeouts.connect_ms", timeouts.connect_ms),
         ("timeouts.read_ms", timeouts.read_ms),
@@ -919,74 +963,75 @@ fn validate_vendor(name: &str, vendor: file::Vendor) -> Result<VendorConfig, Con
             "must be at least timeouts.connect_ms",
         ));
     }
-    if !(1..=1000).contains(&vendor.max_concurrent_streams) {
+    if !(1..=1000).contains(&provider.max_concurrent_streams) {
         return Err(ConfigError::new(
             key("max_concurrent_streams"),
             "must be between 1 and 1000",
         ));
     }
-    if vendor.retries > 10 {
+    if provider.retries > 10 {
         return Err(ConfigError::new(key("retries"), "must be at most 10"));
     }
-    if vendor.health_check_interval_seconds == 0 {
+    if provider.health_check_interval_seconds == 0 {
         return Err(ConfigError::new(
             key("health_check_interval_seconds"),
             "must be at least 1",
         ));
     }
-    if !vendor.health_check_path.starts_with('/') {
+    if !provider.health_check_path.starts_with('/') {
         return Err(ConfigError::new(
             key("health_check_path"),
             "must be a path starting with /",
         ));
     }
-    if vendor.ejection_consecutive_failures > 0 && !(1..=86_400).contains(&vendor.ejection_seconds)
+    if provider.ejection_consecutive_failures > 0
+        && !(1..=86_400).contains(&provider.ejection_seconds)
     {
         return Err(ConfigError::new(
             key("ejection_seconds"),
             "must be between 1 and 86400 while ejection_consecutive_failures is set",
         ));
     }
-    if vendor.dns_refresh_seconds == 0 {
+    if provider.dns_refresh_seconds == 0 {
         return Err(ConfigError::new(
             key("dns_refresh_seconds"),
             "must be at least 1",
         ));
     }
-    let error_header = vendor
+    let error_header = provider
         .error_header
-        .or_else(|| default_error_header(vendor.kind).map(str::to_string))
+        .or_else(|| default_error_header(provider.kind).map(str::to_string))
         .map(|header| {
             HeaderName::try_from(header.as_str())
                 .map_err(|_| ConfigError::new(key("error_header"), "not a valid header name"))
         })
         .transpose()?;
-    Ok(VendorConfig {
+    Ok(ProviderConfig {
         name: name.to_string(),
-        kind: vendor.kind,
+        kind: provider.kind,
         endpoints,
-        protocol: vendor.protocol,
-        tls_verify: vendor.tls_verify,
+        protocol: provider.protocol,
+        tls_verify: provider.tls_verify,
         connect_timeout: Duration::from_millis(timeouts.connect_ms),
         read_timeout: Duration::from_millis(timeouts.read_ms),
         total_timeout: Duration::from_millis(timeouts.total_ms),
-        max_concurrent_streams: vendor.max_concurrent_streams,
-        retries: vendor.retries,
-        health_check_interval: Duration::from_secs(vendor.health_check_interval_seconds),
-        health_check: vendor.health_check,
-        health_check_path: vendor.health_check_path,
-        ejection_consecutive_failures: vendor.ejection_consecutive_failures,
-        ejection_duration: Duration::from_secs(vendor.ejection_seconds),
-        dns_refresh: Duration::from_secs(vendor.dns_refresh_seconds),
+        max_concurrent_streams: provider.max_concurrent_streams,
+        retries: provider.retries,
+        health_check_interval: Duration::from_secs(provider.health_check_interval_seconds),
+        health_check: provider.health_check,
+        health_check_path: provider.health_check_path,
+        ejection_consecutive_failures: provider.ejection_consecutive_failures,
+        ejection_duration: Duration::from_secs(provider.ejection_seconds),
+        dns_refresh: Duration::from_secs(provider.dns_refresh_seconds),
         error_header,
-        settings: vendor.settings,
+        settings: provider.settings,
     })
 }
 
-/// Where each vendor documents its refusal reason, unless the config says otherwise.
-fn default_error_header(kind: VendorKind) -> Option<&'static str> {
+/// Where each provider documents its refusal reason, unless the config says otherwise.
+fn default_error_header(kind: ProviderKind) -> Option<&'static str> {
     match kind {
-        VendorKind::Axinom => Some("X-AxDRM-ErrorMessage"),
+        ProviderKind::Axinom => Some("X-AxDRM-ErrorMessage"),
         _ => None,
     }
 }
@@ -1012,7 +1057,7 @@ fn endpoint_list(key: &str, urls: &[String]) -> Result<Vec<Arc<Endpoint>>, Confi
 
 fn validate_cors<'a>(
     cors: file::Cors,
-    vendors: impl Iterator<Item = &'a Arc<VendorConfig>>,
+    providers: impl Iterator<Item = &'a Arc<ProviderConfig>>,
 ) -> Result<CorsSettings, ConfigError> {
     let any_origin = cors.allowed_origins.iter().any(|o| o == "*");
     for (index, origin) in cors.allowed_origins.iter().enumerate() {
@@ -1036,9 +1081,9 @@ fn validate_cors<'a>(
             }
         }
     }
-    // Players read the request id and the vendors' refusal reasons, so those are always exposed.
+    // Players read the request id and the providers' refusal reasons, so those are always exposed.
     let mut expose: Vec<String> = vec!["X-Request-Id".into()];
-    expose.extend(vendors.filter_map(|v| v.error_header.as_ref().map(|h| h.to_string())));
+    expose.extend(providers.filter_map(|v| v.error_header.as_ref().map(|h| h.to_string())));
     expose.extend(cors.expose_headers);
     expose.sort_by_key(|h| h.to_ascii_lowercase());
     expose.dedup_by_key(|h| h.to_ascii_lowercase());
@@ -1116,7 +1161,7 @@ mod tests {
         [listeners]
         license = "127.0.0.1:8080"
         admin = "127.0.0.1:9090"
-        [vendors.sim]
+        [providers.sim]
         kind = "passthrough"
         endpoints = ["http://127.0.0.1:8090/AcquireLicense"]
         error_header = "X-AxDRM-ErrorMessage"
@@ -1131,11 +1176,11 @@ mod tests {
     #[test]
     fn minimal_file_gets_production_defaults() {
         let config = parse(MINIMAL).unwrap();
-        let vendor = &config.routes[&Drm::Widevine];
-        assert_eq!(vendor.max_concurrent_streams, 100);
-        assert_eq!(vendor.protocol, Protocol::H2);
+        let provider = &config.routes[&Drm::Widevine];
+        assert_eq!(provider.max_concurrent_streams, 100);
+        assert_eq!(provider.protocol, Protocol::H2);
         assert_eq!(config.server.max_challenge_bytes, 65536);
-        let endpoint = &vendor.endpoints.for_drm(Drm::Widevine).unwrap()[0];
+        let endpoint = &provider.endpoints.for_drm(Drm::Widevine).unwrap()[0];
         assert_eq!(endpoint.authority, "127.0.0.1:8090");
         assert_eq!(endpoint.path_and_query, "/AcquireLicense");
         assert!(!endpoint.tls);
@@ -1158,24 +1203,36 @@ mod tests {
         assert!(!syntax.to_string().contains("s3cr3t"), "{syntax}");
         let endpoint = parse(&MINIMAL.replace(
             "http://127.0.0.1:8090/AcquireLicense",
-            "http//vendor?key=s3cr3t",
+            "http//provider?key=s3cr3t",
         ))
         .unwrap_err();
         assert!(!endpoint.to_string().contains("s3cr3t"), "{endpoint}");
     }
 
     #[test]
+    fn old_section_names_are_read_with_a_warning() {
+        let old = MINIMAL.replace("[providers.sim]", "[vendors.sim]");
+        let config = parse(&format!("{old}\n[token_cache]\nmax_entries = 7")).unwrap();
+        assert!(config.providers.contains_key("sim"));
+        assert_eq!(config.authorization_cache.max_entries, 7);
+        assert_eq!(config.deprecations.len(), 2, "{:?}", config.deprecations);
+        let both = format!("{old}\n[providers.other]\nkind = \"passthrough\"");
+        assert_eq!(parse(&both).unwrap_err().key, "vendors");
+        assert!(parse(MINIMAL).unwrap().deprecations.is_empty());
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let err = parse(&MINIMAL.replace("kind = ", "knd = \"x\"\nkind = ")).unwrap_err();
-        assert_eq!(err.key, "vendors.sim.knd");
+        assert_eq!(err.key, "providers.sim.knd");
         assert!(err.reason.contains("knd"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_full_key_path() {
-        let text = format!("{MINIMAL}\n[vendors.sim.timeouts]\nread_ms = \"soon\"");
+        let text = format!("{MINIMAL}\n[providers.sim.timeouts]\nread_ms = \"soon\"");
         let err = parse(&text).unwrap_err();
-        assert_eq!(err.key, "vendors.sim.timeouts.read_ms", "{err}");
+        assert_eq!(err.key, "providers.sim.timeouts.read_ms", "{err}");
     }
 
     #[test]
@@ -1198,17 +1255,17 @@ mod tests {
             (
                 "\"http://127.0.0.1:8090/AcquireLicense\"",
                 "\"ftp://x/\"",
-                "vendors.sim.endpoints[0]",
+                "providers.sim.endpoints[0]",
             ),
             (
                 "error_header = \"X-AxDRM-ErrorMessage\"",
                 "retries = 99",
-                "vendors.sim.retries",
+                "providers.sim.retries",
             ),
             (
                 "error_header = \"X-AxDRM-ErrorMessage\"",
                 "error_header = \"bad header\"",
-                "vendors.sim.error_header",
+                "providers.sim.error_header",
             ),
         ];
         for (from, to, key) in cases {

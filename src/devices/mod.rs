@@ -1,5 +1,5 @@
-//! Device limits. The vendor learns which device asks only while answering, so the decision
-//! happens on the vendor's answer: the device it reports is counted against the user's slots,
+//! Device limits. The provider learns which device asks only while answering, so the decision
+//! happens on the provider's answer: the device it reports is counted against the user's slots,
 //! and beyond the limit the license is held back. Slots live in a [`DeviceStore`] shared by
 //! every instance (embedded SQLite for one, Redis for a fleet).
 
@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config::{ConfigError, DeviceDecision, DeviceField, DeviceSettings, DeviceStoreConfig};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
-use crate::vendor::{Device, DeviceInfo};
+use crate::providers::{Device, DeviceInfo};
 
 /// One registered device of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,7 +86,7 @@ pub fn now_seconds() -> u64 {
         .as_secs()
 }
 
-/// Which field of the vendor's device report names the device: seed 001's advice, as
+/// Which field of the provider's device report names the device: seed 001's advice, as
 /// configured (the certificate serial number is shared by every desktop browser, so desktops
 /// go by client token; Android devices by serial number).
 pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> {
@@ -194,7 +194,7 @@ impl Devices {
             .unwrap_or(self.settings.max_per_user)
     }
 
-    /// Whether `user`'s `device` may have the license the vendor just issued.
+    /// Whether `user`'s `device` may have the license the provider just issued.
     pub async fn admit(&self, user: &str, device: &Device, limit: u32) -> Result<(), Problem> {
         let identity = match device {
             Device::Reported(info) => identity(&self.settings, info),
@@ -203,7 +203,7 @@ impl Devices {
         let Some(identity) = identity else {
             let (decision, why) = match device {
                 Device::Untrusted(why) => (self.settings.untrusted, why.as_str()),
-                _ => (self.settings.unreported, "the vendor reported no device"),
+                _ => (self.settings.unreported, "the provider reported no device"),
             };
             tracing::warn!(reason = why, "device not identified");
             return match decision {
@@ -243,7 +243,7 @@ impl Devices {
             })) => {
                 self.count("refused");
                 let frees_at =
-                    crate::vendor::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
+                    crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
                 return Err(Problem::new(Refusal::DeviceLimitReached)
                 .with_detail(format!(
                     "{registered} of {limit} devices registered; the least recently used slot frees at {frees_at}"
@@ -316,7 +316,7 @@ mod tests {
             [listeners]
             license = "127.0.0.1:1"
             admin = "127.0.0.1:2"
-            [vendors.v]
+            [providers.v]
             kind = "passthrough"
             endpoints = ["http://127.0.0.1:3/"]
             [routes]

@@ -73,7 +73,7 @@ struct SimFlags {
     #[command(flatten)]
     faults: licensegate_sim::Faults,
     #[command(flatten)]
-    vendor: licensegate_sim::vendors::VendorArgs,
+    provider: licensegate_sim::vendors::VendorArgs,
 }
 
 impl Sim {
@@ -93,7 +93,7 @@ impl Sim {
             .unwrap();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            licensegate_sim::serve(listener, flags.faults, flags.vendor).await
+            licensegate_sim::serve(listener, flags.faults, flags.provider).await
         });
         Sim {
             runtime: Some(runtime),
@@ -131,8 +131,8 @@ pub struct Gate {
     dir: tempfile::TempDir,
 }
 
-/// A config routing every DRM to one vendor at `endpoints`; `vendor_extra` lands in the
-/// vendor's table (timeouts, retries...).
+/// A config routing every DRM to one provider at `endpoints`; `vendor_extra` lands in the
+/// provider's table (timeouts, retries...).
 pub fn config(endpoints: &[String], vendor_extra: &str) -> String {
     let endpoints = endpoints
         .iter()
@@ -153,7 +153,7 @@ graceful_shutdown_timeout_seconds = 1
 [cors]
 allowed_origins = ["https://player.example"]
 
-[vendors.sim]
+[providers.sim]
 kind = "passthrough"
 endpoints = [{endpoints}]
 error_header = "X-AxDRM-ErrorMessage"
@@ -397,7 +397,7 @@ impl Gate {
         self.admin_port = admin_port;
     }
 
-    /// Starts licensegate and waits until it has resolved its vendor endpoints.
+    /// Starts licensegate and waits until it has resolved its provider endpoints.
     pub async fn start_ready(config: &str) -> Gate {
         Gate::ready(Gate::start(config)).await
     }

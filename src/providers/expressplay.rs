@@ -13,8 +13,8 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor};
-use crate::config::{ConfigError, Endpoint, Hdcp, VendorConfig, parse_endpoint};
+use super::{Authorization, LicenseRequest, Minting, Provider};
+use crate::config::{ConfigError, Endpoint, Hdcp, ProviderConfig, parse_endpoint};
 use crate::drm::Drm;
 use crate::problem::{Problem, Refusal};
 use crate::upstream::Upstream;
@@ -47,7 +47,7 @@ fn yes() -> bool {
 }
 
 pub struct ExpressPlay {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
     token_service: Arc<Upstream>,
     connector: Connector,
     customer_authenticator: String,
@@ -56,9 +56,9 @@ pub struct ExpressPlay {
 }
 
 impl ExpressPlay {
-    pub fn new(config: Arc<VendorConfig>, idle_timeout: Duration) -> Result<Self, ConfigError> {
+    pub fn new(config: Arc<ProviderConfig>, idle_timeout: Duration) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
-        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let token_endpoint = parse_endpoint(&settings.token_url)
             .map_err(|e| ConfigError::new(key("token_url"), e))?;
         if settings.customer_authenticator.is_empty() {
@@ -130,7 +130,7 @@ impl ExpressPlay {
     }
 
     /// The license path and query from the token service's `text/uri-list` answer; the URL
-    /// must point at one of the vendor's configured license endpoints.
+    /// must point at one of the provider's configured license endpoints.
     fn license_path(&self, answer: &[u8]) -> Result<String, Problem> {
         let invalid =
             |why: &str| Problem::new(Refusal::VendorTokenInvalid).with_detail(why.to_string());
@@ -150,7 +150,7 @@ impl ExpressPlay {
             .any(|endpoint| same_origin(endpoint, &url));
         if !known {
             return Err(invalid(&format!(
-                "the license URL's host {} is not among the vendor's endpoints",
+                "the license URL's host {} is not among the provider's endpoints",
                 url.authority
             )));
         }
@@ -175,7 +175,7 @@ struct TokenError {
 }
 
 #[async_trait]
-impl Vendor for ExpressPlay {
+impl Provider for ExpressPlay {
     fn minting(&self) -> Minting {
         Minting::Reusable
     }
@@ -209,7 +209,7 @@ impl Vendor for ExpressPlay {
             .await
             .map_err(|e| {
                 let detail = format!("{} token service: {}", self.config.name, e.etype().as_str());
-                tracing::warn!(vendor = %self.config.name, error = %e, "token service call failed");
+                tracing::warn!(provider = %self.config.name, error = %e, "token service call failed");
                 crate::pipeline::classify_failure(&e).with_detail(detail)
             })?;
         if answer.status != 200 {
@@ -219,7 +219,7 @@ impl Vendor for ExpressPlay {
                 (Some(code), None) => format!("ExpressPlay {code}"),
                 _ => format!("ExpressPlay token service answered {}", answer.status),
             };
-            tracing::warn!(vendor = %self.config.name, status = answer.status, reason = %detail, "token service refused");
+            tracing::warn!(provider = %self.config.name, status = answer.status, reason = %detail, "token service refused");
             return Err(Problem::new(Refusal::VendorTokenRefused).with_detail(detail));
         }
         Ok(Authorization {

@@ -1,5 +1,5 @@
-//! Vendor authorizations kept for reuse: one per vendor, user, content, DRM and policy, until
-//! a safety margin before the vendor stops accepting it. Concurrent requests for the same key
+//! Provider authorizations kept for reuse: one per provider, user, content, DRM and policy, until
+//! a safety margin before the provider stops accepting it. Concurrent requests for the same key
 //! wait for one mint rather than each minting their own.
 
 use std::sync::Arc;
@@ -10,22 +10,22 @@ use moka::Expiry;
 use moka::future::Cache;
 use prometheus::{HistogramVec, IntCounterVec};
 
-use super::{Authorization, LicenseRequest, Minting, Vendor};
-use crate::config::TokenCacheSettings;
+use super::{Authorization, LicenseRequest, Minting, Provider};
+use crate::config::AuthorizationCacheSettings;
 use crate::drm::Drm;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TokenKey {
-    vendor: String,
+    provider: String,
     user: Option<String>,
     content: String,
     drm: Drm,
     policy: String,
 }
 
-pub struct TokenCache {
+pub struct AuthorizationCache {
     cache: Cache<TokenKey, Arc<Authorization>>,
     nothing: Arc<Authorization>,
     results: IntCounterVec,
@@ -54,8 +54,8 @@ impl Expiry<TokenKey, Arc<Authorization>> for UntilExpiry {
     }
 }
 
-impl TokenCache {
-    pub fn new(settings: &TokenCacheSettings, metrics: &Metrics) -> Self {
+impl AuthorizationCache {
+    pub fn new(settings: &AuthorizationCacheSettings, metrics: &Metrics) -> Self {
         // Every entry weighs at least its share of the byte budget, so the byte bound also
         // bounds the number of entries.
         let least_weight = (settings.max_bytes / settings.max_entries).min(u64::from(u32::MAX));
@@ -72,23 +72,23 @@ impl TokenCache {
         Self {
             cache,
             nothing: Arc::new(Authorization::default()),
-            results: metrics.token_cache.clone(),
+            results: metrics.authorization_cache.clone(),
             mint_duration: metrics.token_mint_duration.clone(),
         }
     }
 
-    /// The authorization for `request` with `vendor` named `name`: reused while valid, or
+    /// The authorization for `request` with `provider` named `name`: reused while valid, or
     /// minted; single-use authorizations are minted afresh on every call.
     pub async fn authorization(
         &self,
         name: &str,
-        vendor: &dyn Vendor,
+        provider: &dyn Provider,
         request: &LicenseRequest,
     ) -> Result<Arc<Authorization>, Problem> {
-        match vendor.minting() {
+        match provider.minting() {
             Minting::Nothing => Ok(self.nothing.clone()),
             Minting::PerAttempt => {
-                let minted = self.mint(name, vendor, request).await;
+                let minted = self.mint(name, provider, request).await;
                 self.count(
                     name,
                     if minted.is_ok() {
@@ -101,7 +101,7 @@ impl TokenCache {
             }
             Minting::Reusable => {
                 let key = TokenKey {
-                    vendor: name.to_string(),
+                    provider: name.to_string(),
                     user: request.user.clone(),
                     content: request.content.id.clone(),
                     drm: request.drm,
@@ -112,7 +112,7 @@ impl TokenCache {
                     .cache
                     .try_get_with(key, async {
                         minted_here.store(true, Ordering::Relaxed);
-                        self.mint(name, vendor, request).await
+                        self.mint(name, provider, request).await
                     })
                     .await;
                 let result = match (&found, minted_here.load(Ordering::Relaxed)) {
@@ -129,19 +129,19 @@ impl TokenCache {
     async fn mint(
         &self,
         name: &str,
-        vendor: &dyn Vendor,
+        provider: &dyn Provider,
         request: &LicenseRequest,
     ) -> Result<Arc<Authorization>, Problem> {
         let started = Instant::now();
-        let minted = vendor.authorize(request).await;
+        let minted = provider.authorize(request).await;
         self.mint_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         minted.map(Arc::new)
     }
 
-    fn count(&self, vendor: &str, result: &str) {
-        self.results.with_label_values(&[vendor, result]).inc();
+    fn count(&self, provider: &str, result: &str) {
+        self.results.with_label_values(&[provider, result]).inc();
     }
 }
 
@@ -161,7 +161,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Vendor for Counting {
+    impl Provider for Counting {
         fn minting(&self) -> Minting {
             self.minting
         }
@@ -193,7 +193,7 @@ mod tests {
                 key_ids: vec![],
                 keys: Default::default(),
                 policy: None,
-                vendor: None,
+                provider: None,
                 free: true,
                 tiers: vec![],
                 hls: None,
@@ -212,9 +212,9 @@ mod tests {
         }
     }
 
-    fn cache(margin: Duration) -> TokenCache {
-        TokenCache::new(
-            &TokenCacheSettings {
+    fn cache(margin: Duration) -> AuthorizationCache {
+        AuthorizationCache::new(
+            &AuthorizationCacheSettings {
                 max_entries: 1000,
                 max_bytes: 1 << 20,
                 safety_margin: margin,
@@ -226,18 +226,18 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_share_one_mint_per_key() {
         let cache = Arc::new(cache(Duration::ZERO));
-        let vendor = Arc::new(Counting {
+        let provider = Arc::new(Counting {
             minting: Minting::Reusable,
             mints: AtomicUsize::new(0),
             lifetime: Duration::from_secs(3600),
         });
         let mut tasks = Vec::new();
         for i in 0..64 {
-            let (cache, vendor) = (cache.clone(), vendor.clone());
+            let (cache, provider) = (cache.clone(), provider.clone());
             let user = if i % 2 == 0 { "ann" } else { "bob" };
             tasks.push(tokio::spawn(async move {
                 cache
-                    .authorization("v", vendor.as_ref(), &request(user, "movie"))
+                    .authorization("v", provider.as_ref(), &request(user, "movie"))
                     .await
                     .unwrap()
                     .path_and_query
@@ -248,39 +248,39 @@ mod tests {
         for task in tasks {
             seen.insert(task.await.unwrap());
         }
-        assert_eq!(vendor.mints.load(Ordering::SeqCst), 2);
+        assert_eq!(provider.mints.load(Ordering::SeqCst), 2);
         assert_eq!(seen.len(), 2);
     }
 
     #[tokio::test]
     async fn an_authorization_leaves_the_margin_before_expiry() {
         let cache = cache(Duration::from_millis(900));
-        let vendor = Counting {
+        let provider = Counting {
             minting: Minting::Reusable,
             mints: AtomicUsize::new(0),
             lifetime: Duration::from_secs(1),
         };
         let request = request("ann", "movie");
-        cache.authorization("v", &vendor, &request).await.unwrap();
-        cache.authorization("v", &vendor, &request).await.unwrap();
-        assert_eq!(vendor.mints.load(Ordering::SeqCst), 1);
+        cache.authorization("v", &provider, &request).await.unwrap();
+        cache.authorization("v", &provider, &request).await.unwrap();
+        assert_eq!(provider.mints.load(Ordering::SeqCst), 1);
         // A 1 s authorization keeps half its life in the cache despite the 900 ms margin.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        cache.authorization("v", &vendor, &request).await.unwrap();
-        assert_eq!(vendor.mints.load(Ordering::SeqCst), 2);
+        cache.authorization("v", &provider, &request).await.unwrap();
+        assert_eq!(provider.mints.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn single_use_authorizations_are_never_reused() {
         let cache = cache(Duration::ZERO);
-        let vendor = Counting {
+        let provider = Counting {
             minting: Minting::PerAttempt,
             mints: AtomicUsize::new(0),
             lifetime: Duration::from_secs(3600),
         };
         let request = request("ann", "movie");
-        let first = cache.authorization("v", &vendor, &request).await.unwrap();
-        let second = cache.authorization("v", &vendor, &request).await.unwrap();
+        let first = cache.authorization("v", &provider, &request).await.unwrap();
+        let second = cache.authorization("v", &provider, &request).await.unwrap();
         assert_ne!(first.path_and_query, second.path_and_query);
     }
 }

@@ -12,8 +12,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, rfc3339};
-use crate::config::{ConfigError, Hdcp, VendorConfig};
+use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider, rfc3339};
+use crate::config::{ConfigError, Hdcp, ProviderConfig};
 use crate::problem::Problem;
 
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
@@ -61,7 +61,7 @@ enum Signing {
 }
 
 pub struct DrmToday {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
     merchant: String,
     signing: Signing,
     token_ttl: Duration,
@@ -69,9 +69,9 @@ pub struct DrmToday {
 }
 
 impl DrmToday {
-    pub fn new(config: Arc<VendorConfig>) -> Result<Self, ConfigError> {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
-        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         if settings.merchant.is_empty() {
             return Err(ConfigError::new(key("merchant"), "is empty"));
         }
@@ -151,7 +151,7 @@ impl DrmToday {
 }
 
 #[async_trait]
-impl Vendor for DrmToday {
+impl Provider for DrmToday {
     fn minting(&self) -> Minting {
         match self.signing {
             Signing::Upfront { .. } => Minting::PerAttempt,

@@ -1,4 +1,4 @@
-//! Any vendor whose authorization is headers and query parameters built from the request:
+//! Any provider whose authorization is headers and query parameters built from the request:
 //! EZDRM-style URL parameters, in-house license servers, single-use token services. Values are
 //! templates with placeholders (`{user}`, `{content}`, `{kid}`, `{drm}`, `{policy.*}`, `{jwt}`);
 //! an optional JWT is signed HS256 or RS256 with configured claims.
@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor};
-use crate::config::{ConfigError, Hdcp, SecretEncoding, VendorConfig, decode_secret};
+use super::{Authorization, LicenseRequest, Minting, Provider};
+use crate::config::{ConfigError, Hdcp, ProviderConfig, SecretEncoding, decode_secret};
 use crate::problem::Problem;
 
 #[derive(Deserialize)]
@@ -25,7 +25,7 @@ struct Settings {
     #[serde(default)]
     query: BTreeMap<String, String>,
     jwt: Option<JwtSettings>,
-    /// The vendor accepts each authorization once: mint per attempt, never cache.
+    /// The provider accepts each authorization once: mint per attempt, never cache.
     #[serde(default)]
     single_use: bool,
     #[serde(default = "default_token_ttl")]
@@ -199,7 +199,7 @@ struct Jwt {
 }
 
 pub struct Generic {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
     /// With the name as configured, for error messages.
     headers: Vec<(HeaderName, String, Template)>,
     query: Vec<(String, Template)>,
@@ -209,9 +209,9 @@ pub struct Generic {
 }
 
 impl Generic {
-    pub fn new(config: Arc<VendorConfig>) -> Result<Self, ConfigError> {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
-        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let mut headers = Vec::new();
         for (name, text) in &settings.headers {
             let field = key(&format!("headers.{name}"));
@@ -342,7 +342,7 @@ fn build_jwt(prefix: &str, settings: JwtSettings) -> Result<Jwt, ConfigError> {
 }
 
 #[async_trait]
-impl Vendor for Generic {
+impl Provider for Generic {
     fn minting(&self) -> Minting {
         if self.single_use {
             Minting::PerAttempt
@@ -401,8 +401,8 @@ mod tests {
                 Piece::Hdcp
             ]
         );
-        let err = Template::parse("vendors.v.settings.query.p", "{usr}").unwrap_err();
-        assert_eq!(err.key, "vendors.v.settings.query.p");
+        let err = Template::parse("providers.v.settings.query.p", "{usr}").unwrap_err();
+        assert_eq!(err.key, "providers.v.settings.query.p");
         assert!(err.reason.contains("{usr}"));
         assert!(Template::parse("k", "a}b").is_err());
     }

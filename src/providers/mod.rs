@@ -1,7 +1,8 @@
-//! License vendors. Each vendor is one file implementing [`Vendor`]: how a license request is
+//! License providers. Each provider is one file implementing [`Provider`]: how a license request is
 //! authorized with it, and what its answer says about the device and any refusal. The pipeline
-//! speaks only this trait; it knows no vendor by name.
+//! speaks only this trait; it knows no provider by name.
 
+pub mod authorizations;
 pub mod axinom;
 pub mod clearkey;
 pub mod drmtoday;
@@ -9,7 +10,6 @@ pub mod expressplay;
 pub mod generic;
 pub mod pallycon;
 pub mod passthrough;
-pub mod tokens;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::catalog::Content;
 use crate::challenge::{ChallengeInfo, Kid};
-use crate::config::{ConfigError, Policy, VendorConfig, VendorKind};
+use crate::config::{ConfigError, Policy, ProviderConfig, ProviderKind};
 use crate::drm::Drm;
 use crate::problem::Problem;
 use crate::upstream::Upstream;
@@ -31,7 +31,7 @@ use crate::upstream::Upstream;
 /// A refusal reason is logged, and a runaway one must not flood the log line.
 const MAX_REASON_LEN: usize = 256;
 
-/// Everything the pipeline has resolved about one license request by the time a vendor is
+/// Everything the pipeline has resolved about one license request by the time a provider is
 /// asked to authorize it.
 #[derive(Debug, Clone)]
 pub struct LicenseRequest {
@@ -48,13 +48,13 @@ pub struct LicenseRequest {
 }
 
 impl LicenseRequest {
-    /// The user as vendors that require one see it.
+    /// The user as providers that require one see it.
     pub fn user_or_anonymous(&self) -> &str {
         self.user.as_deref().unwrap_or("anonymous")
     }
 }
 
-/// What goes with the challenge to the vendor.
+/// What goes with the challenge to the provider.
 #[derive(Debug, Default)]
 pub struct Authorization {
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -62,7 +62,7 @@ pub struct Authorization {
     pub path_and_query: Option<String>,
     /// Appended to the endpoint's query (templated parameters), already encoded.
     pub query: Option<String>,
-    /// When the vendor stops accepting it; `None` when it does not expire.
+    /// When the provider stops accepting it; `None` when it does not expire.
     pub expires_at: Option<SystemTime>,
 }
 
@@ -81,10 +81,10 @@ impl Authorization {
     }
 }
 
-/// How a vendor's authorizations may be reused.
+/// How a provider's authorizations may be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Minting {
-    /// The vendor needs no authorization.
+    /// The provider needs no authorization.
     Nothing,
     /// Valid for many requests until it expires: cached per user, content, DRM and policy.
     Reusable,
@@ -92,18 +92,18 @@ pub enum Minting {
     PerAttempt,
 }
 
-/// What licensegate answers itself, for vendors that are licensegate.
+/// What licensegate answers itself, for providers that are licensegate.
 pub struct LocalLicense {
     pub content_type: &'static str,
     pub body: Bytes,
 }
 
-/// The device that asked, as far as the vendor's answer tells.
+/// The device that asked, as far as the provider's answer tells.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
     NotReported,
-    /// The vendor reported a device, but the report failed verification.
+    /// The provider reported a device, but the report failed verification.
     Untrusted(String),
     Reported(DeviceInfo),
 }
@@ -118,14 +118,14 @@ pub struct DeviceInfo {
 }
 
 #[async_trait]
-pub trait Vendor: Send + Sync {
+pub trait Provider: Send + Sync {
     fn minting(&self) -> Minting;
 
     /// The authorization for `request`; called once per cache fill, or once per attempt for
     /// single-use authorizations.
     async fn authorize(&self, request: &LicenseRequest) -> Result<Authorization, Problem>;
 
-    /// The license itself, for vendors that are licensegate; others forward.
+    /// The license itself, for providers that are licensegate; others forward.
     fn answer_locally(
         &self,
         _request: &LicenseRequest,
@@ -134,10 +134,10 @@ pub trait Vendor: Send + Sync {
         None
     }
 
-    /// Why the vendor refused, from its answer's headers.
+    /// Why the provider refused, from its answer's headers.
     fn refusal_reason(&self, headers: &HeaderMap) -> Option<String>;
 
-    /// The device the vendor's answer reports; read only when device limits need it.
+    /// The device the provider's answer reports; read only when device limits need it.
     fn device(&self, _headers: &HeaderMap) -> Device {
         Device::NotReported
     }
@@ -147,34 +147,34 @@ pub trait Vendor: Send + Sync {
         &[]
     }
 
-    /// Endpoints the vendor calls itself (token services), whose discovery and health checks
+    /// Endpoints the provider calls itself (token services), whose discovery and health checks
     /// the server runs.
     fn upstreams(&self) -> Vec<Arc<Upstream>> {
         Vec::new()
     }
 }
 
-/// The adapter for a configured vendor; a bad setting is a config error naming its key.
+/// The provider for a configured provider; a bad setting is a config error naming its key.
 pub fn build(
-    config: &Arc<VendorConfig>,
+    config: &Arc<ProviderConfig>,
     idle_timeout: std::time::Duration,
-) -> Result<Arc<dyn Vendor>, ConfigError> {
+) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match config.kind {
-        VendorKind::Passthrough => Arc::new(passthrough::Passthrough::new(config.clone())),
-        VendorKind::Clearkey => Arc::new(clearkey::ClearKey),
-        VendorKind::Axinom => Arc::new(axinom::Axinom::new(config.clone())?),
-        VendorKind::Expressplay => {
+        ProviderKind::Passthrough => Arc::new(passthrough::Passthrough::new(config.clone())),
+        ProviderKind::Clearkey => Arc::new(clearkey::ClearKey),
+        ProviderKind::Axinom => Arc::new(axinom::Axinom::new(config.clone())?),
+        ProviderKind::Expressplay => {
             Arc::new(expressplay::ExpressPlay::new(config.clone(), idle_timeout)?)
         }
-        VendorKind::Drmtoday => Arc::new(drmtoday::DrmToday::new(config.clone())?),
-        VendorKind::Pallycon => Arc::new(pallycon::PallyCon::new(config.clone())?),
-        VendorKind::Generic => Arc::new(generic::Generic::new(config.clone())?),
+        ProviderKind::Drmtoday => Arc::new(drmtoday::DrmToday::new(config.clone())?),
+        ProviderKind::Pallycon => Arc::new(pallycon::PallyCon::new(config.clone())?),
+        ProviderKind::Generic => Arc::new(generic::Generic::new(config.clone())?),
     })
 }
 
-/// The vendor's `[settings]` in its adapter's shape; errors name the key under `settings`.
-fn settings<T: DeserializeOwned>(config: &VendorConfig) -> Result<T, ConfigError> {
-    let prefix = format!("vendors.{}.settings", config.name);
+/// The provider's `[settings]` in its provider's shape; errors name the key under `settings`.
+fn settings<T: DeserializeOwned>(config: &ProviderConfig) -> Result<T, ConfigError> {
+    let prefix = format!("providers.{}.settings", config.name);
     let value = config
         .settings
         .clone()
@@ -190,7 +190,7 @@ fn settings<T: DeserializeOwned>(config: &VendorConfig) -> Result<T, ConfigError
     })
 }
 
-/// Key material as vendors hand it out: hex, or base64 (standard or URL-safe).
+/// Key material as providers hand it out: hex, or base64 (standard or URL-safe).
 fn key_bytes(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
     let text = text.trim();
     if text.len().is_multiple_of(2)
@@ -204,7 +204,7 @@ fn key_bytes(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
         .map_err(|_| ConfigError::new(key, "neither hex nor base64"))
 }
 
-/// The refusal reason a vendor put in `header`, bounded.
+/// The refusal reason a provider put in `header`, bounded.
 fn reason_in(header: Option<&HeaderName>, headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header?)?;
     let mut reason = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -212,20 +212,20 @@ fn reason_in(header: Option<&HeaderName>, headers: &HeaderMap) -> Option<String>
     Some(reason)
 }
 
-/// RFC 3339 in UTC to the second, as vendors expect dates (`2026-11-22T10:00:00Z`).
+/// RFC 3339 in UTC to the second, as providers expect dates (`2026-11-22T10:00:00Z`).
 pub fn rfc3339(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, Problem> {
     HeaderValue::try_from(text).map_err(|_| {
-        Problem::internal().with_detail("a vendor authorization is not a valid header value")
+        Problem::internal().with_detail("a provider authorization is not a valid header value")
     })
 }
 
 /// A signing failure is licensegate's fault (a key it was configured with), never the player's.
-fn signing_failed(vendor: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(vendor, %error, "cannot sign a vendor authorization");
+fn signing_failed(provider: &str, error: impl std::fmt::Display) -> Problem {
+    tracing::error!(provider, %error, "cannot sign a provider authorization");
     Problem::internal()
 }
 

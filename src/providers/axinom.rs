@@ -11,8 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Vendor, rfc3339};
-use crate::config::{ConfigError, Hdcp, Policy, VendorConfig};
+use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider, rfc3339};
+use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
 
@@ -66,7 +66,7 @@ enum KeySource {
 }
 
 pub struct Axinom {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
     com_key_id: String,
     encoding_key: EncodingKey,
     decoding_key: DecodingKey,
@@ -80,9 +80,9 @@ pub struct Axinom {
 }
 
 impl Axinom {
-    pub fn new(config: Arc<VendorConfig>) -> Result<Self, ConfigError> {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
-        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let com_key_id = uuid::Uuid::parse_str(&settings.com_key_id)
             .map_err(|_| ConfigError::new(key("com_key_id"), "not a UUID"))?
             .hyphenated()
@@ -287,7 +287,7 @@ fn usage_policy_json(name: &str, policy: &Policy) -> Value {
 }
 
 #[async_trait]
-impl Vendor for Axinom {
+impl Provider for Axinom {
     fn minting(&self) -> Minting {
         Minting::Reusable
     }

@@ -1,26 +1,26 @@
-//! A vendor that needs no authorization from licensegate: the challenge goes as-is.
+//! A provider that needs no authorization from licensegate: the challenge goes as-is.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::HeaderMap;
 
-use super::{Authorization, LicenseRequest, Minting, Vendor};
-use crate::config::VendorConfig;
+use super::{Authorization, LicenseRequest, Minting, Provider};
+use crate::config::ProviderConfig;
 use crate::problem::Problem;
 
 pub struct Passthrough {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
 }
 
 impl Passthrough {
-    pub fn new(config: Arc<VendorConfig>) -> Self {
+    pub fn new(config: Arc<ProviderConfig>) -> Self {
         Self { config }
     }
 }
 
 #[async_trait]
-impl Vendor for Passthrough {
+impl Provider for Passthrough {
     fn minting(&self) -> Minting {
         Minting::Nothing
     }

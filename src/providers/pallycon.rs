@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Authorization, LicenseRequest, Minting, Vendor};
-use crate::config::{ConfigError, Hdcp, Policy, VendorConfig};
+use super::{Authorization, LicenseRequest, Minting, Provider};
+use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
 
@@ -36,16 +36,16 @@ struct Settings {
 }
 
 pub struct PallyCon {
-    config: Arc<VendorConfig>,
+    config: Arc<ProviderConfig>,
     site_id: String,
     site_key: [u8; 32],
     access_key: String,
 }
 
 impl PallyCon {
-    pub fn new(config: Arc<VendorConfig>) -> Result<Self, ConfigError> {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
-        let key = |field: &str| format!("vendors.{}.settings.{field}", config.name);
+        let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let site_key: [u8; 32] = settings.site_key.as_bytes().try_into().map_err(|_| {
             ConfigError::new(key("site_key"), "a PallyCon site key is 32 characters")
         })?;
@@ -142,7 +142,7 @@ pub fn encrypt_policy(site_key: &[u8; 32], policy: &str) -> String {
 }
 
 #[async_trait]
-impl Vendor for PallyCon {
+impl Provider for PallyCon {
     fn minting(&self) -> Minting {
         Minting::Reusable
     }

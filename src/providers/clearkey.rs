@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::Serialize;
 
-use super::{Authorization, LicenseRequest, LocalLicense, Minting, Vendor};
+use super::{Authorization, LicenseRequest, LocalLicense, Minting, Provider};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
 use crate::config::Policy;
@@ -17,7 +17,7 @@ use crate::problem::{Problem, Refusal};
 pub struct ClearKey;
 
 #[async_trait]
-impl Vendor for ClearKey {
+impl Provider for ClearKey {
     fn minting(&self) -> Minting {
         Minting::Nothing
     }
@@ -31,7 +31,7 @@ impl Vendor for ClearKey {
         request: &LicenseRequest,
         challenge: &ChallengeInfo,
     ) -> Option<Result<LocalLicense, Problem>> {
-        // A catalog entry may name this vendor for content also packaged for other DRMs.
+        // A catalog entry may name this provider for content also packaged for other DRMs.
         if request.drm != crate::drm::Drm::ClearKey {
             return Some(Err(Problem::drm_not_routed(request.drm.as_str())));
         }
@@ -131,7 +131,7 @@ mod tests {
             key_ids: vec![kid],
             keys: HashMap::from([(kid, key)]),
             policy: None,
-            vendor: None,
+            provider: None,
             free: true,
             tiers: Vec::new(),
             hls: None,

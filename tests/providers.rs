@@ -1,4 +1,4 @@
-//! Vendor adapters against simulators that check requests as each vendor documents:
+//! Provider providers_by_name against simulators that check requests as each provider documents:
 //! player -> licensegate -> licensegate-sim --vendor X, and the simulators' refusals back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,8 +44,8 @@ fn user(name: &str) -> String {
     .unwrap()
 }
 
-/// Routes Widevine and PlayReady to the vendor `vendor` (a `[vendors.vendor]` table body).
-fn config(vendor: &str, extra: &str) -> String {
+/// Routes Widevine and PlayReady to the provider `provider` (a `[providers.provider]` table body).
+fn config(provider: &str, extra: &str) -> String {
     format!(
         r#"
 [listeners]
@@ -63,20 +63,20 @@ algorithm = "HS256"
 secret = "{SECRET}"
 [catalog]
 path = "${{LG_DIR}}/catalog.toml"
-[vendors.vendor]
+[providers.provider]
 health_check_interval_seconds = 1
-{vendor}
+{provider}
 [routes]
-widevine = "vendor"
-playready = "vendor"
+widevine = "provider"
+playready = "provider"
 {extra}
 "#
     )
 }
 
-async fn start_gate(vendor: &str, extra: &str) -> Gate {
+async fn start_gate(provider: &str, extra: &str) -> Gate {
     Gate::ready(Gate::start_with_files(
-        &config(vendor, extra),
+        &config(provider, extra),
         &[("catalog.toml", CATALOG.as_bytes())],
     ))
     .await
@@ -87,7 +87,7 @@ fn axinom(sim: &Sim, settings: &str) -> String {
     format!(
         r#"kind = "axinom"
 endpoints = {{ widevine = ["{base}/widevine/AcquireLicense"], playready = ["{base}/playready/AcquireLicense"] }}
-[vendors.vendor.settings]
+[providers.provider.settings]
 com_key_id = "{COM_KEY_ID}"
 com_key = "{COM_KEY}"
 {settings}
@@ -372,7 +372,7 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
     // Messages live 6 s and leave the cache 2 s early.
     let gate = start_gate(
         &axinom(&sim, "token_ttl_seconds = 6"),
-        "[token_cache]\nsafety_margin_seconds = 2",
+        "[authorization_cache]\nsafety_margin_seconds = 2",
     )
     .await;
     let widevine = fixture("license-request-kid-01020304.bin");
@@ -384,7 +384,7 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
         metric(
             &metrics,
             "licensegate_token_cache_total",
-            &[("vendor", "vendor"), ("result", result)],
+            &[("provider", "provider"), ("result", result)],
         )
     };
     assert_eq!(count("miss"), 1.0, "one mint");
@@ -393,7 +393,7 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
         metric(
             &metrics,
             "licensegate_token_mint_duration_seconds_count",
-            &[("vendor", "vendor")]
+            &[("provider", "provider")]
         ),
         1.0
     );
@@ -416,7 +416,7 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
         metric(
             &metrics,
             "licensegate_token_cache_total",
-            &[("vendor", "vendor"), ("result", "miss")]
+            &[("provider", "provider"), ("result", "miss")]
         ),
         3.0,
         "ann's message expired and was minted again, bob had his own"
@@ -429,7 +429,7 @@ fn expressplay(sim: &Sim, settings: &str) -> String {
     format!(
         r#"kind = "expressplay"
 endpoints = ["{base}/hms/wv/rights/"]
-[vendors.vendor.settings]
+[providers.provider.settings]
 token_url = "{base}/hms/wv/token"
 customer_authenticator = "sim-authenticator"
 {settings}
@@ -442,7 +442,7 @@ async fn expressplay_one_token_call_for_200_concurrent_requests() {
     let sim = Sim::start(&["--vendor", "expressplay"]);
     let gate = start_gate(
         &expressplay(&sim, "token_ttl_seconds = 6"),
-        "[token_cache]\nsafety_margin_seconds = 2",
+        "[authorization_cache]\nsafety_margin_seconds = 2",
     )
     .await;
     let widevine = fixture("license-request-kid-01020304.bin");
@@ -550,7 +550,7 @@ fn drmtoday(sim: &Sim) -> String {
         r#"kind = "drmtoday"
 endpoints = ["{}"]
 retries = 2
-[vendors.vendor.settings]
+[providers.provider.settings]
 merchant = "sim-merchant"
 key_id = "sim-key"
 secret = "{DRMTODAY_SECRET}"
@@ -583,7 +583,7 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
     let single_use = metric(
         &metrics,
         "licensegate_token_cache_total",
-        &[("vendor", "vendor"), ("result", "single_use")],
+        &[("provider", "provider"), ("result", "single_use")],
     );
     assert!(
         single_use > 50.0,
@@ -592,7 +592,7 @@ async fn drmtoday_upfront_tokens_are_minted_per_attempt_and_never_reused() {
     let resent = metric(
         &metrics,
         "licensegate_upstream_retries_total",
-        &[("vendor", "vendor"), ("reason", "goaway")],
+        &[("provider", "provider"), ("reason", "goaway")],
     );
     assert_eq!(
         resent,
@@ -635,7 +635,7 @@ fn pallycon(sim: &Sim, access_key: &str) -> String {
         r#"kind = "pallycon"
 endpoints = ["{}"]
 error_header = "X-AxDRM-ErrorMessage"
-[vendors.vendor.settings]
+[providers.provider.settings]
 site_id = "SIM0"
 site_key = "{PALLYCON_SITE_KEY}"
 access_key = "{access_key}"
@@ -679,7 +679,7 @@ async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
         metric(
             &metrics,
             "licensegate_token_cache_total",
-            &[("vendor", "vendor"), ("result", result)],
+            &[("provider", "provider"), ("result", result)],
         )
     };
     assert_eq!((count("miss"), count("hit")), (2.0, 1.0));
@@ -699,13 +699,13 @@ async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
 #[tokio::test]
 async fn generic_templates_fill_headers_query_and_a_signed_jwt() {
     let sim = Sim::start(&[]);
-    let vendor = format!(
+    let provider = format!(
         r#"kind = "generic"
 endpoints = ["{}?account=7"]
-[vendors.vendor.settings]
+[providers.provider.settings]
 headers = {{ "X-License-Auth" = "Bearer {{jwt}}", "X-Asset" = "{{content}}/{{drm}}" }}
 query = {{ pX = "{{kid}}", level = "{{policy.security_level}}" }}
-[vendors.vendor.settings.jwt]
+[providers.provider.settings.jwt]
 algorithm = "HS256"
 secret = "generic-secret"
 key_id = "k1"
@@ -713,7 +713,7 @@ claims = {{ sub = "{{user}}", content = "{{content}}", tier = 3 }}
 "#,
         sim.url()
     );
-    let gate = start_gate(&vendor, "").await;
+    let gate = start_gate(&provider, "").await;
     let widevine = fixture("license-request-kid-01020304.bin");
     let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
     assert_eq!(response.status(), 200);
@@ -743,38 +743,38 @@ claims = {{ sub = "{{user}}", content = "{{content}}", tier = 3 }}
 #[tokio::test]
 async fn vendor_settings_errors_name_their_key() {
     let sim = Sim::start(&[]);
-    for (vendor, key) in [
+    for (provider, key) in [
         (
             axinom(&sim, "").replace(COM_KEY, "abcd"),
-            "vendors.vendor.settings.com_key",
+            "providers.provider.settings.com_key",
         ),
         (
             expressplay(&sim, "token_ttl_seconds = 0"),
-            "vendors.vendor.settings.token_ttl_seconds",
+            "providers.provider.settings.token_ttl_seconds",
         ),
         (
             pallycon(&sim, "k").replace(PALLYCON_SITE_KEY, "short"),
-            "vendors.vendor.settings.site_key",
+            "providers.provider.settings.site_key",
         ),
         (
             format!(
-                "kind = \"generic\"\nendpoints = [\"{}\"]\n[vendors.vendor.settings]\nquery = {{ p = \"{{usr}}\" }}",
+                "kind = \"generic\"\nendpoints = [\"{}\"]\n[providers.provider.settings]\nquery = {{ p = \"{{usr}}\" }}",
                 sim.url()
             ),
-            "vendors.vendor.settings.query.p",
+            "providers.provider.settings.query.p",
         ),
         (
             format!(
-                "kind = \"generic\"\nendpoints = [\"{}\"]\n[vendors.vendor.settings]\nheaders = {{ X-Ip = \"{{client_ip}}\" }}",
+                "kind = \"generic\"\nendpoints = [\"{}\"]\n[providers.provider.settings]\nheaders = {{ X-Ip = \"{{client_ip}}\" }}",
                 sim.url()
             ),
-            "vendors.vendor.settings.headers.X-Ip",
+            "providers.provider.settings.headers.X-Ip",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("catalog.toml"), CATALOG).unwrap();
         let path = dir.path().join("licensegate.toml");
-        std::fs::write(&path, config(&vendor, "")).unwrap();
+        std::fs::write(&path, config(&provider, "")).unwrap();
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
             .args(["check", "--config"])
             .arg(&path)
@@ -792,16 +792,16 @@ async fn vendor_settings_errors_name_their_key() {
 #[tokio::test]
 async fn drmtoday_custom_data_is_reused_per_user_and_content() {
     let sim = Sim::start(&["--vendor", "drmtoday"]);
-    let vendor = format!(
+    let provider = format!(
         r#"kind = "drmtoday"
 endpoints = ["{}"]
-[vendors.vendor.settings]
+[providers.provider.settings]
 merchant = "sim-merchant"
 mode = "custom_data"
 "#,
         sim.url()
     );
-    let gate = start_gate(&vendor, "").await;
+    let gate = start_gate(&provider, "").await;
     let widevine = fixture("license-request-kid-01020304.bin");
     for _ in 0..2 {
         let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
@@ -824,7 +824,7 @@ mode = "custom_data"
         metric(
             &metrics,
             "licensegate_token_cache_total",
-            &[("vendor", "vendor"), ("result", result)],
+            &[("provider", "provider"), ("result", result)],
         )
     };
     assert_eq!((count("miss"), count("hit")), (1.0, 1.0));
