@@ -2,10 +2,7 @@
 
 use std::process::Command;
 
-const SECRET_ENV: &[(&str, &str)] = &[(
-    "LICENSEGATE_JWT_SECRET",
-    "check-only-secret-of-at-least-32-bytes",
-)];
+const SECRET_ENV: &[(&str, &str)] = &[("LICENSEGATE_JWT_SECRET", licensegate_testkit::JWT_SECRET)];
 
 fn licensegate(args: &[&str]) -> std::process::Output {
     licensegate_with_env(args, &[])
@@ -242,7 +239,7 @@ fn token_mints_a_jwt_the_shipped_config_accepts() {
     validation.validate_aud = false;
     let claims = jsonwebtoken::decode::<serde_json::Value>(
         &token,
-        &jsonwebtoken::DecodingKey::from_secret(b"check-only-secret-of-at-least-32-bytes"),
+        &jsonwebtoken::DecodingKey::from_secret(licensegate_testkit::JWT_SECRET.as_bytes()),
         &validation,
     )
     .unwrap()

@@ -3,13 +3,11 @@
 //! store or a real Redis shared by two licensegate instances, and the admin API.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use licensegate_testkit::{Gate, Redis, Sim, client, fixture, problem};
-use serde_json::{Value, json};
+use licensegate_testkit::{Gate, GateConfig, Redis, Sim, client, fixture, problem, user_token};
+use serde_json::Value;
 
-const SECRET: &str = "integration-test-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 const CATALOG: &str = r#"
 [content.demo]
@@ -17,17 +15,7 @@ key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
 "#;
 
 fn user(name: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": name, "exp": exp, "entitlements": ["*"]}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    user_token(name, &["*"])
 }
 
 /// The Widevine fixture with `device` as its client identification: a request from that
@@ -95,42 +83,29 @@ fn challenge_from(device: &str) -> Vec<u8> {
 }
 
 fn config(sim: &Sim, devices: &str) -> String {
-    let config = format!(
-        r#"
-[listeners]
-license = "127.0.0.1:${{LG_PORT}}"
-admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
-[server]
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "{SECRET}"
-[catalog]
-path = "${{LG_DIR}}/catalog.toml"
-[providers.axinom]
-kind = "axinom"
-endpoints = ["{}"]
-health_check_interval_seconds = 1
-[providers.axinom.settings]
-com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
-com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
-[routes]
-widevine = "axinom"
-[devices]
-admin_token = "{ADMIN_TOKEN}"
-{devices}
-"#,
-        sim.url()
-    );
     // Each gate keeps its embedded store in its own directory.
-    if devices.contains("store =") || devices.contains("path =") {
-        config
+    let store = if devices.contains("store =") || devices.contains("path =") {
+        ""
     } else {
-        format!("{config}path = \"${{LG_DIR}}/devices.db\"\n")
-    }
+        "path = \"${LG_DIR}/devices.db\""
+    };
+    GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider(
+            "axinom",
+            &format!(
+                "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.axinom.settings]\n\
+                 com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
+                 com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
+                sim.url()
+            ),
+        )
+        .routes(&[("widevine", "axinom")])
+        .with(&format!(
+            "[devices]\nadmin_token = \"{ADMIN_TOKEN}\"\n{devices}\n{store}"
+        ))
+        .build()
 }
 
 async fn start(config: &str) -> Gate {

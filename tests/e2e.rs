@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use licensegate_testkit::Gate;
-use serde_json::{Value, json};
+use licensegate_testkit::{Gate, GateConfig, user_token};
+use serde_json::Value;
 
-const SECRET: &str = "e2e-test-secret-0123456789abcdef-0123456";
 const DEMO_KEY: &str = "00112233445566778899aabbccddeeff";
 
 fn repo() -> PathBuf {
@@ -18,30 +16,17 @@ fn repo() -> PathBuf {
 
 fn config(catalog_key: &str) -> (String, String) {
     let root = repo().join("examples/web");
-    let config = format!(
-        r#"
-[listeners]
-license = "127.0.0.1:${{LG_PORT}}"
-admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
-[server]
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-[providers.builtin]
-kind = "clearkey"
-[routes]
-clearkey = "builtin"
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "{SECRET}"
-[catalog]
-path = "${{LG_DIR}}/catalog.toml"
-[demo]
-root = "{}"
-"#,
-        root.display()
-    );
+    // The demo page, on the admin listener, is another origin than the license API.
+    let config = GateConfig::new()
+        .allowed_origins(&["*"])
+        .provider("builtin", "kind = \"clearkey\"")
+        .routes(&[("clearkey", "builtin")])
+        .auth("")
+        .with(&format!(
+            "[catalog]\npath = \"${{LG_DIR}}/catalog.toml\"\n[demo]\nroot = \"{}\"",
+            root.display()
+        ))
+        .build();
     let catalog = format!(
         "[content.demo]\nkey_ids = [\"01020304-0506-0708-090a-0b0c0d0e0f10\"]\nkeys = {{ \"01020304-0506-0708-090a-0b0c0d0e0f10\" = \"{catalog_key}\" }}\n"
     );
@@ -49,17 +34,7 @@ root = "{}"
 }
 
 fn token(entitlements: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "viewer", "exp": exp, "entitlements": entitlements}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    user_token("viewer", entitlements)
 }
 
 /// What the player did on the page, read by `tests/e2e/play.mjs` in Chromium.

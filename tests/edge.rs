@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use licensegate_testkit::{Gate, Nginx, Sim, client, config, fixture, problem};
+use licensegate_testkit::{
+    Gate, JWT_SECRET, Nginx, Sim, client, config, fixture, problem, token_signed_with,
+};
 
 const CHALLENGE_30K: usize = 30 * 1024;
 
@@ -687,22 +689,11 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
     }
 }
 
-const JWT_SECRET: &str = "EDGE-JWT-SECRET-0123456789abcdef-0123456789";
 const ADMIN_TOKEN: &str = "EDGE-ADMIN-TOKEN-SECRET-42";
 const CATALOG_KEY: &str = "EDGE-CATALOG-KEY-SECRET-NOT-HEX";
 
-fn mint(secret: &str) -> String {
-    let claims = serde_json::json!({
-        "sub": "alice",
-        "exp": 4_000_000_000u64,
-        "entitlements": ["demo"],
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+fn claims() -> serde_json::Value {
+    serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64, "entitlements": ["demo"]})
 }
 
 /// Writes raw bytes to a listener and reads whatever comes back.
@@ -741,8 +732,8 @@ path = "${{LG_DIR}}/devices.db"
         &[("catalog.toml", catalog.as_bytes())],
     ))
     .await;
-    let token = mint(JWT_SECRET);
-    let forged = mint("another-secret-of-at-least-32-bytes-long");
+    let token = licensegate_testkit::token(claims());
+    let forged = token_signed_with("another-secret-of-at-least-32-bytes-long", claims());
     let client = client();
     let challenge = fixture("license-request-kid-01020304.bin");
     let url = gate.license_url("widevine", Some("demo"));

@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use licensegate_testkit::{Gate, Sim, client, fixture, problem};
+use licensegate_testkit::{
+    Gate, GateConfig, JWT_SECRET, Sim, client, fixture, now, problem, token, token_signed_with,
+    user_token,
+};
 use serde_json::{Value, json};
 
-const SECRET: &str = "integration-test-secret-0123456789abcdef";
 const DEMO_KID_B64: &str = "AQIDBAUGBwgJCgsMDQ4PEA";
 
 const CATALOG: &str = r#"
@@ -33,68 +35,35 @@ key = "000102030405060708090a0b0c0d0e0f"
 iv = "0f0e0d0c0b0a09080706050403020100"
 "#;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn user(entitlements: &[&str]) -> String {
-    token(json!({"sub": "alice", "exp": now() + 600, "entitlements": entitlements}))
+    user_token("alice", entitlements)
 }
 
 /// Every DRM but ClearKey goes to `sim`; ClearKey is answered by licensegate itself.
-fn config(sim_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listeners]
-license = "127.0.0.1:${{LG_PORT}}"
-admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
-[server]
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-[cors]
-allowed_origins = ["https://player.example"]
-[providers.sim]
-kind = "passthrough"
-endpoints = ["{sim_url}"]
-[providers.builtin]
-kind = "clearkey"
-[routes]
-widevine = "sim"
-playready = "sim"
-fairplay = "sim"
-clearkey = "builtin"
-[catalog]
-path = "${{LG_DIR}}/catalog.toml"
-reload_seconds = 1
-{extra}
-"#
-    )
+fn base(sim_url: &str) -> GateConfig {
+    GateConfig::new()
+        .provider(
+            "sim",
+            &format!("kind = \"passthrough\"\nendpoints = [\"{sim_url}\"]"),
+        )
+        .provider("builtin", "kind = \"clearkey\"")
+        .routes(&[
+            ("widevine", "sim"),
+            ("playready", "sim"),
+            ("fairplay", "sim"),
+            ("clearkey", "builtin"),
+        ])
+        .catalog()
 }
 
-const HMAC_AUTH: &str = r#"
-[auth]
-cookie = "lg"
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "integration-test-secret-0123456789abcdef"
-"#;
+fn config(sim_url: &str, extra: &str) -> String {
+    base(sim_url).with(extra).build()
+}
 
+/// With user tokens (the cookie named `lg`) and the catalog.
 async fn gate(sim: &Sim, extra: &str) -> Gate {
     Gate::ready(Gate::start_with_files(
-        &config(&sim.url(), &format!("{HMAC_AUTH}{extra}")),
+        &base(&sim.url()).auth("cookie = \"lg\"").with(extra).build(),
         &[("catalog.toml", CATALOG.as_bytes())],
     ))
     .await
@@ -200,12 +169,10 @@ async fn tokens_from_header_query_and_cookie_and_each_refusal() {
     problem(response, 401, "token_missing").await;
     let expired = token(json!({"sub": "alice", "exp": now() - 120, "entitlements": ["demo"]}));
     let early = token(json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 300}));
-    let forged = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "alice", "exp": now() + 600}),
-        &EncodingKey::from_secret(b"a different secret, long enough!!"),
-    )
-    .unwrap();
+    let forged = token_signed_with(
+        "a different secret, long enough!!",
+        json!({"sub": "alice", "exp": now() + 600}),
+    );
     for (bad, code) in [
         (expired, "token_expired"),
         (early, "token_not_yet_valid"),
@@ -235,7 +202,8 @@ async fn tokens_from_header_query_and_cookie_and_each_refusal() {
 #[tokio::test]
 async fn audience_issuer_and_kid_are_enforced() {
     let sim = Sim::start(&[]);
-    let auth = r#"
+    let auth = format!(
+        r#"
 [auth]
 issuer = "portal"
 audience = "licensegate"
@@ -243,10 +211,11 @@ audience = "licensegate"
 kind = "secret"
 algorithm = "HS256"
 kid = "k1"
-secret = "integration-test-secret-0123456789abcdef"
-"#;
+secret = "{JWT_SECRET}"
+"#
+    );
     let gate = Gate::ready(Gate::start_with_files(
-        &config(&sim.url(), auth),
+        &config(&sim.url(), &auth),
         &[("catalog.toml", CATALOG.as_bytes())],
     ))
     .await;
@@ -256,7 +225,7 @@ secret = "integration-test-secret-0123456789abcdef"
         encode(
             &header,
             &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
+            &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
         )
         .unwrap()
     };

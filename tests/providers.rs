@@ -1,17 +1,16 @@
-//! Provider providers_by_name against simulators that check requests as each provider documents:
+//! Each provider kind against simulators that check requests as each vendor documents:
 //! player -> licensegate -> licensegate-sim --vendor X, and the simulators' refusals back.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use licensegate_testkit::{Gate, Sim, client, fixture, problem};
+use licensegate_testkit::{Gate, GateConfig, Sim, client, fixture, now, problem, user_token};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const SECRET: &str = "integration-test-secret-0123456789abcdef";
 /// Seed 003's public Axinom test communication key.
 const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
 const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
@@ -28,50 +27,19 @@ keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccdde
 key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
 "#;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn user(name: &str) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": name, "exp": now() + 600, "entitlements": ["*"]}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    user_token(name, &["*"])
 }
 
 /// Routes Widevine and PlayReady to the provider `provider` (a `[providers.provider]` table body).
 fn config(provider: &str, extra: &str) -> String {
-    format!(
-        r#"
-[listeners]
-license = "127.0.0.1:${{LG_PORT}}"
-admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
-[server]
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-[cors]
-allowed_origins = ["https://player.example"]
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "{SECRET}"
-[catalog]
-path = "${{LG_DIR}}/catalog.toml"
-[providers.provider]
-health_check_interval_seconds = 1
-{provider}
-[routes]
-widevine = "provider"
-playready = "provider"
-{extra}
-"#
-    )
+    GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("provider", provider)
+        .routes(&[("widevine", "provider"), ("playready", "provider")])
+        .with(extra)
+        .build()
 }
 
 async fn start_gate(provider: &str, extra: &str) -> Gate {

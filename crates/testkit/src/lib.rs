@@ -133,40 +133,145 @@ pub struct Gate {
 
 /// A config routing every DRM to one provider at `endpoints`; `vendor_extra` lands in the
 /// provider's table (timeouts, retries...).
-pub fn config(endpoints: &[String], vendor_extra: &str) -> String {
-    let endpoints = endpoints
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
+/// The HMAC secret every test gate verifies user tokens with ([`GateConfig::auth`]).
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A user token: `claims` signed HS256 with [`JWT_SECRET`].
+pub fn token(claims: serde_json::Value) -> String {
+    token_signed_with(JWT_SECRET, claims)
+}
+
+/// `claims` signed HS256 with another secret: a forgery, as far as the gate is concerned.
+pub fn token_signed_with(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token for `sub`, entitled to `entitlements`, valid for ten minutes.
+pub fn user_token(sub: &str, entitlements: &[&str]) -> String {
+    token(serde_json::json!({"sub": sub, "exp": now() + 600, "entitlements": entitlements}))
+}
+
+/// The one way tests write a licensegate config: listeners on the ports the gate is given, no
+/// grace period, `https://player.example` as the allowed origin; then the sections a test needs.
+pub struct GateConfig {
+    text: String,
+    allowed_origins: Vec<String>,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GateConfig {
+    pub fn new() -> Self {
+        Self {
+            text: r#"
 [listeners]
-license = "127.0.0.1:${{LG_PORT}}"
-admin = "127.0.0.1:${{LG_ADMIN_PORT}}"
+license = "127.0.0.1:${LG_PORT}"
+admin = "127.0.0.1:${LG_ADMIN_PORT}"
 
 [server]
 threads = 2
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
-
-[cors]
-allowed_origins = ["https://player.example"]
-
-[providers.sim]
-kind = "passthrough"
-endpoints = [{endpoints}]
-error_header = "X-AxDRM-ErrorMessage"
-health_check_interval_seconds = 1
-{vendor_extra}
-
-[routes]
-widevine = "sim"
-playready = "sim"
-clearkey = "sim"
-fairplay = "sim"
 "#
-    )
+            .to_string(),
+            allowed_origins: vec!["https://player.example".into()],
+        }
+    }
+
+    /// `cors.allowed_origins` in place of the test origin.
+    pub fn allowed_origins(mut self, origins: &[&str]) -> Self {
+        self.allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+        self
+    }
+
+    /// Any further TOML, as written.
+    pub fn with(mut self, toml: &str) -> Self {
+        self.text.push('\n');
+        self.text.push_str(toml);
+        self.text.push('\n');
+        self
+    }
+
+    /// `[providers.NAME]` with `body`, health checked every second.
+    pub fn provider(self, name: &str, body: &str) -> Self {
+        self.with(&format!(
+            "[providers.{name}]\nhealth_check_interval_seconds = 1\n{body}"
+        ))
+    }
+
+    /// `[routes]`: each DRM to its provider.
+    pub fn routes(self, routes: &[(&str, &str)]) -> Self {
+        let lines: Vec<String> = routes
+            .iter()
+            .map(|(drm, provider)| format!("{drm} = \"{provider}\""))
+            .collect();
+        self.with(&format!("[routes]\n{}", lines.join("\n")))
+    }
+
+    /// User tokens verified with [`JWT_SECRET`]; `extra` lands in `[auth]`.
+    pub fn auth(self, extra: &str) -> Self {
+        self.with(&format!(
+            "[auth]\n{extra}\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\nsecret = \"{JWT_SECRET}\""
+        ))
+    }
+
+    /// The catalog at `catalog.toml` in the gate's directory, checked every second.
+    pub fn catalog(self) -> Self {
+        self.with("[catalog]\npath = \"${LG_DIR}/catalog.toml\"\nreload_seconds = 1")
+    }
+
+    pub fn build(self) -> String {
+        let origins: Vec<String> = self
+            .allowed_origins
+            .iter()
+            .map(|origin| format!("\"{origin}\""))
+            .collect();
+        format!(
+            "{}\n[cors]\nallowed_origins = [{}]\n",
+            self.text,
+            origins.join(", ")
+        )
+    }
+}
+
+/// A config routing every DRM to one passthrough provider, `sim`, at `endpoints`;
+/// `provider_extra` lands in its table (timeouts, retries...).
+pub fn config(endpoints: &[String], provider_extra: &str) -> String {
+    let endpoints = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    GateConfig::new()
+        .provider(
+            "sim",
+            &format!(
+                "kind = \"passthrough\"\nendpoints = [{endpoints}]\nerror_header = \"X-AxDRM-ErrorMessage\"\n{provider_extra}"
+            ),
+        )
+        .routes(&[
+            ("widevine", "sim"),
+            ("playready", "sim"),
+            ("clearkey", "sim"),
+            ("fairplay", "sim"),
+        ])
+        .build()
 }
 
 fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
