@@ -197,6 +197,7 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
             },
         );
     }
+    resolve_before_serving(&providers);
     let service_certificates = ServiceCertificates::new(
         config.providers.keys().map(String::as_str),
         config.server.service_certificate_ttl,
@@ -285,6 +286,33 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
     admin.add_tcp(&state.config.admin_listener.to_string());
     server.add_service(admin);
     Ok((server, state))
+}
+
+/// Resolves every endpoint once before the listeners open. Otherwise the first requests (and,
+/// on an upgrade, those arriving the moment the new process takes the sockets) would find no
+/// endpoint until the background services' first run. A failure is logged; the background
+/// services keep trying.
+fn resolve_before_serving(providers: &HashMap<String, ProviderRoute>) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        for route in providers.values() {
+            let upstreams = route
+                .upstreams
+                .iter()
+                .map(|(_, upstream)| upstream.clone())
+                .chain(route.provider.upstreams());
+            for upstream in upstreams {
+                if let Err(e) = upstream.discover().await {
+                    tracing::warn!(endpoints = upstream.label(), error = %e, "endpoints not resolved at start");
+                }
+            }
+        }
+    });
 }
 
 /// Room kept for everything but the listeners' connections: provider connections, the device

@@ -141,6 +141,11 @@ impl Upstream {
         )
     }
 
+    /// Resolves the endpoints now, as the background service then does on its schedule.
+    pub async fn discover(&self) -> Result<()> {
+        self.balancer.update().await
+    }
+
     /// A healthy endpoint to try, preferring one in rotation and not among `avoid` (endpoints
     /// this request already tried or found stuck), so a retry moves on when there is
     /// somewhere to move to. When every healthy endpoint is ejected, an ejected one is still

@@ -849,7 +849,8 @@ async fn an_upgrade_under_steady_oha_load_fails_no_request() {
     let _ = new.wait();
     let statuses = report["statusCodeDistribution"].as_object().unwrap();
     assert_eq!(statuses.keys().collect::<Vec<_>>(), ["200"], "{report}");
-    assert_eq!(statuses["200"], 2000, "{report}");
+    // oha may start a request or two beyond -n under load; every one must succeed.
+    assert!(statuses["200"].as_u64().unwrap() >= 2000, "{report}");
     // With JSON output oha ends a run by cancelling connection tasks that wait for their next
     // turn and reports each as "aborted due to deadline", beside the N results it counted;
     // any failed request shows as another error or a missing 200.
