@@ -11,7 +11,7 @@ use licensegate_testkit::{Gate, GateConfig, Sim, client, fixture, now, problem, 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Seed 003's public Axinom test communication key.
+/// Axinom's public test communication key (**Azure Media Services with Axinom**, docs/sources.md).
 const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
 const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
 const WIDEVINE_KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
@@ -293,7 +293,8 @@ async fn the_axinom_simulator_refuses_what_axinom_refuses() {
             403,
             "not in the entitlement message",
         ),
-        // The key's hex text instead of its bytes: the mistake seed 003 warns about.
+        // The key's hex text instead of its bytes: the mistake **Azure Media Services with Axinom**
+        // (docs/sources.md) warns about.
         (
             sign(right_kid.clone(), COM_KEY.as_bytes(), json!({})),
             401,

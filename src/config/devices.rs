@@ -19,7 +19,7 @@ pub(super) struct Devices {
     #[serde(default = "default_slot_idle_seconds")]
     pub slot_idle_seconds: u64,
     /// Which device_info field identifies a device, in order of preference; Android devices
-    /// use `android_identity` (seed 001: the certificate serial number is shared by every
+    /// use `android_identity` (**Axinom license service proxy** in docs/sources.md: the certificate serial number is shared by every
     /// desktop browser, but identifies an Android device).
     #[serde(default = "default_identity")]
     pub identity: Vec<DeviceField>,

@@ -86,7 +86,8 @@ pub fn now_seconds() -> u64 {
         .as_secs()
 }
 
-/// Which field of the provider's device report names the device: seed 001's advice, as
+/// Which field of the provider's device report names the device: the advice of **Axinom license
+/// service proxy** (docs/sources.md), as
 /// configured (the certificate serial number is shared by every desktop browser, so desktops
 /// go by client token; Android devices by serial number).
 pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> {

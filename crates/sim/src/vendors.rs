@@ -31,7 +31,8 @@ pub enum SimVendor {
     Pallycon,
 }
 
-/// Credentials the simulated vendor holds; defaults are public test values (seed 003 for
+/// Credentials the simulated vendor holds; defaults are public test values (**Azure Media
+/// Services with Axinom** in docs/sources.md for
 /// Axinom) or made up for the simulator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VendorArgs {
@@ -242,7 +243,8 @@ impl VendorSim {
         Ok(vec![("X-AxDRM-Message", signed)])
     }
 
-    /// ExpressPlay's token service: parameter rules and error codes from seed 004.
+    /// ExpressPlay's token service: parameter rules and error codes from **ExpressPlay Widevine
+    /// token API** (docs/sources.md).
     pub fn expressplay_token(&self, params: &[(String, String)], host: &str) -> TokenAnswer {
         let json_errors = params
             .iter()
