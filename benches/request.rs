@@ -72,9 +72,23 @@ fn admission(c: &mut Criterion) {
 fn forward(c: &mut Criterion) {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
     let provider = config.routes[&Drm::Widevine].clone();
+    let endpoints = provider.endpoints.for_drm(Drm::Widevine).unwrap();
     let mut ctx = RequestCtx::new();
-    ctx.drm = Some(Drm::Widevine);
-    ctx.challenge_len = 2048;
+    ctx.plan = Some(pipeline::ForwardPlan {
+        drm: Drm::Widevine,
+        provider: licensegate::providers::build(&provider, Duration::from_secs(60)).unwrap(),
+        upstream: std::sync::Arc::new(licensegate::upstream::Upstream::new(
+            provider.clone(),
+            endpoints,
+            "sim".into(),
+            Duration::from_secs(60),
+        )),
+        authorizing: pipeline::Authorizing::Nothing,
+        device_limit: None,
+        service_certificate: None,
+        soap_action: None,
+        challenge_len: 2048,
+    });
     ctx.forward.target = Some(licensegate::upstream::Target {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
         endpoint: provider.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone(),

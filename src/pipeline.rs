@@ -1,10 +1,23 @@
-//! One license request, phase by phase, top to bottom:
+//! One license request, phase by phase, top to bottom. The Pingora hooks in `proxy.rs` only call
+//! these phases; what a phase learns lives in [`RequestCtx`], the pipeline's memory.
 //!
-//! route -> read challenge -> resolve provider -> (service certificate from memory) -> forward
-//! (choose endpoint, build upstream request, retry policy) -> inspect response -> answer -> record.
+//! | Pingora hook | phase | may change |
+//! |---|---|---|
+//! | `early_request_filter` | (connection clock) | `connection_busy` |
+//! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, resolve content, check key IDs, entitle, device limit, authorize with provider; or [`answer`] locally | everything up to `plan`, which it creates |
+//! | `upstream_peer` | [`choose_peer`]: endpoint, budget, stream turn, per-attempt authorization | `forward` |
+//! | `connected_to_upstream` | [`end_stream_turn`] | `forward.stream_turn` |
+//! | `upstream_request_filter` | [`upstream_request`]: the request the provider sees | nothing |
+//! | `fail_to_connect`, `error_while_proxy` | [`connect_failed`], [`attempt_failed`]: retry only when the challenge provably never arrived | `forward` |
+//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, certificate fill | `status`, `outcome`, `held_back`, `plan` |
+//! | `upstream_response_body_filter`, `..._trailer_filter` | [`capture_answer`]: total budget, certificate fill | `plan`, `forward.finished` |
+//! | `response_filter`, `response_body_filter` | [`vendor_answer_headers`], [`answer_body`] | `held_back` |
+//! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `status`, `outcome` |
+//! | `logging` | [`record`]: metrics and the access line | nothing |
 //!
-//! The Pingora hooks in `proxy.rs` only call these phases; what a phase learns lives in
-//! [`RequestCtx`], the pipeline's memory.
+//! Admission hands the forward phases a [`ForwardPlan`]: what they need is there by
+//! construction, and they find no plan only if Pingora calls them out of order (an internal
+//! error, never a panic).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, header};
 use pingora::prelude::{HttpPeer, RequestHeader, Session};
 use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::auth::{Cookies, Identity};
@@ -40,25 +54,17 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub origin: Origin,
-    pub drm: Option<Drm>,
     /// The DRM name, or the HLS label, for metrics and logs.
     pub label: &'static str,
+    /// The provider serving the request, once routed (for metrics and logs).
     pub provider_config: Option<Arc<ProviderConfig>>,
-    pub provider: Option<Arc<dyn Provider>>,
-    pub upstream: Option<Arc<Upstream>>,
-    /// Kept for providers whose authorization is minted per attempt.
-    pub license_request: Option<LicenseRequest>,
-    pub authorization: Option<Arc<Authorization>>,
-    /// Whose devices count, and how many may hold a license (device limits on).
-    pub device_limit: Option<(String, u32)>,
+    /// What the forward phases work from; set when admission forwards.
+    pub plan: Option<ForwardPlan>,
     /// The refusal sent in place of a license the player must not get.
     pub held_back: Option<Bytes>,
     pub content_id: Option<String>,
     /// The player's address and the `X-Forwarded-For` built for the provider.
     pub client: Option<ClientAddress>,
-    /// The validated SOAPAction of a PlayReady challenge.
-    pub soap_action: Option<HeaderValue>,
-    pub challenge_len: usize,
     pub request_type: Option<RequestType>,
     /// Which entitlement rule allowed the request (free, token, service...).
     pub entitled_by: Option<&'static str>,
@@ -66,7 +72,6 @@ pub struct RequestCtx {
     pub outcome: &'static str,
     pub status: u16,
     pub forward: Forwarding,
-    pub service_certificate: Option<Filler>,
     /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
     /// answers with it.
     pub pending_problem: Option<Problem>,
@@ -86,6 +91,8 @@ pub struct Forwarding {
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
     pub target: Option<Target>,
+    /// The authorization of the current attempt, when it is minted per attempt.
+    pub authorization: Option<Arc<Authorization>>,
     /// Held from choosing a backend until Pingora hands over the stream (see [`crate::upstream::EndpointState`]).
     pub stream_turn: Option<OwnedMutexGuard<()>>,
     pub status: Option<u16>,
@@ -98,25 +105,17 @@ impl RequestCtx {
             request_id: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
             origin: Origin::Absent,
-            drm: None,
             label: "-",
             provider_config: None,
-            provider: None,
-            upstream: None,
-            license_request: None,
-            authorization: None,
-            device_limit: None,
+            plan: None,
             held_back: None,
             content_id: None,
             client: None,
-            soap_action: None,
-            challenge_len: 0,
             request_type: None,
             entitled_by: None,
             outcome: "ok",
             status: 0,
             forward: Forwarding::default(),
-            service_certificate: None,
             pending_problem: None,
             connection_busy: false,
             _in_flight: None,
@@ -168,8 +167,38 @@ impl LocalAnswer {
 }
 
 pub enum Admission {
-    Forward,
+    Forward(Box<ForwardPlan>),
     Answer(LocalAnswer),
+}
+
+/// What admission decided for a request a provider answers.
+pub struct ForwardPlan {
+    pub drm: Drm,
+    pub provider: Arc<dyn Provider>,
+    pub upstream: Arc<Upstream>,
+    pub authorizing: Authorizing,
+    pub device_limit: Option<DeviceLimit>,
+    /// Set when this request forwards the Widevine service certificate request to fill the cache.
+    pub service_certificate: Option<Filler>,
+    /// The validated SOAPAction of a PlayReady challenge.
+    pub soap_action: Option<HeaderValue>,
+    pub challenge_len: usize,
+}
+
+/// What the provider sees with the challenge besides it.
+pub enum Authorizing {
+    /// Nothing: a passthrough provider, or the service certificate request.
+    Nothing,
+    /// One authorization for every attempt (minted once, or from the authorization cache).
+    Ready(Arc<Authorization>),
+    /// Minted anew for each attempt from this request (single-use tokens).
+    PerAttempt(Box<LicenseRequest>),
+}
+
+/// Whose devices count, and how many may hold a license.
+pub struct DeviceLimit {
+    pub user: String,
+    pub limit: u32,
 }
 
 pub enum Route {
@@ -227,7 +256,6 @@ pub async fn admit(
         Route::HlsKey => return hls_key(state, session, ctx).await,
         Route::License(drm) => drm,
     };
-    ctx.drm = Some(drm);
     ctx.label = drm.as_str();
     let route = state
         .route(drm)
@@ -235,29 +263,39 @@ pub async fn admit(
         .clone();
     ctx.provider_config = Some(route.config.clone());
     let identity = authenticate(state, session.req_header(), &ctx.origin)?;
-    if drm == Drm::PlayReady {
-        ctx.soap_action = Some(crate::playready::soap_action(
+    let soap_action = match drm {
+        Drm::PlayReady => Some(crate::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
-        )?);
-    }
+        )?),
+        _ => None,
+    };
 
     let challenge = read_challenge(session, &state.config.server).await?;
-    ctx.challenge_len = challenge.len();
+    let plan = |provider: &ProviderRoute, authorizing, device_limit| {
+        Ok::<_, Problem>(ForwardPlan {
+            drm,
+            provider: provider.provider.clone(),
+            upstream: provider
+                .upstream(drm)
+                .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
+                .clone(),
+            authorizing,
+            device_limit,
+            service_certificate: None,
+            soap_action: soap_action.clone(),
+            challenge_len: challenge.len(),
+        })
+    };
     if drm.is_service_certificate_request(&challenge) {
-        return service_certificate(state, ctx, route).await;
+        let plan = plan(&route, Authorizing::Nothing, None)?;
+        return service_certificate(state, &route, plan).await;
     }
     let requested_id = content_id(session.req_header())?;
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
-        ctx.upstream = Some(
-            route
-                .upstream(drm)
-                .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
-                .clone(),
-        );
-        ctx.provider = Some(route.provider);
-        return Ok(Admission::Forward);
+        let plan = plan(&route, Authorizing::Nothing, None)?;
+        return Ok(Admission::Forward(Box::new(plan)));
     };
     let info = challenge::parse(drm, &challenge)
         .map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
@@ -272,12 +310,20 @@ pub async fn admit(
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
         .await?;
     ctx.entitled_by = Some(grant.basis);
-    if let (Some(devices), Some(identity)) = (&state.devices, &identity) {
-        let limit = devices.limit_for(Some(&identity.claims), grant.max_devices);
-        ctx.device_limit = Some((identity.user.clone(), limit));
-    }
+    let device_limit = match (&state.devices, &identity) {
+        (Some(devices), Some(identity)) => Some(DeviceLimit {
+            user: identity.user.clone(),
+            limit: devices.limit_for(Some(&identity.claims), grant.max_devices),
+        }),
+        _ => None,
+    };
     let provider = match &content.provider {
-        Some(name) => state.providers[name].clone(),
+        // The catalog is checked against the configured providers when it loads.
+        Some(name) => state
+            .providers
+            .get(name)
+            .cloned()
+            .ok_or_else(Problem::internal)?,
         None => route,
     };
     ctx.provider_config = Some(provider.config.clone());
@@ -291,21 +337,30 @@ pub async fn admit(
         policy: grant.policy,
         client_ip,
     };
-    authorize(state, ctx, &provider, request, &info).await
+    let authorizing = match authorize(state, &provider, request, &info).await? {
+        Authorized::Locally(answer) => return Ok(Admission::Answer(answer)),
+        Authorized::Forward(authorizing) => authorizing,
+    };
+    let plan = plan(&provider, authorizing, device_limit)?;
+    Ok(Admission::Forward(Box::new(plan)))
+}
+
+enum Authorized {
+    Locally(LocalAnswer),
+    Forward(Authorizing),
 }
 
 /// Phase "authorize with provider": licensegate's own license, or what the provider needs to see
 /// with the challenge (reused from the token cache, or left to mint per attempt).
 async fn authorize(
     state: &State,
-    ctx: &mut RequestCtx,
     provider: &ProviderRoute,
     request: LicenseRequest,
     challenge: &ChallengeInfo,
-) -> Result<Admission, Problem> {
+) -> Result<Authorized, Problem> {
     if let Some(license) = provider.provider.answer_locally(&request, challenge) {
         let license = license?;
-        return Ok(Admission::Answer(LocalAnswer {
+        return Ok(Authorized::Locally(LocalAnswer {
             status: 200,
             outcome: "ok",
             content_type: Some(HeaderValue::from_static(license.content_type)),
@@ -313,21 +368,16 @@ async fn authorize(
             preflight: false,
         }));
     }
-    let upstream = provider
-        .upstream(request.drm)
-        .ok_or_else(|| Problem::drm_not_routed(request.drm.as_str()))?;
-    ctx.upstream = Some(upstream.clone());
     if provider.provider.minting() == Minting::PerAttempt {
-        ctx.license_request = Some(request);
-    } else {
-        let authorization = state
-            .authorizations
-            .authorization(&provider.config.name, provider.provider.as_ref(), &request)
-            .await?;
-        ctx.authorization = Some(authorization);
+        return Ok(Authorized::Forward(Authorizing::PerAttempt(Box::new(
+            request,
+        ))));
     }
-    ctx.provider = Some(provider.provider.clone());
-    Ok(Admission::Forward)
+    let authorization = state
+        .authorizations
+        .authorization(&provider.config.name, provider.provider.as_ref(), &request)
+        .await?;
+    Ok(Authorized::Forward(Authorizing::Ready(authorization)))
 }
 
 fn authenticate(
@@ -388,13 +438,9 @@ fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddre
 /// The Widevine service certificate: from memory, or forwarded once to fill memory.
 async fn service_certificate(
     state: &State,
-    ctx: &mut RequestCtx,
-    route: ProviderRoute,
+    route: &ProviderRoute,
+    mut plan: ForwardPlan,
 ) -> Result<Admission, Problem> {
-    let Some(upstream) = route.upstream(Drm::Widevine).cloned() else {
-        return Err(Problem::drm_not_routed(Drm::Widevine.as_str()));
-    };
-    ctx.provider = Some(route.provider.clone());
     let cache = &state.metrics.service_certificate_cache;
     let wait = route.config.total_timeout;
     match state
@@ -408,9 +454,8 @@ async fn service_certificate(
         }
         Lookup::Miss(filler) => {
             cache.with_label_values(&["miss"]).inc();
-            ctx.service_certificate = Some(filler);
-            ctx.upstream = Some(upstream);
-            Ok(Admission::Forward)
+            plan.service_certificate = Some(filler);
+            Ok(Admission::Forward(Box::new(plan)))
         }
     }
 }
@@ -581,9 +626,10 @@ pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
 /// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
 /// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::EndpointState`]).
 pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
-    let Some(upstream) = ctx.upstream.clone() else {
+    let Some(plan) = &ctx.plan else {
         return Err(Problem::internal());
     };
+    let upstream = plan.upstream.clone();
     let started = *ctx.forward.started.get_or_insert_with(Instant::now);
     let budget = upstream.provider.total_timeout;
     let out_of_time = || {
@@ -596,12 +642,12 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
     if started.elapsed() >= budget {
         return Err(out_of_time());
     }
-    if let (Some(request), Some(provider)) = (&ctx.license_request, &ctx.provider) {
+    if let Authorizing::PerAttempt(request) = &plan.authorizing {
         let authorization = state
             .authorizations
-            .authorization(&upstream.provider.name, provider.as_ref(), request)
+            .authorization(&upstream.provider.name, plan.provider.as_ref(), request)
             .await?;
-        ctx.authorization = Some(authorization);
+        ctx.forward.authorization = Some(authorization);
     }
     loop {
         let remaining = budget.saturating_sub(started.elapsed());
@@ -680,8 +726,8 @@ impl RetryReason {
 /// Phase "forward", after a failed connection attempt: nothing was sent, so the endpoint's
 /// failure counts towards its ejection, and another attempt may follow.
 pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Option<RetryReason> {
-    if let (Some(upstream), Some(target)) = (&ctx.upstream, &ctx.forward.target) {
-        note_endpoint_failure(state, upstream, target);
+    if let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) {
+        note_endpoint_failure(state, &plan.upstream, target);
     }
     (ctx.pending_problem.is_none() && may_retry(ctx, session)).then_some(RetryReason::Connect)
 }
@@ -700,13 +746,13 @@ pub fn attempt_failed(
         error.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    if let (true, None, Some(upstream), Some(target)) = (
+    if let (true, None, Some(plan), Some(target)) = (
         timed_out,
         ctx.forward.status,
-        &ctx.upstream,
+        &ctx.plan,
         &ctx.forward.target,
     ) {
-        note_endpoint_failure(state, upstream, target);
+        note_endpoint_failure(state, &plan.upstream, target);
     }
     let reason = never_processed(error)?;
     (ctx.forward.status.is_none() && may_retry(ctx, session)).then_some(reason)
@@ -729,20 +775,54 @@ fn never_processed(error: &Error) -> Option<RetryReason> {
 }
 
 /// Whether the request's total budget is spent; a provider trickling its answer is cut there.
-pub fn past_deadline(ctx: &RequestCtx) -> bool {
-    match (&ctx.upstream, ctx.forward.started) {
-        (Some(upstream), Some(started)) => started.elapsed() > upstream.provider.total_timeout,
+fn past_deadline(ctx: &RequestCtx) -> bool {
+    match (&ctx.plan, ctx.forward.started) {
+        (Some(plan), Some(started)) => started.elapsed() > plan.upstream.provider.total_timeout,
         _ => false,
     }
+}
+
+/// Phase "inspect response", as the answer's body and trailers arrive from the provider (before
+/// the player sees them): the total budget holds, and the service certificate enters the cache
+/// the moment the answer is complete.
+pub fn capture_answer(
+    ctx: &mut RequestCtx,
+    body: Option<&Bytes>,
+    end_of_stream: bool,
+    trailers: bool,
+) -> pingora::Result<()> {
+    if past_deadline(ctx) {
+        return Error::e_explain(ErrorType::ReadTimedout, "answer outlived the total budget");
+    }
+    if let Some(filler) = ctx
+        .plan
+        .as_mut()
+        .and_then(|plan| plan.service_certificate.as_mut())
+    {
+        if trailers {
+            filler.response_trailers();
+        } else {
+            filler.response_body(body, end_of_stream);
+        }
+    }
+    if end_of_stream || trailers {
+        ctx.forward.finished = Some(Instant::now());
+    }
+    Ok(())
 }
 
 /// The request the provider sees: our path and host, the DRM's content type, and only the
 /// headers we decide on. The player's credentials and hop-by-hop headers never leave.
 pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
-    let Some(endpoint) = ctx.forward.target.as_ref().map(|target| &target.endpoint) else {
-        return Error::e_explain(ErrorType::InternalError, "no endpoint chosen");
+    let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) else {
+        return Error::e_explain(ErrorType::InternalError, "no plan or endpoint");
     };
-    let authorization = ctx.authorization.as_deref();
+    let endpoint = &target.endpoint;
+    let authorization = match &plan.authorizing {
+        Authorizing::Ready(authorization) => Some(authorization.as_ref()),
+        Authorizing::PerAttempt(_) => ctx.forward.authorization.as_deref(),
+        Authorizing::Nothing => None,
+    };
     let path = authorization
         .and_then(|a| a.path_and_query.as_deref())
         .unwrap_or(&endpoint.path_and_query);
@@ -753,11 +833,9 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     };
     let mut request = RequestHeader::build_no_case(Method::POST, path.as_bytes(), Some(10))?;
     request.insert_header(header::HOST, endpoint.authority.as_str())?;
-    if let Some(drm) = ctx.drm {
-        request.insert_header(header::CONTENT_TYPE, drm.upstream_content_type())?;
-    }
-    request.insert_header(header::CONTENT_LENGTH, ctx.challenge_len.to_string())?;
-    if let Some(action) = &ctx.soap_action {
+    request.insert_header(header::CONTENT_TYPE, plan.drm.upstream_content_type())?;
+    request.insert_header(header::CONTENT_LENGTH, plan.challenge_len.to_string())?;
+    if let Some(action) = &plan.soap_action {
         request.insert_header("SOAPAction", action)?;
     }
     if let Some(client) = &ctx.client {
@@ -773,7 +851,7 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
 /// Whether a failed attempt may be tried again: within the provider's retry count and total
 /// budget, and only while nothing of the answer has reached the player.
 pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
-    let Some(upstream) = &ctx.upstream else {
+    let Some(upstream) = ctx.plan.as_ref().map(|plan| &plan.upstream) else {
         return false;
     };
     let within_budget = ctx
@@ -798,24 +876,26 @@ pub async fn inspect_response(
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
-    let Some(provider) = ctx.provider.clone() else {
+    let Some(plan) = ctx.plan.as_mut() else {
         return;
     };
+    if let Some(filler) = plan.service_certificate.as_mut() {
+        filler.response_header(status, headers);
+    }
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
-        ctx.forward.vendor_reason = provider.refusal_reason(headers);
-    } else if let (Some(devices), Some((user, limit)), None) =
-        (&state.devices, &ctx.device_limit, &ctx.service_certificate)
-    {
-        let device = provider.device(headers);
-        if let Err(problem) = devices.admit(user, &device, *limit).await {
+        ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
+    } else if let (Some(devices), Some(limit), None) = (
+        &state.devices,
+        &plan.device_limit,
+        &plan.service_certificate,
+    ) {
+        let device = plan.provider.device(headers);
+        if let Err(problem) = devices.admit(&limit.user, &device, limit.limit).await {
             ctx.status = problem.status;
             ctx.outcome = problem.code;
             ctx.held_back = Some(problem.to_body(&ctx.request_id));
         }
-    }
-    if let Some(filler) = ctx.service_certificate.as_mut() {
-        filler.response_header(status, headers);
     }
 }
 
@@ -834,8 +914,8 @@ pub fn vendor_answer_headers(
         refusal.insert_header(header::CONTENT_LENGTH, length.to_string())?;
         refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
         *response = refusal;
-    } else if let Some(provider) = &ctx.provider {
-        for name in provider.internal_headers() {
+    } else if let Some(plan) = &ctx.plan {
+        for name in plan.provider.internal_headers() {
             response.remove_header(name);
         }
     }
@@ -852,6 +932,32 @@ pub fn answer_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream
         } else {
             None
         };
+    }
+}
+
+/// Phase "answer" after a forward failed: the problem decided earlier or read from the error,
+/// unless part of the provider's answer already left, when all that is left is to cut the stream.
+pub async fn fail(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    error: &Error,
+) -> FailToProxy {
+    let problem = ctx
+        .pending_problem
+        .take()
+        .unwrap_or_else(|| classify_failure(error));
+    let status = problem.status;
+    let can_reuse_downstream = if session.response_written().is_none() {
+        let local = problem_answer(&problem, ctx);
+        answer(state, session, ctx, local).await.is_ok()
+    } else {
+        ctx.outcome = problem.code;
+        false
+    };
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream,
     }
 }
 

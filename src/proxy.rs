@@ -2,7 +2,6 @@
 //! `pipeline.rs`, not here.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,7 +58,10 @@ impl ProxyHttp for LicenseProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let answer = match pipeline::admit(&self.state, session, ctx).await {
-            Ok(Admission::Forward) => return Ok(false),
+            Ok(Admission::Forward(plan)) => {
+                ctx.plan = Some(*plan);
+                return Ok(false);
+            }
             Ok(Admission::Answer(answer)) => answer,
             Err(problem) => pipeline::problem_answer(&problem, ctx),
         };
@@ -176,15 +178,7 @@ impl ProxyHttp for LicenseProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if pipeline::past_deadline(ctx) {
-            return Error::e_explain(ErrorType::ReadTimedout, "answer outlived the total budget");
-        }
-        if let Some(filler) = ctx.service_certificate.as_mut() {
-            filler.response_body(body.as_ref(), end_of_stream);
-        }
-        if end_of_stream {
-            ctx.forward.finished = Some(Instant::now());
-        }
+        pipeline::capture_answer(ctx, body.as_ref(), end_of_stream, false)?;
         Ok(None)
     }
 
@@ -194,10 +188,7 @@ impl ProxyHttp for LicenseProxy {
         _trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(filler) = ctx.service_certificate.as_mut() {
-            filler.response_trailers();
-        }
-        Ok(())
+        pipeline::capture_answer(ctx, None, false, true)
     }
 
     fn response_body_filter(
@@ -217,25 +208,7 @@ impl ProxyHttp for LicenseProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let problem = ctx
-            .pending_problem
-            .take()
-            .unwrap_or_else(|| pipeline::classify_failure(e));
-        let status = problem.status;
-        let can_reuse_downstream = if session.response_written().is_none() {
-            let answer = pipeline::problem_answer(&problem, ctx);
-            pipeline::answer(&self.state, session, ctx, answer)
-                .await
-                .is_ok()
-        } else {
-            // Part of the provider's answer already left: all that is left is to cut the stream.
-            ctx.outcome = problem.code;
-            false
-        };
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream,
-        }
+        pipeline::fail(&self.state, session, ctx, e).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -69,7 +69,7 @@ impl State {
         self.config
             .routes
             .get(&drm)
-            .map(|provider| &self.providers[&provider.name])
+            .and_then(|provider| self.providers.get(&provider.name))
     }
 
     /// Every upstream a routed request may need: the routed license endpoints and the
@@ -77,7 +77,9 @@ impl State {
     pub fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
         for (drm, provider) in &self.config.routes {
-            let route = &self.providers[&provider.name];
+            let Some(route) = self.providers.get(&provider.name) else {
+                continue;
+            };
             let candidates = route
                 .upstream(*drm)
                 .cloned()
