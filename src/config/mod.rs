@@ -306,15 +306,14 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 format!("no provider named '{provider_name}' under [providers]"),
             ));
         };
-        if provider.kind == ProviderKind::Clearkey && drm != Drm::ClearKey {
+        let facts = crate::providers::facts(provider.kind);
+        if !facts.drms.contains(&drm) {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
-                format!(
-                    "'{provider_name}' is the built-in ClearKey server; it serves only clearkey"
-                ),
+                format!("'{provider_name}' does not serve {drm}"),
             ));
         }
-        if provider.kind != ProviderKind::Clearkey && provider.endpoints.for_drm(drm).is_none() {
+        if !facts.answers_locally && provider.endpoints.for_drm(drm).is_none() {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
                 format!("'{provider_name}' has no endpoints for {drm}"),
@@ -341,7 +340,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         // Provider authorizations name content and key IDs, which only the catalog knows.
         let authorizing = providers
             .values()
-            .find(|v| !matches!(v.kind, ProviderKind::Passthrough | ProviderKind::Clearkey));
+            .find(|provider| crate::providers::facts(provider.kind).needs_catalog);
         if let Some(provider) = authorizing {
             return Err(ConfigError::new(
                 format!("providers.{}.kind", provider.name),

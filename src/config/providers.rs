@@ -237,23 +237,20 @@ pub(super) fn validate_provider(
         }
     };
     let has_endpoints = !endpoints.sets().is_empty();
-    match provider.kind {
-        ProviderKind::Clearkey if has_endpoints => {
+    let facts = crate::providers::facts(provider.kind);
+    match (facts.answers_locally, has_endpoints) {
+        (true, true) => {
             return Err(ConfigError::new(
                 key("endpoints"),
-                "the built-in ClearKey server has no endpoints",
+                "licensegate answers for this kind itself: it has no endpoints",
             ));
         }
-        ProviderKind::Clearkey => {}
-        _ if !has_endpoints => {
+        (false, false) => {
             return Err(ConfigError::new(key("endpoints"), "list at least one URL"));
         }
         _ => {}
     }
-    let needs_settings = !matches!(
-        provider.kind,
-        ProviderKind::Passthrough | ProviderKind::Clearkey
-    );
+    let needs_settings = facts.takes_settings;
     if needs_settings != provider.settings.is_some() {
         let reason = if needs_settings {
             "this kind of provider needs its [settings]"
@@ -347,10 +344,7 @@ pub(super) fn validate_provider(
 
 /// Where each provider documents its refusal reason, unless the config says otherwise.
 pub(super) fn default_error_header(kind: ProviderKind) -> Option<&'static str> {
-    match kind {
-        ProviderKind::Axinom => Some("X-AxDRM-ErrorMessage"),
-        _ => None,
-    }
+    crate::providers::facts(kind).reason_header
 }
 
 pub(super) fn endpoint_list(key: &str, urls: &[String]) -> Result<Vec<Arc<Endpoint>>, ConfigError> {

@@ -11,10 +11,21 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider, rfc3339};
+use super::{
+    Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
+};
 use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
+
+/// An entitlement message names the content's key IDs; Axinom explains refusals in a header.
+pub const FACTS: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: Some("X-AxDRM-ErrorMessage"),
+};
 
 pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");
 

@@ -12,9 +12,21 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider, rfc3339};
+use super::{
+    Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
+};
 use crate::config::{ConfigError, Hdcp, ProviderConfig};
+use crate::drm::Drm;
 use crate::problem::Problem;
+
+/// The upfront token names the content (assetId).
+pub const FACTS: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: None,
+};
 
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
 pub const CUSTOM_DATA_HEADER: HeaderName = HeaderName::from_static("x-dt-custom-data");

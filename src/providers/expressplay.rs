@@ -13,11 +13,20 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 
-use super::{Authorization, LicenseRequest, Minting, Provider};
+use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, Endpoint, Hdcp, ProviderConfig, parse_endpoint};
 use crate::drm::Drm;
 use crate::problem::{Problem, Refusal};
 use crate::upstream::Upstream;
+
+/// The token request names the content's key IDs and keys.
+pub const FACTS: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: None,
+};
 
 /// ExpressPlay's longest (and default) token lifetime.
 const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;

@@ -13,9 +13,19 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Authorization, LicenseRequest, Minting, Provider};
+use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, Hdcp, ProviderConfig, SecretEncoding, decode_secret};
+use crate::drm::Drm;
 use crate::problem::Problem;
+
+/// Templates may name the content and its key IDs.
+pub const FACTS: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: None,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -154,6 +154,34 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What config must know of a provider kind before building it; each kind's file states its
+/// own, and config asks [`facts`].
+pub struct KindFacts {
+    /// Licensegate answers itself: the kind has no endpoints.
+    pub answers_locally: bool,
+    /// Its authorization names content and key IDs, which only the catalog knows.
+    pub needs_catalog: bool,
+    /// It reads `[providers.NAME.settings]`.
+    pub takes_settings: bool,
+    /// The DRMs a route may send it.
+    pub drms: &'static [Drm],
+    /// The response header in which the vendor explains a refusal, unless configured.
+    pub reason_header: Option<&'static str>,
+}
+
+/// The facts of `kind`, from the kind's own file.
+pub fn facts(kind: ProviderKind) -> &'static KindFacts {
+    match kind {
+        ProviderKind::Passthrough => &passthrough::FACTS,
+        ProviderKind::Clearkey => &clearkey::FACTS,
+        ProviderKind::Axinom => &axinom::FACTS,
+        ProviderKind::Expressplay => &expressplay::FACTS,
+        ProviderKind::Drmtoday => &drmtoday::FACTS,
+        ProviderKind::Pallycon => &pallycon::FACTS,
+        ProviderKind::Generic => &generic::FACTS,
+    }
+}
+
 /// The provider for a configured provider; a bad setting is a config error naming its key.
 pub fn build(
     config: &Arc<ProviderConfig>,

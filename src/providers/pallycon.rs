@@ -15,10 +15,19 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Authorization, LicenseRequest, Minting, Provider};
+use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
 use crate::drm::Drm;
 use crate::problem::Problem;
+
+/// The custom data names the content (cid).
+pub const FACTS: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: None,
+};
 
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
 /// How long PallyCon accepts a token after its timestamp.
