@@ -57,7 +57,7 @@ impl Connections {
         let client = client?;
         self.open
             .lock()
-            .expect("never held across a panic")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(client)
             .cloned()
     }
@@ -71,13 +71,16 @@ impl Connections {
         });
         self.open
             .lock()
-            .expect("never held across a panic")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(client, clock.clone());
         clock
     }
 
     fn close(&self, client: &SocketAddr, clock: &Arc<ConnectionClock>) {
-        let mut open = self.open.lock().expect("never held across a panic");
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The address may already belong to a newer connection.
         if open
             .get(client)

@@ -205,7 +205,8 @@ impl Problem {
             request_id,
             extensions: &self.extensions,
         };
-        Bytes::from(serde_json::to_vec(&body).expect("problem body serializes"))
+        // Strings and numbers always serialize; an empty body would still carry the status.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 }
 

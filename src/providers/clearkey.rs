@@ -118,9 +118,9 @@ pub fn license(
             "temporary"
         },
     };
-    Ok(Bytes::from(
-        serde_json::to_vec(&set).expect("key sets serialize"),
-    ))
+    serde_json::to_vec(&set)
+        .map(Bytes::from)
+        .map_err(|_| Problem::internal())
 }
 
 #[cfg(test)]
