@@ -14,8 +14,9 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use crate::challenge::Kid;
-use crate::config::{ConfigError, Policy};
+use crate::config::ConfigError;
 use crate::keyseed::KeySeed;
+use crate::policy::Policy;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,7 +334,7 @@ mod tests {
                 "default".to_string(),
                 Arc::new(Policy {
                     security_level: 1,
-                    hdcp: crate::config::Hdcp::None,
+                    hdcp: crate::policy::Hdcp::None,
                     license_duration_seconds: 0,
                     persistent: false,
                     renewal_interval_seconds: 0,

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::catalog::Content;
-use crate::config::{EntitlementServiceSettings, EntitlementSettings, Policy};
+use crate::config::{EntitlementServiceSettings, EntitlementSettings};
+use crate::policy::Policy;
 use crate::problem::{Problem, Refusal};
 
 /// Permission to play, with the policy the license must carry.

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod playready;
+pub mod policy;
 pub mod problem;
 pub mod providers;
 pub mod proxy;

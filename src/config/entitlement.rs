@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
+use crate::policy::{Hdcp, Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,7 +54,7 @@ pub(super) fn default_entitlement_cache() -> u64 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
+pub(super) struct PolicyFile {
     /// 1 (software) to 5 (hardware secure decode), Widevine's scale.
     #[serde(default = "default_security_level")]
     pub security_level: u8,
@@ -73,15 +74,16 @@ pub(super) fn default_security_level() -> u8 {
     1
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum Hdcp {
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    #[serde(rename = "1.4")]
-    V1_4,
-    #[serde(rename = "2.2")]
-    V2_2,
+impl From<PolicyFile> for Policy {
+    fn from(file: PolicyFile) -> Self {
+        Policy {
+            security_level: file.security_level,
+            hdcp: file.hdcp,
+            license_duration_seconds: file.license_duration_seconds,
+            persistent: file.persistent,
+            renewal_interval_seconds: file.renewal_interval_seconds,
+        }
+    }
 }
 
 #[derive(Debug)]

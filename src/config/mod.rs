@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::drm::Drm;
 use crate::keyseed::KeySeed;
+use crate::policy::Policy;
 pub use auth::*;
 pub use authorization_cache::*;
 pub use catalog::*;
@@ -106,7 +107,7 @@ struct FileConfig {
     #[serde(default)]
     pub entitlement: Entitlement,
     #[serde(default)]
-    pub policies: BTreeMap<String, Policy>,
+    pub policies: BTreeMap<String, PolicyFile>,
     pub demo: Option<Demo>,
     #[serde(default)]
     pub authorization_cache: AuthorizationCache,
@@ -372,7 +373,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 "must be between 1 and 5",
             ));
         }
-        policies.insert(name, Arc::new(policy));
+        policies.insert(name, Arc::new(Policy::from(policy)));
     }
     let entitlement = validate_entitlement(file.entitlement, &mut policies)?;
     let demo_root = match file.demo {

@@ -149,7 +149,7 @@ impl AuthorizationCache {
 mod tests {
     use super::*;
     use crate::catalog::Content;
-    use crate::config::{Hdcp, Policy};
+    use crate::policy::{Hdcp, Policy};
     use async_trait::async_trait;
     use http::HeaderMap;
     use std::sync::atomic::AtomicUsize;

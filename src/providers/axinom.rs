@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use super::{
     Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
 };
-use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
+use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
+use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
 
 /// An entitlement message names the content's key IDs; Axinom explains refusals in a header.

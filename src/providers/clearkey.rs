@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::{Authorization, KindFacts, LicenseRequest, LocalLicense, Minting, Provider};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
-use crate::config::Policy;
 use crate::drm::Drm;
+use crate::policy::Policy;
 use crate::problem::{Problem, Refusal};
 
 /// licensegate's own ClearKey server: no endpoints; keys from the catalog when one is configured.
@@ -127,7 +127,7 @@ pub fn license(
 mod tests {
     use super::*;
     use crate::challenge::Kid;
-    use crate::config::Hdcp;
+    use crate::policy::Hdcp;
     use std::collections::HashMap;
 
     fn demo() -> (Content, Kid) {

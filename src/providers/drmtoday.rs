@@ -15,8 +15,9 @@ use serde_json::json;
 use super::{
     Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
 };
-use crate::config::{ConfigError, Hdcp, ProviderConfig};
+use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
+use crate::policy::Hdcp;
 use crate::problem::Problem;
 
 /// The upfront token names the content (assetId).

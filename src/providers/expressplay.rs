@@ -14,8 +14,9 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 
 use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
-use crate::config::{ConfigError, Endpoint, Hdcp, ProviderConfig, parse_endpoint};
+use crate::config::{ConfigError, Endpoint, ProviderConfig, parse_endpoint};
 use crate::drm::Drm;
+use crate::policy::Hdcp;
 use crate::problem::{Problem, Refusal};
 use crate::upstream::Upstream;
 

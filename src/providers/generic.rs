@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
-use crate::config::{ConfigError, Hdcp, ProviderConfig, SecretEncoding, decode_secret};
+use crate::config::{ConfigError, ProviderConfig, SecretEncoding, decode_secret};
 use crate::drm::Drm;
+use crate::policy::Hdcp;
 use crate::problem::Problem;
 
 /// Templates may name the content and its key IDs.

@@ -23,8 +23,9 @@ use serde::de::DeserializeOwned;
 
 use crate::catalog::Content;
 use crate::challenge::{ChallengeInfo, Kid};
-use crate::config::{ConfigError, Policy, ProviderConfig, ProviderKind};
+use crate::config::{ConfigError, ProviderConfig, ProviderKind};
 use crate::drm::Drm;
+use crate::policy::Policy;
 use crate::problem::Problem;
 use crate::upstream::Upstream;
 

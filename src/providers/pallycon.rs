@@ -16,8 +16,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
-use crate::config::{ConfigError, Hdcp, Policy, ProviderConfig};
+use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
+use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
 
 /// The custom data names the content (cid).
