@@ -569,7 +569,11 @@ impl Drop for Gate {
 
 /// Asserts an RFC 7807 body with our members and returns it.
 pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
-    assert_eq!(response.status().as_u16(), status);
+    if response.status().as_u16() != status {
+        let got = response.status();
+        let body = response.text().await.unwrap_or_default();
+        panic!("expected {status} {code}, got {got}: {body}");
+    }
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
