@@ -21,11 +21,8 @@ use crate::problem::Problem;
 
 /// An entitlement message names the content's key IDs; Axinom explains refusals in a header.
 pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: true,
-    takes_settings: true,
-    drms: &Drm::ALL,
     reason_header: Some("X-AxDRM-ErrorMessage"),
+    ..KindFacts::VENDOR
 };
 
 pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");

@@ -16,18 +16,11 @@ use super::{
     Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
 };
 use crate::config::{ConfigError, ProviderConfig};
-use crate::drm::Drm;
 use crate::policy::Hdcp;
 use crate::problem::Problem;
 
 /// The upfront token names the content (assetId).
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: true,
-    takes_settings: true,
-    drms: &Drm::ALL,
-    reason_header: None,
-};
+pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
 pub const CUSTOM_DATA_HEADER: HeaderName = HeaderName::from_static("x-dt-custom-data");

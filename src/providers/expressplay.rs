@@ -21,13 +21,7 @@ use crate::problem::{Problem, Refusal};
 use crate::upstream::Upstream;
 
 /// The token request names the content's key IDs and keys.
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: true,
-    takes_settings: true,
-    drms: &Drm::ALL,
-    reason_header: None,
-};
+pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 /// ExpressPlay's longest (and default) token lifetime.
 const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;

@@ -15,18 +15,11 @@ use serde_json::Value;
 
 use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig, SecretEncoding, decode_secret};
-use crate::drm::Drm;
 use crate::policy::Hdcp;
 use crate::problem::Problem;
 
 /// Templates may name the content and its key IDs.
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: true,
-    takes_settings: true,
-    drms: &Drm::ALL,
-    reason_header: None,
-};
+pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -170,6 +170,17 @@ pub struct KindFacts {
     pub reason_header: Option<&'static str>,
 }
 
+impl KindFacts {
+    /// A vendor's cloud: endpoints, settings, an authorization naming the content, any DRM.
+    pub const VENDOR: KindFacts = KindFacts {
+        answers_locally: false,
+        needs_catalog: true,
+        takes_settings: true,
+        drms: &Drm::ALL,
+        reason_header: None,
+    };
+}
+
 /// The facts of `kind`, from the kind's own file.
 pub fn facts(kind: ProviderKind) -> &'static KindFacts {
     match kind {

@@ -22,13 +22,7 @@ use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
 
 /// The custom data names the content (cid).
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: true,
-    takes_settings: true,
-    drms: &Drm::ALL,
-    reason_header: None,
-};
+pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
 /// How long PallyCon accepts a token after its timestamp.
