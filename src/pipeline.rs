@@ -368,6 +368,11 @@ async fn authorize(
             preflight: false,
         }));
     }
+    // Nothing is minted (a token service may bill for it) for a DRM this provider has no
+    // endpoint for.
+    if provider.upstream(request.drm).is_none() {
+        return Err(Problem::drm_not_routed(request.drm.as_str()));
+    }
     if provider.provider.minting() == Minting::PerAttempt {
         return Ok(Authorized::Forward(Authorizing::PerAttempt(Box::new(
             request,

@@ -77,8 +77,8 @@ refusals! {
     DeviceStoreUnavailable: 503, "device_store_unavailable", "Device registry unavailable";
     DeviceNotRegistered: 404, "device_not_registered", "No such device";
     AdminTokenInvalid: 401, "admin_token_invalid", "Admin token missing or wrong";
-    VendorTokenRefused: 502, "vendor_token_refused", "The provider's token service refused the request";
-    VendorTokenInvalid: 502, "vendor_token_invalid", "The provider's token service answer is unusable";
+    VendorTokenRefused: 502, "vendor_token_refused", "The vendor's token service refused the request";
+    VendorTokenInvalid: 502, "vendor_token_invalid", "The vendor's token service answer is unusable";
     UpstreamUnavailable: 502, "upstream_unavailable", "License server unavailable";
     UpstreamError: 502, "upstream_error", "License server failed";
     UpstreamTimeout: 504, "upstream_timeout", "License server timed out";

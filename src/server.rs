@@ -309,8 +309,16 @@ fn resolve_before_serving(providers: &HashMap<String, ProviderRoute>) {
                 .map(|(_, upstream)| upstream.clone())
                 .chain(route.provider.upstreams());
             for upstream in upstreams {
-                if let Err(e) = upstream.discover().await {
-                    tracing::warn!(endpoints = upstream.label(), error = %e, "endpoints not resolved at start");
+                // A resolver that hangs must not hold up the start: the background service
+                // keeps trying.
+                let resolved =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), upstream.discover())
+                        .await;
+                if !matches!(resolved, Ok(Ok(()))) {
+                    tracing::warn!(
+                        endpoints = upstream.label(),
+                        "endpoints not resolved at start"
+                    );
                 }
             }
         }

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = licensegate::manifest::dash_kids(data);
+    let _ = licensegate_drm::manifest::dash_kids(data);
 });
