@@ -34,7 +34,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 /// The `licensegate` binary Cargo built for the running integration test: it sits beside the
 /// test's own `deps/` folder. `LICENSEGATE_BIN` names another.
-pub fn licensegate_binary() -> PathBuf {
+fn licensegate_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("LICENSEGATE_BIN") {
         return path.into();
     }
