@@ -10,8 +10,9 @@ declare -A seeds=(
   [playready]="$fixtures/license-request-v4.0.xml"
   [clearkey]="$fixtures/clearkey-request-kid-01020304.json"
   [dash_manifest]="$fixtures/clearkey-demo.mpd"
+  [fairplay]="$fixtures/fairplay-requests/*"
 )
-for target in widevine playready clearkey dash_manifest; do
+for target in widevine playready clearkey dash_manifest fairplay; do
   mkdir -p "corpus/$target"
   cp ${seeds[$target]} "corpus/$target/"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- \
