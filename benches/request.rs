@@ -88,6 +88,7 @@ fn forward(c: &mut Criterion) {
         service_certificate: None,
         soap_action: None,
         challenge_len: 2048,
+        fairplay: None,
     });
     ctx.forward.target = Some(licensegate::upstream::Target {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
@@ -260,6 +261,7 @@ fn providers(c: &mut Criterion) {
             free: false,
             tiers: Vec::new(),
             hls: None,
+            fairplay_iv: None,
         }),
         drm: Drm::Widevine,
         key_ids: vec![kid],

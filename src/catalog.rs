@@ -44,6 +44,9 @@ struct EntryFile {
     #[serde(default)]
     tiers: Vec<String>,
     hls: Option<HlsFile>,
+    /// The IV the FairPlay content was packaged with (32 hex digits), for providers whose
+    /// authorization carries it (ExpressPlay).
+    fairplay_iv: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +68,7 @@ pub struct Content {
     pub free: bool,
     pub tiers: Vec<String>,
     pub hls: Option<HlsKey>,
+    pub fairplay_iv: Option<[u8; 16]>,
 }
 
 #[derive(Debug)]
@@ -246,6 +250,10 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
             })
         })
         .transpose()?;
+    let fairplay_iv = entry
+        .fairplay_iv
+        .map(|iv| key16(&iv).map_err(|e| ConfigError::new(at("fairplay_iv"), e)))
+        .transpose()?;
     if key_ids.is_empty() && hls.is_none() {
         return Err(ConfigError::new(
             format!("content.{id}"),
@@ -261,6 +269,7 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
         free: entry.free,
         tiers: entry.tiers,
         hls,
+        fairplay_iv,
     })
 }
 

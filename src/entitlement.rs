@@ -276,6 +276,7 @@ mod tests {
             free: false,
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             hls: None,
+            fairplay_iv: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cors;
 pub mod demo;
 pub mod devices;
 pub mod entitlement;
+pub mod fairplay;
 pub mod forwarded;
 pub mod listener;
 pub mod metrics;

@@ -35,6 +35,7 @@ use crate::challenge::{self, ChallengeInfo, RequestType};
 use crate::config::ProviderConfig;
 use crate::cors::{self, Origin};
 use crate::drm::Drm;
+use crate::fairplay;
 use crate::forwarded::{self, ClientAddress};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem, Refusal};
@@ -62,6 +63,10 @@ pub struct RequestCtx {
     pub plan: Option<ForwardPlan>,
     /// The refusal sent in place of a license the player must not get.
     pub held_back: Option<Bytes>,
+    /// The provider's answer, read whole before the player sees any of it.
+    pub whole_answer: Option<WholeAnswer>,
+    /// The envelope a FairPlay player sent its SPC in.
+    pub fairplay_format: Option<&'static str>,
     pub content_id: Option<String>,
     /// The player's address and the `X-Forwarded-For` built for the provider.
     pub client: Option<ClientAddress>,
@@ -109,6 +114,8 @@ impl RequestCtx {
             provider_config: None,
             plan: None,
             held_back: None,
+            whole_answer: None,
+            fairplay_format: None,
             content_id: None,
             client: None,
             request_type: None,
@@ -142,6 +149,8 @@ pub struct LocalAnswer {
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
     pub preflight: bool,
+    /// How long the answer may be reused; `None`: never (`no-store`).
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl LocalAnswer {
@@ -152,6 +161,7 @@ impl LocalAnswer {
             content_type: Some(HeaderValue::from_static(problem::CONTENT_TYPE)),
             body: problem.to_body(request_id),
             preflight: false,
+            max_age: None,
         }
     }
 
@@ -162,6 +172,7 @@ impl LocalAnswer {
             content_type: certificate.content_type,
             body: certificate.body,
             preflight: false,
+            max_age: None,
         }
     }
 }
@@ -183,6 +194,22 @@ pub struct ForwardPlan {
     /// The validated SOAPAction of a PlayReady challenge.
     pub soap_action: Option<HeaderValue>,
     pub challenge_len: usize,
+    /// A FairPlay request re-wrapped for the provider, and how its answer goes back.
+    pub fairplay: Option<FairPlayLeg>,
+}
+
+/// The FairPlay SPC in the provider's envelope, sent in place of the player's body.
+pub struct FairPlayLeg {
+    pub body: Bytes,
+    pub content_type: &'static str,
+    pub answering: fairplay::Answering,
+}
+
+/// A provider's answer collected whole, and the header that goes with it to the player.
+#[derive(Default)]
+pub struct WholeAnswer {
+    pub header: Option<Box<pingora::http::ResponseHeader>>,
+    pub body: BytesMut,
 }
 
 /// What the provider sees with the challenge besides it.
@@ -204,15 +231,24 @@ pub struct DeviceLimit {
 pub enum Route {
     License(Drm),
     HlsKey,
+    FairPlayCertificate,
     Preflight,
 }
 
 const HLS_KEY_PATH: &str = "/v1/hls/key";
+const FAIRPLAY_CERTIFICATE_PATH: &str = "/v1/fairplay/certificate";
 /// The metrics and log label of HLS AES-128 key requests, in place of a DRM name.
 pub const HLS_LABEL: &str = "hls-aes";
 
 /// Phase 1: which endpoint of our API this is.
 pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
+    if path == FAIRPLAY_CERTIFICATE_PATH {
+        return match *method {
+            Method::GET => Ok(Route::FairPlayCertificate),
+            Method::OPTIONS => Ok(Route::Preflight),
+            _ => Err(Problem::method_not_allowed()),
+        };
+    }
     if path == HLS_KEY_PATH {
         return match *method {
             Method::GET => Ok(Route::HlsKey),
@@ -254,6 +290,7 @@ pub async fn admit(
     let drm = match route(&request.method, request.uri.path())? {
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
+        Route::FairPlayCertificate => return fairplay_certificate(state, session, ctx).await,
         Route::License(drm) => drm,
     };
     ctx.label = drm.as_str();
@@ -271,34 +308,77 @@ pub async fn admit(
     };
 
     let challenge = read_challenge(session, &state.config.server).await?;
-    let plan = |provider: &ProviderRoute, authorizing, device_limit| {
-        Ok::<_, Problem>(ForwardPlan {
-            drm,
-            provider: provider.provider.clone(),
-            upstream: provider
-                .upstream(drm)
-                .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
-                .clone(),
-            authorizing,
-            device_limit,
-            service_certificate: None,
-            soap_action: soap_action.clone(),
-            challenge_len: challenge.len(),
+    let player = match drm {
+        Drm::FairPlay => {
+            let player = fairplay::read_request(
+                &challenge,
+                &session.req_header().headers,
+                &state.config.fairplay,
+            )?;
+            ctx.fairplay_format = Some(player.spc.format.as_str());
+            Some(player)
+        }
+        _ => None,
+    };
+    let fairplay_leg = |provider: &ProviderRoute, request: Option<&LicenseRequest>| {
+        player.as_ref().map(|player| {
+            let (body, content_type) =
+                fairplay::vendor_body(provider.provider.as_ref(), request, player);
+            FairPlayLeg {
+                body,
+                content_type,
+                answering: fairplay::Answering::new(&state.config.fairplay, &player.spc.format),
+            }
         })
     };
+    let plan =
+        |provider: &ProviderRoute, authorizing, device_limit, fairplay: Option<FairPlayLeg>| {
+            Ok::<_, Problem>(ForwardPlan {
+                drm,
+                provider: provider.provider.clone(),
+                upstream: provider
+                    .upstream(drm)
+                    .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
+                    .clone(),
+                authorizing,
+                device_limit,
+                service_certificate: None,
+                soap_action: soap_action.clone(),
+                challenge_len: fairplay
+                    .as_ref()
+                    .map_or(challenge.len(), |leg| leg.body.len()),
+                fairplay,
+            })
+        };
     if drm.is_service_certificate_request(&challenge) {
-        let plan = plan(&route, Authorizing::Nothing, None)?;
+        let plan = plan(&route, Authorizing::Nothing, None, None)?;
         return service_certificate(state, &route, plan).await;
     }
-    let requested_id = content_id(session.req_header())?;
+    let requested_id = match content_id(session.req_header())? {
+        Some(id) => Some(id),
+        None => player
+            .as_ref()
+            .and_then(fairplay::PlayerRequest::content_id)
+            .map(valid_content_id)
+            .transpose()?,
+    };
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
-        let plan = plan(&route, Authorizing::Nothing, None)?;
+        let plan = plan(
+            &route,
+            Authorizing::Nothing,
+            None,
+            fairplay_leg(&route, None),
+        )?;
         return Ok(Admission::Forward(Box::new(plan)));
     };
-    let info = challenge::parse(drm, &challenge)
+    let mut info = challenge::parse(drm, &challenge)
         .map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
+    // The SPC names no key; the skd URI the player was given does.
+    if let Some(kid) = player.as_ref().and_then(fairplay::PlayerRequest::kid) {
+        info.key_ids.push(kid);
+    }
     ctx.request_type = Some(info.request_type);
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
@@ -337,11 +417,12 @@ pub async fn admit(
         policy: grant.policy,
         client_ip,
     };
+    let fairplay = fairplay_leg(&provider, Some(&request));
     let authorizing = match authorize(state, &provider, request, &info).await? {
         Authorized::Locally(answer) => return Ok(Admission::Answer(answer)),
         Authorized::Forward(authorizing) => authorizing,
     };
-    let plan = plan(&provider, authorizing, device_limit)?;
+    let plan = plan(&provider, authorizing, device_limit, fairplay)?;
     Ok(Admission::Forward(Box::new(plan)))
 }
 
@@ -366,6 +447,7 @@ async fn authorize(
             content_type: Some(HeaderValue::from_static(license.content_type)),
             body: license.body,
             preflight: false,
+            max_age: None,
         }));
     }
     // Nothing is minted (a token service may bill for it) for a DRM this provider has no
@@ -544,6 +626,43 @@ async fn hls_key(
         content_type: Some(HeaderValue::from_static("application/octet-stream")),
         body: Bytes::copy_from_slice(&hls.key),
         preflight: false,
+        max_age: None,
+    }))
+}
+
+/// `GET /v1/fairplay/certificate[?content=ID]`: the FairPlay application certificate (DER) of
+/// the provider serving FairPlay, or of the content's provider. It is public (every player of
+/// the service holds it), so no token is asked for.
+async fn fairplay_certificate(
+    state: &State,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admission, Problem> {
+    ctx.label = Drm::FairPlay.as_str();
+    let route = state
+        .route(Drm::FairPlay)
+        .ok_or_else(|| Problem::drm_not_routed(Drm::FairPlay.as_str()))?;
+    let provider = match (content_id(session.req_header())?, &state.catalog) {
+        (Some(id), Some(catalog)) => {
+            let content =
+                resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
+            ctx.content_id = Some(content.id.clone());
+            match &content.provider {
+                Some(name) => state.providers.get(name).ok_or_else(Problem::internal)?,
+                None => route,
+            }
+        }
+        _ => route,
+    };
+    ctx.provider_config = Some(provider.config.clone());
+    let certificate = state.fairplay_certificates.get(provider).await?;
+    Ok(Admission::Answer(LocalAnswer {
+        status: 200,
+        outcome: "certificate",
+        content_type: Some(HeaderValue::from_static("application/octet-stream")),
+        body: certificate,
+        preflight: false,
+        max_age: Some(state.config.fairplay.certificate_cache),
     }))
 }
 
@@ -557,6 +676,7 @@ fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
         content_type: None,
         body: Bytes::new(),
         preflight: true,
+        max_age: None,
     }))
 }
 
@@ -615,13 +735,19 @@ pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
             None => return Ok(None),
         },
     };
+    valid_content_id(id).map(Some)
+}
+
+/// A content id as the catalog spells them; anything else never reaches a log or a provider.
+fn valid_content_id(id: impl Into<String>) -> Result<String, Problem> {
+    let id = id.into();
     let well_formed = !id.is_empty()
         && id.len() <= MAX_CONTENT_ID_LEN
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
     if well_formed {
-        Ok(Some(id))
+        Ok(id)
     } else {
         Err(Problem::content_id_invalid())
     }
@@ -838,7 +964,11 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     };
     let mut request = RequestHeader::build_no_case(Method::POST, path.as_bytes(), Some(10))?;
     request.insert_header(header::HOST, endpoint.authority.as_str())?;
-    request.insert_header(header::CONTENT_TYPE, plan.drm.upstream_content_type())?;
+    let content_type = plan
+        .fairplay
+        .as_ref()
+        .map_or(plan.drm.upstream_content_type(), |leg| leg.content_type);
+    request.insert_header(header::CONTENT_TYPE, content_type)?;
     request.insert_header(header::CONTENT_LENGTH, plan.challenge_len.to_string())?;
     if let Some(action) = &plan.soap_action {
         request.insert_header("SOAPAction", action)?;
@@ -868,21 +998,35 @@ pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
         && session.response_written().is_none()
 }
 
+/// Phase "forward", the body of each attempt: the player's challenge, or the FairPlay SPC
+/// re-wrapped for the provider. Pingora hands over the whole buffered body once per attempt.
+pub fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
+    if let (Some(leg), Some(chunk)) = (
+        ctx.plan.as_ref().and_then(|plan| plan.fairplay.as_ref()),
+        body.as_mut(),
+    ) && !chunk.is_empty()
+    {
+        *chunk = leg.body.clone();
+    }
+}
+
 /// Phase "inspect response": note what the provider said, and hold a license back from a device
-/// beyond the user's limit. Otherwise the answer passes unchanged.
+/// beyond the user's limit. A 2xx answer that must be read before the player sees it (a FairPlay
+/// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole: the return
+/// value asks the caller to hold the response. Otherwise the answer passes unchanged.
 pub async fn inspect_response(
     state: &State,
     ctx: &mut RequestCtx,
     status: u16,
     headers: &http::HeaderMap,
-) {
+) -> bool {
     ctx.forward.status = Some(status);
     ctx.status = status;
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
     let Some(plan) = ctx.plan.as_mut() else {
-        return;
+        return false;
     };
     if let Some(filler) = plan.service_certificate.as_mut() {
         filler.response_header(status, headers);
@@ -902,13 +1046,20 @@ pub async fn inspect_response(
             ctx.held_back = Some(problem.to_body(&ctx.request_id));
         }
     }
+    let read_whole = (200..300).contains(&status)
+        && ctx.held_back.is_none()
+        && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
+    if read_whole {
+        ctx.whole_answer = Some(WholeAnswer::default());
+    }
+    read_whole
 }
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our
 /// request id and CORS added.
 pub fn vendor_answer_headers(
     state: &State,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     response: &mut pingora::http::ResponseHeader,
 ) -> pingora::Result<()> {
     if ctx.held_back.is_some() {
@@ -926,18 +1077,128 @@ pub fn vendor_answer_headers(
     }
     response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     cors::decorate(&state.config.cors, &ctx.origin, response);
+    if let Some(whole) = ctx.whole_answer.as_mut() {
+        whole.header = Some(Box::new(response.clone()));
+    }
     Ok(())
 }
 
-/// The body the player receives: the provider's, or the refusal in place of a held-back license.
-pub fn answer_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+/// The body the player receives: the provider's; the refusal in place of a held-back license;
+/// or, for an answer read whole, what [`finish_whole_answer`] makes of it, with the header that
+/// replaces the provider's (returned).
+pub fn answer_body(
+    state: &State,
+    ctx: &mut RequestCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> pingora::Result<Option<Box<pingora::http::ResponseHeader>>> {
     if ctx.held_back.is_some() {
         *body = if end_of_stream {
             ctx.held_back.take()
         } else {
             None
         };
+        return Ok(None);
     }
+    let Some(whole) = ctx.whole_answer.as_mut() else {
+        return Ok(None);
+    };
+    if let Some(chunk) = body.take() {
+        if whole.body.len() + chunk.len() > fairplay::MAX_ANSWER_BYTES {
+            ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
+                format!("the answer exceeds {} bytes", fairplay::MAX_ANSWER_BYTES),
+            ));
+            return Error::e_explain(ErrorType::InternalError, "answer too large to read whole");
+        }
+        whole.body.extend_from_slice(&chunk);
+    }
+    if !end_of_stream {
+        return Ok(None);
+    }
+    let (header, answer) = finish_whole_answer(state, ctx)?;
+    *body = Some(answer);
+    Ok(header)
+}
+
+/// The answer read whole ended with trailers: they are dropped, and the body goes out in their
+/// place.
+pub fn answer_trailers(
+    state: &State,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<(Option<Bytes>, Option<Box<pingora::http::ResponseHeader>>)> {
+    if ctx.whole_answer.is_none() {
+        return Ok((None, None));
+    }
+    let (header, body) = finish_whole_answer(state, ctx)?;
+    Ok((Some(body), header))
+}
+
+/// Phase "inspect response" for an answer read whole: a refusal inside a 2xx becomes the
+/// player's problem; a FairPlay CKC goes back in the player's envelope; anything else passes
+/// unchanged. Returns the header to send in place of the provider's (`None`: keep it).
+fn finish_whole_answer(
+    state: &State,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<(Option<Box<pingora::http::ResponseHeader>>, Bytes)> {
+    let (Some(whole), Some(plan)) = (ctx.whole_answer.take(), ctx.plan.as_ref()) else {
+        return Error::e_explain(ErrorType::InternalError, "no answer or plan to finish");
+    };
+    let Some(mut header) = whole.header else {
+        return Error::e_explain(ErrorType::InternalError, "answer body before its header");
+    };
+    let body = whole.body.freeze();
+    let converted = match plan.provider.refusal_in_answer(&body) {
+        Some(refusal) => {
+            ctx.forward.vendor_reason = Some(bounded_reason(&refusal));
+            Err(Problem::new(Refusal::VendorRefused)
+                .with_detail(format!("{}: {}", refusal.code, refusal.message))
+                .with_extension("vendor_code", refusal.code.into())
+                .with_extension("vendor_message", refusal.message.into()))
+        }
+        None => match &plan.fairplay {
+            Some(leg) => leg
+                .answering
+                .answer(plan.provider.as_ref(), &body)
+                .map(|ckc| (ckc, leg.answering.format.content_type())),
+            None => return Ok((None, body)),
+        },
+    };
+    match converted {
+        Ok((ckc, content_type)) => {
+            // Pingora downgrades the version and marks a length-less answer chunked only after
+            // `response_filter`, where this header was kept.
+            header.set_version(http::Version::HTTP_11);
+            header.remove_header(&header::TRANSFER_ENCODING);
+            header.insert_header(header::CONTENT_TYPE, content_type)?;
+            header.insert_header(header::CONTENT_LENGTH, ckc.len().to_string())?;
+            header.remove_header(&header::CONTENT_ENCODING);
+            Ok((Some(header), ckc))
+        }
+        Err(problem) => {
+            ctx.status = problem.status;
+            ctx.outcome = problem.code;
+            let body = problem.to_body(&ctx.request_id);
+            let mut refusal = pingora::http::ResponseHeader::build(problem.status, Some(6))?;
+            refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
+            refusal.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+            refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
+            refusal.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+            cors::decorate(&state.config.cors, &ctx.origin, &mut refusal);
+            Ok((Some(Box::new(refusal)), body))
+        }
+    }
+}
+
+fn bounded_reason(refusal: &crate::providers::AnswerRefusal) -> String {
+    let mut reason = format!("{}: {}", refusal.code, refusal.message);
+    if reason.len() > 256 {
+        let cut = (0..=256)
+            .rev()
+            .find(|i| reason.is_char_boundary(*i))
+            .unwrap_or(0);
+        reason.truncate(cut);
+    }
+    reason
 }
 
 /// Phase "answer" after a forward failed: the problem decided earlier or read from the error,
@@ -996,9 +1257,16 @@ pub async fn answer(
     }
     response.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
     response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    match answer.max_age {
+        Some(age) => response.insert_header(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", age.as_secs()),
+        )?,
+        None => response.insert_header(header::CACHE_CONTROL, "no-store")?,
+    };
     if answer.status == 405 {
-        let allow = if session.req_header().uri.path() == HLS_KEY_PATH {
+        let path = session.req_header().uri.path();
+        let allow = if path == HLS_KEY_PATH || path == FAIRPLAY_CERTIFICATE_PATH {
             "GET, OPTIONS"
         } else {
             "POST, OPTIONS"
@@ -1078,6 +1346,7 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         upstream_ms = upstream_time.map(millis),
         attempts = ctx.forward.tried.len(),
         vendor_reason = ctx.forward.vendor_reason.as_deref(),
+        fairplay_format = ctx.fairplay_format,
         error = error.map(|e| e.etype().as_str()),
     );
 }

@@ -79,6 +79,9 @@ refusals! {
     AdminTokenInvalid: 401, "admin_token_invalid", "Admin token missing or wrong";
     VendorTokenRefused: 502, "vendor_token_refused", "The vendor's token service refused the request";
     VendorTokenInvalid: 502, "vendor_token_invalid", "The vendor's token service answer is unusable";
+    VendorRefused: 403, "vendor_refused", "The license server refused the license";
+    VendorAnswerInvalid: 502, "vendor_answer_invalid", "The license server's answer is unusable";
+    CertificateUnavailable: 404, "certificate_unavailable", "No FairPlay certificate for this provider";
     UpstreamUnavailable: 502, "upstream_unavailable", "License server unavailable";
     UpstreamError: 502, "upstream_error", "License server failed";
     UpstreamTimeout: 504, "upstream_timeout", "License server timed out";

@@ -146,19 +146,33 @@ impl ProxyHttp for LicenseProxy {
         e
     }
 
-    async fn upstream_response_filter(
+    async fn request_body_filter(
         &self,
         _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        pipeline::upstream_body(ctx, body);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::inspect_response(
+        let read_whole = pipeline::inspect_response(
             &self.state,
             ctx,
             upstream_response.status.as_u16(),
             &upstream_response.headers,
         )
         .await;
+        if read_whole {
+            session.hold_response();
+        }
         Ok(())
     }
 
@@ -193,13 +207,28 @@ impl ProxyHttp for LicenseProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        pipeline::answer_body(ctx, body, end_of_stream);
+        if let Some(header) = pipeline::answer_body(&self.state, ctx, body, end_of_stream)? {
+            session.replace_held_response_header(header);
+        }
         Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let (body, header) = pipeline::answer_trailers(&self.state, ctx)?;
+        if let Some(header) = header {
+            session.replace_held_response_header(header);
+        }
+        Ok(body)
     }
 
     async fn fail_to_proxy(

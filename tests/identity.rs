@@ -421,7 +421,7 @@ async fn free_content_needs_a_token_but_no_entitlement() {
     let response = client()
         .post(gate.license_url("fairplay", Some("radio")))
         .bearer_auth(user(&[]))
-        .body(b"opaque-spc".to_vec())
+        .body(b"\x00\x00\x00\x01opaque-spc".to_vec())
         .send()
         .await
         .unwrap();

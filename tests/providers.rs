@@ -655,13 +655,16 @@ async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
 
     let sim = Sim::start(&["--vendor", "pallycon"]);
     let gate = start_gate(&pallycon(&sim, "a-wrong-access-key"), "").await;
+    // PallyCon refuses with a 200 whose body is its error object: the player gets a refusal.
     let response = post(&gate, "widevine", "demo", "ann", widevine).await;
-    assert_eq!(response.status(), 401);
+    let body = problem(response, 403, "vendor_refused").await;
+    assert_eq!(body["vendor_code"], "4010");
     assert!(
-        response.headers()["x-axdrm-errormessage"]
-            .to_str()
+        body["vendor_message"]
+            .as_str()
             .unwrap()
-            .contains("hash mismatch")
+            .contains("hash mismatch"),
+        "{body}"
     );
 }
 

@@ -25,6 +25,7 @@ impl Default for Cors {
                 "Content-Type",
                 "X-Content-Id",
                 "SOAPAction",
+                "X-FairPlay-Uri",
                 "X-Request-Id",
             ]
             .map(String::from)

@@ -9,6 +9,7 @@ mod cors;
 mod devices;
 mod entitlement;
 mod env;
+mod fairplay;
 mod providers;
 mod server;
 
@@ -30,6 +31,7 @@ pub use catalog::*;
 pub use cors::*;
 pub use devices::*;
 pub use entitlement::*;
+pub use fairplay::*;
 pub use jsonwebtoken::Algorithm;
 pub use providers::*;
 pub use server::*;
@@ -81,6 +83,7 @@ pub struct Config {
     pub demo_root: Option<PathBuf>,
     pub authorization_cache: AuthorizationCacheSettings,
     pub devices: Option<DeviceSettings>,
+    pub fairplay: FairPlaySettings,
     /// Warnings about old names the file still uses.
     pub deprecations: Vec<String>,
 }
@@ -112,6 +115,8 @@ struct FileConfig {
     #[serde(default)]
     pub authorization_cache: AuthorizationCache,
     pub devices: Option<Devices>,
+    #[serde(default)]
+    pub fairplay: FairPlay,
 }
 
 /// The demo page and stream, served under `/demo/` on the admin listener.
@@ -406,6 +411,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         policies,
         demo_root,
         authorization_cache: validate_authorization_cache(file.authorization_cache)?,
+        fairplay: validate_fairplay(file.fairplay)?,
         devices: file.devices.map(validate_devices).transpose()?,
         deprecations: Vec::new(),
     })

@@ -42,6 +42,9 @@ pub(super) struct Provider {
     pub dns_refresh_seconds: u64,
     /// The response header in which this provider explains a refusal.
     pub error_header: Option<String>,
+    /// The FairPlay application certificate, DER or base64 (PEM armour allowed), served at
+    /// `/v1/fairplay/certificate` in place of fetching the provider's.
+    pub fairplay_certificate_file: Option<String>,
     /// The provider's own settings; their shape belongs to the provider's provider, which checks them.
     pub settings: Option<toml::Value>,
 }
@@ -169,6 +172,8 @@ pub struct ProviderConfig {
     pub ejection_duration: Duration,
     pub dns_refresh: Duration,
     pub error_header: Option<HeaderName>,
+    /// The FairPlay application certificate (DER) from `fairplay_certificate_file`.
+    pub fairplay_certificate: Option<bytes::Bytes>,
     /// Checked and read by the provider's provider (`crate::providers`).
     pub settings: Option<toml::Value>,
 }
@@ -320,6 +325,16 @@ pub(super) fn validate_provider(
                 .map_err(|_| ConfigError::new(key("error_header"), "not a valid header name"))
         })
         .transpose()?;
+    let fairplay_certificate = provider
+        .fairplay_certificate_file
+        .map(|path| {
+            let key = key("fairplay_certificate_file");
+            let bytes =
+                std::fs::read(&path).map_err(|e| ConfigError::new(&key, format!("{path}: {e}")))?;
+            certificate_der(&bytes)
+                .map_err(|reason| ConfigError::new(key, format!("{path}: {reason}")))
+        })
+        .transpose()?;
     Ok(ProviderConfig {
         name: name.to_string(),
         kind: provider.kind,
@@ -338,8 +353,32 @@ pub(super) fn validate_provider(
         ejection_duration: Duration::from_secs(provider.ejection_seconds),
         dns_refresh: Duration::from_secs(provider.dns_refresh_seconds),
         error_header,
+        fairplay_certificate,
         settings: provider.settings,
     })
+}
+
+/// A FairPlay certificate as DER, from DER, base64 text, or PEM (Apple hands out DER `.cer`
+/// files; vendors' endpoints and consoles also give base64).
+pub fn certificate_der(bytes: &[u8]) -> Result<bytes::Bytes, String> {
+    use base64::Engine;
+    const DER_SEQUENCE: u8 = 0x30;
+    if bytes.first() == Some(&DER_SEQUENCE) {
+        return Ok(bytes::Bytes::copy_from_slice(bytes));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither DER nor base64".to_string())?;
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|_| "neither DER nor base64".to_string())?;
+    if der.first() != Some(&DER_SEQUENCE) {
+        return Err("not a certificate (no DER sequence)".into());
+    }
+    Ok(der.into())
 }
 
 /// Where each provider documents its refusal reason, unless the config says otherwise.

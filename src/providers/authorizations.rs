@@ -197,6 +197,7 @@ mod tests {
                 free: true,
                 tiers: vec![],
                 hls: None,
+                fairplay_iv: None,
             }),
             drm: Drm::Widevine,
             key_ids: vec![],

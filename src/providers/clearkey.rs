@@ -145,6 +145,7 @@ mod tests {
             free: true,
             tiers: Vec::new(),
             hls: None,
+            fairplay_iv: None,
         };
         (content, kid)
     }

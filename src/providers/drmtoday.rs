@@ -13,11 +13,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
+    Authorization, CertificateEncoding, CertificateSource, Device, DeviceInfo, FairPlayWire,
+    KindFacts, LicenseRequest, Minting, Provider, rfc3339,
 };
 use crate::config::{ConfigError, ProviderConfig};
 use crate::policy::Hdcp;
 use crate::problem::Problem;
+use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 /// The upfront token names the content (assetId).
 pub const FACTS: KindFacts = KindFacts::VENDOR;
@@ -217,6 +219,31 @@ impl Provider for DrmToday {
 
     fn internal_headers(&self) -> &[HeaderName] {
         &self.internal_headers
+    }
+
+    /// DRMtoday's FairPlay server reads a form whose `spc` is URL-encoded base64, and answers
+    /// the CKC as base64.
+    fn fairplay_wire(&self) -> FairPlayWire {
+        FairPlayWire {
+            spc: SpcFormat::Form,
+            ckc: CkcSource::Declared(CkcFormat::Base64),
+        }
+    }
+
+    /// Persistable keys are asked for with `offline=true`.
+    fn fairplay_fields(&self, request: &LicenseRequest) -> Vec<(&'static str, String)> {
+        if request.policy.persistent {
+            vec![("offline", "true".into())]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn fairplay_certificate(&self) -> Option<CertificateSource> {
+        Some(CertificateSource {
+            path_and_query: format!("/license-server-fairplay/cert/{}", self.merchant),
+            encoding: CertificateEncoding::Der,
+        })
     }
 }
 

@@ -41,6 +41,9 @@ struct Settings {
     /// Send the content key with the key ID; off when ExpressPlay stores the keys.
     #[serde(default = "yes")]
     send_content_key: bool,
+    /// The FairPlay token service, e.g. `https://fp-gen.test.expressplay.com/hms/fp/token`;
+    /// FairPlay tokens carry the content key and the IV from the catalog.
+    fairplay_token_url: Option<String>,
 }
 
 fn default_token_ttl() -> u64 {
@@ -53,6 +56,7 @@ fn yes() -> bool {
 pub struct ExpressPlay {
     config: Arc<ProviderConfig>,
     token_service: Arc<Upstream>,
+    fairplay_token_service: Option<Arc<Upstream>>,
     connector: Connector,
     customer_authenticator: String,
     token_ttl: Duration,
@@ -80,8 +84,22 @@ impl ExpressPlay {
             format!("{} token service", config.name),
             idle_timeout,
         ));
+        let fairplay_token_service = settings
+            .fairplay_token_url
+            .map(|url| {
+                let endpoint = parse_endpoint(&url)
+                    .map_err(|e| ConfigError::new(key("fairplay_token_url"), e))?;
+                Ok::<_, ConfigError>(Arc::new(Upstream::new(
+                    config.clone(),
+                    &[Arc::new(endpoint)],
+                    format!("{} FairPlay token service", config.name),
+                    idle_timeout,
+                )))
+            })
+            .transpose()?;
         Ok(Self {
             token_service,
+            fairplay_token_service,
             connector: Connector::new(Some(ConnectorOptions::new(TOKEN_POOL_SIZE))),
             customer_authenticator: settings.customer_authenticator,
             token_ttl: Duration::from_secs(settings.token_ttl_seconds),
@@ -133,9 +151,39 @@ impl ExpressPlay {
         Ok(form.finish())
     }
 
+    /// The FairPlay token service's form: the content key and the IV it was packaged with.
+    fn fairplay_token_form(&self, request: &LicenseRequest) -> Result<String, Problem> {
+        let content = &request.content;
+        let missing = |what: String| Problem::new(Refusal::KeyNotFound).with_detail(what);
+        let key = content
+            .key_ids
+            .first()
+            .and_then(|kid| content.keys.get(kid))
+            .ok_or_else(|| missing(format!("the catalog holds no key for '{}'", content.id)))?;
+        let iv = content.fairplay_iv.ok_or_else(|| {
+            missing(format!(
+                "'{}' has no fairplay_iv in the catalog",
+                content.id
+            ))
+        })?;
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("customerAuthenticator", &self.customer_authenticator);
+        form.append_pair("errorFormat", "json");
+        form.append_pair("contentKey", &hex::encode(key));
+        form.append_pair("iv", &hex::encode(iv));
+        if request.policy.license_duration_seconds > 0 {
+            form.append_pair(
+                "rentalDuration",
+                &request.policy.license_duration_seconds.to_string(),
+            );
+        }
+        form.append_pair("expirationTime", &format!("+{}", self.token_ttl.as_secs()));
+        Ok(form.finish())
+    }
+
     /// The license path and query from the token service's `text/uri-list` answer; the URL
-    /// must point at one of the provider's configured license endpoints.
-    fn license_path(&self, answer: &[u8]) -> Result<String, Problem> {
+    /// must point at one of the provider's configured license endpoints for `drm`.
+    fn license_path(&self, answer: &[u8], drm: Drm) -> Result<String, Problem> {
         let invalid =
             |why: &str| Problem::new(Refusal::VendorTokenInvalid).with_detail(why.to_string());
         let text = std::str::from_utf8(answer).map_err(|_| invalid("the answer is not text"))?;
@@ -148,7 +196,7 @@ impl ExpressPlay {
         let known = self
             .config
             .endpoints
-            .for_drm(Drm::Widevine)
+            .for_drm(drm)
             .unwrap_or_default()
             .iter()
             .any(|endpoint| same_origin(endpoint, &url));
@@ -185,14 +233,15 @@ impl Provider for ExpressPlay {
     }
 
     async fn authorize(&self, request: &LicenseRequest) -> Result<Authorization, Problem> {
-        if request.drm != Drm::Widevine {
-            return Err(Problem::drm_not_routed(request.drm.as_str()));
-        }
-        let form = Bytes::from(self.token_form(request)?);
+        let (token_service, form) = match (request.drm, &self.fairplay_token_service) {
+            (Drm::Widevine, _) => (&self.token_service, self.token_form(request)?),
+            (Drm::FairPlay, Some(service)) => (service, self.fairplay_token_form(request)?),
+            _ => return Err(Problem::drm_not_routed(request.drm.as_str())),
+        };
+        let form = Bytes::from(form);
         let length = form.len().to_string();
         let now = SystemTime::now();
-        let answer = self
-            .token_service
+        let answer = token_service
             .call(
                 &self.connector,
                 |endpoint| {
@@ -227,7 +276,7 @@ impl Provider for ExpressPlay {
             return Err(Problem::new(Refusal::VendorTokenRefused).with_detail(detail));
         }
         Ok(Authorization {
-            path_and_query: Some(self.license_path(&answer.body)?),
+            path_and_query: Some(self.license_path(&answer.body, request.drm)?),
             expires_at: Some(now + self.token_ttl),
             ..Authorization::default()
         })
@@ -238,6 +287,8 @@ impl Provider for ExpressPlay {
     }
 
     fn upstreams(&self) -> Vec<Arc<Upstream>> {
-        vec![self.token_service.clone()]
+        std::iter::once(self.token_service.clone())
+            .chain(self.fairplay_token_service.clone())
+            .collect()
     }
 }

@@ -13,10 +13,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
+use super::{Authorization, FairPlayWire, KindFacts, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig, SecretEncoding, decode_secret};
 use crate::policy::Hdcp;
 use crate::problem::Problem;
+use licensegate_drm::fairplay::{CkcSource, SpcFormat};
 
 /// Templates may name the content and its key IDs.
 pub const FACTS: KindFacts = KindFacts::VENDOR;
@@ -34,6 +35,22 @@ struct Settings {
     single_use: bool,
     #[serde(default = "default_token_ttl")]
     token_ttl_seconds: u64,
+    /// How the vendor takes the FairPlay SPC: raw, base64, form, form-unescaped, json or
+    /// apple-json.
+    #[serde(default = "raw_spc")]
+    fairplay_body: SpcFormat,
+    /// How the vendor answers the CKC: raw, base64, ckc-xml, json, apple-json, or auto (any of
+    /// them, as players' readers accept).
+    #[serde(default = "auto")]
+    fairplay_ckc: String,
+}
+
+fn raw_spc() -> SpcFormat {
+    SpcFormat::Raw
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 fn default_token_ttl() -> u64 {
@@ -204,6 +221,7 @@ struct Jwt {
 
 pub struct Generic {
     config: Arc<ProviderConfig>,
+    fairplay: FairPlayWire,
     /// With the name as configured, for error messages.
     headers: Vec<(HeaderName, String, Template)>,
     query: Vec<(String, Template)>,
@@ -257,6 +275,16 @@ impl Generic {
                 return Err(ConfigError::new(field, "{jwt} needs [settings.jwt]"));
             }
         }
+        let fairplay =
+            FairPlayWire {
+                spc: settings.fairplay_body,
+                ckc: match settings.fairplay_ckc.as_str() {
+                    "auto" => CkcSource::Any,
+                    format => CkcSource::Declared(format.parse().map_err(|e| {
+                        ConfigError::new(key("fairplay_ckc"), format!("{e}, or auto"))
+                    })?),
+                },
+            };
         if settings.token_ttl_seconds == 0 {
             return Err(ConfigError::new(
                 key("token_ttl_seconds"),
@@ -264,6 +292,7 @@ impl Generic {
             ));
         }
         Ok(Self {
+            fairplay,
             headers,
             query,
             jwt,
@@ -386,6 +415,10 @@ impl Provider for Generic {
 
     fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
         super::reason_in(self.config.error_header.as_ref(), headers)
+    }
+
+    fn fairplay_wire(&self) -> FairPlayWire {
+        self.fairplay
     }
 }
 

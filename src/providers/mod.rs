@@ -28,6 +28,7 @@ use crate::drm::Drm;
 use crate::policy::Policy;
 use crate::problem::Problem;
 use crate::upstream::Upstream;
+use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 /// A refusal reason is logged, and a runaway one must not flood the log line.
 const MAX_REASON_LEN: usize = 256;
@@ -118,6 +119,41 @@ pub struct DeviceInfo {
     pub model: Option<String>,
 }
 
+/// How a provider takes the FairPlay SPC and gives back the CKC.
+#[derive(Debug, Clone, Copy)]
+pub struct FairPlayWire {
+    pub spc: SpcFormat,
+    pub ckc: CkcSource,
+}
+
+impl FairPlayWire {
+    /// The SPC as the CDM made it, the CKC as the key server made it (Axinom, ExpressPlay).
+    pub const RAW: FairPlayWire = FairPlayWire {
+        spc: SpcFormat::Raw,
+        ckc: CkcSource::Declared(CkcFormat::Raw),
+    };
+}
+
+/// A refusal a provider sends inside a 2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerRefusal {
+    pub code: String,
+    pub message: String,
+}
+
+/// Where a provider serves its FairPlay application certificate, on its FairPlay endpoints.
+#[derive(Debug, Clone)]
+pub struct CertificateSource {
+    pub path_and_query: String,
+    pub encoding: CertificateEncoding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateEncoding {
+    Der,
+    Base64,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn minting(&self) -> Minting;
@@ -146,6 +182,32 @@ pub trait Provider: Send + Sync {
     /// Response headers meant for licensegate, stripped before the player sees the answer.
     fn internal_headers(&self) -> &[HeaderName] {
         &[]
+    }
+
+    /// The FairPlay envelopes the provider speaks.
+    fn fairplay_wire(&self) -> FairPlayWire {
+        FairPlayWire::RAW
+    }
+
+    /// Form fields the provider reads beside a FairPlay SPC sent as a form.
+    fn fairplay_fields(&self, _request: &LicenseRequest) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Where the provider serves its FairPlay certificate, if it does.
+    fn fairplay_certificate(&self) -> Option<CertificateSource> {
+        None
+    }
+
+    /// Whether the provider may refuse inside a 2xx answer: its answers are then read whole
+    /// before the player sees any of them.
+    fn refuses_in_answers(&self) -> bool {
+        false
+    }
+
+    /// The refusal inside a whole 2xx answer, if it is one.
+    fn refusal_in_answer(&self, _body: &[u8]) -> Option<AnswerRefusal> {
+        None
     }
 
     /// Endpoints the provider calls itself (token services), whose discovery and health checks

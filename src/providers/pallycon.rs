@@ -15,11 +15,15 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
+use super::{
+    AnswerRefusal, Authorization, CertificateEncoding, CertificateSource, FairPlayWire, KindFacts,
+    LicenseRequest, Minting, Provider,
+};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
 use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
+use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 /// The custom data names the content (cid).
 pub const FACTS: KindFacts = KindFacts::VENDOR;
@@ -163,5 +167,71 @@ impl Provider for PallyCon {
 
     fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
         super::reason_in(self.config.error_header.as_ref(), headers)
+    }
+
+    /// PallyCon's clients post `spc=` with the base64 unescaped; the CKC comes back as base64.
+    fn fairplay_wire(&self) -> FairPlayWire {
+        FairPlayWire {
+            spc: SpcFormat::FormUnescaped,
+            ckc: CkcSource::Declared(CkcFormat::Base64),
+        }
+    }
+
+    fn fairplay_certificate(&self) -> Option<CertificateSource> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("siteId", &self.site_id);
+        Some(CertificateSource {
+            path_and_query: format!("/ri/fpsKeyManager.do?{}", query.finish()),
+            encoding: CertificateEncoding::Base64,
+        })
+    }
+
+    /// PallyCon answers its refusals with status 200 and `{"errorCode","message"}`.
+    fn refuses_in_answers(&self) -> bool {
+        true
+    }
+
+    fn refusal_in_answer(&self, body: &[u8]) -> Option<AnswerRefusal> {
+        refusal_in(body)
+    }
+}
+
+/// The error object PallyCon sends in place of a license; a license (binary, base64 or a JSON
+/// license answer without `errorCode`) is not one.
+fn refusal_in(body: &[u8]) -> Option<AnswerRefusal> {
+    #[derive(Deserialize)]
+    struct ErrorAnswer {
+        #[serde(rename = "errorCode")]
+        error_code: serde_json::Value,
+        message: Option<String>,
+    }
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let answer: ErrorAnswer = serde_json::from_slice(body).ok()?;
+    let code = match answer.error_code {
+        serde_json::Value::String(code) => code,
+        serde_json::Value::Number(code) => code.to_string(),
+        _ => return None,
+    };
+    Some(AnswerRefusal {
+        code,
+        message: answer.message.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_objects_are_refusals_and_licenses_are_not() {
+        let refusal = refusal_in(br#"{"errorCode":"8001","message":"Invalid token"}"#).unwrap();
+        assert_eq!(refusal.code, "8001");
+        assert_eq!(refusal.message, "Invalid token");
+        assert_eq!(refusal_in(br#" {"errorCode":7003}"#).unwrap().code, "7003");
+        assert_eq!(refusal_in(b"\x08\x02\x12\x10license"), None);
+        assert_eq!(refusal_in(b"AAAAAQ=="), None);
+        assert_eq!(refusal_in(br#"{"license":"AAAA"}"#), None);
     }
 }

@@ -179,6 +179,12 @@ fn read_form(text: &str) -> Result<SpcRequest, Malformed> {
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case("spc"))
         {
+            if form
+                .split('&')
+                .any(|pair| !pair.is_empty() && !pair.contains('='))
+            {
+                return malformed("the form is truncated (a field without '=')");
+            }
             let spc = unescape_value(spc)?;
             let spc = decode_base64(&spc)
                 .ok_or_else(|| Malformed("the form's spc is not base64".into()))?;
@@ -574,6 +580,7 @@ mod tests {
             &b"spc=not*base64"[..],
             b"spc=",
             b"assetId=x&nothing=1",
+            b"spc=AAAA&assetId",
             br#"{"ckc":"AAAA"}"#,
             br#"{"spc":12}"#,
             br#"{"spc":"AAAA""#,

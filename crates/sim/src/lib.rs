@@ -5,6 +5,7 @@
 //! or, for direct calls, by request header. With `--vendor`, license requests must also pass
 //! that vendor's authorization checks ([`vendors`]).
 
+pub mod fairplay;
 pub mod vendors;
 
 use std::convert::Infallible;
@@ -24,7 +25,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Notify};
 
-use vendors::{VendorArgs, VendorSim};
+use fairplay::Envelope;
+use vendors::{SimVendor, VendorArgs, VendorSim};
 
 /// The start of every license the simulator issues; the rest is SHA-256 of the challenge.
 pub const LICENSE_PREFIX: &[u8] = b"licensegate-sim license\n";
@@ -89,6 +91,8 @@ struct Stats {
     service_certificates: AtomicU64,
     refusals: AtomicU64,
     token_requests: AtomicU64,
+    fairplay_licenses: AtomicU64,
+    certificates: AtomicU64,
 }
 
 /// The latest license request, for tests that check what the proxy forwards.
@@ -97,6 +101,9 @@ struct LastRequest {
     headers: Option<HeaderMap>,
     uri: Option<String>,
     refusal: Option<String>,
+    /// SHA-256 of the last SPC taken out of its envelope, and the form fields beside it.
+    spc_sha256: Option<String>,
+    fairplay_fields: Vec<(String, String)>,
 }
 
 struct Sim {
@@ -229,6 +236,26 @@ async fn handle(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/stats") => stats(sim).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET | &Method::POST, "/hms/wv/token") => expressplay_token(sim, request).await,
+        (&Method::GET | &Method::POST, "/hms/fp/token") => expressplay_token(sim, request).await,
+        (&Method::POST, "/license-server-fairplay/") => {
+            fairplay(sim, request, Envelope::Form, Envelope::Base64).await
+        }
+        (&Method::POST, "/ri/licenseManager.do") => {
+            fairplay(sim, request, Envelope::FormUnescaped, Envelope::Base64).await
+        }
+        (&Method::POST, "/hms/fp/rights/") => {
+            fairplay(sim, request, Envelope::Raw, Envelope::Raw).await
+        }
+        (&Method::POST, path) if path.starts_with("/fairplay/") => {
+            match Envelope::named(&path["/fairplay/".len()..]) {
+                Some(envelope) => fairplay(sim, request, envelope, envelope).await,
+                None => text(StatusCode::NOT_FOUND, "no such FairPlay envelope"),
+            }
+        }
+        (&Method::GET, "/ri/fpsKeyManager.do") => pallycon_certificate(sim, request.uri()),
+        (&Method::GET, path) if path.starts_with("/license-server-fairplay/cert/") => {
+            drmtoday_certificate(sim, &path["/license-server-fairplay/cert/".len()..])
+        }
         (&Method::POST, path) if path.ends_with("/AcquireLicense") || path == "/hms/wv/rights/" => {
             license(sim, request).await
         }
@@ -291,32 +318,153 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
             .check_license(&parts.uri, &parts.headers, &challenge)
         {
             Ok(headers) => answer_headers = headers,
-            Err(refusal) => {
-                sim.stats.refusals.fetch_add(1, Ordering::Relaxed);
-                sim.last.lock().await.refusal = Some(refusal.reason.clone());
-                let status = StatusCode::from_u16(refusal.status)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut response = text(status, "licensegate-sim refusal");
-                if let (Ok(name), Ok(value)) = (
-                    header::HeaderName::try_from(sim.faults.reason_header.as_str()),
-                    header::HeaderValue::try_from(refusal.reason.as_str()),
-                ) {
-                    response.headers_mut().insert(name, value);
-                }
-                return response;
-            }
+            Err(refusal) => return refused(sim, refusal).await,
         }
         sim.stats.licenses.fetch_add(1, Ordering::Relaxed);
     }
+    // Axinom serves FairPlay on the same path as every other DRM: the raw SPC in, the CKC out.
+    let answer = if sim.vendor.vendor() == SimVendor::Axinom
+        && vendors::drm_of(&parts.headers, &challenge) == Some(licensegate_drm::drm::Drm::FairPlay)
+    {
+        sim.last.lock().await.spc_sha256 = Some(hex::encode(Sha256::digest(&challenge)));
+        sim.stats.fairplay_licenses.fetch_add(1, Ordering::Relaxed);
+        fairplay::ckc_for(&challenge)
+    } else {
+        license_for(&challenge)
+    };
+    ok(answer_headers, "application/octet-stream", answer)
+}
+
+fn ok(
+    answer_headers: vendors::AnswerHeaders,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream");
+        .header(header::CONTENT_TYPE, content_type);
     for (name, value) in answer_headers {
         response = response.header(name, value);
     }
     response
-        .body(Full::new(Bytes::from(license_for(&challenge))))
+        .body(Full::new(Bytes::from(body)))
         .expect("valid response")
+}
+
+/// A vendor's refusal: its status with the reason in the reason header; PallyCon answers every
+/// refusal as 200 with `{"errorCode","message"}` in the body.
+async fn refused(sim: &Sim, refusal: vendors::Refusal) -> Response<Full<Bytes>> {
+    sim.stats.refusals.fetch_add(1, Ordering::Relaxed);
+    sim.last.lock().await.refusal = Some(refusal.reason.clone());
+    if sim.vendor.vendor() == SimVendor::Pallycon {
+        let body = json!({
+            "errorCode": (u32::from(refusal.status) * 10).to_string(),
+            "message": refusal.reason,
+        });
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("valid response");
+    }
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = text(status, "licensegate-sim refusal");
+    if let (Ok(name), Ok(value)) = (
+        header::HeaderName::try_from(sim.faults.reason_header.as_str()),
+        header::HeaderValue::try_from(refusal.reason.as_str()),
+    ) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// A FairPlay license request in `envelope`, answered in `answer_envelope` after the vendor's
+/// authorization checks.
+async fn fairplay(
+    sim: &Sim,
+    request: Request<Incoming>,
+    envelope: Envelope,
+    answer_envelope: Envelope,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_CHALLENGE_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request unreadable"),
+    };
+    {
+        let mut last = sim.last.lock().await;
+        last.headers = Some(parts.headers.clone());
+        last.uri = parts.uri.path_and_query().map(ToString::to_string);
+        last.refusal = None;
+    }
+    if sim.faults.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(sim.faults.delay_ms)).await;
+    }
+    let received = match fairplay::read(envelope, &body) {
+        Ok(received) => received,
+        Err(reason) => {
+            return refused(
+                sim,
+                vendors::Refusal {
+                    status: 400,
+                    reason: format!("FairPlay request not understood: {reason}"),
+                },
+            )
+            .await;
+        }
+    };
+    {
+        let mut last = sim.last.lock().await;
+        last.spc_sha256 = Some(hex::encode(Sha256::digest(&received.spc)));
+        last.fairplay_fields = received.fields.clone();
+    }
+    let answer_headers = match sim.vendor.check_fairplay(&parts.uri, &parts.headers) {
+        Ok(headers) => headers,
+        Err(refusal) => return refused(sim, refusal).await,
+    };
+    sim.stats.fairplay_licenses.fetch_add(1, Ordering::Relaxed);
+    let ckc = fairplay::ckc_for(&received.spc);
+    let content_type = match answer_envelope {
+        Envelope::Raw => "application/octet-stream",
+        Envelope::Json | Envelope::AppleJson => "application/json",
+        _ => "text/plain",
+    };
+    ok(
+        answer_headers,
+        content_type,
+        fairplay::answer(answer_envelope, &ckc, received.key_id.as_ref()),
+    )
+}
+
+/// DRMtoday's certificate endpoint: DER, per merchant.
+fn drmtoday_certificate(sim: &Sim, merchant: &str) -> Response<Full<Bytes>> {
+    if merchant != sim.vendor.merchant() {
+        return text(StatusCode::NOT_FOUND, "unknown merchant");
+    }
+    sim.stats.certificates.fetch_add(1, Ordering::Relaxed);
+    ok(
+        Vec::new(),
+        "application/octet-stream",
+        fairplay::certificate(),
+    )
+}
+
+/// PallyCon's certificate endpoint: base64 text, per site.
+fn pallycon_certificate(sim: &Sim, uri: &http::Uri) -> Response<Full<Bytes>> {
+    let site = uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "siteId")
+            .map(|(_, v)| v.into_owned())
+    });
+    if site.as_deref() != Some(sim.vendor.site_id()) {
+        return text(StatusCode::NOT_FOUND, "unknown site");
+    }
+    sim.stats.certificates.fetch_add(1, Ordering::Relaxed);
+    let body = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        fairplay::certificate(),
+    );
+    ok(Vec::new(), "text/plain", body.into_bytes())
 }
 
 /// ExpressPlay's token service: parameters from the query or a form body.
@@ -339,7 +487,11 @@ async fn expressplay_token(sim: &Sim, request: Request<Incoming>) -> Response<Fu
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("127.0.0.1")
         .to_string();
-    let answer = sim.vendor.expressplay_token(&params, &host);
+    let answer = if parts.uri.path() == "/hms/fp/token" {
+        sim.vendor.expressplay_fairplay_token(&params, &host)
+    } else {
+        sim.vendor.expressplay_token(&params, &host)
+    };
     Response::builder()
         .status(answer.status)
         .header(header::CONTENT_TYPE, answer.content_type)
@@ -372,6 +524,10 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "service_certificates": stats.service_certificates.load(Ordering::Relaxed),
         "refusals": stats.refusals.load(Ordering::Relaxed),
         "token_requests": stats.token_requests.load(Ordering::Relaxed),
+        "fairplay_licenses": stats.fairplay_licenses.load(Ordering::Relaxed),
+        "certificates": stats.certificates.load(Ordering::Relaxed),
+        "last_spc_sha256": last.spc_sha256,
+        "last_fairplay_fields": last.fairplay_fields,
         "tokens_issued": sim.vendor.tokens_issued(),
         "upfront_tokens_redeemed": sim.vendor.jtis_seen(),
         "last_license_request_headers": last_headers,

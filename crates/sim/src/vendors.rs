@@ -125,6 +125,14 @@ impl VendorSim {
         self.args.vendor
     }
 
+    pub fn merchant(&self) -> &str {
+        &self.args.merchant
+    }
+
+    pub fn site_id(&self) -> &str {
+        &self.args.site_id
+    }
+
     /// Checks a license request; the answer headers on success.
     pub fn check_license(
         &self,
@@ -274,6 +282,72 @@ impl VendorSim {
                 ),
             },
             Err((status, code, message)) => error(status, code, &message),
+        }
+    }
+
+    /// ExpressPlay's FairPlay token service: the content key and IV as 32 hex digits each, the
+    /// token in a rights URL the player posts the raw SPC to.
+    pub fn expressplay_fairplay_token(
+        &self,
+        params: &[(String, String)],
+        host: &str,
+    ) -> TokenAnswer {
+        let one = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let hex16 = |name: &str| {
+            one(name).is_some_and(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let error = |status: u16, code: i64, message: &str| TokenAnswer {
+            status,
+            content_type: "application/json",
+            body: json!({"errorCode": code, "errorMessage": message}).to_string(),
+        };
+        if one("customerAuthenticator") != Some(self.args.authenticator.as_str()) {
+            return error(401, -2018, "Authentication token invalid");
+        }
+        if !hex16("contentKey") {
+            return error(400, -2005, "Invalid content key");
+        }
+        if !hex16("iv") {
+            return error(400, -2006, "Invalid IV");
+        }
+        let token = STANDARD.encode(uuid::Uuid::new_v4().as_bytes());
+        self.issued.lock().expect("not poisoned").insert(
+            token.clone(),
+            Issued {
+                expires_at: SystemTime::now() + Duration::from_secs(3600),
+                kids: Vec::new(),
+            },
+        );
+        TokenAnswer {
+            status: 200,
+            content_type: "text/uri-list",
+            body: format!(
+                "http://{host}/hms/fp/rights/?{}\r\n",
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("ExpressPlayToken", &token)
+                    .finish()
+            ),
+        }
+    }
+
+    /// Checks a FairPlay request's authorization the way the vendor checks its licenses.
+    pub fn check_fairplay(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<AnswerHeaders, Refusal> {
+        let drm = Some(Drm::FairPlay);
+        match self.args.vendor {
+            SimVendor::Generic => Ok(Vec::new()),
+            SimVendor::Axinom => self.axinom(headers, &[], drm),
+            SimVendor::Expressplay => self.expressplay_rights(uri, &[], drm),
+            SimVendor::Drmtoday => self.drmtoday(headers),
+            SimVendor::Pallycon => self.pallycon(headers, drm),
         }
     }
 
@@ -677,7 +751,8 @@ fn widevine_client(challenge: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Which DRM a challenge is for, as the vendor's per-DRM endpoint would know it.
-fn drm_of(headers: &HeaderMap, challenge: &[u8]) -> Option<Drm> {
+/// The DRM a license request is for, as a vendor serving every DRM on one path tells.
+pub fn drm_of(headers: &HeaderMap, challenge: &[u8]) -> Option<Drm> {
     if headers.contains_key("SOAPAction") {
         return Some(Drm::PlayReady);
     }

@@ -607,6 +607,16 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// licensegate patch: a response kept back until it is complete (see PATCHES.md).
+    response_hold: Option<ResponseHold>,
+}
+
+/// licensegate patch: the tasks of a held response, and the header to send in place of the
+/// upstream's once the response is complete.
+#[derive(Default)]
+struct ResponseHold {
+    tasks: Vec<HttpTask>,
+    replacement: Option<Box<ResponseHeader>>,
 }
 
 impl Session {
@@ -634,7 +644,52 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            response_hold: None,
         }
+    }
+
+    /// licensegate patch: keep the response from the downstream until it is complete, so that
+    /// its status and headers can still depend on its body (see
+    /// [`Self::replace_held_response_header`]). Call before the response header is written,
+    /// e.g. from `upstream_response_filter`. A failure before the end discards what was held,
+    /// so nothing of the response has been written when `fail_to_proxy` runs.
+    pub fn hold_response(&mut self) {
+        self.response_hold.get_or_insert_with(ResponseHold::default);
+    }
+
+    /// licensegate patch: the header to write in place of the upstream's when the held
+    /// response is released (the caller keeps `Content-Length` right).
+    pub fn replace_held_response_header(&mut self, header: Box<ResponseHeader>) {
+        if let Some(hold) = self.response_hold.as_mut() {
+            hold.replacement = Some(header);
+        }
+    }
+
+    /// licensegate patch: with a response held, the tasks to write now: none until the
+    /// response ends, then all of them; a failure alone, dropping what was held.
+    fn release_held_tasks(&mut self, tasks: Vec<HttpTask>) -> Option<Vec<HttpTask>> {
+        let Some(hold) = self.response_hold.as_mut() else {
+            return Some(tasks);
+        };
+        if tasks.iter().any(|task| matches!(task, HttpTask::Failed(_))) {
+            self.response_hold = None;
+            return Some(tasks);
+        }
+        let end = tasks.iter().any(HttpTask::is_end);
+        hold.tasks.extend(tasks);
+        if !end {
+            return None;
+        }
+        let mut hold = self.response_hold.take()?;
+        if let Some(replacement) = hold.replacement.take() {
+            for task in hold.tasks.iter_mut() {
+                if let HttpTask::Header(header, _) = task {
+                    *header = replacement;
+                    break;
+                }
+            }
+        }
+        Some(hold.tasks)
     }
 
     /// Create a new [Session] from the given [Stream]
@@ -896,7 +951,11 @@ impl Session {
         }
     }
 
-    pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+    pub async fn write_response_tasks(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        // licensegate patch: a held response is written once complete.
+        let Some(mut tasks) = self.release_held_tasks(tasks) else {
+            return Ok(false);
+        };
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
             self.downstream_response_task_filter(task, &mut seen_upgraded)
