@@ -107,6 +107,19 @@ com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 widevine = "axinom"
 TOML
 }
+# FairPlay: a player's JSON envelope in, the vendor's form out, and the CKC back re-wrapped.
+fairplay() {
+  cat <<TOML
+[providers.fps]
+kind = "generic"
+endpoints = ["http://127.0.0.1:$sim_port/fairplay/form"]
+protocol = "h2"
+[providers.fps.settings]
+fairplay_body = "form"
+[routes]
+fairplay = "fps"
+TOML
+}
 devices() { # store lines
   cat <<TOML
 [devices]
@@ -127,7 +140,7 @@ pids+=($!)
 wait_port "$redis_port"
 rm -f "$out"/devices.db*
 
-gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis)
+gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis fairplay)
 { listeners 0; passthrough; } >"$out/licensegate.toml"
 { listeners 1; passthrough; identity; } >"$out/identity.toml"
 { listeners 2; axinom "$axinom_sim_port"; identity; } >"$out/axinom.toml"
@@ -137,6 +150,14 @@ gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis)
 { listeners 5; axinom "$axinom_sim_port"; identity
   devices "store = \"redis\"
 redis_url = \"redis://127.0.0.1:$redis_port\""; } >"$out/devices_redis.toml"
+{ listeners 6; fairplay; identity; } >"$out/fairplay.toml"
+# An SPC of the challenge size (version 1, then noise) in Shaka's JSON envelope.
+python3 - "$challenge_bytes" "$out/spc.json" <<'PY'
+import base64, json, os, sys
+size, path = int(sys.argv[1]), sys.argv[2]
+spc = bytes([0, 0, 0, 1]) + os.urandom(max(size - 4, 1))
+open(path, "w").write(json.dumps({"spc": base64.b64encode(spc).decode()}))
+PY
 export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
 token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest --entitle demo)
 
@@ -158,12 +179,12 @@ upstream_connections() {
     python3 -c 'import json,sys; print(json.load(sys.stdin)["request_connections"])'
 }
 
-run() { # name url [oha options...]
+run() { # name url [oha options...]; BODY and TYPE name another request body
   local name=$1 url=$2 before after
   shift 2
   before=$(upstream_connections)
-  oha "$@" -c "$connections" -m POST -D "$out/challenge.bin" \
-    -H 'Content-Type: application/octet-stream' --no-tui --output-format json "$url" \
+  oha "$@" -c "$connections" -m POST -D "${BODY:-$out/challenge.bin}" \
+    -H "Content-Type: ${TYPE:-application/octet-stream}" --no-tui --output-format json "$url" \
     >"$out/$name.json"
   after=$(upstream_connections)
   # The /stats calls themselves open one connection each.
@@ -188,6 +209,9 @@ stats_port=$axinom_sim_port
 run devices_embedded "$(license_at 4)" -n "$requests" -H "Authorization: Bearer $token"
 run devices_redis "$(license_at 5)" -n "$requests" -H "Authorization: Bearer $token"
 stats_port=$sim_port
+BODY="$out/spc.json" TYPE=application/json \
+  run fairplay "http://127.0.0.1:$((gate_port + 6))/v1/license/fairplay?content=demo" \
+  -n "$requests" -H "Authorization: Bearer $token"
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
@@ -196,7 +220,7 @@ import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
 names = ("direct", "licensegate", "identity", "axinom", "axinom_plain", "devices_embedded",
-         "devices_redis", "direct_rate", "licensegate_rate")
+         "devices_redis", "fairplay", "direct_rate", "licensegate_rate")
 for name in names:
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
@@ -216,6 +240,7 @@ labels = {"direct": "(a) oha -> simulator",
           "axinom_plain": "(e) (d), sim not checking",
           "devices_embedded": "(f) (d) + device limit, SQLite",
           "devices_redis": "(g) (d) + device limit, Redis",
+          "fairplay": "(h) (c), FairPlay JSON in, form out",
           "direct_rate": f"(a) at {rate} req/s",
           "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
@@ -230,5 +255,6 @@ print(f"Axinom vendor with auth: ratio d/b req/s {d[0] / b[0]:.2f}, "
       f"e/b {rows['axinom_plain'][0] / b[0]:.2f}")
 print(f"device limits: ratio f/b {rows['devices_embedded'][0] / b[0]:.2f}, "
       f"g/b {rows['devices_redis'][0] / b[0]:.2f}")
+print(f"FairPlay re-wrapping both ways: ratio h/c {rows['fairplay'][0] / c[0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY
