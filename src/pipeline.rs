@@ -383,6 +383,15 @@ pub async fn admit(
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
+    // Entitlement is checked for one content; the vendor must not be told of another.
+    if let Some(named) = player
+        .as_ref()
+        .and_then(fairplay::PlayerRequest::content_id)
+        && named != content.id
+    {
+        return Err(Problem::new(Refusal::ContentMismatch)
+            .with_detail(format!("'{}' and '{named}'", content.id)));
+    }
     check_key_ids(drm, &info, &content)?;
     let client_ip = ctx.client.as_ref().map(|client| client.ip);
     let grant = state
@@ -407,6 +416,12 @@ pub async fn admit(
         None => route,
     };
     ctx.provider_config = Some(provider.config.clone());
+    if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
+        return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
+            "this provider issues whatever key the SPC asks for: name the key's skd URI \
+             (X-FairPlay-Uri, or Apple's JSON uri)",
+        ));
+    }
     let request = LicenseRequest {
         request_id: ctx.request_id.clone(),
         user: identity.map(|identity| identity.user.clone()),
@@ -1019,14 +1034,14 @@ pub async fn inspect_response(
     ctx: &mut RequestCtx,
     status: u16,
     headers: &http::HeaderMap,
-) -> bool {
+) -> pingora::Result<bool> {
     ctx.forward.status = Some(status);
     ctx.status = status;
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
     let Some(plan) = ctx.plan.as_mut() else {
-        return false;
+        return Ok(false);
     };
     if let Some(filler) = plan.service_certificate.as_mut() {
         filler.response_header(status, headers);
@@ -1049,10 +1064,23 @@ pub async fn inspect_response(
     let read_whole = (200..300).contains(&status)
         && ctx.held_back.is_none()
         && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
+    let declared_empty = status == 204
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() == b"0");
+    if read_whole && plan.fairplay.is_some() && declared_empty {
+        // No body follows, so no body filter would see it: refused here, before any of it
+        // reaches the player.
+        ctx.pending_problem = Some(
+            Problem::new(Refusal::VendorAnswerInvalid)
+                .with_detail("FairPlay CKC: the answer is empty"),
+        );
+        return Error::e_explain(ErrorType::InternalError, "empty FairPlay answer");
+    }
     if read_whole {
         ctx.whole_answer = Some(WholeAnswer::default());
     }
-    read_whole
+    Ok(read_whole)
 }
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our

@@ -67,6 +67,7 @@ refusals! {
     ContentUnknown: 404, "content_unknown", "Content not in the catalog";
     KeyIdsUnreadable: 403, "key_ids_unreadable", "Challenge names no key ID licensegate can check";
     KidNotInContent: 403, "kid_not_in_content", "Key ID not part of this content";
+    ContentMismatch: 403, "content_mismatch", "The request names two different contents";
     NotEntitled: 403, "not_entitled", "Not entitled to this content";
     EntitlementInvalid: 502, "entitlement_invalid", "Entitlement service answer not understood";
     EntitlementUnavailable: 503, "entitlement_unavailable", "Entitlement service unavailable";

@@ -169,7 +169,7 @@ impl ProxyHttp for LicenseProxy {
             upstream_response.status.as_u16(),
             &upstream_response.headers,
         )
-        .await;
+        .await?;
         if read_whole {
             session.hold_response();
         }

@@ -162,11 +162,11 @@ impl Vendors {
 }
 
 /// The envelopes players send, by name: the body and its content type.
-fn player_bodies(spc: &[u8]) -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
+fn player_bodies(spc: &[u8], uri: &str) -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
     let b64 = STANDARD.encode(spc);
     let escape =
         |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
-    let whole_escaped = escape(&format!("spc={b64}")).replace('+', "%20");
+    let whole_escaped = escape(&format!("spc={b64}"));
     let form = "application/x-www-form-urlencoded";
     vec![
         ("raw", spc.to_vec(), None),
@@ -175,7 +175,7 @@ fn player_bodies(spc: &[u8]) -> Vec<(&'static str, Vec<u8>, Option<&'static str>
         ("form", format!("spc={b64}").into_bytes(), Some(form)),
         (
             "form",
-            format!("spc={}&assetId=x", escape(&b64)).into_bytes(),
+            format!("spc={}", escape(&b64)).into_bytes(),
             Some(form),
         ),
         ("form", whole_escaped.clone().into_bytes(), Some(form)),
@@ -188,7 +188,7 @@ fn player_bodies(spc: &[u8]) -> Vec<(&'static str, Vec<u8>, Option<&'static str>
         (
             "apple-json",
             json!({"fairplay-streaming-request": {"version": 1, "streaming-keys": [
-                {"id": 7, "uri": "skd://ignored-by-content-param", "spc": b64}]}})
+                {"id": 7, "uri": uri, "spc": b64}]}})
             .to_string()
             .into_bytes(),
             Some(form),
@@ -255,13 +255,14 @@ async fn every_player_envelope_through_every_provider_kind_carries_spc_and_ckc_u
     let vendors = vendors();
     let gate = vendors.gate("").await;
     let mut seed = 0u64;
-    for (provider, _) in &vendors.providers {
+    for (index, (provider, _)) in vendors.providers.iter().enumerate() {
         let sim = vendors.sim_for(provider);
-        for case in 0..player_bodies(&[0]).len() {
+        let uri = format!("skd://{}", kid(index));
+        for case in 0..player_bodies(&[0], &uri).len() {
             seed += 1;
             // 2 to 10 KiB, a different size and content every time.
             let spc = spc(2048 + (seed as usize * 997) % 8192, seed);
-            let (format, body, content_type) = player_bodies(&spc).swap_remove(case);
+            let (format, body, content_type) = player_bodies(&spc, &uri).swap_remove(case);
             let response = post(
                 &gate,
                 &format!("?content=fp-{provider}"),
@@ -344,6 +345,8 @@ async fn malformed_requests_are_400_and_reach_no_vendor() {
         (b"spc=AAAA&assetId".to_vec(), form),
         (b"spc".to_vec(), form),
         (br#"{"ckc":"AAAA"}"#.to_vec(), None),
+        (b"not an spc at all!".to_vec(), Some("text/plain")),
+        (br#"["spc"]"#.to_vec(), None),
         (br#"{"spc":"AAAA""#.to_vec(), None),
         (
             br#"{"fairplay-streaming-request":{"version":1,"streaming-keys":[]}}"#.to_vec(),
@@ -412,8 +415,25 @@ async fn skd_uris_name_the_content_and_a_stranger_key_is_refused() {
             post(&gate, "", apple(&uri), None).await
         };
         assert_eq!(response.status(), 200, "{uri}");
-        assert!(logged(&gate, "content_id=\"fp-axinom\"").await, "{uri}");
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let line = format!(
+            "request_id={request_id} drm=\"fairplay\" provider=\"axinom\" content_id=\"fp-axinom\""
+        );
+        assert!(logged(&gate, &line).await, "{uri}");
     }
+    // Apple's Safari sample names the content in the form.
+    let form = format!("spc={b64}&assetId=fp-axinom");
+    let response = post(
+        &gate,
+        "",
+        form.into_bytes(),
+        Some("application/x-www-form-urlencoded"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
     // A key of another content, named beside the content: refused before any vendor call.
     let before = vendors.sim_for("axinom").stats().await["fairplay_licenses"].clone();
     let stranger = format!("skd://{}", kid(99));
@@ -427,6 +447,23 @@ async fn skd_uris_name_the_content_and_a_stranger_key_is_refused() {
     problem(response, 403, "kid_not_in_content").await;
     let response = post(&gate, "", apple("https://not-skd/"), None).await;
     problem(response, 400, "challenge_malformed").await;
+    let response = post(
+        &gate,
+        "",
+        apple("skd://drmtoday?assetId=fp-axinom&keyId=zz"),
+        None,
+    )
+    .await;
+    problem(response, 400, "challenge_malformed").await;
+    // Entitlement is decided for the content the query names: the skd URI may not name another.
+    let response = post(
+        &gate,
+        "?content=fp-axinom",
+        apple("skd://drmtoday?assetId=fp-pallycon"),
+        None,
+    )
+    .await;
+    problem(response, 403, "content_mismatch").await;
     let after = vendors.sim_for("axinom").stats().await["fairplay_licenses"].clone();
     assert_eq!(before, after);
 }

@@ -314,6 +314,10 @@ impl Provider for Axinom {
         })
     }
 
+    fn keys_from_request(&self) -> bool {
+        self.key_source == KeySource::LicenseRequest
+    }
+
     fn refusal_reason(&self, headers: &HeaderMap) -> Option<String> {
         super::reason_in(self.config.error_header.as_ref(), headers)
     }

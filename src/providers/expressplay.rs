@@ -155,11 +155,20 @@ impl ExpressPlay {
     fn fairplay_token_form(&self, request: &LicenseRequest) -> Result<String, Problem> {
         let content = &request.content;
         let missing = |what: String| Problem::new(Refusal::KeyNotFound).with_detail(what);
+        // The key the skd URI named (checked against the content), else the content's only one.
+        let kid = match (request.key_ids.first(), content.key_ids.as_slice()) {
+            (Some(kid), _) | (None, [kid]) => kid,
+            (None, _) => {
+                return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(format!(
+                    "'{}' has several keys: name the key's skd URI",
+                    content.id
+                )));
+            }
+        };
         let key = content
-            .key_ids
-            .first()
-            .and_then(|kid| content.keys.get(kid))
-            .ok_or_else(|| missing(format!("the catalog holds no key for '{}'", content.id)))?;
+            .keys
+            .get(kid)
+            .ok_or_else(|| missing(format!("the catalog holds no key for {kid}")))?;
         let iv = content.fairplay_iv.ok_or_else(|| {
             missing(format!(
                 "'{}' has no fairplay_iv in the catalog",

@@ -199,6 +199,12 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Whether the provider issues keys for whatever key IDs the license request names, so a
+    /// request whose key IDs licensegate cannot read must not reach it.
+    fn keys_from_request(&self) -> bool {
+        false
+    }
+
     /// Whether the provider may refuse inside a 2xx answer: its answers are then read whole
     /// before the player sees any of them.
     fn refuses_in_answers(&self) -> bool {

@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -90,7 +90,11 @@ pub struct SpcRequest {
 /// Reads any envelope players are known to send. `content_type` only breaks ties: players send
 /// raw SPCs without one, and WebKit's own tests send JSON labelled as a form.
 pub fn read_request(body: &[u8], content_type: Option<&str>) -> Result<SpcRequest, Malformed> {
-    let text = std::str::from_utf8(body).ok().map(str::trim);
+    let text = match body {
+        // An SPC starts with its version, 1 or 2, as four bytes: binary, whatever follows.
+        [0, 0, 0, 1 | 2, ..] => None,
+        _ => std::str::from_utf8(body).ok().map(str::trim),
+    };
     let request = match text {
         Some(text) if text.starts_with('{') => read_json(text)?,
         Some(text) if is_form(text, content_type) => read_form(text)?,
@@ -100,7 +104,8 @@ pub fn read_request(body: &[u8], content_type: Option<&str>) -> Result<SpcReques
             asset_id: None,
             uri: None,
         },
-        _ => SpcRequest {
+        Some(_) => return malformed("the body is text in no envelope licensegate reads"),
+        None => SpcRequest {
             spc: body.to_vec(),
             format: RequestFormat::Raw,
             asset_id: None,
@@ -130,11 +135,11 @@ fn is_form(text: &str, content_type: Option<&str>) -> bool {
         t.trim()
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
-    });
+    }) && (text.contains('=') || text.contains('%'));
     let lower = text.to_ascii_lowercase();
     labelled
-        || lower.starts_with("spc=")
-        || lower.starts_with("spc%")
+        // A real SPC's base64 starts with its version ("AAAAA"), never with "spc".
+        || lower.starts_with("spc")
         || text.contains('&')
         || text.trim_end_matches('=').contains('=')
 }
@@ -156,6 +161,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     STANDARD
         .decode(compact.as_bytes())
         .ok()
+        .or_else(|| STANDARD_NO_PAD.decode(compact.as_bytes()).ok())
         .or_else(|| URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')).ok())
 }
 
@@ -500,7 +506,8 @@ pub fn read_skd_uri(uri: &str) -> Option<SkdKey> {
             let value = percent_decode_str(value).decode_utf8().ok()?;
             match name {
                 "assetId" if !value.is_empty() => key.content_id = Some(value.into_owned()),
-                "keyId" => key.kid = value.parse().ok(),
+                // A key ID that does not parse must not switch the key check off.
+                "keyId" => key.kid = Some(value.parse().ok()?),
                 _ => {}
             }
         }
@@ -508,7 +515,7 @@ pub fn read_skd_uri(uri: &str) -> Option<SkdKey> {
     }
     if let Some((_, kid)) = rest.rsplit_once(';') {
         return Some(SkdKey {
-            kid: kid.parse().ok(),
+            kid: Some(kid.parse().ok()?),
             ..SkdKey::default()
         });
     }
@@ -581,6 +588,9 @@ mod tests {
             b"spc=",
             b"assetId=x&nothing=1",
             b"spc=AAAA&assetId",
+            b"not an spc at all!",
+            br#"["spc"]"#,
+            "\u{feff}{\"spc\":\"AAAA\"}".as_bytes(),
             br#"{"ckc":"AAAA"}"#,
             br#"{"spc":12}"#,
             br#"{"spc":"AAAA""#,
@@ -664,6 +674,8 @@ mod tests {
             Some("twelve")
         );
         assert_eq!(read_skd_uri("https://x/y"), None);
+        assert_eq!(read_skd_uri("skd://drmtoday?assetId=a&keyId=zz"), None);
+        assert_eq!(read_skd_uri("skd://fps.ezdrm.com/;nope"), None);
         assert_eq!(read_skd_uri("skd://"), None);
     }
 }

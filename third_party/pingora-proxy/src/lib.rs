@@ -672,8 +672,15 @@ impl Session {
             return Some(tasks);
         };
         if tasks.iter().any(|task| matches!(task, HttpTask::Failed(_))) {
+            // The header and body that came in the same batch as the failure stay held too.
             self.response_hold = None;
-            return Some(tasks);
+            return Some(
+                tasks
+                    .into_iter()
+                    .filter(|task| matches!(task, HttpTask::Failed(_)))
+                    .take(1)
+                    .collect(),
+            );
         }
         let end = tasks.iter().any(HttpTask::is_end);
         hold.tasks.extend(tasks);
