@@ -592,3 +592,53 @@ async fn a_configured_certificate_file_is_served_without_asking_the_vendor() {
     );
     assert!(logged(&gate, "content_id=\"movie-9\"").await);
 }
+
+/// Debian's nginx as the vendor over h2c: it echoes the base64 SPC back as the CKC, and answers
+/// PallyCon's 200-with-error. The envelopes and the held answer work with a server not ours.
+#[tokio::test]
+async fn nginx_as_an_h2_vendor_echoes_and_refuses_inside_a_200() {
+    let nginx = licensegate_testkit::Nginx::start(
+        r#"listen 127.0.0.1:{port} http2;
+        location /echo { echo_read_request_body; echo_request_body; }
+        location /refuse { default_type application/json;
+            return 200 '{"errorCode":"8001","message":"Invalid token"}'; }"#,
+    );
+    let vendors = Vendors {
+        sims: Vec::new(),
+        providers: vec![
+            (
+                "echo".into(),
+                format!(
+                    "kind = \"generic\"\nendpoints = [\"{}\"]\n[providers.echo.settings]\nfairplay_body = \"base64\"\nfairplay_ckc = \"base64\"",
+                    nginx.url("http", "/echo")
+                ),
+            ),
+            (
+                "refuse".into(),
+                format!(
+                    "kind = \"pallycon\"\nendpoints = [\"{}\"]\n[providers.refuse.settings]\nsite_id = \"S\"\nsite_key = \"sim-site-key-0123456789abcdefghi\"\naccess_key = \"k\"",
+                    nginx.url("http", "/refuse")
+                ),
+            ),
+        ],
+    };
+    let gate = vendors.gate("").await;
+    for seed in 0..10 {
+        let spc = spc(2048 + seed as usize * 800, 100 + seed);
+        let body = json!({ "spc": STANDARD.encode(&spc) })
+            .to_string()
+            .into_bytes();
+        let response = post(&gate, "?content=fp-echo", body, None).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            STANDARD.decode(answer["ckc"].as_str().unwrap()).unwrap(),
+            spc
+        );
+    }
+    let response = post(&gate, "?content=fp-refuse", spc(3000, 1), None).await;
+    let body = problem(response, 403, "vendor_refused").await;
+    assert_eq!(body["vendor_code"], "8001");
+    assert_eq!(body["vendor_message"], "Invalid token");
+    assert_eq!(nginx.access_log().len(), 11);
+}

@@ -136,10 +136,9 @@ fn is_form(text: &str, content_type: Option<&str>) -> bool {
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
     }) && (text.contains('=') || text.contains('%'));
-    let lower = text.to_ascii_lowercase();
     labelled
         // A real SPC's base64 starts with its version ("AAAAA"), never with "spc".
-        || lower.starts_with("spc")
+        || text.get(..3).is_some_and(|start| start.eq_ignore_ascii_case("spc"))
         || text.contains('&')
         || text.trim_end_matches('=').contains('=')
 }
