@@ -72,9 +72,13 @@ impl AdminApp {
             if let Err(refusal) = crate::pipeline::check_header_limits(request, server) {
                 problem(&refusal, &request_id)
             } else {
-                match request.uri.path().strip_prefix(DEVICES_PREFIX) {
-                    Some(rest) => self.devices(request, rest, &request_id).await,
-                    None => self.answer(request, &request_id).await,
+                let path = request.uri.path();
+                if let Some(rest) = path.strip_prefix(DEVICES_PREFIX) {
+                    self.devices(request, rest, &request_id).await
+                } else if let Some(rest) = path.strip_prefix(USERS_PREFIX) {
+                    self.users(request, rest, &request_id).await
+                } else {
+                    self.answer(request, &request_id).await
                 }
             };
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
@@ -88,6 +92,7 @@ impl AdminApp {
 
 /// `GET /v1/devices/{user}`, `DELETE /v1/devices/{user}`, `DELETE /v1/devices/{user}/{device}`.
 const DEVICES_PREFIX: &str = "/v1/devices/";
+const USERS_PREFIX: &str = "/v1/users/";
 
 impl AdminApp {
     async fn devices(
@@ -100,21 +105,11 @@ impl AdminApp {
         let Some(devices) = &self.state.devices else {
             return problem(Problem::not_found().with_detail("device limits are not configured"));
         };
-        let Some(admin_token) = &devices.settings.admin_token else {
-            return problem(
-                Problem::not_found().with_detail("the device API needs devices.admin_token"),
-            );
-        };
-        if !bearer_matches(request, admin_token) {
-            let mut response = problem(Problem::new(Refusal::AdminTokenInvalid));
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+        if let Some(refused) = self.unauthorized(request, request_id) {
+            return refused;
         }
         let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
-        let unavailable = |e: crate::devices::StoreError| {
+        let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "device store unavailable for the admin API");
             problem(Problem::new(Refusal::DeviceStoreUnavailable))
         };
@@ -146,6 +141,133 @@ impl AdminApp {
                 }
             }
             (&Method::GET | &Method::DELETE, _) => problem(Problem::not_found()),
+            _ => problem(Problem::method_not_allowed()),
+        }
+    }
+
+    /// The admin API answers only with `admin.token` configured, and only to its bearer.
+    /// The refusal of a request without the admin token (`None`: authorized).
+    fn unauthorized(&self, request: &RequestHeader, request_id: &str) -> Option<Response<Vec<u8>>> {
+        let Some(admin_token) = &self.state.config.admin.token else {
+            return Some(problem(
+                &Problem::not_found().with_detail("the admin API needs admin.token"),
+                request_id,
+            ));
+        };
+        if !bearer_matches(request, admin_token) {
+            let mut response = problem(&Problem::new(Refusal::AdminTokenInvalid), request_id);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Some(response);
+        }
+        None
+    }
+
+    /// `POST /v1/users/{user}/block[?seconds=N]`, `DELETE /v1/users/{user}/block`;
+    /// `GET /v1/users/{user}/streams`, `DELETE /v1/users/{user}/streams[/{session}]`.
+    async fn users(
+        &self,
+        request: &RequestHeader,
+        rest: &str,
+        request_id: &str,
+    ) -> Response<Vec<u8>> {
+        let problem = |p: Problem| problem(&p, request_id);
+        if let Some(refused) = self.unauthorized(request, request_id) {
+            return refused;
+        }
+        let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "store unavailable for the admin API");
+            problem(Problem::new(Refusal::StreamStoreUnavailable))
+        };
+        let no_streams =
+            || problem(Problem::not_found().with_detail("stream limits are not configured"));
+        match (&request.method, decoded.as_slice()) {
+            (method, [user, what]) if what == "block" && !user.is_empty() => {
+                let Some(blocks) = &self.state.blocks else {
+                    return problem(Problem::not_found());
+                };
+                match *method {
+                    Method::POST => {
+                        let seconds = request.uri.query().and_then(|query| {
+                            url::form_urlencoded::parse(query.as_bytes())
+                                .find(|(key, _)| key == "seconds")
+                                .map(|(_, value)| value.into_owned())
+                        });
+                        let until = match seconds.map(|s| s.parse::<u64>()) {
+                            None => None,
+                            Some(Ok(seconds)) if seconds > 0 => {
+                                Some(crate::store::now_seconds() + seconds)
+                            }
+                            Some(_) => {
+                                return problem(
+                                    Problem::new(Refusal::AdminRequestInvalid)
+                                        .with_detail("seconds must be a positive whole number"),
+                                );
+                            }
+                        };
+                        match blocks.block(user, until).await {
+                            Ok(()) => {
+                                tracing::info!(user = %user, until, "user blocked");
+                                json_response(
+                                    200,
+                                    json!({"user": user, "blocked": true, "until": until}),
+                                )
+                            }
+                            Err(e) => unavailable(e),
+                        }
+                    }
+                    Method::DELETE => match blocks.unblock(user).await {
+                        Ok(was) => json_response(
+                            200,
+                            json!({"user": user, "blocked": false, "was_blocked": was}),
+                        ),
+                        Err(e) => unavailable(e),
+                    },
+                    _ => problem(Problem::method_not_allowed()),
+                }
+            }
+            (&Method::GET, [user, what]) if what == "streams" && !user.is_empty() => {
+                let Some(streams) = &self.state.streams else {
+                    return no_streams();
+                };
+                match streams.list(user).await {
+                    Ok(leases) => json_response(
+                        200,
+                        json!({
+                            "user": user,
+                            "default_limit": streams.settings.max_per_user,
+                            "active": leases.iter().filter(|lease| !lease.stopped).count(),
+                            "streams": leases,
+                        }),
+                    ),
+                    Err(e) => unavailable(e),
+                }
+            }
+            (&Method::DELETE, [user, what]) if what == "streams" && !user.is_empty() => {
+                let Some(streams) = &self.state.streams else {
+                    return no_streams();
+                };
+                match streams.end_all(user).await {
+                    Ok(ended) => json_response(200, json!({"user": user, "ended": ended})),
+                    Err(e) => unavailable(e),
+                }
+            }
+            (&Method::DELETE, [user, what, session])
+                if what == "streams" && !user.is_empty() && !session.is_empty() =>
+            {
+                let Some(streams) = &self.state.streams else {
+                    return no_streams();
+                };
+                match streams.end(user, session).await {
+                    Ok(true) => json_response(200, json!({"user": user, "ended": 1})),
+                    Ok(false) => problem(Problem::new(Refusal::StreamUnknown)),
+                    Err(e) => unavailable(e),
+                }
+            }
+            (&Method::GET | &Method::DELETE | &Method::POST, _) => problem(Problem::not_found()),
             _ => problem(Problem::method_not_allowed()),
         }
     }
@@ -224,7 +346,7 @@ fn bearer_matches(request: &RequestHeader, expected: &str) -> bool {
 }
 
 /// A path segment's `%XX` escapes decoded (user ids may hold any character).
-fn percent_decode(segment: &str) -> String {
+pub fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -28,6 +28,8 @@ pub struct Grant {
     pub basis: &'static str,
     /// The entitlement service's device limit for this user, if it gave one.
     pub max_devices: Option<u32>,
+    /// The entitlement service's concurrent stream limit for this user, if it gave one.
+    pub max_streams: Option<u32>,
 }
 
 pub struct Entitlements {
@@ -48,6 +50,7 @@ struct Answer {
     allow: bool,
     policy: Option<String>,
     max_devices: Option<u32>,
+    max_streams: Option<u32>,
     ttl: Duration,
 }
 
@@ -77,6 +80,7 @@ struct ServiceAnswer {
     allow: bool,
     policy: Option<String>,
     max_devices: Option<u32>,
+    max_streams: Option<u32>,
 }
 
 impl Entitlements {
@@ -123,6 +127,7 @@ impl Entitlements {
             policy: content_policy.1.clone(),
             basis,
             max_devices: None,
+            max_streams: None,
         };
         if content.free {
             return Ok(grant("free"));
@@ -144,6 +149,7 @@ impl Entitlements {
                 let Some(name) = answer.policy else {
                     return Ok(Grant {
                         max_devices: answer.max_devices,
+                        max_streams: answer.max_streams,
                         ..grant("service")
                     });
                 };
@@ -153,6 +159,7 @@ impl Entitlements {
                         policy: policy.clone(),
                         basis: "service",
                         max_devices: answer.max_devices,
+                        max_streams: answer.max_streams,
                     }),
                     None => Err(Problem::new(Refusal::EntitlementInvalid)
                         .with_detail(format!("unknown policy '{name}'"))),
@@ -240,6 +247,7 @@ impl Service {
             allow: answer.allow,
             policy: answer.policy,
             max_devices: answer.max_devices,
+            max_streams: answer.max_streams,
             ttl,
         })
     }

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod entitlement;
 pub mod fairplay;
 pub mod forwarded;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
@@ -25,6 +26,8 @@ pub mod reload;
 pub mod server;
 pub mod service_certificate;
 pub mod shutdown;
+pub mod store;
+pub mod streams;
 pub mod upstream;
 
 pub use licensegate_drm::{challenge, drm, keyseed, manifest};

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub stream_decisions: IntCounterVec,
+    pub stream_store_duration: HistogramVec,
+    pub rate_limit_decisions: IntCounterVec,
+    pub license_request_types: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,6 +117,42 @@ impl Metrics {
             &["operation"],
         )
         .expect("valid histogram");
+        let stream_decisions = IntCounterVec::new(
+            Opts::new(
+                "licensegate_stream_decisions_total",
+                "Stream limit decisions: started, renewed, released, refused (limit reached), \
+                 stopped_oldest (displaced by a new stream), stopped_refused (a displaced \
+                 stream's renewal), unknown, store_down_*",
+            ),
+            &["decision"],
+        )
+        .expect("valid counter");
+        let stream_store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "licensegate_stream_store_duration_seconds",
+                "Stream lease, quota and block store call latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid histogram");
+        let rate_limit_decisions = IntCounterVec::new(
+            Opts::new(
+                "licensegate_rate_limit_decisions_total",
+                "Rate limit and quota decisions per limit (client, user, quota, blocked) and \
+                 decision (allowed, refused, renewal_exempt, store_down_*)",
+            ),
+            &["limit", "decision"],
+        )
+        .expect("valid counter");
+        let license_request_types = IntCounterVec::new(
+            Opts::new(
+                "licensegate_license_request_types_total",
+                "License requests per DRM and request type (new, renewal, release)",
+            ),
+            &["drm", "type"],
+        )
+        .expect("valid counter");
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "licensegate_upstream_retries_total",
@@ -153,6 +193,10 @@ impl Metrics {
             Box::new(token_mint_duration.clone()),
             Box::new(device_decisions.clone()),
             Box::new(device_store_duration.clone()),
+            Box::new(stream_decisions.clone()),
+            Box::new(stream_store_duration.clone()),
+            Box::new(rate_limit_decisions.clone()),
+            Box::new(license_request_types.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -171,6 +215,10 @@ impl Metrics {
             upstream_retries,
             upstream_ejections,
             connections_refused,
+            stream_decisions,
+            stream_store_duration,
+            rate_limit_decisions,
+            license_request_types,
         }
     }
 

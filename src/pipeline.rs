@@ -31,17 +31,20 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::auth::{Cookies, Identity};
 use crate::catalog::{Catalog, Content};
-use crate::challenge::{self, ChallengeInfo, RequestType};
+use crate::challenge::{self, ChallengeInfo, RequestType, widevine};
 use crate::config::ProviderConfig;
 use crate::cors::{self, Origin};
 use crate::drm::Drm;
 use crate::fairplay;
 use crate::forwarded::{self, ClientAddress};
+use crate::limits::{QuotaTaken, Scope};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem, Refusal};
 use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
 use crate::server::{ProviderRoute, State};
 use crate::service_certificate::{Certificate, Filler, Lookup};
+use crate::store::LeaseAsk;
+use crate::streams::{self, Admitted};
 use crate::upstream::{Target, Upstream};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
@@ -82,8 +85,38 @@ pub struct RequestCtx {
     pub pending_problem: Option<Problem>,
     /// Whether the connection's clock counts this request (see [`crate::listener`]).
     pub connection_busy: bool,
+    /// The stream this request starts, renews or ends, once the limits phase has looked.
+    pub stream: Option<StreamHold>,
+    /// A license counted against the user's quota, given back if none is issued.
+    pub quota: Option<QuotaTaken>,
     _in_flight: Option<InFlight>,
 }
+
+/// A request's part in its user's stream limit.
+pub struct StreamHold {
+    pub user: String,
+    pub content: String,
+    pub drm: Drm,
+    pub limit: u32,
+    /// The lease's length when the license tells none.
+    pub seconds: u64,
+    /// The lease's name; `None` until the provider's answer tells which device asked.
+    pub session: Option<String>,
+    /// This request started the lease: it ends if no license follows.
+    pub started: bool,
+    /// The lease has a provisional name until the Widevine license tells its session id.
+    pub learn_session: bool,
+    /// A Widevine renewal, whose license tells when the next renewal comes.
+    pub renewal: bool,
+    /// The player is told the session id (`X-Playback-Session`).
+    pub announce: bool,
+    /// The start of the provider's answer, for the license's identification and policy.
+    pub answer: BytesMut,
+    pub license: Option<widevine::IssuedLicense>,
+}
+
+/// More than any Widevine license; past it the answer is not read for its session.
+const MAX_LICENSE_READ_BYTES: usize = 64 * 1024;
 
 /// The upstream leg: attempts, timings and what the provider said.
 #[derive(Default)]
@@ -125,6 +158,8 @@ impl RequestCtx {
             forward: Forwarding::default(),
             pending_problem: None,
             connection_busy: false,
+            stream: None,
+            quota: None,
             _in_flight: None,
         }
     }
@@ -151,6 +186,10 @@ pub struct LocalAnswer {
     pub preflight: bool,
     /// How long the answer may be reused; `None`: never (`no-store`).
     pub max_age: Option<std::time::Duration>,
+    /// `Retry-After` seconds of a refusal that passes with time.
+    pub retry_after: Option<u64>,
+    /// The playback session the answer started or renewed, told to the player.
+    pub session: Option<String>,
 }
 
 impl LocalAnswer {
@@ -162,6 +201,8 @@ impl LocalAnswer {
             body: problem.to_body(request_id),
             preflight: false,
             max_age: None,
+            retry_after: problem.retry_after,
+            session: None,
         }
     }
 
@@ -173,6 +214,8 @@ impl LocalAnswer {
             body: certificate.body,
             preflight: false,
             max_age: None,
+            retry_after: None,
+            session: None,
         }
     }
 }
@@ -232,10 +275,13 @@ pub enum Route {
     License(Drm),
     HlsKey,
     FairPlayCertificate,
+    /// A player's heartbeat (`POST`) or end (`DELETE`) of its playback session.
+    Stream(String),
     Preflight,
 }
 
 const HLS_KEY_PATH: &str = "/v1/hls/key";
+const STREAMS_PREFIX: &str = "/v1/streams/";
 const FAIRPLAY_CERTIFICATE_PATH: &str = "/v1/fairplay/certificate";
 /// The metrics and log label of HLS AES-128 key requests, in place of a DRM name.
 pub const HLS_LABEL: &str = "hls-aes";
@@ -252,6 +298,13 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
     if path == HLS_KEY_PATH {
         return match *method {
             Method::GET => Ok(Route::HlsKey),
+            Method::OPTIONS => Ok(Route::Preflight),
+            _ => Err(Problem::method_not_allowed()),
+        };
+    }
+    if let Some(session) = path.strip_prefix(STREAMS_PREFIX) {
+        return match *method {
+            Method::POST | Method::DELETE => Ok(Route::Stream(session.to_string())),
             Method::OPTIONS => Ok(Route::Preflight),
             _ => Err(Problem::method_not_allowed()),
         };
@@ -291,6 +344,7 @@ pub async fn admit(
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
         Route::FairPlayCertificate => return fairplay_certificate(state, session, ctx).await,
+        Route::Stream(id) => return stream_heartbeat(state, session, ctx, id).await,
         Route::License(drm) => drm,
     };
     ctx.label = drm.as_str();
@@ -300,6 +354,7 @@ pub async fn admit(
         .clone();
     ctx.provider_config = Some(route.config.clone());
     let identity = authenticate(state, session.req_header(), &ctx.origin)?;
+    check_blocked(state, identity.as_deref()).await?;
     let soap_action = match drm {
         Drm::PlayReady => Some(crate::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
@@ -362,6 +417,25 @@ pub async fn admit(
             .map(valid_content_id)
             .transpose()?,
     };
+    let parsed = challenge::parse(drm, &challenge);
+    if let Ok(info) = &parsed {
+        ctx.request_type = Some(info.request_type);
+        state
+            .metrics
+            .license_request_types
+            .with_label_values(&[drm.as_str(), info.request_type.as_str()])
+            .inc();
+    }
+    let player_session = streams::player_session(session.req_header())?;
+    let live_renewal = limit_rates(
+        state,
+        ctx,
+        identity.as_deref(),
+        drm,
+        parsed.as_ref().ok(),
+        player_session.as_deref(),
+    )
+    .await?;
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
@@ -373,13 +447,12 @@ pub async fn admit(
         )?;
         return Ok(Admission::Forward(Box::new(plan)));
     };
-    let mut info = challenge::parse(drm, &challenge)
-        .map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
+    let mut info =
+        parsed.map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
     // The SPC names no key; the skd URI the player was given does.
     if let Some(kid) = player.as_ref().and_then(fairplay::PlayerRequest::kid) {
         info.key_ids.push(kid);
     }
-    ctx.request_type = Some(info.request_type);
     let catalog = catalog.current();
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
@@ -400,6 +473,8 @@ pub async fn admit(
         .await?;
     ctx.entitled_by = Some(grant.basis);
     let device_limit = match (&state.devices, &identity) {
+        // A live stream's device was admitted when the stream started.
+        _ if live_renewal => None,
         (Some(devices), Some(identity)) => Some(DeviceLimit {
             user: identity.user.clone(),
             limit: devices.limit_for(Some(&identity.claims), grant.max_devices),
@@ -422,9 +497,14 @@ pub async fn admit(
              (X-FairPlay-Uri, or Apple's JSON uri)",
         ));
     }
+    let stream_limit = StreamAsk {
+        content: content.id.clone(),
+        interval_seconds: grant.policy.renewal_interval_seconds,
+        granted_limit: grant.max_streams,
+    };
     let request = LicenseRequest {
         request_id: ctx.request_id.clone(),
-        user: identity.map(|identity| identity.user.clone()),
+        user: identity.as_ref().map(|identity| identity.user.clone()),
         content,
         drm,
         key_ids: info.key_ids.clone(),
@@ -433,8 +513,30 @@ pub async fn admit(
         client_ip,
     };
     let fairplay = fairplay_leg(&provider, Some(&request));
-    let authorizing = match authorize(state, &provider, request, &info).await? {
-        Authorized::Locally(answer) => return Ok(Admission::Answer(answer)),
+    let authorized = authorize(state, &provider, request, &info).await?;
+    let local = matches!(authorized, Authorized::Locally(_));
+    if let Some(identity) = &identity {
+        admit_stream(
+            state,
+            ctx,
+            identity,
+            drm,
+            &info,
+            player_session,
+            stream_limit,
+            local,
+        )
+        .await?;
+    }
+    let authorizing = match authorized {
+        Authorized::Locally(mut answer) => {
+            answer.session = ctx
+                .stream
+                .as_ref()
+                .filter(|hold| hold.announce)
+                .and_then(|hold| hold.session.clone());
+            return Ok(Admission::Answer(answer));
+        }
         Authorized::Forward(authorizing) => authorizing,
     };
     let plan = plan(&provider, authorizing, device_limit, fairplay)?;
@@ -444,6 +546,297 @@ pub async fn admit(
 enum Authorized {
     Locally(LocalAnswer),
     Forward(Authorizing),
+}
+
+/// A user blocked through the admin API gets nothing more, renewals included.
+async fn check_blocked(state: &State, identity: Option<&Identity>) -> Result<(), Problem> {
+    match (&state.blocks, identity) {
+        (Some(blocks), Some(identity)) => blocks.check(&identity.user).await,
+        _ => Ok(()),
+    }
+}
+
+/// The session a request continues, if it names one: a Widevine renewal or release names its
+/// license's, other players their own.
+fn continued_session(
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+    player_session: Option<&str>,
+) -> Option<String> {
+    match info.and_then(|info| info.license_session_id.as_deref()) {
+        Some(session_id) if drm == Drm::Widevine => Some(streams::widevine_session(session_id)),
+        _ if drm == Drm::Widevine => None,
+        _ => player_session.map(str::to_string),
+    }
+}
+
+/// Phase "limits", rates: token buckets per client address and per user, then the user's
+/// license quota. A renewal or release of a live stream takes no token and is never refused
+/// for its quota: a playing stream is not limited out. Returns whether it is one.
+async fn limit_rates(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+    player_session: Option<&str>,
+) -> Result<bool, Problem> {
+    let limited = state.rate_limits.enabled() || state.quotas.is_some();
+    let continued = continued_session(drm, info, player_session);
+    let live = match (&state.streams, identity, continued) {
+        (Some(streams), Some(identity), Some(session)) if limited => streams
+            .lease(&identity.user, &session)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|lease| !lease.stopped),
+        _ => false,
+    };
+    if live {
+        state.rate_limits.exempt();
+    } else {
+        if let Some(client) = &ctx.client {
+            state
+                .rate_limits
+                .take(Scope::Client(client.ip), drm)
+                .await?;
+        }
+        if let Some(identity) = identity {
+            state
+                .rate_limits
+                .take(Scope::User(&identity.user), drm)
+                .await?;
+        }
+    }
+    let release = info.is_some_and(|info| info.request_type == RequestType::Release);
+    if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
+        ctx.quota = quotas.take(&identity.user, &identity.claims, live).await?;
+    }
+    Ok(live)
+}
+
+/// What the stream limit needs to know of the license being asked for.
+struct StreamAsk {
+    content: String,
+    /// The policy's renewal interval (0: not set).
+    interval_seconds: u64,
+    /// The entitlement service's stream limit for the user.
+    granted_limit: Option<u32>,
+}
+
+/// Phase "limits", streams: the lease of the stream this request starts or renews, taken before
+/// the provider is asked (it bills per license), or ended by a release. A Widevine license's
+/// session id comes only with its answer, so a new one holds a provisional lease until then; a
+/// stream named by the device the provider reports is admitted on the answer
+/// ([`inspect_response`]).
+#[allow(clippy::too_many_arguments)]
+async fn admit_stream(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: &Identity,
+    drm: Drm,
+    info: &ChallengeInfo,
+    player_session: Option<String>,
+    ask: StreamAsk,
+    local: bool,
+) -> Result<(), Problem> {
+    let Some(streams) = &state.streams else {
+        return Ok(());
+    };
+    let user = identity.user.as_str();
+    let continued = continued_session(drm, Some(info), player_session.as_deref());
+    let widevine_continues = drm == Drm::Widevine && info.license_session_id.is_some();
+    if info.request_type == RequestType::Release
+        && let Some(session) = &continued
+    {
+        if let Err(e) = streams.end(user, session).await {
+            tracing::warn!(error = %e, "stream lease not ended on release");
+        }
+        return Ok(());
+    }
+    let (session, learn_session, announce) = match continued {
+        Some(session) => (Some(session), false, !widevine_continues),
+        None if drm == Drm::Widevine && info.request_type == RequestType::New && !local => {
+            (Some(streams::pending_session(&ctx.request_id)), true, false)
+        }
+        None if local => (Some(streams::issued_session()), false, true),
+        None => (None, false, false),
+    };
+    let mut hold = StreamHold {
+        user: user.to_string(),
+        content: ask.content,
+        drm,
+        limit: streams.limit_for(Some(&identity.claims), ask.granted_limit),
+        seconds: streams.lease_seconds(ask.interval_seconds),
+        session,
+        started: false,
+        learn_session,
+        renewal: widevine_continues && info.request_type == RequestType::Renewal,
+        announce,
+        answer: BytesMut::new(),
+        license: None,
+    };
+    if let Some(session) = &hold.session {
+        let admitted = streams
+            .admit(
+                user,
+                LeaseAsk {
+                    session,
+                    content: &hold.content,
+                    drm: drm.as_str(),
+                    seconds: hold.seconds,
+                },
+                hold.limit,
+            )
+            .await?;
+        hold.started = admitted == Admitted::Started;
+    }
+    ctx.stream = Some(hold);
+    Ok(())
+}
+
+/// Phase "limits" on the provider's answer, for a stream known only by the device the provider
+/// reports (else one per user, content and client address).
+async fn admit_stream_on_answer(
+    state: &State,
+    ctx: &mut RequestCtx,
+    device: Option<String>,
+) -> Result<(), Problem> {
+    let (Some(streams), Some(hold)) = (&state.streams, ctx.stream.as_mut()) else {
+        return Ok(());
+    };
+    if hold.session.is_some() {
+        return Ok(());
+    }
+    let session = match device {
+        Some(device) => streams::device_session(&device),
+        None => streams::client_session(&hold.content, ctx.client.as_ref().map(|c| c.ip)),
+    };
+    let admitted = streams
+        .admit(
+            &hold.user,
+            LeaseAsk {
+                session: &session,
+                content: &hold.content,
+                drm: hold.drm.as_str(),
+                seconds: hold.seconds,
+            },
+            hold.limit,
+        )
+        .await?;
+    hold.started = admitted == Admitted::Started;
+    hold.session = Some(session);
+    hold.announce = true;
+    Ok(())
+}
+
+/// `POST /v1/streams/{session}` renews a playback session's lease, for DRMs without native
+/// renewal; `DELETE` ends it. A heartbeat is a renewal: the token, the block list and the
+/// entitlement are checked again.
+async fn stream_heartbeat(
+    state: &State,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    id: String,
+) -> Result<Admission, Problem> {
+    ctx.label = "stream";
+    let Some(streams) = &state.streams else {
+        return Err(Problem::not_found().with_detail("stream limits are not configured"));
+    };
+    let id = streams::valid_session(crate::admin::percent_decode(&id))?;
+    let identity =
+        authenticate(state, session.req_header(), &ctx.origin)?.ok_or_else(Problem::internal)?;
+    check_blocked(state, Some(&identity)).await?;
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "stream store unavailable");
+        Problem::new(Refusal::StreamStoreUnavailable)
+    };
+    let user = identity.user.as_str();
+    if session.req_header().method == Method::DELETE {
+        return match streams.end(user, &id).await.map_err(unavailable)? {
+            true => Ok(Admission::Answer(json_answer(
+                200,
+                "stream_ended",
+                serde_json::json!({"session": id, "ended": true}),
+            ))),
+            false => Err(Problem::new(Refusal::StreamUnknown)),
+        };
+    }
+    let lease = streams
+        .lease(user, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            Problem::new(Refusal::StreamUnknown)
+                .with_detail("no live stream by that id: start one with a license request")
+        })?;
+    if lease.stopped {
+        streams.count("stopped_refused");
+        return Err(Problem::new(Refusal::StreamStopped)
+            .with_detail("a newer stream of this user took this stream's place"));
+    }
+    ctx.content_id = Some(lease.content.clone());
+    let mut interval = 0;
+    if let Some(catalog) = &state.catalog {
+        let content = resolve_content(
+            &catalog.current(),
+            Some(&lease.content),
+            &ChallengeInfo::default(),
+        )?;
+        let client_ip = ctx.client.as_ref().map(|client| client.ip);
+        match state
+            .entitlements
+            .entitle(Some(&identity), &content, &lease.drm, client_ip)
+            .await
+        {
+            Ok(grant) => {
+                ctx.entitled_by = Some(grant.basis);
+                interval = grant.policy.renewal_interval_seconds;
+            }
+            Err(problem) => {
+                if problem.status == 403 {
+                    // Entitlement ended: the slot frees now, not when the lease runs out.
+                    let _ = streams.end(user, &id).await;
+                }
+                return Err(problem);
+            }
+        }
+    }
+    let seconds = streams.lease_seconds(interval);
+    let lease = streams
+        .renew(user, &id, seconds)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::new(Refusal::StreamUnknown))?;
+    if lease.stopped {
+        return Err(Problem::new(Refusal::StreamStopped));
+    }
+    let expires_at =
+        crate::providers::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(lease.expires_at));
+    let mut answer = json_answer(
+        200,
+        "stream_renewed",
+        serde_json::json!({
+            "session": id,
+            "expires_at": expires_at,
+            "renew_within_seconds": seconds.saturating_sub(streams.settings.grace.as_secs()),
+        }),
+    );
+    answer.session = Some(id);
+    Ok(Admission::Answer(answer))
+}
+
+fn json_answer(status: u16, outcome: &'static str, body: serde_json::Value) -> LocalAnswer {
+    LocalAnswer {
+        status,
+        outcome,
+        content_type: Some(HeaderValue::from_static("application/json")),
+        body: Bytes::from(body.to_string()),
+        preflight: false,
+        max_age: None,
+        retry_after: None,
+        session: None,
+    }
 }
 
 /// Phase "authorize with provider": licensegate's own license, or what the provider needs to see
@@ -463,6 +856,8 @@ async fn authorize(
             body: license.body,
             preflight: false,
             max_age: None,
+            retry_after: None,
+            session: None,
         }));
     }
     // Nothing is minted (a token service may bill for it) for a DRM this provider has no
@@ -642,6 +1037,8 @@ async fn hls_key(
         body: Bytes::copy_from_slice(&hls.key),
         preflight: false,
         max_age: None,
+        retry_after: None,
+        session: None,
     }))
 }
 
@@ -678,6 +1075,8 @@ async fn fairplay_certificate(
         body: certificate,
         preflight: false,
         max_age: Some(state.config.fairplay.certificate_cache),
+        retry_after: None,
+        session: None,
     }))
 }
 
@@ -692,6 +1091,8 @@ fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
         body: Bytes::new(),
         preflight: true,
         max_age: None,
+        retry_after: None,
+        session: None,
     }))
 }
 
@@ -951,6 +1352,21 @@ pub fn capture_answer(
             filler.response_body(body, end_of_stream);
         }
     }
+    let success = ctx.forward.status.is_some_and(|s| (200..300).contains(&s));
+    if let Some(hold) = ctx.stream.as_mut()
+        && success
+        && (hold.learn_session || hold.renewal)
+    {
+        if let Some(chunk) = body
+            && hold.answer.len() + chunk.len() <= MAX_LICENSE_READ_BYTES
+        {
+            hold.answer.extend_from_slice(chunk);
+        }
+        if end_of_stream || trailers {
+            hold.license = widevine::read_license(&hold.answer);
+            hold.answer = BytesMut::new();
+        }
+    }
     if end_of_stream || trailers {
         ctx.forward.finished = Some(Instant::now());
     }
@@ -1049,18 +1465,17 @@ pub async fn inspect_response(
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
         ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
-    } else if let (Some(devices), Some(limit), None) = (
-        &state.devices,
-        &plan.device_limit,
-        &plan.service_certificate,
-    ) {
-        let device = plan.provider.device(headers);
-        if let Err(problem) = devices.admit(&limit.user, &device, limit.limit).await {
+    } else if plan.service_certificate.is_none() {
+        let admitted = admit_on_answer(state, ctx, headers).await;
+        if let Err(problem) = admitted {
             ctx.status = problem.status;
             ctx.outcome = problem.code;
             ctx.held_back = Some(problem.to_body(&ctx.request_id));
         }
     }
+    let Some(plan) = ctx.plan.as_mut() else {
+        return Ok(false);
+    };
     let read_whole = (200..300).contains(&status)
         && ctx.held_back.is_none()
         && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
@@ -1081,6 +1496,40 @@ pub async fn inspect_response(
         ctx.whole_answer = Some(WholeAnswer::default());
     }
     Ok(read_whole)
+}
+
+/// Phase "limits" on a provider's 2xx answer: the device limit and, for a stream known only by
+/// the device, the stream limit. A refusal holds the license back.
+async fn admit_on_answer(
+    state: &State,
+    ctx: &mut RequestCtx,
+    headers: &http::HeaderMap,
+) -> Result<(), Problem> {
+    let Some(plan) = ctx.plan.as_ref() else {
+        return Ok(());
+    };
+    let undecided_stream = ctx
+        .stream
+        .as_ref()
+        .is_some_and(|hold| hold.session.is_none());
+    if plan.device_limit.is_none() && !undecided_stream {
+        return Ok(());
+    }
+    let device = plan.provider.device(headers);
+    if let (Some(devices), Some(limit)) = (&state.devices, &plan.device_limit) {
+        devices.admit(&limit.user, &device, limit.limit).await?;
+    }
+    if undecided_stream {
+        let identity = match &device {
+            crate::providers::Device::Reported(info) => match &state.devices {
+                Some(devices) => crate::devices::identity(&devices.settings, info),
+                None => info.client_token.clone().or_else(|| info.device_id.clone()),
+            },
+            _ => None,
+        };
+        admit_stream_on_answer(state, ctx, identity).await?;
+    }
+    Ok(())
 }
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our
@@ -1104,11 +1553,25 @@ pub fn vendor_answer_headers(
         }
     }
     response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    if let Some(session) = announced_session(ctx) {
+        response.insert_header(streams::SESSION_HEADER, session)?;
+    }
     cors::decorate(&state.config.cors, &ctx.origin, response);
     if let Some(whole) = ctx.whole_answer.as_mut() {
         whole.header = Some(Box::new(response.clone()));
     }
     Ok(())
+}
+
+/// The session id the player is told, unless its license is held back.
+fn announced_session(ctx: &RequestCtx) -> Option<&str> {
+    if ctx.held_back.is_some() {
+        return None;
+    }
+    ctx.stream
+        .as_ref()
+        .filter(|hold| hold.announce)
+        .and_then(|hold| hold.session.as_deref())
 }
 
 /// The body the player receives: the provider's; the refusal in place of a held-back license;
@@ -1296,6 +1759,8 @@ pub async fn answer(
         let path = session.req_header().uri.path();
         let allow = if path == HLS_KEY_PATH || path == FAIRPLAY_CERTIFICATE_PATH {
             "GET, OPTIONS"
+        } else if path.starts_with(STREAMS_PREFIX) {
+            "POST, DELETE, OPTIONS"
         } else {
             "POST, OPTIONS"
         };
@@ -1303,6 +1768,12 @@ pub async fn answer(
     }
     if answer.status == 401 {
         response.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
+    }
+    if let Some(seconds) = answer.retry_after {
+        response.insert_header(header::RETRY_AFTER, seconds.to_string())?;
+    }
+    if let Some(session) = &answer.session {
+        response.insert_header(streams::SESSION_HEADER, session.as_str())?;
     }
     if answer.preflight {
         cors::decorate_preflight(&state.config.cors, &ctx.origin, &mut response);
@@ -1327,6 +1798,49 @@ pub async fn answer(
 
 pub fn problem_answer(problem: &Problem, ctx: &RequestCtx) -> LocalAnswer {
     LocalAnswer::problem(problem, &ctx.request_id)
+}
+
+/// Phase "record", the stores: a lease started for a request that got no license ends, a
+/// Widevine lease takes the session id and renewal interval its license tells, and a quota
+/// count for no license is given back.
+pub async fn settle(state: &State, ctx: &mut RequestCtx) {
+    let licensed = (200..300).contains(&ctx.status) && ctx.outcome == "ok";
+    if let (Some(taken), Some(quotas)) = (ctx.quota.take(), &state.quotas)
+        && !licensed
+    {
+        quotas.refund(&taken).await;
+    }
+    let (Some(hold), Some(streams)) = (ctx.stream.take(), &state.streams) else {
+        return;
+    };
+    let Some(session) = hold.session else {
+        return;
+    };
+    if !licensed {
+        if hold.started
+            && let Err(e) = streams.end(&hold.user, &session).await
+        {
+            tracing::warn!(error = %e, "lease of a refused stream not ended");
+        }
+        return;
+    }
+    let Some(license) = hold.license else {
+        return;
+    };
+    let renewal = license.renewal;
+    let seconds = if renewal.can_renew && renewal.delay_seconds > 0 {
+        streams.lease_seconds(renewal.delay_seconds)
+    } else {
+        hold.seconds
+    };
+    if hold.learn_session && !license.session_id.is_empty() {
+        let named = streams::widevine_session(&license.session_id);
+        streams.rename(&hold.user, &session, &named, seconds).await;
+    } else if hold.renewal
+        && let Err(e) = streams.renew(&hold.user, &session, seconds).await
+    {
+        tracing::warn!(error = %e, "stream lease not extended to the license's renewal");
+    }
 }
 
 /// Phase "record": metrics and the one log line. Never the challenge, the license or secrets.

@@ -77,7 +77,16 @@ refusals! {
     DeviceUnknown: 403, "device_unknown", "Device not identified";
     DeviceStoreUnavailable: 503, "device_store_unavailable", "Device registry unavailable";
     DeviceNotRegistered: 404, "device_not_registered", "No such device";
+    StreamLimitReached: 403, "stream_limit_reached", "Concurrent stream limit reached";
+    StreamStopped: 403, "stream_stopped", "This stream was stopped";
+    StreamUnknown: 404, "stream_unknown", "No such stream";
+    StreamSessionInvalid: 400, "stream_session_invalid", "Playback session id invalid";
+    StreamStoreUnavailable: 503, "stream_store_unavailable", "Stream registry unavailable";
+    UserBlocked: 403, "user_blocked", "User blocked";
+    RateLimited: 429, "rate_limited", "Too many license requests";
+    QuotaExceeded: 429, "quota_exceeded", "License quota used up";
     AdminTokenInvalid: 401, "admin_token_invalid", "Admin token missing or wrong";
+    AdminRequestInvalid: 400, "admin_request_invalid", "Admin request not understood";
     VendorTokenRefused: 502, "vendor_token_refused", "The vendor's token service refused the request";
     VendorTokenInvalid: 502, "vendor_token_invalid", "The vendor's token service answer is unusable";
     VendorRefused: 403, "vendor_refused", "The license server refused the license";
@@ -99,6 +108,8 @@ pub struct Problem {
     pub detail: String,
     /// RFC 7807 extension members for what a client can act on (counts, times).
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Seconds after which asking again may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -109,7 +120,13 @@ impl Problem {
             title: refusal.title(),
             detail: String::new(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {

@@ -241,6 +241,7 @@ impl ProxyHttp for LicenseProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        pipeline::settle(&self.state, ctx).await;
         pipeline::record(&self.state, ctx, e);
         if std::mem::take(&mut ctx.connection_busy) {
             self.state

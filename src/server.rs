@@ -38,6 +38,11 @@ pub struct State {
     pub entitlements: Entitlements,
     pub authorizations: AuthorizationCache,
     pub devices: Option<Devices>,
+    pub streams: Option<crate::streams::Streams>,
+    pub rate_limits: crate::limits::RateLimits,
+    pub quotas: Option<crate::limits::Quotas>,
+    /// Users blocked through the admin API; checked when an admin token is configured.
+    pub blocks: Option<crate::limits::Blocks>,
     /// Set once shutdown or upgrade begins.
     pub drain: Drain,
     pub license_connections: Arc<Connections>,
@@ -108,8 +113,8 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
     if let Some(tls) = &config.tls {
         check_tls(tls)?;
     }
-    if let Some(devices) = &config.devices {
-        Devices::check(&devices.store)?;
+    if let Some(store) = &config.store {
+        crate::store::Shared::check(store)?;
     }
     let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
     let references = References {
@@ -207,11 +212,34 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
     );
     let metrics = Metrics::new();
     let authorizations = AuthorizationCache::new(&config.authorization_cache, &metrics);
+    let store = config
+        .store
+        .as_ref()
+        .map(crate::store::Shared::open)
+        .transpose()?
+        .map(Arc::new);
     let devices = config
         .devices
         .clone()
-        .map(|settings| Devices::open(settings, &metrics))
-        .transpose()?;
+        .zip(store.clone())
+        .map(|(settings, store)| Devices::new(settings, store, &metrics));
+    let streams = config
+        .streams
+        .clone()
+        .zip(store.clone())
+        .map(|(settings, store)| crate::streams::Streams::new(settings, store, &metrics));
+    let quotas = config
+        .quota
+        .clone()
+        .zip(store.clone())
+        .map(|(settings, store)| crate::limits::Quotas::new(settings, store, &metrics));
+    let blocks = config
+        .admin
+        .token
+        .as_ref()
+        .and(store.clone())
+        .map(|store| crate::limits::Blocks::new(store, config.admin.block_check, &metrics));
+    let rate_limits = crate::limits::RateLimits::new(&config.rate_limits, store, &metrics);
     let state = Arc::new(State {
         providers,
         metrics,
@@ -222,6 +250,10 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
         authorizations,
         devices,
+        streams,
+        rate_limits,
+        quotas,
+        blocks,
         drain: Drain::default(),
         license_connections: Arc::default(),
         admin_connections: Arc::default(),

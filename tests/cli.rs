@@ -105,12 +105,15 @@ fn check_fails_where_serve_would() {
             "catalog.path",
         ),
         (
-            format!("{shipped}{devices}store = \"redis\"\nredis_url = \"redis://:pw-s3cr3t@\"\n"),
-            "devices.redis_url",
+            format!(
+                "{shipped}{devices}[store]\nkind = \"redis\"\nredis_url = \"redis://:pw-s3cr3t@\"\n"
+            ),
+            "store.redis_url",
         ),
         (
+            // Written where it used to live, the key is still read, and named where it lives now.
             format!("{shipped}{devices}path = \"/nonexistent-dir/devices.db\"\n"),
-            "devices.path",
+            "store.path",
         ),
         (
             shipped.replace(

@@ -26,6 +26,7 @@ impl Default for Cors {
                 "X-Content-Id",
                 "SOAPAction",
                 "X-FairPlay-Uri",
+                "X-Playback-Session",
                 "X-Request-Id",
             ]
             .map(String::from)
@@ -72,8 +73,13 @@ pub(super) fn validate_cors<'a>(
             }
         }
     }
-    // Players read the request id and the providers' refusal reasons, so those are always exposed.
-    let mut expose: Vec<String> = vec!["X-Request-Id".into()];
+    // Players read the request id, their playback session, when to ask again, and the
+    // providers' refusal reasons, so those are always exposed.
+    let mut expose: Vec<String> = vec![
+        "X-Request-Id".into(),
+        "X-Playback-Session".into(),
+        "Retry-After".into(),
+    ];
     expose.extend(providers.filter_map(|v| v.error_header.as_ref().map(|h| h.to_string())));
     expose.extend(cors.expose_headers);
     expose.sort_by_key(|h| h.to_ascii_lowercase());

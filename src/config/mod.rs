@@ -10,8 +10,11 @@ mod devices;
 mod entitlement;
 mod env;
 mod fairplay;
+mod limits;
 mod providers;
 mod server;
+mod store;
+mod streams;
 
 use std::collections::BTreeMap;
 
@@ -33,8 +36,11 @@ pub use devices::*;
 pub use entitlement::*;
 pub use fairplay::*;
 pub use jsonwebtoken::Algorithm;
+pub use limits::*;
 pub use providers::*;
 pub use server::*;
+pub use store::*;
+pub use streams::*;
 
 /// The largest challenge Pingora's retry buffer holds whole; beyond it a retry would send a
 /// truncated body, so licensegate refuses such bodies instead.
@@ -83,6 +89,12 @@ pub struct Config {
     pub demo_root: Option<PathBuf>,
     pub authorization_cache: AuthorizationCacheSettings,
     pub devices: Option<DeviceSettings>,
+    pub streams: Option<StreamSettings>,
+    pub rate_limits: RateLimitSettings,
+    pub quota: Option<QuotaSettings>,
+    pub admin: AdminSettings,
+    /// Where devices, streams, quotas and blocks live; `None` when nothing needs a store.
+    pub store: Option<StoreSettings>,
     pub fairplay: FairPlaySettings,
     /// Warnings about old names the file still uses.
     pub deprecations: Vec<String>,
@@ -115,6 +127,14 @@ struct FileConfig {
     #[serde(default)]
     pub authorization_cache: AuthorizationCache,
     pub devices: Option<Devices>,
+    pub streams: Option<Streams>,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    pub quota: Option<Quota>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub store: Store,
     #[serde(default)]
     pub fairplay: FairPlay,
 }
@@ -152,7 +172,8 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut tree: toml::Value = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
-        let deprecations = rename_deprecated_sections(&mut tree)?;
+        let mut deprecations = rename_deprecated_sections(&mut tree)?;
+        deprecations.extend(move_deprecated_keys(&mut tree)?);
         env::substitute(&mut tree, "", lookup)?;
         let file: FileConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
@@ -187,6 +208,48 @@ const RENAMED_SECTIONS: [(&str, &str); 2] = [
     ("vendors", "providers"),
     ("token_cache", "authorization_cache"),
 ];
+
+/// Keys that moved to another section in 0.3, still read where they were for one release.
+const MOVED_KEYS: [(&str, &str, &str, &str); 5] = [
+    ("devices", "store", "store", "kind"),
+    ("devices", "path", "store", "path"),
+    ("devices", "redis_url", "store", "redis_url"),
+    ("devices", "store_timeout_ms", "store", "timeout_ms"),
+    ("devices", "admin_token", "admin", "token"),
+];
+
+/// Moves a key written where it used to live to its new section, and says so.
+fn move_deprecated_keys(tree: &mut toml::Value) -> Result<Vec<String>, ConfigError> {
+    let mut deprecations = Vec::new();
+    let Some(table) = tree.as_table_mut() else {
+        return Ok(deprecations);
+    };
+    for (old_section, old_key, new_section, new_key) in MOVED_KEYS {
+        let Some(value) = table
+            .get_mut(old_section)
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|section| section.remove(old_key))
+        else {
+            continue;
+        };
+        let target = table
+            .entry(new_section)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(new_section, "must be a table"))?;
+        if target.contains_key(new_key) {
+            return Err(ConfigError::new(
+                format!("{old_section}.{old_key}"),
+                format!("set twice: remove it, {new_section}.{new_key} replaces it"),
+            ));
+        }
+        target.insert(new_key.to_string(), value);
+        deprecations.push(format!(
+            "{old_section}.{old_key} is now {new_section}.{new_key}"
+        ));
+    }
+    Ok(deprecations)
+}
 
 /// Moves a section written under its old name to the new one, and says so.
 fn rename_deprecated_sections(tree: &mut toml::Value) -> Result<Vec<String>, ConfigError> {
@@ -336,12 +399,40 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
 
     let cors = validate_cors(file.cors, providers.values())?;
     let auth = file.auth.map(validate_auth).transpose()?;
-    if file.devices.is_some() && auth.is_none() {
+    let per_user = [
+        ("devices", file.devices.is_some()),
+        ("streams", file.streams.is_some()),
+        ("quota", file.quota.is_some()),
+        ("rate_limits.per_user", file.rate_limits.per_user.is_some()),
+    ];
+    if let Some((section, _)) = per_user.iter().find(|(_, set)| *set)
+        && auth.is_none()
+    {
         return Err(ConfigError::new(
-            "devices",
-            "device limits count per user: configure [auth]",
+            *section,
+            "counts per user: configure [auth]",
         ));
     }
+    if file.streams.is_some() && file.catalog.is_none() {
+        return Err(ConfigError::new(
+            "streams",
+            "a stream is counted per content and renews against it: configure [catalog]",
+        ));
+    }
+    let store = validate_store(file.store)?;
+    let rate_limits = validate_rate_limits(file.rate_limits)?;
+    if rate_limits.shared && !matches!(store.backend, StoreBackend::Redis(_)) {
+        return Err(ConfigError::new(
+            "rate_limits.shared",
+            "a fleet-wide limit is counted in Redis: set store.kind = \"redis\"",
+        ));
+    }
+    let admin = validate_admin(file.admin)?;
+    let needs_store = file.devices.is_some()
+        || file.streams.is_some()
+        || file.quota.is_some()
+        || admin.token.is_some()
+        || rate_limits.shared;
     if file.catalog.is_none() {
         // Provider authorizations name content and key IDs, which only the catalog knows.
         let authorizing = providers
@@ -413,6 +504,11 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         authorization_cache: validate_authorization_cache(file.authorization_cache)?,
         fairplay: validate_fairplay(file.fairplay)?,
         devices: file.devices.map(validate_devices).transpose()?,
+        streams: file.streams.map(validate_streams).transpose()?,
+        rate_limits,
+        quota: file.quota.map(validate_quota).transpose()?,
+        admin,
+        store: needs_store.then_some(store),
         deprecations: Vec::new(),
     })
 }

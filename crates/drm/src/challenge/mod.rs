@@ -7,7 +7,7 @@
 mod clearkey;
 pub(crate) mod playready;
 pub mod pssh;
-pub(crate) mod widevine;
+pub mod widevine;
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,6 +84,8 @@ pub struct ChallengeInfo {
     pub persistent: bool,
     /// A renewal or release that names the license it continues instead of key IDs.
     pub renews_existing_license: bool,
+    /// The session of the license a Widevine renewal or release continues.
+    pub license_session_id: Option<Vec<u8>>,
     /// Content identification that names content without key IDs licensegate can read (a
     /// pssh naming content by id only): what the vendor would license cannot be checked.
     pub unreadable_key_ids: bool,

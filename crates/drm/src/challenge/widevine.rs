@@ -1,5 +1,8 @@
 //! Widevine: `SignedMessage` -> `LicenseRequest` -> content identification -> pssh data ->
-//! `key_ids`. Only the fields licensegate reads are declared; prost skips the rest.
+//! `key_ids`; and the license a vendor answers with, whose identification and policy are not
+//! encrypted (`SignedMessage` -> `License` -> `id`, `policy`). Only the fields licensegate reads
+//! or writes are declared (field numbers from the public `license_protocol.proto`); prost skips
+//! the rest.
 
 use prost::Message;
 
@@ -15,6 +18,7 @@ struct SignedMessage {
 }
 
 const LICENSE_REQUEST: i32 = 1;
+const LICENSE: i32 = 2;
 const SERVICE_CERTIFICATE_REQUEST: i32 = 4;
 
 #[derive(Clone, PartialEq, Message)]
@@ -57,12 +61,191 @@ struct WebmKeyId {
 struct ExistingLicense {
     #[prost(message, optional, tag = "1")]
     license_id: Option<LicenseIdentification>,
+    #[prost(int64, optional, tag = "2")]
+    seconds_since_started: Option<i64>,
+    #[prost(int64, optional, tag = "3")]
+    seconds_since_last_played: Option<i64>,
 }
 
+/// Names one license across its renewals: the server sets it in the license, and the CDM sends
+/// it back in each renewal and release.
 #[derive(Clone, PartialEq, Message)]
 struct LicenseIdentification {
     #[prost(bytes = "vec", optional, tag = "1")]
     request_id: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    session_id: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    purchase_id: Option<Vec<u8>>,
+    #[prost(int32, optional, tag = "4")]
+    r#type: Option<i32>,
+    #[prost(int32, optional, tag = "5")]
+    version: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    provider_session_token: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct License {
+    #[prost(message, optional, tag = "1")]
+    id: Option<LicenseIdentification>,
+    #[prost(message, optional, tag = "2")]
+    policy: Option<LicensePolicy>,
+    #[prost(int64, optional, tag = "4")]
+    license_start_time: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct LicensePolicy {
+    #[prost(bool, optional, tag = "1")]
+    can_play: Option<bool>,
+    #[prost(bool, optional, tag = "3")]
+    can_renew: Option<bool>,
+    #[prost(int64, optional, tag = "6")]
+    license_duration_seconds: Option<i64>,
+    #[prost(int64, optional, tag = "7")]
+    renewal_recovery_duration_seconds: Option<i64>,
+    #[prost(string, optional, tag = "8")]
+    renewal_server_url: Option<String>,
+    #[prost(int64, optional, tag = "9")]
+    renewal_delay_seconds: Option<i64>,
+    #[prost(int64, optional, tag = "10")]
+    renewal_retry_interval_seconds: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SignedLicense {
+    #[prost(int32, optional, tag = "1")]
+    r#type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    msg: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    signature: Option<Vec<u8>>,
+}
+
+/// Longest session id kept; a longer one is not a real license's.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// What a Widevine license says of itself in the clear: which session it belongs to, and when
+/// the CDM will renew it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssuedLicense {
+    pub session_id: Vec<u8>,
+    pub renewal: Renewal,
+}
+
+/// A license's renewal terms, in seconds (0: not set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Renewal {
+    pub can_renew: bool,
+    /// After the license starts, when the CDM first asks to renew it.
+    pub delay_seconds: u64,
+    pub retry_interval_seconds: u64,
+    /// How long playback goes on while renewals fail.
+    pub recovery_seconds: u64,
+    pub license_duration_seconds: u64,
+}
+
+fn seconds(value: Option<i64>) -> u64 {
+    value.map_or(0, |v| u64::try_from(v).unwrap_or(0))
+}
+
+/// Reads the identification and renewal policy of a license a vendor answered with. `None` for
+/// anything that is not a Widevine license (a vendor's JSON envelope, a service certificate).
+pub fn read_license(answer: &[u8]) -> Option<IssuedLicense> {
+    let signed = SignedLicense::decode(answer).ok()?;
+    if signed.r#type != Some(LICENSE) {
+        return None;
+    }
+    let license = License::decode(signed.msg?.as_slice()).ok()?;
+    let session_id = license.id.and_then(|id| id.session_id).unwrap_or_default();
+    if session_id.len() > MAX_SESSION_ID_BYTES {
+        return None;
+    }
+    let policy = license.policy.unwrap_or_default();
+    Some(IssuedLicense {
+        session_id,
+        renewal: Renewal {
+            can_renew: policy.can_renew.unwrap_or(false),
+            delay_seconds: seconds(policy.renewal_delay_seconds),
+            retry_interval_seconds: seconds(policy.renewal_retry_interval_seconds),
+            recovery_seconds: seconds(policy.renewal_recovery_duration_seconds),
+            license_duration_seconds: seconds(policy.license_duration_seconds),
+        },
+    })
+}
+
+/// A license as a license server builds one, keys left out: what the simulator answers and
+/// what tests renew from.
+pub fn build_license(
+    session_id: &[u8],
+    version: i32,
+    renewal: &Renewal,
+    start_time: i64,
+) -> Vec<u8> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let license = License {
+        id: Some(LicenseIdentification {
+            request_id: Some(session_id.to_vec()),
+            session_id: Some(session_id.to_vec()),
+            purchase_id: None,
+            r#type: Some(1),
+            version: Some(version),
+            provider_session_token: None,
+        }),
+        policy: Some(LicensePolicy {
+            can_play: Some(true),
+            can_renew: Some(renewal.can_renew),
+            license_duration_seconds: Some(clamp(renewal.license_duration_seconds)),
+            renewal_recovery_duration_seconds: Some(clamp(renewal.recovery_seconds)),
+            renewal_server_url: None,
+            renewal_delay_seconds: Some(clamp(renewal.delay_seconds)),
+            renewal_retry_interval_seconds: Some(clamp(renewal.retry_interval_seconds)),
+        }),
+        license_start_time: Some(start_time),
+    };
+    SignedLicense {
+        r#type: Some(LICENSE),
+        msg: Some(license.encode_to_vec()),
+        signature: Some(vec![0; 32]),
+    }
+    .encode_to_vec()
+}
+
+/// What a CDM sends to renew (`RequestType::Renewal`) or release a license it holds: the
+/// license's identification inside `existing_license`. `None` if `license` is not one.
+pub fn continuation_request(
+    license: &[u8],
+    request_type: RequestType,
+    seconds_since_started: i64,
+) -> Option<Vec<u8>> {
+    let signed = SignedLicense::decode(license).ok()?;
+    if signed.r#type != Some(LICENSE) {
+        return None;
+    }
+    let id = License::decode(signed.msg?.as_slice()).ok()?.id?;
+    let request = LicenseRequest {
+        content_id: Some(ContentIdentification {
+            existing_license: Some(ExistingLicense {
+                license_id: Some(id),
+                seconds_since_started: Some(seconds_since_started),
+                seconds_since_last_played: Some(0),
+            }),
+            ..Default::default()
+        }),
+        r#type: Some(match request_type {
+            RequestType::New => 1,
+            RequestType::Renewal => 2,
+            RequestType::Release => 3,
+        }),
+    };
+    Some(
+        SignedMessage {
+            r#type: Some(LICENSE_REQUEST),
+            msg: Some(request.encode_to_vec()),
+        }
+        .encode_to_vec(),
+    )
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -121,6 +304,14 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     // Only a renewal or release may name a license instead of key IDs.
     info.renews_existing_license =
         content.existing_license.is_some() && request_type != RequestType::New;
+    if info.renews_existing_license {
+        info.license_session_id = content
+            .existing_license
+            .as_ref()
+            .and_then(|existing| existing.license_id.as_ref())
+            .and_then(|id| id.session_id.clone())
+            .filter(|id| !id.is_empty() && id.len() <= MAX_SESSION_ID_BYTES);
+    }
     let mut license_type = None;
     if let Some(pssh) = content.widevine_pssh_data {
         license_type = pssh.license_type;
@@ -360,7 +551,9 @@ mod tests {
                 existing_license: Some(ExistingLicense {
                     license_id: Some(LicenseIdentification {
                         request_id: Some(b"session".to_vec()),
+                        ..Default::default()
                     }),
+                    ..Default::default()
                 }),
                 ..Default::default()
             },
@@ -374,7 +567,9 @@ mod tests {
                 existing_license: Some(ExistingLicense {
                     license_id: Some(LicenseIdentification {
                         request_id: Some(b"session".to_vec()),
+                        ..Default::default()
                     }),
+                    ..Default::default()
                 }),
                 ..Default::default()
             },
@@ -385,6 +580,37 @@ mod tests {
                 .unwrap()
                 .renews_existing_license
         );
+    }
+
+    #[test]
+    fn a_license_names_its_session_and_a_renewal_names_it_back() {
+        let renewal = Renewal {
+            can_renew: true,
+            delay_seconds: 30,
+            retry_interval_seconds: 5,
+            recovery_seconds: 10,
+            license_duration_seconds: 60,
+        };
+        let license = build_license(b"session-7", 1, &renewal, 1_700_000_000);
+        let issued = read_license(&license).unwrap();
+        assert_eq!(issued.session_id, b"session-7");
+        assert_eq!(issued.renewal, renewal);
+        for (kind, expected) in [
+            (RequestType::Renewal, RequestType::Renewal),
+            (RequestType::Release, RequestType::Release),
+        ] {
+            let request = continuation_request(&license, kind, 31).unwrap();
+            let info = parse(&request).unwrap();
+            assert_eq!(info.request_type, expected);
+            assert!(info.renews_existing_license);
+            assert_eq!(info.license_session_id.as_deref(), Some(&b"session-7"[..]));
+        }
+        assert_eq!(read_license(FIXTURE), None);
+        assert_eq!(read_license(b"licensegate-sim license\n"), None);
+        assert!(continuation_request(FIXTURE, RequestType::Renewal, 0).is_none());
+        for cut in 0..license.len() {
+            let _ = read_license(&license[..cut]);
+        }
     }
 
     #[test]

@@ -3,88 +3,17 @@
 //! and beyond the limit the license is held back. Slots live in a [`DeviceStore`] shared by
 //! every instance (embedded SQLite for one, Redis for a fleet).
 
-pub mod embedded;
-pub mod redis;
-
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use prometheus::{HistogramVec, IntCounterVec};
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, DeviceDecision, DeviceField, DeviceSettings, DeviceStoreConfig};
+use crate::config::{DeviceDecision, DeviceField, DeviceSettings};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
 use crate::providers::{Device, DeviceInfo};
-
-/// One registered device of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Slot {
-    pub device: String,
-    /// Seconds since the epoch.
-    pub last_seen: u64,
-}
-
-/// The store's answer to a device asking for a license.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// The device holds a slot (`new`: it was given one just now).
-    Admitted { new: bool },
-    /// Every slot is held by another device.
-    Full {
-        registered: u64,
-        /// Seconds since the epoch at which the least recently used slot frees itself.
-        oldest_frees_at: u64,
-    },
-}
-
-/// Why a device store call failed. Messages are kept as text: one failed group commit answers
-/// every call in it, and the drivers' errors cannot be cloned.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(String),
-    #[error("redis: {0}")]
-    Redis(String),
-    #[error("cannot open {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("the device store's writer thread stopped")]
-    WriterStopped,
-    #[error("the device store did not answer in time")]
-    TimedOut,
-}
-
-/// Where slots are kept. `admit` is atomic per user: concurrent calls, from any number of
-/// licensegate instances sharing the store, never hand out more than `limit` slots.
-#[async_trait]
-pub trait DeviceStore: Send + Sync {
-    /// Frees the user's slots idle for `idle`, then touches `device`'s slot, gives it a free
-    /// one, or refuses.
-    async fn admit(
-        &self,
-        user: &str,
-        device: &str,
-        limit: u32,
-        idle: Duration,
-        now: u64,
-    ) -> Result<Decision, StoreError>;
-
-    /// The user's slots not idle for `idle`, least recently used first.
-    async fn list(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError>;
-
-    async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError>;
-
-    async fn remove_all(&self, user: &str) -> Result<u64, StoreError>;
-}
-
-pub fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
+use crate::store::{DeviceDecision as Decision, Shared, Slot, StoreError, now_seconds};
 
 /// Which field of the provider's device report names the device: the advice of **Axinom license
 /// service proxy** (docs/sources.md), as
@@ -116,66 +45,18 @@ pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> 
 /// The device limit policy over a store.
 pub struct Devices {
     pub settings: DeviceSettings,
-    store: Arc<dyn DeviceStore>,
+    store: Arc<Shared>,
     decisions: IntCounterVec,
     store_duration: HistogramVec,
 }
 
 impl Devices {
-    pub fn open(settings: DeviceSettings, metrics: &Metrics) -> Result<Self, ConfigError> {
-        let store: Arc<dyn DeviceStore> = match &settings.store {
-            DeviceStoreConfig::Embedded(path) => Arc::new(
-                embedded::EmbeddedStore::open(path)
-                    .map_err(|e| ConfigError::new("devices.path", e.to_string()))?,
-            ),
-            DeviceStoreConfig::Redis(url) => Arc::new(
-                redis::RedisStore::new(url)
-                    .map_err(|e| ConfigError::new("devices.redis_url", e.to_string()))?,
-            ),
-        };
-        Ok(Self {
+    pub fn new(settings: DeviceSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+        Self {
             settings,
             store,
             decisions: metrics.device_decisions.clone(),
             store_duration: metrics.device_store_duration.clone(),
-        })
-    }
-
-    /// What opening the store checks, without creating anything: an existing database file
-    /// must be one, a new one must be creatable, a Redis URL must be usable. `licensegate
-    /// check` runs this.
-    pub fn check(store: &DeviceStoreConfig) -> Result<(), ConfigError> {
-        match store {
-            DeviceStoreConfig::Embedded(path) if path.exists() => {
-                rusqlite::Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .and_then(|db| {
-                    db.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0))
-                })
-                .map(drop)
-                .map_err(|e| ConfigError::new("devices.path", format!("{}: {e}", path.display())))
-            }
-            DeviceStoreConfig::Embedded(path) => {
-                let dir = match path.parent() {
-                    Some(dir) if !dir.as_os_str().is_empty() => dir,
-                    _ => std::path::Path::new("."),
-                };
-                let probe = dir.join(format!(".licensegate-check-{}", std::process::id()));
-                std::fs::File::create(&probe)
-                    .and_then(|_| std::fs::remove_file(&probe))
-                    .map_err(|e| {
-                        ConfigError::new(
-                            "devices.path",
-                            format!("cannot create a database in '{}': {e}", dir.display()),
-                        )
-                    })
-            }
-            DeviceStoreConfig::Redis(url) => ::redis::Client::open(url.as_str())
-                .map(drop)
-                // The URL may carry a password: the error names the key, not the value.
-                .map_err(|e| ConfigError::new("devices.redis_url", format!("{:?}", e.kind()))),
         }
     }
 
@@ -219,29 +100,28 @@ impl Devices {
             };
         };
         let started = Instant::now();
-        let decided = tokio::time::timeout(
-            self.settings.store_timeout,
-            self.store.admit(
+        let decided = self
+            .store
+            .timed(self.store.store.admit_device(
                 user,
                 &identity,
                 limit,
                 self.settings.slot_idle,
                 now_seconds(),
-            ),
-        )
-        .await;
+            ))
+            .await;
         self.store_duration
             .with_label_values(&["admit"])
             .observe(started.elapsed().as_secs_f64());
         let failure = match decided {
-            Ok(Ok(Decision::Admitted { new })) => {
+            Ok(Decision::Admitted { new }) => {
                 self.count(if new { "registered" } else { "known" });
                 return Ok(());
             }
-            Ok(Ok(Decision::Full {
+            Ok(Decision::Full {
                 registered,
                 oldest_frees_at,
-            })) => {
+            }) => {
                 self.count("refused");
                 let frees_at =
                     crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
@@ -253,11 +133,7 @@ impl Devices {
                 .with_extension("device_limit", limit.into())
                 .with_extension("oldest_slot_frees_at", frees_at.into()));
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!(
-                "no answer within {} ms",
-                self.settings.store_timeout.as_millis()
-            ),
+            Err(e) => e.to_string(),
         };
         tracing::error!(error = %failure, "device store unavailable");
         if self.settings.fail_open {
@@ -273,17 +149,20 @@ impl Devices {
         self.timed(
             "list",
             self.store
-                .list(user, self.settings.slot_idle, now_seconds()),
+                .store
+                .devices(user, self.settings.slot_idle, now_seconds()),
         )
         .await
     }
 
     pub async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError> {
-        self.timed("remove", self.store.remove(user, device)).await
+        self.timed("remove", self.store.store.remove_device(user, device))
+            .await
     }
 
     pub async fn remove_all(&self, user: &str) -> Result<u64, StoreError> {
-        self.timed("remove_all", self.store.remove_all(user)).await
+        self.timed("remove_all", self.store.store.remove_devices(user))
+            .await
     }
 
     async fn timed<T>(
@@ -292,9 +171,7 @@ impl Devices {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.settings.store_timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::TimedOut));
+        let result = self.store.timed(call).await;
         self.store_duration
             .with_label_values(&[operation])
             .observe(started.elapsed().as_secs_f64());

@@ -1,0 +1,589 @@
+//! The embedded store: one SQLite file in WAL mode, owned by one writer thread. Calls queue up
+//! for it and every queued call shares one transaction (group commit); each call's answer is
+//! released only once that transaction is committed, so a licensegate killed at any moment
+//! forgets no device, lease or quota count it answered with.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot, Store, StoreError,
+    StreamDecision,
+};
+
+/// Calls committed together at most; bounds one transaction's length under a burst.
+const MAX_BATCH: usize = 512;
+
+/// Delivers a call's answer once the transaction it ran in has committed (or failed to).
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// One call: runs in the shared transaction (`None`: the transaction could not begin).
+type Job = Box<dyn FnOnce(Option<&mut Transaction>) -> Reply + Send>;
+
+pub struct EmbeddedStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn open_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn store_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite(e.to_string())
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path).map_err(|e| open_error(path, e))?;
+        // WAL: readers do not block the writer. NORMAL: a commit survives the process being
+        // killed (it is in the OS's hands); only a power loss may take the last commits.
+        connection
+            .execute_batch(
+                "PRAGMA busy_timeout = 5000;
+                 PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 CREATE TABLE IF NOT EXISTS devices (
+                     user TEXT NOT NULL,
+                     device TEXT NOT NULL,
+                     first_seen INTEGER NOT NULL,
+                     last_seen INTEGER NOT NULL,
+                     PRIMARY KEY (user, device)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS streams (
+                     user TEXT NOT NULL,
+                     session TEXT NOT NULL,
+                     content TEXT NOT NULL,
+                     drm TEXT NOT NULL,
+                     started_at INTEGER NOT NULL,
+                     expires_at INTEGER NOT NULL,
+                     stopped INTEGER NOT NULL DEFAULT 0,
+                     PRIMARY KEY (user, session)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS quotas (
+                     user TEXT NOT NULL,
+                     window INTEGER NOT NULL,
+                     used INTEGER NOT NULL,
+                     PRIMARY KEY (user, window)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS blocks (
+                     user TEXT PRIMARY KEY,
+                     until INTEGER
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(|e| open_error(path, e))?;
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("licensegate store".into())
+            .spawn(move || write_batches(connection, queue))
+            .map_err(|e| open_error(path, e))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` in the writer's next transaction, within a savepoint so that a failing call
+    /// leaves nothing of itself behind; answers after the commit.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |transaction| {
+            let result = match transaction {
+                None => Err(StoreError::Sqlite("no transaction".into())),
+                Some(transaction) => transaction
+                    .savepoint()
+                    .and_then(|savepoint| {
+                        let value = work(&savepoint)?;
+                        savepoint.commit()?;
+                        Ok(value)
+                    })
+                    .map_err(store_error),
+            };
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = answer.send(committed.and(result));
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
+        answered.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+/// The writer thread: takes every queued call, runs them in one transaction, commits, answers.
+fn write_batches(mut connection: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(mut transaction) => {
+                let replies: Vec<Reply> = batch
+                    .into_iter()
+                    .map(|job| job(Some(&mut transaction)))
+                    .collect();
+                let committed = transaction.commit().map_err(store_error);
+                for reply in replies {
+                    reply(committed.as_ref().map(|_| ()).map_err(|e| e.clone()));
+                }
+            }
+            Err(e) => {
+                let error = store_error(e);
+                for job in batch {
+                    job(None)(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn idle_before(idle: Duration, now: u64) -> i64 {
+    now.saturating_sub(idle.as_secs()) as i64
+}
+
+fn lease(row: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        session: row.get(0)?,
+        content: row.get(1)?,
+        drm: row.get(2)?,
+        started_at: row.get::<_, i64>(3)? as u64,
+        expires_at: row.get::<_, i64>(4)? as u64,
+        stopped: row.get::<_, i64>(5)? != 0,
+    })
+}
+
+const LEASE_COLUMNS: &str = "session, content, drm, started_at, expires_at, stopped";
+
+fn find_lease(
+    tx: &Connection,
+    user: &str,
+    session: &str,
+    now: u64,
+) -> rusqlite::Result<Option<Lease>> {
+    tx.query_row(
+        &format!(
+            "SELECT {LEASE_COLUMNS} FROM streams WHERE user = ?1 AND session = ?2 AND expires_at > ?3"
+        ),
+        params![user, session, now as i64],
+        lease,
+    )
+    .optional()
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn admit_device(
+        &self,
+        user: &str,
+        device: &str,
+        limit: u32,
+        idle: Duration,
+        now: u64,
+    ) -> Result<Decision, StoreError> {
+        let (user, device) = (user.to_string(), device.to_string());
+        self.with(move |tx| {
+            tx.execute(
+                "DELETE FROM devices WHERE user = ?1 AND last_seen <= ?2",
+                params![user, idle_before(idle, now)],
+            )?;
+            let known: Option<i64> = tx
+                .query_row(
+                    "SELECT last_seen FROM devices WHERE user = ?1 AND device = ?2",
+                    params![user, device],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let decision = if known.is_some() {
+                tx.execute(
+                    "UPDATE devices SET last_seen = ?3 WHERE user = ?1 AND device = ?2 AND last_seen < ?3",
+                    params![user, device, now as i64],
+                )?;
+                Decision::Admitted { new: false }
+            } else {
+                let (registered, oldest): (i64, Option<i64>) = tx.query_row(
+                    "SELECT COUNT(*), MIN(last_seen) FROM devices WHERE user = ?1",
+                    params![user],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?;
+                if registered < i64::from(limit) {
+                    tx.execute(
+                        "INSERT INTO devices (user, device, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)",
+                        params![user, device, now as i64],
+                    )?;
+                    Decision::Admitted { new: true }
+                } else {
+                    Decision::Full {
+                        registered: registered as u64,
+                        oldest_frees_at: oldest.unwrap_or(now as i64) as u64 + idle.as_secs(),
+                    }
+                }
+            };
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn devices(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError> {
+        let user = user.to_string();
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT device, last_seen FROM devices WHERE user = ?1 AND last_seen > ?2 ORDER BY last_seen",
+            )?;
+            let slots = statement
+                .query_map(params![user, idle_before(idle, now)], |row| {
+                    Ok(Slot {
+                        device: row.get(0)?,
+                        last_seen: row.get::<_, i64>(1)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(slots)
+        })
+        .await
+    }
+
+    async fn remove_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        let (user, device) = (user.to_string(), device.to_string());
+        self.with(move |connection| {
+            connection
+                .execute(
+                    "DELETE FROM devices WHERE user = ?1 AND device = ?2",
+                    params![user, device],
+                )
+                .map(|removed| removed > 0)
+        })
+        .await
+    }
+
+    async fn remove_devices(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.with(move |connection| {
+            connection
+                .execute("DELETE FROM devices WHERE user = ?1", params![user])
+                .map(|removed| removed as u64)
+        })
+        .await
+    }
+
+    async fn acquire_stream(
+        &self,
+        user: &str,
+        ask: LeaseAsk<'_>,
+        limit: u32,
+        stop_oldest: bool,
+        now: u64,
+    ) -> Result<StreamDecision, StoreError> {
+        let (user, session, content, drm) = (
+            user.to_string(),
+            ask.session.to_string(),
+            ask.content.to_string(),
+            ask.drm.to_string(),
+        );
+        let (seconds, now) = (ask.seconds as i64, now as i64);
+        self.with(move |tx| {
+            tx.execute(
+                "DELETE FROM streams WHERE user = ?1 AND expires_at <= ?2",
+                params![user, now],
+            )?;
+            let held: Option<bool> = tx
+                .query_row(
+                    "SELECT stopped FROM streams WHERE user = ?1 AND session = ?2",
+                    params![user, session],
+                    |row| Ok(row.get::<_, i64>(0)? != 0),
+                )
+                .optional()?;
+            match held {
+                Some(true) => return Ok(StreamDecision::Stopped),
+                Some(false) => {
+                    tx.execute(
+                        "UPDATE streams SET expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2",
+                        params![user, session, now + seconds],
+                    )?;
+                    return Ok(StreamDecision::Renewed);
+                }
+                None => {}
+            }
+            let (active, oldest_expiry): (i64, Option<i64>) = tx.query_row(
+                "SELECT COUNT(*), MIN(expires_at) FROM streams WHERE user = ?1 AND stopped = 0",
+                params![user],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let mut stopped = None;
+            if active >= i64::from(limit) {
+                if !stop_oldest {
+                    return Ok(StreamDecision::Full {
+                        active: active as u64,
+                        oldest_expires_at: oldest_expiry.unwrap_or(now) as u64,
+                    });
+                }
+                let oldest: Option<String> = tx
+                    .query_row(
+                        "SELECT session FROM streams WHERE user = ?1 AND stopped = 0 ORDER BY started_at, session LIMIT 1",
+                        params![user],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(oldest) = &oldest {
+                    tx.execute(
+                        "UPDATE streams SET stopped = 1, expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2",
+                        params![user, oldest, now + seconds],
+                    )?;
+                }
+                stopped = oldest;
+            }
+            tx.execute(
+                "INSERT INTO streams (user, session, content, drm, started_at, expires_at, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![user, session, content, drm, now, now + seconds],
+            )?;
+            Ok(StreamDecision::Started { stopped })
+        })
+        .await
+    }
+
+    async fn renew_stream(
+        &self,
+        user: &str,
+        session: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (user, session) = (user.to_string(), session.to_string());
+        self.with(move |tx| {
+            tx.execute(
+                "UPDATE streams SET expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2 AND stopped = 0 AND expires_at > ?4",
+                params![user, session, (now + seconds) as i64, now as i64],
+            )?;
+            find_lease(tx, &user, &session, now)
+        })
+        .await
+    }
+
+    async fn stream(
+        &self,
+        user: &str,
+        session: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (user, session) = (user.to_string(), session.to_string());
+        self.with(move |tx| find_lease(tx, &user, &session, now))
+            .await
+    }
+
+    async fn rename_stream(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let (user, from, to) = (user.to_string(), from.to_string(), to.to_string());
+        let expires_at = (now + seconds) as i64;
+        self.with(move |tx| {
+            if find_lease(tx, &user, &to, now)?.is_some() {
+                tx.execute(
+                    "DELETE FROM streams WHERE user = ?1 AND session = ?2",
+                    params![user, from],
+                )?;
+                tx.execute(
+                    "UPDATE streams SET expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2 AND stopped = 0",
+                    params![user, to, expires_at],
+                )?;
+            } else {
+                tx.execute(
+                    "DELETE FROM streams WHERE user = ?1 AND session = ?2",
+                    params![user, to],
+                )?;
+                tx.execute(
+                    "UPDATE streams SET session = ?3, expires_at = ?4 WHERE user = ?1 AND session = ?2",
+                    params![user, from, to, expires_at],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn end_stream(&self, user: &str, session: &str) -> Result<bool, StoreError> {
+        let (user, session) = (user.to_string(), session.to_string());
+        self.with(move |tx| {
+            tx.execute(
+                "DELETE FROM streams WHERE user = ?1 AND session = ?2",
+                params![user, session],
+            )
+            .map(|removed| removed > 0)
+        })
+        .await
+    }
+
+    async fn streams(&self, user: &str, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            let mut statement = tx.prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS} FROM streams WHERE user = ?1 AND expires_at > ?2 ORDER BY started_at, session"
+            ))?;
+            let leases = statement
+                .query_map(params![user, now as i64], lease)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(leases)
+        })
+        .await
+    }
+
+    async fn end_streams(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            tx.execute("DELETE FROM streams WHERE user = ?1", params![user])
+                .map(|removed| removed as u64)
+        })
+        .await
+    }
+
+    async fn take_quota(
+        &self,
+        user: &str,
+        limit: u64,
+        period: u64,
+        now: u64,
+    ) -> Result<QuotaDecision, StoreError> {
+        let user = user.to_string();
+        let window = now - now % period;
+        self.with(move |tx| {
+            tx.execute(
+                "DELETE FROM quotas WHERE user = ?1 AND window < ?2",
+                params![user, window as i64],
+            )?;
+            let used: i64 = tx
+                .query_row(
+                    "SELECT used FROM quotas WHERE user = ?1 AND window = ?2",
+                    params![user, window as i64],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if used as u64 >= limit {
+                return Ok(QuotaDecision::Exhausted {
+                    resets_at: window + period,
+                });
+            }
+            tx.execute(
+                "INSERT INTO quotas (user, window, used) VALUES (?1, ?2, 1)
+                 ON CONFLICT (user, window) DO UPDATE SET used = used + 1",
+                params![user, window as i64],
+            )?;
+            Ok(QuotaDecision::Taken { window })
+        })
+        .await
+    }
+
+    async fn refund_quota(&self, user: &str, window: u64, _period: u64) -> Result<(), StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            tx.execute(
+                "UPDATE quotas SET used = used - 1 WHERE user = ?1 AND window = ?2 AND used > 0",
+                params![user, window as i64],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn block_user(
+        &self,
+        user: &str,
+        until: Option<u64>,
+        _now: u64,
+    ) -> Result<(), StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            tx.execute(
+                "INSERT INTO blocks (user, until) VALUES (?1, ?2)
+                 ON CONFLICT (user) DO UPDATE SET until = excluded.until",
+                params![user, until.map(|until| until as i64)],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn unblock_user(&self, user: &str) -> Result<bool, StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            tx.execute("DELETE FROM blocks WHERE user = ?1", params![user])
+                .map(|removed| removed > 0)
+        })
+        .await
+    }
+
+    async fn blocked(&self, user: &str, now: u64) -> Result<Option<Option<u64>>, StoreError> {
+        let user = user.to_string();
+        self.with(move |tx| {
+            let until: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT until FROM blocks WHERE user = ?1",
+                    params![user],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(match until {
+                Some(Some(until)) if until as u64 <= now => None,
+                Some(until) => Some(until.map(|until| until as u64)),
+                None => None,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(100);
+
+    #[tokio::test]
+    async fn slots_fill_refuse_touch_and_free_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("devices.db")).unwrap();
+        let admit = |device: &'static str, now| store.admit_device("ann", device, 2, IDLE, now);
+        assert_eq!(
+            admit("a", 1000).await.unwrap(),
+            Decision::Admitted { new: true }
+        );
+        assert_eq!(
+            admit("b", 1010).await.unwrap(),
+            Decision::Admitted { new: true }
+        );
+        assert_eq!(
+            admit("a", 1020).await.unwrap(),
+            Decision::Admitted { new: false }
+        );
+        assert_eq!(
+            admit("c", 1030).await.unwrap(),
+            Decision::Full {
+                registered: 2,
+                oldest_frees_at: 1110
+            }
+        );
+        // b idles out at 1110; a was touched at 1020.
+        assert_eq!(
+            admit("c", 1110).await.unwrap(),
+            Decision::Admitted { new: true }
+        );
+        let slots = store.devices("ann", IDLE, 1110).await.unwrap();
+        let devices: Vec<_> = slots.iter().map(|s| s.device.as_str()).collect();
+        assert_eq!(devices, ["a", "c"]);
+        assert!(store.remove_device("ann", "a").await.unwrap());
+        assert!(!store.remove_device("ann", "a").await.unwrap());
+        assert_eq!(store.remove_devices("ann").await.unwrap(), 1);
+        assert!(store.devices("bob", IDLE, 1110).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,420 @@
+//! State every instance shares: device slots, stream leases, license quotas and blocked users.
+//! One [`Store`] trait, two kinds: embedded (SQLite, one file, every answer committed before it
+//! is given) and Redis (one atomic script per decision, keys that expire), so that any number of
+//! licensegate instances enforce one limit.
+
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{ConfigError, StoreBackend, StoreSettings};
+
+/// Why a store call failed. Messages are kept as text: one failed group commit answers every
+/// call in it, and the drivers' errors cannot be cloned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("cannot open {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("the store's writer thread stopped")]
+    WriterStopped,
+    #[error("the store did not answer in time")]
+    TimedOut,
+}
+
+/// One registered device of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub device: String,
+    /// Seconds since the epoch.
+    pub last_seen: u64,
+}
+
+/// The store's answer to a device asking for a license.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceDecision {
+    /// The device holds a slot (`new`: it was given one just now).
+    Admitted { new: bool },
+    /// Every slot is held by another device.
+    Full {
+        registered: u64,
+        /// Seconds since the epoch at which the least recently used slot frees itself.
+        oldest_frees_at: u64,
+    },
+}
+
+/// A stream's hold on one of its user's slots, until `expires_at` unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub session: String,
+    pub content: String,
+    pub drm: String,
+    /// Seconds since the epoch.
+    pub started_at: u64,
+    pub expires_at: u64,
+    /// A newer stream took this one's place: its renewals are refused until the lease ends.
+    pub stopped: bool,
+}
+
+/// A stream asking to play.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk<'a> {
+    pub session: &'a str,
+    pub content: &'a str,
+    pub drm: &'a str,
+    /// How long the lease lasts from now.
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamDecision {
+    /// A new lease; `stopped` names the stream it displaced.
+    Started { stopped: Option<String> },
+    /// The session already held a lease, now extended.
+    Renewed,
+    /// The session was displaced by a newer stream.
+    Stopped,
+    /// Every slot is held by another stream.
+    Full {
+        active: u64,
+        /// Seconds since the epoch at which the first lease ends unless renewed.
+        oldest_expires_at: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaDecision {
+    /// One license counted in the period starting at `window` (seconds since the epoch).
+    Taken {
+        window: u64,
+    },
+    Exhausted {
+        resets_at: u64,
+    },
+}
+
+/// Where shared state lives. Every deciding call is atomic per user: concurrent calls, from any
+/// number of licensegate instances sharing the store, never hand out more than the limit.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Frees the user's slots idle for `idle`, then touches `device`'s slot, gives it a free
+    /// one, or refuses.
+    async fn admit_device(
+        &self,
+        user: &str,
+        device: &str,
+        limit: u32,
+        idle: Duration,
+        now: u64,
+    ) -> Result<DeviceDecision, StoreError>;
+
+    /// The user's slots not idle for `idle`, least recently used first.
+    async fn devices(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError>;
+
+    async fn remove_device(&self, user: &str, device: &str) -> Result<bool, StoreError>;
+
+    async fn remove_devices(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Ends the user's expired leases, then renews the session's lease, starts one in a free
+    /// slot, displaces the oldest stream (`stop_oldest`), or refuses. A displaced stream's lease
+    /// is kept, stopped, for `ask.seconds` more, so that its renewals are refused.
+    async fn acquire_stream(
+        &self,
+        user: &str,
+        ask: LeaseAsk<'_>,
+        limit: u32,
+        stop_oldest: bool,
+        now: u64,
+    ) -> Result<StreamDecision, StoreError>;
+
+    /// Extends a live, not stopped lease by `seconds` from now; returns the lease as it stands
+    /// (`None`: no live lease).
+    async fn renew_stream(
+        &self,
+        user: &str,
+        session: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    async fn stream(
+        &self,
+        user: &str,
+        session: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Gives the lease `from` the name `to` (the session id learned from the answer), lasting
+    /// `seconds` from now; if `to` already holds a lease, `from`'s is folded into it.
+    async fn rename_stream(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn end_stream(&self, user: &str, session: &str) -> Result<bool, StoreError>;
+
+    /// The user's live leases, stopped ones included, oldest first.
+    async fn streams(&self, user: &str, now: u64) -> Result<Vec<Lease>, StoreError>;
+
+    async fn end_streams(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Counts one license against the user's quota for the period containing `now`.
+    async fn take_quota(
+        &self,
+        user: &str,
+        limit: u64,
+        period: u64,
+        now: u64,
+    ) -> Result<QuotaDecision, StoreError>;
+
+    /// Gives back a license counted for a request that got none.
+    async fn refund_quota(&self, user: &str, window: u64, period: u64) -> Result<(), StoreError>;
+
+    /// Blocks the user until `until` (seconds since the epoch; `None`: until unblocked).
+    async fn block_user(&self, user: &str, until: Option<u64>, now: u64) -> Result<(), StoreError>;
+
+    async fn unblock_user(&self, user: &str) -> Result<bool, StoreError>;
+
+    /// `Some(until)` while the user is blocked (`until`: `None` for no end).
+    async fn blocked(&self, user: &str, now: u64) -> Result<Option<Option<u64>>, StoreError>;
+}
+
+pub fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The configured store, and the bound on each call.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub redis: Option<Arc<redis::RedisStore>>,
+    pub timeout: Duration,
+}
+
+impl Shared {
+    pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
+        Ok(match &settings.backend {
+            StoreBackend::Embedded(path) => Self {
+                store: Arc::new(
+                    embedded::EmbeddedStore::open(path)
+                        .map_err(|e| ConfigError::new("store.path", e.to_string()))?,
+                ),
+                redis: None,
+                timeout: settings.timeout,
+            },
+            StoreBackend::Redis(url) => {
+                let redis = Arc::new(
+                    redis::RedisStore::new(url)
+                        .map_err(|e| ConfigError::new("store.redis_url", e.to_string()))?,
+                );
+                Self {
+                    store: redis.clone(),
+                    redis: Some(redis),
+                    timeout: settings.timeout,
+                }
+            }
+        })
+    }
+
+    /// What opening the store checks, without creating anything: an existing database file
+    /// must be one, a new one must be creatable, a Redis URL must be usable. `licensegate
+    /// check` runs this.
+    pub fn check(settings: &StoreSettings) -> Result<(), ConfigError> {
+        match &settings.backend {
+            StoreBackend::Embedded(path) if path.exists() => rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|db| db.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0)))
+            .map(drop)
+            .map_err(|e| ConfigError::new("store.path", format!("{}: {e}", path.display()))),
+            StoreBackend::Embedded(path) => {
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => std::path::Path::new("."),
+                };
+                let probe = dir.join(format!(".licensegate-check-{}", std::process::id()));
+                std::fs::File::create(&probe)
+                    .and_then(|_| std::fs::remove_file(&probe))
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "store.path",
+                            format!("cannot create a database in '{}': {e}", dir.display()),
+                        )
+                    })
+            }
+            StoreBackend::Redis(url) => ::redis::Client::open(url.as_str())
+                .map(drop)
+                // The URL may carry a password: the error names the key, not the value.
+                .map_err(|e| ConfigError::new("store.redis_url", format!("{:?}", e.kind()))),
+        }
+    }
+
+    /// Runs a store call within the bound.
+    pub async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut))
+    }
+}
+
+/// The behaviour both stores must share, run against each of them.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    fn ask(session: &str, seconds: u64) -> LeaseAsk<'_> {
+        LeaseAsk {
+            session,
+            content: "movie-1",
+            drm: "widevine",
+            seconds,
+        }
+    }
+
+    pub async fn streams_quotas_and_blocks(store: &dyn Store) {
+        let started = StreamDecision::Started { stopped: None };
+        let acquire = |session: &'static str, stop_oldest, now| {
+            store.acquire_stream("ann", ask(session, 100), 2, stop_oldest, now)
+        };
+        assert_eq!(acquire("a", false, 1000).await.unwrap(), started);
+        assert_eq!(acquire("b", false, 1010).await.unwrap(), started);
+        assert_eq!(
+            acquire("c", false, 1020).await.unwrap(),
+            StreamDecision::Full {
+                active: 2,
+                oldest_expires_at: 1100
+            }
+        );
+        assert_eq!(
+            acquire("a", false, 1050).await.unwrap(),
+            StreamDecision::Renewed
+        );
+        // a now lasts until 1150; b runs out at 1110.
+        assert_eq!(acquire("c", false, 1110).await.unwrap(), started);
+        let sessions = |leases: Vec<Lease>| {
+            leases
+                .into_iter()
+                .map(|l| (l.session, l.stopped))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sessions(store.streams("ann", 1110).await.unwrap()),
+            [("a".to_string(), false), ("c".to_string(), false)]
+        );
+        // The oldest (a) is displaced, and stays refused for a lease's length.
+        assert_eq!(
+            acquire("d", true, 1120).await.unwrap(),
+            StreamDecision::Started {
+                stopped: Some("a".into())
+            }
+        );
+        assert_eq!(
+            acquire("a", true, 1130).await.unwrap(),
+            StreamDecision::Stopped
+        );
+        let a = store.renew_stream("ann", "a", 100, 1130).await.unwrap();
+        assert!(a.is_some_and(|a| a.stopped && a.expires_at == 1220));
+        assert!(store.end_stream("ann", "c").await.unwrap());
+        assert!(!store.end_stream("ann", "c").await.unwrap());
+        // A provisional lease takes the name its answer told, folding into one that exists.
+        assert_eq!(acquire("pending-1", false, 1140).await.unwrap(), started);
+        store
+            .rename_stream("ann", "pending-1", "wv-01", 300, 1141)
+            .await
+            .unwrap();
+        let renamed = store.stream("ann", "wv-01", 1142).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                renamed.expires_at,
+                renamed.content.as_str(),
+                renamed.drm.as_str()
+            ),
+            (1441, "movie-1", "widevine")
+        );
+        assert!(
+            store
+                .stream("ann", "pending-1", 1142)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            acquire("pending-2", false, 1150).await.unwrap(),
+            StreamDecision::Full {
+                active: 2,
+                oldest_expires_at: 1220
+            }
+        );
+        let renewed = store.renew_stream("ann", "wv-01", 600, 1200).await.unwrap();
+        assert_eq!(renewed.map(|l| l.expires_at), Some(1800));
+        assert!(
+            store
+                .renew_stream("ann", "gone", 600, 1200)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.end_streams("ann").await.unwrap(), 3);
+        assert!(store.streams("ann", 1200).await.unwrap().is_empty());
+
+        let window = 3600;
+        let take = |now| store.take_quota("ann", 2, 100, now);
+        assert_eq!(
+            take(window + 1).await.unwrap(),
+            QuotaDecision::Taken { window }
+        );
+        assert_eq!(
+            take(window + 2).await.unwrap(),
+            QuotaDecision::Taken { window }
+        );
+        assert_eq!(
+            take(window + 3).await.unwrap(),
+            QuotaDecision::Exhausted {
+                resets_at: window + 100
+            }
+        );
+        store.refund_quota("ann", window, 100).await.unwrap();
+        assert_eq!(
+            take(window + 4).await.unwrap(),
+            QuotaDecision::Taken { window }
+        );
+        assert_eq!(
+            take(window + 100).await.unwrap(),
+            QuotaDecision::Taken {
+                window: window + 100
+            }
+        );
+
+        let now = now_seconds();
+        assert_eq!(store.blocked("ann", now).await.unwrap(), None);
+        store.block_user("ann", None, now).await.unwrap();
+        assert_eq!(store.blocked("ann", now).await.unwrap(), Some(None));
+        store.block_user("ann", Some(now + 60), now).await.unwrap();
+        assert_eq!(
+            store.blocked("ann", now).await.unwrap(),
+            Some(Some(now + 60))
+        );
+        assert_eq!(store.blocked("ann", now + 61).await.unwrap(), None);
+        assert!(store.unblock_user("ann").await.unwrap());
+        assert_eq!(store.blocked("ann", now).await.unwrap(), None);
+        assert_eq!(store.blocked("bob", now).await.unwrap(), None);
+    }
+}

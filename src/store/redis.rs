@@ -1,0 +1,552 @@
+//! The fleet's store in Redis. Every key of a user shares the hash tag `{user}`, so that one
+//! script sees all of them on a cluster too; each decision is one Lua script, atomic for every
+//! instance sharing the Redis. Keys expire on their own once nothing in them is live.
+//!
+//! - devices: a sorted set, device -> last seen.
+//! - streams: a hash, session -> `expires|started|stopped|drm|content`.
+//! - quota: a counter per period, expiring with it.
+//! - blocked: a string holding the block's end (0: none), expiring with it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::sync::OnceCell;
+
+use super::{
+    DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot, Store, StoreError,
+    StreamDecision,
+};
+
+const ADMIT_DEVICE: &str = r"
+local key, device = KEYS[1], ARGV[1]
+local limit, idle, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - idle)
+if redis.call('ZSCORE', key, device) then
+  redis.call('ZADD', key, now, device)
+  redis.call('EXPIRE', key, idle)
+  return {1, 0, 0}
+end
+local registered = redis.call('ZCARD', key)
+if registered < limit then
+  redis.call('ZADD', key, now, device)
+  redis.call('EXPIRE', key, idle)
+  return {2, 0, 0}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {0, registered, tonumber(oldest[2]) + idle}
+";
+
+/// Reads every lease of the user, dropping expired ones; shared by the stream scripts.
+const READ_LEASES: &str = r"
+local function lease(value)
+  local expires, started, stopped, drm, content =
+    string.match(value, '^(%d+)|(%d+)|(%d)|([^|]*)|(.*)$')
+  return {expires = tonumber(expires), started = tonumber(started), stopped = stopped == '1',
+          drm = drm, content = content}
+end
+local function encode(l)
+  return l.expires .. '|' .. l.started .. '|' .. (l.stopped and '1' or '0') .. '|' .. l.drm .. '|' .. l.content
+end
+local function live(key, now)
+  local entries = redis.call('HGETALL', key)
+  local leases, latest = {}, 0
+  for i = 1, #entries, 2 do
+    local l = lease(entries[i + 1])
+    if l.expires == nil or l.expires <= now then
+      redis.call('HDEL', key, entries[i])
+    else
+      leases[entries[i]] = l
+      if l.expires > latest then latest = l.expires end
+    end
+  end
+  return leases, latest
+end
+local function keep_until(key, latest, now)
+  if latest > now then redis.call('EXPIRE', key, latest - now) end
+end
+";
+
+const ACQUIRE_STREAM: &str = r"
+local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local seconds, limit, stop_oldest, now =
+  tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
+local leases, latest = live(key, now)
+local ends = now + seconds
+if ends > latest then latest = ends end
+local mine = leases[session]
+if mine then
+  if mine.stopped then return {3, 0, 0, ''} end
+  if ends > mine.expires then mine.expires = ends end
+  redis.call('HSET', key, session, encode(mine))
+  keep_until(key, latest, now)
+  return {2, 0, 0, ''}
+end
+local active, oldest, oldest_started, oldest_expiry = 0, nil, nil, nil
+for name, l in pairs(leases) do
+  if not l.stopped then
+    active = active + 1
+    if oldest == nil or l.started < oldest_started or (l.started == oldest_started and name < oldest) then
+      oldest, oldest_started = name, l.started
+    end
+    if oldest_expiry == nil or l.expires < oldest_expiry then oldest_expiry = l.expires end
+  end
+end
+local stopped = ''
+if active >= limit then
+  if not stop_oldest or oldest == nil then return {0, active, oldest_expiry or now, ''} end
+  local displaced = leases[oldest]
+  displaced.stopped = true
+  if ends > displaced.expires then displaced.expires = ends end
+  redis.call('HSET', key, oldest, encode(displaced))
+  stopped = oldest
+end
+redis.call('HSET', key, session,
+  encode({expires = ends, started = now, stopped = false, drm = drm, content = content}))
+keep_until(key, latest, now)
+return {1, 0, 0, stopped}
+";
+
+const RENEW_STREAM: &str = r"
+local key, session, seconds, now = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local leases, latest = live(key, now)
+local mine = leases[session]
+if not mine then return false end
+if not mine.stopped and now + seconds > mine.expires then
+  mine.expires = now + seconds
+  redis.call('HSET', key, session, encode(mine))
+  if mine.expires > latest then latest = mine.expires end
+end
+keep_until(key, latest, now)
+return encode(mine)
+";
+
+const RENAME_STREAM: &str = r"
+local key, from, to, seconds, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local leases, latest = live(key, now)
+local moving = leases[from]
+if not moving then return 0 end
+redis.call('HDEL', key, from)
+local target = leases[to]
+local ends = now + seconds
+if ends > latest then latest = ends end
+if target then
+  if not target.stopped and ends > target.expires then target.expires = ends end
+  redis.call('HSET', key, to, encode(target))
+else
+  moving.expires = ends
+  redis.call('HSET', key, to, encode(moving))
+end
+keep_until(key, latest, now)
+return 1
+";
+
+const TAKE_QUOTA: &str = r"
+local key, limit, period = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', key) or '0')
+if used >= limit then return 0 end
+redis.call('INCR', key)
+if used == 0 then redis.call('EXPIRE', key, period * 2) end
+return 1
+";
+
+const REFUND_QUOTA: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used > 0 then redis.call('DECR', KEYS[1]) end
+return used
+";
+
+/// A token bucket as GCRA: the key holds the theoretical arrival time of the next request
+/// (microseconds, Redis's clock, so every instance agrees). Answers the wait, 0 when allowed.
+const TAKE_TOKEN: &str = r"
+local key = KEYS[1]
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', key) or '0')
+if tat < now then tat = now end
+local next_tat = tat + interval
+local over = next_tat - now - interval * burst
+if over > 0 then return over end
+redis.call('SET', key, next_tat, 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return 0
+";
+
+pub struct RedisStore {
+    client: redis::Client,
+    /// Connected on first use, so licensegate starts (and answers 503) while Redis is down.
+    connection: OnceCell<ConnectionManager>,
+    admit_device: Script,
+    acquire_stream: Script,
+    renew_stream: Script,
+    rename_stream: Script,
+    take_quota: Script,
+    refund_quota: Script,
+    take_token: Script,
+}
+
+fn store_error(e: redis::RedisError) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+/// The key of one of the user's records; the hash tag keeps a user's keys in one slot.
+fn key(user: &str, what: &str) -> String {
+    format!("licensegate:{{{user}}}:{what}")
+}
+
+fn parse_lease(session: String, value: &str) -> Option<Lease> {
+    let mut fields = value.splitn(5, '|');
+    let expires_at = fields.next()?.parse().ok()?;
+    let started_at = fields.next()?.parse().ok()?;
+    let stopped = fields.next()? == "1";
+    let drm = fields.next()?.to_string();
+    let content = fields.next()?.to_string();
+    Some(Lease {
+        session,
+        content,
+        drm,
+        started_at,
+        expires_at,
+        stopped,
+    })
+}
+
+impl RedisStore {
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let streams = |body: &str| Script::new(&format!("{READ_LEASES}\n{body}"));
+        Ok(Self {
+            client: redis::Client::open(url).map_err(store_error)?,
+            connection: OnceCell::new(),
+            admit_device: Script::new(ADMIT_DEVICE),
+            acquire_stream: streams(ACQUIRE_STREAM),
+            renew_stream: streams(RENEW_STREAM),
+            rename_stream: streams(RENAME_STREAM),
+            take_quota: Script::new(TAKE_QUOTA),
+            refund_quota: Script::new(REFUND_QUOTA),
+            take_token: Script::new(TAKE_TOKEN),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+            .await
+            .cloned()
+            .map_err(store_error)
+    }
+
+    /// Takes one token from the bucket `bucket` (refilled one token per `interval`, holding
+    /// `burst`); answers how long to wait when it is empty.
+    pub async fn take_token(
+        &self,
+        bucket: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut connection = self.connection().await?;
+        let wait: u64 = self
+            .take_token
+            .key(format!("licensegate:rate:{bucket}"))
+            .arg(interval.as_micros().max(1) as u64)
+            .arg(burst)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn admit_device(
+        &self,
+        user: &str,
+        device: &str,
+        limit: u32,
+        idle: Duration,
+        now: u64,
+    ) -> Result<Decision, StoreError> {
+        let mut connection = self.connection().await?;
+        let (outcome, registered, frees_at): (i64, u64, u64) = self
+            .admit_device
+            .key(key(user, "devices"))
+            .arg(device)
+            .arg(limit)
+            .arg(idle.as_secs())
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(match outcome {
+            0 => Decision::Full {
+                registered,
+                oldest_frees_at: frees_at,
+            },
+            new => Decision::Admitted { new: new == 2 },
+        })
+    }
+
+    async fn devices(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError> {
+        let mut connection = self.connection().await?;
+        let after = now.saturating_sub(idle.as_secs());
+        let slots: Vec<(String, u64)> = connection
+            .zrangebyscore_withscores(key(user, "devices"), format!("({after}"), "+inf")
+            .await
+            .map_err(store_error)?;
+        Ok(slots
+            .into_iter()
+            .map(|(device, last_seen)| Slot { device, last_seen })
+            .collect())
+    }
+
+    async fn remove_device(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let removed: u64 = connection
+            .zrem(key(user, "devices"), device)
+            .await
+            .map_err(store_error)?;
+        Ok(removed > 0)
+    }
+
+    async fn remove_devices(&self, user: &str) -> Result<u64, StoreError> {
+        let mut connection = self.connection().await?;
+        let count: u64 = connection
+            .zcard(key(user, "devices"))
+            .await
+            .map_err(store_error)?;
+        let _: u64 = connection
+            .del(key(user, "devices"))
+            .await
+            .map_err(store_error)?;
+        Ok(count)
+    }
+
+    async fn acquire_stream(
+        &self,
+        user: &str,
+        ask: LeaseAsk<'_>,
+        limit: u32,
+        stop_oldest: bool,
+        now: u64,
+    ) -> Result<StreamDecision, StoreError> {
+        let mut connection = self.connection().await?;
+        let (outcome, active, oldest_expires_at, stopped): (i64, u64, u64, String) = self
+            .acquire_stream
+            .key(key(user, "streams"))
+            .arg(ask.session)
+            .arg(ask.content)
+            .arg(ask.drm)
+            .arg(ask.seconds)
+            .arg(limit)
+            .arg(if stop_oldest { "1" } else { "0" })
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(match outcome {
+            1 => StreamDecision::Started {
+                stopped: (!stopped.is_empty()).then_some(stopped),
+            },
+            2 => StreamDecision::Renewed,
+            3 => StreamDecision::Stopped,
+            _ => StreamDecision::Full {
+                active,
+                oldest_expires_at,
+            },
+        })
+    }
+
+    async fn renew_stream(
+        &self,
+        user: &str,
+        session: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut connection = self.connection().await?;
+        let value: Option<String> = self
+            .renew_stream
+            .key(key(user, "streams"))
+            .arg(session)
+            .arg(seconds)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(value.and_then(|value| parse_lease(session.to_string(), &value)))
+    }
+
+    async fn stream(
+        &self,
+        user: &str,
+        session: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut connection = self.connection().await?;
+        let value: Option<String> = connection
+            .hget(key(user, "streams"), session)
+            .await
+            .map_err(store_error)?;
+        Ok(value
+            .and_then(|value| parse_lease(session.to_string(), &value))
+            .filter(|lease| lease.expires_at > now))
+    }
+
+    async fn rename_stream(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seconds: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let _: i64 = self
+            .rename_stream
+            .key(key(user, "streams"))
+            .arg(from)
+            .arg(to)
+            .arg(seconds)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn end_stream(&self, user: &str, session: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let removed: u64 = connection
+            .hdel(key(user, "streams"), session)
+            .await
+            .map_err(store_error)?;
+        Ok(removed > 0)
+    }
+
+    async fn streams(&self, user: &str, now: u64) -> Result<Vec<Lease>, StoreError> {
+        let mut connection = self.connection().await?;
+        let entries: Vec<(String, String)> = connection
+            .hgetall(key(user, "streams"))
+            .await
+            .map_err(store_error)?;
+        let mut leases: Vec<Lease> = entries
+            .into_iter()
+            .filter_map(|(session, value)| parse_lease(session, &value))
+            .filter(|lease| lease.expires_at > now)
+            .collect();
+        leases.sort_by(|a, b| (a.started_at, &a.session).cmp(&(b.started_at, &b.session)));
+        Ok(leases)
+    }
+
+    async fn end_streams(&self, user: &str) -> Result<u64, StoreError> {
+        let mut connection = self.connection().await?;
+        let count: u64 = connection
+            .hlen(key(user, "streams"))
+            .await
+            .map_err(store_error)?;
+        let _: u64 = connection
+            .del(key(user, "streams"))
+            .await
+            .map_err(store_error)?;
+        Ok(count)
+    }
+
+    async fn take_quota(
+        &self,
+        user: &str,
+        limit: u64,
+        period: u64,
+        now: u64,
+    ) -> Result<QuotaDecision, StoreError> {
+        let window = now - now % period;
+        let mut connection = self.connection().await?;
+        let taken: i64 = self
+            .take_quota
+            .key(key(user, &format!("quota:{window}")))
+            .arg(limit)
+            .arg(period)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(if taken == 1 {
+            QuotaDecision::Taken { window }
+        } else {
+            QuotaDecision::Exhausted {
+                resets_at: window + period,
+            }
+        })
+    }
+
+    async fn refund_quota(&self, user: &str, window: u64, _period: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let _: i64 = self
+            .refund_quota
+            .key(key(user, &format!("quota:{window}")))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn block_user(&self, user: &str, until: Option<u64>, now: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let key = key(user, "blocked");
+        match until {
+            Some(until) => {
+                let seconds = until.saturating_sub(now).max(1);
+                let _: () = connection
+                    .set_ex(key, until, seconds)
+                    .await
+                    .map_err(store_error)?;
+            }
+            None => {
+                let _: () = connection.set(key, 0).await.map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn unblock_user(&self, user: &str) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let removed: u64 = connection
+            .del(key(user, "blocked"))
+            .await
+            .map_err(store_error)?;
+        Ok(removed > 0)
+    }
+
+    async fn blocked(&self, user: &str, now: u64) -> Result<Option<Option<u64>>, StoreError> {
+        let mut connection = self.connection().await?;
+        let until: Option<u64> = connection
+            .get(key(user, "blocked"))
+            .await
+            .map_err(store_error)?;
+        Ok(match until {
+            Some(0) => Some(None),
+            Some(until) if until > now => Some(Some(until)),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a real `redis-server` (scripts/setup.sh installs it).
+    #[tokio::test]
+    async fn streams_quotas_blocks_and_tokens() {
+        let redis = licensegate_testkit::Redis::start();
+        let store = RedisStore::new(&redis.url()).unwrap();
+        super::super::conformance::streams_quotas_and_blocks(&store).await;
+        let interval = Duration::from_millis(100);
+        for _ in 0..3 {
+            assert_eq!(store.take_token("t", interval, 3).await.unwrap(), None);
+        }
+        let wait = store.take_token("t", interval, 3).await.unwrap().unwrap();
+        assert!(wait > Duration::ZERO && wait <= interval, "{wait:?}");
+        tokio::time::sleep(wait + Duration::from_millis(5)).await;
+        assert_eq!(store.take_token("t", interval, 3).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! Concurrent stream limits. A stream holds a lease on one of its user's slots for its renewal
+//! interval plus a grace period; each renewal extends it, a release ends it, and a stream that
+//! stops renewing lets its lease run out. Which requests belong to one stream depends on the DRM:
+//!
+//! - Widevine: the `session_id` of the license's identification, which the vendor sets in the
+//!   license (read from the answer) and the CDM sends back in every renewal and release.
+//! - Others: the session id the player sends (`X-Playback-Session`, or `?session=`); else the
+//!   device the vendor reported; else one stream per user, content and client address.
+//! - licensegate's own ClearKey server issues a session id (`X-Playback-Session` on the answer)
+//!   when the player sends none.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use pingora::prelude::RequestHeader;
+use prometheus::{HistogramVec, IntCounterVec};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{OnLimit, StreamSettings};
+use crate::metrics::Metrics;
+use crate::problem::{Problem, Refusal};
+use crate::store::{Lease, LeaseAsk, Shared, StoreError, StreamDecision, now_seconds};
+
+pub const SESSION_HEADER: &str = "X-Playback-Session";
+const MAX_SESSION_LEN: usize = 128;
+
+/// The playback session id the player sent, if any.
+pub fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem> {
+    let from_query = request.uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "session")
+            .map(|(_, value)| value.into_owned())
+    });
+    let session = match from_query {
+        Some(session) => session,
+        None => match request.headers.get(SESSION_HEADER) {
+            Some(value) => value.to_str().map_err(|_| session_invalid())?.to_string(),
+            None => return Ok(None),
+        },
+    };
+    valid_session(session).map(Some)
+}
+
+/// A session id as licensegate issues and accepts them; anything else reaches no store or log.
+pub fn valid_session(session: String) -> Result<String, Problem> {
+    let well_formed = !session.is_empty()
+        && session.len() <= MAX_SESSION_LEN
+        && session
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+    if well_formed {
+        Ok(session)
+    } else {
+        Err(session_invalid())
+    }
+}
+
+fn session_invalid() -> Problem {
+    Problem::new(Refusal::StreamSessionInvalid).with_detail(format!(
+        "{SESSION_HEADER} must be 1 to {MAX_SESSION_LEN} letters, digits, '.', '_', '-' or ':'"
+    ))
+}
+
+fn digest(parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hex::encode(&hash.finalize()[..12])
+}
+
+/// The stream of a Widevine license, by its `session_id`.
+pub fn widevine_session(session_id: &[u8]) -> String {
+    if session_id.len() <= 32 {
+        format!("wv-{}", hex::encode(session_id))
+    } else {
+        format!("wv-{}", digest(&[session_id]))
+    }
+}
+
+/// The stream of a device the vendor reported.
+pub fn device_session(device: &str) -> String {
+    format!("dev-{}", digest(&[device.as_bytes()]))
+}
+
+/// The stream of a player that names none, on a vendor that reports no device.
+pub fn client_session(content: &str, client: Option<std::net::IpAddr>) -> String {
+    let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+    format!(
+        "client-{}",
+        digest(&[content.as_bytes(), client.as_bytes()])
+    )
+}
+
+/// A stream licensegate's own license server names for the player.
+pub fn issued_session() -> String {
+    format!("lg-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The lease of a Widevine license whose session id only its answer tells.
+pub fn pending_session(request_id: &str) -> String {
+    format!("pending-{request_id}")
+}
+
+/// What the store said to a stream asking to play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    Started,
+    Renewed,
+    /// Let through without a lease: the store is down and `fail_open` is set.
+    Unchecked,
+}
+
+pub struct Streams {
+    pub settings: StreamSettings,
+    store: Arc<Shared>,
+    decisions: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl Streams {
+    pub fn new(settings: StreamSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+        Self {
+            settings,
+            store,
+            decisions: metrics.stream_decisions.clone(),
+            duration: metrics.stream_store_duration.clone(),
+        }
+    }
+
+    /// The user's limit: the token's claim if it has one, else the entitlement's, else the
+    /// configured default.
+    pub fn limit_for(
+        &self,
+        claims: Option<&serde_json::Map<String, Value>>,
+        granted: Option<u32>,
+    ) -> u32 {
+        claims
+            .and_then(|claims| claims.get(&self.settings.claim))
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .or(granted)
+            .unwrap_or(self.settings.max_per_user)
+    }
+
+    /// How long a lease lasts: the renewal interval (the license's, else the policy's, else the
+    /// configured one) plus the grace period.
+    pub fn lease_seconds(&self, interval_seconds: u64) -> u64 {
+        let interval = if interval_seconds > 0 {
+            interval_seconds
+        } else {
+            self.settings.renewal_interval.as_secs()
+        };
+        interval + self.settings.grace.as_secs()
+    }
+
+    /// Starts or renews `ask.session`'s lease for `user`, or refuses.
+    pub async fn admit(
+        &self,
+        user: &str,
+        ask: LeaseAsk<'_>,
+        limit: u32,
+    ) -> Result<Admitted, Problem> {
+        let stop_oldest = self.settings.on_limit == OnLimit::StopOldest;
+        let decided = self
+            .timed(
+                "acquire",
+                self.store
+                    .store
+                    .acquire_stream(user, ask, limit, stop_oldest, now_seconds()),
+            )
+            .await;
+        match decided {
+            Ok(StreamDecision::Started { stopped }) => {
+                self.count("started");
+                if let Some(stopped) = stopped {
+                    self.count("stopped_oldest");
+                    tracing::info!(stopped = %stopped, "a new stream displaced the oldest");
+                }
+                Ok(Admitted::Started)
+            }
+            Ok(StreamDecision::Renewed) => {
+                self.count("renewed");
+                Ok(Admitted::Renewed)
+            }
+            Ok(StreamDecision::Stopped) => {
+                self.count("stopped_refused");
+                Err(Problem::new(Refusal::StreamStopped)
+                    .with_detail("a newer stream of this user took this stream's place"))
+            }
+            Ok(StreamDecision::Full {
+                active,
+                oldest_expires_at,
+            }) => {
+                self.count("refused");
+                let expires =
+                    crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_expires_at));
+                Err(Problem::new(Refusal::StreamLimitReached)
+                    .with_detail(format!(
+                        "{active} of {limit} streams playing; the first to stop renewing frees its slot, \
+                         at the latest at {expires}"
+                    ))
+                    .with_extension("active_streams", active.into())
+                    .with_extension("stream_limit", limit.into())
+                    .with_extension("oldest_expires_at", expires.into()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stream store unavailable");
+                if self.settings.fail_open {
+                    self.count("store_down_allowed");
+                    return Ok(Admitted::Unchecked);
+                }
+                self.count("store_down_refused");
+                Err(Problem::new(Refusal::StreamStoreUnavailable)
+                    .with_detail("the stream limit cannot be checked right now"))
+            }
+        }
+    }
+
+    /// The session's live lease, if any.
+    pub async fn lease(&self, user: &str, session: &str) -> Result<Option<Lease>, StoreError> {
+        self.timed(
+            "lookup",
+            self.store.store.stream(user, session, now_seconds()),
+        )
+        .await
+    }
+
+    /// A heartbeat: extends a live lease by one lease length.
+    pub async fn renew(
+        &self,
+        user: &str,
+        session: &str,
+        seconds: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let renewed = self
+            .timed(
+                "renew",
+                self.store
+                    .store
+                    .renew_stream(user, session, seconds, now_seconds()),
+            )
+            .await;
+        if let Ok(Some(lease)) = &renewed {
+            self.count(if lease.stopped {
+                "stopped_refused"
+            } else {
+                "renewed"
+            });
+        }
+        renewed
+    }
+
+    /// The session id the answer told: the lease taken under a provisional name moves to it.
+    pub async fn rename(&self, user: &str, from: &str, to: &str, seconds: u64) {
+        if let Err(e) = self
+            .timed(
+                "rename",
+                self.store
+                    .store
+                    .rename_stream(user, from, to, seconds, now_seconds()),
+            )
+            .await
+        {
+            // The provisional lease stays and runs out; the stream's first renewal starts its
+            // lease anew.
+            tracing::warn!(error = %e, "stream lease not renamed");
+        }
+    }
+
+    pub async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {
+        let ended = self
+            .timed("end", self.store.store.end_stream(user, session))
+            .await;
+        if matches!(ended, Ok(true)) {
+            self.count("released");
+        }
+        ended
+    }
+
+    pub async fn list(&self, user: &str) -> Result<Vec<Lease>, StoreError> {
+        self.timed("list", self.store.store.streams(user, now_seconds()))
+            .await
+    }
+
+    pub async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+        self.timed("end_all", self.store.store.end_streams(user))
+            .await
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = self.store.timed(call).await;
+        self.duration
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    pub fn count(&self, decision: &str) {
+        self.decisions.with_label_values(&[decision]).inc();
+    }
+}
