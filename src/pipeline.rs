@@ -685,6 +685,11 @@ async fn admit_stream(
                     content: &hold.content,
                     drm: drm.as_str(),
                     seconds: hold.seconds,
+                    adopts: if hold.renewal {
+                        streams::ADOPTS_PENDING
+                    } else {
+                        None
+                    },
                 },
                 hold.limit,
             )
@@ -720,6 +725,7 @@ async fn admit_stream_on_answer(
                 content: &hold.content,
                 drm: hold.drm.as_str(),
                 seconds: hold.seconds,
+                adopts: None,
             },
             hold.limit,
         )

@@ -99,10 +99,16 @@ pub fn issued_session() -> String {
     format!("lg-{}", uuid::Uuid::new_v4().simple())
 }
 
+const PENDING: &str = "pending-";
+
 /// The lease of a Widevine license whose session id only its answer tells.
 pub fn pending_session(request_id: &str) -> String {
-    format!("pending-{request_id}")
+    format!("{PENDING}{request_id}")
 }
+
+/// What a Widevine renewal may take over when its session is unknown: a provisional lease
+/// whose renaming was lost (licensegate stopped between the answer and the rename).
+pub const ADOPTS_PENDING: Option<&str> = Some(PENDING);
 
 /// What the store said to a stream asking to play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -287,6 +287,7 @@ impl Store for EmbeddedStore {
             ask.content.to_string(),
             ask.drm.to_string(),
         );
+        let adopts = ask.adopts.map(|prefix| format!("{prefix}%"));
         let (seconds, now) = (ask.seconds as i64, now as i64);
         self.with(move |tx| {
             tx.execute(
@@ -310,6 +311,18 @@ impl Store for EmbeddedStore {
                     return Ok(StreamDecision::Renewed);
                 }
                 None => {}
+            }
+            if let Some(pattern) = &adopts {
+                let adopted = tx.execute(
+                    "UPDATE streams SET session = ?2, expires_at = MAX(expires_at, ?5)
+                     WHERE user = ?1 AND session = (
+                         SELECT session FROM streams WHERE user = ?1 AND session LIKE ?3
+                         AND content = ?4 AND stopped = 0 ORDER BY started_at, session LIMIT 1)",
+                    params![user, session, pattern, content, now + seconds],
+                )?;
+                if adopted > 0 {
+                    return Ok(StreamDecision::Renewed);
+                }
             }
             let (active, oldest_expiry): (i64, Option<i64>) = tx.query_row(
                 "SELECT COUNT(*), MIN(expires_at) FROM streams WHERE user = ?1 AND stopped = 0",

@@ -72,6 +72,9 @@ pub struct LeaseAsk<'a> {
     pub drm: &'a str,
     /// How long the lease lasts from now.
     pub seconds: u64,
+    /// A session unknown to the store may take over a live lease of the same content whose
+    /// name starts with this (a provisional lease whose renaming was lost).
+    pub adopts: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +289,7 @@ pub(crate) mod conformance {
             content: "movie-1",
             drm: "widevine",
             seconds,
+            adopts: None,
         }
     }
 
@@ -374,6 +378,35 @@ pub(crate) mod conformance {
         );
         assert_eq!(store.end_streams("ann").await.unwrap(), 3);
         assert!(store.streams("ann", 1200).await.unwrap().is_empty());
+
+        // A renewal whose provisional lease was never renamed takes it over.
+        let adopting = |session| LeaseAsk {
+            adopts: Some("pending-"),
+            ..ask(session, 100)
+        };
+        assert_eq!(acquire("pending-x", false, 2000).await.unwrap(), started);
+        assert_eq!(
+            store
+                .acquire_stream("ann", adopting("wv-x"), 1, false, 2001)
+                .await
+                .unwrap(),
+            StreamDecision::Renewed
+        );
+        assert_eq!(
+            sessions(store.streams("ann", 2001).await.unwrap()),
+            [("wv-x".to_string(), false)]
+        );
+        assert_eq!(
+            store
+                .acquire_stream("ann", adopting("wv-y"), 1, false, 2002)
+                .await
+                .unwrap(),
+            StreamDecision::Full {
+                active: 1,
+                oldest_expires_at: 2101
+            }
+        );
+        store.end_streams("ann").await.unwrap();
 
         let window = 3600;
         let take = |now| store.take_quota("ann", 2, 100, now);

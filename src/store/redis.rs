@@ -72,6 +72,7 @@ const ACQUIRE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local seconds, limit, stop_oldest, now =
   tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
+local adopts = ARGV[8]
 local leases, latest = live(key, now)
 local ends = now + seconds
 if ends > latest then latest = ends end
@@ -82,6 +83,24 @@ if mine then
   redis.call('HSET', key, session, encode(mine))
   keep_until(key, latest, now)
   return {2, 0, 0, ''}
+end
+if adopts ~= '' then
+  local orphan, orphan_started = nil, nil
+  for name, l in pairs(leases) do
+    if not l.stopped and l.content == content and string.sub(name, 1, #adopts) == adopts then
+      if orphan == nil or l.started < orphan_started or (l.started == orphan_started and name < orphan) then
+        orphan, orphan_started = name, l.started
+      end
+    end
+  end
+  if orphan then
+    local adopted = leases[orphan]
+    if ends > adopted.expires then adopted.expires = ends end
+    redis.call('HDEL', key, orphan)
+    redis.call('HSET', key, session, encode(adopted))
+    keep_until(key, latest, now)
+    return {2, 0, 0, ''}
+  end
 end
 local active, oldest, oldest_started, oldest_expiry = 0, nil, nil, nil
 for name, l in pairs(leases) do
@@ -341,6 +360,7 @@ impl Store for RedisStore {
             .arg(limit)
             .arg(if stop_oldest { "1" } else { "0" })
             .arg(now)
+            .arg(ask.adopts.unwrap_or(""))
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;

@@ -6,6 +6,7 @@
 //! that vendor's authorization checks ([`vendors`]).
 
 pub mod fairplay;
+pub mod sessions;
 pub mod vendors;
 
 use std::convert::Infallible;
@@ -109,6 +110,7 @@ struct LastRequest {
 struct Sim {
     faults: Faults,
     vendor: VendorSim,
+    sessions: Option<sessions::Sessions>,
     stats: Stats,
     last: Mutex<LastRequest>,
 }
@@ -121,6 +123,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sim = Arc::new(Sim {
         faults,
+        sessions: vendor.widevine_renewal_seconds.map(sessions::Sessions::new),
         vendor: VendorSim::new(vendor),
         stats: Stats::default(),
         last: Mutex::new(LastRequest::default()),
@@ -329,6 +332,24 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         sim.last.lock().await.spc_sha256 = Some(hex::encode(Sha256::digest(&challenge)));
         sim.stats.fairplay_licenses.fetch_add(1, Ordering::Relaxed);
         fairplay::ckc_for(&challenge)
+    } else if let Some(answer) = sim
+        .sessions
+        .as_ref()
+        .and_then(|sessions| sessions.answer(&challenge))
+    {
+        match answer {
+            sessions::Answer::License(license) => license,
+            sessions::Answer::UnknownSession => {
+                return refused(
+                    sim,
+                    vendors::Refusal {
+                        status: 403,
+                        reason: "renewal for a session this server did not issue".into(),
+                    },
+                )
+                .await;
+            }
+        }
     } else {
         license_for(&challenge)
     };
@@ -533,6 +554,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "last_license_request_headers": last_headers,
         "last_license_request_uri": last.uri,
         "last_refusal": last.refusal,
+        "live_widevine_sessions": sim.sessions.as_ref().map(sessions::Sessions::live),
     });
     Response::builder()
         .status(StatusCode::OK)

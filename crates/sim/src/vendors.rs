@@ -39,6 +39,11 @@ pub struct VendorArgs {
     /// Whose checks license requests must pass.
     #[arg(long, value_enum, default_value = "generic")]
     pub vendor: SimVendor,
+    /// Answer Widevine license requests with licenses that name their session and ask the CDM
+    /// to renew every this many seconds; renewals and releases are answered for live sessions
+    /// only.
+    #[arg(long)]
+    pub widevine_renewal_seconds: Option<u64>,
     /// Axinom communication key ID.
     #[arg(long, default_value = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e")]
     pub com_key_id: String,

@@ -1,0 +1,560 @@
+//! Concurrent stream limits, renewals and revocation, rate limits and quotas: Widevine players
+//! (the test kit's player model) against the simulator issuing licenses that name their session
+//! and renew every few seconds; licensegate's ClearKey server with its own session ids; the
+//! embedded store and a real Redis shared by two instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use licensegate_testkit::{
+    Gate, GateConfig, Player, Redis, Sim, client, fixture, problem, user_token,
+};
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+const KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
+/// The simulator's licenses ask for a renewal every this many seconds.
+const RENEWAL_SECONDS: u64 = 4;
+
+fn catalog() -> String {
+    format!(
+        "[content.demo]\nkey_ids = [\"{KID}\"]\nkeys = {{ \"{KID}\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
+    )
+}
+
+/// Widevine through a passthrough provider to `sim`, ClearKey answered by licensegate.
+fn config(sim: &Sim, extra: &str) -> String {
+    GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider(
+            "sim",
+            &format!("kind = \"passthrough\"\nendpoints = [\"{}\"]", sim.url()),
+        )
+        .provider("builtin", "kind = \"clearkey\"")
+        .routes(&[("widevine", "sim"), ("clearkey", "builtin")])
+        .with(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}"))
+        .build()
+}
+
+fn streams(limit: u32, on_limit: &str) -> String {
+    format!(
+        "[streams]\nmax_per_user = {limit}\non_limit = \"{on_limit}\"\ngrace_seconds = 2\n\
+         [store]\npath = \"${{LG_DIR}}/licensegate.db\"\n"
+    )
+}
+
+async fn start(config: &str) -> Gate {
+    Gate::ready(Gate::start_with_files(
+        config,
+        &[("catalog.toml", catalog().as_bytes())],
+    ))
+    .await
+}
+
+fn sim() -> Sim {
+    Sim::start(&["--widevine-renewal-seconds", &RENEWAL_SECONDS.to_string()])
+}
+
+fn player(gate: &Gate, user: &str) -> Player {
+    Player::new(
+        gate.license_url("widevine", Some("demo")),
+        user_token(user, &["*"]),
+    )
+}
+
+fn challenge() -> Vec<u8> {
+    fixture("license-request-kid-01020304.bin")
+}
+
+async fn admin(gate: &Gate, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let response = client()
+        .request(method, gate.admin(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn active_streams(gate: &Gate, user: &str) -> u64 {
+    let (status, body) = admin(
+        gate,
+        reqwest::Method::GET,
+        &format!("/v1/users/{user}/streams"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["active"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_third_stream_waits_for_a_release_or_a_silent_stream_to_expire() {
+    let sim = sim();
+    let gate = start(&config(&sim, &streams(2, "refuse"))).await;
+    let (mut one, mut two, mut three) = (
+        player(&gate, "ann"),
+        player(&gate, "ann"),
+        player(&gate, "ann"),
+    );
+    assert_eq!(one.start(challenge()).await.code(), "ok");
+    assert_eq!(two.start(challenge()).await.code(), "ok");
+    assert_eq!(
+        one.renewal_delay(),
+        Some(Duration::from_secs(RENEWAL_SECONDS))
+    );
+    let refused = three.start(challenge()).await;
+    assert_eq!(refused.code(), "stream_limit_reached");
+    let body = refused.json();
+    assert_eq!(
+        (
+            body["active_streams"].as_u64(),
+            body["stream_limit"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert!(body["oldest_expires_at"].as_str().is_some(), "{body}");
+    // The refused start never reached the vendor: it bills per license.
+    assert_eq!(sim.stats().await["licenses"], 2);
+
+    assert_eq!(one.release().await.code(), "ok");
+    assert_eq!(sim.stats().await["live_widevine_sessions"], 1);
+    assert_eq!(three.start(challenge()).await.code(), "ok");
+    assert_eq!(active_streams(&gate, "ann").await, 2);
+
+    // `two` stops renewing; `three` plays on. The lease lasts the renewal delay plus the
+    // grace: before then a fourth player is refused, after it the slot is free.
+    let silent_since = Instant::now();
+    let mut four = player(&gate, "ann");
+    let renewals = three
+        .play_for(Duration::from_secs(RENEWAL_SECONDS) + Duration::from_millis(500))
+        .await;
+    assert_eq!(renewals, ["ok"]);
+    assert_eq!(four.start(challenge()).await.code(), "stream_limit_reached");
+    let lease = Duration::from_secs(RENEWAL_SECONDS + 2);
+    tokio::time::sleep(
+        (lease + Duration::from_millis(1100)).saturating_sub(silent_since.elapsed()),
+    )
+    .await;
+    assert_eq!(four.start(challenge()).await.code(), "ok");
+    // The silent player's renewal now finds its slot taken.
+    assert_eq!(two.renew().await.code(), "stream_limit_reached");
+    let metrics = reqwest::get(gate.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "licensegate_stream_decisions_total{decision=\"refused\"}",
+        "licensegate_stream_decisions_total{decision=\"released\"} 1",
+        "licensegate_license_request_types_total{drm=\"widevine\",type=\"renewal\"}",
+        "licensegate_license_request_types_total{drm=\"widevine\",type=\"release\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+    assert!(
+        gate.log().contains("request_type=\"renewal\""),
+        "{}",
+        gate.log()
+    );
+}
+
+#[tokio::test]
+async fn stop_oldest_lets_the_new_stream_play_and_refuses_the_oldest_renewal() {
+    let sim = sim();
+    let gate = start(&config(&sim, &streams(2, "stop_oldest"))).await;
+    let (mut one, mut two, mut three) = (
+        player(&gate, "bob"),
+        player(&gate, "bob"),
+        player(&gate, "bob"),
+    );
+    // Leases keep their start to the second: "oldest" is told apart a second later.
+    assert_eq!(one.start(challenge()).await.code(), "ok");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(two.start(challenge()).await.code(), "ok");
+    assert_eq!(three.start(challenge()).await.code(), "ok");
+    let refused = one.renew().await;
+    assert_eq!(refused.code(), "stream_stopped");
+    assert_eq!(two.renew().await.code(), "ok");
+    assert_eq!(three.renew().await.code(), "ok");
+    assert_eq!(active_streams(&gate, "bob").await, 2);
+}
+
+/// An entitlement service whose answer for everyone flips when told, never cached.
+async fn entitlement_service(allow: Arc<AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let allow = allow.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let allow = allow.load(Ordering::SeqCst);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("Content-Type", "application/json")
+                                .header("Cache-Control", "no-store")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    json!({"allow": allow}).to_string(),
+                                )))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn revoked_entitlement_and_blocked_users_stop_at_the_next_renewal() {
+    let sim = sim();
+    let allow = Arc::new(AtomicBool::new(true));
+    let port = entitlement_service(allow.clone()).await;
+    let gate = start(&config(
+        &sim,
+        &format!(
+            "{}[entitlement.service]\nurl = \"http://127.0.0.1:{port}/entitle\"\ntimeout_ms = 1000\n",
+            streams(3, "refuse")
+        ),
+    ))
+    .await;
+    // The token entitles to nothing: only the service does.
+    let token = |user: &str| user_token(user, &[]);
+    let mut carol = Player::new(gate.license_url("widevine", Some("demo")), token("carol"));
+    assert_eq!(carol.start(challenge()).await.code(), "ok");
+    assert_eq!(
+        carol
+            .play_for(Duration::from_secs(RENEWAL_SECONDS) + Duration::from_millis(200))
+            .await,
+        ["ok"]
+    );
+    allow.store(false, Ordering::SeqCst);
+    let stopped_within = Instant::now();
+    assert_eq!(
+        carol
+            .play_for(Duration::from_secs(RENEWAL_SECONDS * 2))
+            .await,
+        ["not_entitled"]
+    );
+    assert!(
+        stopped_within.elapsed()
+            <= Duration::from_secs(RENEWAL_SECONDS) + Duration::from_millis(500)
+    );
+
+    allow.store(true, Ordering::SeqCst);
+    let mut dave = Player::new(gate.license_url("widevine", Some("demo")), token("dave"));
+    assert_eq!(dave.start(challenge()).await.code(), "ok");
+    let (status, _) = admin(
+        &gate,
+        reqwest::Method::POST,
+        "/v1/users/dave/block?seconds=600",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let blocked_within = Instant::now();
+    let codes = dave
+        .play_for(Duration::from_secs(RENEWAL_SECONDS * 2))
+        .await;
+    assert_eq!(codes, ["user_blocked"]);
+    assert!(
+        blocked_within.elapsed()
+            <= Duration::from_secs(RENEWAL_SECONDS) + Duration::from_millis(500)
+    );
+    let refused = client()
+        .post(gate.license_url("clearkey", Some("demo")))
+        .bearer_auth(token("dave"))
+        .body("{\"kids\":[\"AQIDBAUGBwgJCgsMDQ4PEA\"],\"type\":\"temporary\"}")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(refused, 403, "user_blocked").await;
+    assert!(body["blocked_until"].as_str().is_some(), "{body}");
+    let (status, _) = admin(&gate, reqwest::Method::DELETE, "/v1/users/dave/block").await;
+    assert_eq!(status, 200);
+    assert_eq!(dave.start(challenge()).await.code(), "ok");
+}
+
+#[tokio::test]
+async fn clearkey_sessions_are_issued_renewed_by_heartbeat_and_ended() {
+    let sim = sim();
+    let gate = start(&config(&sim, &streams(1, "refuse"))).await;
+    let license = |session: Option<&str>| {
+        let mut request = client()
+            .post(gate.license_url("clearkey", Some("demo")))
+            .bearer_auth(user_token("erin", &["*"]))
+            .header("Origin", "https://player.example")
+            .body("{\"kids\":[\"AQIDBAUGBwgJCgsMDQ4PEA\"],\"type\":\"temporary\"}");
+        if let Some(session) = session {
+            request = request.header("X-Playback-Session", session);
+        }
+        request.send()
+    };
+    let first = license(None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let session = first.headers()["x-playback-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let exposed = first.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(exposed.contains("X-Playback-Session"), "{exposed}");
+    // The same session asking again is a renewal; another is a second stream, over the limit.
+    assert_eq!(license(Some(&session)).await.unwrap().status(), 200);
+    problem(license(None).await.unwrap(), 403, "stream_limit_reached").await;
+    let heartbeat = |method: reqwest::Method, session: &str| {
+        client()
+            .request(method, gate.url(&format!("/v1/streams/{session}")))
+            .bearer_auth(user_token("erin", &["*"]))
+            .send()
+    };
+    let renewed = heartbeat(reqwest::Method::POST, &session).await.unwrap();
+    assert_eq!(renewed.status(), 200);
+    let renewed: Value = renewed.json().await.unwrap();
+    assert_eq!(renewed["renew_within_seconds"], 300, "{renewed}");
+    problem(
+        heartbeat(reqwest::Method::POST, "someone-else")
+            .await
+            .unwrap(),
+        404,
+        "stream_unknown",
+    )
+    .await;
+    // Another user cannot end it.
+    let foreign = client()
+        .delete(gate.url(&format!("/v1/streams/{session}")))
+        .bearer_auth(user_token("mallory", &["*"]))
+        .send()
+        .await
+        .unwrap();
+    problem(foreign, 404, "stream_unknown").await;
+    assert_eq!(
+        heartbeat(reqwest::Method::DELETE, &session)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    problem(
+        heartbeat(reqwest::Method::POST, &session).await.unwrap(),
+        404,
+        "stream_unknown",
+    )
+    .await;
+    assert_eq!(license(None).await.unwrap().status(), 200);
+    problem(
+        license(Some("bad session!")).await.unwrap(),
+        400,
+        "stream_session_invalid",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_hand_out_exactly_the_limit_and_kill_9_loses_nothing() {
+    let redis = Redis::start();
+    let sim = sim();
+    let extra = format!(
+        "[streams]\nmax_per_user = 3\ngrace_seconds = 60\n[store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let mut first = start(&config(&sim, &extra)).await;
+    let second = start(&config(&sim, &extra)).await;
+    let mut starts = Vec::new();
+    for i in 0..50 {
+        let gate = if i % 2 == 0 { &first } else { &second };
+        let mut player = player(gate, "frank");
+        starts.push(tokio::spawn(async move {
+            player.start(challenge()).await.code()
+        }));
+    }
+    let mut codes = Vec::new();
+    for start in starts {
+        codes.push(start.await.unwrap());
+    }
+    let admitted = codes.iter().filter(|code| *code == "ok").count();
+    let refused = codes
+        .iter()
+        .filter(|code| *code == "stream_limit_reached")
+        .count();
+    assert_eq!((admitted, refused), (3, 47), "{codes:?}");
+    assert_eq!(
+        sim.stats().await["licenses"],
+        3,
+        "the refused starts reached no vendor"
+    );
+    assert_eq!(active_streams(&first, "frank").await, 3);
+    first.crash_and_restart();
+    let first = Gate::ready(first).await;
+    assert_eq!(active_streams(&first, "frank").await, 3);
+    assert_eq!(
+        player(&first, "frank").start(challenge()).await.code(),
+        "stream_limit_reached"
+    );
+    assert_eq!(
+        player(&second, "frank").start(challenge()).await.code(),
+        "stream_limit_reached"
+    );
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_every_lease_across_kill_9() {
+    let sim = sim();
+    let mut gate = start(&config(&sim, &streams(3, "refuse"))).await;
+    let mut players: Vec<Player> = (0..3).map(|_| player(&gate, "gina")).collect();
+    for player in &mut players {
+        assert_eq!(player.start(challenge()).await.code(), "ok");
+    }
+    gate.crash_and_restart();
+    let gate = Gate::ready(gate).await;
+    assert_eq!(active_streams(&gate, "gina").await, 3);
+    assert_eq!(
+        player(&gate, "gina").start(challenge()).await.code(),
+        "stream_limit_reached"
+    );
+    // The leases kept their names: the players renew them.
+    for player in &mut players {
+        player.set_url(gate.license_url("widevine", Some("demo")));
+        assert_eq!(player.renew().await.code(), "ok");
+    }
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_gets_429_and_renewals_pass() {
+    let sim = sim();
+    let gate = start(&config(
+        &sim,
+        &format!(
+            "{}[rate_limits.per_user]\nper_second = 1\nburst = 3\n",
+            streams(5, "refuse")
+        ),
+    ))
+    .await;
+    let mut players: Vec<Player> = (0..5).map(|_| player(&gate, "hank")).collect();
+    let mut codes = Vec::new();
+    for player in &mut players {
+        codes.push(player.start(challenge()).await.code());
+    }
+    assert_eq!(codes, ["ok", "ok", "ok", "rate_limited", "rate_limited"]);
+    let refused = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .bearer_auth(user_token("hank", &["*"]))
+        .body(challenge())
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    problem(refused, 429, "rate_limited").await;
+    // The bucket is empty, yet every live stream renews.
+    for player in players.iter_mut().take(3) {
+        assert_eq!(player.renew().await.code(), "ok");
+    }
+}
+
+#[tokio::test]
+async fn a_quota_caps_licenses_per_period() {
+    let sim = sim();
+    let gate = start(&config(
+        &sim,
+        &format!(
+            "{}[quota]\nlicenses_per_user = 2\nperiod_seconds = 3600\n",
+            streams(5, "refuse")
+        ),
+    ))
+    .await;
+    let mut one = player(&gate, "iris");
+    assert_eq!(one.start(challenge()).await.code(), "ok");
+    assert_eq!(player(&gate, "iris").start(challenge()).await.code(), "ok");
+    let over = player(&gate, "iris").start(challenge()).await;
+    assert_eq!(
+        (over.status, over.code()),
+        (429, "quota_exceeded".to_string())
+    );
+    assert_eq!(over.json()["license_quota"], 2);
+    // A live stream's renewal is not cut off by the quota.
+    assert_eq!(one.renew().await.code(), "ok");
+    assert_eq!(sim.stats().await["licenses"], 3);
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_one_rate_limit() {
+    let redis = Redis::start();
+    let sim = Sim::start(&[]);
+    let (rate, burst) = (20.0, 5);
+    let extra = format!(
+        "[rate_limits]\nshared = true\n[rate_limits.per_user]\nper_second = {rate}\nburst = {burst}\n\
+         [store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let gates = [
+        start(&config(&sim, &extra)).await,
+        start(&config(&sim, &extra)).await,
+    ];
+    let urls: Vec<String> = gates
+        .iter()
+        .map(|g| g.license_url("widevine", Some("demo")))
+        .collect();
+    let run = Duration::from_secs(4);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let url = urls[worker % 2].clone();
+        workers.push(tokio::spawn(async move {
+            let (mut allowed, mut limited) = (Vec::new(), 0u64);
+            let token = user_token("jack", &["*"]);
+            let client = client();
+            while started.elapsed() < run {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .body(challenge())
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    200 => allowed.push(Instant::now()),
+                    429 => limited += 1,
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            (allowed, limited)
+        }));
+    }
+    let (mut allowed, mut limited) = (Vec::new(), 0);
+    for worker in workers {
+        let (a, l) = worker.await.unwrap();
+        allowed.extend(a);
+        limited += l;
+    }
+    allowed.sort();
+    assert!(
+        limited > allowed.len() as u64,
+        "the load exceeds the limit: {limited} refused"
+    );
+    // The burst passes at once; after it, one request per interval across both instances.
+    // Measured from the first answer to the last, so the instances' warm-up does not count.
+    let (first, last) = (allowed[0], allowed[allowed.len() - 1]);
+    let seconds = last.duration_since(first).as_secs_f64();
+    let measured = (allowed.len() - burst as usize) as f64 / seconds;
+    assert!(
+        (measured - rate).abs() <= rate * 0.05,
+        "{} allowed ({limited} refused) over {seconds:.2} s: {measured:.2}/s, configured {rate}/s",
+        allowed.len()
+    );
+}
