@@ -67,13 +67,12 @@ impl Devices {
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
     ) -> u32 {
-        claims
-            .and_then(|claims| claims.get(&self.settings.claim))
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .or(granted)
-            .unwrap_or(self.settings.max_per_user)
+        crate::store::limit_for(
+            claims,
+            &self.settings.claim,
+            granted,
+            self.settings.max_per_user,
+        )
     }
 
     /// Whether `user`'s `device` may have the license the provider just issued.
@@ -170,12 +169,9 @@ impl Devices {
         operation: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = self.store.timed(call).await;
-        self.store_duration
-            .with_label_values(&[operation])
-            .observe(started.elapsed().as_secs_f64());
-        result
+        self.store
+            .observed(&self.store_duration, operation, call)
+            .await
     }
 
     fn count(&self, decision: &str) {

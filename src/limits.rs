@@ -184,11 +184,12 @@ impl Quotas {
     }
 
     fn limit_for(&self, claims: &serde_json::Map<String, Value>) -> u64 {
-        claims
-            .get(&self.settings.claim)
-            .and_then(Value::as_u64)
-            .filter(|n| *n > 0)
-            .unwrap_or(self.settings.licenses_per_user)
+        crate::store::limit_for(
+            Some(claims),
+            &self.settings.claim,
+            None,
+            self.settings.licenses_per_user,
+        )
     }
 
     /// Counts one license for `user`; a renewal of a live stream is counted while there is

@@ -10,7 +10,7 @@
 //!   when the player sends none.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use pingora::prelude::RequestHeader;
 use prometheus::{HistogramVec, IntCounterVec};
@@ -143,13 +143,12 @@ impl Streams {
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
     ) -> u32 {
-        claims
-            .and_then(|claims| claims.get(&self.settings.claim))
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n > 0)
-            .or(granted)
-            .unwrap_or(self.settings.max_per_user)
+        crate::store::limit_for(
+            claims,
+            &self.settings.claim,
+            granted,
+            self.settings.max_per_user,
+        )
     }
 
     /// How long a lease lasts: the renewal interval (the license's, else the policy's, else the
@@ -302,12 +301,7 @@ impl Streams {
         operation: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = self.store.timed(call).await;
-        self.duration
-            .with_label_values(&[operation])
-            .observe(started.elapsed().as_secs_f64());
-        result
+        self.store.observed(&self.duration, operation, call).await
     }
 
     pub fn count(&self, decision: &str) {

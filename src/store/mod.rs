@@ -194,6 +194,23 @@ pub trait Store: Send + Sync {
     async fn blocked(&self, user: &str, now: u64) -> Result<Option<Option<u64>>, StoreError>;
 }
 
+/// A per-user limit: the token's claim if it holds a positive number, else the entitlement
+/// service's, else the configured default.
+pub fn limit_for<T: TryFrom<u64>>(
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    claim: &str,
+    granted: Option<T>,
+    default: T,
+) -> T {
+    claims
+        .and_then(|claims| claims.get(claim))
+        .and_then(serde_json::Value::as_u64)
+        .filter(|n| *n > 0)
+        .and_then(|n| T::try_from(n).ok())
+        .or(granted)
+        .unwrap_or(default)
+}
+
 pub fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -265,6 +282,21 @@ impl Shared {
                 // The URL may carry a password: the error names the key, not the value.
                 .map_err(|e| ConfigError::new("store.redis_url", format!("{:?}", e.kind()))),
         }
+    }
+
+    /// Runs a store call within the bound, its latency observed under `operation`.
+    pub async fn observed<T>(
+        &self,
+        histogram: &prometheus::HistogramVec,
+        operation: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.timed(call).await;
+        histogram
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Runs a store call within the bound.
