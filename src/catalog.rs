@@ -347,6 +347,7 @@ mod tests {
                     license_duration_seconds: 0,
                     persistent: false,
                     renewal_interval_seconds: 0,
+                    renewal_grace_seconds: 0,
                 }),
             )]
             .into(),

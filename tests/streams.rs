@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use licensegate_testkit::{
     Gate, GateConfig, Player, Redis, Sim, client, fixture, problem, user_token,
 };
@@ -557,4 +559,92 @@ async fn two_instances_on_one_redis_share_one_rate_limit() {
         "{} allowed ({limited} refused) over {seconds:.2} s: {measured:.2}/s, configured {rate}/s",
         allowed.len()
     );
+}
+
+/// A provider of `kind` on `sim`, with the simulator's credentials.
+fn vendor_provider(kind: &str, sim: &Sim) -> String {
+    let settings = match kind {
+        "axinom" => {
+            "com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
+             com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\""
+        }
+        _ => {
+            "site_id = \"SIM0\"\nsite_key = \"sim-site-key-0123456789abcdefghi\"\n\
+             access_key = \"sim-access-key\""
+        }
+    };
+    format!(
+        "kind = \"{kind}\"\nendpoints = [\"{}\"]\n[providers.vendor.settings]\n{settings}",
+        sim.url()
+    )
+}
+
+/// With a stream limit every license renews: the vendor's authorization (Axinom's entitlement
+/// message, PallyCon's policy) asks for the streams' interval and grace, so the vendor's license
+/// tells the CDM when to renew and when to stop, and its renewals keep the lease.
+#[tokio::test]
+async fn vendor_licenses_renew_on_the_stream_interval_licensegate_asks_for() {
+    for kind in ["axinom", "pallycon"] {
+        // No renewal of the simulator's own: only the vendor terms can ask for one.
+        let sim = Sim::start(&["--vendor", kind]);
+        let config = GateConfig::new()
+            .auth("")
+            .catalog()
+            .provider("vendor", &vendor_provider(kind, &sim))
+            .routes(&[("widevine", "vendor")])
+            .with(
+                "[streams]\nmax_per_user = 1\nrenewal_interval_seconds = 3\ngrace_seconds = 2\n\
+                 [store]\npath = \"${LG_DIR}/licensegate.db\"\n",
+            )
+            .build();
+        let gate = start(&config).await;
+        let mut one = player(&gate, "ann");
+        let started = one.start(challenge()).await;
+        assert_eq!(started.code(), "ok", "{kind}: {}", started.status);
+        let license = licensegate_drm::challenge::widevine::read_license(&started.body)
+            .expect("a Widevine license");
+        let renewal = license.renewal;
+        assert!(renewal.can_renew, "{kind}");
+        assert_eq!(
+            (renewal.delay_seconds, renewal.license_duration_seconds),
+            (3, 5),
+            "{kind}: renew every interval, expire after interval + grace"
+        );
+        if kind == "axinom" {
+            assert_eq!(
+                (renewal.recovery_seconds, renewal.retry_interval_seconds),
+                (2, 1),
+                "Axinom: recover within the grace, retrying"
+            );
+            let stats = sim.stats().await;
+            let token = stats["last_license_request_headers"]["x-axdrm-message"]
+                .as_str()
+                .unwrap();
+            let envelope: Value = serde_json::from_slice(
+                &URL_SAFE_NO_PAD
+                    .decode(token.split('.').nth(1).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            let terms = &envelope["message"]["license"];
+            for drm in ["playready", "fairplay"] {
+                assert_eq!(terms[drm]["real_time_expiration"], true, "{terms}");
+            }
+            assert!(
+                terms["widevine"].get("renewal_url").is_none(),
+                "renewals come back through licensegate: {terms}"
+            );
+        }
+        assert_eq!(
+            one.play_for(Duration::from_millis(6500)).await,
+            ["ok", "ok"],
+            "{kind}"
+        );
+        assert_eq!(
+            player(&gate, "ann").start(challenge()).await.code(),
+            "stream_limit_reached",
+            "{kind}: the renewed lease still holds the only slot"
+        );
+        assert_eq!(sim.stats().await["live_widevine_sessions"], 1, "{kind}");
+    }
 }

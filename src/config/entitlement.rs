@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::*;
-use crate::policy::{Hdcp, Policy};
+use crate::policy::{DEFAULT_RENEWAL_GRACE_SECONDS, Hdcp, Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +82,7 @@ impl From<PolicyFile> for Policy {
             license_duration_seconds: file.license_duration_seconds,
             persistent: file.persistent,
             renewal_interval_seconds: file.renewal_interval_seconds,
+            renewal_grace_seconds: DEFAULT_RENEWAL_GRACE_SECONDS,
         }
     }
 }
@@ -110,6 +111,7 @@ pub(super) const BUILT_IN_DEFAULT_POLICY: Policy = Policy {
     license_duration_seconds: 0,
     persistent: false,
     renewal_interval_seconds: 0,
+    renewal_grace_seconds: DEFAULT_RENEWAL_GRACE_SECONDS,
 };
 
 pub(super) fn validate_entitlement(

@@ -472,6 +472,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         policies.insert(name, Arc::new(Policy::from(policy)));
     }
     let entitlement = validate_entitlement(file.entitlement, &mut policies)?;
+    let streams = file.streams.map(validate_streams).transpose()?;
+    if let Some(streams) = &streams {
+        renew_for_streams(&mut policies, streams);
+    }
     let demo_root = match file.demo {
         Some(demo) if demo.enabled => {
             let root = PathBuf::from(&demo.root);
@@ -504,7 +508,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         authorization_cache: validate_authorization_cache(file.authorization_cache)?,
         fairplay: validate_fairplay(file.fairplay)?,
         devices: file.devices.map(validate_devices).transpose()?,
-        streams: file.streams.map(validate_streams).transpose()?,
+        streams,
         rate_limits,
         quota: file.quota.map(validate_quota).transpose()?,
         admin,
@@ -547,6 +551,38 @@ mod tests {
         let exposed = config.cors.expose_headers.to_ascii_lowercase();
         assert!(exposed.contains("x-axdrm-errormessage"), "{exposed}");
         assert!(config.cors.expose_headers.contains("X-Request-Id"));
+    }
+
+    #[test]
+    fn a_stream_limit_makes_every_policy_renew_on_its_interval_and_grace() {
+        let text = format!(
+            "{MINIMAL}\n[auth]\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\n\
+             secret = \"a-literal-secret-of-at-least-32-bytes\"\n\
+             [catalog]\npath = \"catalog.toml\"\n\
+             [policies.default]\nlicense_duration_seconds = 86400\n\
+             [policies.live]\nrenewal_interval_seconds = 30\n\
+             [streams]\nmax_per_user = 2\ngrace_seconds = 20\n"
+        );
+        let config = parse(&text).unwrap();
+        let default = &config.policies["default"];
+        assert_eq!(
+            (default.renewal_interval_seconds, default.license_seconds()),
+            (300, 320),
+            "a renewing license lasts its interval and grace, not its day"
+        );
+        let live = &config.policies["live"];
+        assert_eq!(
+            (live.license_seconds(), live.renewal_retry_seconds()),
+            (50, 5)
+        );
+
+        let config = parse(&format!(
+            "{MINIMAL}\n[policies.default]\nlicense_duration_seconds = 86400\n"
+        ))
+        .unwrap();
+        let default = &config.policies["default"];
+        assert!(!default.renews());
+        assert_eq!(default.license_seconds(), 86400);
     }
 
     #[test]

@@ -76,3 +76,19 @@ pub(super) fn validate_streams(streams: Streams) -> Result<StreamSettings, Confi
         fail_open: streams.fail_open,
     })
 }
+
+/// A stream lives only while its player renews, so with a stream limit every license renews: a
+/// policy naming no renewal interval takes the streams' one, and every renewing license
+/// outlives a missed renewal by the streams' grace, as the lease does.
+pub(super) fn renew_for_streams(
+    policies: &mut BTreeMap<String, Arc<Policy>>,
+    streams: &StreamSettings,
+) {
+    for policy in policies.values_mut() {
+        let policy = Arc::make_mut(policy);
+        if policy.renewal_interval_seconds == 0 {
+            policy.renewal_interval_seconds = streams.renewal_interval.as_secs();
+        }
+        policy.renewal_grace_seconds = streams.grace.as_secs();
+    }
+}

@@ -208,6 +208,7 @@ mod tests {
                 license_duration_seconds: 0,
                 persistent: false,
                 renewal_interval_seconds: 0,
+                renewal_grace_seconds: 0,
             }),
             client_ip: None,
         }

@@ -199,8 +199,11 @@ impl Axinom {
             }
         };
         let mut license = json!({"allow_persistence": policy.persistent});
-        if policy.license_duration_seconds > 0 {
-            license["duration"] = json!(policy.license_duration_seconds);
+        if policy.license_seconds() > 0 {
+            license["duration"] = json!(policy.license_seconds());
+        }
+        if policy.renews() {
+            license_renewal(&mut license, policy);
         }
         json!({
             "type": "entitlement_message",
@@ -257,6 +260,22 @@ struct RequestInfo {
     #[serde(rename = "type")]
     kind: String,
     device_info: Option<DeviceInfo>,
+}
+
+/// Short licenses that renew. Widevine's CDM renews by itself, at the interval, retrying
+/// through the grace; no `renewal_url`, so renewals come back through licensegate. PlayReady and
+/// FairPlay have no renewal of their own: their licenses expire in real time and the player asks
+/// again (Shaka `drm.renewalIntervalSec`).
+fn license_renewal(license: &mut Value, policy: &Policy) {
+    license["widevine"] = json!({
+        "allow_renewal": true,
+        "renewal_delay": policy.renewal_interval_seconds,
+        "renewal_recovery": policy.renewal_grace_seconds,
+        "renewal_retry_interval": policy.renewal_retry_seconds(),
+    });
+    let real_time = json!({"real_time_expiration": true});
+    license["playready"] = real_time.clone();
+    license["fairplay"] = real_time;
 }
 
 /// A licensegate policy in Axinom's usage policy terms, for every DRM at once.

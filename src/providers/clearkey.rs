@@ -157,6 +157,7 @@ mod tests {
             license_duration_seconds: 0,
             persistent,
             renewal_interval_seconds: 0,
+            renewal_grace_seconds: 0,
         }
     }
 

@@ -89,6 +89,8 @@ enum Piece {
     SecurityLevel,
     Hdcp,
     LicenseDuration,
+    RenewalInterval,
+    RenewalGrace,
     Persistent,
     RequestId,
     ClientIp,
@@ -107,6 +109,8 @@ impl Piece {
             "policy.security_level" => Piece::SecurityLevel,
             "policy.hdcp" => Piece::Hdcp,
             "policy.license_duration_seconds" => Piece::LicenseDuration,
+            "policy.renewal_interval_seconds" => Piece::RenewalInterval,
+            "policy.renewal_grace_seconds" => Piece::RenewalGrace,
             "policy.persistent" => Piece::Persistent,
             "request_id" => Piece::RequestId,
             "client_ip" => Piece::ClientIp,
@@ -193,6 +197,12 @@ impl Template {
                 }),
                 Piece::LicenseDuration => {
                     out.push_str(&request.policy.license_duration_seconds.to_string())
+                }
+                Piece::RenewalInterval => {
+                    out.push_str(&request.policy.renewal_interval_seconds.to_string())
+                }
+                Piece::RenewalGrace => {
+                    out.push_str(&request.policy.renewal_grace_seconds.to_string())
                 }
                 Piece::Persistent => out.push_str(&request.policy.persistent.to_string()),
                 Piece::RequestId => out.push_str(&request.request_id),

@@ -124,12 +124,18 @@ fn policy_json(policy: &Policy) -> String {
     } else {
         2000
     };
+    let mut playback = json!({
+        "persistent": policy.persistent,
+        "license_duration": policy.license_seconds(),
+    });
+    if policy.renews() {
+        // Widevine's CDM renews at this interval by itself; PlayReady and FairPlay players are
+        // set to the same interval (Shaka `drm.renewalIntervalSec`).
+        playback["renewal_duration"] = json!(policy.renewal_interval_seconds);
+    }
     json!({
         "policy_version": 2,
-        "playback_policy": {
-            "persistent": policy.persistent,
-            "license_duration": policy.license_duration_seconds,
-        },
+        "playback_policy": playback,
         "security_policy": [{
             "track_type": "ALL",
             "widevine": {

@@ -110,7 +110,7 @@ struct LastRequest {
 struct Sim {
     faults: Faults,
     vendor: VendorSim,
-    sessions: Option<sessions::Sessions>,
+    sessions: sessions::Sessions,
     stats: Stats,
     last: Mutex<LastRequest>,
 }
@@ -123,7 +123,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let sim = Arc::new(Sim {
         faults,
-        sessions: vendor.widevine_renewal_seconds.map(sessions::Sessions::new),
+        sessions: sessions::Sessions::new(vendor.widevine_renewal_seconds),
         vendor: VendorSim::new(vendor),
         stats: Stats::default(),
         last: Mutex::new(LastRequest::default()),
@@ -310,7 +310,7 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         }
         return response;
     }
-    let mut answer_headers = Vec::new();
+    let mut granted = vendors::Granted::default();
     if challenge.as_ref() == [0x08, 0x04] {
         sim.stats
             .service_certificates
@@ -320,7 +320,7 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
             .vendor
             .check_license(&parts.uri, &parts.headers, &challenge)
         {
-            Ok(headers) => answer_headers = headers,
+            Ok(passed) => granted = passed,
             Err(refusal) => return refused(sim, refusal).await,
         }
         sim.stats.licenses.fetch_add(1, Ordering::Relaxed);
@@ -332,11 +332,7 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         sim.last.lock().await.spc_sha256 = Some(hex::encode(Sha256::digest(&challenge)));
         sim.stats.fairplay_licenses.fetch_add(1, Ordering::Relaxed);
         fairplay::ckc_for(&challenge)
-    } else if let Some(answer) = sim
-        .sessions
-        .as_ref()
-        .and_then(|sessions| sessions.answer(&challenge))
-    {
+    } else if let Some(answer) = sim.sessions.answer(&challenge, granted.renewal.as_ref()) {
         match answer {
             sessions::Answer::License(license) => license,
             sessions::Answer::UnknownSession => {
@@ -353,7 +349,7 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
     } else {
         license_for(&challenge)
     };
-    ok(answer_headers, "application/octet-stream", answer)
+    ok(granted.headers, "application/octet-stream", answer)
 }
 
 fn ok(
@@ -554,7 +550,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "last_license_request_headers": last_headers,
         "last_license_request_uri": last.uri,
         "last_refusal": last.refusal,
-        "live_widevine_sessions": sim.sessions.as_ref().map(sessions::Sessions::live),
+        "live_widevine_sessions": sim.sessions.live(),
     });
     Response::builder()
         .status(StatusCode::OK)

@@ -11,7 +11,9 @@ use licensegate_drm::challenge::{self, RequestType};
 use licensegate_drm::drm::Drm;
 
 pub struct Sessions {
-    renewal: Renewal,
+    /// The renewal of licenses whose vendor terms name none; `None` to issue session licenses
+    /// only where the terms ask for renewal.
+    default: Option<Renewal>,
     /// Live sessions and the version of their last license.
     live: Mutex<HashMap<Vec<u8>, i32>>,
 }
@@ -23,22 +25,24 @@ pub enum Answer {
 }
 
 impl Sessions {
-    /// Licenses the CDM renews every `interval` seconds.
-    pub fn new(interval: u64) -> Self {
+    /// Without vendor terms, licenses the CDM renews every `interval` seconds, if given.
+    pub fn new(interval: Option<u64>) -> Self {
         Self {
-            renewal: Renewal {
+            default: interval.map(|interval| Renewal {
                 can_renew: true,
                 delay_seconds: interval,
                 retry_interval_seconds: (interval / 10).max(1),
                 recovery_seconds: interval,
                 license_duration_seconds: interval * 2,
-            },
+            }),
             live: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `None` for a challenge that is not a Widevine license request.
-    pub fn answer(&self, challenge: &[u8]) -> Option<Answer> {
+    /// `None` for a challenge that is not a Widevine license request, or when neither the
+    /// vendor's `terms` nor the default ask for renewal.
+    pub fn answer(&self, challenge: &[u8], terms: Option<&Renewal>) -> Option<Answer> {
+        let renewal = terms.or(self.default.as_ref())?;
         let info = challenge::parse(Drm::Widevine, challenge).ok()?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -64,10 +68,7 @@ impl Sessions {
             (_, None) => return Some(Answer::UnknownSession),
         };
         Some(Answer::License(widevine::build_license(
-            &session,
-            version,
-            &self.renewal,
-            now,
+            &session, version, renewal, now,
         )))
     }
 

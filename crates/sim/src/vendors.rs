@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use licensegate_drm::challenge::widevine::Renewal;
 use licensegate_drm::challenge::{self, Kid};
 use licensegate_drm::drm::Drm;
 
@@ -117,6 +118,23 @@ pub struct VendorSim {
 /// What a passing license request adds to the answer.
 pub type AnswerHeaders = Vec<(&'static str, String)>;
 
+/// A license request the vendor's checks passed.
+#[derive(Default)]
+pub struct Granted {
+    pub headers: AnswerHeaders,
+    /// The renewal the vendor's terms give a Widevine license, where they name one.
+    pub renewal: Option<Renewal>,
+}
+
+impl From<AnswerHeaders> for Granted {
+    fn from(headers: AnswerHeaders) -> Self {
+        Self {
+            headers,
+            renewal: None,
+        }
+    }
+}
+
 impl VendorSim {
     pub fn new(args: VendorArgs) -> Self {
         Self {
@@ -144,13 +162,15 @@ impl VendorSim {
         uri: &http::Uri,
         headers: &HeaderMap,
         challenge: &[u8],
-    ) -> Result<AnswerHeaders, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let drm = drm_of(headers, challenge);
         let checked = match self.args.vendor {
-            SimVendor::Generic => Ok(Vec::new()),
+            SimVendor::Generic => Ok(Granted::default()),
             SimVendor::Axinom => self.axinom(headers, challenge, drm),
-            SimVendor::Expressplay => self.expressplay_rights(uri, challenge, drm),
-            SimVendor::Drmtoday => self.drmtoday(headers),
+            SimVendor::Expressplay => self
+                .expressplay_rights(uri, challenge, drm)
+                .map(Granted::from),
+            SimVendor::Drmtoday => self.drmtoday(headers).map(Granted::from),
             SimVendor::Pallycon => self.pallycon(headers, drm),
         };
         // PlayReady clients only understand 500 for a refusal; Axinom follows the spec.
@@ -167,7 +187,7 @@ impl VendorSim {
         headers: &HeaderMap,
         challenge: &[u8],
         drm: Option<Drm>,
-    ) -> Result<AnswerHeaders, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let Some(token) = headers.get("X-AxDRM-Message").and_then(|v| v.to_str().ok()) else {
             return refuse(401, "No entitlement message (X-AxDRM-Message)");
         };
@@ -216,8 +236,12 @@ impl VendorSim {
                 format!("Key ID {stranger} is not in the entitlement message"),
             );
         }
+        let renewal = axinom_renewal(&message["license"]);
         if message["license_server"]["return_license_request_info"] != json!(true) {
-            return Ok(Vec::new());
+            return Ok(Granted {
+                headers: Vec::new(),
+                renewal,
+            });
         }
         let kind = match drm {
             Some(Drm::PlayReady) => "playready_license_request_info",
@@ -253,7 +277,10 @@ impl VendorSim {
             &EncodingKey::from_secret(&signing_key),
         )
         .expect("HS256 signs");
-        Ok(vec![("X-AxDRM-Message", signed)])
+        Ok(Granted {
+            headers: vec![("X-AxDRM-Message", signed)],
+            renewal,
+        })
     }
 
     /// ExpressPlay's token service: parameter rules and error codes from **ExpressPlay Widevine
@@ -349,10 +376,12 @@ impl VendorSim {
         let drm = Some(Drm::FairPlay);
         match self.args.vendor {
             SimVendor::Generic => Ok(Vec::new()),
-            SimVendor::Axinom => self.axinom(headers, &[], drm),
+            SimVendor::Axinom => self
+                .axinom(headers, &[], drm)
+                .map(|granted| granted.headers),
             SimVendor::Expressplay => self.expressplay_rights(uri, &[], drm),
             SimVendor::Drmtoday => self.drmtoday(headers),
-            SimVendor::Pallycon => self.pallycon(headers, drm),
+            SimVendor::Pallycon => self.pallycon(headers, drm).map(|granted| granted.headers),
         }
     }
 
@@ -640,7 +669,7 @@ impl VendorSim {
         self.seen_jtis.lock().expect("not poisoned").len()
     }
 
-    fn pallycon(&self, headers: &HeaderMap, drm: Option<Drm>) -> Result<AnswerHeaders, Refusal> {
+    fn pallycon(&self, headers: &HeaderMap, drm: Option<Drm>) -> Result<Granted, Refusal> {
         let Some(header) = headers.get("pallycon-customdata-v2") else {
             return refuse(401, "no pallycon-customdata-v2");
         };
@@ -721,7 +750,10 @@ impl VendorSim {
         if policy["policy_version"] != json!(2) {
             return refuse(400, "policy_version must be 2");
         }
-        Ok(Vec::new())
+        Ok(Granted {
+            headers: Vec::new(),
+            renewal: pallycon_renewal(&policy["playback_policy"]),
+        })
     }
 }
 
@@ -780,6 +812,36 @@ fn challenge_kids(drm: Option<Drm>, challenge: &[u8]) -> Result<Vec<Kid>, Refusa
             }),
         None => Ok(Vec::new()),
     }
+}
+
+/// The renewal an Axinom entitlement message's `license` asks of a Widevine license.
+fn axinom_renewal(license: &Value) -> Option<Renewal> {
+    let widevine = &license["widevine"];
+    if widevine["allow_renewal"] != json!(true) {
+        return None;
+    }
+    let seconds = |value: &Value| value.as_u64().unwrap_or(0);
+    Some(Renewal {
+        can_renew: true,
+        delay_seconds: seconds(&widevine["renewal_delay"]),
+        retry_interval_seconds: seconds(&widevine["renewal_retry_interval"]),
+        recovery_seconds: seconds(&widevine["renewal_recovery"]),
+        license_duration_seconds: seconds(&license["duration"]),
+    })
+}
+
+/// The renewal a PallyCon playback policy's `renewal_duration` asks for; the license lasts
+/// `license_duration`, and the time between is the player's to retry in.
+fn pallycon_renewal(playback: &Value) -> Option<Renewal> {
+    let interval = playback["renewal_duration"].as_u64().filter(|s| *s > 0)?;
+    let duration = playback["license_duration"].as_u64().unwrap_or(0);
+    Some(Renewal {
+        can_renew: true,
+        delay_seconds: interval,
+        retry_interval_seconds: (interval / 10).max(1),
+        recovery_seconds: duration.saturating_sub(interval),
+        license_duration_seconds: duration,
+    })
 }
 
 /// The key IDs an Axinom entitlement message grants; `None` when it grants whatever the
