@@ -120,11 +120,31 @@ fairplay_body = "form"
 fairplay = "fps"
 TOML
 }
-devices() { # store lines
+devices() {
   cat <<TOML
 [devices]
 max_per_user = 3
+TOML
+}
+store() { # store lines
+  cat <<TOML
+[store]
 $1
+TOML
+}
+# Rate limits high enough never to refuse: what the checks cost, not what they refuse.
+rate_limits() { # extra lines
+  cat <<TOML
+[rate_limits]
+$1
+per_client = { per_second = 1000000, burst = 1000000 }
+per_user = { per_second = 1000000, burst = 1000000 }
+TOML
+}
+streams() {
+  cat <<TOML
+[streams]
+max_per_user = 2
 TOML
 }
 
@@ -138,19 +158,26 @@ redis_port=$((sim_port + 2))
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
 pids+=($!)
 wait_port "$redis_port"
-rm -f "$out"/devices.db*
+rm -f "$out"/licensegate-*.db*
 
-gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis fairplay)
+embedded() { echo "path = \"$out/licensegate-$1.db\""; }
+redis="kind = \"redis\"
+redis_url = \"redis://127.0.0.1:$redis_port\""
+gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis fairplay
+  rate_limits streams_embedded streams_redis)
 { listeners 0; passthrough; } >"$out/licensegate.toml"
 { listeners 1; passthrough; identity; } >"$out/identity.toml"
 { listeners 2; axinom "$axinom_sim_port"; identity; } >"$out/axinom.toml"
 { listeners 3; axinom "$sim_port"; identity; } >"$out/axinom_plain.toml"
-{ listeners 4; axinom "$axinom_sim_port"; identity; devices "path = \"$out/devices.db\""; } \
+{ listeners 4; axinom "$axinom_sim_port"; identity; devices; store "$(embedded 4)"; } \
   >"$out/devices_embedded.toml"
-{ listeners 5; axinom "$axinom_sim_port"; identity
-  devices "store = \"redis\"
-redis_url = \"redis://127.0.0.1:$redis_port\""; } >"$out/devices_redis.toml"
+{ listeners 5; axinom "$axinom_sim_port"; identity; devices; store "$redis"; } >"$out/devices_redis.toml"
 { listeners 6; fairplay; identity; } >"$out/fairplay.toml"
+{ listeners 7; axinom "$axinom_sim_port"; identity; rate_limits ""; } >"$out/rate_limits.toml"
+{ listeners 8; axinom "$axinom_sim_port"; identity; devices; streams; rate_limits ""
+  store "$(embedded 8)"; } >"$out/streams_embedded.toml"
+{ listeners 9; axinom "$axinom_sim_port"; identity; devices; streams; rate_limits "shared = true"
+  store "$redis"; } >"$out/streams_redis.toml"
 # An SPC of the challenge size (version 1, then noise) in Shaka's JSON envelope.
 python3 - "$challenge_bytes" "$out/spc.json" <<'PY'
 import base64, json, os, sys
@@ -212,6 +239,29 @@ stats_port=$sim_port
 BODY="$out/spc.json" TYPE=application/json \
   run fairplay "http://127.0.0.1:$((gate_port + 6))/v1/license/fairplay?content=demo" \
   -n "$requests" -H "Authorization: Bearer $token"
+stats_port=$axinom_sim_port
+run rate_limits "$(license_at 7)" -n "$requests" -H "Authorization: Bearer $token"
+# A playing stream: one NEW license through each streams gate, then every request renews it.
+stats_port=$axinom_sim_port
+for n in 8 9; do
+  curl -fs -H "Authorization: Bearer $token" --data-binary "@$out/challenge.bin" \
+    -o "$out/license-$n.bin" "$(license_at $n)"
+  ./target/release/licensegate-sim --renewal-for "$out/license-$n.bin" >"$out/renewal-$n.bin"
+done
+BODY="$out/renewal-8.bin" run streams_embedded "$(license_at 8)" -n "$requests" \
+  -H "Authorization: Bearer $token"
+BODY="$out/renewal-9.bin" run streams_redis "$(license_at 9)" -n "$requests" \
+  -H "Authorization: Bearer $token"
+# Those rows measure renewals only if every request renewed the live stream.
+for n in 8 9; do
+  renewed=$(curl -fs "http://127.0.0.1:$((admin_port + n))/metrics" |
+    awk '/^licensegate_stream_decisions_total\{decision="renewed"\}/ {print $2}')
+  if [ "${renewed:-0}" -lt "$requests" ]; then
+    echo "gate $n renewed ${renewed:-0} of $requests streams" >&2
+    exit 1
+  fi
+done
+stats_port=$sim_port
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
@@ -220,7 +270,8 @@ import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:]
 rows = {}
 names = ("direct", "licensegate", "identity", "axinom", "axinom_plain", "devices_embedded",
-         "devices_redis", "fairplay", "direct_rate", "licensegate_rate")
+         "devices_redis", "fairplay", "rate_limits", "streams_embedded", "streams_redis",
+         "direct_rate", "licensegate_rate")
 for name in names:
     report = json.load(open(f"{out}/{name}.json"))
     summary, latency = report["summary"], report["latencyPercentiles"]
@@ -231,8 +282,8 @@ for name in names:
     rows[name] = (summary["requestsPerSec"], latency["p50"] * 1000, latency["p99"] * 1000,
                   errors, connections_opened)
 print(f"\n{requests} requests, {connections} connections, {size}-byte challenges\n")
-print(f"| {'run':<36} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
-print(f"|{'-'*38}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
+print(f"| {'run':<38} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'upstream TCP conns':>18} |")
+print(f"|{'-'*40}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*20}|")
 labels = {"direct": "(a) oha -> simulator",
           "licensegate": "(b) oha -> licensegate -> simulator",
           "identity": "(c) (b) + auth, catalog, entitlement",
@@ -241,10 +292,13 @@ labels = {"direct": "(a) oha -> simulator",
           "devices_embedded": "(f) (d) + device limit, SQLite",
           "devices_redis": "(g) (d) + device limit, Redis",
           "fairplay": "(h) (c), FairPlay JSON in, form out",
+          "rate_limits": "(i) (d) + rate limits, in-process",
+          "streams_embedded": "(j) (f) + stream renewal, rate limits",
+          "streams_redis": "(k) (j) on Redis, shared rate limits",
           "direct_rate": f"(a) at {rate} req/s",
           "licensegate_rate": f"(b) at {rate} req/s"}
 for name, (rps, p50, p99, errors, conns) in rows.items():
-    print(f"| {labels[name]:<36} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
+    print(f"| {labels[name]:<38} | {rps:>9.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors:>6} | {conns:>18} |")
 a, b = rows["direct"], rows["licensegate"]
 ar, br = rows["direct_rate"], rows["licensegate_rate"]
 c = rows["identity"]
@@ -256,5 +310,8 @@ print(f"Axinom vendor with auth: ratio d/b req/s {d[0] / b[0]:.2f}, "
 print(f"device limits: ratio f/b {rows['devices_embedded'][0] / b[0]:.2f}, "
       f"g/b {rows['devices_redis'][0] / b[0]:.2f}")
 print(f"FairPlay re-wrapping both ways: ratio h/c {rows['fairplay'][0] / c[0]:.2f}")
+print(f"rate limits: ratio i/d {rows['rate_limits'][0] / d[0]:.2f}; stream renewals: "
+      f"j/f {rows['streams_embedded'][0] / rows['devices_embedded'][0]:.2f}, "
+      f"k/g {rows['streams_redis'][0] / rows['devices_redis'][0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 PY

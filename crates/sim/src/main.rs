@@ -2,7 +2,11 @@
 
 use std::net::SocketAddr;
 
+use std::io::Write;
+
 use clap::Parser;
+use licensegate_drm::challenge::RequestType;
+use licensegate_drm::challenge::widevine;
 use licensegate_sim::vendors::VendorArgs;
 use licensegate_sim::{self as sim, Faults};
 
@@ -19,10 +23,20 @@ struct Cli {
     faults: Faults,
     #[command(flatten)]
     vendor: VendorArgs,
+    /// Write to stdout the Widevine renewal request a CDM holding this license (a file) sends,
+    /// then exit: load tests renew a live stream with it.
+    #[arg(long, value_name = "LICENSE_FILE")]
+    renewal_for: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
+    if let Some(path) = cli.renewal_for {
+        let license = std::fs::read(&path)?;
+        let renewal = widevine::continuation_request(&license, RequestType::Renewal, 1)
+            .ok_or_else(|| std::io::Error::other("not a Widevine license"))?;
+        return std::io::stdout().write_all(&renewal);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.threads {
         runtime.worker_threads(threads);
