@@ -47,8 +47,21 @@ fn player_request() -> RequestHeader {
     request
 }
 
+/// The state a request of `CONFIG` starts on.
+fn state() -> Arc<licensegate::server::State> {
+    let config = Config::parse(CONFIG, &|_| None).unwrap();
+    let resources = licensegate::server::load_resources(&config).unwrap();
+    let lifetime = licensegate::server::Lifetime::default();
+    Arc::new(
+        licensegate::server::assemble(config, resources, &lifetime, None)
+            .unwrap()
+            .state,
+    )
+}
+
 fn admission(c: &mut Criterion) {
     let request = player_request();
+    let state = state();
     let cors = CorsSettings {
         any_origin: false,
         origins: vec!["https://player.example".into()],
@@ -65,7 +78,7 @@ fn admission(c: &mut Criterion) {
         })
     });
     c.bench_function("admission/new_request_ctx", |b| {
-        b.iter(|| black_box(RequestCtx::new()))
+        b.iter(|| black_box(RequestCtx::new(state.clone())))
     });
 }
 
@@ -73,7 +86,7 @@ fn forward(c: &mut Criterion) {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
     let provider = config.routes[&Drm::Widevine].clone();
     let endpoints = provider.endpoints.for_drm(Drm::Widevine).unwrap();
-    let mut ctx = RequestCtx::new();
+    let mut ctx = RequestCtx::new(state());
     ctx.plan = Some(pipeline::ForwardPlan {
         drm: Drm::Widevine,
         provider: licensegate::providers::build(&provider, Duration::from_secs(60)).unwrap(),

@@ -21,6 +21,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || need+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# Deployment checks: promtool for the Prometheus rules (and a real Prometheus for the metrics
+# test), systemd-analyze for the service unit.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -9,6 +9,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+deploy/check.sh
 
 # The examples take TLS files and vendor secrets from the environment, as a deployment would;
 # these values only have to have the right shape (check loads the certificate and key).

@@ -12,10 +12,11 @@ use pingora::server::ShutdownWatch;
 use serde_json::json;
 
 use crate::problem::{Problem, Refusal};
+use crate::reload::Live;
 use crate::server::State;
 
 pub struct AdminApp {
-    pub state: Arc<State>,
+    pub live: Arc<Live>,
 }
 
 /// Pingora's ready-made app for this (`ServeHttp`) logs the raw bytes of a request it cannot
@@ -35,12 +36,13 @@ impl HttpServerApp for AdminApp {
                 return None;
             }
         }
-        let connections = &self.state.admin_connections;
+        let connections = &self.live.lifetime().admin_connections;
         connections.request_started(http.client_addr());
-        let server = &self.state.config.server;
+        let state = self.live.current();
+        let server = &state.config.server;
         http.set_keepalive((!*shutdown.borrow()).then_some(server.keepalive_timeout.as_secs()));
         http.set_write_timeout(Some(server.answer_write_timeout));
-        let response = self.response(&mut http).await;
+        let response = self.response(&state, &mut http).await;
         let (parts, body) = response.into_parts();
         let header: ResponseHeader = parts.into();
         let head_only = http.req_header().method == Method::HEAD;
@@ -64,21 +66,23 @@ impl HttpServerApp for AdminApp {
 }
 
 impl AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+    async fn response(&self, state: &State, session: &mut ServerSession) -> Response<Vec<u8>> {
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = session.req_header();
-        let server = &self.state.config.server;
+        let server = &state.config.server;
         let mut response =
             if let Err(refusal) = crate::pipeline::check_header_limits(request, server) {
                 problem(&refusal, &request_id)
             } else {
                 let path = request.uri.path();
                 if let Some(rest) = path.strip_prefix(DEVICES_PREFIX) {
-                    self.devices(request, rest, &request_id).await
+                    self.devices(state, request, rest, &request_id).await
                 } else if let Some(rest) = path.strip_prefix(USERS_PREFIX) {
-                    self.users(request, rest, &request_id).await
+                    self.users(state, request, rest, &request_id).await
+                } else if path == RELOAD_PATH {
+                    self.reload(state, request, &request_id).await
                 } else {
-                    self.answer(request, &request_id).await
+                    self.answer(state, request, &request_id).await
                 }
             };
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
@@ -90,6 +94,9 @@ impl AdminApp {
     }
 }
 
+/// `POST /admin/reload`: the whole configuration, as `SIGHUP` does.
+const RELOAD_PATH: &str = "/admin/reload";
+
 /// `GET /v1/devices/{user}`, `DELETE /v1/devices/{user}`, `DELETE /v1/devices/{user}/{device}`.
 const DEVICES_PREFIX: &str = "/v1/devices/";
 const USERS_PREFIX: &str = "/v1/users/";
@@ -97,15 +104,16 @@ const USERS_PREFIX: &str = "/v1/users/";
 impl AdminApp {
     async fn devices(
         &self,
+        state: &State,
         request: &RequestHeader,
         rest: &str,
         request_id: &str,
     ) -> Response<Vec<u8>> {
         let problem = |p: Problem| problem(&p, request_id);
-        let Some(devices) = &self.state.devices else {
+        let Some(devices) = &state.devices else {
             return problem(Problem::not_found().with_detail("device limits are not configured"));
         };
-        if let Some(refused) = self.unauthorized(request, request_id) {
+        if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
         let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
@@ -145,10 +153,41 @@ impl AdminApp {
         }
     }
 
+    /// Answers once the reload is done: the new generation, or why the running one stays.
+    async fn reload(
+        &self,
+        state: &State,
+        request: &RequestHeader,
+        request_id: &str,
+    ) -> Response<Vec<u8>> {
+        if let Some(refused) = self.unauthorized(state, request, request_id) {
+            return refused;
+        }
+        if request.method != Method::POST {
+            return problem(&Problem::method_not_allowed(), request_id);
+        }
+        match self.live.reload().await {
+            Ok(generation) => {
+                json_response(200, json!({"reloaded": true, "generation": generation}))
+            }
+            Err(e) => problem(
+                &Problem::new(Refusal::ConfigNotReloaded)
+                    .with_detail(e.to_string())
+                    .with_extension("key", e.key.clone().into()),
+                request_id,
+            ),
+        }
+    }
+
     /// The admin API answers only with `admin.token` configured, and only to its bearer.
     /// The refusal of a request without the admin token (`None`: authorized).
-    fn unauthorized(&self, request: &RequestHeader, request_id: &str) -> Option<Response<Vec<u8>>> {
-        let Some(admin_token) = &self.state.config.admin.token else {
+    fn unauthorized(
+        &self,
+        state: &State,
+        request: &RequestHeader,
+        request_id: &str,
+    ) -> Option<Response<Vec<u8>>> {
+        let Some(admin_token) = &state.config.admin.token else {
             return Some(problem(
                 &Problem::not_found().with_detail("the admin API needs admin.token"),
                 request_id,
@@ -169,12 +208,13 @@ impl AdminApp {
     /// `GET /v1/users/{user}/streams`, `DELETE /v1/users/{user}/streams[/{session}]`.
     async fn users(
         &self,
+        state: &State,
         request: &RequestHeader,
         rest: &str,
         request_id: &str,
     ) -> Response<Vec<u8>> {
         let problem = |p: Problem| problem(&p, request_id);
-        if let Some(refused) = self.unauthorized(request, request_id) {
+        if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
         let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
@@ -186,7 +226,7 @@ impl AdminApp {
             || problem(Problem::not_found().with_detail("stream limits are not configured"));
         match (&request.method, decoded.as_slice()) {
             (method, [user, what]) if what == "block" && !user.is_empty() => {
-                let Some(blocks) = &self.state.blocks else {
+                let Some(blocks) = &state.blocks else {
                     return problem(Problem::not_found());
                 };
                 match *method {
@@ -230,7 +270,7 @@ impl AdminApp {
                 }
             }
             (&Method::GET, [user, what]) if what == "streams" && !user.is_empty() => {
-                let Some(streams) = &self.state.streams else {
+                let Some(streams) = &state.streams else {
                     return no_streams();
                 };
                 match streams.list(user).await {
@@ -247,7 +287,7 @@ impl AdminApp {
                 }
             }
             (&Method::DELETE, [user, what]) if what == "streams" && !user.is_empty() => {
-                let Some(streams) = &self.state.streams else {
+                let Some(streams) = &state.streams else {
                     return no_streams();
                 };
                 match streams.end_all(user).await {
@@ -258,7 +298,7 @@ impl AdminApp {
             (&Method::DELETE, [user, what, session])
                 if what == "streams" && !user.is_empty() && !session.is_empty() =>
             {
-                let Some(streams) = &self.state.streams else {
+                let Some(streams) = &state.streams else {
                     return no_streams();
                 };
                 match streams.end(user, session).await {
@@ -272,13 +312,18 @@ impl AdminApp {
         }
     }
 
-    async fn answer(&self, request: &RequestHeader, request_id: &str) -> Response<Vec<u8>> {
+    async fn answer(
+        &self,
+        state: &State,
+        request: &RequestHeader,
+        request_id: &str,
+    ) -> Response<Vec<u8>> {
         let problem = |p: Problem| problem(&p, request_id);
         if request.method != Method::GET && request.method != Method::HEAD {
             return problem(Problem::method_not_allowed());
         }
         let path = request.uri.path();
-        if let Some(root) = &self.state.config.demo_root
+        if let Some(root) = &state.config.demo_root
             && path.starts_with(crate::demo::PREFIX)
         {
             return crate::demo::serve(root, path, &request.headers)
@@ -286,18 +331,28 @@ impl AdminApp {
                 .unwrap_or_else(|| problem(Problem::not_found()));
         }
         match path {
-            "/demo" if self.state.config.demo_root.is_some() => Response::builder()
+            "/demo" if state.config.demo_root.is_some() => Response::builder()
                 .status(308)
                 .header(header::LOCATION, crate::demo::PREFIX)
                 .body(Vec::new())
                 .expect("valid response"),
             "/healthz" => json_response(200, json!({"status": "alive"})),
-            "/readyz" => self.readiness(),
-            "/metrics" => Response::builder()
-                .status(200)
-                .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
-                .body(self.state.metrics.render())
-                .expect("valid response"),
+            "/readyz" => self.readiness(state),
+            "/metrics" => {
+                let healthy = &state.metrics.upstream_healthy_endpoints;
+                // Endpoint sets a reload removed drop out of the scrape.
+                healthy.reset();
+                for upstream in state.routed_upstreams() {
+                    healthy
+                        .with_label_values(&[upstream.label()])
+                        .set(upstream.healthy_endpoints() as i64);
+                }
+                Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
+                    .body(state.metrics.render())
+                    .expect("valid response")
+            }
             _ => problem(Problem::not_found()),
         }
     }
@@ -305,12 +360,11 @@ impl AdminApp {
     /// Ready once every provider that serves a route has at least one healthy endpoint, and
     /// until shutdown begins (load balancers then move players elsewhere while this process
     /// still answers).
-    fn readiness(&self) -> Response<Vec<u8>> {
-        if self.state.drain.withdrawn() {
+    fn readiness(&self, state: &State) -> Response<Vec<u8>> {
+        if state.drain.withdrawn() {
             return json_response(503, json!({"ready": false, "draining": true}));
         }
-        let providers: serde_json::Map<String, serde_json::Value> = self
-            .state
+        let providers: serde_json::Map<String, serde_json::Value> = state
             .routed_upstreams()
             .iter()
             .map(|upstream| {
@@ -323,7 +377,11 @@ impl AdminApp {
         let ready = providers.values().all(|healthy| healthy.as_u64() > Some(0));
         json_response(
             if ready { 200 } else { 503 },
-            json!({"ready": ready, "healthy_endpoints": providers}),
+            json!({
+                "ready": ready,
+                "healthy_endpoints": providers,
+                "config": self.live.status(),
+            }),
         )
     }
 }

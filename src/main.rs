@@ -157,7 +157,7 @@ fn main() -> ExitCode {
                 "licensegate starting"
             );
             let hold = std::time::Duration::from_secs(config.server.grace_period_seconds);
-            let (mut server, state) = match licensegate::server::build(config, upgrade) {
+            let (mut server, live) = match licensegate::server::build(config, Some(path), upgrade) {
                 Ok(built) => built,
                 Err(e) => {
                     eprintln!("cannot start: {e}");
@@ -167,11 +167,11 @@ fn main() -> ExitCode {
             server.bootstrap();
             licensegate::shutdown::exit_when_drained(
                 server.watch_execution_phase(),
-                state.metrics.in_flight.clone(),
+                live.lifetime().metrics.in_flight.clone(),
             );
             server.run(pingora::server::RunArgs {
                 shutdown_signal: Box::new(licensegate::shutdown::Signals {
-                    drain: state.drain.clone(),
+                    drain: live.lifetime().drain.clone(),
                     hold,
                 }),
             });

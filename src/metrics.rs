@@ -2,7 +2,8 @@
 //! servers side by side without sharing counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// From half a millisecond (a cached answer) to ten seconds (a provider at its timeout).
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub stream_store_duration: HistogramVec,
     pub rate_limit_decisions: IntCounterVec,
     pub license_request_types: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub upstream_healthy_endpoints: IntGaugeVec,
 }
 
 impl Metrics {
@@ -179,8 +183,34 @@ impl Metrics {
             &["listener"],
         )
         .expect("valid counter");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "licensegate_config_reloads_total",
+                "Whole-configuration reloads (SIGHUP or POST /admin/reload): ok, or error (the \
+                 running configuration stayed)",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
+        let config_generation = IntGauge::new(
+            "licensegate_config_generation",
+            "The configuration in service: 1 at start, one more for each reload",
+        )
+        .expect("valid gauge");
+        let upstream_healthy_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "licensegate_upstream_healthy_endpoints",
+                "Endpoints of each routed provider's endpoint set that pass their health check \
+                 and are not ejected, as /readyz counts them",
+            ),
+            &["upstream"],
+        )
+        .expect("valid gauge");
         for collector in [
             Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_healthy_endpoints.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
             Box::new(upstream_ejections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(license_duration.clone()),
@@ -219,6 +249,9 @@ impl Metrics {
             stream_store_duration,
             rate_limit_decisions,
             license_request_types,
+            config_reloads,
+            config_generation,
+            upstream_healthy_endpoints,
         }
     }
 

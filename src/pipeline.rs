@@ -55,6 +55,8 @@ const MAX_CONTENT_ID_LEN: usize = 256;
 
 /// What the pipeline knows about one request.
 pub struct RequestCtx {
+    /// The configuration this request started on; a reload does not change it mid-request.
+    pub state: Arc<State>,
     pub request_id: String,
     pub started: Instant,
     pub origin: Origin,
@@ -138,8 +140,9 @@ pub struct Forwarding {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(state: Arc<State>) -> Self {
         Self {
+            state,
             request_id: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
             origin: Origin::Absent,
@@ -168,12 +171,6 @@ impl RequestCtx {
         self.provider_config
             .as_ref()
             .map_or("-", |config| config.name.as_str())
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -87,6 +87,7 @@ refusals! {
     QuotaExceeded: 429, "quota_exceeded", "License quota used up";
     AdminTokenInvalid: 401, "admin_token_invalid", "Admin token missing or wrong";
     AdminRequestInvalid: 400, "admin_request_invalid", "Admin request not understood";
+    ConfigNotReloaded: 422, "config_not_reloaded", "Configuration not reloaded; the running one stays";
     VendorTokenRefused: 502, "vendor_token_refused", "The vendor's token service refused the request";
     VendorTokenInvalid: 502, "vendor_token_invalid", "The vendor's token service answer is unusable";
     VendorRefused: 403, "vendor_refused", "The license server refused the license";

@@ -11,16 +11,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorType, Result};
 
 use crate::pipeline::{self, Admission, RequestCtx};
-use crate::server::State;
+use crate::reload::Live;
 
 pub struct LicenseProxy {
-    pub state: Arc<State>,
+    pub live: Arc<Live>,
 }
 
 impl LicenseProxy {
     fn count_retry(&self, ctx: &RequestCtx, retry: Option<pipeline::RetryReason>) {
         if let Some(reason) = retry {
-            self.state
+            self.live
+                .lifetime()
                 .metrics
                 .upstream_retries
                 .with_label_values(&[ctx.provider_name(), reason.as_str()])
@@ -34,7 +35,7 @@ impl ProxyHttp for LicenseProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.live.current())
     }
 
     async fn early_request_filter(
@@ -42,11 +43,12 @@ impl ProxyHttp for LicenseProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.state
+        self.live
+            .lifetime()
             .license_connections
             .request_started(session.client_addr());
         ctx.connection_busy = true;
-        let server = &self.state.config.server;
+        let server = &ctx.state.config.server;
         // A player that stops reading its answer must not hold the stream (and a connection
         // slot) forever; Pingora sets no write timeout.
         session.set_write_timeout(Some(server.answer_write_timeout));
@@ -57,7 +59,7 @@ impl ProxyHttp for LicenseProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let answer = match pipeline::admit(&self.state, session, ctx).await {
+        let answer = match pipeline::admit(&ctx.state.clone(), session, ctx).await {
             Ok(Admission::Forward(plan)) => {
                 ctx.plan = Some(*plan);
                 return Ok(false);
@@ -65,7 +67,7 @@ impl ProxyHttp for LicenseProxy {
             Ok(Admission::Answer(answer)) => answer,
             Err(problem) => pipeline::problem_answer(&problem, ctx),
         };
-        pipeline::answer(&self.state, session, ctx, answer).await?;
+        pipeline::answer(&ctx.state.clone(), session, ctx, answer).await?;
         Ok(true)
     }
 
@@ -74,7 +76,7 @@ impl ProxyHttp for LicenseProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        match pipeline::choose_peer(&self.state, ctx).await {
+        match pipeline::choose_peer(&ctx.state.clone(), ctx).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(problem) => {
                 ctx.pending_problem = Some(problem);
@@ -93,7 +95,8 @@ impl ProxyHttp for LicenseProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         pipeline::end_stream_turn(ctx);
-        self.state
+        self.live
+            .lifetime()
             .metrics
             .upstream_connections
             .with_label_values(&[ctx.provider_name(), if reused { "true" } else { "false" }])
@@ -122,7 +125,7 @@ impl ProxyHttp for LicenseProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         pipeline::end_stream_turn(ctx);
-        let retry = pipeline::connect_failed(&self.state, ctx, session);
+        let retry = pipeline::connect_failed(&ctx.state.clone(), ctx, session);
         self.count_retry(ctx, retry);
         e.set_retry(retry.is_some());
         e
@@ -140,7 +143,7 @@ impl ProxyHttp for LicenseProxy {
         // see `pipeline::attempt_failed`.
         let mut e = e.more_context(format!("peer {peer}"));
         pipeline::end_stream_turn(ctx);
-        let retry = pipeline::attempt_failed(&self.state, ctx, session, &e);
+        let retry = pipeline::attempt_failed(&ctx.state.clone(), ctx, session, &e);
         self.count_retry(ctx, retry);
         e.set_retry(retry.is_some());
         e
@@ -164,7 +167,7 @@ impl ProxyHttp for LicenseProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let read_whole = pipeline::inspect_response(
-            &self.state,
+            &ctx.state.clone(),
             ctx,
             upstream_response.status.as_u16(),
             &upstream_response.headers,
@@ -182,7 +185,7 @@ impl ProxyHttp for LicenseProxy {
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::vendor_answer_headers(&self.state, ctx, response)
+        pipeline::vendor_answer_headers(&ctx.state.clone(), ctx, response)
     }
 
     fn upstream_response_body_filter(
@@ -212,7 +215,7 @@ impl ProxyHttp for LicenseProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(header) = pipeline::answer_body(&self.state, ctx, body, end_of_stream)? {
+        if let Some(header) = pipeline::answer_body(&ctx.state.clone(), ctx, body, end_of_stream)? {
             session.replace_held_response_header(header);
         }
         Ok(None)
@@ -224,7 +227,7 @@ impl ProxyHttp for LicenseProxy {
         _trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Bytes>> {
-        let (body, header) = pipeline::answer_trailers(&self.state, ctx)?;
+        let (body, header) = pipeline::answer_trailers(&ctx.state.clone(), ctx)?;
         if let Some(header) = header {
             session.replace_held_response_header(header);
         }
@@ -237,14 +240,15 @@ impl ProxyHttp for LicenseProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        pipeline::fail(&self.state, session, ctx, e).await
+        pipeline::fail(&ctx.state.clone(), session, ctx, e).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        pipeline::settle(&self.state, ctx).await;
-        pipeline::record(&self.state, ctx, e);
+        pipeline::settle(&ctx.state.clone(), ctx).await;
+        pipeline::record(&ctx.state.clone(), ctx, e);
         if std::mem::take(&mut ctx.connection_busy) {
-            self.state
+            self.live
+                .lifetime()
                 .license_connections
                 .request_finished(session.client_addr());
         }

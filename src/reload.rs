@@ -1,33 +1,232 @@
-//! Follows changes to the files the config points at: the catalog and the token keys. A file
-//! that fails validation is reported and the running version stays in service.
+//! The running configuration and its reloads. A full reload (`SIGHUP`, or `POST /admin/reload`
+//! on the admin listener) reads the config file again and swaps in a whole new [`State`]; the
+//! catalog and token key files are also followed on their own schedule. Whatever fails to
+//! load is reported and the running version stays in service.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde::Serialize;
 
-use crate::server::State;
+use crate::config::{Config, ConfigError};
+use crate::server::{Assembled, Lifetime, State, assemble, load_resources, resolve};
 
+/// The state requests start on, and how it came to be.
+pub struct Live {
+    current: ArcSwap<State>,
+    lifetime: Lifetime,
+    config_path: Option<PathBuf>,
+    /// One reload at a time: two would each build on the same previous state.
+    reloading: tokio::sync::Mutex<()>,
+    status: Mutex<ReloadStatus>,
+}
+
+/// What `/readyz` and the status page show of the configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    pub loaded_at: String,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+impl Live {
+    pub fn new(state: State, lifetime: Lifetime, config_path: Option<PathBuf>) -> Self {
+        let status = ReloadStatus {
+            generation: state.generation,
+            loaded_at: crate::providers::rfc3339(SystemTime::now()),
+            last_error: None,
+            last_error_at: None,
+        };
+        lifetime
+            .metrics
+            .config_generation
+            .set(state.generation as i64);
+        Self {
+            current: ArcSwap::from_pointee(state),
+            lifetime,
+            config_path,
+            reloading: tokio::sync::Mutex::new(()),
+            status: Mutex::new(status),
+        }
+    }
+
+    /// The state a request starting now uses, to its end.
+    pub fn current(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    pub fn lifetime(&self) -> &Lifetime {
+        &self.lifetime
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reads the config file again and, if it is valid, serves it from the next request on.
+    pub async fn reload(&self) -> Result<u64, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let outcome = self.load_next().await;
+        let now = crate::providers::rfc3339(SystemTime::now());
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let metrics = &self.lifetime.metrics;
+        match &outcome {
+            Ok(generation) => {
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                metrics.config_generation.set(*generation as i64);
+                status.generation = *generation;
+                status.loaded_at = now;
+                tracing::info!(generation, "configuration reloaded");
+            }
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                status.last_error = Some(e.to_string());
+                status.last_error_at = Some(now);
+                tracing::error!(
+                    key = %e.key,
+                    reason = %e.reason,
+                    "configuration not reloaded; the running one stays"
+                );
+            }
+        }
+        outcome
+    }
+
+    async fn load_next(&self) -> Result<u64, ConfigError> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or_else(|| ConfigError::new("", "licensegate was started without a config file"))?;
+        let current = self.current();
+        // Key and catalog files are read off the runtime's threads.
+        let (config, resources) = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            let resources = load_resources(&config)?;
+            Ok::<_, ConfigError>((config, resources))
+        })
+        .await
+        .map_err(|e| ConfigError::new("", format!("loading stopped: {e}")))??;
+        needs_no_restart(&current.config, &config)?;
+        for deprecation in &config.deprecations {
+            tracing::warn!("{deprecation}");
+        }
+        let Assembled {
+            state,
+            new_upstreams,
+        } = assemble(config, resources, &self.lifetime, Some(&current))?;
+        for upstream in &new_upstreams {
+            upstream.start_in_background();
+        }
+        resolve(&new_upstreams).await;
+        let generation = state.generation;
+        self.current.store(Arc::new(state));
+        Ok(generation)
+    }
+}
+
+/// Settings the running process was built with: the listeners and Pingora's own server
+/// settings. A new value for any of them is refused by name.
+fn needs_no_restart(running: &Config, next: &Config) -> Result<(), ConfigError> {
+    let (now, then) = (&running.server, &next.server);
+    let most_attempts = |config: &Config| {
+        config
+            .providers
+            .values()
+            .map(|p| p.retries)
+            .max()
+            .unwrap_or(0)
+    };
+    let changed = [
+        (
+            "listeners.license",
+            running.license_listener != next.license_listener,
+        ),
+        (
+            "listeners.admin",
+            running.admin_listener != next.admin_listener,
+        ),
+        ("listeners.tls", running.tls != next.tls),
+        (
+            "listeners.license_max_connections",
+            running.license_max_connections != next.license_max_connections,
+        ),
+        (
+            "listeners.admin_max_connections",
+            running.admin_max_connections != next.admin_max_connections,
+        ),
+        ("server.threads", now.threads != then.threads),
+        (
+            "server.grace_period_seconds",
+            now.grace_period_seconds != then.grace_period_seconds,
+        ),
+        ("server.log_format", now.log_format != then.log_format),
+        (
+            "server.header_read_timeout_ms",
+            now.header_read_timeout != then.header_read_timeout,
+        ),
+        (
+            "server.keepalive_timeout_seconds",
+            now.keepalive_timeout != then.keepalive_timeout,
+        ),
+        (
+            "server.upstream_keepalive_pool_size",
+            now.upstream_keepalive_pool_size != then.upstream_keepalive_pool_size,
+        ),
+        (
+            "server.graceful_shutdown_timeout_seconds",
+            now.graceful_shutdown_timeout_seconds != then.graceful_shutdown_timeout_seconds,
+        ),
+        (
+            "server.upgrade_socket",
+            now.upgrade_socket != then.upgrade_socket,
+        ),
+        (
+            "providers.*.retries (more than the most at start)",
+            most_attempts(next) > most_attempts(running),
+        ),
+    ];
+    match changed.iter().find(|(_, differs)| *differs) {
+        Some((key, _)) => Err(ConfigError::new(
+            *key,
+            "cannot change without a restart (or an upgrade, see the README)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Follows the catalog and token key files, and reloads the whole configuration on `SIGHUP`.
 pub struct Reloader {
-    state: Arc<State>,
-    interval: Duration,
+    live: Arc<Live>,
 }
 
 impl Reloader {
-    /// `None` when there is nothing to follow.
-    pub fn new(state: Arc<State>) -> Option<Self> {
+    pub fn new(live: Arc<Live>) -> Self {
+        Self { live }
+    }
+
+    /// How often the current configuration's files are looked at; `None` for never.
+    fn file_interval(state: &State) -> Option<Duration> {
         let intervals = [
             state.config.catalog.as_ref().map(|c| c.reload_interval),
             state.config.auth.as_ref().map(|a| a.reload_interval),
         ];
-        let interval = intervals.into_iter().flatten().min()?;
-        Some(Self { state, interval })
+        intervals.into_iter().flatten().min()
     }
 
-    fn check(&self) {
-        if let Some(catalog) = &self.state.catalog {
+    fn check_files(state: &State) {
+        if let Some(catalog) = &state.catalog {
             match catalog.reload_if_changed() {
                 Ok(true) => tracing::info!(entries = catalog.current().len(), "catalog reloaded"),
                 Ok(false) => {}
@@ -36,7 +235,7 @@ impl Reloader {
                 }
             }
         }
-        if let Some(auth) = &self.state.auth {
+        if let Some(auth) = &state.auth {
             match auth.reload_if_changed() {
                 Ok(true) => tracing::info!("token keys reloaded"),
                 Ok(false) => {}
@@ -51,11 +250,40 @@ impl Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticks = tokio::time::interval(self.interval);
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => Some(hangups),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP cannot reload: no handler");
+                    None
+                }
+            };
+        let mut next_file_check = tokio::time::Instant::now();
         loop {
+            let state = self.live.current();
+            let file_interval = Self::file_interval(&state);
+            if let Some(interval) = file_interval
+                && tokio::time::Instant::now() >= next_file_check
+            {
+                Self::check_files(&state);
+                next_file_check = tokio::time::Instant::now() + interval;
+            }
+            drop(state);
+            let wake = match file_interval {
+                Some(_) => next_file_check,
+                None => tokio::time::Instant::now() + Duration::from_secs(3600),
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = ticks.tick() => self.check(),
+                _ = tokio::time::sleep_until(wake) => {}
+                Some(()) = async {
+                    match hangups.as_mut() {
+                        Some(hangups) => hangups.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = self.live.reload().await;
+                }
             }
         }
     }

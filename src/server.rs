@@ -22,24 +22,28 @@ use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::authorizations::AuthorizationCache;
 use crate::proxy::LicenseProxy;
-use crate::reload::Reloader;
+use crate::reload::{Live, Reloader};
 use crate::service_certificate::ServiceCertificates;
 use crate::upstream::Upstream;
 
-/// Everything a request may consult, built once at start.
+/// Everything a request may consult, built from one configuration. A reload builds the next
+/// one and swaps it in whole (`reload.rs`); a request finishes on the one it started with.
 pub struct State {
     pub config: Config,
+    /// 1 at start, one more for each reload.
+    pub generation: u64,
     pub providers: HashMap<String, ProviderRoute>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub service_certificates: ServiceCertificates,
     pub fairplay_certificates: crate::fairplay::Certificates,
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
     pub entitlements: Entitlements,
     pub authorizations: AuthorizationCache,
+    pub store: Option<Arc<crate::store::Shared>>,
     pub devices: Option<Devices>,
     pub streams: Option<crate::streams::Streams>,
-    pub rate_limits: crate::limits::RateLimits,
+    pub rate_limits: Arc<crate::limits::RateLimits>,
     pub quotas: Option<crate::limits::Quotas>,
     /// Users blocked through the admin API; checked when an admin token is configured.
     pub blocks: Option<crate::limits::Blocks>,
@@ -47,6 +51,158 @@ pub struct State {
     pub drain: Drain,
     pub license_connections: Arc<Connections>,
     pub admin_connections: Arc<Connections>,
+}
+
+/// What outlives every configuration: the metrics, the listeners' counters and the drain.
+#[derive(Clone, Default)]
+pub struct Lifetime {
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    pub license_connections: Arc<Connections>,
+    pub admin_connections: Arc<Connections>,
+}
+
+/// A state, and the upstreams it made whose resolution and health checks must start.
+pub struct Assembled {
+    pub state: State,
+    pub new_upstreams: Vec<Arc<Upstream>>,
+}
+
+/// Builds the state for `config`. Against the `previous` state, a provider whose settings are
+/// unchanged keeps its upstreams (pooled connections, health, ejections), an unchanged store
+/// stays open, and unchanged rate limits keep their buckets.
+pub fn assemble(
+    config: Config,
+    resources: Resources,
+    lifetime: &Lifetime,
+    previous: Option<&State>,
+) -> Result<Assembled, ConfigError> {
+    let mut new_upstreams = Vec::new();
+    let mut providers = HashMap::new();
+    for (name, provider_config) in &config.providers {
+        let kept = previous
+            .and_then(|previous| previous.providers.get(name))
+            .filter(|route| *route.config == **provider_config)
+            .map(|route| route.upstreams.clone());
+        let upstreams = match kept {
+            Some(upstreams) => upstreams,
+            None => provider_config
+                .endpoints
+                .sets()
+                .into_iter()
+                .map(|(drm, endpoints)| {
+                    let label = match drm {
+                        Some(drm) => format!("{name} ({drm})"),
+                        None => name.clone(),
+                    };
+                    let upstream = Arc::new(Upstream::new(
+                        provider_config.clone(),
+                        endpoints,
+                        label,
+                        config.server.upstream_idle_timeout,
+                    ));
+                    new_upstreams.push(upstream.clone());
+                    (drm, upstream)
+                })
+                .collect(),
+        };
+        let provider = resources.providers_by_name[name].clone();
+        new_upstreams.extend(provider.upstreams());
+        providers.insert(
+            name.clone(),
+            ProviderRoute {
+                config: provider_config.clone(),
+                provider,
+                upstreams,
+            },
+        );
+    }
+    let metrics = lifetime.metrics.clone();
+    let service_certificates = ServiceCertificates::new(
+        config.providers.keys().map(String::as_str),
+        config.server.service_certificate_ttl,
+    );
+    let authorizations = AuthorizationCache::new(&config.authorization_cache, &metrics);
+    let kept_store = previous
+        .filter(|previous| previous.config.store == config.store)
+        .and_then(|previous| previous.store.clone());
+    let store = match kept_store {
+        Some(store) => Some(store),
+        None => config
+            .store
+            .as_ref()
+            .map(crate::store::Shared::open)
+            .transpose()?
+            .map(Arc::new),
+    };
+    let devices = config
+        .devices
+        .clone()
+        .zip(store.clone())
+        .map(|(settings, store)| Devices::new(settings, store, &metrics));
+    let streams = config
+        .streams
+        .clone()
+        .zip(store.clone())
+        .map(|(settings, store)| crate::streams::Streams::new(settings, store, &metrics));
+    let quotas = config
+        .quota
+        .clone()
+        .zip(store.clone())
+        .map(|(settings, store)| crate::limits::Quotas::new(settings, store, &metrics));
+    let blocks = config
+        .admin
+        .token
+        .as_ref()
+        .and(store.clone())
+        .map(|store| crate::limits::Blocks::new(store, config.admin.block_check, &metrics));
+    let rate_limits = match previous.filter(|previous| {
+        previous.config.rate_limits == config.rate_limits
+            && same_store(previous.store.as_ref(), store.as_ref())
+    }) {
+        Some(previous) => previous.rate_limits.clone(),
+        None => Arc::new(crate::limits::RateLimits::new(
+            &config.rate_limits,
+            store.clone(),
+            &metrics,
+        )),
+    };
+    let state = State {
+        generation: previous.map_or(1, |previous| previous.generation + 1),
+        providers,
+        metrics,
+        service_certificates,
+        fairplay_certificates: crate::fairplay::Certificates::new(&config.fairplay),
+        auth: resources.auth,
+        catalog: resources.catalog,
+        entitlements: Entitlements::new(&config.entitlement, &config.policies),
+        authorizations,
+        store,
+        devices,
+        streams,
+        rate_limits,
+        quotas,
+        blocks,
+        drain: lifetime.drain.clone(),
+        license_connections: lifetime.license_connections.clone(),
+        admin_connections: lifetime.admin_connections.clone(),
+        config,
+    };
+    Ok(Assembled {
+        state,
+        new_upstreams,
+    })
+}
+
+fn same_store(
+    a: Option<&Arc<crate::store::Shared>>,
+    b: Option<&Arc<crate::store::Shared>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A provider: its provider and, unless licensegate answers for it itself, the upstreams that
@@ -167,117 +323,47 @@ fn check_tls(tls: &crate::config::TlsFiles) -> Result<(), ConfigError> {
 
 /// Builds the server and the state its requests share; `upgrade` takes the listening sockets
 /// from a running licensegate (see the README's upgrade section) instead of binding them.
-pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), ConfigError> {
+pub fn build(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    upgrade: bool,
+) -> Result<(Server, Arc<Live>), ConfigError> {
     let resources = load_resources(&config)?;
     let options = pingora::server::configuration::Opt {
         upgrade,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
-
-    let mut providers = HashMap::new();
-    for (name, provider_config) in &config.providers {
-        let mut upstreams = Vec::new();
-        for (drm, endpoints) in provider_config.endpoints.sets() {
-            let label = match drm {
-                Some(drm) => format!("{name} ({drm})"),
-                None => name.clone(),
-            };
-            let upstream = Upstream::new(
-                provider_config.clone(),
-                endpoints,
-                label,
-                config.server.upstream_idle_timeout,
-            );
-            server.add_service(upstream.background());
-            upstreams.push((drm, Arc::new(upstream)));
-        }
-        let provider = resources.providers_by_name[name].clone();
-        for upstream in provider.upstreams() {
-            server.add_service(upstream.background());
-        }
-        providers.insert(
-            name.clone(),
-            ProviderRoute {
-                config: provider_config.clone(),
-                provider,
-                upstreams,
-            },
-        );
+    let lifetime = Lifetime::default();
+    let Assembled {
+        state,
+        new_upstreams,
+    } = assemble(config, resources, &lifetime, None)?;
+    for upstream in &new_upstreams {
+        server.add_service(upstream.background());
     }
-    resolve_before_serving(&providers);
-    let service_certificates = ServiceCertificates::new(
-        config.providers.keys().map(String::as_str),
-        config.server.service_certificate_ttl,
-    );
-    let metrics = Metrics::new();
-    let authorizations = AuthorizationCache::new(&config.authorization_cache, &metrics);
-    let store = config
-        .store
-        .as_ref()
-        .map(crate::store::Shared::open)
-        .transpose()?
-        .map(Arc::new);
-    let devices = config
-        .devices
-        .clone()
-        .zip(store.clone())
-        .map(|(settings, store)| Devices::new(settings, store, &metrics));
-    let streams = config
-        .streams
-        .clone()
-        .zip(store.clone())
-        .map(|(settings, store)| crate::streams::Streams::new(settings, store, &metrics));
-    let quotas = config
-        .quota
-        .clone()
-        .zip(store.clone())
-        .map(|(settings, store)| crate::limits::Quotas::new(settings, store, &metrics));
-    let blocks = config
-        .admin
-        .token
-        .as_ref()
-        .and(store.clone())
-        .map(|store| crate::limits::Blocks::new(store, config.admin.block_check, &metrics));
-    let rate_limits = crate::limits::RateLimits::new(&config.rate_limits, store, &metrics);
-    let state = Arc::new(State {
-        providers,
-        metrics,
-        service_certificates,
-        fairplay_certificates: crate::fairplay::Certificates::new(&config.fairplay),
-        auth: resources.auth,
-        catalog: resources.catalog,
-        entitlements: Entitlements::new(&config.entitlement, &config.policies),
-        authorizations,
-        devices,
-        streams,
-        rate_limits,
-        quotas,
-        blocks,
-        drain: Drain::default(),
-        license_connections: Arc::default(),
-        admin_connections: Arc::default(),
-        config,
-    });
-    if let Some(reloader) = Reloader::new(state.clone()) {
-        server.add_service(pingora::services::background::background_service(
-            "reloader", reloader,
-        ));
-    }
+    resolve_before_serving(&new_upstreams);
+    let live = Arc::new(Live::new(state, lifetime.clone(), config_path));
+    server.add_service(pingora::services::background::background_service(
+        "reloader",
+        Reloader::new(live.clone()),
+    ));
 
+    let state = live.current();
     let (license_cap, admin_cap) = connection_caps(&state.config);
     let deadlines = Deadlines {
         header_read: state.config.server.header_read_timeout,
         keepalive: state.config.server.keepalive_timeout,
     };
-    let refused = |name: &str| state.metrics.connections_refused.with_label_values(&[name]);
+    let refused = |name: &str| {
+        lifetime
+            .metrics
+            .connections_refused
+            .with_label_values(&[name])
+    };
 
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        LicenseProxy {
-            state: state.clone(),
-        },
-    );
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, LicenseProxy { live: live.clone() });
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     options.h2_idle_timeout = Some(state.config.server.keepalive_timeout);
@@ -287,10 +373,10 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
         Listener::new(
             proxy,
             license_cap,
-            state.license_connections.clone(),
+            lifetime.license_connections.clone(),
             deadlines,
             refused("license"),
-            state.drain.clone(),
+            lifetime.drain.clone(),
         ),
     );
     let license_addr = state.config.license_listener.to_string();
@@ -309,54 +395,43 @@ pub fn build(config: Config, upgrade: bool) -> Result<(Server, Arc<State>), Conf
     let mut admin = Service::new(
         "admin API".to_string(),
         Listener::new(
-            AdminApp {
-                state: state.clone(),
-            },
+            AdminApp { live: live.clone() },
             admin_cap,
-            state.admin_connections.clone(),
+            lifetime.admin_connections.clone(),
             deadlines,
             refused("admin"),
-            state.drain.clone(),
+            lifetime.drain.clone(),
         ),
     );
     admin.add_tcp(&state.config.admin_listener.to_string());
     server.add_service(admin);
-    Ok((server, state))
+    Ok((server, live))
 }
 
 /// Resolves every endpoint once before the listeners open. Otherwise the first requests (and,
 /// on an upgrade, those arriving the moment the new process takes the sockets) would find no
 /// endpoint until the background services' first run. A failure is logged; the background
 /// services keep trying.
-fn resolve_before_serving(providers: &HashMap<String, ProviderRoute>) {
+fn resolve_before_serving(upstreams: &[Arc<Upstream>]) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     else {
         return;
     };
-    runtime.block_on(async {
-        for route in providers.values() {
-            let upstreams = route
-                .upstreams
-                .iter()
-                .map(|(_, upstream)| upstream.clone())
-                .chain(route.provider.upstreams());
-            for upstream in upstreams {
-                // A resolver that hangs must not hold up the start: the background service
-                // keeps trying.
-                let resolved =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), upstream.discover())
-                        .await;
-                if !matches!(resolved, Ok(Ok(()))) {
-                    tracing::warn!(
-                        endpoints = upstream.label(),
-                        "endpoints not resolved at start"
-                    );
-                }
-            }
+    runtime.block_on(resolve(upstreams));
+}
+
+/// Resolves each upstream's endpoints once; a failure is logged and left to the background
+/// service, so a resolver that hangs holds nothing up for long.
+pub async fn resolve(upstreams: &[Arc<Upstream>]) {
+    for upstream in upstreams {
+        let resolved =
+            tokio::time::timeout(std::time::Duration::from_secs(5), upstream.discover()).await;
+        if !matches!(resolved, Ok(Ok(()))) {
+            tracing::warn!(endpoints = upstream.label(), "endpoints not resolved yet");
         }
-    });
+    }
 }
 
 /// Room kept for everything but the listeners' connections: provider connections, the device

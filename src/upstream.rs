@@ -32,6 +32,17 @@ pub struct Upstream {
     label: String,
     balancer: Arc<LoadBalancer<RoundRobin>>,
     idle_timeout: Duration,
+    /// Stops the resolution and health checks started by a reload once this upstream is no
+    /// longer in any configuration a request uses.
+    retire: OnceLock<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(retire) = self.retire.get() {
+            retire.send_replace(true);
+        }
+    }
 }
 
 /// A chosen endpoint: where to connect, what to say to it, and what we know of its health.
@@ -130,6 +141,7 @@ impl Upstream {
             label,
             balancer: Arc::new(balancer),
             idle_timeout,
+            retire: OnceLock::new(),
         }
     }
 
@@ -139,6 +151,20 @@ impl Upstream {
             format!("endpoints of {}", self.label),
             self.balancer.clone(),
         )
+    }
+
+    /// Starts the resolution and health checks of an upstream a reload made, on the running
+    /// server's runtime; they stop when the upstream is dropped.
+    pub fn start_in_background(&self) {
+        let (retire, retired) = tokio::sync::watch::channel(false);
+        if self.retire.set(retire).is_err() {
+            return;
+        }
+        let balancer = self.balancer.clone();
+        tokio::spawn(async move {
+            use pingora::services::background::BackgroundService;
+            balancer.start(retired).await;
+        });
     }
 
     /// Resolves the endpoints now, as the background service then does on its schedule.

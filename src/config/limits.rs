@@ -36,7 +36,7 @@ pub struct Bucket {
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RateLimitSettings {
     pub shared: bool,
     pub per_client: Option<Bucket>,
@@ -44,7 +44,7 @@ pub struct RateLimitSettings {
     pub routes: BTreeMap<Drm, RouteBuckets>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteBuckets {
     pub per_client: Option<Bucket>,
     pub per_user: Option<Bucket>,

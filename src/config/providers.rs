@@ -153,7 +153,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
@@ -179,7 +179,7 @@ pub struct ProviderConfig {
 }
 
 /// A provider's license URLs: one set for every DRM, or one per DRM.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum EndpointSets {
     Shared(Vec<Arc<Endpoint>>),
     PerDrm(BTreeMap<Drm, Vec<Arc<Endpoint>>>),

@@ -94,7 +94,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

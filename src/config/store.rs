@@ -51,13 +51,13 @@ pub enum StoreKind {
     Redis,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreBackend {
     Embedded(PathBuf),
     Redis(String),
