@@ -156,14 +156,24 @@ fn main() -> ExitCode {
                 admin = %config.admin_listener,
                 "licensegate starting"
             );
+            // SIGHUP means reload, but the reloader listens only once the server runs; one
+            // arriving before (endpoint resolution, an upgrade's handover) must not end the
+            // process, and is honoured when the reloader starts.
+            let early_hangup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Err(e) =
+                signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hangup.clone())
+            {
+                tracing::warn!(error = %e, "SIGHUP before the server runs would end it");
+            }
             let hold = std::time::Duration::from_secs(config.server.grace_period_seconds);
-            let (mut server, live) = match licensegate::server::build(config, Some(path), upgrade) {
-                Ok(built) => built,
-                Err(e) => {
-                    eprintln!("cannot start: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let (mut server, live) =
+                match licensegate::server::build(config, Some(path), upgrade, early_hangup) {
+                    Ok(built) => built,
+                    Err(e) => {
+                        eprintln!("cannot start: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
             server.bootstrap();
             licensegate::shutdown::exit_when_drained(
                 server.watch_execution_phase(),

@@ -206,6 +206,15 @@ impl Metrics {
             &["upstream"],
         )
         .expect("valid gauge");
+        // A series that appears already at 1 has no increase to alert on: the ones alerts
+        // watch exist at 0 from the start.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        for decision in ["store_down_allowed", "store_down_refused"] {
+            device_decisions.with_label_values(&[decision]);
+            stream_decisions.with_label_values(&[decision]);
+        }
         for collector in [
             Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_healthy_endpoints.clone()),

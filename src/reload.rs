@@ -4,6 +4,7 @@
 //! load is reported and the running version stays in service.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::server::{Assembled, Lifetime, State, assemble, load_resources, resolve};
+use crate::upstream::Upstream;
 
 /// The state requests start on, and how it came to be.
 pub struct Live {
@@ -110,26 +112,26 @@ impl Live {
             .clone()
             .ok_or_else(|| ConfigError::new("", "licensegate was started without a config file"))?;
         let current = self.current();
-        // Key and catalog files are read off the runtime's threads.
-        let (config, resources) = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path)?;
-            let resources = load_resources(&config)?;
-            Ok::<_, ConfigError>((config, resources))
-        })
-        .await
-        .map_err(|e| ConfigError::new("", format!("loading stopped: {e}")))??;
-        needs_no_restart(&current.config, &config)?;
-        for deprecation in &config.deprecations {
-            tracing::warn!("{deprecation}");
-        }
+        let lifetime = self.lifetime.clone();
+        // Files (config, keys, catalog) are read and stores opened off the runtime's threads.
         let Assembled {
             state,
             new_upstreams,
-        } = assemble(config, resources, &self.lifetime, Some(&current))?;
+        } = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            needs_no_restart(&current.config, &config, lifetime.most_attempts)?;
+            for deprecation in &config.deprecations {
+                tracing::warn!("{deprecation}");
+            }
+            let resources = load_resources(&config)?;
+            assemble(config, resources, &lifetime, Some(&current))
+        })
+        .await
+        .map_err(|e| ConfigError::new("", format!("loading stopped: {e}")))??;
+        resolve(&new_upstreams).await;
         for upstream in &new_upstreams {
             upstream.start_in_background();
         }
-        resolve(&new_upstreams).await;
         let generation = state.generation;
         self.current.store(Arc::new(state));
         Ok(generation)
@@ -137,17 +139,20 @@ impl Live {
 }
 
 /// Settings the running process was built with: the listeners and Pingora's own server
-/// settings. A new value for any of them is refused by name.
-fn needs_no_restart(running: &Config, next: &Config) -> Result<(), ConfigError> {
+/// settings. A new value for any of them is refused by name. `most_attempts` is the bound
+/// Pingora's retry loop was built with.
+fn needs_no_restart(
+    running: &Config,
+    next: &Config,
+    most_attempts: usize,
+) -> Result<(), ConfigError> {
     let (now, then) = (&running.server, &next.server);
-    let most_attempts = |config: &Config| {
-        config
-            .providers
-            .values()
-            .map(|p| p.retries)
-            .max()
-            .unwrap_or(0)
-    };
+    let next_attempts = next
+        .providers
+        .values()
+        .map(|provider| provider.retries + 1)
+        .max()
+        .unwrap_or(1);
     let changed = [
         (
             "listeners.license",
@@ -194,7 +199,7 @@ fn needs_no_restart(running: &Config, next: &Config) -> Result<(), ConfigError> 
         ),
         (
             "providers.*.retries (more than the most at start)",
-            most_attempts(next) > most_attempts(running),
+            next_attempts > most_attempts,
         ),
     ];
     match changed.iter().find(|(_, differs)| *differs) {
@@ -206,14 +211,28 @@ fn needs_no_restart(running: &Config, next: &Config) -> Result<(), ConfigError> 
     }
 }
 
-/// Follows the catalog and token key files, and reloads the whole configuration on `SIGHUP`.
+/// Starts the first configuration's endpoint checks, follows the catalog and token key files,
+/// and reloads the whole configuration on `SIGHUP`.
 pub struct Reloader {
     live: Arc<Live>,
+    /// The first configuration's upstreams, whose resolution and health checks start with the
+    /// server's runtime.
+    first_upstreams: Mutex<Vec<Arc<Upstream>>>,
+    /// Set by a `SIGHUP` that came while the server was being built.
+    early_hangup: Arc<AtomicBool>,
 }
 
 impl Reloader {
-    pub fn new(live: Arc<Live>) -> Self {
-        Self { live }
+    pub fn new(
+        live: Arc<Live>,
+        first_upstreams: Vec<Arc<Upstream>>,
+        early_hangup: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            live,
+            first_upstreams: Mutex::new(first_upstreams),
+            early_hangup,
+        }
     }
 
     /// How often the current configuration's files are looked at; `None` for never.
@@ -250,6 +269,15 @@ impl Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let first = std::mem::take(
+            &mut *self
+                .first_upstreams
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for upstream in first {
+            upstream.start_in_background();
+        }
         let mut hangups =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(hangups) => Some(hangups),
@@ -258,24 +286,25 @@ impl BackgroundService for Reloader {
                     None
                 }
             };
-        let mut next_file_check = tokio::time::Instant::now();
+        if self.early_hangup.swap(false, Ordering::Relaxed) {
+            let _ = self.live.reload().await;
+        }
+        // Each second, the files of whichever configuration is current are due or not: a
+        // reload that adds a catalog or shortens an interval takes effect within a second.
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        let mut last_file_check = tokio::time::Instant::now();
         loop {
-            let state = self.live.current();
-            let file_interval = Self::file_interval(&state);
-            if let Some(interval) = file_interval
-                && tokio::time::Instant::now() >= next_file_check
-            {
-                Self::check_files(&state);
-                next_file_check = tokio::time::Instant::now() + interval;
-            }
-            drop(state);
-            let wake = match file_interval {
-                Some(_) => next_file_check,
-                None => tokio::time::Instant::now() + Duration::from_secs(3600),
-            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = ticks.tick() => {
+                    let state = self.live.current();
+                    if Self::file_interval(&state)
+                        .is_some_and(|interval| last_file_check.elapsed() >= interval)
+                    {
+                        Self::check_files(&state);
+                        last_file_check = tokio::time::Instant::now();
+                    }
+                }
                 Some(()) = async {
                     match hangups.as_mut() {
                         Some(hangups) => hangups.recv().await,

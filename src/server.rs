@@ -53,13 +53,15 @@ pub struct State {
     pub admin_connections: Arc<Connections>,
 }
 
-/// What outlives every configuration: the metrics, the listeners' counters and the drain.
+/// What outlives every configuration: the metrics, the listeners' counters, the drain, and
+/// the bound on attempts Pingora was built with.
 #[derive(Clone, Default)]
 pub struct Lifetime {
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub license_connections: Arc<Connections>,
     pub admin_connections: Arc<Connections>,
+    pub most_attempts: usize,
 }
 
 /// A state, and the upstreams it made whose resolution and health checks must start.
@@ -81,6 +83,9 @@ pub fn assemble(
     let mut providers = HashMap::new();
     for (name, provider_config) in &config.providers {
         let kept = previous
+            .filter(|previous| {
+                previous.config.server.upstream_idle_timeout == config.server.upstream_idle_timeout
+            })
             .and_then(|previous| previous.providers.get(name))
             .filter(|route| *route.config == **provider_config)
             .map(|route| route.upstreams.clone());
@@ -327,26 +332,28 @@ pub fn build(
     config: Config,
     config_path: Option<std::path::PathBuf>,
     upgrade: bool,
+    early_hangup: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Server, Arc<Live>), ConfigError> {
     let resources = load_resources(&config)?;
     let options = pingora::server::configuration::Opt {
         upgrade,
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Some(options), server_conf(&config));
-    let lifetime = Lifetime::default();
+    let conf = server_conf(&config);
+    let lifetime = Lifetime {
+        most_attempts: conf.max_retries,
+        ..Lifetime::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(options), conf);
     let Assembled {
         state,
         new_upstreams,
     } = assemble(config, resources, &lifetime, None)?;
-    for upstream in &new_upstreams {
-        server.add_service(upstream.background());
-    }
     resolve_before_serving(&new_upstreams);
     let live = Arc::new(Live::new(state, lifetime.clone(), config_path));
     server.add_service(pingora::services::background::background_service(
         "reloader",
-        Reloader::new(live.clone()),
+        Reloader::new(live.clone(), new_upstreams, early_hangup),
     ));
 
     let state = live.current();

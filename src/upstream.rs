@@ -19,7 +19,6 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 use pingora::protocols::l4::socket::SocketAddr;
-use pingora::services::background::GenBackgroundService;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -145,16 +144,8 @@ impl Upstream {
         }
     }
 
-    /// The service that resolves and health checks the endpoints.
-    pub fn background(&self) -> GenBackgroundService<LoadBalancer<RoundRobin>> {
-        GenBackgroundService::new(
-            format!("endpoints of {}", self.label),
-            self.balancer.clone(),
-        )
-    }
-
-    /// Starts the resolution and health checks of an upstream a reload made, on the running
-    /// server's runtime; they stop when the upstream is dropped.
+    /// Starts resolving and health checking the endpoints on the running server's runtime,
+    /// until the upstream is dropped (a reload retired it) or the process ends.
     pub fn start_in_background(&self) {
         let (retire, retired) = tokio::sync::watch::channel(false);
         if self.retire.set(retire).is_err() {

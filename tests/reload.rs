@@ -188,17 +188,26 @@ async fn ten_reloads_under_steady_load_switch_routes_and_fail_no_request() {
     );
 }
 
-/// A reload that leaves a provider's settings alone keeps its upstream: its pooled connection
-/// carries on, and nothing is resolved or opened again.
+/// A reload that leaves a provider's settings alone keeps its upstream: no endpoint is
+/// resolved or probed again, and its pooled connection carries on. A provider that keeps its
+/// name but changes its endpoint gets a new upstream.
 #[tokio::test]
-async fn an_unchanged_provider_keeps_its_connection_across_reloads() {
-    let sim = Sim::start(&[]);
-    // Probes that only connect, so that every connection the simulator counts carried a
-    // license request.
-    let config = routed_to("a", &sim).replace(
-        "kind = \"passthrough\"",
-        "health_check = \"connect\"\nkind = \"passthrough\"",
-    );
+async fn an_unchanged_provider_keeps_its_upstream_and_a_changed_one_moves() {
+    let (sim, other) = (Sim::start(&[]), Sim::start(&[]));
+    // Probes that only connect, once at start and then not for an hour: a new upstream shows
+    // as one more connection, its first probe.
+    let routed = |sim: &Sim| {
+        routed_to("a", sim)
+            .replace(
+                "health_check_interval_seconds = 1",
+                "health_check_interval_seconds = 3600",
+            )
+            .replace(
+                "kind = \"passthrough\"",
+                "health_check = \"connect\"\nkind = \"passthrough\"",
+            )
+    };
+    let config = routed(&sim);
     let gate = Gate::start_ready(&config).await;
     let challenge = fixture("license-request-kid-01020304.bin");
     let send = || async {
@@ -211,8 +220,8 @@ async fn an_unchanged_provider_keeps_its_connection_across_reloads() {
         assert_eq!(response.status(), 200);
     };
     send().await;
-    let opened = sim.stats().await["request_connections"].as_u64().unwrap();
-
+    let connections = || async { sim.stats().await["connections"].as_u64().unwrap() };
+    let before = connections().await;
     for generation in 2..=4 {
         std::fs::write(
             gate.dir().join("licensegate.toml"),
@@ -228,8 +237,18 @@ async fn an_unchanged_provider_keeps_its_connection_across_reloads() {
     }
     // The one connection more is the one that asks the simulator for its stats.
     assert_eq!(
-        sim.stats().await["request_connections"].as_u64().unwrap(),
-        opened + 1,
-        "a reload opened a new connection to an unchanged provider"
+        connections().await,
+        before + 1,
+        "a reload probed or connected to an unchanged provider again"
+    );
+
+    std::fs::write(gate.dir().join("licensegate.toml"), routed(&other)).unwrap();
+    let (status, body) = post_reload(&gate).await;
+    assert_eq!((status, body["generation"].as_u64()), (200, Some(5)));
+    send().await;
+    assert_eq!(
+        other.stats().await["licenses"],
+        1,
+        "the changed endpoint serves"
     );
 }
