@@ -28,6 +28,7 @@ pub mod service_certificate;
 pub mod shutdown;
 pub mod store;
 pub mod streams;
+pub mod trace;
 pub mod upstream;
 
 pub use licensegate_drm::{challenge, drm, keyseed, manifest};

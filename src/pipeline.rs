@@ -45,6 +45,7 @@ use crate::server::{ProviderRoute, State};
 use crate::service_certificate::{Certificate, Filler, Lookup};
 use crate::store::LeaseAsk;
 use crate::streams::{self, Admitted};
+use crate::trace::TraceContext;
 use crate::upstream::{Target, Upstream};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
@@ -58,6 +59,8 @@ pub struct RequestCtx {
     /// The configuration this request started on; a reload does not change it mid-request.
     pub state: Arc<State>,
     pub request_id: String,
+    /// The caller's trace continued, or one started for this request.
+    pub trace: TraceContext,
     pub started: Instant,
     pub origin: Origin,
     /// The DRM name, or the HLS label, for metrics and logs.
@@ -141,9 +144,11 @@ pub struct Forwarding {
 
 impl RequestCtx {
     pub fn new(state: Arc<State>) -> Self {
+        let id = uuid::Uuid::new_v4();
         Self {
             state,
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: id.to_string(),
+            trace: TraceContext::start(&id),
             started: Instant::now(),
             origin: Origin::Absent,
             label: "-",
@@ -329,6 +334,9 @@ pub async fn admit(
 ) -> Result<Admission, Problem> {
     ctx._in_flight = Some(InFlight::enter(&state.metrics.in_flight));
     let request = session.req_header();
+    if let Some(trace) = TraceContext::continued(&request.headers) {
+        ctx.trace = trace;
+    }
     check_header_limits(request, &state.config.server)?;
     ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
     if matches!(ctx.origin, Origin::Refused) {
@@ -1411,6 +1419,10 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
         request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
     }
     request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    request.insert_header(crate::trace::TRACEPARENT, ctx.trace.traceparent())?;
+    if let Some(state) = &ctx.trace.state {
+        request.insert_header(crate::trace::TRACESTATE, state.as_str())?;
+    }
     for (name, value) in authorization.map_or(&[][..], |a| a.headers.as_slice()) {
         request.insert_header(name.clone(), value.clone())?;
     }
@@ -1880,6 +1892,7 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
     tracing::info!(
         target: "licensegate::access",
         request_id = %ctx.request_id,
+        trace_id = %ctx.trace.trace_id,
         drm,
         provider,
         content_id = ctx.content_id.as_deref().unwrap_or("-"),

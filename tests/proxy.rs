@@ -589,3 +589,68 @@ async fn the_license_listener_speaks_tls_with_http2() {
         expected_license(&challenge)
     );
 }
+
+/// W3C trace context: a player's trace reaches the vendor under licensegate's own span, with
+/// its `tracestate`; without one (or with an invalid one) licensegate starts a trace named
+/// after the request id. The access line carries the trace id beside the request id.
+#[tokio::test]
+async fn trace_context_is_continued_to_the_vendor_or_started() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let send = |traceparent: Option<&'static str>| {
+        let mut request = client()
+            .post(gate.license_url("widevine", Some("demo")))
+            .body(fixture("license-request-kid-01020304.bin"));
+        if let Some(parent) = traceparent {
+            request = request
+                .header("traceparent", parent)
+                .header("tracestate", "player=abc");
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    send(Some(caller)).await;
+    let seen = &sim.stats().await["last_license_request_headers"];
+    let parent = seen["traceparent"].as_str().unwrap();
+    let fields: Vec<&str> = parent.split('-').collect();
+    assert_eq!(
+        fields[..2],
+        ["00", "4bf92f3577b34da6a3ce929d0e0e4736"],
+        "{parent}"
+    );
+    assert_ne!(
+        fields[2], "00f067aa0ba902b7",
+        "licensegate's span is the vendor's parent"
+    );
+    assert_eq!(fields[3], "01", "the sampled flag is kept");
+    assert_eq!(seen["tracestate"], "player=abc");
+
+    for traceparent in [
+        None,
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    ] {
+        let request_id = send(traceparent).await;
+        let seen = &sim.stats().await["last_license_request_headers"];
+        let parent = seen["traceparent"].as_str().unwrap();
+        assert!(
+            parent.starts_with(&format!("00-{}-", request_id.replace('-', ""))),
+            "{parent} for request {request_id}"
+        );
+        assert!(seen.get("tracestate").is_none(), "{seen}");
+    }
+
+    let log = gate.log();
+    assert!(
+        log.lines().any(|line| line.contains("request_id=")
+            && line.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736")),
+        "{log}"
+    );
+}

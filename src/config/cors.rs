@@ -28,6 +28,8 @@ impl Default for Cors {
                 "X-FairPlay-Uri",
                 "X-Playback-Session",
                 "X-Request-Id",
+                "traceparent",
+                "tracestate",
             ]
             .map(String::from)
             .to_vec(),
