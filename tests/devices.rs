@@ -3,9 +3,11 @@
 //! store or a real Redis shared by two licensegate instances, and the admin API.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use licensegate_testkit::{Gate, GateConfig, Redis, Sim, client, fixture, problem, user_token};
+use licensegate_testkit::{
+    Gate, GateConfig, Redis, RedisSentinel, Sim, client, fixture, problem, user_token,
+};
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -389,4 +391,71 @@ async fn the_embedded_store_keeps_every_device_across_kill_9() {
             "{device} was licensed before the crash but is not registered"
         );
     }
+}
+
+/// Redis Sentinel with a master and a replica: the master is killed while a player keeps
+/// asking. Until the sentinel has promoted the replica every answer is a license or
+/// `503 device_store_unavailable`, never a wrong one; then licenses flow again, and the limit
+/// still holds (the registrations replicated before the kill survive).
+#[tokio::test]
+async fn a_sentinel_failover_costs_503s_for_a_bounded_time_and_no_wrong_answer() {
+    let mut redis = RedisSentinel::start();
+    let sim = Sim::start(&["--vendor", "axinom"]);
+    let devices = format!(
+        "max_per_user = 3\n[store]\nkind = \"redis\"\nsentinels = [\"{}\"]\n\
+         master_name = \"{}\"\ntimeout_ms = 300",
+        redis.sentinel_url(),
+        RedisSentinel::MASTER_NAME
+    );
+    let gate = start(&config(&sim, &devices)).await;
+    for device in ["phone", "tablet", "tv"] {
+        assert_eq!(
+            license(&gate, "ann", device).await.status(),
+            200,
+            "{device}"
+        );
+    }
+    assert_eq!(license(&gate, "ann", "laptop").await.status(), 403);
+    redis.wait_for_replica();
+
+    let killed = Instant::now();
+    redis.kill_master();
+    let mut answers = Vec::new();
+    let mut last_refusal = None;
+    while killed.elapsed() < Duration::from_secs(30) {
+        let response = license(&gate, "ann", "phone").await;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap();
+        match status {
+            200 => assert!(body.starts_with(LICENSE_PREFIX)),
+            503 => {
+                let problem: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(problem["code"], "device_store_unavailable", "{problem}");
+                last_refusal = Some(killed.elapsed());
+            }
+            other => panic!("a wrong answer during the failover: {other}"),
+        }
+        answers.push(status);
+        if let Some(refused) = last_refusal
+            && killed.elapsed() > refused + Duration::from_secs(2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage = last_refusal.expect("killing the master refused nothing");
+    // The sentinel declares the master down after 1 s, then elects and promotes the replica.
+    assert!(
+        outage < Duration::from_secs(10),
+        "503s for {outage:?}: {answers:?}"
+    );
+    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+    assert_eq!(redis.current_master_port(), Some(redis.replica_port));
+    eprintln!("sentinel failover: 503 device_store_unavailable for {outage:?}");
+    assert_eq!(
+        license(&gate, "ann", "laptop").await.status(),
+        403,
+        "the limit survived the failover"
+    );
+    assert_eq!(registered(&gate, "ann").await.len(), 3);
 }

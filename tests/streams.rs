@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use licensegate_testkit::{
-    Gate, GateConfig, Player, Redis, Sim, client, fixture, problem, user_token,
+    Gate, GateConfig, Player, Redis, RedisCluster, Sim, client, fixture, problem, user_token,
 };
 use serde_json::{Value, json};
 
@@ -647,4 +647,60 @@ async fn vendor_licenses_renew_on_the_stream_interval_licensegate_asks_for() {
         );
         assert_eq!(sim.stats().await["live_widevine_sessions"], 1, "{kind}");
     }
+}
+
+/// A Redis Cluster of three masters: each user's keys share a hash tag, so each decision is
+/// one script on one slot, and two instances still hand out exactly the limit for every user
+/// at once, their keys spread over the masters.
+#[tokio::test]
+async fn two_instances_on_a_redis_cluster_hand_out_exactly_the_limit_per_user() {
+    let cluster = RedisCluster::start();
+    let sim = sim();
+    let nodes: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|url| format!("\"{url}\""))
+        .collect();
+    let extra = format!(
+        "[streams]\nmax_per_user = 3\ngrace_seconds = 60\n[store]\nkind = \"redis\"\n\
+         cluster_nodes = [{}]\n[rate_limits]\nshared = true\n\
+         per_user = {{ per_second = 1000, burst = 1000 }}\n",
+        nodes.join(", ")
+    );
+    let first = start(&config(&sim, &extra)).await;
+    let second = start(&config(&sim, &extra)).await;
+    let users = ["frank", "gina", "hugo", "ines", "jack", "kate"];
+    let mut starts = Vec::new();
+    for i in 0..120 {
+        let gate = if i % 2 == 0 { &first } else { &second };
+        let user = users[i % users.len()];
+        let mut player = player(gate, user);
+        starts.push(tokio::spawn(async move {
+            (user, player.start(challenge()).await.code())
+        }));
+    }
+    let mut admitted = std::collections::BTreeMap::new();
+    for start in starts {
+        let (user, code) = start.await.unwrap();
+        assert!(
+            code == "ok" || code == "stream_limit_reached",
+            "{user}: {code}"
+        );
+        if code == "ok" {
+            *admitted.entry(user).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        admitted.values().collect::<Vec<_>>(),
+        [&3; 6],
+        "{admitted:?}"
+    );
+    for user in users {
+        assert_eq!(active_streams(&second, user).await, 3, "{user}");
+    }
+    let spread = cluster.keys_per_node();
+    assert!(
+        spread.iter().filter(|keys| **keys > 0).count() >= 2,
+        "the users' keys all landed on one master: {spread:?}"
+    );
 }

@@ -586,6 +586,37 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_store_is_one_server_a_cluster_or_a_master_behind_sentinels() {
+        let store = |lines: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[store]\nkind = \"redis\"\n{lines}\n[rate_limits]\nshared = true\n\
+                 per_client = {{ per_second = 5.0, burst = 5 }}\n"
+            ))
+        };
+        let error = |lines: &str| store(lines).map(drop).unwrap_err().key;
+        assert_eq!(error(""), "store.redis_url");
+        assert_eq!(
+            error("redis_url = \"redis://a\"\ncluster_nodes = [\"redis://b\"]"),
+            "store.redis_url"
+        );
+        assert_eq!(
+            error("cluster_nodes = [\"redis://b:1\", \"http://c:2\"]"),
+            "store.cluster_nodes[1]"
+        );
+        assert_eq!(
+            error("sentinels = [\"redis://s:26379\"]"),
+            "store.master_name"
+        );
+        let config = store(
+            "sentinels = [\"redis://s:26379\"]\nmaster_name = \"m\"\nmaster_password = \"pw-secret\"",
+        )
+        .unwrap();
+        let settings = format!("{:?}", config.store.unwrap());
+        assert!(settings.contains("Sentinel(1 sentinels, m)"), "{settings}");
+        assert!(!settings.contains("pw-secret"), "{settings}");
+    }
+
+    #[test]
     fn errors_name_the_place_not_the_value() {
         let text = format!("{MINIMAL}\n[auth]\nkeys = \"s3cr3t-value\"");
         let err = parse(&text).unwrap_err();

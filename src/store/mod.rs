@@ -236,11 +236,10 @@ impl Shared {
                 redis: None,
                 timeout: settings.timeout,
             },
-            StoreBackend::Redis(url) => {
-                let redis = Arc::new(
-                    redis::RedisStore::new(url)
-                        .map_err(|e| ConfigError::new("store.redis_url", e.to_string()))?,
-                );
+            StoreBackend::Redis(topology) => {
+                let redis = Arc::new(redis::RedisStore::new(topology).map_err(|_| {
+                    ConfigError::new("store.redis_url", "not a usable Redis address")
+                })?);
                 Self {
                     store: redis.clone(),
                     redis: Some(redis),
@@ -277,10 +276,10 @@ impl Shared {
                         )
                     })
             }
-            StoreBackend::Redis(url) => ::redis::Client::open(url.as_str())
+            // The URLs may carry a password: the error names the key, not the value.
+            StoreBackend::Redis(topology) => redis::RedisStore::new(topology)
                 .map(drop)
-                // The URL may carry a password: the error names the key, not the value.
-                .map_err(|e| ConfigError::new("store.redis_url", format!("{:?}", e.kind()))),
+                .map_err(|_| ConfigError::new("store.redis_url", "not a usable Redis address")),
         }
     }
 
@@ -304,9 +303,15 @@ impl Shared {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(StoreError::TimedOut))
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                if let Some(redis) = &self.redis {
+                    redis.timed_out();
+                }
+                Err(StoreError::TimedOut)
+            }
+        }
     }
 }
 

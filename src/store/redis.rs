@@ -7,12 +7,17 @@
 //! - quota: a counter per period, expiring with it.
 //! - blocked: a string holding the block's end (0: none), expiring with it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncCommands, RedisFuture, Script};
 use tokio::sync::OnceCell;
+
+use crate::config::RedisTopology;
 
 use super::{
     DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot, Store, StoreError,
@@ -193,9 +198,8 @@ return 0
 ";
 
 pub struct RedisStore {
-    client: redis::Client,
     /// Connected on first use, so licensegate starts (and answers 503) while Redis is down.
-    connection: OnceCell<ConnectionManager>,
+    nodes: Nodes,
     admit_device: Script,
     acquire_stream: Script,
     renew_stream: Script,
@@ -231,12 +235,157 @@ fn parse_lease(session: String, value: &str) -> Option<Lease> {
     })
 }
 
+/// Where the fleet's Redis is, and the connection to it once made.
+enum Nodes {
+    Single {
+        client: redis::Client,
+        connection: OnceCell<ConnectionManager>,
+    },
+    /// Keys go to their slot's master; the client follows `MOVED` and a failover's new slots.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: OnceCell<ClusterConnection>,
+    },
+    /// The master the sentinels name, asked again once its connection is lost.
+    Sentinel(Arc<SentinelMaster>),
+}
+
+pub struct SentinelMaster {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    current: std::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl SentinelMaster {
+    async fn connection(self: &Arc<Self>) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(connection) = self.cached().clone() {
+            return Ok(connection);
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        if let Some(connection) = self.cached().clone() {
+            return Ok(connection);
+        }
+        let connection = sentinels
+            .get_async_connection()
+            .await
+            .map_err(store_error)?;
+        *self.cached() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next call asks the sentinels which node is master now.
+    pub fn forget(&self) {
+        *self.cached() = None;
+    }
+}
+
+/// One connection, whichever the topology: the scripts and commands run on it as on any.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(MultiplexedConnection, Arc<SentinelMaster>),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+            Connection::Sentinel(connection, master) => Box::pin(async move {
+                let answer = connection.req_packed_command(cmd).await;
+                forget_lost_master(&answer, master);
+                answer
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Sentinel(connection, master) => Box::pin(async move {
+                let answer = connection.req_packed_commands(cmd, offset, count).await;
+                forget_lost_master(&answer, master);
+                answer
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+            Connection::Sentinel(connection, _) => connection.get_db(),
+        }
+    }
+}
+
+/// A master that went away, or that a failover turned into a replica (it answers `READONLY`),
+/// is not asked again.
+fn forget_lost_master<T>(answer: &redis::RedisResult<T>, master: &SentinelMaster) {
+    if let Err(e) = answer
+        && (e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+            || e.kind() == redis::ErrorKind::ReadOnly)
+    {
+        master.forget();
+    }
+}
+
 impl RedisStore {
-    pub fn new(url: &str) -> Result<Self, StoreError> {
+    pub fn new(topology: &RedisTopology) -> Result<Self, StoreError> {
+        let nodes = match topology {
+            RedisTopology::Single(url) => Nodes::Single {
+                client: redis::Client::open(url.as_str()).map_err(store_error)?,
+                connection: OnceCell::new(),
+            },
+            RedisTopology::Cluster(urls) => Nodes::Cluster {
+                client: redis::cluster::ClusterClient::new(urls.clone()).map_err(store_error)?,
+                connection: OnceCell::new(),
+            },
+            RedisTopology::Sentinel {
+                sentinels,
+                master_name,
+                master_password,
+            } => {
+                let node = SentinelNodeConnectionInfo {
+                    tls_mode: None,
+                    redis_connection_info: master_password.as_ref().map(|password| {
+                        redis::RedisConnectionInfo {
+                            password: Some(password.clone()),
+                            ..Default::default()
+                        }
+                    }),
+                };
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master_name.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(store_error)?;
+                Nodes::Sentinel(Arc::new(SentinelMaster {
+                    sentinels: tokio::sync::Mutex::new(client),
+                    current: std::sync::Mutex::new(None),
+                }))
+            }
+        };
         let streams = |body: &str| Script::new(&format!("{READ_LEASES}\n{body}"));
         Ok(Self {
-            client: redis::Client::open(url).map_err(store_error)?,
-            connection: OnceCell::new(),
+            nodes,
             admit_device: Script::new(ADMIT_DEVICE),
             acquire_stream: streams(ACQUIRE_STREAM),
             renew_stream: streams(RENEW_STREAM),
@@ -247,12 +396,33 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-            .await
-            .cloned()
-            .map_err(store_error)
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        match &self.nodes {
+            Nodes::Single { client, connection } => connection
+                .get_or_try_init(|| ConnectionManager::new(client.clone()))
+                .await
+                .cloned()
+                .map(Connection::Single)
+                .map_err(store_error),
+            Nodes::Cluster { client, connection } => connection
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .cloned()
+                .map(Connection::Cluster)
+                .map_err(store_error),
+            Nodes::Sentinel(master) => Ok(Connection::Sentinel(
+                master.connection().await?,
+                master.clone(),
+            )),
+        }
+    }
+
+    /// A call that ran out of time may have been waiting on a master that is gone without a
+    /// word (a partition): the sentinels are asked again.
+    pub fn timed_out(&self) {
+        if let Nodes::Sentinel(master) = &self.nodes {
+            master.forget();
+        }
     }
 
     /// Takes one token from the bucket `bucket` (refilled one token per `interval`, holding
@@ -558,7 +728,7 @@ mod tests {
     #[tokio::test]
     async fn streams_quotas_blocks_and_tokens() {
         let redis = licensegate_testkit::Redis::start();
-        let store = RedisStore::new(&redis.url()).unwrap();
+        let store = RedisStore::new(&RedisTopology::Single(redis.url())).unwrap();
         super::super::conformance::streams_quotas_and_blocks(&store).await;
         let interval = Duration::from_millis(100);
         for _ in 0..3 {
