@@ -419,8 +419,11 @@ async fn skd_uris_name_the_content_and_a_stranger_key_is_refused() {
             .to_str()
             .unwrap()
             .to_string();
+        // Without a caller's trace, the trace is named after the request.
+        let trace_id = request_id.replace('-', "");
         let line = format!(
-            "request_id={request_id} drm=\"fairplay\" provider=\"axinom\" content_id=\"fp-axinom\""
+            "request_id={request_id} trace_id={trace_id} drm=\"fairplay\" provider=\"axinom\" \
+             content_id=\"fp-axinom\""
         );
         assert!(logged(&gate, &line).await, "{uri}");
     }
