@@ -49,7 +49,7 @@ fi
 command -v oha >/dev/null || cargo install oha --locked --quiet
 
 # The demo page's player and the end-to-end test's browser driver (no browser download).
-for dir in examples/web tests/e2e; do
+for dir in examples/web web/status tests/e2e; do
   if [ ! -d "$dir/node_modules" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi

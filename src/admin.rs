@@ -338,6 +338,29 @@ impl AdminApp {
                 .expect("valid response"),
             "/healthz" => json_response(200, json!({"status": "alive"})),
             "/readyz" => self.readiness(state),
+            "/status" | "/status/" => page("text/html; charset=utf-8", STATUS_PAGE),
+            "/status/app.js" => page("text/javascript; charset=utf-8", STATUS_SCRIPT),
+            "/status/data" => self.status_data(state),
+            "/status/uPlot.iife.min.js" | "/status/uPlot.min.css" => {
+                let name = path.trim_start_matches("/status/");
+                let file = state
+                    .config
+                    .admin
+                    .status_root
+                    .join("node_modules/uplot/dist")
+                    .join(name);
+                match tokio::fs::read(&file).await {
+                    Ok(bytes) => Response::builder()
+                        .status(200)
+                        .header(header::CONTENT_TYPE, crate::demo::content_type(&file))
+                        .header(header::CACHE_CONTROL, "max-age=3600")
+                        .body(bytes)
+                        .expect("valid response"),
+                    Err(_) => problem(Problem::not_found().with_detail(
+                        "the chart library is missing: run npm ci in admin.status_root (web/status)",
+                    )),
+                }
+            }
             "/metrics" => {
                 let healthy = &state.metrics.upstream_healthy_endpoints;
                 // Endpoint sets a reload removed drop out of the scrape.
@@ -355,6 +378,37 @@ impl AdminApp {
             }
             _ => problem(Problem::not_found()),
         }
+    }
+
+    /// The status page's numbers: cumulative counts since start (the page turns them into rates
+    /// and quantiles between two looks), endpoint health, and the configuration.
+    fn status_data(&self, state: &State) -> Response<Vec<u8>> {
+        let snapshot = state.metrics.snapshot();
+        let endpoints: Vec<serde_json::Value> = state
+            .routed_upstreams()
+            .iter()
+            .map(|upstream| {
+                json!({
+                    "upstream": upstream.label(),
+                    "healthy": upstream.healthy_endpoints(),
+                })
+            })
+            .collect();
+        json_response(
+            200,
+            json!({
+                "time_ms": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                "metrics": snapshot,
+                "endpoints": endpoints,
+                "config": self.live.status(),
+                "draining": state.drain.withdrawn(),
+                "admin_api": state.config.admin.token.is_some(),
+                "devices": state.devices.is_some(),
+                "streams": state.streams.is_some(),
+            }),
+        )
     }
 
     /// Ready once every provider that serves a route has at least one healthy endpoint, and
@@ -441,5 +495,19 @@ fn problem(problem: &Problem, request_id: &str) -> Response<Vec<u8>> {
         .status(problem.status)
         .header(header::CONTENT_TYPE, crate::problem::CONTENT_TYPE)
         .body(problem.to_body(request_id).to_vec())
+        .expect("valid response")
+}
+
+/// The status page is licensegate's own code, built into the binary; only its chart library
+/// is read from disk.
+const STATUS_PAGE: &str = include_str!("../web/status/index.html");
+const STATUS_SCRIPT: &str = include_str!("../web/status/app.js");
+
+fn page(content_type: &str, body: &str) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.as_bytes().to_vec())
         .expect("valid response")
 }

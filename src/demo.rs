@@ -143,7 +143,7 @@ fn byte_range(header: &str, len: u64) -> RangeAnswer {
     }
 }
 
-fn content_type(file: &Path) -> &'static str {
+pub fn content_type(file: &Path) -> &'static str {
     match file.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",

@@ -264,6 +264,53 @@ impl Metrics {
         }
     }
 
+    /// What the status page draws, summed over DRMs and providers: answers per outcome, the
+    /// license latency histogram, and ejections per endpoint; all cumulative since start.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            bounds: LATENCY_BUCKETS.to_vec(),
+            latency_counts: vec![0; LATENCY_BUCKETS.len() + 1],
+            in_flight: self.in_flight.get(),
+            ..Snapshot::default()
+        };
+        let label = |metric: &prometheus::proto::Metric, name: &str| {
+            metric
+                .get_label()
+                .iter()
+                .find(|pair| pair.name() == name)
+                .map(|pair| pair.value().to_string())
+                .unwrap_or_default()
+        };
+        for family in self.registry.gather() {
+            match family.name() {
+                "licensegate_license_request_duration_seconds" => {
+                    for metric in family.get_metric() {
+                        let histogram = metric.get_histogram();
+                        *snapshot
+                            .outcomes
+                            .entry(label(metric, "outcome"))
+                            .or_default() += histogram.get_sample_count();
+                        for (n, bucket) in histogram.get_bucket().iter().enumerate() {
+                            snapshot.latency_counts[n] += bucket.cumulative_count();
+                        }
+                        snapshot.latency_counts[LATENCY_BUCKETS.len()] +=
+                            histogram.get_sample_count();
+                    }
+                }
+                "licensegate_upstream_ejections_total" => {
+                    for metric in family.get_metric() {
+                        *snapshot
+                            .ejections
+                            .entry(label(metric, "endpoint"))
+                            .or_default() += metric.get_counter().get_value() as u64;
+                    }
+                }
+                _ => {}
+            }
+        }
+        snapshot
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
@@ -318,4 +365,16 @@ mod tests {
             "licensegate_license_request_duration_seconds_bucket{drm=\"widevine\",outcome=\"ok\",provider=\"sim\",le=\"0.005\"} 1"
         ), "{text}");
     }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Snapshot {
+    /// Answers per outcome (`ok` or a problem's code).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// The latency buckets' upper bounds in seconds; `latency_counts` has one more, +Inf.
+    pub bounds: Vec<f64>,
+    pub latency_counts: Vec<u64>,
+    /// Ejections per endpoint address.
+    pub ejections: std::collections::BTreeMap<String, u64>,
+    pub in_flight: i64,
 }

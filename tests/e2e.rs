@@ -124,3 +124,121 @@ async fn a_wrong_key_in_the_catalog_plays_nothing() {
     assert_eq!(state["currentTime"], 0.0, "{state}");
     assert_eq!(state["playing"], false, "{state}");
 }
+
+/// The status page in Chromium while licenses flow: its charts draw the traffic, and a user's
+/// device is looked up and freed from the page with the admin token. The screenshot is kept in
+/// `target/status-page.png`.
+#[tokio::test]
+async fn the_status_page_charts_traffic_and_frees_a_device_from_the_page() {
+    const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+    let sim = licensegate_testkit::Sim::start(&["--vendor", "axinom"]);
+    let config = GateConfig::new()
+        .provider(
+            "axinom",
+            &format!(
+                "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.axinom.settings]\n\
+                 com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
+                 com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
+                sim.url()
+            ),
+        )
+        .routes(&[("widevine", "axinom")])
+        .auth("")
+        .catalog()
+        .with(&format!(
+            "[devices]\nmax_per_user = 3\n[store]\npath = \"${{LG_DIR}}/licensegate.db\"\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\nstatus_root = \"{}\"",
+            repo().join("web/status").display()
+        ))
+        .build();
+    let catalog = "[content.demo]\nkey_ids = [\"01020304-0506-0708-090a-0b0c0d0e0f10\"]\n";
+    let gate = Gate::ready(Gate::start_with_files(
+        &config,
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let license_url = gate.license_url("widevine", Some("demo"));
+    // The viewer registers a device once; the steady traffic comes from another user.
+    let send = move |user: &'static str| {
+        let url = license_url.clone();
+        async move {
+            licensegate_testkit::client()
+                .post(url)
+                .bearer_auth(user_token(user, &["*"]))
+                .body(licensegate_testkit::fixture(
+                    "license-request-kid-01020304.bin",
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        send("viewer").await,
+        200,
+        "the viewer's device is registered"
+    );
+    let traffic = tokio::spawn(async move {
+        let until = Instant::now() + std::time::Duration::from_secs(40);
+        while Instant::now() < until {
+            send("traffic").await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+
+    let screenshot = repo().join("target/status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("http://127.0.0.1:{}/status", gate.admin_port);
+    let shot = screenshot.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(repo().join("tests/e2e"))
+            .arg("status.mjs")
+            .args([url.as_str(), ADMIN_TOKEN, "viewer"])
+            .arg(&shot)
+            .output()
+            .expect("node runs (scripts/setup.sh installs it)")
+    })
+    .await
+    .unwrap();
+    traffic.abort();
+    assert!(
+        output.status.success(),
+        "status.mjs failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        gate.log()
+    );
+    let page: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(page["samples"].as_u64().unwrap() >= 4, "{page}");
+    assert!(
+        page["peakRate"].as_f64().unwrap() > 1.0,
+        "the charts drew no traffic: {page}"
+    );
+    assert_eq!(page["errors"], serde_json::json!([]), "{page}");
+    assert_eq!(
+        (
+            page["devicesBefore"].as_u64(),
+            page["devicesAfter"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{page}"
+    );
+    let devices: Value = licensegate_testkit::client()
+        .get(gate.admin("/v1/devices/viewer"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        devices["devices"],
+        serde_json::json!([]),
+        "freed from the page"
+    );
+    let size = std::fs::metadata(&screenshot).unwrap().len();
+    assert!(size > 20_000, "screenshot of {size} bytes");
+    eprintln!("status page screenshot: {}", screenshot.display());
+}

@@ -136,13 +136,30 @@ pub(super) fn validate_quota(quota: Quota) -> Result<QuotaSettings, ConfigError>
 }
 
 /// `[admin]`: the admin API's bearer token (devices, streams, blocked users).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Admin {
     pub token: Option<String>,
     /// How long an instance trusts its last look at whether a user is blocked.
     #[serde(default = "default_block_check_ms")]
     pub block_check_ms: u64,
+    /// Where the status page finds its chart library (`node_modules/uplot`).
+    #[serde(default = "default_status_root")]
+    pub status_root: String,
+}
+
+fn default_status_root() -> String {
+    "web/status".into()
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            token: None,
+            block_check_ms: default_block_check_ms(),
+            status_root: default_status_root(),
+        }
+    }
 }
 
 fn default_block_check_ms() -> u64 {
@@ -153,6 +170,7 @@ fn default_block_check_ms() -> u64 {
 pub struct AdminSettings {
     pub token: Option<String>,
     pub block_check: Duration,
+    pub status_root: std::path::PathBuf,
 }
 
 pub(super) fn validate_admin(admin: Admin) -> Result<AdminSettings, ConfigError> {
@@ -165,5 +183,6 @@ pub(super) fn validate_admin(admin: Admin) -> Result<AdminSettings, ConfigError>
     Ok(AdminSettings {
         token: admin.token,
         block_check: Duration::from_millis(admin.block_check_ms),
+        status_root: admin.status_root.into(),
     })
 }
