@@ -393,8 +393,8 @@ async fn the_embedded_store_keeps_every_device_across_kill_9() {
     }
 }
 
-/// Redis Sentinel with a master and a replica: the master is killed while a player keeps
-/// asking. Until the sentinel has promoted the replica every answer is a license or
+/// Redis Sentinel with a master and a replica, two instances: the master is killed while a
+/// player keeps asking both. Until the sentinel has promoted the replica every answer is a license or
 /// `503 device_store_unavailable`, never a wrong one; then licenses flow again, and the limit
 /// still holds (the registrations replicated before the kill survive).
 #[tokio::test]
@@ -407,7 +407,10 @@ async fn a_sentinel_failover_costs_503s_for_a_bounded_time_and_no_wrong_answer()
         redis.sentinel_url(),
         RedisSentinel::MASTER_NAME
     );
-    let gate = start(&config(&sim, &devices)).await;
+    let (gate, other) = (
+        start(&config(&sim, &devices)).await,
+        start(&config(&sim, &devices)).await,
+    );
     for device in ["phone", "tablet", "tv"] {
         assert_eq!(
             license(&gate, "ann", device).await.status(),
@@ -415,7 +418,7 @@ async fn a_sentinel_failover_costs_503s_for_a_bounded_time_and_no_wrong_answer()
             "{device}"
         );
     }
-    assert_eq!(license(&gate, "ann", "laptop").await.status(), 403);
+    assert_eq!(license(&other, "ann", "laptop").await.status(), 403);
     redis.wait_for_replica();
 
     let killed = Instant::now();
@@ -423,7 +426,13 @@ async fn a_sentinel_failover_costs_503s_for_a_bounded_time_and_no_wrong_answer()
     let mut answers = Vec::new();
     let mut last_refusal = None;
     while killed.elapsed() < Duration::from_secs(30) {
-        let response = license(&gate, "ann", "phone").await;
+        // The two instances in turn, each asking for a registered device.
+        let instance = if answers.len() % 2 == 0 {
+            &gate
+        } else {
+            &other
+        };
+        let response = license(instance, "ann", "phone").await;
         let status = response.status().as_u16();
         let body = response.bytes().await.unwrap();
         match status {
@@ -452,10 +461,12 @@ async fn a_sentinel_failover_costs_503s_for_a_bounded_time_and_no_wrong_answer()
     assert_eq!(answers.last(), Some(&200), "{answers:?}");
     assert_eq!(redis.current_master_port(), Some(redis.replica_port));
     eprintln!("sentinel failover: 503 device_store_unavailable for {outage:?}");
-    assert_eq!(
-        license(&gate, "ann", "laptop").await.status(),
-        403,
-        "the limit survived the failover"
-    );
-    assert_eq!(registered(&gate, "ann").await.len(), 3);
+    for instance in [&gate, &other] {
+        assert_eq!(
+            license(instance, "ann", "laptop").await.status(),
+            403,
+            "the limit survived the failover"
+        );
+        assert_eq!(registered(instance, "ann").await.len(), 3);
+    }
 }
