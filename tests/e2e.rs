@@ -135,12 +135,7 @@ async fn the_status_page_charts_traffic_and_frees_a_device_from_the_page() {
     let config = GateConfig::new()
         .provider(
             "axinom",
-            &format!(
-                "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.axinom.settings]\n\
-                 com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
-                 com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
-                sim.url()
-            ),
+            &licensegate_testkit::axinom_provider("axinom", &sim),
         )
         .routes(&[("widevine", "axinom")])
         .auth("")

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use licensegate_testkit::{Gate, GateConfig, Sim, client, fixture};
+use licensegate_testkit::{Gate, GateConfig, Sim, SteadyLoad, client, fixture};
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -84,22 +84,12 @@ async fn ten_reloads_under_steady_load_switch_routes_and_fail_no_request() {
     let config_path = gate.dir().join("licensegate.toml");
     let challenge = gate.dir().join("challenge.bin");
     std::fs::write(&challenge, fixture("license-request-kid-01020304.bin")).unwrap();
-    let load = std::process::Command::new("oha")
-        .args([
-            "--no-tui",
-            "--output-format",
-            "json",
-            "-z",
-            "14s",
-            "-q",
-            "200",
-        ])
-        .args(["-c", "8", "-m", "POST", "-D"])
-        .arg(&challenge)
-        .arg(gate.license_url("widevine", Some("demo")))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("oha must be installed (scripts/setup.sh installs it)");
+    let load = SteadyLoad::start(
+        &gate.license_url("widevine", Some("demo")),
+        &challenge,
+        14,
+        200,
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let pid = gate.child().id();
@@ -159,21 +149,7 @@ async fn ten_reloads_under_steady_load_switch_routes_and_fail_no_request() {
         }
     }
 
-    let report = tokio::task::spawn_blocking(move || load.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
-    let statuses = report["statusCodeDistribution"].as_object().unwrap();
-    assert_eq!(statuses.keys().collect::<Vec<_>>(), ["200"], "{report}");
-    assert!(statuses["200"].as_u64().unwrap() >= 2500, "{report}");
-    let errors = report["errorDistribution"].as_object().unwrap();
-    assert!(
-        errors
-            .keys()
-            .all(|error| error == "aborted due to deadline"),
-        "{report}\n{}",
-        gate.log()
-    );
+    load.assert_all_ok(2500, || gate.log()).await;
     let metrics = gate.metrics().await;
     for line in [
         "licensegate_config_reloads_total{result=\"ok\"} 10",

@@ -563,20 +563,15 @@ async fn two_instances_on_one_redis_share_one_rate_limit() {
 
 /// A provider of `kind` on `sim`, with the simulator's credentials.
 fn vendor_provider(kind: &str, sim: &Sim) -> String {
-    let settings = match kind {
-        "axinom" => {
-            "com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
-             com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\""
-        }
-        _ => {
-            "site_id = \"SIM0\"\nsite_key = \"sim-site-key-0123456789abcdefghi\"\n\
-             access_key = \"sim-access-key\""
-        }
-    };
-    format!(
-        "kind = \"{kind}\"\nendpoints = [\"{}\"]\n[providers.vendor.settings]\n{settings}",
-        sim.url()
-    )
+    match kind {
+        "axinom" => licensegate_testkit::axinom_provider("vendor", sim),
+        _ => format!(
+            "kind = \"{kind}\"\nendpoints = [\"{}\"]\n[providers.vendor.settings]\n\
+             site_id = \"SIM0\"\nsite_key = \"sim-site-key-0123456789abcdefghi\"\n\
+             access_key = \"sim-access-key\"",
+            sim.url()
+        ),
+    }
 }
 
 /// With a stream limit every license renews: the vendor's authorization (Axinom's entitlement

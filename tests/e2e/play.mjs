@@ -1,22 +1,10 @@
 // Opens the demo page in Debian's Chromium and reports what the player did, as one JSON line:
 // {currentTime, decodedFrames, license, error, playing}. Usage:
 //   node play.mjs <page url> <seconds to wait> [screenshot.png]
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [url, seconds = '15', screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--autoplay-policy=no-user-gesture-required',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launch(['--autoplay-policy=no-user-gesture-required']);
 try {
   const page = await browser.newPage();
   await page.goto(url);

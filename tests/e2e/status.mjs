@@ -3,21 +3,10 @@
 // from the page, and saves a screenshot. Prints one JSON line:
 // {samples, peakRate, devicesBefore, devicesAfter}. Usage:
 //   node status.mjs <status url> <admin token> <user> <screenshot.png>
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [url, adminToken, user, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
   const errors = [];

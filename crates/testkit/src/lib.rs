@@ -525,6 +525,70 @@ impl Drop for Prometheus {
     }
 }
 
+/// The body of `[providers.NAME]` for an Axinom provider on `sim` (started with
+/// `--vendor axinom`), with the simulator's communication key.
+pub fn axinom_provider(name: &str, sim: &Sim) -> String {
+    format!(
+        "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.{name}.settings]\n\
+         com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
+         com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
+        sim.url()
+    )
+}
+
+/// oha posting `body` to `url` at `rate` per second over 8 connections for `seconds`, in
+/// the background, as a steady player population.
+pub struct SteadyLoad {
+    child: Child,
+}
+
+impl SteadyLoad {
+    pub fn start(url: &str, body: &Path, seconds: u64, rate: u64) -> SteadyLoad {
+        let child = Command::new("oha")
+            .args(["--no-tui", "--output-format", "json"])
+            .args([
+                "-z",
+                &format!("{seconds}s"),
+                "-q",
+                &rate.to_string(),
+                "-c",
+                "8",
+            ])
+            .args(["-m", "POST", "-D"])
+            .arg(body)
+            .arg(url)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("oha must be installed (scripts/setup.sh installs it)");
+        SteadyLoad { child }
+    }
+
+    /// Waits for the run to end and asserts that every request got a 200, at least
+    /// `at_least` of them; `context` is printed on failure (a log).
+    pub async fn assert_all_ok(self, at_least: u64, context: impl Fn() -> String) {
+        let child = self.child;
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let statuses = report["statusCodeDistribution"].as_object().unwrap();
+        assert_eq!(statuses.keys().collect::<Vec<_>>(), ["200"], "{report}");
+        // oha may start a request or two beyond the rate; every one must succeed.
+        assert!(statuses["200"].as_u64().unwrap() >= at_least, "{report}");
+        // With JSON output oha ends a run by cancelling connection tasks that wait for their
+        // next turn and reports each as "aborted due to deadline", beside the results it
+        // counted; any failed request shows as another error or a missing 200.
+        let errors = report["errorDistribution"].as_object().unwrap();
+        assert!(
+            errors
+                .keys()
+                .all(|error| error == "aborted due to deadline"),
+            "{report}\n{}",
+            context()
+        );
+    }
+}
+
 /// `redis-cli` against a local port; what it printed.
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
