@@ -30,17 +30,7 @@ out="loadtest/results"
 mkdir -p "$out"
 cp tests/fixtures/license-request-kid-01020304.bin "$out/profile-challenge.bin"
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
+source loadtest/processes.sh
 
 config="$out/profile-$mode.toml"
 cat >"$config" <<TOML

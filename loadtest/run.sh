@@ -40,18 +40,7 @@ while True:
 open(path, "wb").write(base + bytes([0x32]) + bytes(varint) + os.urandom(pad))
 PY
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
+source loadtest/processes.sh
 
 ./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads "${SIM_THREADS:-2}" >/dev/null &
 pids+=($!)
