@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, RequestHeader, Session};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp};
@@ -33,6 +34,10 @@ impl LicenseProxy {
 #[async_trait]
 impl ProxyHttp for LicenseProxy {
     type CTX = RequestCtx;
+
+    /// Pingora adds a response compression module (off) to every request by default; licenses
+    /// are small binaries that are never compressed, so no module runs at all.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.live.current())

@@ -643,5 +643,10 @@ async fn nginx_as_an_h2_vendor_echoes_and_refuses_inside_a_200() {
     let body = problem(response, 403, "vendor_refused").await;
     assert_eq!(body["vendor_code"], "8001");
     assert_eq!(body["vendor_message"], "Invalid token");
+    // nginx writes its access line after the answer has gone out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while nginx.access_log().len() < 11 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(nginx.access_log().len(), 11);
 }
