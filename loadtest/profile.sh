@@ -32,50 +32,18 @@ cp tests/fixtures/license-request-kid-01020304.bin "$out/profile-challenge.bin"
 
 source loadtest/processes.sh
 
+source loadtest/configs.sh
 config="$out/profile-$mode.toml"
-cat >"$config" <<TOML
-[listeners]
-license = "127.0.0.1:$gate_port"
-admin = "127.0.0.1:$admin_port"
-[server]
-threads = ${GATE_THREADS:-2}
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-TOML
 case "$mode" in
   passthrough)
     ./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads 1 >/dev/null &
-    cat >>"$config" <<TOML
-[providers.sim]
-kind = "passthrough"
-endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
-[routes]
-widevine = "sim"
-TOML
+    { listeners 0; passthrough "$sim_port"; } >"$config"
     url="http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
     ;;
   pipeline)
     ./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads 1 --vendor axinom \
       >/dev/null &
-    cat >>"$config" <<TOML
-[providers.axinom]
-kind = "axinom"
-endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
-[providers.axinom.settings]
-com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
-com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
-[routes]
-widevine = "axinom"
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "\${LOADTEST_SECRET}"
-[catalog]
-path = "conf/catalog/demo.toml"
-[policies.streaming]
-security_level = 1
-TOML
+    { listeners 0; axinom "$sim_port"; identity; } >"$config"
     url="http://127.0.0.1:$gate_port/v1/license/widevine?content=demo"
     ;;
   *)

@@ -46,56 +46,7 @@ source loadtest/processes.sh
 pids+=($!)
 wait_port "$sim_port"
 
-# One licensegate per configuration, each on its own ports: n-th gets gate_port + n.
-listeners() { # n
-  cat <<TOML
-[listeners]
-license = "127.0.0.1:$((gate_port + $1))"
-admin = "127.0.0.1:$((admin_port + $1))"
-[server]
-threads = ${GATE_THREADS:-2}
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 1
-TOML
-}
-passthrough() {
-  cat <<TOML
-[providers.sim]
-kind = "passthrough"
-endpoints = ["http://127.0.0.1:$sim_port/AcquireLicense"]
-protocol = "h2"
-[routes]
-widevine = "sim"
-TOML
-}
-# Users, a catalog and entitlement: what issue 3's pipeline costs.
-identity() {
-  cat <<TOML
-[auth]
-[[auth.keys]]
-kind = "secret"
-algorithm = "HS256"
-secret = "\${LOADTEST_SECRET}"
-[catalog]
-path = "conf/catalog/demo.toml"
-[policies.streaming]
-security_level = 1
-TOML
-}
-# Licensed through Axinom: a signed entitlement message per user and content (cached).
-axinom() { # simulator port
-  cat <<TOML
-[providers.axinom]
-kind = "axinom"
-endpoints = ["http://127.0.0.1:$1/AcquireLicense"]
-protocol = "h2"
-[providers.axinom.settings]
-com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
-com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
-[routes]
-widevine = "axinom"
-TOML
-}
+source loadtest/configs.sh
 # FairPlay: a player's JSON envelope in, the vendor's form out, and the CKC back re-wrapped.
 fairplay() {
   cat <<TOML
@@ -154,8 +105,8 @@ redis="kind = \"redis\"
 redis_url = \"redis://127.0.0.1:$redis_port\""
 gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis fairplay
   rate_limits streams_embedded streams_redis)
-{ listeners 0; passthrough; } >"$out/licensegate.toml"
-{ listeners 1; passthrough; identity; } >"$out/identity.toml"
+{ listeners 0; passthrough "$sim_port"; } >"$out/licensegate.toml"
+{ listeners 1; passthrough "$sim_port"; identity; } >"$out/identity.toml"
 { listeners 2; axinom "$axinom_sim_port"; identity; } >"$out/axinom.toml"
 { listeners 3; axinom "$sim_port"; identity; } >"$out/axinom_plain.toml"
 { listeners 4; axinom "$axinom_sim_port"; identity; devices; store "$(embedded 4)"; } \

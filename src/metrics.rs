@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 /// From half a millisecond (a cached answer) to ten seconds (a provider at its timeout).
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 

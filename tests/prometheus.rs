@@ -12,10 +12,6 @@ use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 const KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
-/// `licensegate_license_request_duration_seconds`' bucket bounds (`src/metrics.rs`).
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// Widevine through a generic provider that mints a cached header per user; PlayReady to a
 /// vendor that answers after the read timeout, so that its requests fail and its endpoint is
@@ -195,7 +191,7 @@ async fn a_real_prometheus_agrees_with_the_traffic_and_runs_every_rule_and_dashb
     // p99 (which includes the network, so is never below licensegate's).
     ok_latencies.sort();
     let client_p99 = ok_latencies[ok_latencies.len() * 99 / 100 - 1].as_secs_f64();
-    let upper = BUCKETS
+    let upper = licensegate::metrics::LATENCY_BUCKETS
         .iter()
         .copied()
         .find(|bound| *bound >= client_p99)
