@@ -4,7 +4,7 @@
 //! log line.
 //!
 //!   cargo run --release --example bare_proxy -- --listen 127.0.0.1:18100 \
-//!     --upstream 127.0.0.1:18090 --protocol h2 --threads 2
+//!     --upstream 127.0.0.1:18090 --protocol h2 --threads 2 --h2-streams 100
 
 use std::net::SocketAddr;
 
@@ -32,11 +32,16 @@ struct Cli {
     protocol: Protocol,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Streams an h2c connection carries at once; Pingora's default of 1 opens a connection
+    /// per concurrent request, more shares one as licensegate does.
+    #[arg(long, default_value_t = 1)]
+    h2_streams: usize,
 }
 
 struct Bare {
     upstream: SocketAddr,
     protocol: Protocol,
+    h2_streams: usize,
 }
 
 #[async_trait]
@@ -61,6 +66,7 @@ impl ProxyHttp for Bare {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         if self.protocol == Protocol::H2 {
             peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = self.h2_streams;
         }
         Ok(Box::new(peer))
     }
@@ -79,6 +85,7 @@ fn main() {
         Bare {
             upstream: cli.upstream,
             protocol: cli.protocol,
+            h2_streams: cli.h2_streams,
         },
     );
     let mut options = HttpServerOptions::default();

@@ -205,135 +205,7 @@ stats_port=$sim_port
 run direct_rate "$direct" -n "$rate_requests" -q "$rate"
 run licensegate_rate "$gate" -n "$rate_requests" -q "$rate"
 
-# The comparison (issue 15): licensegate pass-through against nginx's proxy_pass and a bare
-# Pingora proxy, each to the simulator and to an independent upstream (nginx reading the whole
-# body before it answers), saturated and at a fixed rate, with the CPU each proxy process
-# spent per request at that rate.
-cmp_rate="${CMP_RATE:-3000}"
-cmp_requests="${CMP_REQUESTS:-30000}"
-nginx_dir=$(mktemp -d)
-echo_port=$((sim_port + 3))
-nginx_proxy_port=$((sim_port + 4))
-cat >"$nginx_dir/nginx.conf" <<NGINX
-load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
-worker_processes 1;
-pid $nginx_dir/nginx.pid;
-error_log $nginx_dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_buffer_size 64k;
-  upstream sim { server 127.0.0.1:$sim_port; keepalive 64; }
-  upstream echo_h1 { server 127.0.0.1:$((echo_port + 100)); keepalive 64; }
-  # The independent upstream: answers only once it has read the whole challenge.
-  server {
-    listen 127.0.0.1:$echo_port http2;
-    listen 127.0.0.1:$((echo_port + 100));
-    location / { echo_read_request_body; echo "licensed"; }
-  }
-  # The proxy to beat: proxy_pass with upstream keep-alive.
-  server {
-    listen 127.0.0.1:$nginx_proxy_port;
-    location /sim/ { proxy_pass http://sim/; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    location /echo/ { proxy_pass http://echo_h1/; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-nginx -c "$nginx_dir/nginx.conf" -p "$nginx_dir" -g 'daemon off;' &
-pids+=($!)
-nginx_master=$!
-wait_port "$nginx_proxy_port"
-nginx_worker() { pgrep -P "$nginx_master" | head -1; }
-
-bare=./target/release/examples/bare_proxy
-bare_h2_sim=$((gate_port + 20)); bare_h1_sim=$((gate_port + 21))
-bare_h2_echo=$((gate_port + 22)); bare_h1_echo=$((gate_port + 23))
-$bare --listen "127.0.0.1:$bare_h2_sim" --upstream "127.0.0.1:$sim_port" --protocol h2 \
-  --threads "${GATE_THREADS:-2}" >/dev/null 2>&1 &
-pids+=($!); bare_h2_sim_pid=$!
-$bare --listen "127.0.0.1:$bare_h1_sim" --upstream "127.0.0.1:$sim_port" --protocol h1 \
-  --threads "${GATE_THREADS:-2}" >/dev/null 2>&1 &
-pids+=($!); bare_h1_sim_pid=$!
-$bare --listen "127.0.0.1:$bare_h2_echo" --upstream "127.0.0.1:$echo_port" --protocol h2 \
-  --threads "${GATE_THREADS:-2}" >/dev/null 2>&1 &
-pids+=($!); bare_h2_echo_pid=$!
-$bare --listen "127.0.0.1:$bare_h1_echo" --upstream "127.0.0.1:$((echo_port + 100))" \
-  --protocol h1 --threads "${GATE_THREADS:-2}" >/dev/null 2>&1 &
-pids+=($!); bare_h1_echo_pid=$!
-for port in "$bare_h2_sim" "$bare_h1_sim" "$bare_h2_echo" "$bare_h1_echo"; do wait_port "$port"; done
-
-# licensegate pass-through over HTTP/1.1 to the simulator, and over h2c and HTTP/1.1 to nginx.
-cmp_gates=()
-cmp_gate() { # n name endpoint protocol
-  { listeners "$1"; cat <<TOML
-[providers.up]
-kind = "passthrough"
-endpoints = ["$3"]
-protocol = "$4"
-health_check = "connect"
-[routes]
-widevine = "up"
-TOML
-  } >"$out/$2.toml"
-  RUST_LOG=warn ./target/release/licensegate serve --config "$out/$2.toml" >"$out/$2.log" 2>&1 &
-  pids+=($!)
-  eval "${2}_pid=$!"
-  for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$((admin_port + $1))/readyz" >/dev/null && break
-    sleep 0.05
-  done
-}
-cmp_gate 30 gate_h1_sim "http://127.0.0.1:$sim_port/AcquireLicense" h1
-cmp_gate 31 gate_h2_echo "http://127.0.0.1:$echo_port/AcquireLicense" h2
-cmp_gate 32 gate_h1_echo "http://127.0.0.1:$((echo_port + 100))/AcquireLicense" h1
-licensegate_pid=$(pgrep -f "serve --config $out/licensegate.toml" | head -1)
-
-cpu_ticks() { # pid: user + system clock ticks, children included
-  awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"
-}
-# run_cpu name url pid: the fixed-rate run, and the proxy's CPU microseconds per request.
-run_cpu() {
-  local name=$1 url=$2 pid=$3 before after
-  before=$(cpu_ticks "$pid")
-  oha -n "$cmp_requests" -q "$cmp_rate" -c "$connections" -m POST -D "$out/challenge.bin" \
-    -H "Content-Type: application/octet-stream" --no-tui --output-format json "$url" \
-    >"$out/$name.json"
-  after=$(cpu_ticks "$pid")
-  python3 -c "import os,sys; print((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / os.sysconf('SC_CLK_TCK') / int(sys.argv[3]))" \
-    "$before" "$after" "$cmp_requests" >"$out/$name.cpu"
-}
-saturate() { # name url
-  oha -n "$requests" -c "$connections" -m POST -D "$out/challenge.bin" \
-    -H "Content-Type: application/octet-stream" --no-tui --output-format json "$2" >"$out/$1.json"
-}
-license_path="/v1/license/widevine?content=loadtest"
-for upstream in sim echo; do
-  if [ "$upstream" = sim ]; then
-    h2_gate="$gate"; h2_gate_pid=$licensegate_pid
-    h1_gate="http://127.0.0.1:$((gate_port + 30))$license_path"; h1_gate_pid=$gate_h1_sim_pid
-    bare_h2="http://127.0.0.1:$bare_h2_sim/AcquireLicense"; bare_h2_pid=$bare_h2_sim_pid
-    bare_h1="http://127.0.0.1:$bare_h1_sim/AcquireLicense"; bare_h1_pid=$bare_h1_sim_pid
-  else
-    h2_gate="http://127.0.0.1:$((gate_port + 31))$license_path"; h2_gate_pid=$gate_h2_echo_pid
-    h1_gate="http://127.0.0.1:$((gate_port + 32))$license_path"; h1_gate_pid=$gate_h1_echo_pid
-    bare_h2="http://127.0.0.1:$bare_h2_echo/AcquireLicense"; bare_h2_pid=$bare_h2_echo_pid
-    bare_h1="http://127.0.0.1:$bare_h1_echo/AcquireLicense"; bare_h1_pid=$bare_h1_echo_pid
-  fi
-  nginx_url="http://127.0.0.1:$nginx_proxy_port/$upstream/AcquireLicense"
-  for proxy in nginx bare_h2 bare_h1 gate_h2 gate_h1; do
-    case $proxy in
-      nginx) url=$nginx_url; pid=$(nginx_worker) ;;
-      bare_h2) url=$bare_h2; pid=$bare_h2_pid ;;
-      bare_h1) url=$bare_h1; pid=$bare_h1_pid ;;
-      gate_h2) url=$h2_gate; pid=$h2_gate_pid ;;
-      gate_h1) url=$h1_gate; pid=$h1_gate_pid ;;
-    esac
-    saturate "cmp_${upstream}_${proxy}" "$url"
-    run_cpu "cmp_${upstream}_${proxy}_rate" "$url" "$pid"
-  done
-done
-
-python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" "$cmp_rate" <<'PY'
+python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$rate" <<'PY'
 import json, sys
 out, requests, connections, size, rate = sys.argv[1], *sys.argv[2:6]
 rows = {}
@@ -383,27 +255,9 @@ print(f"rate limits: ratio i/d {rows['rate_limits'][0] / d[0]:.2f}; stream renew
       f"k/g {rows['streams_redis'][0] / rows['devices_redis'][0]:.2f}")
 print(f"at {rate} req/s: p50 added {br[1] - ar[1]:.2f} ms, p99 added {br[2] - ar[2]:.2f} ms")
 
-cmp_rate = sys.argv[6]
-print(f"\nThe comparison: pass-through proxies, saturated ({requests} requests) and at {cmp_rate} req/s"
-      " (CPU of the proxy process per request, children included)\n")
-print(f"| {'upstream':<8} | {'proxy':<26} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |"
-      f" {'at rate p99 ms':>14} | {'CPU us/req':>10} | {'vs nginx':>8} | {'vs bare':>7} |")
-print(f"|{'-'*10}|{'-'*28}|{'-'*10}|{'-'*9}|{'-'*9}|{'-'*8}|{'-'*16}|{'-'*12}|{'-'*10}|{'-'*9}|")
-names = {"nginx": "nginx proxy_pass (h1)", "bare_h2": "bare Pingora, h2c", "bare_h1": "bare Pingora, HTTP/1.1",
-         "gate_h2": "licensegate, h2c", "gate_h1": "licensegate, HTTP/1.1"}
-def summary(name):
-    report = json.load(open(f"{out}/{name}.json"))
-    statuses = report.get("statusCodeDistribution", {})
-    errors = sum(report.get("errorDistribution", {}).values())
-    errors += sum(n for code, n in statuses.items() if code != "200")
-    return report["summary"]["requestsPerSec"], report["latencyPercentiles"]["p50"] * 1000, \
-        report["latencyPercentiles"]["p99"] * 1000, errors
-for upstream in ("sim", "echo"):
-    cpu = {p: float(open(f"{out}/cmp_{upstream}_{p}_rate.cpu").read()) for p in names}
-    for proxy, label in names.items():
-        rps, p50, p99, errors = summary(f"cmp_{upstream}_{proxy}")
-        _, _, rate_p99, rate_errors = summary(f"cmp_{upstream}_{proxy}_rate")
-        bare = cpu["bare_h1" if proxy.endswith("h1") else "bare_h2"]
-        print(f"| {upstream:<8} | {label:<26} | {rps:>8.0f} | {p50:>7.2f} | {p99:>7.2f} | {errors + rate_errors:>6} |"
-              f" {rate_p99:>14.2f} | {cpu[proxy]:>10.1f} | {cpu[proxy] / cpu['nginx']:>8.2f} | {cpu[proxy] / bare:>7.2f} |")
 PY
+cleanup
+pids=()
+
+# What a license costs against nginx and a bare Pingora proxy, on ports of its own.
+LOADTEST_PREPARED=1 loadtest/compare.sh

@@ -15,6 +15,7 @@ pub mod fairplay;
 pub mod forwarded;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod playready;

@@ -1,12 +1,11 @@
 //! The `licensegate` command: serve, or check a config.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use licensegate::challenge::Kid;
-use licensegate::config::{AuthKeySource, Config, LogFormat};
+use licensegate::config::{AuthKeySource, Config};
 use licensegate::keyseed::KeySeed;
 
 const DEFAULT_CONFIG: &str = "conf/licensegate.toml";
@@ -147,7 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(config.server.log_format);
+            licensegate::logging::init(config.server.log_format);
             for deprecation in &config.deprecations {
                 tracing::warn!("{deprecation}");
             }
@@ -185,6 +184,7 @@ fn main() -> ExitCode {
                     hold,
                 }),
             });
+            licensegate::logging::flush();
             ExitCode::SUCCESS
         }
     }
@@ -261,35 +261,4 @@ fn derive_key(seed: &str, kid: &str) -> Result<String, String> {
         hex::encode(key),
         base64::engine::general_purpose::STANDARD.encode(key)
     ))
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Pingora and h2 print request bytes and headers (bearer tokens, provider authorizations)
-    // at debug level; no RUST_LOG setting, however specific, turns that on.
-    let at_most_info = tracing_subscriber::filter::filter_fn(|event| {
-        let target = event.target();
-        let chatty = target.starts_with("pingora") || target.starts_with("h2");
-        !chatty || *event.level() <= tracing::Level::INFO
-    });
-    let ansi = std::io::stdout().is_terminal();
-    let registry = tracing_subscriber::registry()
-        .with(at_most_info)
-        .with(filter);
-    match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_ansi(ansi),
-            )
-            .init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
-            .init(),
-    }
 }

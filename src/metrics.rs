@@ -2,8 +2,8 @@
 //! servers side by side without sharing counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// From half a millisecond (a cached answer) to ten seconds (a provider at its timeout).
@@ -33,6 +33,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub upstream_healthy_endpoints: IntGaugeVec,
+    pub log_lines_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -206,6 +207,12 @@ impl Metrics {
             &["upstream"],
         )
         .expect("valid gauge");
+        let log_lines_dropped = IntCounter::new(
+            "licensegate_log_lines_dropped_total",
+            "Log lines (access lines among them) dropped because the log writer thread fell a \
+             whole queue behind stdout",
+        )
+        .expect("valid counter");
         // A series that appears already at 1 has no increase to alert on: the ones alerts
         // watch exist at 0 from the start.
         for result in ["ok", "error"] {
@@ -218,6 +225,7 @@ impl Metrics {
         for collector in [
             Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_healthy_endpoints.clone()),
+            Box::new(log_lines_dropped.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(upstream_ejections.clone()),
@@ -261,6 +269,7 @@ impl Metrics {
             config_reloads,
             config_generation,
             upstream_healthy_endpoints,
+            log_lines_dropped,
         }
     }
 

@@ -1125,18 +1125,34 @@ async fn read_challenge(
     }
     session.enable_retry_buffering();
     let read = async {
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+        // Most challenges arrive in one chunk, which is kept as it came; only a challenge in
+        // several chunks is copied into one buffer.
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut len = 0;
         while let Some(chunk) = session.read_request_body().await.map_err(|e| {
             Problem::new(Refusal::ChallengeUnreadable).with_detail(e.etype().as_str())
         })? {
-            if body.len() + chunk.len() > limit {
+            len += chunk.len();
+            if len > limit {
                 return Err(Problem::body_too_large(limit));
             }
-            body.extend_from_slice(&chunk);
+            match (&mut joined, first.take()) {
+                (Some(joined), _) => joined.extend_from_slice(&chunk),
+                (None, None) => first = Some(chunk),
+                (None, Some(earlier)) => {
+                    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(len).min(limit));
+                    buffer.extend_from_slice(&earlier);
+                    buffer.extend_from_slice(&chunk);
+                    joined = Some(buffer);
+                }
+            }
         }
-        Ok(body.freeze())
+        Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
     };
-    let body = tokio::time::timeout(server.challenge_read_timeout, read)
+    // Pingora's timer wheel: one registration per millisecond shared by every request, where
+    // tokio's timer takes a lock and an entry per request.
+    let body = pingora::time::timeout(server.challenge_read_timeout, read)
         .await
         .map_err(|_| Problem::new(Refusal::ChallengeTimeout))??;
     if body.is_empty() {

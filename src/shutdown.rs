@@ -81,6 +81,7 @@ pub fn exit_when_drained(
             };
         }
         tracing::info!("drained: no request in flight, exiting");
+        crate::logging::flush();
         std::process::exit(0);
     });
 }

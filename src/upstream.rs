@@ -85,7 +85,10 @@ fn millis_since_epoch(at: Instant) -> u64 {
 impl EndpointState {
     /// The turn to open a stream, or `None` when another request has held it for `wait`.
     pub async fn take_turn(&self, wait: Duration) -> Option<OwnedMutexGuard<()>> {
-        tokio::time::timeout(wait, self.turn.clone().lock_owned())
+        if let Ok(turn) = self.turn.clone().try_lock_owned() {
+            return Some(turn);
+        }
+        pingora::time::timeout(wait, self.turn.clone().lock_owned())
             .await
             .ok()
     }

@@ -4,10 +4,12 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use licensegate_testkit::{
-    Gate, JWT_SECRET, Nginx, Sim, client, config, fixture, problem, token_signed_with,
+    Gate, JWT_SECRET, Nginx, Sim, client, config, fixture, free_port, gate_command, problem,
+    signal, token_signed_with, wait_for_port,
 };
 
 const CHALLENGE_30K: usize = 30 * 1024;
@@ -832,4 +834,57 @@ async fn an_upgrade_under_steady_oha_load_fails_no_request() {
     load.assert_all_ok(2000, || old.log()).await;
     let _ = new.kill();
     let _ = new.wait();
+}
+
+/// A stdout nobody reads, as a stalled pipe to a log collector is: once the pipe's buffer is
+/// full, a writer on the request threads would stall every license. Lines leave through the log
+/// writer thread instead, and every one of them is there when the pipe is read at last.
+#[tokio::test]
+async fn licenses_keep_flowing_while_nobody_reads_the_log() {
+    const REQUESTS: usize = 1000;
+    let sim = Sim::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("licensegate.toml"),
+        config(&[sim.url()], ""),
+    )
+    .unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = gate_command(dir.path(), port, admin_port)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    let client = client();
+    let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+    while client.get(&ready).send().await.unwrap().status() != 200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let url = format!("http://127.0.0.1:{port}/v1/license/widevine?content=movie-1");
+    let challenge = fixture("license-request-kid-01020304.bin");
+    let started = Instant::now();
+    for _ in 0..REQUESTS {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.post(&url).body(challenge.clone()).send(),
+        )
+        .await
+        .expect("a license waited on a log nobody reads")
+        .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let elapsed = started.elapsed();
+    let mut stdout = child.stdout.take().unwrap();
+    signal(child.id(), "TERM");
+    let mut log = String::new();
+    stdout.read_to_string(&mut log).unwrap();
+    child.wait().unwrap();
+    let access_lines = log
+        .lines()
+        .filter(|line| line.contains("licensegate::access"))
+        .count();
+    // Far more than the 64 KiB a pipe holds: without the writer thread, requests would have
+    // stalled a fifth of the way through.
+    assert!(log.len() > 4 * 65536, "{} bytes of log", log.len());
+    assert_eq!(access_lines, REQUESTS, "{REQUESTS} licenses in {elapsed:?}");
 }

@@ -46,7 +46,8 @@ fn licensegate_binary() -> PathBuf {
         .expect("run through cargo test, which builds the licensegate binary")
 }
 
-fn wait_for_port(port: u16, child: &mut Child) {
+/// Waits until `port` accepts connections, failing the test if `child` exits first.
+pub fn wait_for_port(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     while Instant::now() < deadline {
