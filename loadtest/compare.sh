@@ -87,6 +87,8 @@ http {
     listen 127.0.0.1:$echo_port http2;
     listen 127.0.0.1:$echo_h1_port;
     access_log $nginx_dir/echo.log connection;
+    # nginx closes a connection after 1000 requests by default: the count would be nginx's.
+    keepalive_requests 1000000;
     location / { echo_read_request_body; echo "licensed"; }
   }
   # The proxy to beat: proxy_pass with upstream keep-alive.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use pingora::prelude::{HttpPeer, RequestHeader, Session};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::FailToProxy;
@@ -1885,7 +1885,9 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
     });
     let drm = ctx.label;
     let provider = ctx.provider_name();
-    let status = ctx.status.to_string();
+    // StatusCode's label is a static string, where a formatted number is an allocation.
+    let status = StatusCode::from_u16(ctx.status).ok();
+    let status = status.as_ref().map_or("invalid", StatusCode::as_str);
     let metrics = &state.metrics;
     metrics
         .license_duration
@@ -1893,16 +1895,18 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         .observe(total.as_secs_f64());
     metrics
         .requests
-        .with_label_values(&[drm, provider, &status])
+        .with_label_values(&[drm, provider, status])
         .inc();
     if let Some(upstream_time) = upstream_time {
-        let upstream_status = ctx
-            .forward
-            .status
-            .map_or_else(|| "error".to_string(), |s| s.to_string());
+        let upstream_status = ctx.forward.status.map(StatusCode::from_u16);
+        let upstream_status = match &upstream_status {
+            None => "error",
+            Some(Ok(status)) => status.as_str(),
+            Some(Err(_)) => "invalid",
+        };
         metrics
             .upstream_duration
-            .with_label_values(&[provider, &upstream_status])
+            .with_label_values(&[provider, upstream_status])
             .observe(upstream_time.as_secs_f64());
     }
     tracing::info!(
