@@ -30,30 +30,7 @@ bare_port=$((port + 10))
 gate_port=$((port + 20))
 admin_port=$((port + 1020))
 
-if [ -z "${LOADTEST_PREPARED:-}" ]; then
-  scripts/setup.sh
-  command -v oha >/dev/null || cargo install oha --locked
-  cargo build --release --workspace --bins --example bare_proxy
-fi
-
-out="loadtest/results"
-mkdir -p "$out"
-# A real Widevine license request (the test fixture, KID 01020304-...) padded to the challenge
-# size in a SignedMessage field licensegate does not read, so every run parses the same bytes.
-python3 - "$challenge_bytes" "$out/challenge.bin" <<'PY'
-import os, sys
-size, path = int(sys.argv[1]), sys.argv[2]
-base = open("tests/fixtures/license-request-kid-01020304.bin", "rb").read()
-pad = max(size - len(base) - 4, 0)
-varint = bytearray()
-n = pad
-while True:
-    byte, n = n & 0x7F, n >> 7
-    varint.append(byte | (0x80 if n else 0))
-    if not n:
-        break
-open(path, "wb").write(base + bytes([0x32]) + bytes(varint) + os.urandom(pad))
-PY
+source loadtest/prepare.sh
 
 source loadtest/processes.sh
 source loadtest/configs.sh
@@ -130,39 +107,17 @@ gate() { # name n: serves $out/cmp_NAME.toml on gate_port + n
   pid_of[$1]=$!
   url_of[$1]="http://127.0.0.1:$((gate_port + $2))$license_path"
 }
-upstream() { # endpoint protocol
-  cat <<TOML
-[providers.up]
-kind = "passthrough"
-endpoints = ["$1"]
-protocol = "$2"
-[routes]
-widevine = "up"
-TOML
-}
-{ listeners 0; upstream "http://127.0.0.1:$sim_port/AcquireLicense" h2; } >"$out/cmp_gate_h2_sim.toml"
-{ listeners 1; upstream "http://127.0.0.1:$sim_port/AcquireLicense" h1; } >"$out/cmp_gate_h1_sim.toml"
-{ listeners 2; upstream "http://127.0.0.1:$echo_port/AcquireLicense" h2; } >"$out/cmp_gate_h2_echo.toml"
-{ listeners 3; upstream "http://127.0.0.1:$echo_h1_port/AcquireLicense" h1; } \
-  >"$out/cmp_gate_h1_echo.toml"
+{ listeners 0; passthrough "$sim_port" h2; } >"$out/cmp_gate_h2_sim.toml"
+{ listeners 1; passthrough "$sim_port" h1; } >"$out/cmp_gate_h1_sim.toml"
+{ listeners 2; passthrough "$echo_port" h2; } >"$out/cmp_gate_h2_echo.toml"
+{ listeners 3; passthrough "$echo_h1_port" h1; } >"$out/cmp_gate_h1_echo.toml"
 # The full pipeline, to a simulator not checking Axinom's message: that cost would be the
 # upstream's, on the cores the proxy shares. Rate limits high enough never to refuse.
 pipeline() { # n store-lines shared-rate-limits
   listeners "$1"
   axinom "$renewing_sim_port"
   identity
-  cat <<TOML
-[devices]
-max_per_user = 3
-[streams]
-max_per_user = 2
-[rate_limits]
-shared = $3
-per_client = { per_second = 1000000, burst = 1000000 }
-per_user = { per_second = 1000000, burst = 1000000 }
-[store]
-$2
-TOML
+  limits "$2" "$3"
 }
 rm -f "$out"/cmp-pipeline.db*
 pipeline 4 "path = \"$out/cmp-pipeline.db\"" false >"$out/cmp_pipeline_sqlite.toml"

@@ -13,14 +13,14 @@ grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 TOML
 }
-passthrough() { # simulator port
+passthrough() { # upstream port [protocol]
   cat <<TOML
-[providers.sim]
+[providers.upstream]
 kind = "passthrough"
 endpoints = ["http://127.0.0.1:$1/AcquireLicense"]
-protocol = "h2"
+protocol = "${2:-h2}"
 [routes]
-widevine = "sim"
+widevine = "upstream"
 TOML
 }
 # Users, a catalog and entitlement: what issue 3's pipeline costs.
@@ -49,5 +49,21 @@ com_key_id = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e"
 com_key = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f"
 [routes]
 widevine = "axinom"
+TOML
+}
+# Devices, streams and rate limits (high enough never to refuse: what the checks cost, not
+# what they refuse) on a store.
+limits() { # store-lines shared-rate-limits
+  cat <<TOML
+[devices]
+max_per_user = 3
+[streams]
+max_per_user = 2
+[rate_limits]
+shared = $2
+per_client = { per_second = 1000000, burst = 1000000 }
+per_user = { per_second = 1000000, burst = 1000000 }
+[store]
+$1
 TOML
 }

@@ -4,6 +4,7 @@
 #
 #   loadtest/profile.sh                  # pass-through to the simulator, 15 s
 #   loadtest/profile.sh pipeline 20      # user JWT, catalog, entitlement, Axinom message
+#   loadtest/profile.sh full             # pipeline + device, stream renewal, rate limits, SQLite
 #
 # Writes loadtest/results/profile-MODE.svg and .folded.
 set -euo pipefail
@@ -46,8 +47,17 @@ case "$mode" in
     { listeners 0; axinom "$sim_port"; identity; } >"$config"
     url="http://127.0.0.1:$gate_port/v1/license/widevine?content=demo"
     ;;
+  full)
+    # Real Widevine licenses naming their session, so that renewals renew.
+    ./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads 1 \
+      --widevine-renewal-seconds 300 >/dev/null &
+    rm -f "$out"/profile-full.db*
+    { listeners 0; axinom "$sim_port"; identity; limits "path = \"$out/profile-full.db\"" false; } \
+      >"$config"
+    url="http://127.0.0.1:$gate_port/v1/license/widevine?content=demo"
+    ;;
   *)
-    echo "usage: loadtest/profile.sh [passthrough|pipeline] [seconds]" >&2
+    echo "usage: loadtest/profile.sh [passthrough|pipeline|full] [seconds]" >&2
     exit 2
     ;;
 esac
@@ -55,7 +65,7 @@ pids+=($!)
 wait_port "$sim_port"
 export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
 auth=()
-if [ "$mode" = pipeline ]; then
+if [ "$mode" != passthrough ]; then
   token=$(./target/release/licensegate token --config "$config" --sub profile --entitle demo)
   auth=(-H "Authorization: Bearer $token")
 fi
@@ -63,9 +73,20 @@ RUST_LOG=warn ./target/release/licensegate serve --config "$config" >"$out/profi
 gate=$!
 pids+=("$gate")
 wait_port "$gate_port"
+body="$out/profile-challenge.bin"
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
+  sleep 0.05
+done
+if [ "$mode" = full ]; then
+  # A playing stream: one new license, then every request renews it.
+  curl -fs "${auth[@]}" --data-binary "@$body" -o "$out/profile-full.license" "$url"
+  ./target/release/licensegate-sim --renewal-for "$out/profile-full.license" >"$out/profile-full.renewal"
+  body="$out/profile-full.renewal"
+fi
 
 # Load for a little longer than the recording, so that perf sees only steady state.
-oha -z "$((seconds + 3))s" -c "$connections" -m POST -D "$out/profile-challenge.bin" \
+oha -z "$((seconds + 3))s" -c "$connections" -m POST -D "$body" \
   -H "Content-Type: application/octet-stream" "${auth[@]}" --no-tui --output-format json "$url" \
   >"$out/profile-$mode.json" &
 load=$!
