@@ -370,8 +370,7 @@ impl AdminApp {
                         .with_label_values(&[upstream.label()])
                         .set(upstream.healthy_endpoints() as i64);
                 }
-                let dropped = &state.metrics.log_lines_dropped;
-                dropped.inc_by(crate::logging::dropped_lines().saturating_sub(dropped.get()));
+                crate::logging::count_dropped_lines(&state.metrics.log_lines_dropped);
                 Response::builder()
                     .status(200)
                     .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)

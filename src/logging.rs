@@ -3,9 +3,13 @@
 //! stdout (a full pipe to journald, a stalled terminal) never stalls a license.
 
 use std::io::{BufWriter, IsTerminal};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use prometheus::IntCounter;
+
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -44,9 +48,15 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry()
         .with(at_most_info)
         .with(filter);
+    // Errors are written at once: Pingora ends the process with `exit` right after logging
+    // why it cannot start, before a queued line would be written.
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(
+            std::io::stdout
+                .with_max_level(tracing::Level::ERROR)
+                .or_else(writer),
+        );
     match format {
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).init(),
         LogFormat::Text => registry.with(layer).init(),
@@ -57,22 +67,30 @@ pub fn init(format: LogFormat) {
     });
 }
 
-/// Lines dropped because the writer thread fell a whole queue behind.
-pub fn dropped_lines() -> u64 {
-    WRITER
-        .get()
-        .map_or(0, |writer| writer.dropped.dropped_lines() as u64)
+/// Brings `counter` up to the lines dropped so far because the writer thread fell a whole
+/// queue behind; concurrent scrapes add each dropped line once.
+pub fn count_dropped_lines(counter: &IntCounter) {
+    static COUNTED: AtomicU64 = AtomicU64::new(0);
+    let Some(writer) = WRITER.get() else {
+        return;
+    };
+    let dropped = writer.dropped.dropped_lines() as u64;
+    let counted = COUNTED.fetch_max(dropped, Ordering::Relaxed);
+    if dropped > counted {
+        counter.inc_by(dropped - counted);
+    }
 }
 
 /// Writes out every queued line; called before the process exits, as lines still queued would
 /// otherwise be lost. Lines logged afterwards are dropped.
 pub fn flush() {
     if let Some(writer) = WRITER.get() {
-        let guard = writer
+        // The lock is held until the writer has finished, so that a second caller returns
+        // only once every line is out.
+        let mut guard = writer
             .guard
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        drop(guard);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(guard.take());
     }
 }

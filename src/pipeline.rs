@@ -1150,7 +1150,7 @@ async fn read_challenge(
         }
         Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
     };
-    // Pingora's timer wheel: one registration per millisecond shared by every request, where
+    // Pingora's timer wheel: one registration per 10 ms tick shared by every request, where
     // tokio's timer takes a lock and an entry per request.
     let body = pingora::time::timeout(server.challenge_read_timeout, read)
         .await
@@ -1244,6 +1244,10 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
                 continue;
             };
             ctx.forward.stream_turn = Some(turn);
+            // Pingora's timer fires up to a tick late: a turn granted then has no time left.
+            if started.elapsed() >= budget {
+                return Err(out_of_time());
+            }
         }
         let peer = upstream.peer(&target, budget.saturating_sub(started.elapsed()));
         ctx.forward.tried.push(target.addr.clone());

@@ -146,6 +146,14 @@ fn in_savepoint<T>(
     connection: &Connection,
     work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
+    // An earlier call's error (a full disk, an I/O error) may have made SQLite roll back the
+    // whole transaction; a savepoint now would commit on its own, outside the batch.
+    if connection.is_autocommit() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the batch's transaction was rolled back".into()),
+        ));
+    }
     run(connection, "SAVEPOINT call", [])?;
     match work(connection) {
         Ok(value) => {
@@ -153,8 +161,10 @@ fn in_savepoint<T>(
             Ok(value)
         }
         Err(e) => {
-            run(connection, "ROLLBACK TO call", [])?;
-            run(connection, "RELEASE call", [])?;
+            // The call's own error is the one to report; should undoing it fail too, SQLite
+            // has rolled back the transaction, and the batch's commit fails with it.
+            let _ = run(connection, "ROLLBACK TO call", []);
+            let _ = run(connection, "RELEASE call", []);
             Err(e)
         }
     }
@@ -614,6 +624,19 @@ mod tests {
     use super::*;
 
     const IDLE: Duration = Duration::from_secs(100);
+
+    #[test]
+    fn a_call_after_sqlite_rolled_back_its_batch_writes_nothing() {
+        let connection = Connection::open_in_memory().unwrap();
+        run(&connection, "CREATE TABLE t (v INTEGER)", []).unwrap();
+        run(&connection, "BEGIN IMMEDIATE", []).unwrap();
+        // What SQLite does to the transaction on a full disk or an I/O error.
+        run(&connection, "ROLLBACK", []).unwrap();
+        let call = in_savepoint(&connection, |c| run(c, "INSERT INTO t VALUES (1)", []));
+        assert!(call.is_err());
+        let rows: i64 = row(&connection, "SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+    }
 
     #[test]
     fn a_failing_call_leaves_nothing_of_itself_and_the_rest_of_its_batch_stands() {
