@@ -52,18 +52,11 @@ $1
 TOML
 }
 # Rate limits high enough never to refuse: what the checks cost, not what they refuse.
-rate_limits() { # extra lines
+rate_limits() {
   cat <<TOML
 [rate_limits]
-$1
 per_client = { per_second = 1000000, burst = 1000000 }
 per_user = { per_second = 1000000, burst = 1000000 }
-TOML
-}
-streams() {
-  cat <<TOML
-[streams]
-max_per_user = 2
 TOML
 }
 
@@ -92,11 +85,10 @@ gates=(licensegate identity axinom axinom_plain devices_embedded devices_redis f
   >"$out/devices_embedded.toml"
 { listeners 5; axinom "$axinom_sim_port"; identity; devices; store "$redis"; } >"$out/devices_redis.toml"
 { listeners 6; fairplay; identity; } >"$out/fairplay.toml"
-{ listeners 7; axinom "$axinom_sim_port"; identity; rate_limits ""; } >"$out/rate_limits.toml"
-{ listeners 8; axinom "$axinom_sim_port"; identity; devices; streams; rate_limits ""
-  store "$(embedded 8)"; } >"$out/streams_embedded.toml"
-{ listeners 9; axinom "$axinom_sim_port"; identity; devices; streams; rate_limits "shared = true"
-  store "$redis"; } >"$out/streams_redis.toml"
+{ listeners 7; axinom "$axinom_sim_port"; identity; rate_limits; } >"$out/rate_limits.toml"
+{ listeners 8; axinom "$axinom_sim_port"; identity; limits "$(embedded 8)" false; } \
+  >"$out/streams_embedded.toml"
+{ listeners 9; axinom "$axinom_sim_port"; identity; limits "$redis" true; } >"$out/streams_redis.toml"
 # An SPC of the challenge size (version 1, then noise) in Shaka's JSON envelope.
 python3 - "$challenge_bytes" "$out/spc.json" <<'PY'
 import base64, json, os, sys
