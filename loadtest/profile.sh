@@ -3,6 +3,7 @@
 # (inferno) with the five largest costs by the functions' own samples.
 #
 #   loadtest/profile.sh                  # pass-through to the simulator, 15 s
+#   PROTOCOL=h1 loadtest/profile.sh      # the same over HTTP/1.1 to the simulator
 #   loadtest/profile.sh pipeline 20      # user JWT, catalog, entitlement, Axinom message
 #   loadtest/profile.sh full             # pipeline + device, stream renewal, rate limits, SQLite
 #
@@ -38,7 +39,7 @@ config="$out/profile-$mode.toml"
 case "$mode" in
   passthrough)
     ./target/release/licensegate-sim --listen "127.0.0.1:$sim_port" --threads 1 >/dev/null &
-    { listeners 0; passthrough "$sim_port"; } >"$config"
+    { listeners 0; passthrough "$sim_port" "${PROTOCOL:-h2}"; } >"$config"
     url="http://127.0.0.1:$gate_port/v1/license/widevine?content=loadtest"
     ;;
   pipeline)

@@ -2,6 +2,7 @@
 //! trusted proxy in front of licensegate reports. Vendors see an `X-Forwarded-For` that
 //! licensegate builds from parsed addresses, never a player's header copied through.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderValue;
@@ -48,11 +49,13 @@ pub fn client_address<'a>(
         .or(chain.first())
         .copied()
         .unwrap_or(peer);
-    let text = chain
-        .iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut text = String::with_capacity(chain.len() * 24);
+    for ip in &chain {
+        if !text.is_empty() {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{ip}");
+    }
     let forwarded_for = HeaderValue::from_str(&text).map_err(|_| forwarded_for_invalid())?;
     Ok(ClientAddress { ip, forwarded_for })
 }

@@ -90,12 +90,16 @@ impl RateLimits {
     /// Takes a token for one request of `scope` on `drm`'s route; a route's own limit replaces
     /// the general one.
     pub async fn take(&self, scope: Scope<'_>, drm: Drm) -> Result<(), Problem> {
-        let (limiters, label, key) = match scope {
-            Scope::Client(ip) => (&self.per_client, "client", ip.to_string()),
-            Scope::User(user) => (&self.per_user, "user", user.to_string()),
+        let (limiters, label) = match scope {
+            Scope::Client(_) => (&self.per_client, "client"),
+            Scope::User(_) => (&self.per_user, "user"),
         };
         let Some(limiter) = limiters.get(&Some(drm)).or_else(|| limiters.get(&None)) else {
             return Ok(());
+        };
+        let key = match scope {
+            Scope::Client(ip) => ip.to_string(),
+            Scope::User(user) => user.to_string(),
         };
         let wait = match &self.shared {
             Some(shared) => {

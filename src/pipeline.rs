@@ -477,15 +477,7 @@ pub async fn admit(
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
         .await?;
     ctx.entitled_by = Some(grant.basis);
-    let device_limit = match (&state.devices, &identity) {
-        // A live stream's device was admitted when the stream started.
-        _ if live_renewal => None,
-        (Some(devices), Some(identity)) => Some(DeviceLimit {
-            user: identity.user.clone(),
-            limit: devices.limit_for(Some(&identity.claims), grant.max_devices),
-        }),
-        _ => None,
-    };
+    let max_devices = grant.max_devices;
     let provider = match &content.provider {
         // The catalog is checked against the configured providers when it loads.
         Some(name) => state
@@ -520,8 +512,9 @@ pub async fn admit(
     let fairplay = fairplay_leg(&provider, Some(&request));
     let authorized = authorize(state, &provider, request, &info).await?;
     let local = matches!(authorized, Authorized::Locally(_));
+    let mut live_renewal = live_renewal;
     if let Some(identity) = &identity {
-        admit_stream(
+        let admitted = admit_stream(
             state,
             ctx,
             identity,
@@ -532,7 +525,20 @@ pub async fn admit(
             local,
         )
         .await?;
+        if live_renewal && admitted.is_some_and(|admitted| admitted != Admitted::Renewed) {
+            live_renewal = false;
+            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+        }
     }
+    let device_limit = match (&state.devices, &identity) {
+        // A live stream's device was admitted when the stream started.
+        _ if live_renewal => None,
+        (Some(devices), Some(identity)) => Some(DeviceLimit {
+            user: identity.user.clone(),
+            limit: devices.limit_for(Some(&identity.claims), max_devices),
+        }),
+        _ => None,
+    };
     let authorizing = match authorized {
         Authorized::Locally(mut answer) => {
             answer.session = ctx
@@ -589,35 +595,58 @@ async fn limit_rates(
     let limited = state.rate_limits.enabled() || state.quotas.is_some();
     let continued = continued_session(drm, info, player_session);
     let live = match (&state.streams, identity, continued) {
-        (Some(streams), Some(identity), Some(session)) if limited => streams
-            .lease(&identity.user, &session)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|lease| !lease.stopped),
+        (Some(streams), Some(identity), Some(session)) if limited => {
+            streams.is_live(&identity.user, &session).await
+        }
         _ => false,
     };
     if live {
         state.rate_limits.exempt();
     } else {
-        if let Some(client) = &ctx.client {
-            state
-                .rate_limits
-                .take(Scope::Client(client.ip), drm)
-                .await?;
-        }
-        if let Some(identity) = identity {
-            state
-                .rate_limits
-                .take(Scope::User(&identity.user), drm)
-                .await?;
-        }
+        take_rate_tokens(state, ctx, identity, drm).await?;
     }
     let release = info.is_some_and(|info| info.request_type == RequestType::Release);
     if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
         ctx.quota = quotas.take(&identity.user, &identity.claims, live).await?;
     }
     Ok(live)
+}
+
+async fn take_rate_tokens(
+    state: &State,
+    ctx: &RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+) -> Result<(), Problem> {
+    if let Some(client) = &ctx.client {
+        state
+            .rate_limits
+            .take(Scope::Client(client.ip), drm)
+            .await?;
+    }
+    if let Some(identity) = identity {
+        state
+            .rate_limits
+            .take(Scope::User(&identity.user), drm)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Phase "limits", rates, for a request taken for a live stream's renewal whose stream the
+/// store did not renew (its lease ended or was stopped since this instance last saw it): it is
+/// limited as the new license it is.
+async fn limit_rates_of_unrenewed(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: &Identity,
+    drm: Drm,
+) -> Result<(), Problem> {
+    take_rate_tokens(state, ctx, Some(identity), drm).await?;
+    if let (Some(quotas), None) = (&state.quotas, &ctx.quota) {
+        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+    }
+    Ok(())
 }
 
 /// What the stream limit needs to know of the license being asked for.
@@ -633,7 +662,7 @@ struct StreamAsk {
 /// the provider is asked (it bills per license), or ended by a release. A Widevine license's
 /// session id comes only with its answer, so a new one holds a provisional lease until then; a
 /// stream named by the device the provider reports is admitted on the answer
-/// ([`inspect_response`]).
+/// ([`inspect_response`]). Returns what the store said, if it was asked.
 #[allow(clippy::too_many_arguments)]
 async fn admit_stream(
     state: &State,
@@ -644,9 +673,9 @@ async fn admit_stream(
     player_session: Option<String>,
     ask: StreamAsk,
     local: bool,
-) -> Result<(), Problem> {
+) -> Result<Option<Admitted>, Problem> {
     let Some(streams) = &state.streams else {
-        return Ok(());
+        return Ok(None);
     };
     let user = identity.user.as_str();
     let continued = continued_session(drm, Some(info), player_session.as_deref());
@@ -657,7 +686,7 @@ async fn admit_stream(
         if let Err(e) = streams.end(user, session).await {
             tracing::warn!(error = %e, "stream lease not ended on release");
         }
-        return Ok(());
+        return Ok(None);
     }
     let (session, learn_session, announce) = match continued {
         Some(session) => (Some(session), false, !widevine_continues),
@@ -681,8 +710,9 @@ async fn admit_stream(
         answer: BytesMut::new(),
         license: None,
     };
+    let mut admitted = None;
     if let Some(session) = &hold.session {
-        let admitted = streams
+        let decided = streams
             .admit(
                 user,
                 LeaseAsk {
@@ -699,10 +729,11 @@ async fn admit_stream(
                 hold.limit,
             )
             .await?;
-        hold.started = admitted == Admitted::Started;
+        hold.started = decided == Admitted::Started;
+        admitted = Some(decided);
     }
     ctx.stream = Some(hold);
-    Ok(())
+    Ok(admitted)
 }
 
 /// Phase "limits" on the provider's answer, for a stream known only by the device the provider
@@ -1431,7 +1462,10 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
         .as_ref()
         .map_or(plan.drm.upstream_content_type(), |leg| leg.content_type);
     request.insert_header(header::CONTENT_TYPE, content_type)?;
-    request.insert_header(header::CONTENT_LENGTH, plan.challenge_len.to_string())?;
+    request.insert_header(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(plan.challenge_len),
+    )?;
     if let Some(action) = &plan.soap_action {
         request.insert_header("SOAPAction", action)?;
     }
@@ -1872,6 +1906,8 @@ pub async fn settle(state: &State, ctx: &mut RequestCtx) {
         let named = streams::widevine_session(&license.session_id);
         streams.rename(&hold.user, &session, &named, seconds).await;
     } else if hold.renewal
+        // Admission renewed the lease for these seconds already.
+        && seconds != hold.seconds
         && let Err(e) = streams.renew(&hold.user, &session, seconds).await
     {
         tracing::warn!(error = %e, "stream lease not extended to the license's renewal");

@@ -122,15 +122,33 @@ pub enum Admitted {
 pub struct Streams {
     pub settings: StreamSettings,
     store: Arc<Shared>,
+    /// Sessions this instance saw the store hold live, keyed by [`live_key`], until they go
+    /// quiet for a lease's length. A renewal of one is taken for live without asking the store;
+    /// the store's answer to the renewal itself still decides, and a request it no longer
+    /// holds live for is limited as a new one then.
+    live: moka::sync::Cache<String, ()>,
     decisions: IntCounterVec,
     duration: HistogramVec,
 }
 
+/// Seen-live sessions kept at most: enough for every stream of a busy instance.
+const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
+
+fn live_key(user: &str, session: &str) -> String {
+    format!("{}:{user}{session}", user.len())
+}
+
 impl Streams {
     pub fn new(settings: StreamSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+        let lease = settings.renewal_interval + settings.grace;
         Self {
             settings,
             store,
+            live: moka::sync::Cache::builder()
+                .max_capacity(LIVE_SESSIONS_KEPT)
+                // Each renewal's look reopens the period, so a renewing stream stays known.
+                .time_to_idle(lease)
+                .build(),
             decisions: metrics.stream_decisions.clone(),
             duration: metrics.stream_store_duration.clone(),
         }
@@ -181,7 +199,9 @@ impl Streams {
         match decided {
             Ok(StreamDecision::Started { stopped }) => {
                 self.count("started");
+                self.seen_live(user, ask.session);
                 if let Some(stopped) = stopped {
+                    self.live.invalidate(&live_key(user, &stopped));
                     self.count("stopped_oldest");
                     tracing::info!(stopped = %stopped, "a new stream displaced the oldest");
                 }
@@ -192,6 +212,7 @@ impl Streams {
                 Ok(Admitted::Renewed)
             }
             Ok(StreamDecision::Stopped) => {
+                self.live.invalidate(&live_key(user, ask.session));
                 self.count("stopped_refused");
                 Err(Problem::new(Refusal::StreamStopped)
                     .with_detail("a newer stream of this user took this stream's place"))
@@ -200,6 +221,7 @@ impl Streams {
                 active,
                 oldest_expires_at,
             }) => {
+                self.live.invalidate(&live_key(user, ask.session));
                 self.count("refused");
                 let expires =
                     crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_expires_at));
@@ -223,6 +245,25 @@ impl Streams {
                     .with_detail("the stream limit cannot be checked right now"))
             }
         }
+    }
+
+    /// Whether the session holds a live, not stopped lease: as this instance last saw it, else
+    /// as the store tells. A store that cannot answer says no.
+    pub async fn is_live(&self, user: &str, session: &str) -> bool {
+        if self.live.get(&live_key(user, session)).is_some() {
+            return true;
+        }
+        match self.lease(user, session).await {
+            Ok(Some(lease)) if !lease.stopped => {
+                self.seen_live(user, session);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn seen_live(&self, user: &str, session: &str) {
+        self.live.insert(live_key(user, session), ());
     }
 
     /// The session's live lease, if any.
@@ -249,18 +290,21 @@ impl Streams {
                     .renew_stream(user, session, seconds, now_seconds()),
             )
             .await;
-        if let Ok(Some(lease)) = &renewed {
-            self.count(if lease.stopped {
-                "stopped_refused"
-            } else {
-                "renewed"
-            });
+        match &renewed {
+            Ok(Some(lease)) if lease.stopped => {
+                self.live.invalidate(&live_key(user, session));
+                self.count("stopped_refused");
+            }
+            Ok(Some(_)) => self.count("renewed"),
+            Ok(None) => self.live.invalidate(&live_key(user, session)),
+            Err(_) => {}
         }
         renewed
     }
 
     /// The session id the answer told: the lease taken under a provisional name moves to it.
     pub async fn rename(&self, user: &str, from: &str, to: &str, seconds: u64) {
+        self.live.invalidate(&live_key(user, from));
         if let Err(e) = self
             .timed(
                 "rename",
@@ -273,10 +317,13 @@ impl Streams {
             // The provisional lease stays and runs out; the stream's first renewal starts its
             // lease anew.
             tracing::warn!(error = %e, "stream lease not renamed");
+            return;
         }
+        self.seen_live(user, to);
     }
 
     pub async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {
+        self.live.invalidate(&live_key(user, session));
         let ended = self
             .timed("end", self.store.store.end_stream(user, session))
             .await;

@@ -470,6 +470,32 @@ async fn a_burst_over_the_rate_gets_429_and_renewals_pass() {
 }
 
 #[tokio::test]
+async fn a_renewal_of_a_stream_ended_meanwhile_is_limited_as_a_new_license() {
+    let sim = sim();
+    let gate = start(&config(
+        &sim,
+        &format!(
+            "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
+            streams(5, "refuse")
+        ),
+    ))
+    .await;
+    let mut playing = player(&gate, "jill");
+    assert_eq!(playing.start(challenge()).await.code(), "ok");
+    assert_eq!(playing.renew().await.code(), "ok");
+    // This instance saw the stream live a moment ago; the store no longer holds it.
+    let (status, body) = admin(&gate, reqwest::Method::DELETE, "/v1/users/jill/streams").await;
+    assert_eq!((status, &body["ended"]), (200, &json!(1)), "{body}");
+    let renewal = playing.renew().await;
+    assert_eq!(
+        (renewal.status, renewal.code()),
+        (429, "rate_limited".to_string())
+    );
+    assert_eq!(active_streams(&gate, "jill").await, 0);
+    assert_eq!(sim.stats().await["licenses"], 2);
+}
+
+#[tokio::test]
 async fn a_quota_caps_licenses_per_period() {
     let sim = sim();
     let gate = start(&config(
