@@ -298,12 +298,13 @@ impl Shared {
         result
     }
 
-    /// Runs a store call within the bound.
+    /// Runs a store call within the bound, on Pingora's timer wheel: one registration per
+    /// 10 ms tick shared by every call, where tokio's timer takes a lock and an entry per call.
     pub async fn timed<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        match pingora::time::timeout(self.timeout, call).await {
             Ok(answer) => answer,
             Err(_) => {
                 if let Some(redis) = &self.redis {
