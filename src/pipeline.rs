@@ -109,6 +109,8 @@ pub struct StreamHold {
     pub session: Option<String>,
     /// This request started the lease: it ends if no license follows.
     pub started: bool,
+    /// The store set the lease to last `seconds` from admission.
+    pub lease_set: bool,
     /// The lease has a provisional name until the Widevine license tells its session id.
     pub learn_session: bool,
     /// A Widevine renewal, whose license tells when the next renewal comes.
@@ -432,7 +434,7 @@ pub async fn admit(
             .inc();
     }
     let player_session = streams::player_session(session.req_header())?;
-    let live_renewal = limit_rates(
+    let taken_for_live = limit_rates(
         state,
         ctx,
         identity.as_deref(),
@@ -512,23 +514,25 @@ pub async fn admit(
     let fairplay = fairplay_leg(&provider, Some(&request));
     let authorized = authorize(state, &provider, request, &info).await?;
     let local = matches!(authorized, Authorized::Locally(_));
-    let mut live_renewal = live_renewal;
-    if let Some(identity) = &identity {
-        let admitted = admit_stream(
-            state,
-            ctx,
-            identity,
-            drm,
-            &info,
-            player_session,
-            stream_limit,
-            local,
-        )
-        .await?;
-        if live_renewal && admitted.is_some_and(|admitted| admitted != Admitted::Renewed) {
-            live_renewal = false;
-            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+    let live_renewal = match &identity {
+        Some(identity) => {
+            admit_stream(
+                state,
+                ctx,
+                identity,
+                drm,
+                &info,
+                player_session,
+                stream_limit,
+                local,
+                taken_for_live,
+            )
+            .await?
         }
+        None => false,
+    };
+    if live_renewal {
+        state.rate_limits.exempt();
     }
     let device_limit = match (&state.devices, &identity) {
         // A live stream's device was admitted when the stream started.
@@ -583,7 +587,8 @@ fn continued_session(
 
 /// Phase "limits", rates: token buckets per client address and per user, then the user's
 /// license quota. A renewal or release of a live stream takes no token and is never refused
-/// for its quota: a playing stream is not limited out. Returns whether it is one.
+/// for its quota: a playing stream is not limited out. Returns whether it was taken for one,
+/// which the stream limit confirms ([`admit_stream`]).
 async fn limit_rates(
     state: &State,
     ctx: &mut RequestCtx,
@@ -600,9 +605,7 @@ async fn limit_rates(
         }
         _ => false,
     };
-    if live {
-        state.rate_limits.exempt();
-    } else {
+    if !live {
         take_rate_tokens(state, ctx, identity, drm).await?;
     }
     let release = info.is_some_and(|info| info.request_type == RequestType::Release);
@@ -633,9 +636,8 @@ async fn take_rate_tokens(
     Ok(())
 }
 
-/// Phase "limits", rates, for a request taken for a live stream's renewal whose stream the
-/// store did not renew (its lease ended or was stopped since this instance last saw it): it is
-/// limited as the new license it is.
+/// Phase "limits", rates, for a request taken for a live stream's renewal or release whose
+/// lease the store no longer holds: it is limited as the new license it is.
 async fn limit_rates_of_unrenewed(
     state: &State,
     ctx: &mut RequestCtx,
@@ -662,7 +664,9 @@ struct StreamAsk {
 /// the provider is asked (it bills per license), or ended by a release. A Widevine license's
 /// session id comes only with its answer, so a new one holds a provisional lease until then; a
 /// stream named by the device the provider reports is admitted on the answer
-/// ([`inspect_response`]). Returns what the store said, if it was asked.
+/// ([`inspect_response`]). A request taken for a live renewal renews exactly its lease; if
+/// the store holds none, the request is rate limited before a stream is started (or another
+/// displaced) for it. Returns whether the request renewed or released a live stream.
 #[allow(clippy::too_many_arguments)]
 async fn admit_stream(
     state: &State,
@@ -673,9 +677,10 @@ async fn admit_stream(
     player_session: Option<String>,
     ask: StreamAsk,
     local: bool,
-) -> Result<Option<Admitted>, Problem> {
+    taken_for_live: bool,
+) -> Result<bool, Problem> {
     let Some(streams) = &state.streams else {
-        return Ok(None);
+        return Ok(false);
     };
     let user = identity.user.as_str();
     let continued = continued_session(drm, Some(info), player_session.as_deref());
@@ -683,10 +688,14 @@ async fn admit_stream(
     if info.request_type == RequestType::Release
         && let Some(session) = &continued
     {
-        if let Err(e) = streams.end(user, session).await {
+        let ended = streams.end(user, session).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "stream lease not ended on release");
+            false
+        });
+        if taken_for_live && !ended {
+            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
         }
-        return Ok(None);
+        return Ok(taken_for_live && ended);
     }
     let (session, learn_session, announce) = match continued {
         Some(session) => (Some(session), false, !widevine_continues),
@@ -704,14 +713,26 @@ async fn admit_stream(
         seconds: streams.lease_seconds(ask.interval_seconds),
         session,
         started: false,
+        lease_set: false,
         learn_session,
         renewal: widevine_continues && info.request_type == RequestType::Renewal,
         announce,
         answer: BytesMut::new(),
         license: None,
     };
-    let mut admitted = None;
-    if let Some(session) = &hold.session {
+    let mut renewed_live = false;
+    if let Some(session) = &hold.session
+        && taken_for_live
+    {
+        renewed_live = streams.renew_live(user, session, hold.seconds).await?;
+        if !renewed_live {
+            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+        }
+    }
+    hold.lease_set = renewed_live;
+    if let Some(session) = &hold.session
+        && !renewed_live
+    {
         let decided = streams
             .admit(
                 user,
@@ -730,10 +751,10 @@ async fn admit_stream(
             )
             .await?;
         hold.started = decided == Admitted::Started;
-        admitted = Some(decided);
+        hold.lease_set = decided != Admitted::Unchecked;
     }
     ctx.stream = Some(hold);
-    Ok(admitted)
+    Ok(renewed_live)
 }
 
 /// Phase "limits" on the provider's answer, for a stream known only by the device the provider
@@ -1906,8 +1927,8 @@ pub async fn settle(state: &State, ctx: &mut RequestCtx) {
         let named = streams::widevine_session(&license.session_id);
         streams.rename(&hold.user, &session, &named, seconds).await;
     } else if hold.renewal
-        // Admission renewed the lease for these seconds already.
-        && seconds != hold.seconds
+        // Unless admission set the lease to these seconds already.
+        && !(hold.lease_set && seconds == hold.seconds)
         && let Err(e) = streams.renew(&hold.user, &session, seconds).await
     {
         tracing::warn!(error = %e, "stream lease not extended to the license's renewal");

@@ -10,6 +10,7 @@
 //!   when the player sends none.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use pingora::prelude::RequestHeader;
@@ -122,17 +123,23 @@ pub enum Admitted {
 pub struct Streams {
     pub settings: StreamSettings,
     store: Arc<Shared>,
-    /// Sessions this instance saw the store hold live, keyed by [`live_key`], until they go
-    /// quiet for a lease's length. A renewal of one is taken for live without asking the store;
-    /// the store's answer to the renewal itself still decides, and a request it no longer
-    /// holds live for is limited as a new one then.
-    live: moka::sync::Cache<String, ()>,
+    /// Sessions this instance saw the store hold live, keyed by [`live_key`], with the end of
+    /// their lease as the store last set it (seconds since the epoch). A request continuing one
+    /// is taken for a live renewal without a lookup; only the store's renewal of exactly that
+    /// lease confirms it ([`Self::renew_live`]), and a request it does not confirm is limited
+    /// as a new stream before the store is asked to start one.
+    live: moka::sync::Cache<String, Arc<AtomicU64>>,
     decisions: IntCounterVec,
     duration: HistogramVec,
 }
 
 /// Seen-live sessions kept at most: enough for every stream of a busy instance.
 const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
+
+fn stream_stopped() -> Problem {
+    Problem::new(Refusal::StreamStopped)
+        .with_detail("a newer stream of this user took this stream's place")
+}
 
 fn live_key(user: &str, session: &str) -> String {
     format!("{}:{user}{session}", user.len())
@@ -146,7 +153,7 @@ impl Streams {
             store,
             live: moka::sync::Cache::builder()
                 .max_capacity(LIVE_SESSIONS_KEPT)
-                // Each renewal's look reopens the period, so a renewing stream stays known.
+                // Only bounds memory: whether a session is live is the lease end it holds.
                 .time_to_idle(lease)
                 .build(),
             decisions: metrics.stream_decisions.clone(),
@@ -199,7 +206,7 @@ impl Streams {
         match decided {
             Ok(StreamDecision::Started { stopped }) => {
                 self.count("started");
-                self.seen_live(user, ask.session);
+                self.seen_live(user, ask.session, now_seconds() + ask.seconds);
                 if let Some(stopped) = stopped {
                     self.live.invalidate(&live_key(user, &stopped));
                     self.count("stopped_oldest");
@@ -209,13 +216,13 @@ impl Streams {
             }
             Ok(StreamDecision::Renewed) => {
                 self.count("renewed");
+                self.seen_live(user, ask.session, now_seconds() + ask.seconds);
                 Ok(Admitted::Renewed)
             }
             Ok(StreamDecision::Stopped) => {
                 self.live.invalidate(&live_key(user, ask.session));
                 self.count("stopped_refused");
-                Err(Problem::new(Refusal::StreamStopped)
-                    .with_detail("a newer stream of this user took this stream's place"))
+                Err(stream_stopped())
             }
             Ok(StreamDecision::Full {
                 active,
@@ -247,23 +254,51 @@ impl Streams {
         }
     }
 
-    /// Whether the session holds a live, not stopped lease: as this instance last saw it, else
-    /// as the store tells. A store that cannot answer says no.
+    /// Whether the session holds a live, not stopped lease: as this instance last saw the
+    /// store set it, else as the store tells. A store that cannot answer says no.
     pub async fn is_live(&self, user: &str, session: &str) -> bool {
-        if self.live.get(&live_key(user, session)).is_some() {
+        let seen_until = self
+            .live
+            .get(&live_key(user, session))
+            .map(|until| until.load(Ordering::Relaxed));
+        if seen_until.is_some_and(|until| until > now_seconds()) {
             return true;
         }
         match self.lease(user, session).await {
             Ok(Some(lease)) if !lease.stopped => {
-                self.seen_live(user, session);
+                self.seen_live(user, session, lease.expires_at);
                 true
             }
             _ => false,
         }
     }
 
-    fn seen_live(&self, user: &str, session: &str) {
-        self.live.insert(live_key(user, session), ());
+    fn seen_live(&self, user: &str, session: &str, until: u64) {
+        let key = live_key(user, session);
+        match self.live.get(&key) {
+            Some(seen) => seen.store(until, Ordering::Relaxed),
+            None => self.live.insert(key, Arc::new(AtomicU64::new(until))),
+        }
+    }
+
+    /// Renews the live lease of a request taken for a live renewal: `true` if the store renewed
+    /// it; `false` if the store holds no live lease by that name (or cannot answer), so that
+    /// the request is limited and admitted as a new stream; a stopped stream is refused.
+    pub async fn renew_live(
+        &self,
+        user: &str,
+        session: &str,
+        seconds: u64,
+    ) -> Result<bool, Problem> {
+        match self.renew(user, session, seconds).await {
+            Ok(Some(lease)) if lease.stopped => Err(stream_stopped()),
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(e) => {
+                tracing::warn!(error = %e, "live stream not renewed; admitting it anew");
+                Ok(false)
+            }
+        }
     }
 
     /// The session's live lease, if any.
@@ -295,7 +330,10 @@ impl Streams {
                 self.live.invalidate(&live_key(user, session));
                 self.count("stopped_refused");
             }
-            Ok(Some(_)) => self.count("renewed"),
+            Ok(Some(lease)) => {
+                self.seen_live(user, session, lease.expires_at);
+                self.count("renewed");
+            }
             Ok(None) => self.live.invalidate(&live_key(user, session)),
             Err(_) => {}
         }
@@ -319,7 +357,7 @@ impl Streams {
             tracing::warn!(error = %e, "stream lease not renamed");
             return;
         }
-        self.seen_live(user, to);
+        self.seen_live(user, to, now_seconds() + seconds);
     }
 
     pub async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {

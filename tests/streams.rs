@@ -469,30 +469,48 @@ async fn a_burst_over_the_rate_gets_429_and_renewals_pass() {
     }
 }
 
+/// How many times licensegate looked a stream's lease up in the store.
+async fn lease_lookups(gate: &Gate) -> u64 {
+    gate.metrics()
+        .await
+        .lines()
+        .find(|line| {
+            line.starts_with("licensegate_stream_store_duration_seconds_count")
+                && line.contains("operation=\"lookup\"")
+        })
+        .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
 #[tokio::test]
-async fn a_renewal_of_a_stream_ended_meanwhile_is_limited_as_a_new_license() {
+async fn a_renewal_of_a_stream_ended_meanwhile_is_limited_before_it_displaces_another() {
     let sim = sim();
     let gate = start(&config(
         &sim,
         &format!(
-            "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
-            streams(5, "refuse")
+            "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 2\n",
+            streams(1, "stop_oldest")
         ),
     ))
     .await;
-    let mut playing = player(&gate, "jill");
-    assert_eq!(playing.start(challenge()).await.code(), "ok");
-    assert_eq!(playing.renew().await.code(), "ok");
-    // This instance saw the stream live a moment ago; the store no longer holds it.
+    let mut first = player(&gate, "jill");
+    assert_eq!(first.start(challenge()).await.code(), "ok");
+    assert_eq!(first.renew().await.code(), "ok");
+    // The renewal was known live from the license this instance saw, without a lookup.
+    assert_eq!(lease_lookups(&gate).await, 0);
     let (status, body) = admin(&gate, reqwest::Method::DELETE, "/v1/users/jill/streams").await;
     assert_eq!((status, &body["ended"]), (200, &json!(1)), "{body}");
-    let renewal = playing.renew().await;
+    let mut second = player(&gate, "jill");
+    assert_eq!(second.start(challenge()).await.code(), "ok");
+    // The first stream is no longer live: its renewal is a new stream, and the user's bucket
+    // is empty. It must not displace the second stream on its way to being refused.
+    let renewal = first.renew().await;
     assert_eq!(
         (renewal.status, renewal.code()),
         (429, "rate_limited".to_string())
     );
-    assert_eq!(active_streams(&gate, "jill").await, 0);
-    assert_eq!(sim.stats().await["licenses"], 2);
+    assert_eq!(second.renew().await.code(), "ok");
+    assert_eq!(active_streams(&gate, "jill").await, 1);
+    assert_eq!(sim.stats().await["licenses"], 4);
 }
 
 #[tokio::test]
