@@ -109,8 +109,8 @@ pub struct StreamHold {
     pub session: Option<String>,
     /// This request started the lease: it ends if no license follows.
     pub started: bool,
-    /// The store set the lease to last `seconds` from admission.
-    pub lease_set: bool,
+    /// When the lease ends as admission set it (seconds since the epoch; `None`: not set).
+    pub lease_ends_at: Option<u64>,
     /// The lease has a provisional name until the Widevine license tells its session id.
     pub learn_session: bool,
     /// A Widevine renewal, whose license tells when the next renewal comes.
@@ -693,7 +693,8 @@ async fn admit_stream(
             false
         });
         if taken_for_live && !ended {
-            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+            // A release counts against no quota.
+            take_rate_tokens(state, ctx, Some(identity), drm).await?;
         }
         return Ok(taken_for_live && ended);
     }
@@ -713,23 +714,29 @@ async fn admit_stream(
         seconds: streams.lease_seconds(ask.interval_seconds),
         session,
         started: false,
-        lease_set: false,
+        lease_ends_at: None,
         learn_session,
         renewal: widevine_continues && info.request_type == RequestType::Renewal,
         announce,
         answer: BytesMut::new(),
         license: None,
     };
+    // Before the store's own clock reads it: the lease ends no earlier than this says.
+    let asked_at = crate::store::now_seconds();
     let mut renewed_live = false;
     if let Some(session) = &hold.session
         && taken_for_live
     {
-        renewed_live = streams.renew_live(user, session, hold.seconds).await?;
+        renewed_live = streams
+            .renew_live(user, session, hold.seconds, &hold.content, drm.as_str())
+            .await?;
         if !renewed_live {
             limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
         }
     }
-    hold.lease_set = renewed_live;
+    if renewed_live {
+        hold.lease_ends_at = Some(asked_at + hold.seconds);
+    }
     if let Some(session) = &hold.session
         && !renewed_live
     {
@@ -751,7 +758,9 @@ async fn admit_stream(
             )
             .await?;
         hold.started = decided == Admitted::Started;
-        hold.lease_set = decided != Admitted::Unchecked;
+        if decided != Admitted::Unchecked {
+            hold.lease_ends_at = Some(asked_at + hold.seconds);
+        }
     }
     ctx.stream = Some(hold);
     Ok(renewed_live)
@@ -1927,8 +1936,10 @@ pub async fn settle(state: &State, ctx: &mut RequestCtx) {
         let named = streams::widevine_session(&license.session_id);
         streams.rename(&hold.user, &session, &named, seconds).await;
     } else if hold.renewal
-        // Unless admission set the lease to these seconds already.
-        && !(hold.lease_set && seconds == hold.seconds)
+        // Unless admission set the lease to end as late already.
+        && hold
+            .lease_ends_at
+            .is_none_or(|ends_at| ends_at < crate::store::now_seconds() + seconds)
         && let Err(e) = streams.renew(&hold.user, &session, seconds).await
     {
         tracing::warn!(error = %e, "stream lease not extended to the license's renewal");

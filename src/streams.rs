@@ -155,6 +155,7 @@ impl Streams {
                 .max_capacity(LIVE_SESSIONS_KEPT)
                 // Only bounds memory: whether a session is live is the lease end it holds.
                 .time_to_idle(lease)
+                .support_invalidation_closures()
                 .build(),
             decisions: metrics.stream_decisions.clone(),
             duration: metrics.stream_store_duration.clone(),
@@ -282,17 +283,21 @@ impl Streams {
     }
 
     /// Renews the live lease of a request taken for a live renewal: `true` if the store renewed
-    /// it; `false` if the store holds no live lease by that name (or cannot answer), so that
-    /// the request is limited and admitted as a new stream; a stopped stream is refused.
+    /// it; `false` if the store holds no live lease by that name for this content and DRM (or
+    /// cannot answer), so that the request is limited and admitted as a new license; a stopped
+    /// stream is refused.
     pub async fn renew_live(
         &self,
         user: &str,
         session: &str,
         seconds: u64,
+        content: &str,
+        drm: &str,
     ) -> Result<bool, Problem> {
         match self.renew(user, session, seconds).await {
             Ok(Some(lease)) if lease.stopped => Err(stream_stopped()),
-            Ok(Some(_)) => Ok(true),
+            // A license for other content is no renewal, whatever session it names.
+            Ok(Some(lease)) => Ok(lease.content == content && lease.drm == drm),
             Ok(None) => Ok(false),
             Err(e) => {
                 tracing::warn!(error = %e, "live stream not renewed; admitting it anew");
@@ -377,6 +382,14 @@ impl Streams {
     }
 
     pub async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+        // Every key of this user, and only theirs: the key starts with the user's length.
+        let prefix = live_key(user, "");
+        if let Err(e) = self
+            .live
+            .invalidate_entries_if(move |key, _| key.starts_with(&prefix))
+        {
+            tracing::warn!(error = %e, "seen-live streams not forgotten");
+        }
         self.timed("end_all", self.store.store.end_streams(user))
             .await
     }

@@ -482,27 +482,32 @@ async fn lease_lookups(gate: &Gate) -> u64 {
 }
 
 #[tokio::test]
-async fn a_renewal_of_a_stream_ended_meanwhile_is_limited_before_it_displaces_another() {
+async fn a_renewal_of_a_stream_ended_elsewhere_is_limited_before_it_displaces_another() {
     let sim = sim();
-    let gate = start(&config(
+    let shared = tempfile::tempdir().unwrap();
+    let config = config(
         &sim,
         &format!(
-            "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 2\n",
-            streams(1, "stop_oldest")
+            "[streams]\nmax_per_user = 1\non_limit = \"stop_oldest\"\ngrace_seconds = 2\n\
+             [store]\npath = \"{}\"\n[rate_limits.per_user]\nper_second = 0.01\nburst = 2\n",
+            shared.path().join("licensegate.db").display()
         ),
-    ))
-    .await;
+    );
+    let (gate, other_instance) = (start(&config).await, start(&config).await);
     let mut first = player(&gate, "jill");
     assert_eq!(first.start(challenge()).await.code(), "ok");
     assert_eq!(first.renew().await.code(), "ok");
-    // The renewal was known live from the license this instance saw, without a lookup.
-    assert_eq!(lease_lookups(&gate).await, 0);
-    let (status, body) = admin(&gate, reqwest::Method::DELETE, "/v1/users/jill/streams").await;
+    let (status, body) = admin(
+        &other_instance,
+        reqwest::Method::DELETE,
+        "/v1/users/jill/streams",
+    )
+    .await;
     assert_eq!((status, &body["ended"]), (200, &json!(1)), "{body}");
     let mut second = player(&gate, "jill");
     assert_eq!(second.start(challenge()).await.code(), "ok");
-    // The first stream is no longer live: its renewal is a new stream, and the user's bucket
-    // is empty. It must not displace the second stream on its way to being refused.
+    // This instance still takes the first stream for live. Its renewal is a new stream now,
+    // and the user's bucket is empty: refused before it can displace the second stream.
     let renewal = first.renew().await;
     assert_eq!(
         (renewal.status, renewal.code()),
@@ -511,6 +516,62 @@ async fn a_renewal_of_a_stream_ended_meanwhile_is_limited_before_it_displaces_an
     assert_eq!(second.renew().await.code(), "ok");
     assert_eq!(active_streams(&gate, "jill").await, 1);
     assert_eq!(sim.stats().await["licenses"], 4);
+    // Every renewal was taken for live from what this instance saw, without a lookup.
+    assert_eq!(lease_lookups(&gate).await, 0);
+}
+
+#[tokio::test]
+async fn a_license_for_other_content_naming_a_live_stream_is_limited_as_new() {
+    let sim = sim();
+    let other_kid = "11223344-5566-7788-99aa-bbccddeeff00";
+    let catalog = format!(
+        "{}[content.other]\nkey_ids = [\"{other_kid}\"]\nkeys = {{ \"{other_kid}\" = \"000102030405060708090a0b0c0d0e0f\" }}\n",
+        catalog()
+    );
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(
+            &sim,
+            &format!(
+                "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
+                streams(5, "refuse")
+            ),
+        ),
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let license = |content: &str, kid: &str, session: Option<&str>| {
+        let mut request = client()
+            .post(gate.license_url("clearkey", Some(content)))
+            .bearer_auth(user_token("kate", &["*"]))
+            .body(format!("{{\"kids\":[\"{kid}\"],\"type\":\"temporary\"}}"));
+        if let Some(session) = session {
+            request = request.header("X-Playback-Session", session);
+        }
+        request.send()
+    };
+    let demo_kid = "AQIDBAUGBwgJCgsMDQ4PEA";
+    let first = license("demo", demo_kid, None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let session = first.headers()["x-playback-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        license("demo", demo_kid, Some(&session))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The bucket is empty; naming the live stream buys no license for other content.
+    problem(
+        license("other", "ESIzRFVmd4iZqrvM3e7_AA", Some(&session))
+            .await
+            .unwrap(),
+        429,
+        "rate_limited",
+    )
+    .await;
 }
 
 #[tokio::test]
