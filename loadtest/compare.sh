@@ -149,7 +149,8 @@ for name in pipeline_sqlite pipeline_redis; do
   url_of[$name]="${url_of[$name]/content=loadtest/content=demo}"
   curl -fs -H "Authorization: Bearer $token" --data-binary "@$out/challenge.bin" \
     -o "$out/cmp_$name.license" "${url_of[$name]}"
-  ./target/release/licensegate-sim --renewal-for "$out/cmp_$name.license" >"$out/cmp_$name.renewal"
+  ./target/release/licensegate-sim --renewal-for "$out/cmp_$name.license" \
+    --renewal-bytes "$challenge_bytes" >"$out/cmp_$name.renewal"
   body_of[$name]="$out/cmp_$name.renewal"
   auth_of[$name]="Authorization: Bearer $token"
 done

@@ -82,7 +82,8 @@ done
 if [ "$mode" = full ]; then
   # A playing stream: one new license, then every request renews it.
   curl -fs "${auth[@]}" --data-binary "@$body" -o "$out/profile-full.license" "$url"
-  ./target/release/licensegate-sim --renewal-for "$out/profile-full.license" >"$out/profile-full.renewal"
+  ./target/release/licensegate-sim --renewal-for "$out/profile-full.license" \
+    --renewal-bytes "$(stat -c %s "$body")" >"$out/profile-full.renewal"
   body="$out/profile-full.renewal"
 fi
 

@@ -157,7 +157,8 @@ stats_port=$axinom_sim_port
 for n in 8 9; do
   curl -fs -H "Authorization: Bearer $token" --data-binary "@$out/challenge.bin" \
     -o "$out/license-$n.bin" "$(license_at $n)"
-  ./target/release/licensegate-sim --renewal-for "$out/license-$n.bin" >"$out/renewal-$n.bin"
+  ./target/release/licensegate-sim --renewal-for "$out/license-$n.bin" \
+    --renewal-bytes "$challenge_bytes" >"$out/renewal-$n.bin"
 done
 BODY="$out/renewal-8.bin" run streams_embedded "$(license_at 8)" -n "$requests" \
   -H "Authorization: Bearer $token"
