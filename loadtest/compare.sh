@@ -8,8 +8,8 @@
 # proxy process's CPU (user + system from /proc/PID/stat, children included) is divided by the
 # requests it served.
 #
-#   loadtest/compare.sh                                  # 100k saturated, 30k at 3000 req/s
-#   REQUESTS=20000 CMP_REQUESTS=6000 loadtest/compare.sh
+#   loadtest/compare.sh                      # 100k saturated; 3 rounds of 30k at 3000 req/s
+#   REQUESTS=20000 CMP_REQUESTS=6000 CMP_ROUNDS=1 loadtest/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ connections="${CONNECTIONS:-64}"
 challenge_bytes="${CHALLENGE_BYTES:-2048}"
 cmp_rate="${CMP_RATE:-3000}"
 cmp_requests="${CMP_REQUESTS:-30000}"
+cmp_rounds="${CMP_ROUNDS:-3}"
 latency_rate="${LATENCY_RATE:-2000}"
 port="${CMP_PORT:-18200}"
 sim_port=$port
@@ -194,25 +195,33 @@ for name in "${rows[@]}"; do
   load "$name" "$name" -n "$requests"
   opened_since "$name" "$before" >"$out/cmp_$name.connections"
   load "$name" "${name}_latency" -n "$cmp_requests" -q "$latency_rate"
-  ticks=$(cpu_ticks "${pid_of[$name]}")
-  load "$name" "${name}_rate" -n "$cmp_requests" -q "$cmp_rate"
-  echo "$ticks $(cpu_ticks "${pid_of[$name]}") $(getconf CLK_TCK)" >"$out/cmp_$name.cpu"
+done
+# CPU per request, in rounds that each go through every row: a machine that speeds up or slows
+# down during the run moves a row and the rows it is compared with alike.
+for round in $(seq 1 "$cmp_rounds"); do
+  for name in "${rows[@]}"; do
+    ticks=$(cpu_ticks "${pid_of[$name]}")
+    load "$name" "${name}_rate_$round" -n "$cmp_requests" -q "$cmp_rate"
+    echo "$ticks $(cpu_ticks "${pid_of[$name]}") $(getconf CLK_TCK)" >"$out/cmp_$name.cpu_$round"
+  done
 done
 # The pipeline rows measure renewals only if every request renewed the live stream.
 for n in 4 5; do
   renewed=$(curl -fs "http://127.0.0.1:$((admin_port + n))/metrics" |
     awk '/^licensegate_stream_decisions_total\{decision="renewed"\}/ {print $2}')
-  if [ "${renewed:-0}" -lt $((requests + 2 * cmp_requests)) ]; then
-    echo "pipeline gate $n renewed ${renewed:-0} of $((requests + 2 * cmp_requests)) streams" >&2
+  expected=$((requests + (1 + cmp_rounds) * cmp_requests))
+  if [ "${renewed:-0}" -lt "$expected" ]; then
+    echo "pipeline gate $n renewed ${renewed:-0} of $expected streams" >&2
     exit 1
   fi
 done
 
 python3 - "$out" "$requests" "$connections" "$challenge_bytes" "$cmp_rate" "$cmp_requests" \
-  "$latency_rate" "${rows[@]}" <<'PY'
-import json, sys
-out, requests, connections, size, rate, rate_requests, latency_rate, *rows = sys.argv[1:]
+  "$latency_rate" "$cmp_rounds" "${rows[@]}" <<'PY'
+import json, statistics, sys
+out, requests, connections, size, rate, rate_requests, latency_rate, rounds, *rows = sys.argv[1:]
 rate_requests = int(rate_requests)
+rounds = range(1, int(rounds) + 1)
 
 def summary(name):
     report = json.load(open(f"{out}/cmp_{name}.json"))
@@ -222,9 +231,16 @@ def summary(name):
     latency = report["latencyPercentiles"]
     return report["summary"]["requestsPerSec"], latency["p50"] * 1000, latency["p99"] * 1000, errors
 
-def cpu(name):
-    before, after, ticks = map(int, open(f"{out}/cmp_{name}.cpu").read().split())
+def cpu(name, round):
+    before, after, ticks = map(int, open(f"{out}/cmp_{name}.cpu_{round}").read().split())
     return (after - before) * 1e6 / ticks / rate_requests
+
+def median_cpu(name):
+    return statistics.median(cpu(name, round) for round in rounds)
+
+def median_ratio(name, other):
+    """Within a round, rows ran minutes apart at most: the ratio of each round, then the median."""
+    return statistics.median(cpu(name, round) / cpu(other, round) for round in rounds)
 
 labels = {"nginx": "nginx proxy_pass, HTTP/1.1", "bare_h2": "bare Pingora, h2c",
           "bare_h1": "bare Pingora, HTTP/1.1", "gate_h2": "licensegate pass-through, h2c",
@@ -233,7 +249,9 @@ labels = {"nginx": "nginx proxy_pass, HTTP/1.1", "bare_h2": "bare Pingora, h2c",
           "pipeline_redis": "licensegate full pipeline, Redis, h2c"}
 print(f"\n{requests} requests saturated and {rate_requests} at {latency_rate} and at {rate} req/s; "
       f"{connections} connections, {size}-byte challenges")
-print("CPU: the proxy process's user + system time per request at the fixed rate, children included\n")
+print("CPU: the proxy process's user + system time per request at the fixed rate, children "
+      f"included; the median of {len(rounds)} rounds (lowest-highest), ratios the median of each "
+      "round's\n")
 header = ("upstream", "proxy", "req/s", "vs nginx", "p50 ms", "p99 ms", "errors", "upstream conns",
           f"p99 at {latency_rate}/s", "added p99 ms", "CPU us/req", "vs nginx", "vs bare")
 print("| " + " | ".join(header) + " |")
@@ -247,14 +265,16 @@ for name in rows:
     bare = f"bare_{'h1' if kind.endswith('h1') else 'h2'}_{upstream}"
     rps, p50, p99, errors = summary(name)
     _, _, latency_p99, latency_errors = summary(f"{name}_latency")
-    _, _, _, rate_errors = summary(f"{name}_rate")
+    rate_errors = sum(summary(f"{name}_rate_{round}")[3] for round in rounds)
     errors += latency_errors + rate_errors
     failed += errors
     conns = open(f"{out}/cmp_{name}.connections").read().strip()
     cells = (upstream, labels[kind], f"{rps:.0f}", f"{rps / summary(baseline)[0]:.2f}",
              f"{p50:.2f}", f"{p99:.2f}", str(errors), conns, f"{latency_p99:.2f}",
-             f"{latency_p99 - summary(baseline + '_latency')[2]:+.2f}", f"{cpu(name):.1f}",
-             f"{cpu(name) / cpu(baseline):.2f}", f"{cpu(name) / cpu(bare):.2f}")
+             f"{latency_p99 - summary(baseline + '_latency')[2]:+.2f}",
+             f"{median_cpu(name):.1f} ({min(cpu(name, r) for r in rounds):.0f}-"
+             f"{max(cpu(name, r) for r in rounds):.0f})",
+             f"{median_ratio(name, baseline):.2f}", f"{median_ratio(name, bare):.2f}")
     print("| " + " | ".join(cells) + " |")
 if failed:
     sys.exit(f"{failed} requests failed")
