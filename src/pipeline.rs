@@ -723,23 +723,20 @@ async fn admit_stream(
     };
     // Before the store's own clock reads it: the lease ends no earlier than this says.
     let asked_at = crate::store::now_seconds();
-    let mut renewed_live = false;
-    if let Some(session) = &hold.session
-        && taken_for_live
-    {
-        renewed_live = streams
-            .renew_live(user, session, hold.seconds, &hold.content, drm.as_str())
-            .await?;
-        if !renewed_live {
-            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+    let renewed_live = match &hold.session {
+        Some(session) if taken_for_live => {
+            streams
+                .renew_live(user, session, hold.seconds, &hold.content, drm.as_str())
+                .await?
         }
-    }
+        _ => false,
+    };
     if renewed_live {
         hold.lease_ends_at = Some(asked_at + hold.seconds);
-    }
-    if let Some(session) = &hold.session
-        && !renewed_live
-    {
+    } else if let Some(session) = &hold.session {
+        if taken_for_live {
+            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
+        }
         let decided = streams
             .admit(
                 user,
