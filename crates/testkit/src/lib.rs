@@ -538,7 +538,9 @@ pub fn axinom_provider(name: &str, sim: &Sim) -> String {
 }
 
 /// oha posting `body` to `url` at `rate` per second over 8 connections for `seconds`, in
-/// the background, as a steady player population.
+/// the background, as a steady player population. Requests still in flight when the time is up
+/// are waited for (else oha cancels them, and a run whose last answer is a few milliseconds late
+/// falls short of its count); none may take longer than 10 s.
 pub struct SteadyLoad {
     child: Child,
 }
@@ -554,6 +556,9 @@ impl SteadyLoad {
                 &rate.to_string(),
                 "-c",
                 "8",
+                "-w",
+                "-t",
+                "10s",
             ])
             .args(["-m", "POST", "-D"])
             .arg(body)
