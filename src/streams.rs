@@ -315,7 +315,8 @@ impl Streams {
         .await
     }
 
-    /// A heartbeat: extends a live lease by one lease length.
+    /// Extends a live, not stopped lease by `seconds` from now (a heartbeat, a live renewal, the
+    /// renewal a license asks for); returns the lease as it stands.
     pub async fn renew(
         &self,
         user: &str,
