@@ -249,7 +249,7 @@ impl ProxyHttp for LicenseProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        pipeline::settle(&ctx.state.clone(), ctx).await;
+        pipeline::settle(&ctx.state.clone(), ctx, e).await;
         pipeline::record(&ctx.state.clone(), ctx, e);
         if std::mem::take(&mut ctx.connection_busy) {
             self.live

@@ -4,10 +4,15 @@
 //!
 //! - Widevine: the `session_id` of the license's identification, which the vendor sets in the
 //!   license (read from the answer) and the CDM sends back in every renewal and release.
-//! - Others: the session id the player sends (`X-Playback-Session`, or `?session=`); else the
-//!   device the vendor reported; else one stream per user, content and client address.
-//! - licensegate's own ClearKey server issues a session id (`X-Playback-Session` on the answer)
-//!   when the player sends none.
+//! - Others: the session id licensegate told the player (`X-Playback-Session` on the answer)
+//!   and the player sends back (`X-Playback-Session`, or `?session=`); else the device the
+//!   vendor reported; else one stream per user, content, DRM and client address.
+//! - licensegate's own ClearKey server issues a session id when the player names none.
+//!
+//! Each lease records what its stream was licensed for (content, DRM, provider, policy, key IDs,
+//! device): a request that names a session continues it only if the record is the same user's,
+//! content's and DRM's (and device's, where the vendor reports one). A session id the player
+//! makes up continues nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +26,10 @@ use sha2::{Digest, Sha256};
 use crate::config::{OnLimit, StreamSettings};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
-use crate::store::{Lease, LeaseAsk, Shared, StoreError, StreamDecision, now_seconds};
+use crate::store::{
+    Continuation, ContinueAsk, Lease, LeaseAsk, Shared, StoreError, StreamDecision, StreamFacts,
+    now_seconds,
+};
 
 pub const SESSION_HEADER: &str = "X-Playback-Session";
 const MAX_SESSION_LEN: usize = 128;
@@ -81,19 +89,39 @@ pub fn widevine_session(session_id: &[u8]) -> String {
     }
 }
 
-/// The stream of a device the vendor reported.
-pub fn device_session(device: &str) -> String {
-    format!("dev-{}", digest(&[device.as_bytes()]))
+/// The stream of a device the vendor reported, playing one content in one DRM.
+pub fn device_session(device: &str, content: &str, drm: &str) -> String {
+    format!(
+        "dev-{}",
+        digest(&[device.as_bytes(), content.as_bytes(), drm.as_bytes()])
+    )
+}
+
+/// A device as a stream's record keeps it: a digest, never the vendor's identifiers.
+pub fn device_digest(device: &str) -> String {
+    digest(&[device.as_bytes()])
 }
 
 /// The stream of a player that names none, on a vendor that reports no device.
-pub fn client_session(content: &str, client: Option<std::net::IpAddr>) -> String {
+pub fn client_session(content: &str, drm: &str, client: Option<std::net::IpAddr>) -> String {
     let client = client.map(|ip| ip.to_string()).unwrap_or_default();
     format!(
         "client-{}",
-        digest(&[content.as_bytes(), client.as_bytes()])
+        digest(&[content.as_bytes(), drm.as_bytes(), client.as_bytes()])
     )
 }
+
+/// What a license for these key IDs counts as in its stream's cadence.
+pub fn keys_cadence(key_ids: &[String]) -> String {
+    let mut sorted: Vec<&[u8]> = key_ids.iter().map(String::as_bytes).collect();
+    sorted.sort_unstable();
+    format!("k{}", &digest(&sorted)[..12])
+}
+
+/// A Widevine renewal, in its stream's cadence.
+pub const RENEWAL_CADENCE: &str = "renewal";
+/// A heartbeat (`POST /v1/streams/{session}`), in its stream's cadence.
+pub const HEARTBEAT_CADENCE: &str = "heartbeat";
 
 /// A stream licensegate's own license server names for the player.
 pub fn issued_session() -> String {
@@ -102,14 +130,20 @@ pub fn issued_session() -> String {
 
 const PENDING: &str = "pending-";
 
-/// The lease of a Widevine license whose session id only its answer tells.
-pub fn pending_session(request_id: &str) -> String {
-    format!("{PENDING}{request_id}")
+/// The lease of a Widevine license whose session id only its answer tells: named after the
+/// CDM's own id for its session (which the license echoes, and its renewals carry) and this
+/// request, so that a renewal can find it should the renaming be lost.
+pub fn pending_session(cdm_request_id: Option<&[u8]>, request_id: &str) -> String {
+    format!("{}{request_id}", pending_prefix(cdm_request_id))
 }
 
-/// What a Widevine renewal may take over when its session is unknown: a provisional lease
-/// whose renaming was lost (licensegate stopped between the answer and the rename).
-pub const ADOPTS_PENDING: Option<&str> = Some(PENDING);
+/// The start of every provisional lease of the CDM session `cdm_request_id`.
+pub fn pending_prefix(cdm_request_id: Option<&[u8]>) -> String {
+    match cdm_request_id {
+        Some(id) => format!("{PENDING}{}-", digest(&[id])),
+        None => format!("{PENDING}-"),
+    }
+}
 
 /// What the store said to a stream asking to play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,20 +157,30 @@ pub enum Admitted {
 pub struct Streams {
     pub settings: StreamSettings,
     store: Arc<Shared>,
-    /// Sessions this instance saw the store hold live, keyed by [`live_key`], with the end of
-    /// their lease as the store last set it (seconds since the epoch). A request continuing one
-    /// is taken for a live renewal without a lookup; only the store's renewal of exactly that
-    /// lease confirms it ([`Self::renew_live`]), and a request it does not confirm is limited
-    /// as a new stream before the store is asked to start one.
-    live: moka::sync::Cache<String, Arc<AtomicU64>>,
+    /// Sessions this instance saw the store hold live, keyed by [`live_key`]: their record, and
+    /// the end of their lease as the store last set it (seconds since the epoch). A request
+    /// naming one finds what it may continue without a lookup; only the store's continuation
+    /// of exactly that lease, for the same content and DRM, confirms it ([`Self::continue_`]).
+    live: moka::sync::Cache<String, Arc<SeenLive>>,
     decisions: IntCounterVec,
     duration: HistogramVec,
+}
+
+/// A lease as this instance last saw the store hold it.
+pub struct SeenLive {
+    pub lease: Lease,
+    until: AtomicU64,
 }
 
 /// Seen-live sessions kept at most: enough for every stream of a busy instance.
 const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
 
-fn stream_stopped() -> Problem {
+pub fn store_unavailable() -> Problem {
+    Problem::new(Refusal::StreamStoreUnavailable)
+        .with_detail("the stream limit cannot be checked right now")
+}
+
+pub fn stream_stopped() -> Problem {
     Problem::new(Refusal::StreamStopped)
         .with_detail("a newer stream of this user took this stream's place")
 }
@@ -188,7 +232,8 @@ impl Streams {
         interval + self.settings.grace.as_secs()
     }
 
-    /// Starts or renews `ask.session`'s lease for `user`, or refuses.
+    /// Starts `ask.session`'s lease for `user` (or renews it, if it is already this content's
+    /// and DRM's), or refuses.
     pub async fn admit(
         &self,
         user: &str,
@@ -207,7 +252,7 @@ impl Streams {
         match decided {
             Ok(StreamDecision::Started { stopped }) => {
                 self.count("started");
-                self.seen_live(user, ask.session, now_seconds() + ask.seconds);
+                self.seen_started(user, ask.session, ask.facts, ask.seconds);
                 if let Some(stopped) = stopped {
                     self.live.invalidate(&live_key(user, &stopped));
                     self.count("stopped_oldest");
@@ -217,7 +262,6 @@ impl Streams {
             }
             Ok(StreamDecision::Renewed) => {
                 self.count("renewed");
-                self.seen_live(user, ask.session, now_seconds() + ask.seconds);
                 Ok(Admitted::Renewed)
             }
             Ok(StreamDecision::Stopped) => {
@@ -225,11 +269,12 @@ impl Streams {
                 self.count("stopped_refused");
                 Err(stream_stopped())
             }
+            Ok(StreamDecision::Conflict) => Err(Problem::new(Refusal::ContentMismatch)
+                .with_detail("the playback session plays other content or another DRM")),
             Ok(StreamDecision::Full {
                 active,
                 oldest_expires_at,
             }) => {
-                self.live.invalidate(&live_key(user, ask.session));
                 self.count("refused");
                 let expires =
                     crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_expires_at));
@@ -249,60 +294,141 @@ impl Streams {
                     return Ok(Admitted::Unchecked);
                 }
                 self.count("store_down_refused");
-                Err(Problem::new(Refusal::StreamStoreUnavailable)
-                    .with_detail("the stream limit cannot be checked right now"))
+                Err(store_unavailable())
             }
         }
     }
 
-    /// Whether the session holds a live, not stopped lease: as this instance last saw the
-    /// store set it, else as the store tells. A store that cannot answer says no.
-    pub async fn is_live(&self, user: &str, session: &str) -> bool {
-        let seen_until = self
-            .live
-            .get(&live_key(user, session))
-            .map(|until| until.load(Ordering::Relaxed));
-        if seen_until.is_some_and(|until| until > now_seconds()) {
-            return true;
+    /// The live lease a request names, as this instance last saw the store hold it, else as
+    /// the store tells.
+    pub async fn find(&self, user: &str, session: &str) -> Result<Option<Lease>, StoreError> {
+        if let Some(seen) = self.live.get(&live_key(user, session))
+            && seen.until.load(Ordering::Relaxed) > now_seconds()
+        {
+            return Ok(Some(seen.lease.clone()));
         }
-        match self.lease(user, session).await {
-            Ok(Some(lease)) if !lease.stopped => {
-                self.seen_live(user, session, lease.expires_at);
-                true
-            }
-            _ => false,
+        let lease = self.lease(user, session).await?;
+        if let Some(lease) = &lease {
+            self.seen_live(user, lease);
         }
+        Ok(lease)
     }
 
-    fn seen_live(&self, user: &str, session: &str, until: u64) {
-        let key = live_key(user, session);
+    /// A lease this instance just started (or renamed), so that the stream's next request
+    /// finds it without a lookup.
+    fn seen_started(&self, user: &str, session: &str, facts: &StreamFacts, seconds: u64) {
+        let now = now_seconds();
+        self.seen_live(
+            user,
+            &Lease {
+                session: session.to_string(),
+                content: facts.content.clone(),
+                drm: facts.drm.clone(),
+                started_at: now,
+                expires_at: now + seconds,
+                stopped: false,
+                provider: facts.provider.clone(),
+                policy: facts.policy.clone(),
+                interval: facts.interval,
+                device: None,
+                key_ids: facts.key_ids.clone(),
+            },
+        );
+    }
+
+    fn seen_live(&self, user: &str, lease: &Lease) {
+        if lease.stopped {
+            self.live.invalidate(&live_key(user, &lease.session));
+            return;
+        }
+        let key = live_key(user, &lease.session);
         match self.live.get(&key) {
-            Some(seen) => seen.store(until, Ordering::Relaxed),
-            None => self.live.insert(key, Arc::new(AtomicU64::new(until))),
+            Some(seen)
+                if seen.lease.content == lease.content && seen.lease.device == lease.device =>
+            {
+                seen.until.store(lease.expires_at, Ordering::Relaxed);
+            }
+            _ => self.live.insert(
+                key,
+                Arc::new(SeenLive {
+                    lease: lease.clone(),
+                    until: AtomicU64::new(lease.expires_at),
+                }),
+            ),
         }
     }
 
-    /// Renews the live lease of a request taken for a live renewal: `true` if the store renewed
-    /// it; `false` if the store holds no live lease by that name for this content and DRM (or
-    /// cannot answer), so that the request is limited and admitted as a new license; a stopped
-    /// stream is refused.
-    pub async fn renew_live(
+    /// The provisional lease of the CDM session a Widevine renewal names, should its renaming
+    /// have been lost (licensegate stopped between the answer and the rename): it takes the
+    /// name the license told.
+    pub async fn adopt(
         &self,
         user: &str,
-        session: &str,
-        seconds: u64,
-        content: &str,
-        drm: &str,
-    ) -> Result<bool, Problem> {
-        match self.renew(user, session, seconds).await {
-            Ok(Some(lease)) if lease.stopped => Err(stream_stopped()),
-            // A license for other content is no renewal, whatever session it names.
-            Ok(Some(lease)) => Ok(lease.content == content && lease.drm == drm),
-            Ok(None) => Ok(false),
-            Err(e) => {
-                tracing::warn!(error = %e, "live stream not renewed; admitting it anew");
-                Ok(false)
+        cdm_request_id: &[u8],
+        to: &str,
+    ) -> Result<Option<Lease>, StoreError> {
+        let adopted = self
+            .timed(
+                "adopt",
+                self.store.store.adopt_stream(
+                    user,
+                    &pending_prefix(Some(cdm_request_id)),
+                    to,
+                    now_seconds(),
+                ),
+            )
+            .await?;
+        if adopted.is_some() {
+            self.count("adopted");
+        }
+        Ok(adopted)
+    }
+
+    /// Continues the stream a request names: the store extends exactly that lease if it is
+    /// still this content's and DRM's, and tells whether the request keeps to the stream's
+    /// cadence.
+    pub async fn continue_(
+        &self,
+        user: &str,
+        ask: ContinueAsk<'_>,
+    ) -> Result<Continuation, StoreError> {
+        let continued = self
+            .timed(
+                "continue",
+                self.store.store.continue_stream(user, ask, now_seconds()),
+            )
+            .await;
+        match &continued {
+            Ok(Continuation::Continued { lease, exempt }) => {
+                self.seen_live(user, lease);
+                self.count(if *exempt {
+                    "continued"
+                } else {
+                    "continued_beyond_cadence"
+                });
             }
+            Ok(Continuation::Stopped) => {
+                self.live.invalidate(&live_key(user, ask.session));
+                self.count("stopped_refused");
+            }
+            Ok(_) => self.live.invalidate(&live_key(user, ask.session)),
+            Err(_) => {}
+        }
+        continued
+    }
+
+    /// Records the device the vendor reported for a stream; a failure only leaves the record
+    /// without it (the next request from the stream is device-checked again).
+    pub async fn set_device(&self, user: &str, session: &str, device: &str) {
+        self.live.invalidate(&live_key(user, session));
+        if let Err(e) = self
+            .timed(
+                "set_device",
+                self.store.store.set_stream_device(user, session, device),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "stream's device not recorded");
         }
     }
 
@@ -337,7 +463,7 @@ impl Streams {
                 self.count("stopped_refused");
             }
             Ok(Some(lease)) => {
-                self.seen_live(user, session, lease.expires_at);
+                self.seen_live(user, lease);
                 self.count("renewed");
             }
             Ok(None) => self.live.invalidate(&live_key(user, session)),
@@ -346,24 +472,35 @@ impl Streams {
         renewed
     }
 
-    /// The session id the answer told: the lease taken under a provisional name moves to it.
-    pub async fn rename(&self, user: &str, from: &str, to: &str, seconds: u64) {
+    /// The session id the answer told: the lease taken under a provisional name moves to it,
+    /// with the license's renewal interval.
+    pub async fn rename(
+        &self,
+        user: &str,
+        from: &str,
+        to: &str,
+        seconds: u64,
+        facts: &StreamFacts,
+    ) {
         self.live.invalidate(&live_key(user, from));
-        if let Err(e) = self
+        match self
             .timed(
                 "rename",
-                self.store
-                    .store
-                    .rename_stream(user, from, to, seconds, now_seconds()),
+                self.store.store.rename_stream(
+                    user,
+                    from,
+                    to,
+                    seconds,
+                    facts.interval,
+                    now_seconds(),
+                ),
             )
             .await
         {
-            // The provisional lease stays and runs out; the stream's first renewal starts its
-            // lease anew.
-            tracing::warn!(error = %e, "stream lease not renamed");
-            return;
+            Ok(()) => self.seen_started(user, to, facts, seconds),
+            // The provisional lease stays: the stream's first renewal adopts it.
+            Err(e) => tracing::warn!(error = %e, "stream lease not renamed"),
         }
-        self.seen_live(user, to, now_seconds() + seconds);
     }
 
     pub async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {

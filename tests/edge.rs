@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use licensegate_testkit::{
-    Gate, JWT_SECRET, Nginx, Sim, client, config, fixture, free_port, gate_command, problem,
-    signal, token_signed_with, wait_for_port,
+    Gate, Hypercorn, JWT_SECRET, Nginx, Sim, client, config, fixture, free_port, gate_command,
+    problem, signal, token_signed_with, wait_for_port,
 };
 
 const CHALLENGE_30K: usize = 30 * 1024;
@@ -597,60 +597,11 @@ async fn sigterm_answers_every_request_in_flight_and_keeps_accepting_for_the_gra
     assert_eq!(access_lines, 9, "{}", gate.log());
 }
 
-/// hypercorn serving `tests/servers/certificate_vendor.py`: its own HTTP/2 stack (the `h2`
-/// Python library) frames the answers.
-struct Hypercorn {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Hypercorn {
-    fn start() -> Hypercorn {
-        let port = licensegate_testkit::free_port();
-        let child = std::process::Command::new("python3")
-            .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}")])
-            .arg("certificate_vendor:app")
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("hypercorn must be installed (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "hypercorn did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Hypercorn { child, port }
-    }
-
-    async fn requests(&self) -> u64 {
-        let text = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .build()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{}/count", self.port))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.parse().unwrap()
-    }
-}
-
-impl Drop for Hypercorn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// However the provider's HTTP/2 stack ends its answer, the certificate is in the cache before
 /// the player sees the end of it: ten requests in a row reach the provider once, every time.
 #[tokio::test]
 async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_framing() {
-    let hypercorn = Hypercorn::start();
+    let hypercorn = Hypercorn::start("certificate_vendor:app", &[]);
     let nginx = Nginx::start(
         r#"listen 127.0.0.1:{port} http2;
         location /last-data { return 200 "service-certificate"; }
@@ -660,8 +611,7 @@ async fn the_service_certificate_reaches_a_real_http2_vendor_once_whatever_its_f
             echo -n "service-certificate";
         }"#,
     );
-    let hypercorn_url =
-        |framing: &str| format!("http://127.0.0.1:{}/cert/{framing}", hypercorn.port);
+    let hypercorn_url = |framing: &str| hypercorn.url(&format!("/cert/{framing}"));
     let providers = [
         hypercorn_url("length"),
         hypercorn_url("split"),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use licensegate_testkit::{
-    Gate, GateConfig, Player, Redis, RedisCluster, Sim, client, fixture, problem, user_token,
+    Gate, GateConfig, Hypercorn, Player, Redis, RedisCluster, Sim, client, fixture, problem,
+    user_token,
 };
 use serde_json::{Value, json};
 
@@ -141,8 +142,9 @@ async fn a_third_stream_waits_for_a_release_or_a_silent_stream_to_expire() {
     )
     .await;
     assert_eq!(four.start(challenge()).await.code(), "ok");
-    // The silent player's renewal now finds its slot taken.
-    assert_eq!(two.renew().await.code(), "stream_limit_reached");
+    // The silent player's stream has ended: its renewal continues nothing, and starts nothing.
+    let late = two.renew().await;
+    assert_eq!((late.status, late.code()), (404, "stream_unknown".into()));
     let metrics = reqwest::get(gate.admin("/metrics"))
         .await
         .unwrap()
@@ -162,6 +164,50 @@ async fn a_third_stream_waits_for_a_release_or_a_silent_stream_to_expire() {
         "{}",
         gate.log()
     );
+}
+
+/// However the vendor's HTTP/2 stack ends a license (END_STREAM on its DATA frame, or on an empty
+/// frame of its own 20 ms later, as hypercorn may), licensegate reads the license: each lease
+/// takes its session's name, and each release ends it.
+#[tokio::test]
+async fn every_lease_takes_its_license_session_however_the_vendor_ends_the_answer() {
+    let sim = sim();
+    let relay = Hypercorn::start("relay_vendor:app", &[("RELAY_TO", &sim.url())]);
+    for framing in ["together", "late-end"] {
+        let config = GateConfig::new()
+            .auth("")
+            .catalog()
+            .provider(
+                "relay",
+                &format!(
+                    "kind = \"passthrough\"\nendpoints = [\"{}\"]\nprotocol = \"h2\"",
+                    relay.url(&format!("/{framing}"))
+                ),
+            )
+            .routes(&[("widevine", "relay")])
+            .with(&format!(
+                "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
+                streams(6, "refuse")
+            ))
+            .build();
+        let gate = start(&config).await;
+        let mut players: Vec<Player> = (0..6).map(|_| player(&gate, "lena")).collect();
+        for player in &mut players {
+            assert_eq!(player.start(challenge()).await.code(), "ok", "{framing}");
+        }
+        let (_, body) = admin(&gate, reqwest::Method::GET, "/v1/users/lena/streams").await;
+        let named = body["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|lease| lease["session"].as_str().unwrap().starts_with("wv-"))
+            .count();
+        assert_eq!(named, 6, "{framing}: {body}");
+        for player in &mut players {
+            assert_eq!(player.release().await.code(), "ok", "{framing}");
+        }
+        assert_eq!(active_streams(&gate, "lena").await, 0, "{framing}");
+    }
 }
 
 #[tokio::test]
@@ -463,10 +509,22 @@ async fn a_burst_over_the_rate_gets_429_and_renewals_pass() {
         .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     problem(refused, 429, "rate_limited").await;
-    // The bucket is empty, yet every live stream renews.
+    // The bucket is empty, yet every live stream renews at its license's cadence (half its
+    // renewal delay)...
+    tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
     for player in players.iter_mut().take(3) {
         assert_eq!(player.renew().await.code(), "ok");
     }
+    // ...and no faster: a renewal sent again at once is a license like any other, and takes
+    // what the bucket refilled meanwhile (2 s at 1/s).
+    let mut replays = Vec::new();
+    for _ in 0..4 {
+        replays.push(players[0].renew().await.code());
+    }
+    let licensed = replays.iter().filter(|code| *code == "ok").count();
+    assert!(licensed <= 3, "{replays:?}");
+    assert_eq!(replays.last().map(String::as_str), Some("rate_limited"));
+    assert_eq!(sim.stats().await["licenses"], 6 + licensed as u64);
 }
 
 /// How many times licensegate looked a stream's lease up in the store.
@@ -482,7 +540,7 @@ async fn lease_lookups(gate: &Gate) -> u64 {
 }
 
 #[tokio::test]
-async fn a_renewal_of_a_stream_ended_elsewhere_is_limited_before_it_displaces_another() {
+async fn a_renewal_of_a_stream_ended_elsewhere_is_refused_before_it_displaces_another() {
     let sim = sim();
     let shared = tempfile::tempdir().unwrap();
     let config = config(
@@ -494,8 +552,10 @@ async fn a_renewal_of_a_stream_ended_elsewhere_is_limited_before_it_displaces_an
         ),
     );
     let (gate, other_instance) = (start(&config).await, start(&config).await);
+    let cadence = Duration::from_secs(RENEWAL_SECONDS / 2);
     let mut first = player(&gate, "jill");
     assert_eq!(first.start(challenge()).await.code(), "ok");
+    tokio::time::sleep(cadence).await;
     assert_eq!(first.renew().await.code(), "ok");
     let (status, body) = admin(
         &other_instance,
@@ -506,22 +566,23 @@ async fn a_renewal_of_a_stream_ended_elsewhere_is_limited_before_it_displaces_an
     assert_eq!((status, &body["ended"]), (200, &json!(1)), "{body}");
     let mut second = player(&gate, "jill");
     assert_eq!(second.start(challenge()).await.code(), "ok");
-    // This instance still takes the first stream for live. Its renewal is a new stream now,
-    // and the user's bucket is empty: refused before it can displace the second stream.
+    // This instance saw the first stream live; the store's continuation finds it ended, and
+    // the renewal starts nothing: refused before the vendor, and before it displaces anyone.
     let renewal = first.renew().await;
     assert_eq!(
         (renewal.status, renewal.code()),
-        (429, "rate_limited".to_string())
+        (404, "stream_unknown".to_string())
     );
+    tokio::time::sleep(cadence).await;
     assert_eq!(second.renew().await.code(), "ok");
     assert_eq!(active_streams(&gate, "jill").await, 1);
     assert_eq!(sim.stats().await["licenses"], 4);
-    // Every renewal was taken for live from what this instance saw, without a lookup.
+    // Every renewal found its stream in what this instance saw, without a lookup.
     assert_eq!(lease_lookups(&gate).await, 0);
 }
 
 #[tokio::test]
-async fn a_license_for_other_content_naming_a_live_stream_is_limited_as_new() {
+async fn a_session_continues_only_its_own_content_and_at_its_cadence() {
     let sim = sim();
     let other_kid = "11223344-5566-7788-99aa-bbccddeeff00";
     let catalog = format!(
@@ -531,10 +592,9 @@ async fn a_license_for_other_content_naming_a_live_stream_is_limited_as_new() {
     let gate = Gate::ready(Gate::start_with_files(
         &config(
             &sim,
-            &format!(
-                "{}[rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
-                streams(5, "refuse")
-            ),
+            "[streams]\nmax_per_user = 5\nrenewal_interval_seconds = 2\ngrace_seconds = 2\n\
+             [store]\npath = \"${LG_DIR}/licensegate.db\"\n\
+             [rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
         ),
         &[("catalog.toml", catalog.as_bytes())],
     ))
@@ -556,22 +616,35 @@ async fn a_license_for_other_content_naming_a_live_stream_is_limited_as_new() {
         .to_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        license("demo", demo_kid, Some(&session))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    // The bucket is empty; naming the live stream buys no license for other content.
+    // The bucket is empty. The same keys again at once are no continuation's cadence...
     problem(
-        license("other", "ESIzRFVmd4iZqrvM3e7_AA", Some(&session))
-            .await
-            .unwrap(),
+        license("demo", demo_kid, Some(&session)).await.unwrap(),
         429,
         "rate_limited",
     )
     .await;
+    // ...the live session buys no keys of other content...
+    problem(
+        license("other", "ESIzRFVmd4iZqrvM3e7_AA", Some(&session))
+            .await
+            .unwrap(),
+        403,
+        "content_mismatch",
+    )
+    .await;
+    // ...and a session id licensegate never issued continues nothing.
+    problem(
+        license("demo", demo_kid, Some("lg-made-up")).await.unwrap(),
+        429,
+        "rate_limited",
+    )
+    .await;
+    // Half the renewal interval later, the stream's keys come again without a token.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = license("demo", demo_kid, Some(&session)).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["x-playback-session"], session.as_str());
+    assert_eq!(active_streams(&gate, "kate").await, 1);
 }
 
 #[tokio::test]
@@ -594,8 +667,11 @@ async fn a_quota_caps_licenses_per_period() {
         (429, "quota_exceeded".to_string())
     );
     assert_eq!(over.json()["license_quota"], 2);
-    // A live stream's renewal is not cut off by the quota.
+    // A live stream's renewal at its cadence is not cut off by the quota; sent again at once,
+    // it is.
+    tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
     assert_eq!(one.renew().await.code(), "ok");
+    assert_eq!(one.renew().await.code(), "quota_exceeded");
     assert_eq!(sim.stats().await["licenses"], 3);
 }
 

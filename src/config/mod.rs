@@ -145,7 +145,8 @@ struct FileConfig {
 struct Demo {
     #[serde(default = "yes")]
     pub enabled: bool,
-    pub root: String,
+    /// Needed only when enabled.
+    pub root: Option<String>,
 }
 
 fn default_reload_seconds() -> u64 {
@@ -478,14 +479,20 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     let demo_root = match file.demo {
         Some(demo) if demo.enabled => {
-            let root = PathBuf::from(&demo.root);
-            if !root.join("index.html").is_file() {
+            let Some(root) = demo.root else {
                 return Err(ConfigError::new(
                     "demo.root",
-                    format!("'{}' has no index.html", demo.root),
+                    "the directory of the demo page is required while the demo is enabled",
+                ));
+            };
+            let path = PathBuf::from(&root);
+            if !path.join("index.html").is_file() {
+                return Err(ConfigError::new(
+                    "demo.root",
+                    format!("'{root}' has no index.html"),
                 ));
             }
-            Some(root)
+            Some(path)
         }
         _ => None,
     };
@@ -535,6 +542,14 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, &|_| None)
+    }
+
+    #[test]
+    fn a_disabled_demo_needs_no_root_and_an_enabled_one_does() {
+        let disabled = parse(&format!("{MINIMAL}\n[demo]\nenabled = false\n")).unwrap();
+        assert_eq!(disabled.demo_root, None);
+        let rootless = parse(&format!("{MINIMAL}\n[demo]\nenabled = true\n")).unwrap_err();
+        assert_eq!(rootless.key, "demo.root");
     }
 
     #[test]

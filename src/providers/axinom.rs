@@ -345,6 +345,10 @@ impl Provider for Axinom {
         self.device(headers)
     }
 
+    fn reports_devices(&self) -> bool {
+        true
+    }
+
     fn internal_headers(&self) -> &[HeaderName] {
         &self.internal_headers
     }

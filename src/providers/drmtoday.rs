@@ -217,6 +217,10 @@ impl Provider for DrmToday {
         client_info(headers)
     }
 
+    fn reports_devices(&self) -> bool {
+        true
+    }
+
     fn internal_headers(&self) -> &[HeaderName] {
         &self.internal_headers
     }

@@ -179,6 +179,12 @@ pub trait Provider: Send + Sync {
         Device::NotReported
     }
 
+    /// Whether [`Provider::device`] may report the device that asked: a stream is then known
+    /// by its device, on the answer.
+    fn reports_devices(&self) -> bool {
+        false
+    }
+
     /// Response headers meant for licensegate, stripped before the player sees the answer.
     fn internal_headers(&self) -> &[HeaderName] {
         &[]

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBe
 use tokio::sync::oneshot;
 
 use super::{
-    DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot, Store, StoreError,
-    StreamDecision,
+    Continuation, ContinueAsk, DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot,
+    Store, StoreError, StreamDecision, cadence,
 };
 
 /// Calls committed together at most; bounds one transaction's length under a burst.
@@ -64,6 +64,12 @@ impl EmbeddedStore {
                      started_at INTEGER NOT NULL,
                      expires_at INTEGER NOT NULL,
                      stopped INTEGER NOT NULL DEFAULT 0,
+                     provider TEXT NOT NULL DEFAULT '',
+                     policy TEXT NOT NULL DEFAULT '',
+                     interval INTEGER NOT NULL DEFAULT 0,
+                     device TEXT NOT NULL DEFAULT '',
+                     key_ids TEXT NOT NULL DEFAULT '',
+                     cadence TEXT NOT NULL DEFAULT '',
                      PRIMARY KEY (user, session)
                  ) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS quotas (
@@ -78,6 +84,7 @@ impl EmbeddedStore {
                  ) WITHOUT ROWID;",
             )
             .map_err(|e| open_error(path, e))?;
+        add_stream_record_columns(&connection).map_err(|e| open_error(path, e))?;
         // Every distinct statement stays prepared.
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
@@ -107,6 +114,28 @@ impl EmbeddedStore {
         self.jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
         answered.await.map_err(|_| StoreError::WriterStopped)?
     }
+}
+
+/// A database from before streams recorded what they were licensed for gains the columns; its
+/// leases, which recorded content and DRM already, continue as they did until they run out.
+fn add_stream_record_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare("SELECT name FROM pragma_table_info('streams')")?;
+    let present = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (column, kind) in [
+        ("provider", "TEXT NOT NULL DEFAULT ''"),
+        ("policy", "TEXT NOT NULL DEFAULT ''"),
+        ("interval", "INTEGER NOT NULL DEFAULT 0"),
+        ("device", "TEXT NOT NULL DEFAULT ''"),
+        ("key_ids", "TEXT NOT NULL DEFAULT ''"),
+        ("cadence", "TEXT NOT NULL DEFAULT ''"),
+    ] {
+        if !present.iter().any(|name| name == column) {
+            connection.execute_batch(&format!("ALTER TABLE streams ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The writer thread: takes every queued call, runs them in one transaction, commits, answers.
@@ -197,10 +226,23 @@ fn lease(row: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         started_at: row.get::<_, i64>(3)? as u64,
         expires_at: row.get::<_, i64>(4)? as u64,
         stopped: row.get::<_, i64>(5)? != 0,
+        provider: row.get(6)?,
+        policy: row.get(7)?,
+        interval: row.get::<_, i64>(8)? as u64,
+        device: Some(row.get::<_, String>(9)?).filter(|device| !device.is_empty()),
+        key_ids: split_key_ids(&row.get::<_, String>(10)?),
     })
 }
 
-const LEASE_COLUMNS: &str = "session, content, drm, started_at, expires_at, stopped";
+fn split_key_ids(joined: &str) -> Vec<String> {
+    joined
+        .split(',')
+        .filter(|kid| !kid.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+const LEASE_COLUMNS: &str = "session, content, drm, started_at, expires_at, stopped, provider, policy, interval, device, key_ids";
 
 fn find_lease(
     tx: &Connection,
@@ -329,51 +371,36 @@ impl Store for EmbeddedStore {
         stop_oldest: bool,
         now: u64,
     ) -> Result<StreamDecision, StoreError> {
-        let (user, session, content, drm) = (
-            user.to_string(),
-            ask.session.to_string(),
-            ask.content.to_string(),
-            ask.drm.to_string(),
-        );
-        let adopts = ask.adopts.map(|prefix| format!("{prefix}%"));
-        let (seconds, now) = (ask.seconds as i64, now as i64);
+        let (user, session, facts) = (user.to_string(), ask.session.to_string(), ask.facts.clone());
+        let (seconds, now_at) = (ask.seconds as i64, now as i64);
+        let started_cadence = cadence::start(ask.cadence, now);
         self.with(move |tx| {
             run(
                 tx,
                 "DELETE FROM streams WHERE user = ?1 AND expires_at <= ?2",
-                params![user, now],
+                params![user, now_at],
             )?;
-            let held: Option<bool> = row(
+            let held: Option<(bool, String, String)> = row(
                     tx,
-                    "SELECT stopped FROM streams WHERE user = ?1 AND session = ?2",
+                    "SELECT stopped, content, drm FROM streams WHERE user = ?1 AND session = ?2",
                     params![user, session],
-                    |row| Ok(row.get::<_, i64>(0)? != 0),
+                    |row| Ok((row.get::<_, i64>(0)? != 0, row.get(1)?, row.get(2)?)),
                 )
                 .optional()?;
             match held {
-                Some(true) => return Ok(StreamDecision::Stopped),
-                Some(false) => {
+                Some((_, content, drm)) if content != facts.content || drm != facts.drm => {
+                    return Ok(StreamDecision::Conflict);
+                }
+                Some((true, _, _)) => return Ok(StreamDecision::Stopped),
+                Some((false, _, _)) => {
                     run(
                         tx,
                         "UPDATE streams SET expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2",
-                        params![user, session, now + seconds],
+                        params![user, session, now_at + seconds],
                     )?;
                     return Ok(StreamDecision::Renewed);
                 }
                 None => {}
-            }
-            if let Some(pattern) = &adopts {
-                let adopted = run(
-                    tx,
-                    "UPDATE streams SET session = ?2, expires_at = MAX(expires_at, ?5)
-                     WHERE user = ?1 AND session = (
-                         SELECT session FROM streams WHERE user = ?1 AND session LIKE ?3
-                         AND content = ?4 AND stopped = 0 ORDER BY started_at, session LIMIT 1)",
-                    params![user, session, pattern, content, now + seconds],
-                )?;
-                if adopted > 0 {
-                    return Ok(StreamDecision::Renewed);
-                }
             }
             let (active, oldest_expiry): (i64, Option<i64>) = row(
                 tx,
@@ -386,7 +413,7 @@ impl Store for EmbeddedStore {
                 if !stop_oldest {
                     return Ok(StreamDecision::Full {
                         active: active as u64,
-                        oldest_expires_at: oldest_expiry.unwrap_or(now) as u64,
+                        oldest_expires_at: oldest_expiry.unwrap_or(now_at) as u64,
                     });
                 }
                 let oldest: Option<String> = row(
@@ -400,17 +427,96 @@ impl Store for EmbeddedStore {
                     run(
                         tx,
                         "UPDATE streams SET stopped = 1, expires_at = MAX(expires_at, ?3) WHERE user = ?1 AND session = ?2",
-                        params![user, oldest, now + seconds],
+                        params![user, oldest, now_at + seconds],
                     )?;
                 }
                 stopped = oldest;
             }
             run(
                 tx,
-                "INSERT INTO streams (user, session, content, drm, started_at, expires_at, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-                params![user, session, content, drm, now, now + seconds],
+                "INSERT INTO streams (user, session, content, drm, started_at, expires_at, stopped, provider, policy, interval, device, key_ids, cadence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, '', ?10, ?11)",
+                params![
+                    user,
+                    session,
+                    facts.content,
+                    facts.drm,
+                    now_at,
+                    now_at + seconds,
+                    facts.provider,
+                    facts.policy,
+                    facts.interval as i64,
+                    facts.key_ids.join(","),
+                    started_cadence
+                ],
             )?;
             Ok(StreamDecision::Started { stopped })
+        })
+        .await
+    }
+
+    async fn continue_stream(
+        &self,
+        user: &str,
+        ask: ContinueAsk<'_>,
+        now: u64,
+    ) -> Result<Continuation, StoreError> {
+        let (user, session, content, drm, what) = (
+            user.to_string(),
+            ask.session.to_string(),
+            ask.content.to_string(),
+            ask.drm.to_string(),
+            ask.cadence.to_string(),
+        );
+        let seconds = ask.seconds;
+        self.with(move |tx| {
+            let Some(lease) = find_lease(tx, &user, &session, now)? else {
+                return Ok(Continuation::Unknown);
+            };
+            if lease.content != content || lease.drm != drm {
+                return Ok(Continuation::Mismatch);
+            }
+            if lease.stopped {
+                return Ok(Continuation::Stopped);
+            }
+            let record: String = row(
+                tx,
+                "SELECT cadence FROM streams WHERE user = ?1 AND session = ?2",
+                params![user, session],
+                |row| row.get(0),
+            )?;
+            let (exempt, record) = cadence::take(&record, &what, (lease.interval / 2).max(1), now);
+            let expires_at = lease.expires_at.max(now + seconds);
+            run(
+                tx,
+                "UPDATE streams SET expires_at = ?3, cadence = ?4 WHERE user = ?1 AND session = ?2",
+                params![user, session, expires_at as i64, record],
+            )?;
+            Ok(Continuation::Continued {
+                lease: Box::new(Lease {
+                    expires_at,
+                    ..lease
+                }),
+                exempt,
+            })
+        })
+        .await
+    }
+
+    async fn set_stream_device(
+        &self,
+        user: &str,
+        session: &str,
+        device: &str,
+    ) -> Result<(), StoreError> {
+        let (user, session, device) = (user.to_string(), session.to_string(), device.to_string());
+        self.with(move |tx| {
+            run(
+                tx,
+                "UPDATE streams SET device = ?3 WHERE user = ?1 AND session = ?2",
+                params![user, session, device],
+            )
+            .map(drop)
         })
         .await
     }
@@ -451,6 +557,7 @@ impl Store for EmbeddedStore {
         from: &str,
         to: &str,
         seconds: u64,
+        interval: u64,
         now: u64,
     ) -> Result<(), StoreError> {
         let (user, from, to) = (user.to_string(), from.to_string(), to.to_string());
@@ -475,11 +582,51 @@ impl Store for EmbeddedStore {
                 )?;
                 run(
                     tx,
-                    "UPDATE streams SET session = ?3, expires_at = ?4 WHERE user = ?1 AND session = ?2",
-                    params![user, from, to, expires_at],
+                    "UPDATE streams SET session = ?3, expires_at = ?4, interval = ?5 WHERE user = ?1 AND session = ?2",
+                    params![user, from, to, expires_at, interval as i64],
                 )?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn adopt_stream(
+        &self,
+        user: &str,
+        prefix: &str,
+        to: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (user, to) = (user.to_string(), to.to_string());
+        // Names are letters, digits and `-:._`: only `_` needs escaping in a LIKE pattern.
+        let pattern = format!("{}%", prefix.replace('_', "\\_"));
+        self.with(move |tx| {
+            if find_lease(tx, &user, &to, now)?.is_some() {
+                return Ok(None);
+            }
+            let orphan: Option<String> = row(
+                tx,
+                "SELECT session FROM streams WHERE user = ?1 AND session LIKE ?2 ESCAPE '\\'
+                 AND stopped = 0 AND expires_at > ?3 ORDER BY started_at, session LIMIT 1",
+                params![user, pattern, now as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+            let Some(orphan) = orphan else {
+                return Ok(None);
+            };
+            run(
+                tx,
+                "DELETE FROM streams WHERE user = ?1 AND session = ?2",
+                params![user, to],
+            )?;
+            run(
+                tx,
+                "UPDATE streams SET session = ?3 WHERE user = ?1 AND session = ?2",
+                params![user, orphan, to],
+            )?;
+            find_lease(tx, &user, &to, now)
         })
         .await
     }
@@ -696,5 +843,52 @@ mod tests {
         assert!(!store.remove_device("ann", "a").await.unwrap());
         assert_eq!(store.remove_devices("ann").await.unwrap(), 1);
         assert!(store.devices("bob", IDLE, 1110).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_quotas_and_blocks_as_redis_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("licensegate.db")).unwrap();
+        super::super::conformance::streams_quotas_and_blocks(&store).await;
+    }
+
+    #[tokio::test]
+    async fn leases_from_before_the_record_columns_still_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("licensegate.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE streams (user TEXT NOT NULL, session TEXT NOT NULL,
+                     content TEXT NOT NULL, drm TEXT NOT NULL, started_at INTEGER NOT NULL,
+                     expires_at INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,
+                     PRIMARY KEY (user, session)) WITHOUT ROWID;
+                 INSERT INTO streams VALUES ('ann', 's', 'movie-1', 'widevine', 1000, 2000, 0);",
+            )
+            .unwrap();
+        let store = EmbeddedStore::open(&path).unwrap();
+        let lease = store.stream("ann", "s", 1500).await.unwrap().unwrap();
+        assert_eq!(
+            (lease.content.as_str(), lease.interval, lease.device),
+            ("movie-1", 0, None)
+        );
+        let continued = store
+            .continue_stream(
+                "ann",
+                super::super::ContinueAsk {
+                    session: "s",
+                    content: "movie-1",
+                    drm: "widevine",
+                    seconds: 100,
+                    cadence: "renewal",
+                },
+                1500,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            continued,
+            Continuation::Continued { exempt: true, .. }
+        ));
     }
 }

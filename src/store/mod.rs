@@ -51,7 +51,8 @@ pub enum DeviceDecision {
     },
 }
 
-/// A stream's hold on one of its user's slots, until `expires_at` unless renewed.
+/// A stream's hold on one of its user's slots, until `expires_at` unless renewed, and the record
+/// of what it was licensed for: a request continues the stream only if it asks for the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
     pub session: String,
@@ -62,26 +63,44 @@ pub struct Lease {
     pub expires_at: u64,
     /// A newer stream took this one's place: its renewals are refused until the lease ends.
     pub stopped: bool,
+    pub provider: String,
+    pub policy: String,
+    /// Seconds between the license's renewals.
+    pub interval: u64,
+    /// The device the vendor reported for the stream (a digest), once it did.
+    pub device: Option<String>,
+    /// The key IDs the stream was licensed for (hex).
+    pub key_ids: Vec<String>,
+}
+
+/// What a stream is licensed for, recorded with its lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamFacts {
+    pub content: String,
+    pub drm: String,
+    pub provider: String,
+    pub policy: String,
+    /// Seconds between the license's renewals.
+    pub interval: u64,
+    pub key_ids: Vec<String>,
 }
 
 /// A stream asking to play.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseAsk<'a> {
     pub session: &'a str,
-    pub content: &'a str,
-    pub drm: &'a str,
+    pub facts: &'a StreamFacts,
     /// How long the lease lasts from now.
     pub seconds: u64,
-    /// A session unknown to the store may take over a live lease of the same content whose
-    /// name starts with this (a provisional lease whose renaming was lost).
-    pub adopts: Option<&'a str>,
+    /// What this license counts as in the stream's cadence (see [`ContinueAsk::cadence`]).
+    pub cadence: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamDecision {
     /// A new lease; `stopped` names the stream it displaced.
     Started { stopped: Option<String> },
-    /// The session already held a lease, now extended.
+    /// The session already held a lease for the same content and DRM, now extended.
     Renewed,
     /// The session was displaced by a newer stream.
     Stopped,
@@ -91,6 +110,71 @@ pub enum StreamDecision {
         /// Seconds since the epoch at which the first lease ends unless renewed.
         oldest_expires_at: u64,
     },
+    /// The session's lease is another content's or DRM's.
+    Conflict,
+}
+
+/// A request that names a recorded stream, asking to continue it.
+#[derive(Debug, Clone, Copy)]
+pub struct ContinueAsk<'a> {
+    pub session: &'a str,
+    pub content: &'a str,
+    pub drm: &'a str,
+    /// How long the lease lasts from now.
+    pub seconds: u64,
+    /// What the request continues (a renewal, a heartbeat, a license for one set of keys):
+    /// it is exempt from rate limits and quota at most once per half of the stream's interval
+    /// for each.
+    pub cadence: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Continuation {
+    /// No live lease by that name.
+    Unknown,
+    /// The session was displaced by a newer stream.
+    Stopped,
+    /// The lease is another content's or DRM's: the request continues nothing.
+    Mismatch,
+    /// The lease is extended; `exempt`: within the stream's cadence.
+    Continued { lease: Box<Lease>, exempt: bool },
+}
+
+/// When each of a stream's continuations was last exempt, kept with the lease as
+/// `what=seconds` pairs: a handful per stream (its key-ID sets, renewals, heartbeats).
+pub mod cadence {
+    const KEPT: usize = 16;
+
+    /// Whether a continuation of `what` at `now` is the first in `every` seconds, and the
+    /// record that results.
+    pub fn take(record: &str, what: &str, every: u64, now: u64) -> (bool, String) {
+        let mut entries: Vec<(&str, u64)> = record
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .filter_map(|(name, at)| Some((name, at.parse().ok()?)))
+            .collect();
+        let last = entries.iter().find(|(name, _)| *name == what).map(|e| e.1);
+        let exempt = last.is_none_or(|at| now >= at.saturating_add(every));
+        if exempt {
+            entries.retain(|(name, _)| *name != what);
+            entries.push((what, now));
+            if entries.len() > KEPT {
+                entries.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+                entries.truncate(KEPT);
+            }
+        }
+        let record = entries
+            .iter()
+            .map(|(name, at)| format!("{name}={at}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        (exempt, record)
+    }
+
+    /// A fresh record: `what` taken at `now`.
+    pub fn start(what: &str, now: u64) -> String {
+        take("", what, 0, now).1
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +210,10 @@ pub trait Store: Send + Sync {
 
     async fn remove_devices(&self, user: &str) -> Result<u64, StoreError>;
 
-    /// Ends the user's expired leases, then renews the session's lease, starts one in a free
-    /// slot, displaces the oldest stream (`stop_oldest`), or refuses. A displaced stream's lease
-    /// is kept, stopped, for `ask.seconds` more, so that its renewals are refused.
+    /// Ends the user's expired leases, then renews the session's lease if it is the same
+    /// content's and DRM's, starts one in a free slot, displaces the oldest stream
+    /// (`stop_oldest`), or refuses. A displaced stream's lease is kept, stopped, for
+    /// `ask.seconds` more, so that its renewals are refused.
     async fn acquire_stream(
         &self,
         user: &str,
@@ -137,6 +222,23 @@ pub trait Store: Send + Sync {
         stop_oldest: bool,
         now: u64,
     ) -> Result<StreamDecision, StoreError>;
+
+    /// Continues a live lease recorded for the same content and DRM: extends it and tells
+    /// whether the request is within the stream's cadence (noting it if so).
+    async fn continue_stream(
+        &self,
+        user: &str,
+        ask: ContinueAsk<'_>,
+        now: u64,
+    ) -> Result<Continuation, StoreError>;
+
+    /// Records the device the vendor reported for the stream.
+    async fn set_stream_device(
+        &self,
+        user: &str,
+        session: &str,
+        device: &str,
+    ) -> Result<(), StoreError>;
 
     /// Extends a live, not stopped lease by `seconds` from now; returns the lease as it stands
     /// (`None`: no live lease).
@@ -156,15 +258,27 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<Lease>, StoreError>;
 
     /// Gives the lease `from` the name `to` (the session id learned from the answer), lasting
-    /// `seconds` from now; if `to` already holds a lease, `from`'s is folded into it.
+    /// `seconds` from now with the license's renewal `interval`; if `to` already holds a
+    /// lease, `from`'s is folded into it.
     async fn rename_stream(
         &self,
         user: &str,
         from: &str,
         to: &str,
         seconds: u64,
+        interval: u64,
         now: u64,
     ) -> Result<(), StoreError>;
+
+    /// Gives the oldest live, not stopped lease whose name starts with `prefix` the name `to`
+    /// (a provisional lease whose renaming was lost), unless `to` holds one; returns it.
+    async fn adopt_stream(
+        &self,
+        user: &str,
+        prefix: &str,
+        to: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError>;
 
     async fn end_stream(&self, user: &str, session: &str) -> Result<bool, StoreError>;
 
@@ -321,13 +435,36 @@ impl Shared {
 pub(crate) mod conformance {
     use super::*;
 
+    fn facts(content: &str) -> StreamFacts {
+        StreamFacts {
+            content: content.into(),
+            drm: "widevine".into(),
+            provider: "sim".into(),
+            policy: "streaming".into(),
+            interval: 40,
+            key_ids: vec!["0102".into(), "0304".into()],
+        }
+    }
+
+    static MOVIE: std::sync::LazyLock<StreamFacts> = std::sync::LazyLock::new(|| facts("movie-1"));
+    static OTHER: std::sync::LazyLock<StreamFacts> = std::sync::LazyLock::new(|| facts("movie-2"));
+
     fn ask(session: &str, seconds: u64) -> LeaseAsk<'_> {
         LeaseAsk {
             session,
-            content: "movie-1",
-            drm: "widevine",
+            facts: &MOVIE,
             seconds,
-            adopts: None,
+            cadence: "keys-a",
+        }
+    }
+
+    fn continuing<'a>(session: &'a str, content: &'a str, cadence: &'a str) -> ContinueAsk<'a> {
+        ContinueAsk {
+            session,
+            content,
+            drm: "widevine",
+            seconds: 100,
+            cadence,
         }
     }
 
@@ -379,7 +516,7 @@ pub(crate) mod conformance {
         // A provisional lease takes the name its answer told, folding into one that exists.
         assert_eq!(acquire("pending-1", false, 1140).await.unwrap(), started);
         store
-            .rename_stream("ann", "pending-1", "wv-01", 300, 1141)
+            .rename_stream("ann", "pending-1", "wv-01", 300, 240, 1141)
             .await
             .unwrap();
         let renamed = store.stream("ann", "wv-01", 1142).await.unwrap().unwrap();
@@ -417,32 +554,132 @@ pub(crate) mod conformance {
         assert_eq!(store.end_streams("ann").await.unwrap(), 3);
         assert!(store.streams("ann", 1200).await.unwrap().is_empty());
 
-        // A renewal whose provisional lease was never renamed takes it over.
-        let adopting = |session| LeaseAsk {
-            adopts: Some("pending-"),
-            ..ask(session, 100)
+        // A session continues only the content and DRM it was licensed for.
+        assert_eq!(acquire("s", false, 2000).await.unwrap(), started);
+        let other = LeaseAsk {
+            facts: &OTHER,
+            ..ask("s", 100)
         };
-        assert_eq!(acquire("pending-x", false, 2000).await.unwrap(), started);
         assert_eq!(
             store
-                .acquire_stream("ann", adopting("wv-x"), 1, false, 2001)
+                .acquire_stream("ann", other, 5, false, 2001)
                 .await
                 .unwrap(),
-            StreamDecision::Renewed
+            StreamDecision::Conflict
         );
+        let record = store.stream("ann", "s", 2001).await.unwrap().unwrap();
         assert_eq!(
-            sessions(store.streams("ann", 2001).await.unwrap()),
-            [("wv-x".to_string(), false)]
+            (
+                record.provider.as_str(),
+                record.policy.as_str(),
+                record.interval,
+                record.key_ids.len(),
+                record.device.as_deref()
+            ),
+            ("sim", "streaming", 40, 2, None)
+        );
+        let go_on = |content, cadence, now| {
+            store.continue_stream("ann", continuing("s", content, cadence), now)
+        };
+        assert_eq!(
+            go_on("movie-2", "keys-a", 2002).await.unwrap(),
+            Continuation::Mismatch
         );
         assert_eq!(
             store
-                .acquire_stream("ann", adopting("wv-y"), 1, false, 2002)
+                .continue_stream(
+                    "ann",
+                    ContinueAsk {
+                        drm: "playready",
+                        ..continuing("s", "movie-1", "keys-a")
+                    },
+                    2002
+                )
                 .await
                 .unwrap(),
-            StreamDecision::Full {
-                active: 1,
-                oldest_expires_at: 2101
+            Continuation::Mismatch
+        );
+        // Exempt at most once per half interval (20 s) for each thing continued; the license
+        // that started the stream counts for its keys.
+        let exempt = |continued: Continuation| match continued {
+            Continuation::Continued { lease, exempt } => (exempt, lease.expires_at),
+            other => panic!("not continued: {other:?}"),
+        };
+        assert_eq!(
+            exempt(go_on("movie-1", "keys-a", 2002).await.unwrap()),
+            (false, 2102)
+        );
+        assert_eq!(
+            exempt(go_on("movie-1", "keys-b", 2003).await.unwrap()),
+            (true, 2103)
+        );
+        assert_eq!(
+            exempt(go_on("movie-1", "keys-a", 2020).await.unwrap()),
+            (true, 2120)
+        );
+        assert_eq!(
+            exempt(go_on("movie-1", "keys-a", 2021).await.unwrap()),
+            (false, 2121)
+        );
+        assert_eq!(
+            exempt(go_on("movie-1", "keys-b", 2022).await.unwrap()),
+            (false, 2122)
+        );
+        // A provisional lease whose renaming was lost is adopted by the name its license told,
+        // found by the CDM's own id that its name carries; nothing else is.
+        assert_eq!(
+            acquire("pending-cdm1-req9", false, 2010).await.unwrap(),
+            started
+        );
+        let adopted = store
+            .adopt_stream("ann", "pending-cdm1-", "wv-09", 2011)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (adopted.session.as_str(), adopted.content.as_str()),
+            ("wv-09", "movie-1")
+        );
+        for prefix in ["pending-cdm1-", "pending-cdm2-"] {
+            assert!(
+                store
+                    .adopt_stream("ann", prefix, "wv-10", 2012)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(store.end_stream("ann", "wv-09").await.unwrap());
+        store.set_stream_device("ann", "s", "d1").await.unwrap();
+        let record = store.stream("ann", "s", 2023).await.unwrap().unwrap();
+        assert_eq!(record.device.as_deref(), Some("d1"));
+        assert_eq!(
+            store
+                .continue_stream("ann", continuing("t", "movie-1", "keys-a"), 2023)
+                .await
+                .unwrap(),
+            Continuation::Unknown
+        );
+        assert_eq!(
+            acquire("t", true, 2024).await.unwrap(),
+            StreamDecision::Started { stopped: None }
+        );
+        assert_eq!(
+            store
+                .acquire_stream("ann", ask("u", 100), 2, true, 2025)
+                .await
+                .unwrap(),
+            StreamDecision::Started {
+                stopped: Some("s".into())
             }
+        );
+        assert_eq!(
+            go_on("movie-1", "renewal", 2026).await.unwrap(),
+            Continuation::Stopped
+        );
+        assert_eq!(
+            go_on("movie-1", "keys-a", 2300).await.unwrap(),
+            Continuation::Unknown
         );
         store.end_streams("ann").await.unwrap();
 

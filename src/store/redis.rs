@@ -3,7 +3,8 @@
 //! instance sharing the Redis. Keys expire on their own once nothing in them is live.
 //!
 //! - devices: a sorted set, device -> last seen.
-//! - streams: a hash, session -> `expires|started|stopped|drm|content`.
+//! - streams: a hash, session ->
+//!   `expires|started|stopped|drm|content|provider|policy|interval|device|key_ids|cadence`.
 //! - quota: a counter per period, expiring with it.
 //! - blocked: a string holding the block's end (0: none), expiring with it.
 
@@ -20,8 +21,8 @@ use tokio::sync::OnceCell;
 use crate::config::RedisTopology;
 
 use super::{
-    DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot, Store, StoreError,
-    StreamDecision,
+    Continuation, ContinueAsk, DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot,
+    Store, StoreError, StreamDecision,
 };
 
 const ADMIT_DEVICE: &str = r"
@@ -43,16 +44,27 @@ local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return {0, registered, tonumber(oldest[2]) + idle}
 ";
 
-/// Reads every lease of the user, dropping expired ones; shared by the stream scripts.
+/// Reads every lease of the user, dropping expired ones; shared by the stream scripts. No field
+/// holds a `|`: content ids, provider and policy names, digests and hex key IDs never do.
 const READ_LEASES: &str = r"
+local FIELDS = {'expires', 'started', 'stopped', 'drm', 'content', 'provider', 'policy',
+                'interval', 'device', 'kids', 'cadence'}
 local function lease(value)
-  local expires, started, stopped, drm, content =
-    string.match(value, '^(%d+)|(%d+)|(%d)|([^|]*)|(.*)$')
-  return {expires = tonumber(expires), started = tonumber(started), stopped = stopped == '1',
-          drm = drm, content = content}
+  local l, i = {}, 1
+  for field in string.gmatch(value .. '|', '([^|]*)|') do
+    if FIELDS[i] then l[FIELDS[i]] = field end
+    i = i + 1
+  end
+  for j = 6, #FIELDS do l[FIELDS[j]] = l[FIELDS[j]] or '' end
+  l.expires, l.started = tonumber(l.expires), tonumber(l.started)
+  l.interval = tonumber(l.interval) or 0
+  l.stopped = l.stopped == '1'
+  return l
 end
 local function encode(l)
-  return l.expires .. '|' .. l.started .. '|' .. (l.stopped and '1' or '0') .. '|' .. l.drm .. '|' .. l.content
+  return l.expires .. '|' .. l.started .. '|' .. (l.stopped and '1' or '0') .. '|' .. l.drm ..
+    '|' .. l.content .. '|' .. l.provider .. '|' .. l.policy .. '|' .. l.interval .. '|' ..
+    l.device .. '|' .. l.kids .. '|' .. l.cadence
 end
 local function live(key, now)
   local entries = redis.call('HGETALL', key)
@@ -77,35 +89,17 @@ const ACQUIRE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local seconds, limit, stop_oldest, now =
   tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
-local adopts = ARGV[8]
 local leases, latest = live(key, now)
 local ends = now + seconds
 if ends > latest then latest = ends end
 local mine = leases[session]
 if mine then
+  if mine.content ~= content or mine.drm ~= drm then return {4, 0, 0, ''} end
   if mine.stopped then return {3, 0, 0, ''} end
   if ends > mine.expires then mine.expires = ends end
   redis.call('HSET', key, session, encode(mine))
   keep_until(key, latest, now)
   return {2, 0, 0, ''}
-end
-if adopts ~= '' then
-  local orphan, orphan_started = nil, nil
-  for name, l in pairs(leases) do
-    if not l.stopped and l.content == content and string.sub(name, 1, #adopts) == adopts then
-      if orphan == nil or l.started < orphan_started or (l.started == orphan_started and name < orphan) then
-        orphan, orphan_started = name, l.started
-      end
-    end
-  end
-  if orphan then
-    local adopted = leases[orphan]
-    if ends > adopted.expires then adopted.expires = ends end
-    redis.call('HDEL', key, orphan)
-    redis.call('HSET', key, session, encode(adopted))
-    keep_until(key, latest, now)
-    return {2, 0, 0, ''}
-  end
 end
 local active, oldest, oldest_started, oldest_expiry = 0, nil, nil, nil
 for name, l in pairs(leases) do
@@ -127,9 +121,50 @@ if active >= limit then
   stopped = oldest
 end
 redis.call('HSET', key, session,
-  encode({expires = ends, started = now, stopped = false, drm = drm, content = content}))
+  encode({expires = ends, started = now, stopped = false, drm = drm, content = content,
+          provider = ARGV[8], policy = ARGV[9], interval = tonumber(ARGV[10]), device = '',
+          kids = ARGV[11], cadence = ARGV[12]}))
 keep_until(key, latest, now)
 return {1, 0, 0, stopped}
+";
+
+/// The cadence record is `what=seconds` pairs; the exemption is decided as
+/// [`super::cadence::take`] does, and the record rewritten by the caller's rules (kept short).
+const CONTINUE_STREAM: &str = r"
+local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local seconds, what, now = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local leases, latest = live(key, now)
+local mine = leases[session]
+if not mine then return {0, ''} end
+if mine.content ~= content or mine.drm ~= drm then return {2, ''} end
+if mine.stopped then return {1, ''} end
+local every = math.max(math.floor(mine.interval / 2), 1)
+local entries, last = {}, nil
+for name, at in string.gmatch(mine.cadence, '([^,=]+)=(%d+)') do
+  if name == what then last = tonumber(at) else table.insert(entries, {name, tonumber(at)}) end
+end
+local exempt = last == nil or now >= last + every
+if exempt then last = now end
+if last then table.insert(entries, {what, last}) end
+table.sort(entries, function(a, b) return a[2] > b[2] end)
+local parts = {}
+for i = 1, math.min(#entries, 16) do parts[i] = entries[i][1] .. '=' .. entries[i][2] end
+mine.cadence = table.concat(parts, ',')
+if now + seconds > mine.expires then mine.expires = now + seconds end
+if mine.expires > latest then latest = mine.expires end
+redis.call('HSET', key, session, encode(mine))
+keep_until(key, latest, now)
+return {exempt and 4 or 3, encode(mine)}
+";
+
+const SET_STREAM_DEVICE: &str = r"
+local key, session, device = KEYS[1], ARGV[1], ARGV[2]
+local value = redis.call('HGET', key, session)
+if not value then return 0 end
+local mine = lease(value)
+mine.device = device
+redis.call('HSET', key, session, encode(mine))
+return 1
 ";
 
 const RENEW_STREAM: &str = r"
@@ -148,6 +183,7 @@ return encode(mine)
 
 const RENAME_STREAM: &str = r"
 local key, from, to, seconds, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local interval = tonumber(ARGV[5])
 local leases, latest = live(key, now)
 local moving = leases[from]
 if not moving then return 0 end
@@ -160,10 +196,31 @@ if target then
   redis.call('HSET', key, to, encode(target))
 else
   moving.expires = ends
+  moving.interval = interval
   redis.call('HSET', key, to, encode(moving))
 end
 keep_until(key, latest, now)
 return 1
+";
+
+const ADOPT_STREAM: &str = r"
+local key, prefix, to, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local leases, latest = live(key, now)
+if leases[to] then return false end
+local orphan, orphan_started = nil, nil
+for name, l in pairs(leases) do
+  if not l.stopped and string.sub(name, 1, #prefix) == prefix then
+    if orphan == nil or l.started < orphan_started or (l.started == orphan_started and name < orphan) then
+      orphan, orphan_started = name, l.started
+    end
+  end
+end
+if not orphan then return false end
+local adopted = leases[orphan]
+redis.call('HDEL', key, orphan)
+redis.call('HSET', key, to, encode(adopted))
+keep_until(key, latest, now)
+return encode(adopted)
 ";
 
 const TAKE_QUOTA: &str = r"
@@ -202,8 +259,11 @@ pub struct RedisStore {
     nodes: Nodes,
     admit_device: Script,
     acquire_stream: Script,
+    continue_stream: Script,
+    set_stream_device: Script,
     renew_stream: Script,
     rename_stream: Script,
+    adopt_stream: Script,
     take_quota: Script,
     refund_quota: Script,
     take_token: Script,
@@ -219,12 +279,22 @@ fn key(user: &str, what: &str) -> String {
 }
 
 fn parse_lease(session: String, value: &str) -> Option<Lease> {
-    let mut fields = value.splitn(5, '|');
+    let mut fields = value.split('|');
     let expires_at = fields.next()?.parse().ok()?;
     let started_at = fields.next()?.parse().ok()?;
     let stopped = fields.next()? == "1";
     let drm = fields.next()?.to_string();
     let content = fields.next()?.to_string();
+    let mut rest = || fields.next().unwrap_or_default();
+    let provider = rest().to_string();
+    let policy = rest().to_string();
+    let interval = rest().parse().unwrap_or(0);
+    let device = Some(rest().to_string()).filter(|device| !device.is_empty());
+    let key_ids = rest()
+        .split(',')
+        .filter(|kid| !kid.is_empty())
+        .map(str::to_string)
+        .collect();
     Some(Lease {
         session,
         content,
@@ -232,6 +302,11 @@ fn parse_lease(session: String, value: &str) -> Option<Lease> {
         started_at,
         expires_at,
         stopped,
+        provider,
+        policy,
+        interval,
+        device,
+        key_ids,
     })
 }
 
@@ -388,8 +463,11 @@ impl RedisStore {
             nodes,
             admit_device: Script::new(ADMIT_DEVICE),
             acquire_stream: streams(ACQUIRE_STREAM),
+            continue_stream: streams(CONTINUE_STREAM),
+            set_stream_device: streams(SET_STREAM_DEVICE),
             renew_stream: streams(RENEW_STREAM),
             rename_stream: streams(RENAME_STREAM),
+            adopt_stream: streams(ADOPT_STREAM),
             take_quota: Script::new(TAKE_QUOTA),
             refund_quota: Script::new(REFUND_QUOTA),
             take_token: Script::new(TAKE_TOKEN),
@@ -524,13 +602,17 @@ impl Store for RedisStore {
             .acquire_stream
             .key(key(user, "streams"))
             .arg(ask.session)
-            .arg(ask.content)
-            .arg(ask.drm)
+            .arg(&ask.facts.content)
+            .arg(&ask.facts.drm)
             .arg(ask.seconds)
             .arg(limit)
             .arg(if stop_oldest { "1" } else { "0" })
             .arg(now)
-            .arg(ask.adopts.unwrap_or(""))
+            .arg(&ask.facts.provider)
+            .arg(&ask.facts.policy)
+            .arg(ask.facts.interval)
+            .arg(ask.facts.key_ids.join(","))
+            .arg(super::cadence::start(ask.cadence, now))
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;
@@ -540,11 +622,63 @@ impl Store for RedisStore {
             },
             2 => StreamDecision::Renewed,
             3 => StreamDecision::Stopped,
+            4 => StreamDecision::Conflict,
             _ => StreamDecision::Full {
                 active,
                 oldest_expires_at,
             },
         })
+    }
+
+    async fn continue_stream(
+        &self,
+        user: &str,
+        ask: ContinueAsk<'_>,
+        now: u64,
+    ) -> Result<Continuation, StoreError> {
+        let mut connection = self.connection().await?;
+        let (outcome, value): (i64, String) = self
+            .continue_stream
+            .key(key(user, "streams"))
+            .arg(ask.session)
+            .arg(ask.content)
+            .arg(ask.drm)
+            .arg(ask.seconds)
+            .arg(ask.cadence)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(match outcome {
+            0 => Continuation::Unknown,
+            1 => Continuation::Stopped,
+            2 => Continuation::Mismatch,
+            _ => match parse_lease(ask.session.to_string(), &value) {
+                Some(lease) => Continuation::Continued {
+                    lease: Box::new(lease),
+                    exempt: outcome == 4,
+                },
+                None => return Err(StoreError::Redis("unreadable lease".into())),
+            },
+        })
+    }
+
+    async fn set_stream_device(
+        &self,
+        user: &str,
+        session: &str,
+        device: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let _: i64 = self
+            .set_stream_device
+            .key(key(user, "streams"))
+            .arg(session)
+            .arg(device)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     async fn renew_stream(
@@ -589,6 +723,7 @@ impl Store for RedisStore {
         from: &str,
         to: &str,
         seconds: u64,
+        interval: u64,
         now: u64,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
@@ -599,10 +734,31 @@ impl Store for RedisStore {
             .arg(to)
             .arg(seconds)
             .arg(now)
+            .arg(interval)
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn adopt_stream(
+        &self,
+        user: &str,
+        prefix: &str,
+        to: &str,
+        now: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut connection = self.connection().await?;
+        let value: Option<String> = self
+            .adopt_stream
+            .key(key(user, "streams"))
+            .arg(prefix)
+            .arg(to)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
+        Ok(value.and_then(|value| parse_lease(to.to_string(), &value)))
     }
 
     async fn end_stream(&self, user: &str, session: &str) -> Result<bool, StoreError> {

@@ -48,6 +48,7 @@ impl Sessions {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let request_id = info.cdm_request_id.unwrap_or_default();
         let (session, version) = match (info.request_type, info.license_session_id) {
             (RequestType::New, _) => {
                 let session = uuid::Uuid::new_v4().as_bytes().to_vec();
@@ -68,7 +69,11 @@ impl Sessions {
             (_, None) => return Some(Answer::UnknownSession),
         };
         Some(Answer::License(widevine::build_license(
-            &session, version, renewal, now,
+            &request_id,
+            &session,
+            version,
+            renewal,
+            now,
         )))
     }
 

@@ -809,6 +809,62 @@ impl Drop for RedisSentinel {
 
 /// A real `redis-server` on a free port, without persistence, stopped when dropped. A machine
 /// without Redis fails the test rather than skipping it.
+/// hypercorn serving an ASGI app of `tests/servers/`: its own HTTP/2 stack (the `h2` Python
+/// library) frames the answers.
+pub struct Hypercorn {
+    child: Child,
+    port: u16,
+}
+
+impl Hypercorn {
+    /// `app` as hypercorn names it (`module:app`), with `env` in its environment.
+    pub fn start(app: &str, env: &[(&str, &str)]) -> Hypercorn {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "hypercorn", "--bind", &format!("127.0.0.1:{port}")])
+            .arg(app)
+            .envs(env.iter().copied())
+            .current_dir(repository().join("tests/servers"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hypercorn must be installed (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "hypercorn did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Hypercorn { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// What the app answers to `GET /count`.
+    pub async fn requests(&self) -> u64 {
+        let text = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+            .get(self.url("/count"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.parse().unwrap()
+    }
+}
+
+impl Drop for Hypercorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Redis {
     child: Child,
     pub port: u16,

@@ -86,6 +86,9 @@ pub struct ChallengeInfo {
     pub renews_existing_license: bool,
     /// The session of the license a Widevine renewal or release continues.
     pub license_session_id: Option<Vec<u8>>,
+    /// The id a Widevine CDM gave its session: in a new request's content identification, and
+    /// echoed in the license's identification that its renewals and releases carry.
+    pub cdm_request_id: Option<Vec<u8>>,
     /// Content identification that names content without key IDs licensegate can read (a
     /// pssh naming content by id only): what the vendor would license cannot be checked.
     pub unreadable_key_ids: bool,

@@ -47,6 +47,8 @@ struct WidevinePsshDataContainer {
     pssh_data: Vec<Vec<u8>>,
     #[prost(int32, optional, tag = "2")]
     license_type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    request_id: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -55,6 +57,8 @@ struct WebmKeyId {
     header: Option<Vec<u8>>,
     #[prost(int32, optional, tag = "2")]
     license_type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    request_id: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -176,8 +180,10 @@ pub fn read_license(answer: &[u8]) -> Option<IssuedLicense> {
 }
 
 /// A license as a license server builds one, keys left out: what the simulator answers and
-/// what tests renew from.
+/// what tests renew from. Its identification echoes the CDM's `request_id`, as a license
+/// server does, so that the CDM finds its session by it.
 pub fn build_license(
+    request_id: &[u8],
     session_id: &[u8],
     version: i32,
     renewal: &Renewal,
@@ -186,7 +192,7 @@ pub fn build_license(
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let license = License {
         id: Some(LicenseIdentification {
-            request_id: Some(session_id.to_vec()),
+            request_id: Some(request_id.to_vec()),
             session_id: Some(session_id.to_vec()),
             purchase_id: None,
             r#type: Some(1),
@@ -256,6 +262,8 @@ struct InitData {
     init_data: Option<Vec<u8>>,
     #[prost(int32, optional, tag = "3")]
     license_type: Option<i32>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    request_id: Option<Vec<u8>>,
 }
 
 const INIT_DATA_CENC: i32 = 1;
@@ -304,13 +312,37 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
     // Only a renewal or release may name a license instead of key IDs.
     info.renews_existing_license =
         content.existing_license.is_some() && request_type != RequestType::New;
+    let bounded = |id: &Vec<u8>| !id.is_empty() && id.len() <= MAX_SESSION_ID_BYTES;
     if info.renews_existing_license {
-        info.license_session_id = content
+        let license_id = content
             .existing_license
             .as_ref()
-            .and_then(|existing| existing.license_id.as_ref())
+            .and_then(|existing| existing.license_id.as_ref());
+        info.license_session_id = license_id
             .and_then(|id| id.session_id.clone())
-            .filter(|id| !id.is_empty() && id.len() <= MAX_SESSION_ID_BYTES);
+            .filter(bounded);
+        info.cdm_request_id = license_id
+            .and_then(|id| id.request_id.clone())
+            .filter(bounded);
+    } else {
+        info.cdm_request_id = [
+            content
+                .widevine_pssh_data
+                .as_ref()
+                .and_then(|c| c.request_id.as_ref()),
+            content
+                .webm_key_id
+                .as_ref()
+                .and_then(|c| c.request_id.as_ref()),
+            content
+                .init_data
+                .as_ref()
+                .and_then(|c| c.request_id.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|id| bounded(id))
+        .cloned();
     }
     let mut license_type = None;
     if let Some(pssh) = content.widevine_pssh_data {
@@ -455,6 +487,7 @@ mod tests {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![boxed.clone()],
                     license_type: Some(LICENSE_TYPE_OFFLINE),
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -470,6 +503,7 @@ mod tests {
                     init_data_type: Some(INIT_DATA_CENC),
                     init_data: Some(boxed),
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -487,6 +521,7 @@ mod tests {
                 webm_key_id: Some(WebmKeyId {
                     header: Some(kid(7)),
                     license_type: Some(LICENSE_TYPE_OFFLINE),
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -501,6 +536,7 @@ mod tests {
                     init_data_type: Some(INIT_DATA_WEBM),
                     init_data: Some(kid(8)),
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -512,6 +548,7 @@ mod tests {
                 webm_key_id: Some(WebmKeyId {
                     header: Some(vec![1; 8]),
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -524,6 +561,7 @@ mod tests {
                     init_data_type: Some(9),
                     init_data: Some(kid(8)),
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -539,6 +577,7 @@ mod tests {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![pssh_data(vec![kid(1)]), pssh_data(Vec::new())],
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -591,7 +630,7 @@ mod tests {
             recovery_seconds: 10,
             license_duration_seconds: 60,
         };
-        let license = build_license(b"session-7", 1, &renewal, 1_700_000_000);
+        let license = build_license(b"request-7", b"session-7", 1, &renewal, 1_700_000_000);
         let issued = read_license(&license).unwrap();
         assert_eq!(issued.session_id, b"session-7");
         assert_eq!(issued.renewal, renewal);
@@ -604,7 +643,11 @@ mod tests {
             assert_eq!(info.request_type, expected);
             assert!(info.renews_existing_license);
             assert_eq!(info.license_session_id.as_deref(), Some(&b"session-7"[..]));
+            assert_eq!(info.cdm_request_id.as_deref(), Some(&b"request-7"[..]));
         }
+        // The CDM names its session in a new request too.
+        let new = parse(FIXTURE).unwrap();
+        assert_eq!(new.cdm_request_id, Some((0..16).collect::<Vec<u8>>()));
         assert_eq!(read_license(FIXTURE), None);
         assert_eq!(read_license(b"licensegate-sim license\n"), None);
         assert!(continuation_request(FIXTURE, RequestType::Renewal, 0).is_none());
@@ -620,10 +663,12 @@ mod tests {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![pssh_data(vec![kid(1)])],
                     license_type: None,
+                    request_id: None,
                 }),
                 webm_key_id: Some(WebmKeyId {
                     header: Some(kid(2)),
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },
@@ -642,6 +687,7 @@ mod tests {
                 widevine_pssh_data: Some(WidevinePsshDataContainer {
                     pssh_data: vec![pssh_data(vec![vec![1; 15]])],
                     license_type: None,
+                    request_id: None,
                 }),
                 ..Default::default()
             },

@@ -43,12 +43,14 @@ use crate::problem::{self, Problem, Refusal};
 use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
 use crate::server::{ProviderRoute, State};
 use crate::service_certificate::{Certificate, Filler, Lookup};
-use crate::store::LeaseAsk;
-use crate::streams::{self, Admitted};
+use crate::streams;
 use crate::trace::TraceContext;
 use crate::upstream::{Target, Upstream};
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
+
+mod stream_limits;
+pub use stream_limits::StreamHold;
 
 pub const REQUEST_ID: &str = "X-Request-Id";
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
@@ -97,31 +99,6 @@ pub struct RequestCtx {
     _in_flight: Option<InFlight>,
 }
 
-/// A request's part in its user's stream limit.
-pub struct StreamHold {
-    pub user: String,
-    pub content: String,
-    pub drm: Drm,
-    pub limit: u32,
-    /// The lease's length when the license tells none.
-    pub seconds: u64,
-    /// The lease's name; `None` until the provider's answer tells which device asked.
-    pub session: Option<String>,
-    /// This request started the lease: it ends if no license follows.
-    pub started: bool,
-    /// When the lease ends as admission set it (seconds since the epoch; `None`: not set).
-    pub lease_ends_at: Option<u64>,
-    /// The lease has a provisional name until the Widevine license tells its session id.
-    pub learn_session: bool,
-    /// A Widevine renewal, whose license tells when the next renewal comes.
-    pub renewal: bool,
-    /// The player is told the session id (`X-Playback-Session`).
-    pub announce: bool,
-    /// The start of the provider's answer, for the license's identification and policy.
-    pub answer: BytesMut,
-    pub license: Option<widevine::IssuedLicense>,
-}
-
 /// More than any Widevine license; past it the answer is not read for its session.
 const MAX_LICENSE_READ_BYTES: usize = 64 * 1024;
 
@@ -142,6 +119,12 @@ pub struct Forwarding {
     pub stream_turn: Option<OwnedMutexGuard<()>>,
     pub status: Option<u16>,
     pub vendor_reason: Option<String>,
+    /// The answer's `Content-Length`: its last byte ends it, whenever the provider's HTTP/2
+    /// stack sends END_STREAM (Pingora stops reading once an HTTP/1.1 player has the whole
+    /// length, and never passes on a late END_STREAM).
+    pub declared_length: Option<usize>,
+    /// Bytes of the answer read so far.
+    pub answer_bytes: usize,
 }
 
 impl RequestCtx {
@@ -351,7 +334,7 @@ pub async fn admit(
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
         Route::FairPlayCertificate => return fairplay_certificate(state, session, ctx).await,
-        Route::Stream(id) => return stream_heartbeat(state, session, ctx, id).await,
+        Route::Stream(id) => return stream_limits::stream_heartbeat(state, session, ctx, id).await,
         Route::License(drm) => drm,
     };
     ctx.label = drm.as_str();
@@ -360,8 +343,9 @@ pub async fn admit(
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
     ctx.provider_config = Some(route.config.clone());
-    let identity = authenticate(state, session.req_header(), &ctx.origin)?;
-    check_blocked(state, identity.as_deref()).await?;
+    // The Widevine service certificate is public: its request needs no token, and is known
+    // only once the challenge is read.
+    let authenticated = authenticate(state, session.req_header(), &ctx.origin);
     let soap_action = match drm {
         Drm::PlayReady => Some(crate::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
@@ -413,9 +397,13 @@ pub async fn admit(
             })
         };
     if drm.is_service_certificate_request(&challenge) {
+        let identity = authenticated.ok().flatten();
+        take_rate_tokens(state, ctx, identity.as_deref(), drm).await?;
         let plan = plan(&route, Authorizing::Nothing, None, None)?;
         return service_certificate(state, &route, plan).await;
     }
+    let identity = authenticated?;
+    check_blocked(state, identity.as_deref()).await?;
     let requested_id = match content_id(session.req_header())? {
         Some(id) => Some(id),
         None => player
@@ -434,15 +422,18 @@ pub async fn admit(
             .inc();
     }
     let player_session = streams::player_session(session.req_header())?;
-    let taken_for_live = limit_rates(
+    let continued = stream_limits::find_continued(
         state,
-        ctx,
         identity.as_deref(),
         drm,
         parsed.as_ref().ok(),
         player_session.as_deref(),
+        requested_id.as_deref(),
     )
     .await?;
+    if continued.is_none() {
+        limit_rates(state, ctx, identity.as_deref(), drm, parsed.as_ref().ok()).await?;
+    }
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
@@ -461,6 +452,11 @@ pub async fn admit(
         info.key_ids.push(kid);
     }
     let catalog = catalog.current();
+    // A continuation is for its stream's content, whatever else the request names.
+    let requested_id = continued
+        .as_ref()
+        .map(|lease| lease.content.clone())
+        .or(requested_id);
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
     // Entitlement is checked for one content; the vendor must not be told of another.
@@ -474,20 +470,45 @@ pub async fn admit(
     }
     check_key_ids(drm, &info, &content)?;
     let client_ip = ctx.client.as_ref().map(|client| client.ip);
-    let grant = state
+    let grant = match state
         .entitlements
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
-        .await?;
+        .await
+    {
+        Ok(grant) => grant,
+        Err(problem) => {
+            if let (Some(lease), Some(streams), Some(identity), 403) =
+                (&continued, &state.streams, &identity, problem.status)
+            {
+                // Entitlement ended: the stream's slot frees now, not when its lease runs out.
+                let _ = streams.end(&identity.user, &lease.session).await;
+            }
+            return Err(problem);
+        }
+    };
     ctx.entitled_by = Some(grant.basis);
+    if info.persistent && !grant.policy.persistent {
+        return Err(
+            Problem::new(Refusal::PersistenceNotAllowed).with_detail(format!(
+                "policy '{}' does not allow persistent licenses",
+                grant.policy_name
+            )),
+        );
+    }
     let max_devices = grant.max_devices;
-    let provider = match &content.provider {
+    // A stream's renewals go where its license came from, while that provider is configured.
+    let recorded_provider = continued
+        .as_ref()
+        .and_then(|lease| state.providers.get(&lease.provider));
+    let provider = match (recorded_provider, &content.provider) {
+        (Some(recorded), _) => recorded.clone(),
         // The catalog is checked against the configured providers when it loads.
-        Some(name) => state
+        (None, Some(name)) => state
             .providers
             .get(name)
             .cloned()
             .ok_or_else(Problem::internal)?,
-        None => route,
+        (None, None) => route,
     };
     ctx.provider_config = Some(provider.config.clone());
     if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
@@ -496,10 +517,37 @@ pub async fn admit(
              (X-FairPlay-Uri, or Apple's JSON uri)",
         ));
     }
-    let stream_limit = StreamAsk {
-        content: content.id.clone(),
-        interval_seconds: grant.policy.renewal_interval_seconds,
+    let interval = match grant.policy.renewal_interval_seconds {
+        0 => state
+            .streams
+            .as_ref()
+            .map_or(0, |streams| streams.settings.renewal_interval.as_secs()),
+        seconds => seconds,
+    };
+    let stream_ask = stream_limits::StreamAsk {
+        facts: crate::store::StreamFacts {
+            content: content.id.clone(),
+            drm: drm.as_str().to_string(),
+            provider: provider.config.name.clone(),
+            policy: grant.policy_name.clone(),
+            interval,
+            key_ids: content_key_ids(&info, &content),
+        },
         granted_limit: grant.max_streams,
+        local: crate::providers::facts(provider.config.kind).answers_locally,
+        device_reported: provider.provider.reports_devices(),
+    };
+    if let Some(identity) = &identity {
+        stream_limits::admit_stream(state, ctx, identity, drm, &info, continued, stream_ask)
+            .await?;
+    }
+    // A stream continued from its recorded device holds its device slot already.
+    let device_limit = match (&state.devices, &identity) {
+        (Some(devices), Some(identity)) => Some(DeviceLimit {
+            user: identity.user.clone(),
+            limit: devices.limit_for(Some(&identity.claims), max_devices),
+        }),
+        _ => None,
     };
     let request = LicenseRequest {
         request_id: ctx.request_id.clone(),
@@ -512,38 +560,7 @@ pub async fn admit(
         client_ip,
     };
     let fairplay = fairplay_leg(&provider, Some(&request));
-    let authorized = authorize(state, &provider, request, &info).await?;
-    let local = matches!(authorized, Authorized::Locally(_));
-    let live_renewal = match &identity {
-        Some(identity) => {
-            admit_stream(
-                state,
-                ctx,
-                identity,
-                drm,
-                &info,
-                player_session,
-                stream_limit,
-                local,
-                taken_for_live,
-            )
-            .await?
-        }
-        None => false,
-    };
-    if live_renewal {
-        state.rate_limits.exempt();
-    }
-    let device_limit = match (&state.devices, &identity) {
-        // A live stream's device was admitted when the stream started.
-        _ if live_renewal => None,
-        (Some(devices), Some(identity)) => Some(DeviceLimit {
-            user: identity.user.clone(),
-            limit: devices.limit_for(Some(&identity.claims), max_devices),
-        }),
-        _ => None,
-    };
-    let authorizing = match authorized {
+    let authorizing = match authorize(state, &provider, request, &info).await? {
         Authorized::Locally(mut answer) => {
             answer.session = ctx
                 .stream
@@ -556,6 +573,17 @@ pub async fn admit(
     };
     let plan = plan(&provider, authorizing, device_limit, fairplay)?;
     Ok(Admission::Forward(Box::new(plan)))
+}
+
+/// The key IDs a stream is licensed for: the challenge's, else (a Widevine renewal, a FairPlay
+/// SPC) the content's.
+fn content_key_ids(info: &ChallengeInfo, content: &Content) -> Vec<String> {
+    let kids = if info.key_ids.is_empty() {
+        &content.key_ids
+    } else {
+        &info.key_ids
+    };
+    kids.iter().map(|kid| kid.to_string()).collect()
 }
 
 enum Authorized {
@@ -571,48 +599,22 @@ async fn check_blocked(state: &State, identity: Option<&Identity>) -> Result<(),
     }
 }
 
-/// The session a request continues, if it names one: a Widevine renewal or release names its
-/// license's, other players their own.
-fn continued_session(
-    drm: Drm,
-    info: Option<&ChallengeInfo>,
-    player_session: Option<&str>,
-) -> Option<String> {
-    match info.and_then(|info| info.license_session_id.as_deref()) {
-        Some(session_id) if drm == Drm::Widevine => Some(streams::widevine_session(session_id)),
-        _ if drm == Drm::Widevine => None,
-        _ => player_session.map(str::to_string),
-    }
-}
-
-/// Phase "limits", rates: token buckets per client address and per user, then the user's
-/// license quota. A renewal or release of a live stream takes no token and is never refused
-/// for its quota: a playing stream is not limited out. Returns whether it was taken for one,
-/// which the stream limit confirms ([`admit_stream`]).
+/// Phase "limits", rates, for a request that continues no stream: token buckets per client
+/// address and per user, then the user's license quota (a release counts against none). A
+/// continuation is limited at its stream's cadence instead ([`stream_limits::admit_stream`]).
 async fn limit_rates(
     state: &State,
     ctx: &mut RequestCtx,
     identity: Option<&Identity>,
     drm: Drm,
     info: Option<&ChallengeInfo>,
-    player_session: Option<&str>,
-) -> Result<bool, Problem> {
-    let limited = state.rate_limits.enabled() || state.quotas.is_some();
-    let continued = continued_session(drm, info, player_session);
-    let live = match (&state.streams, identity, continued) {
-        (Some(streams), Some(identity), Some(session)) if limited => {
-            streams.is_live(&identity.user, &session).await
-        }
-        _ => false,
-    };
-    if !live {
-        take_rate_tokens(state, ctx, identity, drm).await?;
-    }
+) -> Result<(), Problem> {
+    take_rate_tokens(state, ctx, identity, drm).await?;
     let release = info.is_some_and(|info| info.request_type == RequestType::Release);
     if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, live).await?;
+        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
     }
-    Ok(live)
+    Ok(())
 }
 
 async fn take_rate_tokens(
@@ -634,265 +636,6 @@ async fn take_rate_tokens(
             .await?;
     }
     Ok(())
-}
-
-/// Phase "limits", rates, for a request taken for a live stream's renewal or release whose
-/// lease the store no longer holds: it is limited as the new license it is.
-async fn limit_rates_of_unrenewed(
-    state: &State,
-    ctx: &mut RequestCtx,
-    identity: &Identity,
-    drm: Drm,
-) -> Result<(), Problem> {
-    take_rate_tokens(state, ctx, Some(identity), drm).await?;
-    if let (Some(quotas), None) = (&state.quotas, &ctx.quota) {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
-    }
-    Ok(())
-}
-
-/// What the stream limit needs to know of the license being asked for.
-struct StreamAsk {
-    content: String,
-    /// The policy's renewal interval (0: not set).
-    interval_seconds: u64,
-    /// The entitlement service's stream limit for the user.
-    granted_limit: Option<u32>,
-}
-
-/// Phase "limits", streams: the lease of the stream this request starts or renews, taken before
-/// the provider is asked (it bills per license), or ended by a release. A Widevine license's
-/// session id comes only with its answer, so a new one holds a provisional lease until then; a
-/// stream named by the device the provider reports is admitted on the answer
-/// ([`inspect_response`]). A request taken for a live renewal renews exactly its lease; if
-/// the store holds none, the request is rate limited before a stream is started (or another
-/// displaced) for it. Returns whether the request renewed or released a live stream.
-#[allow(clippy::too_many_arguments)]
-async fn admit_stream(
-    state: &State,
-    ctx: &mut RequestCtx,
-    identity: &Identity,
-    drm: Drm,
-    info: &ChallengeInfo,
-    player_session: Option<String>,
-    ask: StreamAsk,
-    local: bool,
-    taken_for_live: bool,
-) -> Result<bool, Problem> {
-    let Some(streams) = &state.streams else {
-        return Ok(false);
-    };
-    let user = identity.user.as_str();
-    let continued = continued_session(drm, Some(info), player_session.as_deref());
-    let widevine_continues = drm == Drm::Widevine && info.license_session_id.is_some();
-    if info.request_type == RequestType::Release
-        && let Some(session) = &continued
-    {
-        let ended = streams.end(user, session).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "stream lease not ended on release");
-            false
-        });
-        if taken_for_live && !ended {
-            // A release counts against no quota.
-            take_rate_tokens(state, ctx, Some(identity), drm).await?;
-        }
-        return Ok(taken_for_live && ended);
-    }
-    let (session, learn_session, announce) = match continued {
-        Some(session) => (Some(session), false, !widevine_continues),
-        None if drm == Drm::Widevine && info.request_type == RequestType::New && !local => {
-            (Some(streams::pending_session(&ctx.request_id)), true, false)
-        }
-        None if local => (Some(streams::issued_session()), false, true),
-        None => (None, false, false),
-    };
-    let mut hold = StreamHold {
-        user: user.to_string(),
-        content: ask.content,
-        drm,
-        limit: streams.limit_for(Some(&identity.claims), ask.granted_limit),
-        seconds: streams.lease_seconds(ask.interval_seconds),
-        session,
-        started: false,
-        lease_ends_at: None,
-        learn_session,
-        renewal: widevine_continues && info.request_type == RequestType::Renewal,
-        announce,
-        answer: BytesMut::new(),
-        license: None,
-    };
-    // Before the store's own clock reads it: the lease ends no earlier than this says.
-    let asked_at = crate::store::now_seconds();
-    let renewed_live = match &hold.session {
-        Some(session) if taken_for_live => {
-            streams
-                .renew_live(user, session, hold.seconds, &hold.content, drm.as_str())
-                .await?
-        }
-        _ => false,
-    };
-    if renewed_live {
-        hold.lease_ends_at = Some(asked_at + hold.seconds);
-    } else if let Some(session) = &hold.session {
-        if taken_for_live {
-            limit_rates_of_unrenewed(state, ctx, identity, drm).await?;
-        }
-        let decided = streams
-            .admit(
-                user,
-                LeaseAsk {
-                    session,
-                    content: &hold.content,
-                    drm: drm.as_str(),
-                    seconds: hold.seconds,
-                    adopts: if hold.renewal {
-                        streams::ADOPTS_PENDING
-                    } else {
-                        None
-                    },
-                },
-                hold.limit,
-            )
-            .await?;
-        hold.started = decided == Admitted::Started;
-        if decided != Admitted::Unchecked {
-            hold.lease_ends_at = Some(asked_at + hold.seconds);
-        }
-    }
-    ctx.stream = Some(hold);
-    Ok(renewed_live)
-}
-
-/// Phase "limits" on the provider's answer, for a stream known only by the device the provider
-/// reports (else one per user, content and client address).
-async fn admit_stream_on_answer(
-    state: &State,
-    ctx: &mut RequestCtx,
-    device: Option<String>,
-) -> Result<(), Problem> {
-    let (Some(streams), Some(hold)) = (&state.streams, ctx.stream.as_mut()) else {
-        return Ok(());
-    };
-    if hold.session.is_some() {
-        return Ok(());
-    }
-    let session = match device {
-        Some(device) => streams::device_session(&device),
-        None => streams::client_session(&hold.content, ctx.client.as_ref().map(|c| c.ip)),
-    };
-    let admitted = streams
-        .admit(
-            &hold.user,
-            LeaseAsk {
-                session: &session,
-                content: &hold.content,
-                drm: hold.drm.as_str(),
-                seconds: hold.seconds,
-                adopts: None,
-            },
-            hold.limit,
-        )
-        .await?;
-    hold.started = admitted == Admitted::Started;
-    hold.session = Some(session);
-    hold.announce = true;
-    Ok(())
-}
-
-/// `POST /v1/streams/{session}` renews a playback session's lease, for DRMs without native
-/// renewal; `DELETE` ends it. A heartbeat is a renewal: the token, the block list and the
-/// entitlement are checked again.
-async fn stream_heartbeat(
-    state: &State,
-    session: &Session,
-    ctx: &mut RequestCtx,
-    id: String,
-) -> Result<Admission, Problem> {
-    ctx.label = "stream";
-    let Some(streams) = &state.streams else {
-        return Err(Problem::not_found().with_detail("stream limits are not configured"));
-    };
-    let id = streams::valid_session(crate::admin::percent_decode(&id))?;
-    let identity =
-        authenticate(state, session.req_header(), &ctx.origin)?.ok_or_else(Problem::internal)?;
-    check_blocked(state, Some(&identity)).await?;
-    let unavailable = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "stream store unavailable");
-        Problem::new(Refusal::StreamStoreUnavailable)
-    };
-    let user = identity.user.as_str();
-    if session.req_header().method == Method::DELETE {
-        return match streams.end(user, &id).await.map_err(unavailable)? {
-            true => Ok(Admission::Answer(json_answer(
-                200,
-                "stream_ended",
-                serde_json::json!({"session": id, "ended": true}),
-            ))),
-            false => Err(Problem::new(Refusal::StreamUnknown)),
-        };
-    }
-    let lease = streams
-        .lease(user, &id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| {
-            Problem::new(Refusal::StreamUnknown)
-                .with_detail("no live stream by that id: start one with a license request")
-        })?;
-    if lease.stopped {
-        streams.count("stopped_refused");
-        return Err(Problem::new(Refusal::StreamStopped)
-            .with_detail("a newer stream of this user took this stream's place"));
-    }
-    ctx.content_id = Some(lease.content.clone());
-    let mut interval = 0;
-    if let Some(catalog) = &state.catalog {
-        let content = resolve_content(
-            &catalog.current(),
-            Some(&lease.content),
-            &ChallengeInfo::default(),
-        )?;
-        let client_ip = ctx.client.as_ref().map(|client| client.ip);
-        match state
-            .entitlements
-            .entitle(Some(&identity), &content, &lease.drm, client_ip)
-            .await
-        {
-            Ok(grant) => {
-                ctx.entitled_by = Some(grant.basis);
-                interval = grant.policy.renewal_interval_seconds;
-            }
-            Err(problem) => {
-                if problem.status == 403 {
-                    // Entitlement ended: the slot frees now, not when the lease runs out.
-                    let _ = streams.end(user, &id).await;
-                }
-                return Err(problem);
-            }
-        }
-    }
-    let seconds = streams.lease_seconds(interval);
-    let lease = streams
-        .renew(user, &id, seconds)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| Problem::new(Refusal::StreamUnknown))?;
-    if lease.stopped {
-        return Err(Problem::new(Refusal::StreamStopped));
-    }
-    let expires_at =
-        crate::providers::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(lease.expires_at));
-    let mut answer = json_answer(
-        200,
-        "stream_renewed",
-        serde_json::json!({
-            "session": id,
-            "expires_at": expires_at,
-            "renew_within_seconds": seconds.saturating_sub(streams.settings.grace.as_secs()),
-        }),
-    );
-    answer.session = Some(id);
-    Ok(Admission::Answer(answer))
 }
 
 fn json_answer(status: u16, outcome: &'static str, body: serde_json::Value) -> LocalAnswer {
@@ -1441,25 +1184,33 @@ pub fn capture_answer(
             filler.response_body(body, end_of_stream);
         }
     }
+    ctx.forward.answer_bytes += body.map_or(0, Bytes::len);
+    let complete =
+        end_of_stream || trailers || ctx.forward.declared_length == Some(ctx.forward.answer_bytes);
     let success = ctx.forward.status.is_some_and(|s| (200..300).contains(&s));
     if let Some(hold) = ctx.stream.as_mut()
         && success
         && (hold.learn_session || hold.renewal)
+        && hold.license.is_none()
     {
         if let Some(chunk) = body
             && hold.answer.len() + chunk.len() <= MAX_LICENSE_READ_BYTES
         {
             hold.answer.extend_from_slice(chunk);
         }
-        if end_of_stream || trailers {
-            hold.license = widevine::read_license(&hold.answer);
-            hold.answer = BytesMut::new();
+        if complete {
+            read_license(hold);
         }
     }
-    if end_of_stream || trailers {
+    if complete && ctx.forward.finished.is_none() {
         ctx.forward.finished = Some(Instant::now());
     }
     Ok(())
+}
+
+fn read_license(hold: &mut StreamHold) {
+    hold.license = widevine::read_license(&hold.answer);
+    hold.answer = BytesMut::new();
 }
 
 /// The request the provider sees: our path and host, the DRM's content type, and only the
@@ -1558,6 +1309,10 @@ pub async fn inspect_response(
     if let Some(filler) = plan.service_certificate.as_mut() {
         filler.response_header(status, headers);
     }
+    ctx.forward.declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok())
+        .and_then(|length| length.parse().ok());
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
         ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
@@ -1604,28 +1359,29 @@ async fn admit_on_answer(
     let Some(plan) = ctx.plan.as_ref() else {
         return Ok(());
     };
-    let undecided_stream = ctx
-        .stream
-        .as_ref()
-        .is_some_and(|hold| hold.session.is_none());
-    if plan.device_limit.is_none() && !undecided_stream {
+    if plan.device_limit.is_none() && ctx.stream.is_none() {
         return Ok(());
     }
     let device = plan.provider.device(headers);
-    if let (Some(devices), Some(limit)) = (&state.devices, &plan.device_limit) {
+    let reported = match &device {
+        crate::providers::Device::Reported(info) => match &state.devices {
+            Some(devices) => crate::devices::identity(&devices.settings, info),
+            None => info.client_token.clone().or_else(|| info.device_id.clone()),
+        },
+        _ => None,
+    };
+    // A stream continued from the device its record holds holds that device's slot.
+    let recorded_device = ctx
+        .stream
+        .as_ref()
+        .and_then(|hold| hold.continued.as_ref())
+        .and_then(|continued| continued.device.as_deref());
+    let same_device = recorded_device.is_some()
+        && recorded_device == reported.as_deref().map(streams::device_digest).as_deref();
+    if let (Some(devices), Some(limit), false) = (&state.devices, &plan.device_limit, same_device) {
         devices.admit(&limit.user, &device, limit.limit).await?;
     }
-    if undecided_stream {
-        let identity = match &device {
-            crate::providers::Device::Reported(info) => match &state.devices {
-                Some(devices) => crate::devices::identity(&devices.settings, info),
-                None => info.client_token.clone().or_else(|| info.device_id.clone()),
-            },
-            _ => None,
-        };
-        admit_stream_on_answer(state, ctx, identity).await?;
-    }
-    Ok(())
+    stream_limits::admit_on_answer(state, ctx, reported).await
 }
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our
@@ -1896,50 +1652,27 @@ pub fn problem_answer(problem: &Problem, ctx: &RequestCtx) -> LocalAnswer {
     LocalAnswer::problem(problem, &ctx.request_id)
 }
 
-/// Phase "record", the stores: a lease started for a request that got no license ends, a
-/// Widevine lease takes the session id and renewal interval its license tells, and a quota
-/// count for no license is given back.
-pub async fn settle(state: &State, ctx: &mut RequestCtx) {
+/// Phase "record", the stores: a count against the quota for no license is given back, and
+/// the stream's lease settled ([`stream_limits::settle`]).
+pub async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
     let licensed = (200..300).contains(&ctx.status) && ctx.outcome == "ok";
+    // An answer that ended in a way no body filter saw (no length, and END_STREAM after the
+    // player's side was done) was still read whole if the request ended without an error.
+    if let Some(hold) = ctx.stream.as_mut()
+        && licensed
+        && error.is_none()
+        && hold.license.is_none()
+        && !hold.answer.is_empty()
+    {
+        read_license(hold);
+    }
     if let (Some(taken), Some(quotas)) = (ctx.quota.take(), &state.quotas)
         && !licensed
     {
         quotas.refund(&taken).await;
     }
-    let (Some(hold), Some(streams)) = (ctx.stream.take(), &state.streams) else {
-        return;
-    };
-    let Some(session) = hold.session else {
-        return;
-    };
-    if !licensed {
-        if hold.started
-            && let Err(e) = streams.end(&hold.user, &session).await
-        {
-            tracing::warn!(error = %e, "lease of a refused stream not ended");
-        }
-        return;
-    }
-    let Some(license) = hold.license else {
-        return;
-    };
-    let renewal = license.renewal;
-    let seconds = if renewal.can_renew && renewal.delay_seconds > 0 {
-        streams.lease_seconds(renewal.delay_seconds)
-    } else {
-        hold.seconds
-    };
-    if hold.learn_session && !license.session_id.is_empty() {
-        let named = streams::widevine_session(&license.session_id);
-        streams.rename(&hold.user, &session, &named, seconds).await;
-    } else if hold.renewal
-        // Unless admission set the lease to end as late already.
-        && hold
-            .lease_ends_at
-            .is_none_or(|ends_at| ends_at < crate::store::now_seconds() + seconds)
-        && let Err(e) = streams.renew(&hold.user, &session, seconds).await
-    {
-        tracing::warn!(error = %e, "stream lease not extended to the license's renewal");
+    if let Some(hold) = ctx.stream.take() {
+        stream_limits::settle(state, hold, licensed).await;
     }
 }
 

@@ -1,0 +1,556 @@
+//! Phase "limits", streams: which stream a request continues, if any, and the lease of the one
+//! it starts. A request continues a stream only when the store's record of it is the same
+//! user's, content's and DRM's (and device's, where the vendor reports one), and only at the
+//! license's own cadence is it exempt from rate limits and quota. Everything else is a new
+//! stream: limited, device-checked, rate-limited and counted.
+//!
+//! | step | when | may change |
+//! |---|---|---|
+//! | [`find_continued`] | before the rates, once the challenge is read | nothing: the record, or a refusal |
+//! | [`admit_stream`] | after entitlement, before the provider is asked | `stream`, `quota` |
+//! | [`admit_on_answer`] | the provider's 2xx answer, where it reports the device | `stream`, `quota` |
+//! | [`stream_heartbeat`] | `POST`/`DELETE /v1/streams/{session}` | `content_id`, `entitled_by` |
+//! | [`settle`] | after the answer | the lease: ended, renamed or extended |
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use http::Method;
+use pingora::prelude::Session;
+
+use super::{Admission, RequestCtx, json_answer, resolve_content, take_rate_tokens};
+use crate::auth::Identity;
+use crate::challenge::{ChallengeInfo, RequestType, widevine};
+use crate::drm::Drm;
+use crate::problem::{Problem, Refusal};
+use crate::server::State;
+use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts, now_seconds};
+use crate::streams::{self, Admitted, Streams};
+
+/// A request's part in its user's stream limit.
+pub struct StreamHold {
+    pub identity: Arc<Identity>,
+    pub user: String,
+    pub drm: Drm,
+    /// What the stream is licensed for, as its lease records it.
+    pub facts: StreamFacts,
+    pub limit: u32,
+    /// The lease's length when the license tells none.
+    pub seconds: u64,
+    /// The lease's name; `None` until the provider's answer tells which device asked.
+    pub session: Option<String>,
+    /// This request started the lease: it ends if no license follows.
+    pub started: bool,
+    /// When the lease ends as admission set it (seconds since the epoch; `None`: not set).
+    pub lease_ends_at: Option<u64>,
+    /// The lease has a provisional name until the Widevine license tells its session id.
+    pub learn_session: bool,
+    /// A Widevine renewal, whose license tells when the next renewal comes.
+    pub renewal: bool,
+    /// The player is told the session id (`X-Playback-Session`).
+    pub announce: bool,
+    /// The request continues a recorded stream.
+    pub continued: Option<Continued>,
+    /// The start of the provider's answer, for the license's identification and policy.
+    pub answer: BytesMut,
+    pub license: Option<widevine::IssuedLicense>,
+}
+
+/// What a continuing request knows of its stream's record.
+pub struct Continued {
+    /// The device the record holds (a digest; `None`: none reported yet).
+    pub device: Option<String>,
+    /// Within the stream's cadence: no rate token or quota refusal was taken.
+    pub exempt: bool,
+}
+
+/// What the stream limit needs to know of the license being asked for.
+pub(super) struct StreamAsk {
+    pub facts: StreamFacts,
+    /// The entitlement service's stream limit for the user.
+    pub granted_limit: Option<u32>,
+    /// licensegate answers the license itself.
+    pub local: bool,
+    /// The provider's answer tells which device asked.
+    pub device_reported: bool,
+}
+
+/// The session a request continues, if it names one: a Widevine renewal or release names its
+/// license's, other players the one licensegate told them.
+fn named_session(
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+    player_session: Option<&str>,
+) -> Option<String> {
+    match info.and_then(|info| info.license_session_id.as_deref()) {
+        Some(session_id) if drm == Drm::Widevine => Some(streams::widevine_session(session_id)),
+        _ if drm == Drm::Widevine => None,
+        _ => player_session.map(str::to_string),
+    }
+}
+
+fn renews_license(drm: Drm, info: Option<&ChallengeInfo>) -> bool {
+    drm == Drm::Widevine && info.is_some_and(|info| info.license_session_id.is_some())
+}
+
+fn stream_unknown() -> Problem {
+    Problem::new(Refusal::StreamUnknown)
+        .with_detail("no live stream of yours holds this license: start a new one")
+}
+
+/// The recorded stream a request names, looked up before anything is limited: its content is
+/// the one the request is for. A Widevine renewal or release naming no stream of this user's
+/// is refused (it can start none); another player's unknown session id is ignored, and the
+/// request starts a stream of its own.
+pub(super) async fn find_continued(
+    state: &State,
+    identity: Option<&Identity>,
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+    player_session: Option<&str>,
+    requested_content: Option<&str>,
+) -> Result<Option<Lease>, Problem> {
+    let (Some(streams), Some(identity)) = (&state.streams, identity) else {
+        return Ok(None);
+    };
+    let Some(session) = named_session(drm, info, player_session) else {
+        return Ok(None);
+    };
+    let mut found = streams.find(&identity.user, &session).await;
+    if let (Ok(None), true, Some(cdm_session)) = (
+        &found,
+        renews_license(drm, info),
+        info.and_then(|info| info.cdm_request_id.as_deref()),
+    ) {
+        found = streams.adopt(&identity.user, cdm_session, &session).await;
+    }
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => return store_down(streams, &e).map(|()| None),
+    };
+    match found {
+        Some(lease) if lease.drm == drm.as_str() => {
+            if let Some(named) = requested_content
+                && named != lease.content
+            {
+                return Err(Problem::new(Refusal::ContentMismatch).with_detail(format!(
+                    "the playback session plays '{}', not '{named}'",
+                    lease.content
+                )));
+            }
+            if lease.stopped {
+                return Err(streams::stream_stopped());
+            }
+            Ok(Some(lease))
+        }
+        _ if renews_license(drm, info) => Err(stream_unknown()),
+        _ => Ok(None),
+    }
+}
+
+/// A store that cannot answer: the request goes on unchecked under `fail_open`, else 503.
+fn store_down(streams: &Streams, error: &crate::store::StoreError) -> Result<(), Problem> {
+    tracing::error!(error = %error, "stream store unavailable");
+    if streams.settings.fail_open {
+        streams.count("store_down_allowed");
+        Ok(())
+    } else {
+        streams.count("store_down_refused");
+        Err(streams::store_unavailable())
+    }
+}
+
+/// A request continuing its stream within the cadence: no rate token; the quota counts it
+/// while there is some left and never refuses it.
+async fn exempt(state: &State, ctx: &mut RequestCtx, identity: &Identity) -> Result<(), Problem> {
+    state.rate_limits.exempt();
+    if let Some(quotas) = &state.quotas {
+        ctx.quota = quotas.take(&identity.user, &identity.claims, true).await?;
+    }
+    Ok(())
+}
+
+/// A request limited as the new license it is: rate tokens, and the quota unless it took it.
+async fn limit_as_new(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: &Identity,
+    drm: Drm,
+) -> Result<(), Problem> {
+    take_rate_tokens(state, ctx, Some(identity), drm).await?;
+    if let (Some(quotas), None) = (&state.quotas, &ctx.quota) {
+        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+    }
+    Ok(())
+}
+
+/// What a license counts as in its stream's cadence.
+fn cadence_of(drm: Drm, info: &ChallengeInfo, facts: &StreamFacts) -> String {
+    if drm == Drm::Widevine {
+        streams::RENEWAL_CADENCE.to_string()
+    } else if info.key_ids.is_empty() {
+        // A FairPlay SPC names no key the player did not name in its URI.
+        streams::keys_cadence(&facts.key_ids)
+    } else {
+        streams::keys_cadence(
+            &info
+                .key_ids
+                .iter()
+                .map(|kid| kid.to_string())
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// The stream this request continues or starts, decided before the provider is asked (it bills
+/// per license); a stream known only by the device the provider reports is decided on the
+/// answer ([`admit_on_answer`]). A continuation beyond its stream's cadence is limited as the
+/// new license it costs the vendor: rate tokens, and quota.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn admit_stream(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: &Arc<Identity>,
+    drm: Drm,
+    info: &ChallengeInfo,
+    continued: Option<Lease>,
+    ask: StreamAsk,
+) -> Result<(), Problem> {
+    let Some(streams) = &state.streams else {
+        return Ok(());
+    };
+    let user = identity.user.as_str();
+    let seconds = streams.lease_seconds(ask.facts.interval);
+    let mut hold = StreamHold {
+        identity: identity.clone(),
+        user: user.to_string(),
+        drm,
+        limit: streams.limit_for(Some(&identity.claims), ask.granted_limit),
+        seconds,
+        session: None,
+        started: false,
+        lease_ends_at: None,
+        learn_session: false,
+        renewal: false,
+        announce: false,
+        continued: None,
+        answer: BytesMut::new(),
+        license: None,
+        facts: ask.facts,
+    };
+    let cadence = cadence_of(drm, info, &hold.facts);
+    if let Some(lease) = continued {
+        if info.request_type == RequestType::Release {
+            // The release ends the stream, and is no license: nothing to limit.
+            if let Err(e) = streams.end(user, &lease.session).await {
+                tracing::warn!(error = %e, "stream lease not ended on release");
+            }
+            state.rate_limits.exempt();
+            return Ok(());
+        }
+        let asked_at = now_seconds();
+        let continuation = streams
+            .continue_(
+                user,
+                ContinueAsk {
+                    session: &lease.session,
+                    content: &hold.facts.content,
+                    drm: drm.as_str(),
+                    seconds,
+                    cadence: &cadence,
+                },
+            )
+            .await;
+        match continuation {
+            Ok(Continuation::Continued {
+                lease: record,
+                exempt: within,
+            }) => {
+                if within {
+                    exempt(state, ctx, identity).await?;
+                } else {
+                    limit_as_new(state, ctx, identity, drm).await?;
+                }
+                hold.session = Some(lease.session);
+                hold.lease_ends_at = Some(asked_at + seconds);
+                hold.renewal = drm == Drm::Widevine;
+                hold.announce = drm != Drm::Widevine;
+                hold.continued = Some(Continued {
+                    device: record.device,
+                    exempt: within,
+                });
+                ctx.stream = Some(hold);
+                return Ok(());
+            }
+            Ok(Continuation::Stopped) => return Err(streams::stream_stopped()),
+            Ok(_) if drm == Drm::Widevine => return Err(stream_unknown()),
+            // Ended or displaced since it was looked up: the request starts a stream.
+            Ok(_) => limit_as_new(state, ctx, identity, drm).await?,
+            Err(e) => {
+                store_down(streams, &e)?;
+                return limit_as_new(state, ctx, identity, drm).await;
+            }
+        }
+    }
+    let renewal_without_record = drm == Drm::Widevine && info.request_type != RequestType::New;
+    let session = if renewal_without_record {
+        // Only with the store down under `fail_open`: nothing to lease.
+        return Ok(());
+    } else if drm == Drm::Widevine && !ask.local {
+        hold.learn_session = true;
+        streams::pending_session(info.cdm_request_id.as_deref(), &ctx.request_id)
+    } else if ask.local {
+        hold.announce = true;
+        streams::issued_session()
+    } else if ask.device_reported {
+        ctx.stream = Some(hold);
+        return Ok(());
+    } else {
+        hold.announce = true;
+        streams::client_session(
+            &hold.facts.content,
+            drm.as_str(),
+            ctx.client.as_ref().map(|client| client.ip),
+        )
+    };
+    let asked_at = now_seconds();
+    let decided = streams
+        .admit(
+            user,
+            LeaseAsk {
+                session: &session,
+                facts: &hold.facts,
+                seconds,
+                cadence: &cadence,
+            },
+            hold.limit,
+        )
+        .await?;
+    hold.started = decided == Admitted::Started;
+    if decided != Admitted::Unchecked {
+        hold.lease_ends_at = Some(asked_at + seconds);
+    }
+    hold.session = Some(session);
+    ctx.stream = Some(hold);
+    Ok(())
+}
+
+/// Phase "limits" on the provider's answer, for the stream: a continuation from another device
+/// than its record's is a new stream; a stream known only by the device the provider reports
+/// (else one per user, content, DRM and client address) is admitted now; a device the record
+/// lacks is recorded. `device` is the reported device's identity.
+pub(super) async fn admit_on_answer(
+    state: &State,
+    ctx: &mut RequestCtx,
+    device: Option<String>,
+) -> Result<(), Problem> {
+    let (Some(streams), Some(hold)) = (&state.streams, ctx.stream.as_ref()) else {
+        return Ok(());
+    };
+    let digest = device.as_deref().map(streams::device_digest);
+    let recorded = hold.continued.as_ref().and_then(|c| c.device.clone());
+    let another_device = matches!((&recorded, &digest), (Some(r), Some(d)) if r != d);
+    if another_device {
+        let was_exempt = hold.continued.as_ref().is_some_and(|c| c.exempt);
+        let (drm, identity) = (hold.drm, hold.identity.clone());
+        if let Some(hold) = ctx.stream.as_mut() {
+            hold.continued = None;
+            hold.session = None;
+            hold.renewal = false;
+            hold.lease_ends_at = None;
+        }
+        if was_exempt {
+            limit_as_new(state, ctx, &identity, drm).await?;
+        }
+    }
+    let Some(hold) = ctx.stream.as_mut() else {
+        return Ok(());
+    };
+    if hold.session.is_none() {
+        let session = match &device {
+            Some(device) => streams::device_session(device, &hold.facts.content, hold.drm.as_str()),
+            None => streams::client_session(
+                &hold.facts.content,
+                hold.drm.as_str(),
+                ctx.client.as_ref().map(|c| c.ip),
+            ),
+        };
+        let cadence = streams::keys_cadence(&hold.facts.key_ids);
+        let admitted = streams
+            .admit(
+                &hold.user,
+                LeaseAsk {
+                    session: &session,
+                    facts: &hold.facts,
+                    seconds: hold.seconds,
+                    cadence: &cadence,
+                },
+                hold.limit,
+            )
+            .await?;
+        hold.started = admitted == Admitted::Started;
+        hold.session = Some(session);
+        hold.announce = true;
+        if admitted == Admitted::Renewed {
+            return Ok(());
+        }
+    } else if recorded.is_some() && !another_device {
+        return Ok(());
+    }
+    if let (Some(digest), Some(session)) = (&digest, &hold.session) {
+        streams.set_device(&hold.user, session, digest).await;
+    }
+    Ok(())
+}
+
+/// `POST /v1/streams/{session}` renews a playback session's lease, for DRMs without native
+/// renewal; `DELETE` ends it. A heartbeat is a continuation: the token, the block list and the
+/// entitlement are checked again, and beyond the stream's cadence it takes rate tokens.
+pub(super) async fn stream_heartbeat(
+    state: &State,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    id: String,
+) -> Result<Admission, Problem> {
+    ctx.label = "stream";
+    let Some(streams) = &state.streams else {
+        return Err(Problem::not_found().with_detail("stream limits are not configured"));
+    };
+    let id = streams::valid_session(crate::admin::percent_decode(&id))?;
+    let identity = super::authenticate(state, session.req_header(), &ctx.origin)?
+        .ok_or_else(Problem::internal)?;
+    super::check_blocked(state, Some(&identity)).await?;
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "stream store unavailable");
+        streams::store_unavailable()
+    };
+    let user = identity.user.as_str();
+    if session.req_header().method == Method::DELETE {
+        return match streams.end(user, &id).await.map_err(unavailable)? {
+            true => Ok(Admission::Answer(json_answer(
+                200,
+                "stream_ended",
+                serde_json::json!({"session": id, "ended": true}),
+            ))),
+            false => Err(Problem::new(Refusal::StreamUnknown)),
+        };
+    }
+    let lease = streams
+        .find(user, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            Problem::new(Refusal::StreamUnknown)
+                .with_detail("no live stream by that id: start one with a license request")
+        })?;
+    ctx.content_id = Some(lease.content.clone());
+    if let Some(catalog) = &state.catalog {
+        let content = resolve_content(
+            &catalog.current(),
+            Some(&lease.content),
+            &ChallengeInfo::default(),
+        )?;
+        let client_ip = ctx.client.as_ref().map(|client| client.ip);
+        match state
+            .entitlements
+            .entitle(Some(&identity), &content, &lease.drm, client_ip)
+            .await
+        {
+            Ok(grant) => ctx.entitled_by = Some(grant.basis),
+            Err(problem) => {
+                if problem.status == 403 {
+                    // Entitlement ended: the slot frees now, not when the lease runs out.
+                    let _ = streams.end(user, &id).await;
+                }
+                return Err(problem);
+            }
+        }
+    }
+    let seconds = streams.lease_seconds(lease.interval);
+    let continued = streams
+        .continue_(
+            user,
+            ContinueAsk {
+                session: &id,
+                content: &lease.content,
+                drm: &lease.drm,
+                seconds,
+                cadence: streams::HEARTBEAT_CADENCE,
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+    let lease = match continued {
+        Continuation::Continued { lease, exempt } => {
+            if exempt {
+                state.rate_limits.exempt();
+            } else {
+                // A heartbeat is no license: rate tokens, never quota.
+                let drm = lease.drm.parse::<Drm>().unwrap_or(Drm::ClearKey);
+                take_rate_tokens(state, ctx, Some(&identity), drm).await?;
+            }
+            lease
+        }
+        Continuation::Stopped => return Err(streams::stream_stopped()),
+        Continuation::Unknown | Continuation::Mismatch => {
+            return Err(Problem::new(Refusal::StreamUnknown));
+        }
+    };
+    let expires_at = crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(lease.expires_at));
+    let mut answer = json_answer(
+        200,
+        "stream_renewed",
+        serde_json::json!({
+            "session": id,
+            "expires_at": expires_at,
+            "renew_within_seconds": seconds.saturating_sub(streams.settings.grace.as_secs()),
+        }),
+    );
+    answer.session = Some(id);
+    Ok(Admission::Answer(answer))
+}
+
+/// Phase "record", the lease: one started for a request that got no license ends, a Widevine
+/// lease takes the session id and renewal interval its license tells.
+pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
+    let Some(streams) = &state.streams else {
+        return;
+    };
+    let Some(session) = hold.session else {
+        return;
+    };
+    if !licensed {
+        if hold.started
+            && let Err(e) = streams.end(&hold.user, &session).await
+        {
+            tracing::warn!(error = %e, "lease of a refused stream not ended");
+        }
+        return;
+    }
+    let Some(license) = hold.license else {
+        return;
+    };
+    let renewal = license.renewal;
+    let mut facts = hold.facts;
+    let seconds = if renewal.can_renew && renewal.delay_seconds > 0 {
+        facts.interval = renewal.delay_seconds;
+        streams.lease_seconds(renewal.delay_seconds)
+    } else {
+        hold.seconds
+    };
+    if hold.learn_session && !license.session_id.is_empty() {
+        let named = streams::widevine_session(&license.session_id);
+        streams
+            .rename(&hold.user, &session, &named, seconds, &facts)
+            .await;
+    } else if hold.renewal
+        // Unless admission set the lease to end as late already.
+        && hold
+            .lease_ends_at
+            .is_none_or(|ends_at| ends_at < now_seconds() + seconds)
+        && let Err(e) = streams.renew(&hold.user, &session, seconds).await
+    {
+        tracing::warn!(error = %e, "stream lease not extended to the license's renewal");
+    }
+}
