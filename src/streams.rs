@@ -5,9 +5,10 @@
 //! - Widevine: the `session_id` of the license's identification, which the vendor sets in the
 //!   license (read from the answer) and the CDM sends back in every renewal and release.
 //! - Others: the session id licensegate told the player (`X-Playback-Session` on the answer)
-//!   and the player sends back (`X-Playback-Session`, or `?session=`); else the device the
-//!   vendor reported; else one stream per user, content, DRM and client address.
-//! - licensegate's own ClearKey server issues a session id when the player names none.
+//!   and the player sends back (`X-Playback-Session`, or `?session=`). A request naming none
+//!   is a new stream: on a vendor that reports devices, the device's (one per device, content
+//!   and DRM, decided on the answer); else a new session licensegate issues before the vendor
+//!   is asked.
 //!
 //! Each lease records what its stream was licensed for (content, DRM, provider, policy, key IDs,
 //! device): a request that names a session continues it only if the record is the same user's,
@@ -100,15 +101,6 @@ pub fn device_session(device: &str, content: &str, drm: &str) -> String {
 /// A device as a stream's record keeps it: a digest, never the vendor's identifiers.
 pub fn device_digest(device: &str) -> String {
     digest(&[device.as_bytes()])
-}
-
-/// The stream of a player that names none, on a vendor that reports no device.
-pub fn client_session(content: &str, drm: &str, client: Option<std::net::IpAddr>) -> String {
-    let client = client.map(|ip| ip.to_string()).unwrap_or_default();
-    format!(
-        "client-{}",
-        digest(&[content.as_bytes(), drm.as_bytes(), client.as_bytes()])
-    )
 }
 
 /// What a license for these key IDs counts as in its stream's cadence.

@@ -592,7 +592,7 @@ async fn a_session_continues_only_its_own_content_and_at_its_cadence() {
     let gate = Gate::ready(Gate::start_with_files(
         &config(
             &sim,
-            "[streams]\nmax_per_user = 5\nrenewal_interval_seconds = 2\ngrace_seconds = 2\n\
+            "[streams]\nmax_per_user = 5\nrenewal_interval_seconds = 2\ngrace_seconds = 30\n\
              [store]\npath = \"${LG_DIR}/licensegate.db\"\n\
              [rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
         ),

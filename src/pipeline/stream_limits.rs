@@ -300,19 +300,12 @@ pub(super) async fn admit_stream(
     } else if drm == Drm::Widevine && !ask.local {
         hold.learn_session = true;
         streams::pending_session(info.cdm_request_id.as_deref(), &ctx.request_id)
-    } else if ask.local {
-        hold.announce = true;
-        streams::issued_session()
-    } else if ask.device_reported {
+    } else if ask.device_reported && !ask.local {
         ctx.stream = Some(hold);
         return Ok(());
     } else {
         hold.announce = true;
-        streams::client_session(
-            &hold.facts.content,
-            drm.as_str(),
-            ctx.client.as_ref().map(|client| client.ip),
-        )
+        streams::issued_session()
     };
     let asked_at = now_seconds();
     let decided = streams
@@ -322,7 +315,8 @@ pub(super) async fn admit_stream(
                 session: &session,
                 facts: &hold.facts,
                 seconds,
-                cadence: &cadence,
+                // The license is its stream's first heartbeat, too.
+                cadence: &[&cadence, streams::HEARTBEAT_CADENCE],
             },
             hold.limit,
         )
@@ -338,8 +332,8 @@ pub(super) async fn admit_stream(
 
 /// Phase "limits" on the provider's answer, for the stream: a continuation from another device
 /// than its record's is a new stream; a stream known only by the device the provider reports
-/// (else one per user, content, DRM and client address) is admitted now; a device the record
-/// lacks is recorded. `device` is the reported device's identity.
+/// (a new one if it reports none) is admitted now; a device the record lacks is recorded.
+/// `device` is the reported device's identity.
 pub(super) async fn admit_on_answer(
     state: &State,
     ctx: &mut RequestCtx,
@@ -370,11 +364,7 @@ pub(super) async fn admit_on_answer(
     if hold.session.is_none() {
         let session = match &device {
             Some(device) => streams::device_session(device, &hold.facts.content, hold.drm.as_str()),
-            None => streams::client_session(
-                &hold.facts.content,
-                hold.drm.as_str(),
-                ctx.client.as_ref().map(|c| c.ip),
-            ),
+            None => streams::issued_session(),
         };
         let cadence = streams::keys_cadence(&hold.facts.key_ids);
         let admitted = streams
@@ -384,7 +374,7 @@ pub(super) async fn admit_on_answer(
                     session: &session,
                     facts: &hold.facts,
                     seconds: hold.seconds,
-                    cadence: &cadence,
+                    cadence: &[&cadence, streams::HEARTBEAT_CADENCE],
                 },
                 hold.limit,
             )

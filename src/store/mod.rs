@@ -93,7 +93,7 @@ pub struct LeaseAsk<'a> {
     /// How long the lease lasts from now.
     pub seconds: u64,
     /// What this license counts as in the stream's cadence (see [`ContinueAsk::cadence`]).
-    pub cadence: &'a str,
+    pub cadence: &'a [&'a str],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,9 +171,11 @@ pub mod cadence {
         (exempt, record)
     }
 
-    /// A fresh record: `what` taken at `now`.
-    pub fn start(what: &str, now: u64) -> String {
-        take("", what, 0, now).1
+    /// A fresh record: each of `whats` taken at `now`.
+    pub fn start(whats: &[&str], now: u64) -> String {
+        whats
+            .iter()
+            .fold(String::new(), |record, what| take(&record, what, 0, now).1)
     }
 }
 
@@ -454,7 +456,7 @@ pub(crate) mod conformance {
             session,
             facts: &MOVIE,
             seconds,
-            cadence: "keys-a",
+            cadence: &["keys-a"],
         }
     }
 

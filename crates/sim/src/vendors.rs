@@ -249,6 +249,7 @@ impl VendorSim {
             _ => "widevine_license_request_info",
         };
         let device_id = widevine_client(challenge)
+            .or_else(|| playready_client(drm, challenge))
             .map(|client| hex::encode(&Sha256::digest(client)[..8]))
             .unwrap_or_else(|| self.args.device_id.clone());
         let info = json!({
@@ -785,6 +786,19 @@ fn widevine_client(challenge: &[u8]) -> Option<Vec<u8>> {
     let request = SignedRequest::decode(challenge).ok()?.msg?;
     let client = ClientIdentified::decode(request.as_slice()).ok()?;
     client.client_id.or(client.encrypted_client_id)
+}
+
+/// A PlayReady device's certificate travels encrypted to the vendor's key, which the simulator
+/// does not hold: its `CustomData` stands in for it, so that tests can send from several
+/// devices.
+fn playready_client(drm: Option<Drm>, challenge: &[u8]) -> Option<Vec<u8>> {
+    if drm != Some(Drm::PlayReady) {
+        return None;
+    }
+    challenge::parse(Drm::PlayReady, challenge)
+        .ok()?
+        .custom_data
+        .map(String::into_bytes)
 }
 
 /// Which DRM a challenge is for, as the vendor's per-DRM endpoint would know it.

@@ -1066,7 +1066,8 @@ impl Player {
         }
     }
 
-    async fn send(&mut self, challenge: Vec<u8>) -> PlayerAnswer {
+    /// Sends `challenge` as this player: its URL, its token.
+    pub async fn send(&mut self, challenge: Vec<u8>) -> PlayerAnswer {
         let response = client()
             .post(&self.url)
             .bearer_auth(&self.token)
@@ -1104,7 +1105,8 @@ impl Player {
         self.send(challenge).await
     }
 
-    fn continuation(&self, kind: licensegate_drm::challenge::RequestType) -> Vec<u8> {
+    /// The renewal or release of the license it holds, as its CDM would build it.
+    pub fn continuation(&self, kind: licensegate_drm::challenge::RequestType) -> Vec<u8> {
         let license = self.license.as_deref().expect("a license to continue");
         licensegate_drm::challenge::widevine::continuation_request(
             license,

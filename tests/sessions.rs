@@ -1,0 +1,494 @@
+//! Sessions and renewals the player cannot forge: what a request says of its session (a header,
+//! a renewal, a content id) is checked against the stream licensegate recorded, for the same
+//! user, content, DRM and device, on the embedded store and on a real Redis. Widevine players
+//! are the test kit's CDM model against the simulator; PlayReady challenges are the fixture,
+//! whose `CustomData` the simulator in Axinom mode reports as the device.
+
+use std::time::Duration;
+
+use licensegate_drm::challenge::RequestType;
+use licensegate_testkit::{Gate, GateConfig, Player, Redis, Sim, client, fixture, user_token};
+use serde_json::Value;
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+const DEMO_KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
+const PLAYREADY_KID: &str = "33e0008c-c444-4770-9899-a321e079dd36";
+const SOAP_ACTION: &str = "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\"";
+/// The simulator's Widevine licenses ask for a renewal every this many seconds.
+const RENEWAL_SECONDS: u64 = 4;
+
+/// `demo` (the Widevine fixture's key), `other` (the PlayReady fixture's) and ten more, each with
+/// a ClearKey key.
+fn catalog() -> String {
+    let mut catalog = format!(
+        "[content.demo]\nkey_ids = [\"{DEMO_KID}\"]\nkeys = {{ \"{DEMO_KID}\" = \"000102030405060708090a0b0c0d0e0f\" }}\n\
+         [content.other]\nkey_ids = [\"{PLAYREADY_KID}\"]\nkeys = {{ \"{PLAYREADY_KID}\" = \"101112131415161718191a1b1c1d1e1f\" }}\n"
+    );
+    for n in 0..10 {
+        let kid = format!("aaaaaaaa-0000-0000-0000-0000000000{n:02}");
+        catalog.push_str(&format!(
+            "[content.movie-{n}]\nkey_ids = [\"{kid}\"]\nkeys = {{ \"{kid}\" = \"202122232425262728292a2b2c2d2e2f\" }}\n"
+        ));
+    }
+    catalog
+}
+
+/// Where the gate keeps its state: each test runs on both.
+enum Store {
+    Embedded,
+    Redis(Redis),
+}
+
+impl Store {
+    fn both() -> [Store; 2] {
+        [Store::Embedded, Store::Redis(Redis::start())]
+    }
+
+    fn toml(&self) -> String {
+        match self {
+            Store::Embedded => "[store]\npath = \"${LG_DIR}/licensegate.db\"\n".into(),
+            Store::Redis(redis) => {
+                format!(
+                    "[store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+                    redis.url()
+                )
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Embedded => "embedded",
+            Store::Redis(_) => "redis",
+        }
+    }
+}
+
+/// Every DRM to `vendor` (a provider body) but ClearKey, which licensegate answers; `extra`
+/// adds sections.
+fn config(vendor: &str, store: &Store, extra: &str) -> String {
+    GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("vendor", vendor)
+        .provider("builtin", "kind = \"clearkey\"")
+        .routes(&[
+            ("widevine", "vendor"),
+            ("playready", "vendor"),
+            ("clearkey", "builtin"),
+        ])
+        .with(&format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}{extra}",
+            store.toml()
+        ))
+        .build()
+}
+
+fn passthrough(sim: &Sim) -> String {
+    format!("kind = \"passthrough\"\nendpoints = [\"{}\"]", sim.url())
+}
+
+async fn start(config: &str) -> Gate {
+    Gate::ready(Gate::start_with_files(
+        config,
+        &[("catalog.toml", catalog().as_bytes())],
+    ))
+    .await
+}
+
+fn sim() -> Sim {
+    Sim::start(&["--widevine-renewal-seconds", &RENEWAL_SECONDS.to_string()])
+}
+
+/// The PlayReady fixture, sent from `device`.
+fn playready_from(device: &str) -> String {
+    String::from_utf8(fixture("license-request-v4.0.xml"))
+        .unwrap()
+        .replace("User=Roland", &format!("device={device}"))
+}
+
+struct Answer {
+    status: u16,
+    code: String,
+    session: Option<String>,
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let session = response
+        .headers()
+        .get("x-playback-session")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = if (200..300).contains(&status) {
+        "ok".to_string()
+    } else {
+        body["code"].as_str().unwrap_or("?").to_string()
+    };
+    Answer {
+        status,
+        code,
+        session,
+    }
+}
+
+async fn playready(gate: &Gate, user: &str, device: &str, session: Option<&str>) -> Answer {
+    let mut request = client()
+        .post(gate.license_url("playready", Some("other")))
+        .bearer_auth(user_token(user, &["*"]))
+        .header("SOAPAction", SOAP_ACTION)
+        .body(playready_from(device));
+    if let Some(session) = session {
+        request = request.header("X-Playback-Session", session);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+async fn clearkey(gate: &Gate, user: &str, content: &str, session: Option<&str>) -> Answer {
+    let kid = if content == "demo" {
+        "AQIDBAUGBwgJCgsMDQ4PEA".to_string()
+    } else {
+        let n: u8 = content.trim_start_matches("movie-").parse().unwrap();
+        let mut kid = [0xaa, 0xaa, 0xaa, 0xaa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        kid[15] = n;
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, kid)
+    };
+    let mut request = client()
+        .post(gate.license_url("clearkey", Some(content)))
+        .bearer_auth(user_token(user, &["*"]))
+        .body(format!("{{\"kids\":[\"{kid}\"],\"type\":\"temporary\"}}"));
+    if let Some(session) = session {
+        request = request.header("X-Playback-Session", session);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+async fn admin_get(gate: &Gate, path: &str) -> Value {
+    client()
+        .get(gate.admin(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn active_streams(gate: &Gate, user: &str) -> u64 {
+    admin_get(gate, &format!("/v1/users/{user}/streams")).await["active"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn vendor_licenses(sim: &Sim) -> u64 {
+    sim.stats().await["licenses"].as_u64().unwrap()
+}
+
+/// 1. Device limit 1, with rate limits: a PlayReady request naming the live session of another
+/// device is that device's own stream, and gets no license beyond the limit.
+#[tokio::test]
+async fn another_devices_session_takes_a_device_slot_of_its_own() {
+    for store in Store::both() {
+        let sim = Sim::start(&["--vendor", "axinom"]);
+        let gate = start(&config(
+            &licensegate_testkit::axinom_provider("vendor", &sim),
+            &store,
+            "[devices]\nmax_per_user = 1\n[streams]\nmax_per_user = 5\n\
+             [rate_limits.per_user]\nper_second = 100\nburst = 100\n",
+        ))
+        .await;
+        let tv = playready(&gate, "ann", "tv", None).await;
+        assert_eq!(tv.code, "ok", "{}", store.name());
+        let session = tv.session.expect("the stream's session is announced");
+        let phone = playready(&gate, "ann", "phone", Some(&session)).await;
+        assert_eq!(
+            (phone.status, phone.code.as_str()),
+            (403, "device_limit_reached"),
+            "{}",
+            store.name()
+        );
+        let devices = admin_get(&gate, "/v1/devices/ann").await;
+        assert_eq!(
+            devices["devices"].as_array().map(Vec::len),
+            Some(1),
+            "{devices}"
+        );
+        // The device the stream belongs to continues it.
+        assert_eq!(
+            playready(&gate, "ann", "tv", Some(&session)).await.code,
+            "ok"
+        );
+    }
+}
+
+/// 2. Stream limit 1: a live session's id buys no keys of other content, and players sharing a
+/// session id they made up are each a stream, refused before the vendor.
+#[tokio::test]
+async fn one_session_id_buys_no_second_stream() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[streams]\nmax_per_user = 1\n",
+        ))
+        .await;
+        let first = clearkey(&gate, "bea", "demo", None).await;
+        assert_eq!(first.code, "ok");
+        let session = first.session.unwrap();
+        for n in 0..10 {
+            let other = clearkey(&gate, "bea", &format!("movie-{n}"), Some(&session)).await;
+            assert_eq!(
+                (other.status, other.code.as_str()),
+                (403, "content_mismatch"),
+                "{}",
+                store.name()
+            );
+        }
+        assert_eq!(active_streams(&gate, "bea").await, 1);
+
+        let mut codes = Vec::new();
+        for _ in 0..10 {
+            codes.push(playready(&gate, "cleo", "tv", Some("made-up")).await.code);
+        }
+        assert_eq!(codes[0], "ok", "{}", store.name());
+        assert!(
+            codes[1..].iter().all(|code| code == "stream_limit_reached"),
+            "{codes:?}"
+        );
+        assert_eq!(active_streams(&gate, "cleo").await, 1);
+        assert_eq!(vendor_licenses(&sim).await, 1, "{}", store.name());
+    }
+}
+
+/// 3. Quota 2 a day and a per-user burst of 2: a PlayReady stream asking again for its keys at
+/// once, heartbeats beyond the stream's cadence and replays of a Widevine renewal are limited
+/// like any request.
+#[tokio::test]
+async fn quota_and_rates_hold_for_continuations_beyond_their_cadence() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[streams]\nmax_per_user = 5\n[quota]\nlicenses_per_user = 2\nperiod_seconds = 86400\n\
+             [rate_limits.per_user]\nper_second = 0.001\nburst = 2\n",
+        ))
+        .await;
+        let first = playready(&gate, "dora", "tv", None).await;
+        assert_eq!(first.code, "ok");
+        let session = first.session.unwrap();
+        let mut licensed = 1;
+        for _ in 0..50 {
+            if playready(&gate, "dora", "tv", Some(&session)).await.code == "ok" {
+                licensed += 1;
+            }
+        }
+        assert_eq!(licensed, 2, "{}", store.name());
+        assert_eq!(vendor_licenses(&sim).await, 2, "{}", store.name());
+        let heartbeat = || {
+            client()
+                .post(gate.url(&format!("/v1/streams/{session}")))
+                .bearer_auth(user_token("dora", &["*"]))
+                .send()
+        };
+        let beat = answer(heartbeat().await.unwrap()).await;
+        assert_eq!((beat.status, beat.code.as_str()), (429, "rate_limited"));
+
+        let mut player = Player::new(
+            gate.license_url("widevine", Some("demo")),
+            user_token("emil", &["*"]),
+        );
+        assert_eq!(
+            player
+                .start(fixture("license-request-kid-01020304.bin"))
+                .await
+                .code(),
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
+        let renewal = player.continuation(RequestType::Renewal);
+        let mut codes = Vec::new();
+        for _ in 0..20 {
+            codes.push(player.send(renewal.clone()).await.code());
+        }
+        // At its cadence, and no more: the replays find the quota used up (the license and
+        // its renewal counted), then the bucket too.
+        assert_eq!(codes[0], "ok", "{}", store.name());
+        assert!(
+            codes[1..]
+                .iter()
+                .all(|code| code == "quota_exceeded" || code == "rate_limited"),
+            "{codes:?}"
+        );
+        assert_eq!(vendor_licenses(&sim).await, 4, "{}", store.name());
+    }
+}
+
+/// 4. A renewal is for its license's content and its user: a revoked entitlement ends the
+/// stream whatever content the player names, and another user's token renews nothing.
+#[tokio::test]
+async fn a_renewal_is_for_its_licenses_content_and_user() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[streams]\nmax_per_user = 5\n",
+        ))
+        .await;
+        let widevine = |content: &str| gate.license_url("widevine", Some(content));
+        let mut ann = Player::new(widevine("demo"), user_token("ann", &["demo", "other"]));
+        assert_eq!(
+            ann.start(fixture("license-request-kid-01020304.bin"))
+                .await
+                .code(),
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
+        let renewal = ann.continuation(RequestType::Renewal);
+        let licenses = vendor_licenses(&sim).await;
+
+        // Another user, with free slots, renews nothing of ann's.
+        let mut mallory = Player::new(widevine("demo"), user_token("mallory", &["*"]));
+        let foreign = mallory.send(renewal.clone()).await;
+        assert_eq!(
+            (foreign.status, foreign.code()),
+            (404, "stream_unknown".into())
+        );
+        assert_eq!(active_streams(&gate, "mallory").await, 0);
+
+        // ann's entitlement to demo ends; she still has other.
+        let mut revoked = Player::new(widevine("other"), user_token("ann", &["other"]));
+        let named_other = revoked.send(renewal.clone()).await;
+        assert_eq!(
+            (named_other.status, named_other.code()),
+            (403, "content_mismatch".into()),
+            "{}",
+            store.name()
+        );
+        revoked.set_url(gate.license_url("widevine", None));
+        let unnamed = revoked.send(renewal.clone()).await;
+        assert_eq!(
+            (unnamed.status, unnamed.code()),
+            (403, "not_entitled".into())
+        );
+        // The revoked stream ended at once.
+        assert_eq!(active_streams(&gate, "ann").await, 0);
+        assert_eq!(vendor_licenses(&sim).await, licenses);
+    }
+}
+
+/// 5. A player that leaves `?content=` out, as the catalog lets it, renews and releases.
+#[tokio::test]
+async fn renewals_and_releases_need_no_content_id() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[streams]\nmax_per_user = 5\n",
+        ))
+        .await;
+        let mut player = Player::new(
+            gate.license_url("widevine", None),
+            user_token("finn", &["demo"]),
+        );
+        assert_eq!(
+            player
+                .start(fixture("license-request-kid-01020304.bin"))
+                .await
+                .code(),
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
+        assert_eq!(player.renew().await.code(), "ok", "{}", store.name());
+        assert_eq!(player.release().await.code(), "ok", "{}", store.name());
+        assert_eq!(active_streams(&gate, "finn").await, 0);
+        assert_eq!(sim.stats().await["live_widevine_sessions"], 0);
+    }
+}
+
+/// The Widevine fixture asking for an OFFLINE license: its license type (a varint in the
+/// content identification, `10 01` before the request id's `1a 10`) set to 2.
+fn offline_challenge() -> Vec<u8> {
+    let mut challenge = fixture("license-request-kid-01020304.bin");
+    let at = challenge
+        .windows(4)
+        .position(|w| w == [0x10, 0x01, 0x1a, 0x10])
+        .expect("the fixture's license type");
+    challenge[at + 1] = 0x02;
+    challenge
+}
+
+/// 6. An OFFLINE request under a policy without persistence never reaches the vendor.
+#[tokio::test]
+async fn an_offline_request_under_a_streaming_policy_never_reaches_the_vendor() {
+    let sim = sim();
+    let gate = start(&config(
+        &passthrough(&sim),
+        &Store::Embedded,
+        "[entitlement]\nclaim = \"entitlements\"\ndefault_policy = \"streaming\"\n\
+         [policies.streaming]\npersistent = false\n",
+    ))
+    .await;
+    let response = client()
+        .post(gate.license_url("widevine", Some("demo")))
+        .bearer_auth(user_token("gus", &["*"]))
+        .body(offline_challenge())
+        .send()
+        .await
+        .unwrap();
+    let refused = answer(response).await;
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (403, "persistence_not_allowed")
+    );
+    assert_eq!(vendor_licenses(&sim).await, 0);
+}
+
+/// 7. The Widevine service certificate is public: no token, but rate limited.
+#[tokio::test]
+async fn the_service_certificate_needs_no_token_and_is_rate_limited() {
+    let sim = sim();
+    let gate = start(&config(
+        &passthrough(&sim),
+        &Store::Embedded,
+        "[rate_limits.per_client]\nper_second = 0.001\nburst = 2\n",
+    ))
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let response = client()
+            .post(gate.license_url("widevine", None))
+            .body(vec![0x08, 0x04])
+            .send()
+            .await
+            .unwrap();
+        codes.push(answer(response).await.code);
+    }
+    assert_eq!(codes, ["ok", "ok", "rate_limited"]);
+}
+
+/// 8. With a stream limit, a PlayReady request naming no session is a new stream, refused
+/// beyond the limit before the vendor issues (and bills) its license.
+#[tokio::test]
+async fn a_stream_beyond_the_limit_is_refused_before_the_vendor() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[streams]\nmax_per_user = 1\n",
+        ))
+        .await;
+        assert_eq!(playready(&gate, "hugo", "tv", None).await.code, "ok");
+        let second = playready(&gate, "hugo", "phone", None).await;
+        assert_eq!(
+            (second.status, second.code.as_str()),
+            (403, "stream_limit_reached")
+        );
+        assert_eq!(vendor_licenses(&sim).await, 1, "{}", store.name());
+    }
+}
