@@ -16,7 +16,6 @@
 //! makes up continues nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use pingora::prelude::RequestHeader;
@@ -103,13 +102,6 @@ pub fn device_digest(device: &str) -> String {
     digest(&[device.as_bytes()])
 }
 
-/// What a license for these key IDs counts as in its stream's cadence.
-pub fn keys_cadence(key_ids: &[String]) -> String {
-    let mut sorted: Vec<&[u8]> = key_ids.iter().map(String::as_bytes).collect();
-    sorted.sort_unstable();
-    format!("k{}", &digest(&sorted)[..12])
-}
-
 /// A Widevine renewal, in its stream's cadence.
 pub const RENEWAL_CADENCE: &str = "renewal";
 /// A heartbeat (`POST /v1/streams/{session}`), in its stream's cadence.
@@ -153,16 +145,13 @@ pub struct Streams {
     /// the end of their lease as the store last set it (seconds since the epoch). A request
     /// naming one finds what it may continue without a lookup; only the store's continuation
     /// of exactly that lease, for the same content and DRM, confirms it ([`Self::continue_`]).
-    live: moka::sync::Cache<String, Arc<SeenLive>>,
+    live: moka::sync::Cache<String, Arc<Lease>>,
     decisions: IntCounterVec,
     duration: HistogramVec,
 }
 
-/// A lease as this instance last saw the store hold it.
-pub struct SeenLive {
-    pub lease: Lease,
-    until: AtomicU64,
-}
+/// Longer than any license's renewal delay; a vendor's larger one is taken as this.
+const MAX_INTERVAL_SECONDS: u64 = 366 * 24 * 3600;
 
 /// Seen-live sessions kept at most: enough for every stream of a busy instance.
 const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
@@ -217,7 +206,7 @@ impl Streams {
     /// configured one) plus the grace period.
     pub fn lease_seconds(&self, interval_seconds: u64) -> u64 {
         let interval = if interval_seconds > 0 {
-            interval_seconds
+            interval_seconds.min(MAX_INTERVAL_SECONDS)
         } else {
             self.settings.renewal_interval.as_secs()
         };
@@ -244,7 +233,7 @@ impl Streams {
         match decided {
             Ok(StreamDecision::Started { stopped }) => {
                 self.count("started");
-                self.seen_started(user, ask.session, ask.facts, ask.seconds);
+                self.seen_started(user, ask.session, ask.facts, ask.seconds, ask.cadence);
                 if let Some(stopped) = stopped {
                     self.live.invalidate(&live_key(user, &stopped));
                     self.count("stopped_oldest");
@@ -295,9 +284,9 @@ impl Streams {
     /// the store tells.
     pub async fn find(&self, user: &str, session: &str) -> Result<Option<Lease>, StoreError> {
         if let Some(seen) = self.live.get(&live_key(user, session))
-            && seen.until.load(Ordering::Relaxed) > now_seconds()
+            && seen.expires_at > now_seconds()
         {
-            return Ok(Some(seen.lease.clone()));
+            return Ok(Some(Lease::clone(&seen)));
         }
         let lease = self.lease(user, session).await?;
         if let Some(lease) = &lease {
@@ -308,7 +297,14 @@ impl Streams {
 
     /// A lease this instance just started (or renamed), so that the stream's next request
     /// finds it without a lookup.
-    fn seen_started(&self, user: &str, session: &str, facts: &StreamFacts, seconds: u64) {
+    fn seen_started(
+        &self,
+        user: &str,
+        session: &str,
+        facts: &StreamFacts,
+        seconds: u64,
+        cadence: &[&str],
+    ) {
         let now = now_seconds();
         self.seen_live(
             user,
@@ -324,6 +320,7 @@ impl Streams {
                 interval: facts.interval,
                 device: None,
                 key_ids: facts.key_ids.clone(),
+                cadence: crate::store::cadence::start(cadence, now),
             },
         );
     }
@@ -333,21 +330,8 @@ impl Streams {
             self.live.invalidate(&live_key(user, &lease.session));
             return;
         }
-        let key = live_key(user, &lease.session);
-        match self.live.get(&key) {
-            Some(seen)
-                if seen.lease.content == lease.content && seen.lease.device == lease.device =>
-            {
-                seen.until.store(lease.expires_at, Ordering::Relaxed);
-            }
-            _ => self.live.insert(
-                key,
-                Arc::new(SeenLive {
-                    lease: lease.clone(),
-                    until: AtomicU64::new(lease.expires_at),
-                }),
-            ),
-        }
+        self.live
+            .insert(live_key(user, &lease.session), Arc::new(lease.clone()));
     }
 
     /// The provisional lease of the CDM session a Widevine renewal names, should its renaming
@@ -409,19 +393,41 @@ impl Streams {
         continued
     }
 
-    /// Records the device the vendor reported for a stream; a failure only leaves the record
-    /// without it (the next request from the stream is device-checked again).
-    pub async fn set_device(&self, user: &str, session: &str, device: &str) {
+    /// Records the device the vendor reported for a stream that has none recorded; returns the
+    /// device its record holds (`None`: none, or the store could not say).
+    pub async fn set_device(&self, user: &str, session: &str, device: &str) -> Option<String> {
         self.live.invalidate(&live_key(user, session));
-        if let Err(e) = self
+        match self
             .timed(
                 "set_device",
-                self.store.store.set_stream_device(user, session, device),
+                self.store
+                    .store
+                    .set_stream_device(user, session, device, now_seconds()),
             )
             .await
         {
-            tracing::warn!(error = %e, "stream's device not recorded");
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream's device not recorded");
+                None
+            }
         }
+    }
+
+    /// Whether a continuation of `cadence` would be exempt by the record as this instance last
+    /// saw it; the store's continuation decides ([`Self::continue_`]).
+    pub fn likely_exempt(&self, lease: &Lease, cadence: &[&str]) -> bool {
+        let interval = match lease.interval {
+            0 => self.settings.renewal_interval.as_secs(),
+            recorded => recorded,
+        };
+        crate::store::cadence::take(
+            &lease.cadence,
+            cadence,
+            (interval / 2).max(1),
+            now_seconds(),
+        )
+        .0
     }
 
     /// The session's live lease, if any.
@@ -473,6 +479,7 @@ impl Streams {
         to: &str,
         seconds: u64,
         facts: &StreamFacts,
+        started_cadence: &[&str],
     ) {
         self.live.invalidate(&live_key(user, from));
         match self
@@ -489,7 +496,7 @@ impl Streams {
             )
             .await
         {
-            Ok(()) => self.seen_started(user, to, facts, seconds),
+            Ok(()) => self.seen_started(user, to, facts, seconds, started_cadence),
             // The provisional lease stays: the stream's first renewal adopts it.
             Err(e) => tracing::warn!(error = %e, "stream lease not renamed"),
         }

@@ -566,6 +566,7 @@ async fn a_renewal_of_a_stream_ended_elsewhere_is_refused_before_it_displaces_an
     assert_eq!((status, &body["ended"]), (200, &json!(1)), "{body}");
     let mut second = player(&gate, "jill");
     assert_eq!(second.start(challenge()).await.code(), "ok");
+    tokio::time::sleep(cadence).await;
     // This instance saw the first stream live; the store's continuation finds it ended, and
     // the renewal starts nothing: refused before the vendor, and before it displaces anyone.
     let renewal = first.renew().await;
@@ -573,7 +574,6 @@ async fn a_renewal_of_a_stream_ended_elsewhere_is_refused_before_it_displaces_an
         (renewal.status, renewal.code()),
         (404, "stream_unknown".to_string())
     );
-    tokio::time::sleep(cadence).await;
     assert_eq!(second.renew().await.code(), "ok");
     assert_eq!(active_streams(&gate, "jill").await, 1);
     assert_eq!(sim.stats().await["licenses"], 4);
@@ -594,7 +594,7 @@ async fn a_session_continues_only_its_own_content_and_at_its_cadence() {
             &sim,
             "[streams]\nmax_per_user = 5\nrenewal_interval_seconds = 2\ngrace_seconds = 30\n\
              [store]\npath = \"${LG_DIR}/licensegate.db\"\n\
-             [rate_limits.per_user]\nper_second = 0.01\nburst = 1\n",
+             [rate_limits.per_user]\nper_second = 0.01\nburst = 3\n",
         ),
         &[("catalog.toml", catalog.as_bytes())],
     ))
@@ -616,14 +616,7 @@ async fn a_session_continues_only_its_own_content_and_at_its_cadence() {
         .to_str()
         .unwrap()
         .to_string();
-    // The bucket is empty. The same keys again at once are no continuation's cadence...
-    problem(
-        license("demo", demo_kid, Some(&session)).await.unwrap(),
-        429,
-        "rate_limited",
-    )
-    .await;
-    // ...the live session buys no keys of other content...
+    // The live session buys no keys of other content (and the refusal takes a token)...
     problem(
         license("other", "ESIzRFVmd4iZqrvM3e7_AA", Some(&session))
             .await
@@ -632,7 +625,17 @@ async fn a_session_continues_only_its_own_content_and_at_its_cadence() {
         "content_mismatch",
     )
     .await;
-    // ...and a session id licensegate never issued continues nothing.
+    // ...the same keys again at once are beyond the stream's cadence: they take the last
+    // token...
+    let at_once = license("demo", demo_kid, Some(&session)).await.unwrap();
+    assert_eq!(at_once.status(), 200);
+    problem(
+        license("demo", demo_kid, Some(&session)).await.unwrap(),
+        429,
+        "rate_limited",
+    )
+    .await;
+    // ...and a session id licensegate never issued continues nothing: a new stream, limited.
     problem(
         license("demo", demo_kid, Some("lg-made-up")).await.unwrap(),
         429,

@@ -424,6 +424,7 @@ pub async fn admit(
     let player_session = streams::player_session(session.req_header())?;
     let continued = stream_limits::find_continued(
         state,
+        ctx,
         identity.as_deref(),
         drm,
         parsed.as_ref().ok(),
@@ -455,7 +456,7 @@ pub async fn admit(
     // A continuation is for its stream's content, whatever else the request names.
     let requested_id = continued
         .as_ref()
-        .map(|lease| lease.content.clone())
+        .map(|continuing| continuing.lease.content.clone())
         .or(requested_id);
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
     ctx.content_id = Some(content.id.clone());
@@ -477,11 +478,11 @@ pub async fn admit(
     {
         Ok(grant) => grant,
         Err(problem) => {
-            if let (Some(lease), Some(streams), Some(identity), 403) =
+            if let (Some(continuing), Some(streams), Some(identity), 403) =
                 (&continued, &state.streams, &identity, problem.status)
             {
                 // Entitlement ended: the stream's slot frees now, not when its lease runs out.
-                let _ = streams.end(&identity.user, &lease.session).await;
+                let _ = streams.end(&identity.user, &continuing.lease.session).await;
             }
             return Err(problem);
         }
@@ -499,7 +500,7 @@ pub async fn admit(
     // A stream's renewals go where its license came from, while that provider is configured.
     let recorded_provider = continued
         .as_ref()
-        .and_then(|lease| state.providers.get(&lease.provider));
+        .and_then(|continuing| state.providers.get(&continuing.lease.provider));
     let provider = match (recorded_provider, &content.provider) {
         (Some(recorded), _) => recorded.clone(),
         // The catalog is checked against the configured providers when it loads.
@@ -541,7 +542,6 @@ pub async fn admit(
         stream_limits::admit_stream(state, ctx, identity, drm, &info, continued, stream_ask)
             .await?;
     }
-    // A stream continued from its recorded device holds its device slot already.
     let device_limit = match (&state.devices, &identity) {
         (Some(devices), Some(identity)) => Some(DeviceLimit {
             user: identity.user.clone(),
@@ -1370,15 +1370,9 @@ async fn admit_on_answer(
         },
         _ => None,
     };
-    // A stream continued from the device its record holds holds that device's slot.
-    let recorded_device = ctx
-        .stream
-        .as_ref()
-        .and_then(|hold| hold.continued.as_ref())
-        .and_then(|continued| continued.device.as_deref());
-    let same_device = recorded_device.is_some()
-        && recorded_device == reported.as_deref().map(streams::device_digest).as_deref();
-    if let (Some(devices), Some(limit), false) = (&state.devices, &plan.device_limit, same_device) {
+    // Every license touches its device's slot, continuations included: a slot freed by the
+    // admin API or gone idle is taken again, or refused.
+    if let (Some(devices), Some(limit)) = (&state.devices, &plan.device_limit) {
         devices.admit(&limit.user, &device, limit.limit).await?;
     }
     stream_limits::admit_on_answer(state, ctx, reported).await

@@ -48,6 +48,8 @@ pub struct StreamHold {
     pub learn_session: bool,
     /// A Widevine renewal, whose license tells when the next renewal comes.
     pub renewal: bool,
+    /// A Widevine release: the stream ends once the vendor accepts it.
+    pub release: bool,
     /// The player is told the session id (`X-Playback-Session`).
     pub announce: bool,
     /// The request continues a recorded stream.
@@ -99,23 +101,78 @@ fn stream_unknown() -> Problem {
         .with_detail("no live stream of yours holds this license: start a new one")
 }
 
-/// The recorded stream a request names, looked up before anything is limited: its content is
-/// the one the request is for. A Widevine renewal or release naming no stream of this user's
-/// is refused (it can start none); another player's unknown session id is ignored, and the
-/// request starts a stream of its own.
+/// The recorded stream a request continues.
+pub(super) struct Continuing {
+    pub lease: Lease,
+    /// It took rate tokens and quota already: the record as last seen put it beyond its
+    /// stream's cadence.
+    pub prepaid: bool,
+}
+
+/// The recorded stream a request names, looked up before anything else is asked of it: its
+/// content is the one the request is for. A Widevine renewal naming no stream of this user's is
+/// refused (it can start none); another player's unknown session id is ignored, and the request
+/// starts a stream of its own. A request beyond its stream's cadence by the record as last seen
+/// is limited here, and a refused one takes rate tokens, so that neither costs entitlement and
+/// store calls for free.
 pub(super) async fn find_continued(
     state: &State,
+    ctx: &mut RequestCtx,
     identity: Option<&Identity>,
     drm: Drm,
     info: Option<&ChallengeInfo>,
     player_session: Option<&str>,
     requested_content: Option<&str>,
-) -> Result<Option<Lease>, Problem> {
+) -> Result<Option<Continuing>, Problem> {
     let (Some(streams), Some(identity)) = (&state.streams, identity) else {
         return Ok(None);
     };
-    let Some(session) = named_session(drm, info, player_session) else {
+    let found = match look_up(
+        streams,
+        identity,
+        drm,
+        info,
+        player_session,
+        requested_content,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(problem) => {
+            take_rate_tokens(state, ctx, Some(identity), drm).await?;
+            return Err(problem);
+        }
+    };
+    let Some(lease) = found else {
         return Ok(None);
+    };
+    let releases = info.is_some_and(|info| info.request_type == RequestType::Release);
+    let cadence = cadence_of(drm, info, &lease.key_ids);
+    let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
+    let prepaid = !releases && !streams.likely_exempt(&lease, &cadence);
+    if prepaid {
+        limit_as_new(state, ctx, identity, drm).await?;
+    }
+    Ok(Some(Continuing { lease, prepaid }))
+}
+
+async fn look_up(
+    streams: &Streams,
+    identity: &Identity,
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+    player_session: Option<&str>,
+    requested_content: Option<&str>,
+) -> Result<Option<Lease>, Problem> {
+    let renewal =
+        drm == Drm::Widevine && info.is_some_and(|info| info.request_type == RequestType::Renewal);
+    let Some(session) = named_session(drm, info, player_session) else {
+        // A Widevine renewal that names no license renews nothing.
+        return if renewal {
+            Err(stream_unknown())
+        } else {
+            Ok(None)
+        };
     };
     let mut found = streams.find(&identity.user, &session).await;
     if let (Ok(None), true, Some(cdm_session)) = (
@@ -144,7 +201,9 @@ pub(super) async fn find_continued(
             }
             Ok(Some(lease))
         }
-        _ if renews_license(drm, info) => Err(stream_unknown()),
+        // A release of a stream whose lease ran out still reaches the vendor, limited as any
+        // request (an offline license is released long after its lease).
+        _ if renewal => Err(stream_unknown()),
         _ => Ok(None),
     }
 }
@@ -185,22 +244,29 @@ async fn limit_as_new(
     Ok(())
 }
 
-/// What a license counts as in its stream's cadence.
-fn cadence_of(drm: Drm, info: &ChallengeInfo, facts: &StreamFacts) -> String {
-    if drm == Drm::Widevine {
-        streams::RENEWAL_CADENCE.to_string()
-    } else if info.key_ids.is_empty() {
-        // A FairPlay SPC names no key the player did not name in its URI.
-        streams::keys_cadence(&facts.key_ids)
-    } else {
-        streams::keys_cadence(
-            &info
-                .key_ids
-                .iter()
-                .map(|kid| kid.to_string())
-                .collect::<Vec<_>>(),
-        )
+/// What a request continues, in its stream's cadence: a Widevine renewal; else the license of
+/// each key ID it names (a FairPlay SPC names none: the stream's).
+fn cadence_of(drm: Drm, info: Option<&ChallengeInfo>, stream_key_ids: &[String]) -> Vec<String> {
+    match info {
+        Some(info) if drm == Drm::Widevine && info.request_type != RequestType::New => {
+            vec![streams::RENEWAL_CADENCE.to_string()]
+        }
+        Some(info) if !info.key_ids.is_empty() => {
+            info.key_ids.iter().map(|kid| kid.to_string()).collect()
+        }
+        _ => stream_key_ids.to_vec(),
     }
+}
+
+/// What a license starting a stream counts as in its cadence: the first of each continuation.
+fn started_cadence(drm: Drm, facts: &StreamFacts) -> Vec<String> {
+    let mut started = if drm == Drm::Widevine {
+        vec![streams::RENEWAL_CADENCE.to_string()]
+    } else {
+        facts.key_ids.clone()
+    };
+    started.push(streams::HEARTBEAT_CADENCE.to_string());
+    started
 }
 
 /// The stream this request continues or starts, decided before the provider is asked (it bills
@@ -214,7 +280,7 @@ pub(super) async fn admit_stream(
     identity: &Arc<Identity>,
     drm: Drm,
     info: &ChallengeInfo,
-    continued: Option<Lease>,
+    continuing: Option<Continuing>,
     ask: StreamAsk,
 ) -> Result<(), Problem> {
     let Some(streams) = &state.streams else {
@@ -233,22 +299,25 @@ pub(super) async fn admit_stream(
         lease_ends_at: None,
         learn_session: false,
         renewal: false,
+        release: false,
         announce: false,
         continued: None,
         answer: BytesMut::new(),
         license: None,
         facts: ask.facts,
     };
-    let cadence = cadence_of(drm, info, &hold.facts);
-    if let Some(lease) = continued {
+    if let Some(Continuing { lease, prepaid }) = continuing {
         if info.request_type == RequestType::Release {
-            // The release ends the stream, and is no license: nothing to limit.
-            if let Err(e) = streams.end(user, &lease.session).await {
-                tracing::warn!(error = %e, "stream lease not ended on release");
-            }
+            // The stream ends once the vendor accepts the release ([`settle`]); a release is no
+            // license, so nothing is limited.
             state.rate_limits.exempt();
+            hold.session = Some(lease.session);
+            hold.release = true;
+            ctx.stream = Some(hold);
             return Ok(());
         }
+        let cadence = cadence_of(drm, Some(info), &lease.key_ids);
+        let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
         let asked_at = now_seconds();
         let continuation = streams
             .continue_(
@@ -259,6 +328,7 @@ pub(super) async fn admit_stream(
                     drm: drm.as_str(),
                     seconds,
                     cadence: &cadence,
+                    fallback_interval: streams.settings.renewal_interval.as_secs(),
                 },
             )
             .await;
@@ -267,10 +337,10 @@ pub(super) async fn admit_stream(
                 lease: record,
                 exempt: within,
             }) => {
-                if within {
-                    exempt(state, ctx, identity).await?;
-                } else {
-                    limit_as_new(state, ctx, identity, drm).await?;
+                match (within, prepaid) {
+                    (true, false) => exempt(state, ctx, identity).await?,
+                    (false, false) => limit_as_new(state, ctx, identity, drm).await?,
+                    (_, true) => {}
                 }
                 hold.session = Some(lease.session);
                 hold.lease_ends_at = Some(asked_at + seconds);
@@ -278,7 +348,7 @@ pub(super) async fn admit_stream(
                 hold.announce = drm != Drm::Widevine;
                 hold.continued = Some(Continued {
                     device: record.device,
-                    exempt: within,
+                    exempt: within && !prepaid,
                 });
                 ctx.stream = Some(hold);
                 return Ok(());
@@ -286,16 +356,20 @@ pub(super) async fn admit_stream(
             Ok(Continuation::Stopped) => return Err(streams::stream_stopped()),
             Ok(_) if drm == Drm::Widevine => return Err(stream_unknown()),
             // Ended or displaced since it was looked up: the request starts a stream.
-            Ok(_) => limit_as_new(state, ctx, identity, drm).await?,
+            Ok(_) if !prepaid => limit_as_new(state, ctx, identity, drm).await?,
+            Ok(_) => {}
             Err(e) => {
                 store_down(streams, &e)?;
-                return limit_as_new(state, ctx, identity, drm).await;
+                return match prepaid {
+                    true => Ok(()),
+                    false => limit_as_new(state, ctx, identity, drm).await,
+                };
             }
         }
     }
-    let renewal_without_record = drm == Drm::Widevine && info.request_type != RequestType::New;
-    let session = if renewal_without_record {
-        // Only with the store down under `fail_open`: nothing to lease.
+    let session = if drm == Drm::Widevine && info.request_type != RequestType::New {
+        // A release of no recorded stream, or a renewal with the store down under
+        // `fail_open`: nothing to lease.
         return Ok(());
     } else if drm == Drm::Widevine && !ask.local {
         hold.learn_session = true;
@@ -307,6 +381,8 @@ pub(super) async fn admit_stream(
         hold.announce = true;
         streams::issued_session()
     };
+    let cadence = started_cadence(drm, &hold.facts);
+    let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
     let asked_at = now_seconds();
     let decided = streams
         .admit(
@@ -315,8 +391,7 @@ pub(super) async fn admit_stream(
                 session: &session,
                 facts: &hold.facts,
                 seconds,
-                // The license is its stream's first heartbeat, too.
-                cadence: &[&cadence, streams::HEARTBEAT_CADENCE],
+                cadence: &cadence,
             },
             hold.limit,
         )
@@ -342,16 +417,28 @@ pub(super) async fn admit_on_answer(
     let (Some(streams), Some(hold)) = (&state.streams, ctx.stream.as_ref()) else {
         return Ok(());
     };
+    if hold.release {
+        return Ok(());
+    }
     let digest = device.as_deref().map(streams::device_digest);
-    let recorded = hold.continued.as_ref().and_then(|c| c.device.clone());
-    let another_device = matches!((&recorded, &digest), (Some(r), Some(d)) if r != d);
+    let mut recorded = hold.continued.as_ref().and_then(|c| c.device.clone());
+    if let (Some(_), None, Some(digest), Some(session)) =
+        (&hold.continued, &recorded, &digest, &hold.session)
+    {
+        // The first device reported is the stream's: of two devices racing to continue a
+        // stream that recorded none, one wins and the other is another device.
+        recorded = streams.set_device(&hold.user, session, digest).await;
+    }
+    // A Widevine license is bound to the CDM that asked: its session is its stream whatever
+    // device the vendor names.
+    let another_device =
+        hold.drm != Drm::Widevine && matches!((&recorded, &digest), (Some(r), Some(d)) if r != d);
     if another_device {
         let was_exempt = hold.continued.as_ref().is_some_and(|c| c.exempt);
         let (drm, identity) = (hold.drm, hold.identity.clone());
         if let Some(hold) = ctx.stream.as_mut() {
             hold.continued = None;
             hold.session = None;
-            hold.renewal = false;
             hold.lease_ends_at = None;
         }
         if was_exempt {
@@ -366,7 +453,8 @@ pub(super) async fn admit_on_answer(
             Some(device) => streams::device_session(device, &hold.facts.content, hold.drm.as_str()),
             None => streams::issued_session(),
         };
-        let cadence = streams::keys_cadence(&hold.facts.key_ids);
+        let cadence = started_cadence(hold.drm, &hold.facts);
+        let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
         let admitted = streams
             .admit(
                 &hold.user,
@@ -374,7 +462,7 @@ pub(super) async fn admit_on_answer(
                     session: &session,
                     facts: &hold.facts,
                     seconds: hold.seconds,
-                    cadence: &[&cadence, streams::HEARTBEAT_CADENCE],
+                    cadence: &cadence,
                 },
                 hold.limit,
             )
@@ -382,13 +470,8 @@ pub(super) async fn admit_on_answer(
         hold.started = admitted == Admitted::Started;
         hold.session = Some(session);
         hold.announce = true;
-        if admitted == Admitted::Renewed {
-            return Ok(());
-        }
-    } else if recorded.is_some() && !another_device {
-        return Ok(());
     }
-    if let (Some(digest), Some(session)) = (&digest, &hold.session) {
+    if let (Some(digest), Some(session), None) = (&digest, &hold.session, &hold.continued) {
         streams.set_device(&hold.user, session, digest).await;
     }
     Ok(())
@@ -426,67 +509,12 @@ pub(super) async fn stream_heartbeat(
             false => Err(Problem::new(Refusal::StreamUnknown)),
         };
     }
-    let lease = streams
-        .find(user, &id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| {
-            Problem::new(Refusal::StreamUnknown)
-                .with_detail("no live stream by that id: start one with a license request")
-        })?;
-    ctx.content_id = Some(lease.content.clone());
-    if let Some(catalog) = &state.catalog {
-        let content = resolve_content(
-            &catalog.current(),
-            Some(&lease.content),
-            &ChallengeInfo::default(),
-        )?;
-        let client_ip = ctx.client.as_ref().map(|client| client.ip);
-        match state
-            .entitlements
-            .entitle(Some(&identity), &content, &lease.drm, client_ip)
-            .await
-        {
-            Ok(grant) => ctx.entitled_by = Some(grant.basis),
-            Err(problem) => {
-                if problem.status == 403 {
-                    // Entitlement ended: the slot frees now, not when the lease runs out.
-                    let _ = streams.end(user, &id).await;
-                }
-                return Err(problem);
-            }
-        }
+    let heartbeat = heartbeat_of(state, streams, ctx, &identity, &id).await;
+    if heartbeat.is_err() {
+        // A refused heartbeat is a request like any other.
+        take_rate_tokens(state, ctx, Some(&identity), Drm::ClearKey).await?;
     }
-    let seconds = streams.lease_seconds(lease.interval);
-    let continued = streams
-        .continue_(
-            user,
-            ContinueAsk {
-                session: &id,
-                content: &lease.content,
-                drm: &lease.drm,
-                seconds,
-                cadence: streams::HEARTBEAT_CADENCE,
-            },
-        )
-        .await
-        .map_err(unavailable)?;
-    let lease = match continued {
-        Continuation::Continued { lease, exempt } => {
-            if exempt {
-                state.rate_limits.exempt();
-            } else {
-                // A heartbeat is no license: rate tokens, never quota.
-                let drm = lease.drm.parse::<Drm>().unwrap_or(Drm::ClearKey);
-                take_rate_tokens(state, ctx, Some(&identity), drm).await?;
-            }
-            lease
-        }
-        Continuation::Stopped => return Err(streams::stream_stopped()),
-        Continuation::Unknown | Continuation::Mismatch => {
-            return Err(Problem::new(Refusal::StreamUnknown));
-        }
-    };
+    let (lease, seconds) = heartbeat?;
     let expires_at = crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(lease.expires_at));
     let mut answer = json_answer(
         200,
@@ -501,6 +529,86 @@ pub(super) async fn stream_heartbeat(
     Ok(Admission::Answer(answer))
 }
 
+/// A heartbeat's continuation of its stream, entitlement checked again: the lease as it stands,
+/// and the seconds it lasts. Beyond the stream's cadence it takes rate tokens (it is no license,
+/// so no quota), before the entitlement is asked when the record as last seen says so.
+async fn heartbeat_of(
+    state: &State,
+    streams: &Streams,
+    ctx: &mut RequestCtx,
+    identity: &Identity,
+    id: &str,
+) -> Result<(Lease, u64), Problem> {
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "stream store unavailable");
+        streams::store_unavailable()
+    };
+    let user = identity.user.as_str();
+    let lease = streams
+        .find(user, id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            Problem::new(Refusal::StreamUnknown)
+                .with_detail("no live stream by that id: start one with a license request")
+        })?;
+    let drm = lease.drm.parse::<Drm>().unwrap_or(Drm::ClearKey);
+    let prepaid = !streams.likely_exempt(&lease, &[streams::HEARTBEAT_CADENCE]);
+    if prepaid {
+        take_rate_tokens(state, ctx, Some(identity), drm).await?;
+    }
+    ctx.content_id = Some(lease.content.clone());
+    if let Some(catalog) = &state.catalog {
+        let content = resolve_content(
+            &catalog.current(),
+            Some(&lease.content),
+            &ChallengeInfo::default(),
+        )?;
+        let client_ip = ctx.client.as_ref().map(|client| client.ip);
+        match state
+            .entitlements
+            .entitle(Some(identity), &content, &lease.drm, client_ip)
+            .await
+        {
+            Ok(grant) => ctx.entitled_by = Some(grant.basis),
+            Err(problem) => {
+                if problem.status == 403 {
+                    // Entitlement ended: the slot frees now, not when the lease runs out.
+                    let _ = streams.end(user, id).await;
+                }
+                return Err(problem);
+            }
+        }
+    }
+    let seconds = streams.lease_seconds(lease.interval);
+    let continued = streams
+        .continue_(
+            user,
+            ContinueAsk {
+                session: id,
+                content: &lease.content,
+                drm: &lease.drm,
+                seconds,
+                cadence: &[streams::HEARTBEAT_CADENCE],
+                fallback_interval: streams.settings.renewal_interval.as_secs(),
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+    match continued {
+        Continuation::Continued { lease, exempt } => {
+            match (exempt, prepaid) {
+                (true, false) => state.rate_limits.exempt(),
+                (false, false) => take_rate_tokens(state, ctx, Some(identity), drm).await?,
+                (_, true) => {}
+            }
+            Ok((*lease, seconds))
+        }
+        Continuation::Stopped => Err(streams::stream_stopped()),
+        Continuation::Unknown | Continuation::Mismatch => Err(Problem::new(Refusal::StreamUnknown)),
+    }
+}
+
 /// Phase "record", the lease: one started for a request that got no license ends, a Widevine
 /// lease takes the session id and renewal interval its license tells.
 pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
@@ -510,6 +618,12 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
     let Some(session) = hold.session else {
         return;
     };
+    if hold.release {
+        if licensed && let Err(e) = streams.end(&hold.user, &session).await {
+            tracing::warn!(error = %e, "stream lease not ended on release");
+        }
+        return;
+    }
     if !licensed {
         if hold.started
             && let Err(e) = streams.end(&hold.user, &session).await
@@ -531,8 +645,10 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
     };
     if hold.learn_session && !license.session_id.is_empty() {
         let named = streams::widevine_session(&license.session_id);
+        let started = started_cadence(hold.drm, &facts);
+        let started: Vec<&str> = started.iter().map(String::as_str).collect();
         streams
-            .rename(&hold.user, &session, &named, seconds, &facts)
+            .rename(&hold.user, &session, &named, seconds, &facts, &started)
             .await;
     } else if hold.renewal
         // Unless admission set the lease to end as late already.

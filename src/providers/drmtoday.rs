@@ -217,10 +217,6 @@ impl Provider for DrmToday {
         client_info(headers)
     }
 
-    fn reports_devices(&self) -> bool {
-        true
-    }
-
     fn internal_headers(&self) -> &[HeaderName] {
         &self.internal_headers
     }

@@ -231,6 +231,7 @@ fn lease(row: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         interval: row.get::<_, i64>(8)? as u64,
         device: Some(row.get::<_, String>(9)?).filter(|device| !device.is_empty()),
         key_ids: split_key_ids(&row.get::<_, String>(10)?),
+        cadence: row.get(11)?,
     })
 }
 
@@ -242,7 +243,7 @@ fn split_key_ids(joined: &str) -> Vec<String> {
         .collect()
 }
 
-const LEASE_COLUMNS: &str = "session, content, drm, started_at, expires_at, stopped, provider, policy, interval, device, key_ids";
+const LEASE_COLUMNS: &str = "session, content, drm, started_at, expires_at, stopped, provider, policy, interval, device, key_ids, cadence";
 
 fn find_lease(
     tx: &Connection,
@@ -461,14 +462,14 @@ impl Store for EmbeddedStore {
         ask: ContinueAsk<'_>,
         now: u64,
     ) -> Result<Continuation, StoreError> {
-        let (user, session, content, drm, what) = (
+        let (user, session, content, drm) = (
             user.to_string(),
             ask.session.to_string(),
             ask.content.to_string(),
             ask.drm.to_string(),
-            ask.cadence.to_string(),
         );
-        let seconds = ask.seconds;
+        let whats: Vec<String> = ask.cadence.iter().map(|what| what.to_string()).collect();
+        let (seconds, fallback_interval) = (ask.seconds, ask.fallback_interval);
         self.with(move |tx| {
             let Some(lease) = find_lease(tx, &user, &session, now)? else {
                 return Ok(Continuation::Unknown);
@@ -479,13 +480,13 @@ impl Store for EmbeddedStore {
             if lease.stopped {
                 return Ok(Continuation::Stopped);
             }
-            let record: String = row(
-                tx,
-                "SELECT cadence FROM streams WHERE user = ?1 AND session = ?2",
-                params![user, session],
-                |row| row.get(0),
-            )?;
-            let (exempt, record) = cadence::take(&record, &what, (lease.interval / 2).max(1), now);
+            let interval = match lease.interval {
+                0 => fallback_interval,
+                recorded => recorded,
+            };
+            let whats: Vec<&str> = whats.iter().map(String::as_str).collect();
+            let (exempt, record) =
+                cadence::take(&lease.cadence, &whats, (interval / 2).max(1), now);
             let expires_at = lease.expires_at.max(now + seconds);
             run(
                 tx,
@@ -495,6 +496,7 @@ impl Store for EmbeddedStore {
             Ok(Continuation::Continued {
                 lease: Box::new(Lease {
                     expires_at,
+                    cadence: record,
                     ..lease
                 }),
                 exempt,
@@ -508,15 +510,16 @@ impl Store for EmbeddedStore {
         user: &str,
         session: &str,
         device: &str,
-    ) -> Result<(), StoreError> {
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
         let (user, session, device) = (user.to_string(), session.to_string(), device.to_string());
         self.with(move |tx| {
             run(
                 tx,
-                "UPDATE streams SET device = ?3 WHERE user = ?1 AND session = ?2",
-                params![user, session, device],
-            )
-            .map(drop)
+                "UPDATE streams SET device = ?3 WHERE user = ?1 AND session = ?2 AND device = '' AND expires_at > ?4",
+                params![user, session, device, now as i64],
+            )?;
+            Ok(find_lease(tx, &user, &session, now)?.and_then(|lease| lease.device))
         })
         .await
     }
@@ -563,6 +566,9 @@ impl Store for EmbeddedStore {
         let (user, from, to) = (user.to_string(), from.to_string(), to.to_string());
         let expires_at = (now + seconds) as i64;
         self.with(move |tx| {
+            if find_lease(tx, &user, &from, now)?.is_none() {
+                return Ok(());
+            }
             if find_lease(tx, &user, &to, now)?.is_some() {
                 run(
                     tx,
@@ -880,7 +886,8 @@ mod tests {
                     content: "movie-1",
                     drm: "widevine",
                     seconds: 100,
-                    cadence: "renewal",
+                    cadence: &["renewal"],
+                    fallback_interval: 300,
                 },
                 1500,
             )

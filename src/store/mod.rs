@@ -69,8 +69,11 @@ pub struct Lease {
     pub interval: u64,
     /// The device the vendor reported for the stream (a digest), once it did.
     pub device: Option<String>,
-    /// The key IDs the stream was licensed for (hex).
+    /// The key IDs the stream was licensed for.
     pub key_ids: Vec<String>,
+    /// When its continuations were last exempt ([`cadence`]).
+    #[serde(skip)]
+    pub cadence: String,
 }
 
 /// What a stream is licensed for, recorded with its lease.
@@ -122,10 +125,12 @@ pub struct ContinueAsk<'a> {
     pub drm: &'a str,
     /// How long the lease lasts from now.
     pub seconds: u64,
-    /// What the request continues (a renewal, a heartbeat, a license for one set of keys):
-    /// it is exempt from rate limits and quota at most once per half of the stream's interval
-    /// for each.
-    pub cadence: &'a str,
+    /// What the request continues (a renewal, a heartbeat, a license for each of its key IDs):
+    /// it is exempt from rate limits and quota only if each of them is due, at most once per
+    /// half of the stream's interval.
+    pub cadence: &'a [&'a str],
+    /// The interval of a lease that recorded none (one from before leases recorded it).
+    pub fallback_interval: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,42 +145,50 @@ pub enum Continuation {
     Continued { lease: Box<Lease>, exempt: bool },
 }
 
-/// When each of a stream's continuations was last exempt, kept with the lease as
-/// `what=seconds` pairs: a handful per stream (its key-ID sets, renewals, heartbeats).
+/// When each of a stream's continuations was last exempt, kept with the lease as `what=seconds`
+/// pairs in the order they were taken: one per key ID the stream's licenses named, one for its
+/// renewals, one for its heartbeats. Only entries within their window are kept (one whose
+/// window passed is due anyway), so the record stays as small as the stream's live exemptions.
 pub mod cadence {
-    const KEPT: usize = 16;
+    /// Live entries at most: every key ID a challenge may name, a renewal and a heartbeat. A
+    /// continuation that would need more is not exempt.
+    pub const KEPT: usize = crate::challenge::MAX_KEY_IDS + 2;
 
-    /// Whether a continuation of `what` at `now` is the first in `every` seconds, and the
-    /// record that results.
-    pub fn take(record: &str, what: &str, every: u64, now: u64) -> (bool, String) {
-        let mut entries: Vec<(&str, u64)> = record
+    fn entries(record: &str) -> impl Iterator<Item = (&str, u64)> {
+        record
             .split(',')
             .filter_map(|entry| entry.split_once('='))
             .filter_map(|(name, at)| Some((name, at.parse().ok()?)))
+    }
+
+    /// Whether a continuation of every one of `whats` at `now` is the first of each in `every`
+    /// seconds, and the record that results (noting them if so).
+    pub fn take(record: &str, whats: &[&str], every: u64, now: u64) -> (bool, String) {
+        let mut live: Vec<(&str, u64)> = entries(record)
+            .filter(|(_, at)| now < at.saturating_add(every))
             .collect();
-        let last = entries.iter().find(|(name, _)| *name == what).map(|e| e.1);
-        let exempt = last.is_none_or(|at| now >= at.saturating_add(every));
-        if exempt {
-            entries.retain(|(name, _)| *name != what);
-            entries.push((what, now));
-            if entries.len() > KEPT {
-                entries.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-                entries.truncate(KEPT);
-            }
-        }
-        let record = entries
+        let due = whats
             .iter()
-            .map(|(name, at)| format!("{name}={at}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        (exempt, record)
+            .all(|what| live.iter().all(|(name, _)| name != what));
+        let exempt = due && live.len() + whats.len() <= KEPT;
+        if exempt {
+            live.extend(whats.iter().map(|what| (*what, now)));
+        }
+        (exempt, format_record(&live))
     }
 
     /// A fresh record: each of `whats` taken at `now`.
     pub fn start(whats: &[&str], now: u64) -> String {
-        whats
+        let taken: Vec<(&str, u64)> = whats.iter().take(KEPT).map(|what| (*what, now)).collect();
+        format_record(&taken)
+    }
+
+    fn format_record(entries: &[(&str, u64)]) -> String {
+        entries
             .iter()
-            .fold(String::new(), |record, what| take(&record, what, 0, now).1)
+            .map(|(name, at)| format!("{name}={at}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -234,13 +247,15 @@ pub trait Store: Send + Sync {
         now: u64,
     ) -> Result<Continuation, StoreError>;
 
-    /// Records the device the vendor reported for the stream.
+    /// Records the device the vendor reported for a live stream that has none recorded;
+    /// returns the device the record holds (`None`: no live stream).
     async fn set_stream_device(
         &self,
         user: &str,
         session: &str,
         device: &str,
-    ) -> Result<(), StoreError>;
+        now: u64,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Extends a live, not stopped lease by `seconds` from now; returns the lease as it stands
     /// (`None`: no live lease).
@@ -456,17 +471,22 @@ pub(crate) mod conformance {
             session,
             facts: &MOVIE,
             seconds,
-            cadence: &["keys-a"],
+            cadence: &["a"],
         }
     }
 
-    fn continuing<'a>(session: &'a str, content: &'a str, cadence: &'a str) -> ContinueAsk<'a> {
+    fn continuing<'a>(
+        session: &'a str,
+        content: &'a str,
+        cadence: &'a [&'a str],
+    ) -> ContinueAsk<'a> {
         ContinueAsk {
             session,
             content,
             drm: "widevine",
             seconds: 100,
             cadence,
+            fallback_interval: 300,
         }
     }
 
@@ -580,11 +600,11 @@ pub(crate) mod conformance {
             ),
             ("sim", "streaming", 40, 2, None)
         );
-        let go_on = |content, cadence, now| {
+        let go_on = |content, cadence: &'static [&'static str], now| {
             store.continue_stream("ann", continuing("s", content, cadence), now)
         };
         assert_eq!(
-            go_on("movie-2", "keys-a", 2002).await.unwrap(),
+            go_on("movie-2", &["a"], 2002).await.unwrap(),
             Continuation::Mismatch
         );
         assert_eq!(
@@ -593,7 +613,7 @@ pub(crate) mod conformance {
                     "ann",
                     ContinueAsk {
                         drm: "playready",
-                        ..continuing("s", "movie-1", "keys-a")
+                        ..continuing("s", "movie-1", &["a"])
                     },
                     2002
                 )
@@ -601,32 +621,35 @@ pub(crate) mod conformance {
                 .unwrap(),
             Continuation::Mismatch
         );
-        // Exempt at most once per half interval (20 s) for each thing continued; the license
-        // that started the stream counts for its keys.
+        // Exempt only when each thing continued (here key IDs a, b, c) is due, at most once per
+        // half interval (20 s); the license that started the stream took its own key (a).
         let exempt = |continued: Continuation| match continued {
             Continuation::Continued { lease, exempt } => (exempt, lease.expires_at),
             other => panic!("not continued: {other:?}"),
         };
-        assert_eq!(
-            exempt(go_on("movie-1", "keys-a", 2002).await.unwrap()),
-            (false, 2102)
-        );
-        assert_eq!(
-            exempt(go_on("movie-1", "keys-b", 2003).await.unwrap()),
-            (true, 2103)
-        );
-        assert_eq!(
-            exempt(go_on("movie-1", "keys-a", 2020).await.unwrap()),
-            (true, 2120)
-        );
-        assert_eq!(
-            exempt(go_on("movie-1", "keys-a", 2021).await.unwrap()),
-            (false, 2121)
-        );
-        assert_eq!(
-            exempt(go_on("movie-1", "keys-b", 2022).await.unwrap()),
-            (false, 2122)
-        );
+        for (cadence, now, expected) in [
+            (&["a"][..], 2002, false),
+            (&["b"], 2003, true),
+            (&["a", "c"], 2004, false),
+            (&["a"], 2020, true),
+            (&["a"], 2021, false),
+            (&["b", "c"], 2023, true),
+            (&["c"], 2024, false),
+        ] {
+            assert_eq!(
+                exempt(go_on("movie-1", cadence, now).await.unwrap()),
+                (expected, now + 100),
+                "{cadence:?} at {now}"
+            );
+        }
+        // More key IDs than a record keeps are never exempt.
+        let many: Vec<String> = (0..=cadence::KEPT).map(|n| format!("k{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let crowded = store
+            .continue_stream("ann", continuing("s", "movie-1", &many), 2100)
+            .await
+            .unwrap();
+        assert_eq!(exempt(crowded), (false, 2200));
         // A provisional lease whose renaming was lost is adopted by the name its license told,
         // found by the CDM's own id that its name carries; nothing else is.
         assert_eq!(
@@ -652,12 +675,29 @@ pub(crate) mod conformance {
             );
         }
         assert!(store.end_stream("ann", "wv-09").await.unwrap());
-        store.set_stream_device("ann", "s", "d1").await.unwrap();
+        // The first device reported is the stream's; another is not recorded over it.
+        for (device, recorded) in [("d1", "d1"), ("d2", "d1")] {
+            assert_eq!(
+                store
+                    .set_stream_device("ann", "s", device, 2023)
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some(recorded)
+            );
+        }
         let record = store.stream("ann", "s", 2023).await.unwrap().unwrap();
         assert_eq!(record.device.as_deref(), Some("d1"));
         assert_eq!(
             store
-                .continue_stream("ann", continuing("t", "movie-1", "keys-a"), 2023)
+                .set_stream_device("ann", "gone", "d1", 2023)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .continue_stream("ann", continuing("t", "movie-1", &["a"]), 2023)
                 .await
                 .unwrap(),
             Continuation::Unknown
@@ -676,11 +716,11 @@ pub(crate) mod conformance {
             }
         );
         assert_eq!(
-            go_on("movie-1", "renewal", 2026).await.unwrap(),
+            go_on("movie-1", &["renewal"], 2026).await.unwrap(),
             Continuation::Stopped
         );
         assert_eq!(
-            go_on("movie-1", "keys-a", 2300).await.unwrap(),
+            go_on("movie-1", &["a"], 2300).await.unwrap(),
             Continuation::Unknown
         );
         store.end_streams("ann").await.unwrap();

@@ -128,28 +128,36 @@ keep_until(key, latest, now)
 return {1, 0, 0, stopped}
 ";
 
-/// The cadence record is `what=seconds` pairs; the exemption is decided as
-/// [`super::cadence::take`] does, and the record rewritten by the caller's rules (kept short).
+/// The cadence record as [`super::cadence::take`] keeps it: live `what=seconds` entries in the
+/// order they were taken, exempt only if every one asked for is due and the record has room.
 const CONTINUE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local seconds, what, now = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local seconds, now, fallback, kept = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+  tonumber(ARGV[7])
 local leases, latest = live(key, now)
 local mine = leases[session]
 if not mine then return {0, ''} end
 if mine.content ~= content or mine.drm ~= drm then return {2, ''} end
 if mine.stopped then return {1, ''} end
-local every = math.max(math.floor(mine.interval / 2), 1)
-local entries, last = {}, nil
+local interval = mine.interval
+if interval == 0 then interval = fallback end
+local every = math.max(math.floor(interval / 2), 1)
+local entries, taken = {}, {}
 for name, at in string.gmatch(mine.cadence, '([^,=]+)=(%d+)') do
-  if name == what then last = tonumber(at) else table.insert(entries, {name, tonumber(at)}) end
+  at = tonumber(at)
+  if now < at + every then
+    table.insert(entries, name .. '=' .. at)
+    taken[name] = true
+  end
 end
-local exempt = last == nil or now >= last + every
-if exempt then last = now end
-if last then table.insert(entries, {what, last}) end
-table.sort(entries, function(a, b) return a[2] > b[2] end)
-local parts = {}
-for i = 1, math.min(#entries, 16) do parts[i] = entries[i][1] .. '=' .. entries[i][2] end
-mine.cadence = table.concat(parts, ',')
+local exempt = #entries + #ARGV - 7 <= kept
+for i = 8, #ARGV do
+  if taken[ARGV[i]] then exempt = false end
+end
+if exempt then
+  for i = 8, #ARGV do table.insert(entries, ARGV[i] .. '=' .. now) end
+end
+mine.cadence = table.concat(entries, ',')
 if now + seconds > mine.expires then mine.expires = now + seconds end
 if mine.expires > latest then latest = mine.expires end
 redis.call('HSET', key, session, encode(mine))
@@ -158,13 +166,16 @@ return {exempt and 4 or 3, encode(mine)}
 ";
 
 const SET_STREAM_DEVICE: &str = r"
-local key, session, device = KEYS[1], ARGV[1], ARGV[2]
+local key, session, device, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local value = redis.call('HGET', key, session)
-if not value then return 0 end
+if not value then return false end
 local mine = lease(value)
-mine.device = device
-redis.call('HSET', key, session, encode(mine))
-return 1
+if mine.expires == nil or mine.expires <= now then return false end
+if mine.device == '' then
+  mine.device = device
+  redis.call('HSET', key, session, encode(mine))
+end
+return mine.device
 ";
 
 const RENEW_STREAM: &str = r"
@@ -295,6 +306,7 @@ fn parse_lease(session: String, value: &str) -> Option<Lease> {
         .filter(|kid| !kid.is_empty())
         .map(str::to_string)
         .collect();
+    let cadence = rest().to_string();
     Some(Lease {
         session,
         content,
@@ -307,6 +319,7 @@ fn parse_lease(session: String, value: &str) -> Option<Lease> {
         interval,
         device,
         key_ids,
+        cadence,
     })
 }
 
@@ -644,8 +657,10 @@ impl Store for RedisStore {
             .arg(ask.content)
             .arg(ask.drm)
             .arg(ask.seconds)
-            .arg(ask.cadence)
             .arg(now)
+            .arg(ask.fallback_interval)
+            .arg(super::cadence::KEPT)
+            .arg(ask.cadence)
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;
@@ -668,17 +683,17 @@ impl Store for RedisStore {
         user: &str,
         session: &str,
         device: &str,
-    ) -> Result<(), StoreError> {
+        now: u64,
+    ) -> Result<Option<String>, StoreError> {
         let mut connection = self.connection().await?;
-        let _: i64 = self
-            .set_stream_device
+        self.set_stream_device
             .key(key(user, "streams"))
             .arg(session)
             .arg(device)
+            .arg(now)
             .invoke_async(&mut connection)
             .await
-            .map_err(store_error)?;
-        Ok(())
+            .map_err(store_error)
     }
 
     async fn renew_stream(

@@ -344,21 +344,23 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
         .find(|id| bounded(id))
         .cloned();
     }
-    let mut license_type = None;
+    // A request naming its license type in several forms is persistent if any form says so:
+    // a vendor may read any of them.
+    let mut license_types = Vec::new();
     if let Some(pssh) = content.widevine_pssh_data {
-        license_type = pssh.license_type;
+        license_types.push(pssh.license_type);
         for blob in &pssh.pssh_data {
             read_pssh_data(blob, &mut info)?;
         }
     }
     if let Some(webm) = content.webm_key_id {
-        license_type = license_type.or(webm.license_type);
+        license_types.push(webm.license_type);
         if let Some(header) = &webm.header {
             add_kid(header, &mut info)?;
         }
     }
     if let Some(init) = content.init_data {
-        license_type = license_type.or(init.license_type);
+        license_types.push(init.license_type);
         let data = init.init_data.unwrap_or_default();
         match init.init_data_type.unwrap_or(INIT_DATA_CENC) {
             INIT_DATA_CENC => read_pssh_data(&data, &mut info)?,
@@ -367,7 +369,7 @@ pub fn parse(challenge: &[u8]) -> Result<ChallengeInfo, ChallengeError> {
             other => return malformed(format!("unknown init data type {other}")),
         }
     }
-    info.persistent = license_type == Some(LICENSE_TYPE_OFFLINE);
+    info.persistent = license_types.contains(&Some(LICENSE_TYPE_OFFLINE));
     Ok(info)
 }
 
@@ -476,6 +478,29 @@ mod tests {
             "01020304-0506-0708-090a-0b0c0d0e0f10"
         );
         assert_eq!(info.request_type, RequestType::New);
+    }
+
+    #[test]
+    fn a_request_is_persistent_if_any_of_its_forms_says_offline() {
+        let data = pssh_data(vec![kid(1)]);
+        let mixed = request(
+            ContentIdentification {
+                widevine_pssh_data: Some(WidevinePsshDataContainer {
+                    pssh_data: vec![data.clone()],
+                    license_type: Some(1),
+                    request_id: None,
+                }),
+                init_data: Some(InitData {
+                    init_data_type: Some(INIT_DATA_CENC),
+                    init_data: Some(data),
+                    license_type: Some(LICENSE_TYPE_OFFLINE),
+                    request_id: None,
+                }),
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(parse(&mixed).unwrap().persistent);
     }
 
     #[test]
