@@ -22,6 +22,8 @@ command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 command -v nginx >/dev/null || need+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# The CDM conformance test proves the keys it gets decrypt the demo stream with Debian's ffmpeg.
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
 # Deployment checks: promtool for the Prometheus rules (and a real Prometheus for the metrics
 # test), systemd-analyze for the service unit.
 command -v promtool >/dev/null || need+=(prometheus)
@@ -35,10 +37,16 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# hypercorn: another real HTTP/2 server (its own stack) for the service certificate test.
-python3 -c "import hypercorn" 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check hypercorn 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages hypercorn
+# Test-time Python packages, from PyPI (never vendored): hypercorn, another real HTTP/2 server
+# (its own stack); pywidevine, a real Widevine CDM implementation (GPL-3.0) for the conformance
+# test.
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+python3 -c "import hypercorn" 2>/dev/null || pip_install hypercorn
+python3 -c "import pywidevine, sys; sys.exit(pywidevine.__version__ != '1.9.0')" 2>/dev/null \
+  || pip_install pywidevine==1.9.0
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

@@ -492,3 +492,115 @@ async fn a_stream_beyond_the_limit_is_refused_before_the_vendor() {
         assert_eq!(vendor_licenses(&sim).await, 1, "{}", store.name());
     }
 }
+
+/// pywidevine, a real Widevine CDM implementation from PyPI, on devices the test makes, through
+/// licensegate to the simulator's faithful license server: new licenses whose keys decrypt the
+/// demo stream (Debian's ffmpeg; a wrong key must not), renewals and releases built as a CDM
+/// does, OFFLINE, privacy mode, multi-key content, a stream limit of 2, and cross-user and
+/// cross-content renewals refused (`tests/cdm/widevine_cdm.py`).
+#[tokio::test]
+async fn a_real_widevine_cdm_gets_working_keys_and_cannot_forge_its_sessions() {
+    let keys = tempfile::tempdir().unwrap();
+    let script = licensegate_testkit::repository().join("tests/cdm/widevine_cdm.py");
+    let made = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("service")
+        .arg(keys.path())
+        .status()
+        .expect("python3 with pywidevine (scripts/setup.sh installs it)");
+    assert!(made.success());
+    let content = serde_json::json!({
+        "demo": {"kids": [DEMO_KID], "keys": {DEMO_KID: "00112233445566778899aabbccddeeff"}},
+        "offline-demo": {"kids": ["aaaaaaaa-0000-0000-0000-000000000001"],
+                         "keys": {"aaaaaaaa-0000-0000-0000-000000000001": "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1"}},
+        "multi": {"kids": ["bbbbbbbb-0000-0000-0000-000000000001", "bbbbbbbb-0000-0000-0000-000000000002"],
+                  "keys": {"bbbbbbbb-0000-0000-0000-000000000001": "b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1",
+                           "bbbbbbbb-0000-0000-0000-000000000002": "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2"}},
+        "other": {"kids": ["cccccccc-0000-0000-0000-000000000001"],
+                  "keys": {"cccccccc-0000-0000-0000-000000000001": "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1"}},
+    });
+    let mut sim_args: Vec<String> = vec!["--widevine-renewal-seconds".into(), "4".into()];
+    let mut catalog = String::new();
+    for (id, entry) in content.as_object().unwrap() {
+        let kids: Vec<&str> = entry["kids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kid| kid.as_str().unwrap())
+            .collect();
+        for kid in &kids {
+            sim_args.push("--widevine-content-key".into());
+            sim_args.push(format!("{kid}:{}", entry["keys"][kid].as_str().unwrap()));
+        }
+        let policy = if id == "offline-demo" {
+            "download"
+        } else {
+            "streaming"
+        };
+        catalog.push_str(&format!(
+            "[content.{id}]\nkey_ids = {kids:?}\npolicy = \"{policy}\"\n"
+        ));
+    }
+    let certificate = keys.path().join("service-certificate.bin");
+    let service_key = keys.path().join("service.pem");
+    sim_args.extend([
+        "--widevine-service-certificate".into(),
+        certificate.display().to_string(),
+        "--widevine-service-key".into(),
+        service_key.display().to_string(),
+    ]);
+    let sim = Sim::start(&sim_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("vendor", &passthrough(&sim))
+        .routes(&[("widevine", "vendor")])
+        .with(&format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}[streams]\nmax_per_user = 2\n\
+             [entitlement]\nclaim = \"entitlements\"\ndefault_policy = \"streaming\"\n\
+             [policies.streaming]\npersistent = false\n[policies.download]\npersistent = true\n",
+            Store::Embedded.toml()
+        ))
+        .build();
+    let gate = Gate::ready(Gate::start_with_files(
+        &config,
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let tokens: serde_json::Map<String, Value> = ["ann", "bob", "cleo", "dave", "erin", "finn"]
+        .iter()
+        .map(|user| (user.to_string(), Value::from(user_token(user, &["*"]))))
+        .collect();
+    let media = licensegate_testkit::repository().join("examples/web/media/video_cenc.mp4");
+    let gate_url = gate.url("");
+    let admin_url = gate.admin("");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg("run")
+            .args(["--dir", &keys.path().display().to_string()])
+            .args(["--gate", gate_url.trim_end_matches('/')])
+            .args(["--admin", admin_url.trim_end_matches('/')])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .args(["--tokens", &Value::Object(tokens).to_string()])
+            .args(["--content", &content.to_string()])
+            .args(["--media", &media.display().to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&run.stdout);
+    println!("{report}");
+    assert!(
+        run.status.success(),
+        "{report}\n{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        gate.log()
+    );
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("ok: ")).count(),
+        8,
+        "{report}"
+    );
+}

@@ -8,6 +8,7 @@
 pub mod fairplay;
 pub mod sessions;
 pub mod vendors;
+pub mod widevine_server;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -111,6 +112,8 @@ struct Sim {
     faults: Faults,
     vendor: VendorSim,
     sessions: sessions::Sessions,
+    /// The faithful Widevine license server, when content keys are given.
+    widevine: Option<widevine_server::WidevineServer>,
     stats: Stats,
     last: Mutex<LastRequest>,
 }
@@ -124,6 +127,7 @@ pub async fn serve(
     let sim = Arc::new(Sim {
         faults,
         sessions: sessions::Sessions::new(vendor.widevine_renewal_seconds),
+        widevine: widevine_server(&vendor)?,
         vendor: VendorSim::new(vendor),
         stats: Stats::default(),
         last: Mutex::new(LastRequest::default()),
@@ -134,6 +138,40 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tokio::spawn(accept(sim.clone(), stream));
     }
+}
+
+/// The faithful Widevine license server the flags ask for, if any.
+fn widevine_server(
+    vendor: &VendorArgs,
+) -> std::io::Result<Option<widevine_server::WidevineServer>> {
+    if vendor.widevine_content_keys.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let mut keys = std::collections::HashMap::new();
+    for pair in &vendor.widevine_content_keys {
+        let parsed = pair.split_once(':').and_then(|(kid, key)| {
+            let kid = hex::decode(kid.replace('-', "")).ok()?;
+            let key: [u8; 16] = hex::decode(key).ok()?.try_into().ok()?;
+            (kid.len() == 16).then_some((kid, key))
+        });
+        let (kid, key) =
+            parsed.ok_or_else(|| invalid(format!("--widevine-content-key {pair}: not KID:KEY")))?;
+        keys.insert(kid, key);
+    }
+    let service = match (
+        &vendor.widevine_service_certificate,
+        &vendor.widevine_service_key,
+    ) {
+        (Some(certificate), Some(key)) => {
+            Some((std::fs::read(certificate)?, std::fs::read_to_string(key)?))
+        }
+        _ => None,
+    };
+    let renewal = sessions::renewal_every(vendor.widevine_renewal_seconds.unwrap_or(300));
+    widevine_server::WidevineServer::new(keys, service, renewal)
+        .map(Some)
+        .map_err(invalid)
 }
 
 async fn accept(sim: Arc<Sim>, stream: TcpStream) {
@@ -324,6 +362,27 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
             Err(refusal) => return refused(sim, refusal).await,
         }
         sim.stats.licenses.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(server) = &sim.widevine
+        && vendors::drm_of(&parts.headers, &challenge) == Some(licensegate_drm::drm::Drm::Widevine)
+    {
+        let answer = match (challenge.as_ref(), &server.service_certificate) {
+            ([0x08, 0x04], Some(certificate)) => Ok(certificate.clone()),
+            _ => server.answer(&challenge),
+        };
+        return match answer {
+            Ok(answer) => ok(granted.headers, "application/octet-stream", answer),
+            Err(why) => {
+                refused(
+                    sim,
+                    vendors::Refusal {
+                        status: why.status,
+                        reason: why.reason,
+                    },
+                )
+                .await
+            }
+        };
     }
     // Axinom serves FairPlay on the same path as every other DRM: the raw SPC in, the CKC out.
     let answer = if sim.vendor.vendor() == SimVendor::Axinom
@@ -550,7 +609,8 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "last_license_request_headers": last_headers,
         "last_license_request_uri": last.uri,
         "last_refusal": last.refusal,
-        "live_widevine_sessions": sim.sessions.live(),
+        "live_widevine_sessions": sim.sessions.live()
+            + sim.widevine.as_ref().map_or(0, widevine_server::WidevineServer::live),
     });
     Response::builder()
         .status(StatusCode::OK)

@@ -24,17 +24,22 @@ pub enum Answer {
     UnknownSession,
 }
 
+/// The renewal terms of a license the CDM renews every `interval` seconds.
+pub fn renewal_every(interval: u64) -> Renewal {
+    Renewal {
+        can_renew: true,
+        delay_seconds: interval,
+        retry_interval_seconds: (interval / 10).max(1),
+        recovery_seconds: interval,
+        license_duration_seconds: interval * 2,
+    }
+}
+
 impl Sessions {
     /// Without vendor terms, licenses the CDM renews every `interval` seconds, if given.
     pub fn new(interval: Option<u64>) -> Self {
         Self {
-            default: interval.map(|interval| Renewal {
-                can_renew: true,
-                delay_seconds: interval,
-                retry_interval_seconds: (interval / 10).max(1),
-                recovery_seconds: interval,
-                license_duration_seconds: interval * 2,
-            }),
+            default: interval.map(renewal_every),
             live: Mutex::new(HashMap::new()),
         }
     }

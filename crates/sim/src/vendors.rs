@@ -45,6 +45,16 @@ pub struct VendorArgs {
     /// only.
     #[arg(long)]
     pub widevine_renewal_seconds: Option<u64>,
+    /// Answer Widevine license requests as a license server does, for real CDMs: with these
+    /// content keys (`KID:KEY`, 32 hex digits each), wrapped for the device that asked.
+    #[arg(long = "widevine-content-key", value_name = "KID:KEY")]
+    pub widevine_content_keys: Vec<String>,
+    /// The service certificate (a `SignedMessage`, a file) answered to `08 04` by the license
+    /// server above, and its private key (PKCS#8 PEM, a file), for privacy mode.
+    #[arg(long, requires = "widevine_service_key")]
+    pub widevine_service_certificate: Option<std::path::PathBuf>,
+    #[arg(long, requires = "widevine_service_certificate")]
+    pub widevine_service_key: Option<std::path::PathBuf>,
     /// Axinom communication key ID.
     #[arg(long, default_value = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e")]
     pub com_key_id: String,
