@@ -407,7 +407,7 @@ impl AdminApp {
                 "draining": state.drain.withdrawn(),
                 "admin_api": state.config.admin.token.is_some(),
                 "devices": state.devices.is_some(),
-                "streams": state.streams.is_some(),
+                "streams": state.streams.as_ref().is_some_and(|streams| streams.limited),
             }),
         )
     }

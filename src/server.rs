@@ -145,11 +145,10 @@ pub fn assemble(
         .clone()
         .zip(store.clone())
         .map(|(settings, store)| Devices::new(settings, store, &metrics));
-    let streams = config
-        .streams
-        .clone()
-        .zip(store.clone())
-        .map(|(settings, store)| crate::streams::Streams::new(settings, store, &metrics));
+    let streams = store.clone().map(|store| match config.streams.clone() {
+        Some(settings) => crate::streams::Streams::new(settings, store, &metrics),
+        None => crate::streams::Streams::records_only(store, &metrics),
+    });
     let quotas = config
         .quota
         .clone()

@@ -140,6 +140,10 @@ pub enum Admitted {
 
 pub struct Streams {
     pub settings: StreamSettings,
+    /// `[streams]` is configured: streams are limited, and every DRM's are recorded. Without
+    /// it, a store still records Widevine licenses, so that their renewals continue only what
+    /// they started.
+    pub limited: bool,
     store: Arc<Shared>,
     /// Sessions this instance saw the store hold live, keyed by [`live_key`]: their record, and
     /// the end of their lease as the store last set it (seconds since the epoch). A request
@@ -172,9 +176,34 @@ fn live_key(user: &str, session: &str) -> String {
 
 impl Streams {
     pub fn new(settings: StreamSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+        Self::build(settings, true, store, metrics)
+    }
+
+    /// Widevine licenses recorded in a store configured for something else: no limit, and a
+    /// store that cannot answer lets renewals through as the deployment did not ask for
+    /// stream limits.
+    pub fn records_only(store: Arc<Shared>, metrics: &Metrics) -> Self {
+        let settings = StreamSettings {
+            max_per_user: u32::MAX,
+            claim: String::new(),
+            on_limit: OnLimit::Refuse,
+            renewal_interval: Duration::from_secs(300),
+            grace: Duration::from_secs(60),
+            fail_open: true,
+        };
+        Self::build(settings, false, store, metrics)
+    }
+
+    fn build(
+        settings: StreamSettings,
+        limited: bool,
+        store: Arc<Shared>,
+        metrics: &Metrics,
+    ) -> Self {
         let lease = settings.renewal_interval + settings.grace;
         Self {
             settings,
+            limited,
             store,
             live: moka::sync::Cache::builder()
                 .max_capacity(LIVE_SESSIONS_KEPT)
@@ -194,6 +223,9 @@ impl Streams {
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
     ) -> u32 {
+        if !self.limited {
+            return u32::MAX;
+        }
         crate::store::limit_for(
             claims,
             &self.settings.claim,

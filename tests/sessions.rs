@@ -410,6 +410,53 @@ async fn renewals_and_releases_need_no_content_id() {
     }
 }
 
+/// Without `[streams]`, a store (here one kept for a quota) still records Widevine licenses:
+/// renewals continue only their own license, for its user and content, and need no content id.
+#[tokio::test]
+async fn without_stream_limits_a_store_still_binds_renewals_to_their_license() {
+    for store in Store::both() {
+        let sim = sim();
+        let gate = start(&config(
+            &passthrough(&sim),
+            &store,
+            "[quota]\nlicenses_per_user = 100\n",
+        ))
+        .await;
+        let mut ann = Player::new(
+            gate.license_url("widevine", None),
+            user_token("ann", &["demo", "other"]),
+        );
+        assert_eq!(
+            ann.start(fixture("license-request-kid-01020304.bin"))
+                .await
+                .code(),
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
+        let renewal = ann.continuation(RequestType::Renewal);
+        let mut mallory = Player::new(
+            gate.license_url("widevine", Some("demo")),
+            user_token("mallory", &["*"]),
+        );
+        let foreign = mallory.send(renewal.clone()).await;
+        assert_eq!(
+            (foreign.status, foreign.code()),
+            (404, "stream_unknown".into()),
+            "{}",
+            store.name()
+        );
+        let mut elsewhere = Player::new(
+            gate.license_url("widevine", Some("other")),
+            user_token("ann", &["demo", "other"]),
+        );
+        assert_eq!(
+            elsewhere.send(renewal.clone()).await.code(),
+            "content_mismatch"
+        );
+        assert_eq!(ann.send(renewal).await.code(), "ok", "{}", store.name());
+    }
+}
+
 /// The Widevine fixture asking for an OFFLINE license: its license type (a varint in the
 /// content identification, `10 01` before the request id's `1a 10`) set to 2.
 fn offline_challenge() -> Vec<u8> {

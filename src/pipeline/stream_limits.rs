@@ -127,6 +127,9 @@ pub(super) async fn find_continued(
     let (Some(streams), Some(identity)) = (&state.streams, identity) else {
         return Ok(None);
     };
+    if !streams.limited && drm != Drm::Widevine {
+        return Ok(None);
+    }
     let found = match look_up(
         streams,
         identity,
@@ -286,6 +289,9 @@ pub(super) async fn admit_stream(
     let Some(streams) = &state.streams else {
         return Ok(());
     };
+    if !streams.limited && drm != Drm::Widevine {
+        return Ok(());
+    }
     let user = identity.user.as_str();
     let seconds = streams.lease_seconds(ask.facts.interval);
     let mut hold = StreamHold {
@@ -487,7 +493,7 @@ pub(super) async fn stream_heartbeat(
     id: String,
 ) -> Result<Admission, Problem> {
     ctx.label = "stream";
-    let Some(streams) = &state.streams else {
+    let Some(streams) = state.streams.as_ref().filter(|streams| streams.limited) else {
         return Err(Problem::not_found().with_detail("stream limits are not configured"));
     };
     let id = streams::valid_session(crate::admin::percent_decode(&id))?;
