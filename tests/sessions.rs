@@ -96,8 +96,19 @@ async fn start(config: &str) -> Gate {
     .await
 }
 
+/// The simulator, and a gate on `store` forwarding every DRM but ClearKey to it.
+async fn passthrough_gate(store: &Store, extra: &str) -> (Sim, Gate) {
+    let sim = sim();
+    let gate = start(&config(&passthrough(&sim), store, extra)).await;
+    (sim, gate)
+}
+
 fn sim() -> Sim {
     Sim::start(&["--widevine-renewal-seconds", &RENEWAL_SECONDS.to_string()])
+}
+
+fn widevine_challenge() -> Vec<u8> {
+    fixture("license-request-kid-01020304.bin")
 }
 
 /// The PlayReady fixture, sent from `device`.
@@ -227,13 +238,7 @@ async fn another_devices_session_takes_a_device_slot_of_its_own() {
 #[tokio::test]
 async fn one_session_id_buys_no_second_stream() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
-            &store,
-            "[streams]\nmax_per_user = 1\n",
-        ))
-        .await;
+        let (sim, gate) = passthrough_gate(&store, "[streams]\nmax_per_user = 1\n").await;
         let first = clearkey(&gate, "bea", "demo", None).await;
         assert_eq!(first.code, "ok");
         let session = first.session.unwrap();
@@ -268,13 +273,11 @@ async fn one_session_id_buys_no_second_stream() {
 #[tokio::test]
 async fn quota_and_rates_hold_for_continuations_beyond_their_cadence() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
+        let (sim, gate) = passthrough_gate(
             &store,
             "[streams]\nmax_per_user = 5\n[quota]\nlicenses_per_user = 2\nperiod_seconds = 86400\n\
              [rate_limits.per_user]\nper_second = 0.001\nburst = 2\n",
-        ))
+        )
         .await;
         let first = playready(&gate, "dora", "tv", None).await;
         assert_eq!(first.code, "ok");
@@ -300,13 +303,7 @@ async fn quota_and_rates_hold_for_continuations_beyond_their_cadence() {
             gate.license_url("widevine", Some("demo")),
             user_token("emil", &["*"]),
         );
-        assert_eq!(
-            player
-                .start(fixture("license-request-kid-01020304.bin"))
-                .await
-                .code(),
-            "ok"
-        );
+        assert_eq!(player.start(widevine_challenge()).await.code(), "ok");
         tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
         let renewal = player.continuation(RequestType::Renewal);
         let mut codes = Vec::new();
@@ -331,21 +328,10 @@ async fn quota_and_rates_hold_for_continuations_beyond_their_cadence() {
 #[tokio::test]
 async fn a_renewal_is_for_its_licenses_content_and_user() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
-            &store,
-            "[streams]\nmax_per_user = 5\n",
-        ))
-        .await;
+        let (sim, gate) = passthrough_gate(&store, "[streams]\nmax_per_user = 5\n").await;
         let widevine = |content: &str| gate.license_url("widevine", Some(content));
         let mut ann = Player::new(widevine("demo"), user_token("ann", &["demo", "other"]));
-        assert_eq!(
-            ann.start(fixture("license-request-kid-01020304.bin"))
-                .await
-                .code(),
-            "ok"
-        );
+        assert_eq!(ann.start(widevine_challenge()).await.code(), "ok");
         tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
         let renewal = ann.continuation(RequestType::Renewal);
         let licenses = vendor_licenses(&sim).await;
@@ -384,24 +370,12 @@ async fn a_renewal_is_for_its_licenses_content_and_user() {
 #[tokio::test]
 async fn renewals_and_releases_need_no_content_id() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
-            &store,
-            "[streams]\nmax_per_user = 5\n",
-        ))
-        .await;
+        let (sim, gate) = passthrough_gate(&store, "[streams]\nmax_per_user = 5\n").await;
         let mut player = Player::new(
             gate.license_url("widevine", None),
             user_token("finn", &["demo"]),
         );
-        assert_eq!(
-            player
-                .start(fixture("license-request-kid-01020304.bin"))
-                .await
-                .code(),
-            "ok"
-        );
+        assert_eq!(player.start(widevine_challenge()).await.code(), "ok");
         tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
         assert_eq!(player.renew().await.code(), "ok", "{}", store.name());
         assert_eq!(player.release().await.code(), "ok", "{}", store.name());
@@ -415,23 +389,12 @@ async fn renewals_and_releases_need_no_content_id() {
 #[tokio::test]
 async fn without_stream_limits_a_store_still_binds_renewals_to_their_license() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
-            &store,
-            "[quota]\nlicenses_per_user = 100\n",
-        ))
-        .await;
+        let (_vendor, gate) = passthrough_gate(&store, "[quota]\nlicenses_per_user = 100\n").await;
         let mut ann = Player::new(
             gate.license_url("widevine", None),
             user_token("ann", &["demo", "other"]),
         );
-        assert_eq!(
-            ann.start(fixture("license-request-kid-01020304.bin"))
-                .await
-                .code(),
-            "ok"
-        );
+        assert_eq!(ann.start(widevine_challenge()).await.code(), "ok");
         tokio::time::sleep(Duration::from_secs(RENEWAL_SECONDS / 2)).await;
         let renewal = ann.continuation(RequestType::Renewal);
         let mut mallory = Player::new(
@@ -460,7 +423,7 @@ async fn without_stream_limits_a_store_still_binds_renewals_to_their_license() {
 /// The Widevine fixture asking for an OFFLINE license: its license type (a varint in the
 /// content identification, `10 01` before the request id's `1a 10`) set to 2.
 fn offline_challenge() -> Vec<u8> {
-    let mut challenge = fixture("license-request-kid-01020304.bin");
+    let mut challenge = widevine_challenge();
     let at = challenge
         .windows(4)
         .position(|w| w == [0x10, 0x01, 0x1a, 0x10])
@@ -472,13 +435,11 @@ fn offline_challenge() -> Vec<u8> {
 /// 6. An OFFLINE request under a policy without persistence never reaches the vendor.
 #[tokio::test]
 async fn an_offline_request_under_a_streaming_policy_never_reaches_the_vendor() {
-    let sim = sim();
-    let gate = start(&config(
-        &passthrough(&sim),
+    let (sim, gate) = passthrough_gate(
         &Store::Embedded,
         "[entitlement]\nclaim = \"entitlements\"\ndefault_policy = \"streaming\"\n\
          [policies.streaming]\npersistent = false\n",
-    ))
+    )
     .await;
     let response = client()
         .post(gate.license_url("widevine", Some("demo")))
@@ -498,12 +459,10 @@ async fn an_offline_request_under_a_streaming_policy_never_reaches_the_vendor() 
 /// 7. The Widevine service certificate is public: no token, but rate limited.
 #[tokio::test]
 async fn the_service_certificate_needs_no_token_and_is_rate_limited() {
-    let sim = sim();
-    let gate = start(&config(
-        &passthrough(&sim),
+    let (_vendor, gate) = passthrough_gate(
         &Store::Embedded,
         "[rate_limits.per_client]\nper_second = 0.001\nburst = 2\n",
-    ))
+    )
     .await;
     let mut codes = Vec::new();
     for _ in 0..3 {
@@ -523,13 +482,7 @@ async fn the_service_certificate_needs_no_token_and_is_rate_limited() {
 #[tokio::test]
 async fn a_stream_beyond_the_limit_is_refused_before_the_vendor() {
     for store in Store::both() {
-        let sim = sim();
-        let gate = start(&config(
-            &passthrough(&sim),
-            &store,
-            "[streams]\nmax_per_user = 1\n",
-        ))
-        .await;
+        let (sim, gate) = passthrough_gate(&store, "[streams]\nmax_per_user = 1\n").await;
         assert_eq!(playready(&gate, "hugo", "tv", None).await.code, "ok");
         let second = playready(&gate, "hugo", "phone", None).await;
         assert_eq!(
