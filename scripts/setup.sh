@@ -38,8 +38,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Test-time Python packages, from PyPI (never vendored): hypercorn, another real HTTP/2 server
-# (its own stack); pywidevine, a real Widevine CDM implementation (GPL-3.0) for the conformance
-# test.
+# (its own stack); pywidevine (GPL-3.0) and pyplayready (CC BY-NC-ND 4.0), real Widevine and
+# PlayReady CDM implementations for the conformance tests.
 pip_install() {
   python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
@@ -47,6 +47,8 @@ pip_install() {
 python3 -c "import hypercorn" 2>/dev/null || pip_install hypercorn
 python3 -c "import pywidevine, sys; sys.exit(pywidevine.__version__ != '1.9.0')" 2>/dev/null \
   || pip_install pywidevine==1.9.0
+python3 -c "import pyplayready, sys; sys.exit(pyplayready.__version__ != '0.8.5')" 2>/dev/null \
+  || pip_install pyplayready==0.8.5
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

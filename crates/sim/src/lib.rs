@@ -6,6 +6,7 @@
 //! that vendor's authorization checks ([`vendors`]).
 
 pub mod fairplay;
+pub mod playready_server;
 pub mod sessions;
 pub mod vendors;
 pub mod widevine_server;
@@ -114,6 +115,8 @@ struct Sim {
     sessions: sessions::Sessions,
     /// The faithful Widevine license server, when content keys are given.
     widevine: Option<widevine_server::WidevineServer>,
+    /// The faithful PlayReady license server, when content keys are given.
+    playready: Option<playready_server::PlayReadyServer>,
     stats: Stats,
     last: Mutex<LastRequest>,
 }
@@ -128,6 +131,7 @@ pub async fn serve(
         faults,
         sessions: sessions::Sessions::new(vendor.widevine_renewal_seconds),
         widevine: widevine_server(&vendor)?,
+        playready: playready_server(&vendor)?,
         vendor: VendorSim::new(vendor),
         stats: Stats::default(),
         last: Mutex::new(LastRequest::default()),
@@ -147,18 +151,10 @@ fn widevine_server(
     if vendor.widevine_content_keys.is_empty() {
         return Ok(None);
     }
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-    let mut keys = std::collections::HashMap::new();
-    for pair in &vendor.widevine_content_keys {
-        let parsed = pair.split_once(':').and_then(|(kid, key)| {
-            let kid = hex::decode(kid.replace('-', "")).ok()?;
-            let key: [u8; 16] = hex::decode(key).ok()?.try_into().ok()?;
-            (kid.len() == 16).then_some((kid, key))
-        });
-        let (kid, key) =
-            parsed.ok_or_else(|| invalid(format!("--widevine-content-key {pair}: not KID:KEY")))?;
-        keys.insert(kid, key);
-    }
+    let keys = content_keys("--widevine-content-key", &vendor.widevine_content_keys)?
+        .into_iter()
+        .map(|(kid, key)| (kid.to_vec(), key))
+        .collect();
     let service = match (
         &vendor.widevine_service_certificate,
         &vendor.widevine_service_key,
@@ -170,6 +166,43 @@ fn widevine_server(
     };
     let renewal = sessions::renewal_every(vendor.widevine_renewal_seconds.unwrap_or(300));
     widevine_server::WidevineServer::new(keys, service, renewal)
+        .map(Some)
+        .map_err(invalid)
+}
+
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, what)
+}
+
+/// `KID:KEY` pairs (hex, the KID with or without dashes) as a flag lists them.
+fn content_keys(
+    flag: &str,
+    pairs: &[String],
+) -> std::io::Result<std::collections::HashMap<[u8; 16], [u8; 16]>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once(':')
+                .and_then(|(kid, key)| {
+                    let kid: [u8; 16] = hex::decode(kid.replace('-', "")).ok()?.try_into().ok()?;
+                    let key: [u8; 16] = hex::decode(key).ok()?.try_into().ok()?;
+                    Some((kid, key))
+                })
+                .ok_or_else(|| invalid(format!("{flag} {pair}: not KID:KEY")))
+        })
+        .collect()
+}
+
+/// The faithful PlayReady license server the flags ask for, if any.
+fn playready_server(
+    vendor: &VendorArgs,
+) -> std::io::Result<Option<playready_server::PlayReadyServer>> {
+    let Some(key) = &vendor.playready_server_key else {
+        return Ok(None);
+    };
+    let keys = content_keys("--playready-content-key", &vendor.playready_content_keys)?;
+    let key = hex::decode(key).map_err(|_| invalid("--playready-server-key: not hex".into()))?;
+    playready_server::PlayReadyServer::new(keys, &key)
         .map(Some)
         .map_err(invalid)
 }
@@ -372,6 +405,23 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         };
         return match answer {
             Ok(answer) => ok(granted.headers, "application/octet-stream", answer),
+            Err(why) => {
+                refused(
+                    sim,
+                    vendors::Refusal {
+                        status: why.status,
+                        reason: why.reason,
+                    },
+                )
+                .await
+            }
+        };
+    }
+    if let Some(server) = &sim.playready
+        && vendors::drm_of(&parts.headers, &challenge) == Some(licensegate_drm::drm::Drm::PlayReady)
+    {
+        return match server.answer(&challenge) {
+            Ok(answer) => ok(granted.headers, "text/xml; charset=utf-8", answer),
             Err(why) => {
                 refused(
                     sim,

@@ -55,6 +55,18 @@ pub struct VendorArgs {
     pub widevine_service_certificate: Option<std::path::PathBuf>,
     #[arg(long, requires = "widevine_service_certificate")]
     pub widevine_service_key: Option<std::path::PathBuf>,
+    /// Answer PlayReady license requests as a license server does, for real CDMs: with these
+    /// content keys (`KID:KEY`), encrypted to the device that asked.
+    #[arg(
+        long = "playready-content-key",
+        value_name = "KID:KEY",
+        requires = "playready_server_key"
+    )]
+    pub playready_content_keys: Vec<String>,
+    /// The server's P-256 private key (64 hex digits) that challenges encrypt their client
+    /// data to.
+    #[arg(long, value_name = "HEX")]
+    pub playready_server_key: Option<String>,
     /// Axinom communication key ID.
     #[arg(long, default_value = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e")]
     pub com_key_id: String,
