@@ -420,6 +420,98 @@ async fn without_stream_limits_a_store_still_binds_renewals_to_their_license() {
     }
 }
 
+/// A stream's continuation counted by both instances' metrics under `decision`.
+async fn stream_decisions(gates: &[&Gate], decision: &str) -> u64 {
+    let mut total = 0;
+    for gate in gates {
+        total += gate
+            .metrics()
+            .await
+            .lines()
+            .find(|line| {
+                line.starts_with("licensegate_stream_decisions_total")
+                    && line.contains(&format!("decision=\"{decision}\""))
+            })
+            .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap());
+    }
+    total
+}
+
+/// Two instances on one store (an SQLite file, a Redis, a three-master Redis Cluster) agree:
+/// twenty players at once continuing one stream, half of them through each instance, find it
+/// within its cadence exactly once between them, and the store records one device.
+#[tokio::test]
+async fn two_instances_exempt_a_stream_once_per_cadence_whatever_the_store() {
+    let shared = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let cluster = licensegate_testkit::RedisCluster::start();
+    let nodes: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|url| format!("\"{url}\""))
+        .collect();
+    let stores = [
+        format!(
+            "[store]\npath = \"{}\"\n",
+            shared.path().join("licensegate.db").display()
+        ),
+        format!(
+            "[store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+            redis.url()
+        ),
+        format!(
+            "[store]\nkind = \"redis\"\ncluster_nodes = [{}]\n",
+            nodes.join(", ")
+        ),
+    ];
+    for store in stores {
+        let sim = Sim::start(&["--vendor", "axinom"]);
+        let config = GateConfig::new()
+            .auth("")
+            .catalog()
+            .provider(
+                "vendor",
+                &licensegate_testkit::axinom_provider("vendor", &sim),
+            )
+            .routes(&[("playready", "vendor")])
+            .with(&format!(
+                "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{store}[streams]\nmax_per_user = 5\n\
+                 renewal_interval_seconds = 2\n[devices]\nmax_per_user = 5\n"
+            ))
+            .build();
+        let (first, second) = (start(&config).await, start(&config).await);
+        let started = playready(&first, "ivy", "tv", None).await;
+        assert_eq!(started.code, "ok", "{store}");
+        let session = started.session.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut continuations = Vec::new();
+        for n in 0..20 {
+            let gate = if n % 2 == 0 { &first } else { &second };
+            continuations.push(playready(gate, "ivy", "tv", Some(&session)));
+        }
+        for answer in futures_util::future::join_all(continuations).await {
+            assert_eq!(answer.code, "ok", "{store}");
+            assert_eq!(answer.session.as_deref(), Some(session.as_str()));
+        }
+        let gates = [&first, &second];
+        assert_eq!(stream_decisions(&gates, "continued").await, 1, "{store}");
+        assert_eq!(
+            stream_decisions(&gates, "continued_beyond_cadence").await,
+            19,
+            "{store}"
+        );
+        assert_eq!(active_streams(&first, "ivy").await, 1, "{store}");
+        let streams = admin_get(&second, "/v1/users/ivy/streams").await;
+        assert!(streams["streams"][0]["device"].is_string(), "{streams}");
+        let devices = admin_get(&second, "/v1/devices/ivy").await;
+        assert_eq!(
+            devices["devices"].as_array().map(Vec::len),
+            Some(1),
+            "{devices}"
+        );
+    }
+}
+
 /// The Widevine fixture asking for an OFFLINE license: its license type (a varint in the
 /// content identification, `10 01` before the request id's `1a 10`) set to 2.
 fn offline_challenge() -> Vec<u8> {
