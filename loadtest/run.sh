@@ -164,10 +164,11 @@ BODY="$out/renewal-8.bin" run streams_embedded "$(license_at 8)" -n "$requests" 
   -H "Authorization: Bearer $token"
 BODY="$out/renewal-9.bin" run streams_redis "$(license_at 9)" -n "$requests" \
   -H "Authorization: Bearer $token"
-# Those rows measure renewals only if every request renewed the live stream.
+# Those rows measure renewals only if every request continued the live stream (one renewal
+# replayed: beyond the stream's cadence, it takes rate tokens from buckets too large to refuse).
 for n in 8 9; do
   renewed=$(curl -fs "http://127.0.0.1:$((admin_port + n))/metrics" |
-    awk '/^licensegate_stream_decisions_total\{decision="renewed"\}/ {print $2}')
+    awk '/^licensegate_stream_decisions_total\{decision="continued(_beyond_cadence)?"\}/ {n += $2} END {print n}')
   if [ "${renewed:-0}" -lt "$requests" ]; then
     echo "gate $n renewed ${renewed:-0} of $requests streams" >&2
     exit 1
