@@ -278,7 +278,7 @@ impl AdminApp {
                         200,
                         json!({
                             "user": user,
-                            "default_limit": streams.settings.max_per_user,
+                            "default_limit": streams.limited.then_some(streams.settings.max_per_user),
                             "active": leases.iter().filter(|lease| !lease.stopped).count(),
                             "streams": leases,
                         }),

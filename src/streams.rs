@@ -104,6 +104,9 @@ pub fn device_digest(device: &str) -> String {
 
 /// A Widevine renewal, in its stream's cadence.
 pub const RENEWAL_CADENCE: &str = "renewal";
+/// A license naming no key ID (a FairPlay SPC whose content lists none), in its stream's
+/// cadence.
+pub const LICENSE_CADENCE: &str = "license";
 /// A heartbeat (`POST /v1/streams/{session}`), in its stream's cadence.
 pub const HEARTBEAT_CADENCE: &str = "heartbeat";
 
@@ -155,7 +158,7 @@ pub struct Streams {
 }
 
 /// Longer than any license's renewal delay; a vendor's larger one is taken as this.
-const MAX_INTERVAL_SECONDS: u64 = 366 * 24 * 3600;
+pub const MAX_INTERVAL_SECONDS: u64 = 366 * 24 * 3600;
 
 /// Seen-live sessions kept at most: enough for every stream of a busy instance.
 const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
@@ -528,7 +531,8 @@ impl Streams {
             )
             .await
         {
-            Ok(()) => self.seen_started(user, to, facts, seconds, started_cadence),
+            Ok(true) => self.seen_started(user, to, facts, seconds, started_cadence),
+            Ok(false) => {}
             // The provisional lease stays: the stream's first renewal adopts it.
             Err(e) => tracing::warn!(error = %e, "stream lease not renamed"),
         }

@@ -344,8 +344,12 @@ pub async fn admit(
         .clone();
     ctx.provider_config = Some(route.config.clone());
     // The Widevine service certificate is public: its request needs no token, and is known
-    // only once the challenge is read.
+    // only once the challenge is read. Any other request without a valid token is refused
+    // before its body is read.
     let authenticated = authenticate(state, session.req_header(), &ctx.origin);
+    if authenticated.is_err() && !may_be_service_certificate_request(drm, session.req_header()) {
+        authenticated.clone()?;
+    }
     let soap_action = match drm {
         Drm::PlayReady => Some(crate::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
@@ -412,7 +416,14 @@ pub async fn admit(
             .map(valid_content_id)
             .transpose()?,
     };
-    let parsed = challenge::parse(drm, &challenge);
+    let mut parsed = challenge::parse(drm, &challenge);
+    // The SPC names no key; the skd URI the player was given does.
+    if let (Ok(info), Some(kid)) = (
+        &mut parsed,
+        player.as_ref().and_then(fairplay::PlayerRequest::kid),
+    ) {
+        info.key_ids.push(kid);
+    }
     if let Ok(info) = &parsed {
         ctx.request_type = Some(info.request_type);
         state
@@ -446,12 +457,7 @@ pub async fn admit(
         )?;
         return Ok(Admission::Forward(Box::new(plan)));
     };
-    let mut info =
-        parsed.map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
-    // The SPC names no key; the skd URI the player was given does.
-    if let Some(kid) = player.as_ref().and_then(fairplay::PlayerRequest::kid) {
-        info.key_ids.push(kid);
-    }
+    let info = parsed.map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
     let catalog = catalog.current();
     // A continuation is for its stream's content, whatever else the request names.
     let requested_id = continued
@@ -589,6 +595,17 @@ fn content_key_ids(info: &ChallengeInfo, content: &Content) -> Vec<String> {
 enum Authorized {
     Locally(LocalAnswer),
     Forward(Authorizing),
+}
+
+/// Whether the request may be the two-byte Widevine service certificate request, which needs
+/// no token.
+fn may_be_service_certificate_request(drm: Drm, request: &RequestHeader) -> bool {
+    let length = request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    drm == Drm::Widevine && length.is_none_or(|length| length == 2)
 }
 
 /// A user blocked through the admin API gets nothing more, renewals included.
@@ -1193,12 +1210,17 @@ pub fn capture_answer(
         && (hold.learn_session || hold.renewal)
         && hold.license.is_none()
     {
-        if let Some(chunk) = body
-            && hold.answer.len() + chunk.len() <= MAX_LICENSE_READ_BYTES
-        {
-            hold.answer.extend_from_slice(chunk);
+        if let Some(chunk) = body {
+            if hold.answer.len() + chunk.len() <= MAX_LICENSE_READ_BYTES {
+                hold.answer.extend_from_slice(chunk);
+            } else {
+                // No license is this large: it is not read at all.
+                hold.learn_session = false;
+                hold.renewal = false;
+                hold.answer = BytesMut::new();
+            }
         }
-        if complete {
+        if complete && (hold.learn_session || hold.renewal) {
             read_license(hold);
         }
     }

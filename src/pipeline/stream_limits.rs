@@ -124,7 +124,8 @@ pub(super) async fn find_continued(
     player_session: Option<&str>,
     requested_content: Option<&str>,
 ) -> Result<Option<Continuing>, Problem> {
-    let (Some(streams), Some(identity)) = (&state.streams, identity) else {
+    let (Some(streams), Some(identity), Some(_)) = (&state.streams, identity, &state.catalog)
+    else {
         return Ok(None);
     };
     if !streams.limited && drm != Drm::Widevine {
@@ -149,10 +150,17 @@ pub(super) async fn find_continued(
     let Some(lease) = found else {
         return Ok(None);
     };
-    let releases = info.is_some_and(|info| info.request_type == RequestType::Release);
+    if info.is_some_and(|info| info.request_type == RequestType::Release) {
+        // A release is no license (no quota), but reaches the vendor: it takes rate tokens.
+        take_rate_tokens(state, ctx, Some(identity), drm).await?;
+        return Ok(Some(Continuing {
+            lease,
+            prepaid: true,
+        }));
+    }
     let cadence = cadence_of(drm, info, &lease.key_ids);
     let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
-    let prepaid = !releases && !streams.likely_exempt(&lease, &cadence);
+    let prepaid = !streams.likely_exempt(&lease, &cadence);
     if prepaid {
         limit_as_new(state, ctx, identity, drm).await?;
     }
@@ -171,7 +179,7 @@ async fn look_up(
         drm == Drm::Widevine && info.is_some_and(|info| info.request_type == RequestType::Renewal);
     let Some(session) = named_session(drm, info, player_session) else {
         // A Widevine renewal that names no license renews nothing.
-        return if renewal {
+        return if renewal && streams.limited {
             Err(stream_unknown())
         } else {
             Ok(None)
@@ -205,8 +213,10 @@ async fn look_up(
             Ok(Some(lease))
         }
         // A release of a stream whose lease ran out still reaches the vendor, limited as any
-        // request (an offline license is released long after its lease).
-        _ if renewal => Err(stream_unknown()),
+        // request (an offline license is released long after its lease). Without `[streams]`
+        // a renewal of a license issued unrecorded (before the store held records, or while it
+        // was down) is a license request for the content it names.
+        _ if renewal && streams.limited => Err(stream_unknown()),
         _ => Ok(None),
     }
 }
@@ -248,9 +258,9 @@ async fn limit_as_new(
 }
 
 /// What a request continues, in its stream's cadence: a Widevine renewal; else the license of
-/// each key ID it names (a FairPlay SPC names none: the stream's).
+/// each key ID it names, else of the stream's; else, naming none, a license.
 fn cadence_of(drm: Drm, info: Option<&ChallengeInfo>, stream_key_ids: &[String]) -> Vec<String> {
-    match info {
+    let continued = match info {
         Some(info) if drm == Drm::Widevine && info.request_type != RequestType::New => {
             vec![streams::RENEWAL_CADENCE.to_string()]
         }
@@ -258,6 +268,11 @@ fn cadence_of(drm: Drm, info: Option<&ChallengeInfo>, stream_key_ids: &[String])
             info.key_ids.iter().map(|kid| kid.to_string()).collect()
         }
         _ => stream_key_ids.to_vec(),
+    };
+    if continued.is_empty() {
+        vec![streams::LICENSE_CADENCE.to_string()]
+    } else {
+        continued
     }
 }
 
@@ -265,6 +280,8 @@ fn cadence_of(drm: Drm, info: Option<&ChallengeInfo>, stream_key_ids: &[String])
 fn started_cadence(drm: Drm, facts: &StreamFacts) -> Vec<String> {
     let mut started = if drm == Drm::Widevine {
         vec![streams::RENEWAL_CADENCE.to_string()]
+    } else if facts.key_ids.is_empty() {
+        vec![streams::LICENSE_CADENCE.to_string()]
     } else {
         facts.key_ids.clone()
     };
@@ -314,9 +331,8 @@ pub(super) async fn admit_stream(
     };
     if let Some(Continuing { lease, prepaid }) = continuing {
         if info.request_type == RequestType::Release {
-            // The stream ends once the vendor accepts the release ([`settle`]); a release is no
-            // license, so nothing is limited.
-            state.rate_limits.exempt();
+            // The stream ends once the vendor accepts the release ([`settle`]); the release
+            // took its rate tokens ([`find_continued`]).
             hold.session = Some(lease.session);
             hold.release = true;
             ctx.stream = Some(hold);
@@ -515,8 +531,9 @@ pub(super) async fn stream_heartbeat(
             false => Err(Problem::new(Refusal::StreamUnknown)),
         };
     }
-    let heartbeat = heartbeat_of(state, streams, ctx, &identity, &id).await;
-    if heartbeat.is_err() {
+    let mut charged = false;
+    let heartbeat = heartbeat_of(state, streams, ctx, &identity, &id, &mut charged).await;
+    if heartbeat.is_err() && !charged {
         // A refused heartbeat is a request like any other.
         take_rate_tokens(state, ctx, Some(&identity), Drm::ClearKey).await?;
     }
@@ -544,6 +561,7 @@ async fn heartbeat_of(
     ctx: &mut RequestCtx,
     identity: &Identity,
     id: &str,
+    charged: &mut bool,
 ) -> Result<(Lease, u64), Problem> {
     let unavailable = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "stream store unavailable");
@@ -561,6 +579,7 @@ async fn heartbeat_of(
     let drm = lease.drm.parse::<Drm>().unwrap_or(Drm::ClearKey);
     let prepaid = !streams.likely_exempt(&lease, &[streams::HEARTBEAT_CADENCE]);
     if prepaid {
+        *charged = true;
         take_rate_tokens(state, ctx, Some(identity), drm).await?;
     }
     ctx.content_id = Some(lease.content.clone());
@@ -605,7 +624,10 @@ async fn heartbeat_of(
         Continuation::Continued { lease, exempt } => {
             match (exempt, prepaid) {
                 (true, false) => state.rate_limits.exempt(),
-                (false, false) => take_rate_tokens(state, ctx, Some(identity), drm).await?,
+                (false, false) => {
+                    *charged = true;
+                    take_rate_tokens(state, ctx, Some(identity), drm).await?
+                }
                 (_, true) => {}
             }
             Ok((*lease, seconds))
@@ -644,7 +666,7 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
     let renewal = license.renewal;
     let mut facts = hold.facts;
     let seconds = if renewal.can_renew && renewal.delay_seconds > 0 {
-        facts.interval = renewal.delay_seconds;
+        facts.interval = renewal.delay_seconds.min(streams::MAX_INTERVAL_SECONDS);
         streams.lease_seconds(renewal.delay_seconds)
     } else {
         hold.seconds

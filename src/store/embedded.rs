@@ -562,12 +562,12 @@ impl Store for EmbeddedStore {
         seconds: u64,
         interval: u64,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (user, from, to) = (user.to_string(), from.to_string(), to.to_string());
         let expires_at = (now + seconds) as i64;
         self.with(move |tx| {
             if find_lease(tx, &user, &from, now)?.is_none() {
-                return Ok(());
+                return Ok(false);
             }
             if find_lease(tx, &user, &to, now)?.is_some() {
                 run(
@@ -592,7 +592,7 @@ impl Store for EmbeddedStore {
                     params![user, from, to, expires_at, interval as i64],
                 )?;
             }
-            Ok(())
+            Ok(true)
         })
         .await
     }

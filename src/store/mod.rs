@@ -274,9 +274,9 @@ pub trait Store: Send + Sync {
         now: u64,
     ) -> Result<Option<Lease>, StoreError>;
 
-    /// Gives the lease `from` the name `to` (the session id learned from the answer), lasting
-    /// `seconds` from now with the license's renewal `interval`; if `to` already holds a
-    /// lease, `from`'s is folded into it.
+    /// Gives the live lease `from` the name `to` (the session id learned from the answer),
+    /// lasting `seconds` from now with the license's renewal `interval`; if `to` already holds
+    /// a lease, `from`'s is folded into it. `false`: `from` holds no live lease.
     async fn rename_stream(
         &self,
         user: &str,
@@ -285,7 +285,7 @@ pub trait Store: Send + Sync {
         seconds: u64,
         interval: u64,
         now: u64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Gives the oldest live, not stopped lease whose name starts with `prefix` the name `to`
     /// (a provisional lease whose renaming was lost), unless `to` holds one; returns it.
@@ -537,10 +537,18 @@ pub(crate) mod conformance {
         assert!(!store.end_stream("ann", "c").await.unwrap());
         // A provisional lease takes the name its answer told, folding into one that exists.
         assert_eq!(acquire("pending-1", false, 1140).await.unwrap(), started);
-        store
-            .rename_stream("ann", "pending-1", "wv-01", 300, 240, 1141)
-            .await
-            .unwrap();
+        assert!(
+            store
+                .rename_stream("ann", "pending-1", "wv-01", 300, 240, 1141)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .rename_stream("ann", "pending-1", "wv-02", 300, 240, 1141)
+                .await
+                .unwrap()
+        );
         let renamed = store.stream("ann", "wv-01", 1142).await.unwrap().unwrap();
         assert_eq!(
             (

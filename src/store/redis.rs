@@ -740,9 +740,9 @@ impl Store for RedisStore {
         seconds: u64,
         interval: u64,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
-        let _: i64 = self
+        let renamed: i64 = self
             .rename_stream
             .key(key(user, "streams"))
             .arg(from)
@@ -753,7 +753,7 @@ impl Store for RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;
-        Ok(())
+        Ok(renamed == 1)
     }
 
     async fn adopt_stream(

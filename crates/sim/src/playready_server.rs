@@ -185,11 +185,13 @@ impl PlayReadyServer {
         let challenge = std::str::from_utf8(challenge)
             .map_err(|_| refused(400, "a PlayReady challenge is XML text"))?;
         let device = self.device_key(challenge)?;
+        let header = raw_element(challenge, "WRMHEADER")
+            .ok_or_else(|| refused(400, "the challenge carries no WRMHEADER"))?;
         let mut licenses = Vec::new();
-        for kid in texts(challenge, "KID")
+        for kid in texts(header, "KID")
             .iter()
             .filter(|kid| !kid.is_empty())
-            .chain(key_id_attributes(challenge).iter())
+            .chain(key_id_attributes(header).iter())
         {
             let kid: [u8; 16] = decode(kid, "a KID")?
                 .try_into()
@@ -279,7 +281,9 @@ fn verify_signature(challenge: &str, signing_key: &[u8]) -> Result<(), Refused> 
     let unsigned = || refused(403, "the challenge's signature does not verify");
     let la = raw_element(challenge, "LA").ok_or_else(unsigned)?;
     let signed_info = raw_element(challenge, "SignedInfo").ok_or_else(unsigned)?;
-    let digest = texts(challenge, "DigestValue").pop().ok_or_else(unsigned)?;
+    let digest = texts(signed_info, "DigestValue")
+        .pop()
+        .ok_or_else(unsigned)?;
     if decode(&digest, "the digest")?[..] != Sha256::digest(la.as_bytes())[..] {
         return Err(unsigned());
     }
