@@ -12,12 +12,9 @@ chain against Microsoft's root.
                                      1 on the first failure
 """
 
-import argparse
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -40,6 +37,8 @@ from pyplayready.system.bcert import (
     _BCertStructs,
 )
 from pyplayready.system.wrmheader import WRMHeader
+
+from conformance import check, check_decrypts, command_line, expect
 
 SOAP_ACTION = '"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense"'
 SECURITY_LEVEL = 2000
@@ -125,39 +124,6 @@ def wrm_header(key_ids):
     return WRMHeader(xml.encode("utf-16-le"))
 
 
-class Failure(Exception):
-    pass
-
-
-def check(condition, what):
-    if not condition:
-        raise Failure(what)
-
-
-def code(answer):
-    if 200 <= answer.status_code < 300:
-        return "ok"
-    try:
-        return answer.json().get("code", "?")
-    except ValueError:
-        return f"{answer.status_code} {answer.text[:200]}"
-
-
-def expect(answer, wanted):
-    got = code(answer)
-    check(got == wanted, f"expected {wanted}, got {answer.status_code} {got}: {answer.text[:300]}")
-    return answer
-
-
-def decrypts(media, key_hex):
-    """Errors Debian's ffmpeg reports decoding the CENC stream with this key (0: it plays)."""
-    run = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-decryption_key", key_hex, "-i", media,
-         "-f", "null", "-"],
-        capture_output=True, text=True, timeout=120)
-    return len(run.stderr.splitlines())
-
-
 def scenarios(args):
     tokens = json.loads(args.tokens)
     content = json.loads(args.content)
@@ -194,9 +160,7 @@ def scenarios(args):
     expect(answer, "ok")
     session = answer.headers["X-Playback-Session"]
     key = content["demo"]["keys"][content["demo"]["kids"][0]]
-    check(decrypts(args.media, key) == 0, "the demo stream decodes with the license's key")
-    wrong = key[:-2] + ("00" if key[-2:] != "00" else "11")
-    check(decrypts(args.media, wrong) > 0, "a wrong key makes the decode fail")
+    check_decrypts(args.media, key)
     yield "new license: the XMR key decrypts the demo stream, and a wrong key does not"
 
     expect(license("ann", "other", session=session, named="other")[0], "content_mismatch")
@@ -225,11 +189,6 @@ def scenarios(args):
     yield "stream limit of 2 across real sessions"
 
 
-def run(args):
-    for passed in scenarios(args):
-        print(f"ok: {passed}", flush=True)
-
-
 def server_key(path):
     key = new_key()
     with open(path, "wb") as public:
@@ -237,26 +196,6 @@ def server_key(path):
     print(key.private_bytes().hex())
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    key_command = commands.add_parser("server-key")
-    key_command.add_argument("file")
-    run_command = commands.add_parser("run")
-    for name in ("--gate", "--admin", "--admin-token", "--tokens", "--content", "--media",
-                 "--server-public"):
-        run_command.add_argument(name, required=True)
-    run_command.add_argument("--interval", type=float, required=True)
-    args = parser.parse_args()
-    if args.command == "server-key":
-        server_key(args.file)
-        return
-    try:
-        run(args)
-    except Failure as failure:
-        print(f"FAILED: {failure}", flush=True)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    main()
+    command_line("server-key", "file", server_key, ["--server-public", ("--interval", float)],
+                 scenarios)

@@ -12,11 +12,8 @@ the client MAC key derived from the session key and the exact request.
                                 the first failure
 """
 
-import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -38,6 +35,8 @@ from pywidevine.license_protocol_pb2 import (
     SignedMessage,
 )
 from pywidevine.pssh import PSSH
+
+from conformance import check, check_decrypts, command_line, expect
 
 SYSTEM_ID = 4445
 
@@ -161,15 +160,6 @@ class Session:
         check(renewed.id.version == version, f"version {version}, got {renewed.id.version}")
 
 
-class Failure(Exception):
-    pass
-
-
-def check(condition, what):
-    if not condition:
-        raise Failure(what)
-
-
 class Gate:
     def __init__(self, args):
         self.url = args.gate
@@ -188,30 +178,6 @@ class Gate:
         answer = requests.get(f"{self.admin}/v1/users/{user}/streams",
                               headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
         return answer.json()["active"]
-
-
-def code(answer):
-    if 200 <= answer.status_code < 300:
-        return "ok"
-    try:
-        return answer.json().get("code", "?")
-    except ValueError:
-        return f"{answer.status_code} {answer.text[:200]}"
-
-
-def expect(answer, wanted):
-    got = code(answer)
-    check(got == wanted, f"expected {wanted}, got {answer.status_code} {got}: {answer.text[:300]}")
-    return answer
-
-
-def decrypts(media, key_hex):
-    """Errors Debian's ffmpeg reports decoding the CENC stream with this key (0: it plays)."""
-    run = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-decryption_key", key_hex, "-i", media,
-         "-f", "null", "-"],
-        capture_output=True, text=True, timeout=120)
-    return len(run.stderr.splitlines())
 
 
 def scenarios(args):
@@ -233,9 +199,7 @@ def scenarios(args):
     def new_license():
         session = new_session("ann", "demo")
         key = content["demo"]["keys"][content["demo"]["kids"][0]]
-        check(decrypts(args.media, key) == 0, "the demo stream decodes with the license's key")
-        wrong = key[:-2] + ("00" if key[-2:] != "00" else "11")
-        check(decrypts(args.media, wrong) > 0, "a wrong key makes the decode fail")
+        check_decrypts(args.media, key)
         return session
 
     ann = new_license()
@@ -281,30 +245,5 @@ def scenarios(args):
     yield "stream limit of 2 across real sessions"
 
 
-def run(args):
-    for passed in scenarios(args):
-        print(f"ok: {passed}", flush=True)
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    service_command = commands.add_parser("service")
-    service_command.add_argument("dir")
-    run_command = commands.add_parser("run")
-    for name in ("--dir", "--gate", "--admin", "--admin-token", "--tokens", "--content",
-                 "--media"):
-        run_command.add_argument(name, required=True)
-    args = parser.parse_args()
-    if args.command == "service":
-        service(args.dir)
-        return
-    try:
-        run(args)
-    except Failure as failure:
-        print(f"FAILED: {failure}", flush=True)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    main()
+    command_line("service", "dir", service, ["--dir"], scenarios)

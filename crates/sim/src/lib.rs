@@ -403,36 +403,13 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
             ([0x08, 0x04], Some(certificate)) => Ok(certificate.clone()),
             _ => server.answer(&challenge),
         };
-        return match answer {
-            Ok(answer) => ok(granted.headers, "application/octet-stream", answer),
-            Err(why) => {
-                refused(
-                    sim,
-                    vendors::Refusal {
-                        status: why.status,
-                        reason: why.reason,
-                    },
-                )
-                .await
-            }
-        };
+        return faithful(sim, granted.headers, "application/octet-stream", answer).await;
     }
     if let Some(server) = &sim.playready
         && vendors::drm_of(&parts.headers, &challenge) == Some(licensegate_drm::drm::Drm::PlayReady)
     {
-        return match server.answer(&challenge) {
-            Ok(answer) => ok(granted.headers, "text/xml; charset=utf-8", answer),
-            Err(why) => {
-                refused(
-                    sim,
-                    vendors::Refusal {
-                        status: why.status,
-                        reason: why.reason,
-                    },
-                )
-                .await
-            }
-        };
+        let answer = server.answer(&challenge);
+        return faithful(sim, granted.headers, "text/xml; charset=utf-8", answer).await;
     }
     // Axinom serves FairPlay on the same path as every other DRM: the raw SPC in, the CKC out.
     let answer = if sim.vendor.vendor() == SimVendor::Axinom
@@ -459,6 +436,28 @@ async fn license(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>>
         license_for(&challenge)
     };
     ok(granted.headers, "application/octet-stream", answer)
+}
+
+/// A faithful license server's answer, or its refusal as the vendor would send it.
+async fn faithful(
+    sim: &Sim,
+    answer_headers: vendors::AnswerHeaders,
+    content_type: &'static str,
+    answer: Result<Vec<u8>, widevine_server::Refused>,
+) -> Response<Full<Bytes>> {
+    match answer {
+        Ok(answer) => ok(answer_headers, content_type, answer),
+        Err(why) => {
+            refused(
+                sim,
+                vendors::Refusal {
+                    status: why.status,
+                    reason: why.reason,
+                },
+            )
+            .await
+        }
+    }
 }
 
 fn ok(
