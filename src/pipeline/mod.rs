@@ -4,16 +4,16 @@
 //! | Pingora hook | phase | may change |
 //! |---|---|---|
 //! | `early_request_filter` | (connection clock) | `connection_busy` |
-//! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, resolve content, check key IDs, entitle, device limit, authorize with provider; or [`answer`] locally | everything up to `plan`, which it creates |
+//! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, the stream it continues ([`stream_limits`]) or the rates, resolve content, check key IDs, entitle, persistence, stream limit, authorize with provider; or [`answer`] locally | everything up to `plan`, which it creates |
 //! | `upstream_peer` | [`choose_peer`]: endpoint, budget, stream turn, per-attempt authorization | `forward` |
 //! | `connected_to_upstream` | [`end_stream_turn`] | `forward.stream_turn` |
 //! | `upstream_request_filter` | [`upstream_request`]: the request the provider sees | nothing |
 //! | `fail_to_connect`, `error_while_proxy` | [`connect_failed`], [`attempt_failed`]: retry only when the challenge provably never arrived | `forward` |
-//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, certificate fill | `status`, `outcome`, `held_back`, `plan` |
+//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, the stream of the device it reports, certificate fill | `status`, `outcome`, `held_back`, `plan`, `stream` |
 //! | `upstream_response_body_filter`, `..._trailer_filter` | [`capture_answer`]: total budget, certificate fill | `plan`, `forward.finished` |
 //! | `response_filter`, `response_body_filter` | [`vendor_answer_headers`], [`answer_body`] | `held_back` |
 //! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `status`, `outcome` |
-//! | `logging` | [`record`]: metrics and the access line | nothing |
+//! | `logging` | [`settle`]: quota given back, the lease ended, named or extended; [`record`]: metrics and the access line | `quota`, `stream` |
 //!
 //! Admission hands the forward phases a [`ForwardPlan`]: what they need is there by
 //! construction, and they find no plan only if Pingora calls them out of order (an internal

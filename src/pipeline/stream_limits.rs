@@ -6,7 +6,7 @@
 //!
 //! | step | when | may change |
 //! |---|---|---|
-//! | [`find_continued`] | before the rates, once the challenge is read | nothing: the record, or a refusal |
+//! | [`find_continued`] | in place of the rates, once the challenge is read | `quota`: a request beyond its stream's cadence, or refused, pays first |
 //! | [`admit_stream`] | after entitlement, before the provider is asked | `stream`, `quota` |
 //! | [`admit_on_answer`] | the provider's 2xx answer, where it reports the device | `stream`, `quota` |
 //! | [`stream_heartbeat`] | `POST`/`DELETE /v1/streams/{session}` | `content_id`, `entitled_by` |
