@@ -48,18 +48,35 @@ fn licensegate_binary() -> PathBuf {
 
 /// Waits until `port` accepts connections, failing the test if `child` exits first.
 pub fn wait_for_port(port: u16, child: &mut Child) {
+    if let Err(why) = listening(port, child) {
+        panic!("{why}");
+    }
+}
+
+fn listening(port: u16, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("process exited early with {status}");
+            return Err(format!("process exited early with {status}"));
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("nothing listens on port {port}");
+    Err(format!("nothing listens on port {port}"))
+}
+
+/// Two ports free at once: each bound while the other is, so that they differ (two calls of
+/// [`free_port`] in a row may be handed the same one).
+fn two_free_ports() -> (u16, u16) {
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        first.local_addr().unwrap().port(),
+        second.local_addr().unwrap().port(),
+    )
 }
 
 /// The simulator, served by this process on a runtime of its own, as `licensegate-sim` with
@@ -276,12 +293,14 @@ pub fn config(endpoints: &[String], provider_extra: &str) -> String {
 }
 
 fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port) = two_free_ports();
     let mut child = gate_command_limited(dir, port, admin_port, nofile)
         .spawn()
         .unwrap();
-    wait_for_port(port, &mut child);
-    wait_for_port(admin_port, &mut child);
+    if let Err(why) = listening(port, &mut child).and_then(|()| listening(admin_port, &mut child)) {
+        let log = std::fs::read_to_string(dir.join("licensegate.log")).unwrap_or_default();
+        panic!("licensegate did not start: {why}\n{log}");
+    }
     (child, port, admin_port)
 }
 
