@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use licensegate_testkit::{
-    Gate, Hypercorn, JWT_SECRET, Nginx, Sim, client, config, fixture, free_port, gate_command,
+    Gate, Hypercorn, JWT_SECRET, Nginx, Sim, client, config, fixture, free_ports, gate_command,
     problem, signal, token_signed_with, wait_for_port,
 };
 
@@ -799,7 +799,7 @@ async fn licenses_keep_flowing_while_nobody_reads_the_log() {
         config(&[sim.url()], ""),
     )
     .unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let mut child = gate_command(dir.path(), port, admin_port)
         .stdout(Stdio::piped())
         .spawn()

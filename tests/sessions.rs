@@ -441,14 +441,16 @@ async fn stream_decisions(gates: &[&Gate], decision: &str) -> u64 {
     total
 }
 
-/// Two instances on one store (an SQLite file, a Redis, a three-master Redis Cluster) agree:
-/// twenty players at once continuing one stream, half of them through each instance, find it
-/// within its cadence exactly once between them, and the store records one device.
+/// Two instances on one store (an SQLite file, a Redis, a three-master Redis Cluster, a Redis
+/// master behind Sentinel) agree: twenty players at once continuing one stream, half of them
+/// through each instance, find it within its cadence exactly once between them, and the store
+/// records one device.
 #[tokio::test]
 async fn two_instances_exempt_a_stream_once_per_cadence_whatever_the_store() {
     let shared = tempfile::tempdir().unwrap();
     let redis = Redis::start();
     let cluster = licensegate_testkit::RedisCluster::start();
+    let sentinel = licensegate_testkit::RedisSentinel::start();
     let nodes: Vec<String> = cluster
         .urls()
         .iter()
@@ -466,6 +468,11 @@ async fn two_instances_exempt_a_stream_once_per_cadence_whatever_the_store() {
         format!(
             "[store]\nkind = \"redis\"\ncluster_nodes = [{}]\n",
             nodes.join(", ")
+        ),
+        format!(
+            "[store]\nkind = \"redis\"\nsentinels = [\"{}\"]\nmaster_name = \"{}\"\n",
+            sentinel.sentinel_url(),
+            licensegate_testkit::RedisSentinel::MASTER_NAME
         ),
     ];
     for store in stores {

@@ -68,15 +68,12 @@ fn listening(port: u16, child: &mut Child) -> Result<(), String> {
     Err(format!("nothing listens on port {port}"))
 }
 
-/// Two ports free at once: each bound while the other is, so that they differ (two calls of
-/// [`free_port`] in a row may be handed the same one).
-fn two_free_ports() -> (u16, u16) {
-    let first = TcpListener::bind("127.0.0.1:0").unwrap();
-    let second = TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        first.local_addr().unwrap().port(),
-        second.local_addr().unwrap().port(),
-    )
+/// `N` ports free at once: each bound while the others are, so that they differ (two calls
+/// of [`free_port`] in a row may be handed the same one: 2 pairs in 20,000 here).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    std::array::from_fn(|n| listeners[n].local_addr().unwrap().port())
 }
 
 /// The simulator, served by this process on a runtime of its own, as `licensegate-sim` with
@@ -293,7 +290,7 @@ pub fn config(endpoints: &[String], provider_extra: &str) -> String {
 }
 
 fn spawn_gate(dir: &Path, nofile: Option<u64>) -> (Child, u16, u16) {
-    let (port, admin_port) = two_free_ports();
+    let [port, admin_port] = free_ports();
     let mut child = gate_command_limited(dir, port, admin_port, nofile)
         .spawn()
         .unwrap();
@@ -660,10 +657,12 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let [a, b, c, bus_a, bus_b, bus_c] = free_ports();
+        let ports = vec![a, b, c];
         let nodes = ports
             .iter()
-            .map(|port| {
+            .zip([bus_a, bus_b, bus_c])
+            .map(|(port, bus)| {
                 redis_node(
                     *port,
                     dir.path(),
@@ -671,7 +670,7 @@ impl RedisCluster {
                         "--cluster-enabled".into(),
                         "yes".into(),
                         "--cluster-port".into(),
-                        free_port().to_string(),
+                        bus.to_string(),
                         "--cluster-config-file".into(),
                         format!("nodes-{port}.conf"),
                         "--cluster-node-timeout".into(),
@@ -739,7 +738,7 @@ impl RedisSentinel {
 
     pub fn start() -> RedisSentinel {
         let dir = tempfile::tempdir().unwrap();
-        let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+        let [master_port, replica_port, sentinel_port] = free_ports();
         let master = redis_node(master_port, dir.path(), &[]);
         let replica = redis_node(
             replica_port,
