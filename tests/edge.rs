@@ -838,3 +838,37 @@ async fn licenses_keep_flowing_while_nobody_reads_the_log() {
     assert!(log.len() > 4 * 65536, "{} bytes of log", log.len());
     assert_eq!(access_lines, REQUESTS, "{REQUESTS} licenses in {elapsed:?}");
 }
+
+/// A vendor status HTTP does not have (999) is no answer: the player gets
+/// `502 vendor_answer_invalid`, not the status.
+#[tokio::test]
+async fn a_vendor_status_outside_http_is_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0; 65536];
+                if stream.read(&mut request).await.unwrap_or(0) > 0 {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let gate = Gate::start_ready(&config(
+        &[format!("http://127.0.0.1:{port}/AcquireLicense")],
+        "protocol = \"h1\"\nretries = 0",
+    ))
+    .await;
+    let response = client()
+        .post(gate.license_url("widevine", Some("movie-1")))
+        .body(vec![0x11; 64])
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 502, "vendor_answer_invalid").await;
+    assert!(body["detail"].as_str().unwrap().contains("999"), "{body}");
+}

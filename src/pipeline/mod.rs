@@ -1325,6 +1325,13 @@ pub async fn inspect_response(
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
+    if !(100..=599).contains(&status) {
+        // A status HTTP does not have: no player could tell what it means.
+        ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
+            format!("the vendor answered status {status}, which HTTP does not have"),
+        ));
+        return Error::e_explain(ErrorType::InternalError, "vendor status outside HTTP");
+    }
     let Some(plan) = ctx.plan.as_mut() else {
         return Ok(false);
     };
