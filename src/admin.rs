@@ -371,6 +371,10 @@ impl AdminApp {
                         .set(upstream.healthy_endpoints() as i64);
                 }
                 crate::logging::count_dropped_lines(&state.metrics.log_lines_dropped);
+                let (clients, users) = state.rate_limits.buckets();
+                let buckets = &state.metrics.rate_limit_buckets;
+                buckets.with_label_values(&["client"]).set(clients as i64);
+                buckets.with_label_values(&["user"]).set(users as i64);
                 Response::builder()
                     .status(200)
                     .header(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)

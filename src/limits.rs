@@ -150,6 +150,14 @@ impl RateLimits {
         self.count("any", "renewal_exempt");
     }
 
+    /// In-process buckets held: per client address, per user.
+    pub fn buckets(&self) -> (usize, usize) {
+        let held = |limiters: &HashMap<Option<Drm>, Limiter>| {
+            limiters.values().map(|limiter| limiter.local.len()).sum()
+        };
+        (held(&self.per_client), held(&self.per_user))
+    }
+
     /// Drops buckets that have refilled, so that memory follows the active clients.
     pub fn forget_idle(&self) {
         for limiter in self.per_client.values().chain(self.per_user.values()) {

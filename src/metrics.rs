@@ -29,6 +29,7 @@ pub struct Metrics {
     pub stream_decisions: IntCounterVec,
     pub stream_store_duration: HistogramVec,
     pub rate_limit_decisions: IntCounterVec,
+    pub rate_limit_buckets: IntGaugeVec,
     pub license_request_types: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
@@ -198,6 +199,15 @@ impl Metrics {
             "The configuration in service: 1 at start, one more for each reload",
         )
         .expect("valid gauge");
+        let rate_limit_buckets = IntGaugeVec::new(
+            Opts::new(
+                "licensegate_rate_limit_buckets",
+                "In-process token buckets held per limit (client, user), set at each scrape: \
+                 buckets that refilled are dropped every few seconds",
+            ),
+            &["limit"],
+        )
+        .expect("valid gauge");
         let upstream_healthy_endpoints = IntGaugeVec::new(
             Opts::new(
                 "licensegate_upstream_healthy_endpoints",
@@ -225,6 +235,7 @@ impl Metrics {
         for collector in [
             Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_healthy_endpoints.clone()),
+            Box::new(rate_limit_buckets.clone()),
             Box::new(log_lines_dropped.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
@@ -265,6 +276,7 @@ impl Metrics {
             stream_decisions,
             stream_store_duration,
             rate_limit_decisions,
+            rate_limit_buckets,
             license_request_types,
             config_reloads,
             config_generation,

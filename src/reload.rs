@@ -18,6 +18,9 @@ use crate::config::{Config, ConfigError};
 use crate::server::{Assembled, Lifetime, State, assemble, load_resources, resolve};
 use crate::upstream::Upstream;
 
+/// How often refilled rate-limit buckets are dropped.
+const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(5);
+
 /// The state requests start on, and how it came to be.
 pub struct Live {
     current: ArcSwap<State>,
@@ -293,11 +296,18 @@ impl BackgroundService for Reloader {
         // reload that adds a catalog or shortens an interval takes effect within a second.
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         let mut last_file_check = tokio::time::Instant::now();
+        let mut last_bucket_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = ticks.tick() => {
                     let state = self.live.current();
+                    // A bucket that refilled is a fresh one: memory follows the clients asking
+                    // now, not every address that ever asked.
+                    if last_bucket_sweep.elapsed() >= RATE_LIMIT_SWEEP {
+                        state.rate_limits.forget_idle();
+                        last_bucket_sweep = tokio::time::Instant::now();
+                    }
                     if Self::file_interval(&state)
                         .is_some_and(|interval| last_file_check.elapsed() >= interval)
                     {

@@ -872,3 +872,49 @@ async fn a_vendor_status_outside_http_is_a_502() {
     let body = problem(response, 502, "vendor_answer_invalid").await;
     assert!(body["detail"].as_str().unwrap().contains("999"), "{body}");
 }
+
+/// The in-process bucket of each client address that asked; once refilled, dropped within a
+/// few seconds: 300 addresses leave no bucket behind.
+#[tokio::test]
+async fn refilled_rate_limit_buckets_are_freed() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(
+        &format!(
+            "{}\n[rate_limits.per_client]\nper_second = 1000\nburst = 2\n",
+            config(&[sim.url()], "")
+        )
+        .replace("[server]", "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let client = client();
+    for n in 0..300u32 {
+        let response = client
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .header(
+                "X-Forwarded-For",
+                format!("10.0.{}.{}", n / 250, n % 250 + 1),
+            )
+            .body(vec![0x11; 64])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let buckets = |metrics: &str| -> u64 {
+        metric_lines(metrics, "licensegate_rate_limit_buckets{limit=\"client\"}")
+            .first()
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(buckets(&gate.metrics().await), 300);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let held = buckets(&gate.metrics().await);
+        if held == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} buckets still held");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
