@@ -44,9 +44,24 @@ impl Limiter {
 /// Request rate limits, by scope (client address, user) and route.
 pub struct RateLimits {
     shared: Option<Arc<Shared>>,
+    ipv6_prefix: u8,
     per_client: HashMap<Option<Drm>, Limiter>,
     per_user: HashMap<Option<Drm>, Limiter>,
     decisions: IntCounterVec,
+}
+
+/// The bucket of a client address: an IPv4 address's own, an IPv6 address's network of
+/// `ipv6_prefix` bits (a subscriber's /64 holds more addresses than any bucket map could).
+fn client_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            let network = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{network}/{bits}")
+        }
+    }
 }
 
 pub enum Scope<'a> {
@@ -77,6 +92,7 @@ impl RateLimits {
         }
         Self {
             shared: store.filter(|_| settings.shared),
+            ipv6_prefix: settings.ipv6_prefix,
             per_client,
             per_user,
             decisions: metrics.rate_limit_decisions.clone(),
@@ -98,7 +114,7 @@ impl RateLimits {
             return Ok(());
         };
         let key = match scope {
-            Scope::Client(ip) => ip.to_string(),
+            Scope::Client(ip) => client_key(ip, self.ipv6_prefix),
             Scope::User(user) => user.to_string(),
         };
         let wait = match &self.shared {
@@ -356,5 +372,24 @@ impl Blocks {
         let result = self.store.timed(self.store.store.unblock_user(user)).await;
         self.recent.invalidate(user).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_their_networks_bucket_and_ipv4_clients_have_their_own() {
+        let key = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix);
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", 64),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff", 64)
+        );
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), key("2001:db8:1:3::1", 48));
+        assert_eq!(key("2001:db8::7", 128), "2001:db8::7/128");
+        assert_eq!(key("203.0.113.7", 64), "203.0.113.7");
     }
 }

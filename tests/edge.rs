@@ -918,3 +918,35 @@ async fn refilled_rate_limit_buckets_are_freed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// An IPv6 client may pick any address in its /64: its addresses share one bucket, and another
+/// network has its own.
+#[tokio::test]
+async fn ipv6_clients_are_rate_limited_per_network() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(
+        &format!(
+            "{}\n[rate_limits.per_client]\nper_second = 0.001\nburst = 1\n",
+            config(&[sim.url()], "")
+        )
+        .replace("[server]", "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let client = client();
+    let mut statuses = Vec::new();
+    for address in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2:ffff::99",
+        "2001:db8:1:3::1",
+    ] {
+        let response = client
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .header("X-Forwarded-For", address)
+            .body(vec![0x11; 64])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 200]);
+}

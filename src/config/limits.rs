@@ -8,12 +8,16 @@ use serde::Deserialize;
 
 use super::*;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RateLimits {
     /// Count in the `[store]`'s Redis, so that the whole fleet shares one limit.
     #[serde(default)]
     pub shared: bool,
+    /// IPv6 clients are counted per network of this prefix length: one subscriber holds a
+    /// whole /64 and may pick any address in it.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
     pub per_client: Option<Bucket>,
     pub per_user: Option<Bucket>,
     /// Limits for one route (a DRM) in place of the ones above.
@@ -36,9 +40,26 @@ pub struct Bucket {
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            shared: false,
+            ipv6_prefix: default_ipv6_prefix(),
+            per_client: None,
+            per_user: None,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitSettings {
     pub shared: bool,
+    pub ipv6_prefix: u8,
     pub per_client: Option<Bucket>,
     pub per_user: Option<Bucket>,
     pub routes: BTreeMap<Drm, RouteBuckets>,
@@ -86,8 +107,15 @@ pub(super) fn validate_rate_limits(limits: RateLimits) -> Result<RateLimitSettin
             },
         );
     }
+    if !(1..=128).contains(&limits.ipv6_prefix) {
+        return Err(ConfigError::new(
+            "rate_limits.ipv6_prefix",
+            "a prefix length from 1 to 128",
+        ));
+    }
     Ok(RateLimitSettings {
         shared: limits.shared,
+        ipv6_prefix: limits.ipv6_prefix,
         per_client: validate_bucket("rate_limits.per_client", limits.per_client)?,
         per_user: validate_bucket("rate_limits.per_user", limits.per_user)?,
         routes,

@@ -545,6 +545,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_are_counted_per_slash_64_unless_told_otherwise() {
+        assert_eq!(parse(MINIMAL).unwrap().rate_limits.ipv6_prefix, 64);
+        let wider = parse(&format!("{MINIMAL}\n[rate_limits]\nipv6_prefix = 48\n")).unwrap();
+        assert_eq!(wider.rate_limits.ipv6_prefix, 48);
+        let none = parse(&format!("{MINIMAL}\n[rate_limits]\nipv6_prefix = 0\n")).unwrap_err();
+        assert_eq!(none.key, "rate_limits.ipv6_prefix");
+    }
+
+    #[test]
     fn a_disabled_demo_needs_no_root_and_an_enabled_one_does() {
         let disabled = parse(&format!("{MINIMAL}\n[demo]\nenabled = false\n")).unwrap();
         assert_eq!(disabled.demo_root, None);
