@@ -43,7 +43,13 @@ impl HttpServerApp for AdminApp {
         http.set_keepalive((!*shutdown.borrow()).then_some(server.keepalive_timeout.as_secs()));
         http.set_write_timeout(Some(server.answer_write_timeout));
         let response = self.response(&state, &mut http).await;
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        // Without a length the player cannot tell where the answer ends on a connection kept
+        // for its next request.
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(body.len()));
         let header: ResponseHeader = parts.into();
         let head_only = http.req_header().method == Method::HEAD;
         let mut written = http.write_response_header(Box::new(header)).await;

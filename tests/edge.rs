@@ -950,3 +950,50 @@ async fn ipv6_clients_are_rate_limited_per_network() {
     }
     assert_eq!(statuses, [200, 429, 200]);
 }
+
+/// Reads one HTTP/1.1 answer from `stream`: its head, and the body its `Content-Length` says.
+fn read_answer(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap_or(0) == 0 {
+            panic!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+/// Every admin answer says its length, so that the connection it promises to keep serves the
+/// next request.
+#[tokio::test]
+async fn admin_answers_say_their_length_and_keep_their_connection() {
+    let sim = Sim::start(&[]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let port: u16 = gate.admin("").rsplit(':').next().unwrap().parse().unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for path in ["/readyz", "/metrics", "/status/data", "/v1/nothing"] {
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+            .unwrap();
+        let (head, body) = read_answer(&mut stream);
+        assert!(!body.is_empty(), "{path}: {head}");
+    }
+}
