@@ -456,13 +456,12 @@ impl Streams {
             0 => self.settings.renewal_interval.as_secs(),
             recorded => recorded,
         };
-        crate::store::cadence::take(
+        crate::store::cadence::due(
             &lease.cadence,
             cadence,
             (interval / 2).max(1),
             now_seconds(),
         )
-        .0
     }
 
     /// The session's live lease, if any.

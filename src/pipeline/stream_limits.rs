@@ -31,7 +31,6 @@ use crate::streams::{self, Admitted, Streams};
 /// A request's part in its user's stream limit.
 pub struct StreamHold {
     pub identity: Arc<Identity>,
-    pub user: String,
     pub drm: Drm,
     /// What the stream is licensed for, as its lease records it.
     pub facts: StreamFacts,
@@ -107,6 +106,8 @@ pub(super) struct Continuing {
     /// It took rate tokens and quota already: the record as last seen put it beyond its
     /// stream's cadence.
     pub prepaid: bool,
+    /// What it continues, in the stream's cadence ([`cadence_of`]).
+    pub cadence: Vec<String>,
 }
 
 /// The recorded stream a request names, looked up before anything else is asked of it: its
@@ -156,15 +157,20 @@ pub(super) async fn find_continued(
         return Ok(Some(Continuing {
             lease,
             prepaid: true,
+            cadence: Vec::new(),
         }));
     }
     let cadence = cadence_of(drm, info, &lease.key_ids);
-    let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
-    let prepaid = !streams.likely_exempt(&lease, &cadence);
+    let continued: Vec<&str> = cadence.iter().map(String::as_str).collect();
+    let prepaid = !streams.likely_exempt(&lease, &continued);
     if prepaid {
         limit_as_new(state, ctx, identity, drm).await?;
     }
-    Ok(Some(Continuing { lease, prepaid }))
+    Ok(Some(Continuing {
+        lease,
+        prepaid,
+        cadence,
+    }))
 }
 
 async fn look_up(
@@ -313,7 +319,6 @@ pub(super) async fn admit_stream(
     let seconds = streams.lease_seconds(ask.facts.interval);
     let mut hold = StreamHold {
         identity: identity.clone(),
-        user: user.to_string(),
         drm,
         limit: streams.limit_for(Some(&identity.claims), ask.granted_limit),
         seconds,
@@ -329,7 +334,12 @@ pub(super) async fn admit_stream(
         license: None,
         facts: ask.facts,
     };
-    if let Some(Continuing { lease, prepaid }) = continuing {
+    if let Some(Continuing {
+        lease,
+        prepaid,
+        cadence,
+    }) = continuing
+    {
         if info.request_type == RequestType::Release {
             // The stream ends once the vendor accepts the release ([`settle`]); the release
             // took its rate tokens ([`find_continued`]).
@@ -338,7 +348,6 @@ pub(super) async fn admit_stream(
             ctx.stream = Some(hold);
             return Ok(());
         }
-        let cadence = cadence_of(drm, Some(info), &lease.key_ids);
         let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
         let asked_at = now_seconds();
         let continuation = streams
@@ -449,7 +458,9 @@ pub(super) async fn admit_on_answer(
     {
         // The first device reported is the stream's: of two devices racing to continue a
         // stream that recorded none, one wins and the other is another device.
-        recorded = streams.set_device(&hold.user, session, digest).await;
+        recorded = streams
+            .set_device(&hold.identity.user, session, digest)
+            .await;
     }
     // A Widevine license is bound to the CDM that asked: its session is its stream whatever
     // device the vendor names.
@@ -479,7 +490,7 @@ pub(super) async fn admit_on_answer(
         let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
         let admitted = streams
             .admit(
-                &hold.user,
+                &hold.identity.user,
                 LeaseAsk {
                     session: &session,
                     facts: &hold.facts,
@@ -494,7 +505,9 @@ pub(super) async fn admit_on_answer(
         hold.announce = true;
     }
     if let (Some(digest), Some(session), None) = (&digest, &hold.session, &hold.continued) {
-        streams.set_device(&hold.user, session, digest).await;
+        streams
+            .set_device(&hold.identity.user, session, digest)
+            .await;
     }
     Ok(())
 }
@@ -647,14 +660,14 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
         return;
     };
     if hold.release {
-        if licensed && let Err(e) = streams.end(&hold.user, &session).await {
+        if licensed && let Err(e) = streams.end(&hold.identity.user, &session).await {
             tracing::warn!(error = %e, "stream lease not ended on release");
         }
         return;
     }
     if !licensed {
         if hold.started
-            && let Err(e) = streams.end(&hold.user, &session).await
+            && let Err(e) = streams.end(&hold.identity.user, &session).await
         {
             tracing::warn!(error = %e, "lease of a refused stream not ended");
         }
@@ -676,14 +689,21 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
         let started = started_cadence(hold.drm, &facts);
         let started: Vec<&str> = started.iter().map(String::as_str).collect();
         streams
-            .rename(&hold.user, &session, &named, seconds, &facts, &started)
+            .rename(
+                &hold.identity.user,
+                &session,
+                &named,
+                seconds,
+                &facts,
+                &started,
+            )
             .await;
     } else if hold.renewal
         // Unless admission set the lease to end as late already.
         && hold
             .lease_ends_at
             .is_none_or(|ends_at| ends_at < now_seconds() + seconds)
-        && let Err(e) = streams.renew(&hold.user, &session, seconds).await
+        && let Err(e) = streams.renew(&hold.identity.user, &session, seconds).await
     {
         tracing::warn!(error = %e, "stream lease not extended to the license's renewal");
     }

@@ -164,17 +164,30 @@ pub mod cadence {
     /// Whether a continuation of every one of `whats` at `now` is the first of each in `every`
     /// seconds, and the record that results (noting them if so).
     pub fn take(record: &str, whats: &[&str], every: u64, now: u64) -> (bool, String) {
-        let mut live: Vec<(&str, u64)> = entries(record)
-            .filter(|(_, at)| now < at.saturating_add(every))
-            .collect();
-        let due = whats
-            .iter()
-            .all(|what| live.iter().all(|(name, _)| name != what));
-        let exempt = due && live.len() + whats.len() <= KEPT;
+        let mut live = live_entries(record, every, now);
+        let exempt = exempts(&live, whats);
         if exempt {
             live.extend(whats.iter().map(|what| (*what, now)));
         }
         (exempt, format_record(&live))
+    }
+
+    /// Whether [`take`] would exempt, without the record it would write.
+    pub fn due(record: &str, whats: &[&str], every: u64, now: u64) -> bool {
+        exempts(&live_entries(record, every, now), whats)
+    }
+
+    fn live_entries(record: &str, every: u64, now: u64) -> Vec<(&str, u64)> {
+        entries(record)
+            .filter(|(_, at)| now < at.saturating_add(every))
+            .collect()
+    }
+
+    fn exempts(live: &[(&str, u64)], whats: &[&str]) -> bool {
+        let due = whats
+            .iter()
+            .all(|what| live.iter().all(|(name, _)| name != what));
+        due && live.len() + whats.len() <= KEPT
     }
 
     /// A fresh record: each of `whats` taken at `now`.
