@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use licensegate_testkit::{
-    Gate, GateConfig, Hypercorn, Player, Redis, RedisCluster, Sim, client, fixture, problem,
-    user_token,
+    Gate, GateConfig, Hypercorn, Player, Redis, RedisCluster, RedisSentinel, Sim, client, fixture,
+    problem, user_token,
 };
 use serde_json::{Value, json};
 
@@ -882,4 +882,154 @@ async fn two_instances_on_a_redis_cluster_hand_out_exactly_the_limit_per_user() 
         spread.iter().filter(|keys| **keys > 0).count() >= 2,
         "the users' keys all landed on one master: {spread:?}"
     );
+}
+
+/// How long licenses kept failing after the store came back: players start streams without
+/// pause while `kill` takes the store away for two seconds and `restart` brings it back.
+async fn recovery_after_an_outage(
+    gate: &Gate,
+    kill: impl FnOnce(),
+    restart: impl FnOnce(),
+) -> Duration {
+    let running = Arc::new(AtomicBool::new(true));
+    let players: Vec<_> = (0..4)
+        .map(|lane| {
+            let url = gate.license_url("widevine", Some("demo"));
+            let running = running.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for n in 0.. {
+                    if !running.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut player = Player::new(
+                        url.clone(),
+                        user_token(&format!("viewer-{lane}-{n}"), &["*"]),
+                    );
+                    let code = player.start(challenge()).await.code();
+                    answers.push((Instant::now(), code));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let down = Instant::now();
+    tokio::task::block_in_place(kill);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(restart);
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for player in players {
+        answers.extend(player.await.unwrap());
+    }
+    let before: Vec<_> = answers.iter().filter(|(at, _)| *at < down).collect();
+    assert!(
+        before.len() > 10 && before.iter().all(|(_, code)| code == "ok"),
+        "{before:?}"
+    );
+    let refused: Vec<_> = answers.iter().filter(|(_, code)| code != "ok").collect();
+    assert!(!refused.is_empty(), "the outage was not seen");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, code)| code == "stream_store_unavailable"),
+        "{refused:?}"
+    );
+    let last_refused = refused.iter().map(|(at, _)| *at).max().unwrap();
+    let licensed_after = answers.iter().filter(|(at, _)| *at > last_refused).count();
+    assert!(licensed_after > 10, "{answers:?}");
+    last_refused.saturating_duration_since(back)
+}
+
+fn outage_config(sim: &Sim, store: &str) -> String {
+    config(
+        sim,
+        &format!(
+            "[streams]\nmax_per_user = 5\n[store]\nkind = \"redis\"\ntimeout_ms = 200\n{store}"
+        ),
+    )
+}
+
+/// Within about one store timeout of the store's return, whatever the topology.
+const RECOVERY_BOUND: Duration = Duration::from_millis(1000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licenses_resume_as_soon_as_a_restarted_redis_answers() {
+    let mut redis = Redis::start();
+    let sim = sim();
+    let gate = start(&outage_config(
+        &sim,
+        &format!("redis_url = \"{}\"\n", redis.url()),
+    ))
+    .await;
+    let redis = std::sync::Mutex::new(&mut redis);
+    let gap = recovery_after_an_outage(
+        &gate,
+        || redis.lock().unwrap().kill(),
+        || redis.lock().unwrap().restart(),
+    )
+    .await;
+    eprintln!("single Redis: licenses failed for {gap:?} after its return");
+    assert!(gap < RECOVERY_BOUND, "{gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licenses_resume_as_soon_as_a_restarted_sentinel_master_answers() {
+    let mut redis = RedisSentinel::start();
+    let sim = sim();
+    let gate = start(&outage_config(
+        &sim,
+        &format!(
+            "sentinels = [\"{}\"]\nmaster_name = \"{}\"\n",
+            redis.sentinel_url(),
+            RedisSentinel::MASTER_NAME
+        ),
+    ))
+    .await;
+    let redis = std::sync::Mutex::new(&mut redis);
+    let gap = recovery_after_an_outage(
+        &gate,
+        || redis.lock().unwrap().kill_master(),
+        || redis.lock().unwrap().restart_master(),
+    )
+    .await;
+    eprintln!("Redis Sentinel: licenses failed for {gap:?} after the master's return");
+    assert!(gap < RECOVERY_BOUND, "{gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licenses_resume_as_soon_as_a_restarted_cluster_master_answers() {
+    let mut cluster = RedisCluster::start();
+    let sim = sim();
+    let nodes: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|url| format!("\"{url}\""))
+        .collect();
+    let gate = start(&outage_config(
+        &sim,
+        &format!("cluster_nodes = [{}]\n", nodes.join(", ")),
+    ))
+    .await;
+    let cluster = std::sync::Mutex::new(&mut cluster);
+    let gap = recovery_after_an_outage(
+        &gate,
+        || cluster.lock().unwrap().kill_node(1),
+        || {
+            let mut cluster = cluster.lock().unwrap();
+            let restarted = Instant::now();
+            cluster.restart_node(1);
+            cluster.wait_until_whole();
+            eprintln!(
+                "Redis Cluster: whole again {:?} after the master restarted",
+                restarted.elapsed()
+            );
+        },
+    )
+    .await;
+    eprintln!("Redis Cluster: licenses failed for {gap:?} after the cluster was whole again");
+    assert!(gap < RECOVERY_BOUND, "{gap:?}");
 }

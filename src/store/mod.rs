@@ -381,9 +381,9 @@ impl Shared {
                 timeout: settings.timeout,
             },
             StoreBackend::Redis(topology) => {
-                let redis = Arc::new(redis::RedisStore::new(topology).map_err(|_| {
-                    ConfigError::new("store.redis_url", "not a usable Redis address")
-                })?);
+                let redis = Arc::new(redis::RedisStore::new(topology, settings.timeout).map_err(
+                    |_| ConfigError::new("store.redis_url", "not a usable Redis address"),
+                )?);
                 Self {
                     store: redis.clone(),
                     redis: Some(redis),
@@ -421,7 +421,7 @@ impl Shared {
                     })
             }
             // The URLs may carry a password: the error names the key, not the value.
-            StoreBackend::Redis(topology) => redis::RedisStore::new(topology)
+            StoreBackend::Redis(topology) => redis::RedisStore::new(topology, settings.timeout)
                 .map(drop)
                 .map_err(|_| ConfigError::new("store.redis_url", "not a usable Redis address")),
         }

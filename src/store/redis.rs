@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncCommands, RedisFuture, Script};
@@ -325,37 +325,62 @@ fn parse_lease(session: String, value: &str) -> Option<Lease> {
 
 /// Where the fleet's Redis is, and the connection to it once made.
 enum Nodes {
-    Single {
-        client: redis::Client,
-        connection: OnceCell<ConnectionManager>,
-    },
+    /// One server, or the master the sentinels name.
+    Node(Arc<Reconnecting>),
     /// Keys go to their slot's master; the client follows `MOVED` and a failover's new slots.
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         connection: OnceCell<ClusterConnection>,
     },
-    /// The master the sentinels name, asked again once its connection is lost.
-    Sentinel(Arc<SentinelMaster>),
 }
 
-pub struct SentinelMaster {
-    sentinels: tokio::sync::Mutex<SentinelClient>,
+/// Where a node's connection comes from.
+enum NodeSource {
+    Server(redis::Client),
+    /// Asked again for the master each time a connection is made, so a failover is followed.
+    Sentinels(SentinelClient),
+}
+
+/// One multiplexed connection to a node, made when a call needs it and made again by the first
+/// call after it is lost. Calls wait for no backoff: a node back from an outage is used by the
+/// next call, and while it is away each call fails within the store's timeout.
+pub struct Reconnecting {
+    source: tokio::sync::Mutex<NodeSource>,
+    config: redis::AsyncConnectionConfig,
     current: std::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
-impl SentinelMaster {
-    async fn connection(self: &Arc<Self>) -> Result<MultiplexedConnection, StoreError> {
+impl Reconnecting {
+    fn new(source: NodeSource, timeout: Duration) -> Self {
+        Self {
+            source: tokio::sync::Mutex::new(source),
+            config: redis::AsyncConnectionConfig::new().set_connection_timeout(timeout),
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
         if let Some(connection) = self.cached().clone() {
             return Ok(connection);
         }
-        let mut sentinels = self.sentinels.lock().await;
+        // One attempt at a time: the calls queued behind it use what it made.
+        let mut source = self.source.lock().await;
         if let Some(connection) = self.cached().clone() {
             return Ok(connection);
         }
-        let connection = sentinels
-            .get_async_connection()
-            .await
-            .map_err(store_error)?;
+        let connection = match &mut *source {
+            NodeSource::Server(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await
+            }
+            NodeSource::Sentinels(sentinels) => {
+                sentinels
+                    .get_async_connection_with_config(&self.config)
+                    .await
+            }
+        }
+        .map_err(store_error)?;
         *self.cached() = Some(connection.clone());
         Ok(connection)
     }
@@ -366,30 +391,43 @@ impl SentinelMaster {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The next call asks the sentinels which node is master now.
+    /// The next call connects anew (to the master the sentinels name then).
     pub fn forget(&self) {
         *self.cached() = None;
+    }
+
+    /// A connection that failed so, or a master a failover turned into a replica (it answers
+    /// `READONLY`), is not used again.
+    fn check<T>(&self, answer: &redis::RedisResult<T>) {
+        if let Err(e) = answer
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_unrecoverable_error()
+                || e.is_timeout()
+                || e.kind() == redis::ErrorKind::ReadOnly)
+        {
+            self.forget();
+        }
     }
 }
 
 /// One connection, whichever the topology: the scripts and commands run on it as on any.
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Node(MultiplexedConnection, Arc<Reconnecting>),
     Cluster(ClusterConnection),
-    Sentinel(MultiplexedConnection, Arc<SentinelMaster>),
 }
 
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
-            Connection::Single(connection) => connection.req_packed_command(cmd),
-            Connection::Cluster(connection) => connection.req_packed_command(cmd),
-            Connection::Sentinel(connection, master) => Box::pin(async move {
+            Connection::Node(connection, node) => Box::pin(async move {
                 let answer = connection.req_packed_command(cmd).await;
-                forget_lost_master(&answer, master);
+                node.check(&answer);
                 answer
             }),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -400,50 +438,46 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
-            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
-            Connection::Sentinel(connection, master) => Box::pin(async move {
+            Connection::Node(connection, node) => Box::pin(async move {
                 let answer = connection.req_packed_commands(cmd, offset, count).await;
-                forget_lost_master(&answer, master);
+                node.check(&answer);
                 answer
             }),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Single(connection) => connection.get_db(),
+            Connection::Node(connection, _) => connection.get_db(),
             Connection::Cluster(connection) => connection.get_db(),
-            Connection::Sentinel(connection, _) => connection.get_db(),
         }
     }
 }
 
-/// A master that went away, or that a failover turned into a replica (it answers `READONLY`),
-/// is not asked again.
-fn forget_lost_master<T>(answer: &redis::RedisResult<T>, master: &SentinelMaster) {
-    if let Err(e) = answer
-        && (e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
-            || e.kind() == redis::ErrorKind::ReadOnly)
-    {
-        master.forget();
-    }
-}
-
 impl RedisStore {
-    pub fn new(topology: &RedisTopology) -> Result<Self, StoreError> {
+    /// Every call is bounded by `timeout` (by the caller); connecting is bounded by it too, and
+    /// a cluster retries a lost node within it rather than after its own backoff of seconds.
+    pub fn new(topology: &RedisTopology, timeout: Duration) -> Result<Self, StoreError> {
         let nodes = match topology {
-            RedisTopology::Single(url) => Nodes::Single {
-                client: redis::Client::open(url.as_str()).map_err(store_error)?,
-                connection: OnceCell::new(),
-            },
-            RedisTopology::Cluster(urls) => Nodes::Cluster {
-                client: redis::cluster::ClusterClient::new(urls.clone()).map_err(store_error)?,
-                connection: OnceCell::new(),
-            },
+            RedisTopology::Single(url) => Nodes::Node(Arc::new(Reconnecting::new(
+                NodeSource::Server(redis::Client::open(url.as_str()).map_err(store_error)?),
+                timeout,
+            ))),
+            RedisTopology::Cluster(urls) => {
+                let retry_wait = (timeout / 4).as_millis().max(2) as u64;
+                Nodes::Cluster {
+                    client: Box::new(
+                        redis::cluster::ClusterClientBuilder::new(urls.clone())
+                            .connection_timeout(timeout)
+                            .min_retry_wait(1)
+                            .max_retry_wait(retry_wait)
+                            .build()
+                            .map_err(store_error)?,
+                    ),
+                    connection: OnceCell::new(),
+                }
+            }
             RedisTopology::Sentinel {
                 sentinels,
                 master_name,
@@ -465,10 +499,10 @@ impl RedisStore {
                     SentinelServerType::Master,
                 )
                 .map_err(store_error)?;
-                Nodes::Sentinel(Arc::new(SentinelMaster {
-                    sentinels: tokio::sync::Mutex::new(client),
-                    current: std::sync::Mutex::new(None),
-                }))
+                Nodes::Node(Arc::new(Reconnecting::new(
+                    NodeSource::Sentinels(client),
+                    timeout,
+                )))
             }
         };
         let streams = |body: &str| Script::new(&format!("{READ_LEASES}\n{body}"));
@@ -489,30 +523,21 @@ impl RedisStore {
 
     async fn connection(&self) -> Result<Connection, StoreError> {
         match &self.nodes {
-            Nodes::Single { client, connection } => connection
-                .get_or_try_init(|| ConnectionManager::new(client.clone()))
-                .await
-                .cloned()
-                .map(Connection::Single)
-                .map_err(store_error),
+            Nodes::Node(node) => Ok(Connection::Node(node.connection().await?, node.clone())),
             Nodes::Cluster { client, connection } => connection
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .cloned()
                 .map(Connection::Cluster)
                 .map_err(store_error),
-            Nodes::Sentinel(master) => Ok(Connection::Sentinel(
-                master.connection().await?,
-                master.clone(),
-            )),
         }
     }
 
-    /// A call that ran out of time may have been waiting on a master that is gone without a
-    /// word (a partition): the sentinels are asked again.
+    /// A call that ran out of time may have been waiting on a node that is gone without a word
+    /// (a partition): the next call connects anew, to the master the sentinels name then.
     pub fn timed_out(&self) {
-        if let Nodes::Sentinel(master) = &self.nodes {
-            master.forget();
+        if let Nodes::Node(node) = &self.nodes {
+            node.forget();
         }
     }
 
@@ -899,7 +924,8 @@ mod tests {
     #[tokio::test]
     async fn streams_quotas_blocks_and_tokens() {
         let redis = licensegate_testkit::Redis::start();
-        let store = RedisStore::new(&RedisTopology::Single(redis.url())).unwrap();
+        let store =
+            RedisStore::new(&RedisTopology::Single(redis.url()), Duration::from_secs(1)).unwrap();
         super::super::conformance::streams_quotas_and_blocks(&store).await;
         let interval = Duration::from_millis(100);
         for _ in 0..3 {

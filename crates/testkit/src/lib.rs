@@ -611,6 +611,11 @@ impl SteadyLoad {
     }
 }
 
+fn kill(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// `redis-cli` against a local port; what it printed.
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
@@ -651,7 +656,8 @@ fn redis_node(port: u16, dir: &Path, extra: &[String]) -> Child {
 pub struct RedisCluster {
     nodes: Vec<Child>,
     pub ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    buses: Vec<u16>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
@@ -659,41 +665,62 @@ impl RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let [a, b, c, bus_a, bus_b, bus_c] = free_ports();
         let ports = vec![a, b, c];
+        let buses = vec![bus_a, bus_b, bus_c];
         let nodes = ports
             .iter()
-            .zip([bus_a, bus_b, bus_c])
-            .map(|(port, bus)| {
-                redis_node(
-                    *port,
-                    dir.path(),
-                    &[
-                        "--cluster-enabled".into(),
-                        "yes".into(),
-                        "--cluster-port".into(),
-                        bus.to_string(),
-                        "--cluster-config-file".into(),
-                        format!("nodes-{port}.conf"),
-                        "--cluster-node-timeout".into(),
-                        "2000".into(),
-                    ],
-                )
-            })
+            .zip(&buses)
+            .map(|(port, bus)| Self::node(*port, *bus, dir.path()))
             .collect();
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut create = vec!["--cluster", "create"];
         create.extend(addresses.iter().map(String::as_str));
         create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
         redis_cli(ports[0], &create);
-        wait_until("cluster_state:ok", Duration::from_secs(20), || {
-            ports
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            buses,
+            dir,
+        };
+        cluster.wait_until_whole();
+        cluster
+    }
+
+    /// A master that keeps its slots across a restart: its cluster file stays in `dir`.
+    fn node(port: u16, bus: u16, dir: &Path) -> Child {
+        redis_node(
+            port,
+            dir,
+            &[
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                bus.to_string(),
+                "--cluster-config-file".into(),
+                format!("nodes-{port}.conf"),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ],
+        )
+    }
+
+    /// Kills master `index` with SIGKILL, as a crashed node.
+    pub fn kill_node(&mut self, index: usize) {
+        kill(&mut self.nodes[index]);
+    }
+
+    /// Starts master `index` again on its port, with the slots it had.
+    pub fn restart_node(&mut self, index: usize) {
+        self.nodes[index] = Self::node(self.ports[index], self.buses[index], self.dir.path());
+    }
+
+    /// Waits until every master says the cluster serves all its slots.
+    pub fn wait_until_whole(&self) {
+        wait_until("cluster_state:ok", Duration::from_secs(30), || {
+            self.ports
                 .iter()
                 .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"))
         });
-        RedisCluster {
-            nodes,
-            ports,
-            _dir: dir,
-        }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -730,7 +757,7 @@ pub struct RedisSentinel {
     pub master_port: u16,
     pub replica_port: u16,
     pub sentinel_port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisSentinel {
@@ -786,7 +813,7 @@ impl RedisSentinel {
             master_port,
             replica_port,
             sentinel_port,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -796,8 +823,13 @@ impl RedisSentinel {
 
     /// Kills the master with SIGKILL, as a crashed node.
     pub fn kill_master(&mut self) {
-        self.master.kill().unwrap();
-        self.master.wait().unwrap();
+        kill(&mut self.master);
+    }
+
+    /// Starts the first master again on its port, empty; the sentinel makes it a replica if it
+    /// has failed over meanwhile.
+    pub fn restart_master(&mut self) {
+        self.master = redis_node(self.master_port, self.dir.path(), &[]);
     }
 
     /// The port of the node the sentinel names master now.
@@ -825,8 +857,6 @@ impl Drop for RedisSentinel {
     }
 }
 
-/// A real `redis-server` on a free port, without persistence, stopped when dropped. A machine
-/// without Redis fails the test rather than skipping it.
 /// hypercorn serving an ASGI app of `tests/servers/`: its own HTTP/2 stack (the `h2` Python
 /// library) frames the answers.
 pub struct Hypercorn {
@@ -883,22 +913,30 @@ impl Drop for Hypercorn {
     }
 }
 
+/// A real `redis-server` on a free port, without persistence, stopped when dropped. A machine
+/// without Redis fails the test rather than skipping it.
 pub struct Redis {
     child: Child,
     pub port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start() -> Redis {
         let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/setup.sh installs it)");
-        wait_for_port(port, &mut child);
-        Redis { child, port }
+        let dir = tempfile::tempdir().unwrap();
+        let child = redis_node(port, dir.path(), &[]);
+        Redis { child, port, dir }
+    }
+
+    /// Kills the server with SIGKILL, as a crash: every connection to it drops.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same address, empty.
+    pub fn restart(&mut self) {
+        self.child = redis_node(self.port, self.dir.path(), &[]);
     }
 
     pub fn url(&self) -> String {
