@@ -171,14 +171,14 @@ impl ProxyHttp for LicenseProxy {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let read_whole = pipeline::inspect_response(
+        let hold = pipeline::inspect_response(
             &ctx.state.clone(),
             ctx,
             upstream_response.status.as_u16(),
             &upstream_response.headers,
         )
         .await?;
-        if read_whole {
+        if hold {
             session.hold_response();
         }
         Ok(())
@@ -195,12 +195,16 @@ impl ProxyHttp for LicenseProxy {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        pipeline::capture_answer(ctx, body.as_ref(), end_of_stream, false)?;
+        if pipeline::capture_answer(ctx, body.as_ref(), end_of_stream, false)?
+            == pipeline::Release::Now
+        {
+            session.release_held_response();
+        }
         Ok(None)
     }
 
@@ -210,7 +214,7 @@ impl ProxyHttp for LicenseProxy {
         _trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::capture_answer(ctx, None, false, true)
+        pipeline::capture_answer(ctx, None, false, true).map(drop)
     }
 
     fn response_body_filter(

@@ -997,3 +997,160 @@ async fn admin_answers_say_their_length_and_keep_their_connection() {
         assert!(!body.is_empty(), "{path}: {head}");
     }
 }
+
+/// Every DRM's request as a player sends it: Widevine, PlayReady, and FairPlay in each of the
+/// five envelopes players use.
+fn requests_of_every_drm() -> Vec<(&'static str, &'static str, Vec<u8>, &'static str)> {
+    use base64::Engine;
+    let spc = [&[0u8, 0, 0, 1][..], &[0x5a; 2044]].concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&spc);
+    let form = "application/x-www-form-urlencoded";
+    let apple = serde_json::json!({"fairplay-streaming-request": {"version": 1,
+        "streaming-keys": [{"id": 1, "uri": "skd://movie-1", "spc": b64}]}});
+    vec![
+        (
+            "widevine",
+            "widevine",
+            vec![0x11; 64],
+            "application/octet-stream",
+        ),
+        (
+            "playready",
+            "playready",
+            fixture("license-request-v4.0.xml"),
+            "text/xml",
+        ),
+        ("fairplay", "raw", spc.clone(), "application/octet-stream"),
+        ("fairplay", "base64", b64.clone().into_bytes(), "text/plain"),
+        ("fairplay", "form", format!("spc={b64}").into_bytes(), form),
+        (
+            "fairplay",
+            "json",
+            serde_json::json!({ "spc": b64 }).to_string().into_bytes(),
+            "application/json",
+        ),
+        (
+            "fairplay",
+            "apple-json",
+            apple.to_string().into_bytes(),
+            form,
+        ),
+    ]
+}
+
+/// What each DRM's player gets from a vendor that answers 200 with no body.
+async fn answers_to_an_empty_200(gate: &Gate) -> Vec<String> {
+    let mut answers = Vec::new();
+    for (drm, envelope, body, content_type) in requests_of_every_drm() {
+        let response = client()
+            .post(gate.license_url(drm, Some("movie-1")))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let code = response
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or_default()["code"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        answers.push(format!("{envelope}: {status} {code}"));
+    }
+    answers
+}
+
+fn all_refused_as_invalid(answers: &[String]) -> bool {
+    answers
+        .iter()
+        .all(|answer| answer.ends_with(": 502 vendor_answer_invalid"))
+}
+
+/// A 2xx with no body is no license, however the vendor frames it: over HTTP/2 (framed by the
+/// Python `h2` library) as HEADERS with END_STREAM, as an empty DATA frame, or with
+/// `content-length: 0`, every DRM's player gets `502 vendor_answer_invalid`.
+#[tokio::test]
+async fn an_empty_2xx_over_http2_is_a_502_for_every_drm() {
+    for mode in ["headers-end", "empty-data", "length-zero"] {
+        let [port] = free_ports();
+        let mut vendor = std::process::Command::new("python3")
+            .arg(licensegate_testkit::repository().join("tests/servers/empty_vendor.py"))
+            .args([&port.to_string(), mode])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 with h2 must be installed (scripts/setup.sh installs it)");
+        wait_for_port(port, &mut vendor);
+        let gate = Gate::start_ready(&config(
+            &[format!("http://127.0.0.1:{port}/license")],
+            "protocol = \"h2\"\nretries = 0",
+        ))
+        .await;
+        let answers = answers_to_an_empty_200(&gate).await;
+        let _ = vendor.kill();
+        let _ = vendor.wait();
+        assert!(all_refused_as_invalid(&answers), "{mode}: {answers:?}");
+    }
+}
+
+/// Reads one HTTP/1.1 request with a `Content-Length` body whole, so that closing after the
+/// answer sends FIN, not a reset over unread bytes.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut chunk = [0; 8192];
+    loop {
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => request.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// The same over HTTP/1.1: `Content-Length: 0`, a chunked body ending at once, a body ended by
+/// closing the connection, and `204`.
+#[tokio::test]
+async fn an_empty_2xx_over_http1_is_a_502_for_every_drm() {
+    use tokio::io::AsyncWriteExt;
+    let framings: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ];
+    for framing in framings {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let vendor = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if read_request(&mut stream).await {
+                        let _ = stream.write_all(framing).await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+            }
+        });
+        let gate = Gate::start_ready(&config(
+            &[format!("http://127.0.0.1:{port}/license")],
+            "protocol = \"h1\"\nretries = 0",
+        ))
+        .await;
+        let answers = answers_to_an_empty_200(&gate).await;
+        vendor.abort();
+        let framing = String::from_utf8_lossy(framing);
+        assert!(all_refused_as_invalid(&answers), "{framing}: {answers:?}");
+    }
+}

@@ -125,6 +125,9 @@ pub struct Forwarding {
     pub declared_length: Option<usize>,
     /// Bytes of the answer read so far.
     pub answer_bytes: usize,
+    /// A 2xx answer of unknown length, held from the player until its first byte shows it is
+    /// not empty.
+    pub held_until_body: bool,
 }
 
 impl RequestCtx {
@@ -1186,7 +1189,7 @@ pub fn capture_answer(
     body: Option<&Bytes>,
     end_of_stream: bool,
     trailers: bool,
-) -> pingora::Result<()> {
+) -> pingora::Result<Release> {
     if past_deadline(ctx) {
         return Error::e_explain(ErrorType::ReadTimedout, "answer outlived the total budget");
     }
@@ -1205,6 +1208,16 @@ pub fn capture_answer(
     let complete =
         end_of_stream || trailers || ctx.forward.declared_length == Some(ctx.forward.answer_bytes);
     let success = ctx.forward.status.is_some_and(|s| (200..300).contains(&s));
+    if complete && success && ctx.forward.answer_bytes == 0 && ctx.held_back.is_none() {
+        ctx.pending_problem = Some(empty_answer());
+        return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
+    }
+    let release = if ctx.forward.held_until_body && ctx.forward.answer_bytes > 0 {
+        ctx.forward.held_until_body = false;
+        Release::Now
+    } else {
+        Release::NotYet
+    };
     if let Some(hold) = ctx.stream.as_mut()
         && success
         && (hold.learn_session || hold.renewal)
@@ -1227,7 +1240,14 @@ pub fn capture_answer(
     if complete && ctx.forward.finished.is_none() {
         ctx.forward.finished = Some(Instant::now());
     }
-    Ok(())
+    Ok(release)
+}
+
+/// Whether a held answer may go to the player now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    Now,
+    NotYet,
 }
 
 fn read_license(hold: &mut StreamHold) {
@@ -1312,8 +1332,9 @@ pub fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
 
 /// Phase "inspect response": note what the provider said, and hold a license back from a device
 /// beyond the user's limit. A 2xx answer that must be read before the player sees it (a FairPlay
-/// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole: the return
-/// value asks the caller to hold the response. Otherwise the answer passes unchanged.
+/// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole; a 2xx of
+/// unknown length is held until its first byte, since a 2xx without a body is refused: the
+/// return value asks the caller to hold the response. Otherwise the answer passes unchanged.
 pub async fn inspect_response(
     state: &State,
     ctx: &mut RequestCtx,
@@ -1356,26 +1377,24 @@ pub async fn inspect_response(
     let Some(plan) = ctx.plan.as_mut() else {
         return Ok(false);
     };
-    let read_whole = (200..300).contains(&status)
-        && ctx.held_back.is_none()
-        && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
-    let declared_empty = status == 204
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() == b"0");
-    if read_whole && plan.fairplay.is_some() && declared_empty {
+    let success = (200..300).contains(&status) && ctx.held_back.is_none();
+    let read_whole = success && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
+    if success && (status == 204 || ctx.forward.declared_length == Some(0)) {
         // No body follows, so no body filter would see it: refused here, before any of it
         // reaches the player.
-        ctx.pending_problem = Some(
-            Problem::new(Refusal::VendorAnswerInvalid)
-                .with_detail("FairPlay CKC: the answer is empty"),
-        );
-        return Error::e_explain(ErrorType::InternalError, "empty FairPlay answer");
+        ctx.pending_problem = Some(empty_answer());
+        return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
     }
     if read_whole {
         ctx.whole_answer = Some(WholeAnswer::default());
     }
-    Ok(read_whole)
+    ctx.forward.held_until_body = success && !read_whole && ctx.forward.declared_length.is_none();
+    Ok(read_whole || ctx.forward.held_until_body)
+}
+
+/// A 2xx answer without a body: no license, whichever DRM.
+fn empty_answer() -> Problem {
+    Problem::new(Refusal::VendorAnswerInvalid).with_detail("the vendor's 2xx answer has no body")
 }
 
 /// Phase "limits" on a provider's 2xx answer: the device limit and, for a stream known only by

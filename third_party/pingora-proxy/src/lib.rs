@@ -495,10 +495,16 @@ where
         SV::CTX: Send + Sync,
     {
         let duration = match task {
-            HttpTask::Header(header, _eos) => {
+            HttpTask::Header(header, eos) => {
                 self.inner
                     .upstream_response_filter(session, header, ctx)
                     .await?;
+                // licensegate patch: a response whose header ends it (HTTP/2 END_STREAM on
+                // HEADERS) has no body task, so the body filter is told here that it ended empty.
+                if *eos {
+                    self.inner
+                        .upstream_response_body_filter(session, &mut None, true, ctx)?;
+                }
                 None
             }
             HttpTask::Body(data, eos) | HttpTask::UpgradedBody(data, eos) => self
@@ -617,6 +623,7 @@ pub struct Session {
 struct ResponseHold {
     tasks: Vec<HttpTask>,
     replacement: Option<Box<ResponseHeader>>,
+    released: bool,
 }
 
 impl Session {
@@ -657,6 +664,13 @@ impl Session {
         self.response_hold.get_or_insert_with(ResponseHold::default);
     }
 
+    /// licensegate patch: stop holding: what was held is written with the next tasks.
+    pub fn release_held_response(&mut self) {
+        if let Some(hold) = self.response_hold.as_mut() {
+            hold.released = true;
+        }
+    }
+
     /// licensegate patch: the header to write in place of the upstream's when the held
     /// response is released (the caller keeps `Content-Length` right).
     pub fn replace_held_response_header(&mut self, header: Box<ResponseHeader>) {
@@ -682,7 +696,7 @@ impl Session {
                     .collect(),
             );
         }
-        let end = tasks.iter().any(HttpTask::is_end);
+        let end = hold.released || tasks.iter().any(HttpTask::is_end);
         hold.tasks.extend(tasks);
         if !end {
             return None;
