@@ -97,6 +97,7 @@ refusals! {
     UpstreamError: 502, "upstream_error", "License server failed";
     UpstreamTimeout: 504, "upstream_timeout", "License server timed out";
     InternalError: 500, "internal_error", "Internal error";
+    ClientClosed: 499, "client_closed", "The player closed its connection before the answer";
 }
 
 /// A refusal with a stable machine-readable `code`; players and dashboards key on the code,

@@ -1154,3 +1154,55 @@ async fn an_empty_2xx_over_http1_is_a_502_for_every_drm() {
         assert!(all_refused_as_invalid(&answers), "{framing}: {answers:?}");
     }
 }
+
+/// Players that hang up while the vendor answers are their own outcome, as nginx's 499: twenty
+/// of them leave twenty `499 client_closed` access lines and no 5xx in the metrics the error
+/// ratio alert reads.
+#[tokio::test]
+async fn players_hanging_up_are_499_not_errors() {
+    let sim = Sim::start(&["--delay-ms", "1500"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "")).await;
+    let url = url::Url::parse(&gate.license_url("widevine", Some("movie-1"))).unwrap();
+    let request = format!(
+        "POST {}?{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: 64\r\n\r\n",
+        url.path(),
+        url.query().unwrap()
+    );
+    let mut players = Vec::new();
+    for _ in 0..20 {
+        let mut player = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+        player.write_all(request.as_bytes()).unwrap();
+        player.write_all(&[0x11; 64]).unwrap();
+        players.push(player);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(players);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hung_up = loop {
+        let lines: Vec<String> = gate
+            .log()
+            .lines()
+            .filter(|line| line.contains("licensegate::access"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 20 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hung_up.len(), 20, "{hung_up:?}");
+    assert!(
+        hung_up
+            .iter()
+            .all(|line| line.contains("status=499") && line.contains("outcome=\"client_closed\"")),
+        "{hung_up:?}"
+    );
+    let metrics = gate.metrics().await;
+    let answers = metric_lines(&metrics, "licensegate_requests_total{");
+    assert_eq!(
+        answers,
+        ["licensegate_requests_total{drm=\"widevine\",provider=\"sim\",status=\"499\"} 20"],
+        "{metrics}"
+    );
+}

@@ -1594,6 +1594,17 @@ pub async fn fail(
     ctx: &mut RequestCtx,
     error: &Error,
 ) -> FailToProxy {
+    if *error.esource() == ErrorSource::Downstream {
+        // The player hung up (or stopped taking the answer): nothing can reach it, and nothing
+        // failed on our side or the vendor's.
+        let gone = Problem::new(Refusal::ClientClosed);
+        ctx.status = gone.status;
+        ctx.outcome = gone.code;
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    }
     let problem = ctx
         .pending_problem
         .take()
