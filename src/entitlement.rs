@@ -239,10 +239,18 @@ impl Service {
             return Err(format!("answered {}", response.status()));
         }
         let ttl = max_age(response.headers()).unwrap_or(self.settings.cache_ttl);
-        let answer: ServiceAnswer = tokio::time::timeout(self.settings.timeout, response.json())
+        if let Some(length) = response.content_length()
+            && length > MAX_ANSWER_BYTES as u64
+        {
+            return Err(format!(
+                "answer of {length} bytes exceeds {MAX_ANSWER_BYTES}"
+            ));
+        }
+        let body = tokio::time::timeout(self.settings.timeout, read_bounded(response))
             .await
-            .map_err(|_| "answer body timed out".to_string())?
-            .map_err(|e| format!("answer is not JSON {{allow, policy}}: {}", e.without_url()))?;
+            .map_err(|_| "answer body timed out".to_string())??;
+        let answer: ServiceAnswer = serde_json::from_slice(&body)
+            .map_err(|e| format!("answer is not JSON {{allow, policy}}: {e}"))?;
         Ok(Answer {
             allow: answer.allow,
             policy: answer.policy,
@@ -251,6 +259,24 @@ impl Service {
             ttl,
         })
     }
+}
+
+/// An answer is a few fields of JSON: anything far larger is not one, and is not read further.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("answer body failed: {}", e.without_url()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!("answer exceeds {MAX_ANSWER_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `Cache-Control: max-age=N` (or `no-store`/`no-cache` as zero).

@@ -582,6 +582,101 @@ async fn a_hanging_entitlement_service_is_a_503_within_its_timeout() {
     problem(response, 503, "entitlement_unavailable").await;
 }
 
+/// An entitlement service answering 64 MiB bodies, with a `Content-Length` or chunked; how
+/// many bytes it managed to send.
+async fn flooding_entitlement_service(chunked: bool) -> (u16, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 64 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = [0; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = if chunked {
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        FLOOD + 2
+                    )
+                };
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b' '; 64 * 1024];
+                for _ in 0..FLOOD / piece.len() {
+                    let written = if chunked {
+                        let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                        framed.extend_from_slice(&piece);
+                        framed.extend_from_slice(b"\r\n");
+                        stream.write_all(&framed).await
+                    } else {
+                        stream.write_all(&piece).await
+                    };
+                    if written.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
+                }
+                let _ = stream
+                    .write_all(if chunked {
+                        b"2\r\n{}\r\n0\r\n\r\n" as &[u8]
+                    } else {
+                        b"{}"
+                    })
+                    .await;
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// Six 64 MiB entitlement answers at once are refused (`503 entitlement_unavailable`) without
+/// being read: the service gets a few MiB out before the connection closes, and licensegate's
+/// memory does not grow with them.
+#[tokio::test]
+async fn oversized_entitlement_answers_are_refused_unread() {
+    let sim = Sim::start(&[]);
+    for chunked in [false, true] {
+        let (port, sent) = flooding_entitlement_service(chunked).await;
+        let gate = gate(
+            &sim,
+            &format!("[entitlement.service]\nurl = \"http://127.0.0.1:{port}/entitle\"\ntimeout_ms = 5000\n"),
+        )
+        .await;
+        let before = gate.rss_kib();
+        let client = client();
+        let players: Vec<_> = (0..6)
+            .map(|n| {
+                client
+                    .post(gate.license_url("clearkey", Some("demo")))
+                    .bearer_auth(user_token(&format!("viewer-{n}"), &[]))
+                    .body(clearkey_request(DEMO_KID_B64))
+                    .send()
+            })
+            .collect();
+        for answer in futures_util::future::join_all(players).await {
+            let body = problem(answer.unwrap(), 503, "entitlement_unavailable").await;
+            assert!(
+                body["detail"].as_str().unwrap().contains("exceeds"),
+                "{body}"
+            );
+        }
+        let grown_kib = gate.rss_kib().saturating_sub(before);
+        let sent_mib = sent.load(Ordering::SeqCst) >> 20;
+        eprintln!(
+            "chunked {chunked}: licensegate grew {grown_kib} KiB; the service sent {sent_mib} MiB"
+        );
+        assert!(grown_kib < 16 * 1024, "licensegate grew {grown_kib} KiB");
+        assert!(sent_mib < 6 * 16, "the service sent {sent_mib} MiB");
+    }
+}
+
 #[tokio::test]
 async fn catalog_reload_under_load_fails_no_request() {
     let sim = Sim::start(&[]);

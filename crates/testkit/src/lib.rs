@@ -146,8 +146,6 @@ pub struct Gate {
     dir: tempfile::TempDir,
 }
 
-/// A config routing every DRM to one provider at `endpoints`; `vendor_extra` lands in the
-/// provider's table (timeouts, retries...).
 /// The HMAC secret every test gate verifies user tokens with ([`GateConfig::auth`]).
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -1032,6 +1030,16 @@ impl Gate {
 
     pub fn child(&mut self) -> &mut Child {
         &mut self.child
+    }
+
+    /// licensegate's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// Everything licensegate logged so far.
