@@ -18,8 +18,8 @@ use crate::config::{Config, ConfigError};
 use crate::server::{Assembled, Lifetime, State, assemble, load_resources, resolve};
 use crate::upstream::Upstream;
 
-/// How often refilled rate-limit buckets are dropped.
-const RATE_LIMIT_SWEEP: Duration = Duration::from_secs(5);
+/// How often refilled rate-limit buckets are dropped, and expired rows of the embedded store.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The state requests start on, and how it came to be.
 pub struct Live {
@@ -247,6 +247,29 @@ impl Reloader {
         intervals.into_iter().flatten().min()
     }
 
+    /// Expired rows as the current configuration defines them: its device idle time and quota
+    /// period.
+    fn sweep_store(state: &State) {
+        let Some(store) = &state.store else {
+            return;
+        };
+        let device_idle = state
+            .config
+            .devices
+            .as_ref()
+            .map(|devices| devices.slot_idle);
+        let quota_period = state
+            .config
+            .quota
+            .as_ref()
+            .map(|quota| quota.period.as_secs());
+        store.sweep_in_background(move || crate::store::Expired {
+            now: crate::store::now_seconds(),
+            device_idle,
+            quota_period,
+        });
+    }
+
     fn check_files(state: &State) {
         if let Some(catalog) = &state.catalog {
             match catalog.reload_if_changed() {
@@ -296,7 +319,7 @@ impl BackgroundService for Reloader {
         // reload that adds a catalog or shortens an interval takes effect within a second.
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         let mut last_file_check = tokio::time::Instant::now();
-        let mut last_bucket_sweep = tokio::time::Instant::now();
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -304,9 +327,10 @@ impl BackgroundService for Reloader {
                     let state = self.live.current();
                     // A bucket that refilled is a fresh one: memory follows the clients asking
                     // now, not every address that ever asked.
-                    if last_bucket_sweep.elapsed() >= RATE_LIMIT_SWEEP {
+                    if last_sweep.elapsed() >= SWEEP_INTERVAL {
                         state.rate_limits.forget_idle();
-                        last_bucket_sweep = tokio::time::Instant::now();
+                        Self::sweep_store(&state);
+                        last_sweep = tokio::time::Instant::now();
                     }
                     if Self::file_interval(&state)
                         .is_some_and(|interval| last_file_check.elapsed() >= interval)

@@ -1033,3 +1033,36 @@ async fn licenses_resume_as_soon_as_a_restarted_cluster_master_answers() {
     eprintln!("Redis Cluster: licenses failed for {gap:?} after the cluster was whole again");
     assert!(gap < RECOVERY_BOUND, "{gap:?}");
 }
+
+/// Leases of players who never come back leave the embedded store within a sweep or two of
+/// running out, without those users asking again.
+#[tokio::test]
+async fn the_embedded_store_forgets_run_out_leases_of_users_who_never_return() {
+    let sim = Sim::start(&["--widevine-renewal-seconds", "1"]);
+    let gate = start(&config(
+        &sim,
+        "[streams]\nmax_per_user = 2\ngrace_seconds = 1\n\
+         [store]\npath = \"${LG_DIR}/licensegate.db\"\n",
+    ))
+    .await;
+    for n in 0..200 {
+        let mut player = player(&gate, &format!("passer-by-{n}"));
+        assert_eq!(player.start(challenge()).await.code(), "ok");
+    }
+    let database = rusqlite::Connection::open_with_flags(
+        gate.dir().join("licensegate.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let leases = || -> i64 {
+        database
+            .query_row("SELECT COUNT(*) FROM streams", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(leases(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leases() > 0 {
+        assert!(Instant::now() < deadline, "{} leases left", leases());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

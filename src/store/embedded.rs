@@ -85,6 +85,14 @@ impl EmbeddedStore {
             )
             .map_err(|e| open_error(path, e))?;
         add_stream_record_columns(&connection).map_err(|e| open_error(path, e))?;
+        // What the background sweep finds without reading every row.
+        connection
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
+                 CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
+                 CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);",
+            )
+            .map_err(|e| open_error(path, e))?;
         // Every distinct statement stays prepared.
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
@@ -113,6 +121,59 @@ impl EmbeddedStore {
         });
         self.jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
         answered.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+/// Rows no decision reads again as of `now`: run-out leases, device slots idle for
+/// `device_idle` (with a device limit), quota windows before the current one (with a quota),
+/// ended blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Expired {
+    pub now: u64,
+    pub device_idle: Option<Duration>,
+    pub quota_period: Option<u64>,
+}
+
+impl EmbeddedStore {
+    /// Removes at most `limit` expired rows of each table in one transaction, so that a pass
+    /// holds the writer briefly; answers the most any table gave up (a pass that reached
+    /// `limit` leaves more behind). A user's own requests sweep their rows too, but users who
+    /// never come back would otherwise stay forever.
+    pub async fn sweep(&self, expired: Expired, limit: u32) -> Result<u32, StoreError> {
+        self.with(move |tx| {
+            let now = expired.now as i64;
+            let mut most = run(
+                tx,
+                "DELETE FROM streams WHERE (user, session) IN
+                     (SELECT user, session FROM streams WHERE expires_at <= ?1 LIMIT ?2)",
+                params![now, limit],
+            )?;
+            if let Some(idle) = expired.device_idle {
+                most = most.max(run(
+                    tx,
+                    "DELETE FROM devices WHERE (user, device) IN
+                         (SELECT user, device FROM devices WHERE last_seen <= ?1 LIMIT ?2)",
+                    params![idle_before(idle, expired.now), limit],
+                )?);
+            }
+            if let Some(period) = expired.quota_period.filter(|period| *period > 0) {
+                let window = expired.now - expired.now % period;
+                most = most.max(run(
+                    tx,
+                    "DELETE FROM quotas WHERE (user, window) IN
+                         (SELECT user, window FROM quotas WHERE window < ?1 LIMIT ?2)",
+                    params![window as i64, limit],
+                )?);
+            }
+            most = most.max(run(
+                tx,
+                "DELETE FROM blocks WHERE user IN
+                     (SELECT user FROM blocks WHERE until IS NOT NULL AND until <= ?1 LIMIT ?2)",
+                params![now, limit],
+            )?);
+            Ok(most as u32)
+        })
+        .await
     }
 }
 
@@ -849,6 +910,67 @@ mod tests {
         assert!(!store.remove_device("ann", "a").await.unwrap());
         assert_eq!(store.remove_devices("ann").await.unwrap(), 1);
         assert!(store.devices("bob", IDLE, 1110).await.unwrap().is_empty());
+    }
+
+    /// 50k users who never come back leave 150k rows behind; passes of at most 1000 rows per
+    /// table take them back to the live set.
+    #[tokio::test]
+    async fn a_sweep_returns_the_tables_to_the_live_set() {
+        const GONE: u32 = 50_000;
+        const NOW: u64 = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("licensegate.db");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let mut writer = Connection::open(&path).unwrap();
+        let fill = writer.transaction().unwrap();
+        for n in 0..GONE + 10 {
+            // The last ten users are live: a lease running, a device seen now, this window's quota.
+            let live = n >= GONE;
+            let (expires, seen, window) = if live {
+                (NOW + 100, NOW, NOW - NOW % 3600)
+            } else {
+                (NOW - 1, NOW - 200, NOW - NOW % 3600 - 3600)
+            };
+            let user = format!("user-{n}");
+            fill.execute(
+                "INSERT INTO streams (user, session, content, drm, started_at, expires_at)
+                 VALUES (?1, 's', 'movie', 'widevine', 0, ?2)",
+                params![user, expires as i64],
+            )
+            .unwrap();
+            fill.execute(
+                "INSERT INTO devices VALUES (?1, 'd', ?2, ?2)",
+                params![user, seen as i64],
+            )
+            .unwrap();
+            fill.execute(
+                "INSERT INTO quotas VALUES (?1, ?2, 1)",
+                params![user, window as i64],
+            )
+            .unwrap();
+        }
+        fill.commit().unwrap();
+        let expired = Expired {
+            now: NOW,
+            device_idle: Some(IDLE),
+            quota_period: Some(3600),
+        };
+        let mut passes = 0;
+        while store.sweep(expired, 1000).await.unwrap() == 1000 {
+            passes += 1;
+        }
+        assert_eq!(passes, GONE / 1000);
+        let count = |table: &str| -> i64 {
+            writer
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                    row.get(0)
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            [count("streams"), count("devices"), count("quotas")],
+            [10, 10, 10]
+        );
     }
 
     #[tokio::test]

@@ -362,24 +362,37 @@ pub fn now_seconds() -> u64 {
         .as_secs()
 }
 
+/// Rows each table gives up per sweep pass.
+pub const SWEEP_PASS_ROWS: u32 = 1000;
+
+pub use embedded::Expired;
+
 /// The configured store, and the bound on each call.
 pub struct Shared {
     pub store: Arc<dyn Store>,
     pub redis: Option<Arc<redis::RedisStore>>,
+    /// Redis expires its keys itself; the embedded store is swept in the background.
+    embedded: Option<Arc<embedded::EmbeddedStore>>,
+    sweeping: std::sync::atomic::AtomicBool,
     pub timeout: Duration,
 }
 
 impl Shared {
     pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
         Ok(match &settings.backend {
-            StoreBackend::Embedded(path) => Self {
-                store: Arc::new(
+            StoreBackend::Embedded(path) => {
+                let embedded = Arc::new(
                     embedded::EmbeddedStore::open(path)
                         .map_err(|e| ConfigError::new("store.path", e.to_string()))?,
-                ),
-                redis: None,
-                timeout: settings.timeout,
-            },
+                );
+                Self {
+                    store: embedded.clone(),
+                    redis: None,
+                    embedded: Some(embedded),
+                    sweeping: Default::default(),
+                    timeout: settings.timeout,
+                }
+            }
             StoreBackend::Redis(topology) => {
                 let redis = Arc::new(redis::RedisStore::new(topology, settings.timeout).map_err(
                     |_| ConfigError::new("store.redis_url", "not a usable Redis address"),
@@ -387,10 +400,47 @@ impl Shared {
                 Self {
                     store: redis.clone(),
                     redis: Some(redis),
+                    embedded: None,
+                    sweeping: Default::default(),
                     timeout: settings.timeout,
                 }
             }
         })
+    }
+
+    /// Starts a background sweep of the embedded store's expired rows, unless one is running:
+    /// passes of at most [`SWEEP_PASS_ROWS`] rows per table, one after another until a pass
+    /// finds fewer, so that license decisions queue behind one short pass at most.
+    pub fn sweep_in_background(self: &Arc<Self>, expired: impl Fn() -> Expired + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        let Some(embedded) = self.embedded.clone() else {
+            return;
+        };
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut removed = 0u64;
+            loop {
+                match embedded.sweep(expired(), SWEEP_PASS_ROWS).await {
+                    Ok(most) => {
+                        removed += u64::from(most);
+                        if most < SWEEP_PASS_ROWS {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeping expired store rows failed");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::debug!(removed, "expired store rows swept");
+            }
+            shared.sweeping.store(false, Ordering::Release);
+        });
     }
 
     /// What opening the store checks, without creating anything: an existing database file
