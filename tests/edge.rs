@@ -1068,28 +1068,46 @@ fn all_refused_as_invalid(answers: &[String]) -> bool {
         .all(|answer| answer.ends_with(": 502 vendor_answer_invalid"))
 }
 
+/// `tests/servers/odd_vendor.py` answering as its mode says, stopped when dropped.
+struct OddVendor {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OddVendor {
+    fn start(mode: &str) -> OddVendor {
+        let [port] = free_ports();
+        let mut child = std::process::Command::new("python3")
+            .arg(licensegate_testkit::repository().join("tests/servers/odd_vendor.py"))
+            .args([&port.to_string(), mode])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 with h2 must be installed (scripts/setup.sh installs it)");
+        wait_for_port(port, &mut child);
+        OddVendor { child, port }
+    }
+}
+
+impl Drop for OddVendor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A 2xx with no body is no license, however the vendor frames it: over HTTP/2 (framed by the
 /// Python `h2` library) as HEADERS with END_STREAM, as an empty DATA frame, or with
 /// `content-length: 0`, every DRM's player gets `502 vendor_answer_invalid`.
 #[tokio::test]
 async fn an_empty_2xx_over_http2_is_a_502_for_every_drm() {
     for mode in ["headers-end", "empty-data", "length-zero"] {
-        let [port] = free_ports();
-        let mut vendor = std::process::Command::new("python3")
-            .arg(licensegate_testkit::repository().join("tests/servers/empty_vendor.py"))
-            .args([&port.to_string(), mode])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3 with h2 must be installed (scripts/setup.sh installs it)");
-        wait_for_port(port, &mut vendor);
+        let vendor = OddVendor::start(mode);
         let gate = Gate::start_ready(&config(
-            &[format!("http://127.0.0.1:{port}/license")],
+            &[format!("http://127.0.0.1:{}/license", vendor.port)],
             "protocol = \"h2\"\nretries = 0",
         ))
         .await;
         let answers = answers_to_an_empty_200(&gate).await;
-        let _ = vendor.kill();
-        let _ = vendor.wait();
         assert!(all_refused_as_invalid(&answers), "{mode}: {answers:?}");
     }
 }
@@ -1205,4 +1223,79 @@ async fn players_hanging_up_are_499_not_errors() {
         ["licensegate_requests_total{drm=\"widevine\",provider=\"sim\",status=\"499\"} 20"],
         "{metrics}"
     );
+}
+
+/// A 502 after the vendor reset its connection keeps the player's connection it promises to
+/// keep: the next request on it gets its license.
+#[tokio::test]
+async fn a_502_after_a_vendor_reset_keeps_the_players_connection() {
+    let sim = Sim::start(&["--reset-connections", "1"]);
+    let gate = Gate::start_ready(&config(&[sim.url()], "retries = 0")).await;
+    let url = url::Url::parse(&gate.license_url("widevine", Some("movie-1"))).unwrap();
+    let request = format!(
+        "POST {}?{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 64\r\n\r\n",
+        url.path(),
+        url.query().unwrap()
+    );
+    let mut player = TcpStream::connect(("127.0.0.1", gate.port)).unwrap();
+    player
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut heads = Vec::new();
+    for _ in 0..2 {
+        player.write_all(request.as_bytes()).unwrap();
+        player.write_all(&[0x11; 64]).unwrap();
+        heads.push(read_answer(&mut player).0);
+    }
+    assert!(heads[0].starts_with("HTTP/1.1 502"), "{heads:?}");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("connection: close"),
+        "{heads:?}"
+    );
+    assert!(heads[1].starts_with("HTTP/1.1 200"), "{heads:?}");
+}
+
+/// A vendor header of 200 KB is a prompt `502`, over HTTP/1.1 (a raw server) and HTTP/2 (framed
+/// by the Python `h2` library), not a wait of `read_ms` for a 504.
+#[tokio::test]
+async fn a_200_kb_vendor_header_is_a_prompt_502() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h1_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut stream).await {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Length: 2\r\n\r\nok",
+                        "a".repeat(200_000)
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    let h2_vendor = OddVendor::start("big-header");
+    for (protocol, port) in [("h1", h1_port), ("h2", h2_vendor.port)] {
+        let gate = Gate::start_ready(&config(
+            &[format!("http://127.0.0.1:{port}/license")],
+            &format!("protocol = \"{protocol}\"\nretries = 0\ntimeouts = {{ read_ms = 10000 }}"),
+        ))
+        .await;
+        let started = Instant::now();
+        let response = client()
+            .post(gate.license_url("widevine", Some("movie-1")))
+            .body(vec![0x11; 64])
+            .send()
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(
+            status == 502 && elapsed < Duration::from_secs(2),
+            "{protocol}: {status} after {elapsed:?}: {body}"
+        );
+    }
 }

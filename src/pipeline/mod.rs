@@ -101,6 +101,8 @@ pub struct RequestCtx {
 
 /// More than any Widevine license; past it the answer is not read for its session.
 const MAX_LICENSE_READ_BYTES: usize = 64 * 1024;
+/// The most a vendor's answer headers may hold, names and values together.
+const MAX_VENDOR_HEADER_BYTES: usize = 64 * 1024;
 
 /// The upstream leg: attempts, timings and what the provider said.
 #[derive(Default)]
@@ -1352,6 +1354,17 @@ pub async fn inspect_response(
             format!("the vendor answered status {status}, which HTTP does not have"),
         ));
         return Error::e_explain(ErrorType::InternalError, "vendor status outside HTTP");
+    }
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_VENDOR_HEADER_BYTES {
+        // No license needs it, and a player may not take it.
+        ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
+            format!("the vendor's answer headers exceed {MAX_VENDOR_HEADER_BYTES} bytes"),
+        ));
+        return Error::e_explain(ErrorType::InternalError, "vendor headers too large");
     }
     let Some(plan) = ctx.plan.as_mut() else {
         return Ok(false);

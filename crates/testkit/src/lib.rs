@@ -3,6 +3,7 @@
 //! and real servers nobody here wrote (Redis, nginx).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -871,6 +872,8 @@ impl Hypercorn {
             .arg(app)
             .envs(env.iter().copied())
             .current_dir(repository().join("tests/servers"))
+            // Its worker is a process of its own: both are stopped as one group.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -906,7 +909,9 @@ impl Hypercorn {
 
 impl Drop for Hypercorn {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
     }
 }

@@ -1425,6 +1425,10 @@ where
                 session.cache.disable(reason);
             }
             let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            // licensegate patch: an error answer written whole, on a request read whole, leaves
+            // the downstream connection as usable as any answer does; 0.9.1 closed it, after an
+            // answer that promised keep-alive.
+            server_reuse = res.can_reuse_downstream;
 
             // final error will have > 0 status unless downstream connection is dead
             if !self.inner.suppress_error_log(&session, &ctx, e) {

@@ -1,11 +1,12 @@
-"""A vendor that answers every request 200 with no body, over HTTP/2 with prior knowledge, framed
-with the `h2` library (not our stack) as the mode given after the port says:
+"""A vendor that answers every request oddly, over HTTP/2 with prior knowledge, framed with the
+`h2` library (not our stack) as the mode given after the port says:
 
-- headers-end: one HEADERS frame carrying END_STREAM, no content-length
-- empty-data: HEADERS, then an empty DATA frame carrying END_STREAM, no content-length
-- length-zero: one HEADERS frame with content-length 0, carrying END_STREAM
+- headers-end: 200, one HEADERS frame carrying END_STREAM, no content-length
+- empty-data: 200, HEADERS, then an empty DATA frame carrying END_STREAM, no content-length
+- length-zero: 200, one HEADERS frame with content-length 0, carrying END_STREAM
+- big-header: 200 with a 200 KB header, then a 2-byte body
 
-Usage: python3 empty_vendor.py PORT MODE
+Usage: python3 odd_vendor.py PORT MODE
 """
 
 import asyncio
@@ -22,7 +23,11 @@ def answer(connection, stream_id):
     headers = [(":status", "200"), ("content-type", "application/octet-stream")]
     if MODE == "length-zero":
         headers.append(("content-length", "0"))
-    if MODE == "empty-data":
+    if MODE == "big-header":
+        headers.append(("x-padding", "a" * 200_000))
+        connection.send_headers(stream_id, headers)
+        connection.send_data(stream_id, b"ok", end_stream=True)
+    elif MODE == "empty-data":
         connection.send_headers(stream_id, headers)
         connection.send_data(stream_id, b"", end_stream=True)
     else:
@@ -30,7 +35,8 @@ def answer(connection, stream_id):
 
 
 async def serve(reader, writer):
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, validate_outbound_headers=False))
     connection.initiate_connection()
     writer.write(connection.data_to_send())
     try:
