@@ -55,13 +55,19 @@ impl Origin {
 pub fn decorate(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
     // Answers differ by Origin, so shared caches must key on it.
     append(response, "Vary", "Origin");
-    if let Origin::Allowed(origin) = origin {
-        insert_value(response, "Access-Control-Allow-Origin", origin.clone());
+    if let Origin::Allowed(allowed) = origin {
+        insert_value(response, "Access-Control-Allow-Origin", allowed.clone());
         insert(
             response,
             "Access-Control-Expose-Headers",
             &settings.expose_headers,
         );
+        // Players send license requests with credentials (dash.js does whenever it sends an
+        // Authorization header; a cookie token needs them), and the browser hides any answer
+        // that does not allow them. Only an origin listed by name gets them, never `*`.
+        if origin.admits_cookies(settings) {
+            insert(response, "Access-Control-Allow-Credentials", "true");
+        }
     }
 }
 
@@ -163,5 +169,38 @@ mod tests {
         assert_eq!(header("Access-Control-Max-Age"), "60");
         assert_eq!(header("Access-Control-Expose-Headers"), "X-Request-Id");
         assert!(header("Access-Control-Allow-Methods").contains("POST"));
+    }
+
+    #[test]
+    fn credentials_are_allowed_for_origins_listed_by_name_only() {
+        let credentials = |origins: &[&str], from: &'static str, preflight: bool| {
+            let settings = settings(origins);
+            let origin = Origin::of(&settings, Some(&HeaderValue::from_static(from)));
+            let mut response = ResponseHeader::build(200, None).unwrap();
+            if preflight {
+                decorate_preflight(&settings, &origin, &mut response);
+            } else {
+                decorate(&settings, &origin, &mut response);
+            }
+            response
+                .headers
+                .get("Access-Control-Allow-Credentials")
+                .map(|value| value.to_str().unwrap().to_string())
+        };
+        let listed = ["https://player.example", "*"];
+        for preflight in [false, true] {
+            assert_eq!(
+                credentials(&listed, "https://player.example", preflight).as_deref(),
+                Some("true")
+            );
+            assert_eq!(
+                credentials(&listed, "https://other.example", preflight),
+                None
+            );
+            assert_eq!(
+                credentials(&["*"], "https://player.example", preflight),
+                None
+            );
+        }
     }
 }

@@ -15,10 +15,15 @@ fn repo() -> PathBuf {
 }
 
 fn config(catalog_key: &str) -> (String, String) {
+    config_for(catalog_key, &["*"])
+}
+
+/// The demo page, on the admin listener, is another origin than the license API: `origins`
+/// are those allowed to call it.
+fn config_for(catalog_key: &str, origins: &[&str]) -> (String, String) {
     let root = repo().join("examples/web");
-    // The demo page, on the admin listener, is another origin than the license API.
     let config = GateConfig::new()
-        .allowed_origins(&["*"])
+        .allowed_origins(origins)
         .provider("builtin", "kind = \"clearkey\"")
         .routes(&[("clearkey", "builtin")])
         .auth("")
@@ -37,11 +42,16 @@ fn token(entitlements: &[&str]) -> String {
     user_token("viewer", entitlements)
 }
 
-/// What the player did on the page, read by `tests/e2e/play.mjs` in Chromium.
+/// What the player did on the Shaka page, read by `tests/e2e/play.mjs` in Chromium.
 fn play(gate: &Gate, token: Option<&str>, screenshot: Option<&Path>) -> Value {
+    play_page(gate, "", token, screenshot)
+}
+
+/// What the player did on the demo page `page` (`""`: Shaka's, `dashjs.html`: dash.js's).
+fn play_page(gate: &Gate, page: &str, token: Option<&str>, screenshot: Option<&Path>) -> Value {
     let license = format!("http://127.0.0.1:{}", gate.port);
     let mut url = format!(
-        "http://127.0.0.1:{}/demo/?license={license}",
+        "http://127.0.0.1:{}/demo/{page}?license={license}",
         gate.admin_port
     );
     if let Some(token) = token {
@@ -106,6 +116,34 @@ async fn shaka_plays_through_licensegate_and_reads_its_refusals() {
         assert_eq!(state["currentTime"], 0.0, "{state}");
     }
     eprintln!("end-to-end cases took {:?}", started.elapsed());
+}
+
+/// dash.js, the DASH-IF reference player, sends its license requests with credentials (it does
+/// whenever it sends an Authorization header): from an origin listed by name, the answers allow
+/// them, so it plays, and it reads the refusal of a user not entitled.
+#[tokio::test]
+async fn dashjs_plays_with_credentials_from_a_listed_origin_and_reads_its_refusals() {
+    let (config, catalog) = config_for(DEMO_KEY, &["http://127.0.0.1:${LG_ADMIN_PORT}"]);
+    let gate = Gate::start_with_files(&config, &[("catalog.toml", catalog.as_bytes())]);
+    let screenshot = repo().join("target/e2e-dashjs-playing.png");
+    let state = play_page(
+        &gate,
+        "dashjs.html",
+        Some(&token(&["demo"])),
+        Some(&screenshot),
+    );
+    assert!(state["currentTime"].as_f64().unwrap() >= 3.0, "{state}");
+    assert!(state["decodedFrames"].as_u64().unwrap() > 0, "{state}");
+    assert_eq!(state["license"]["status"], 200, "{state}");
+    eprintln!(
+        "dash.js played {}s in Chromium; screenshot {}",
+        state["currentTime"],
+        screenshot.display()
+    );
+    let state = play_page(&gate, "dashjs.html", Some(&token(&["another-title"])), None);
+    assert_eq!(state["error"]["status"], 403, "{state}");
+    assert_eq!(state["error"]["problem"], "not_entitled", "{state}");
+    assert_eq!(state["currentTime"], 0.0, "{state}");
 }
 
 #[tokio::test]
