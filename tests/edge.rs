@@ -1293,6 +1293,7 @@ async fn a_200_kb_vendor_header_is_a_prompt_502() {
         let elapsed = started.elapsed();
         let status = response.status();
         let body = response.text().await.unwrap();
+        eprintln!("{protocol}: {status} after {elapsed:?}");
         assert!(
             status == 502 && elapsed < Duration::from_secs(2),
             "{protocol}: {status} after {elapsed:?}: {body}"

@@ -42,57 +42,23 @@ fn store_error(e: rusqlite::Error) -> StoreError {
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path).map_err(|e| open_error(path, e))?;
-        // WAL: readers do not block the writer. NORMAL: a commit survives the process being
-        // killed (it is in the OS's hands); only a power loss may take the last commits.
-        connection
-            .execute_batch(
-                "PRAGMA busy_timeout = 5000;
-                 PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
-                 CREATE TABLE IF NOT EXISTS devices (
-                     user TEXT NOT NULL,
-                     device TEXT NOT NULL,
-                     first_seen INTEGER NOT NULL,
-                     last_seen INTEGER NOT NULL,
-                     PRIMARY KEY (user, device)
-                 ) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS streams (
-                     user TEXT NOT NULL,
-                     session TEXT NOT NULL,
-                     content TEXT NOT NULL,
-                     drm TEXT NOT NULL,
-                     started_at INTEGER NOT NULL,
-                     expires_at INTEGER NOT NULL,
-                     stopped INTEGER NOT NULL DEFAULT 0,
-                     provider TEXT NOT NULL DEFAULT '',
-                     policy TEXT NOT NULL DEFAULT '',
-                     interval INTEGER NOT NULL DEFAULT 0,
-                     device TEXT NOT NULL DEFAULT '',
-                     key_ids TEXT NOT NULL DEFAULT '',
-                     cadence TEXT NOT NULL DEFAULT '',
-                     PRIMARY KEY (user, session)
-                 ) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS quotas (
-                     user TEXT NOT NULL,
-                     window INTEGER NOT NULL,
-                     used INTEGER NOT NULL,
-                     PRIMARY KEY (user, window)
-                 ) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS blocks (
-                     user TEXT PRIMARY KEY,
-                     until INTEGER
-                 ) WITHOUT ROWID;",
-            )
-            .map_err(|e| open_error(path, e))?;
-        add_stream_record_columns(&connection).map_err(|e| open_error(path, e))?;
-        // What the background sweep finds without reading every row.
-        connection
-            .execute_batch(
-                "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
-                 CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
-                 CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);",
-            )
-            .map_err(|e| open_error(path, e))?;
+        // Instances sharing the file may start together: SQLite answers "locked" rather than
+        // waiting while another turns a new file to WAL, so the schema is tried again a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match prepare_schema(&connection) {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(open_error(path, e)),
+            }
+        }
         // Every distinct statement stays prepared.
         connection.set_prepared_statement_cache_capacity(64);
         let (jobs, queue) = mpsc::channel();
@@ -122,6 +88,58 @@ impl EmbeddedStore {
         self.jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
         answered.await.map_err(|_| StoreError::WriterStopped)?
     }
+}
+
+/// The tables and indexes, in WAL mode; a database from before gains what it lacks.
+fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
+    // WAL: readers do not block the writer. NORMAL: a commit survives the process being
+    // killed (it is in the OS's hands); only a power loss may take the last commits.
+    connection.execute_batch(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS devices (
+             user TEXT NOT NULL,
+             device TEXT NOT NULL,
+             first_seen INTEGER NOT NULL,
+             last_seen INTEGER NOT NULL,
+             PRIMARY KEY (user, device)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS streams (
+             user TEXT NOT NULL,
+             session TEXT NOT NULL,
+             content TEXT NOT NULL,
+             drm TEXT NOT NULL,
+             started_at INTEGER NOT NULL,
+             expires_at INTEGER NOT NULL,
+             stopped INTEGER NOT NULL DEFAULT 0,
+             provider TEXT NOT NULL DEFAULT '',
+             policy TEXT NOT NULL DEFAULT '',
+             interval INTEGER NOT NULL DEFAULT 0,
+             device TEXT NOT NULL DEFAULT '',
+             key_ids TEXT NOT NULL DEFAULT '',
+             cadence TEXT NOT NULL DEFAULT '',
+             PRIMARY KEY (user, session)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS quotas (
+             user TEXT NOT NULL,
+             window INTEGER NOT NULL,
+             used INTEGER NOT NULL,
+             PRIMARY KEY (user, window)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS blocks (
+             user TEXT PRIMARY KEY,
+             until INTEGER
+         ) WITHOUT ROWID;",
+    )?;
+    add_stream_record_columns(connection)?;
+    // What the background sweep finds without reading every row.
+    connection.execute_batch(
+        "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
+         CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
+         CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);",
+    )?;
+    Ok(())
 }
 
 /// Rows no decision reads again as of `now`: run-out leases, device slots idle for
@@ -910,6 +928,25 @@ mod tests {
         assert!(!store.remove_device("ann", "a").await.unwrap());
         assert_eq!(store.remove_devices("ann").await.unwrap(), 1);
         assert!(store.devices("bob", IDLE, 1110).await.unwrap().is_empty());
+    }
+
+    /// Instances sharing a disk may start at once on a new file: each one opens it.
+    #[test]
+    fn instances_starting_together_on_a_new_file_all_open_it() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("licensegate.db");
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || EmbeddedStore::open(&path).map(drop))
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
+        }
     }
 
     /// 50k users who never come back leave 150k rows behind; passes of at most 1000 rows per

@@ -324,7 +324,10 @@ fn gate_command_limited(dir: &Path, port: u16, admin_port: u16, nofile: Option<u
         }
         None => Command::new(licensegate_binary()),
     };
+    // In its own directory: a default relative path (the embedded store's `licensegate.db`)
+    // is never another gate's.
     command
+        .current_dir(dir)
         .args(["serve", "--config"])
         .arg(dir.join("licensegate.toml"))
         .env("LG_PORT", port.to_string())
