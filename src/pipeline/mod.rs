@@ -1210,7 +1210,7 @@ pub fn capture_answer(
     let complete =
         end_of_stream || trailers || ctx.forward.declared_length == Some(ctx.forward.answer_bytes);
     let success = ctx.forward.status.is_some_and(|s| (200..300).contains(&s));
-    if complete && success && ctx.forward.answer_bytes == 0 && ctx.held_back.is_none() {
+    if complete && success && ctx.forward.answer_bytes == 0 {
         ctx.pending_problem = Some(empty_answer());
         return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
     }
@@ -1334,9 +1334,9 @@ pub fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
 
 /// Phase "inspect response": note what the provider said, and hold a license back from a device
 /// beyond the user's limit. A 2xx answer that must be read before the player sees it (a FairPlay
-/// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole; a 2xx of
-/// unknown length is held until its first byte, since a 2xx without a body is refused: the
-/// return value asks the caller to hold the response. Otherwise the answer passes unchanged.
+/// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole; any other
+/// 2xx is held until its first byte, since a 2xx without a body is refused: the return value
+/// asks the caller to hold the response. Otherwise the answer passes unchanged.
 pub async fn inspect_response(
     state: &State,
     ctx: &mut RequestCtx,
@@ -1376,6 +1376,13 @@ pub async fn inspect_response(
         .get(header::CONTENT_LENGTH)
         .and_then(|length| length.to_str().ok())
         .and_then(|length| length.parse().ok());
+    if (200..300).contains(&status) && (status == 204 || ctx.forward.declared_length == Some(0)) {
+        // No body follows, so no body filter would see it: refused here, before the device or
+        // stream limits count a license that is not there, and before any of it reaches the
+        // player.
+        ctx.pending_problem = Some(empty_answer());
+        return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
+    }
     if !(200..300).contains(&status) {
         ctx.outcome = "vendor_refused";
         ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
@@ -1392,16 +1399,12 @@ pub async fn inspect_response(
     };
     let success = (200..300).contains(&status) && ctx.held_back.is_none();
     let read_whole = success && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
-    if success && (status == 204 || ctx.forward.declared_length == Some(0)) {
-        // No body follows, so no body filter would see it: refused here, before any of it
-        // reaches the player.
-        ctx.pending_problem = Some(empty_answer());
-        return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
-    }
     if read_whole {
         ctx.whole_answer = Some(WholeAnswer::default());
     }
-    ctx.forward.held_until_body = success && !read_whole && ctx.forward.declared_length.is_none();
+    // Until a byte arrives, a 2xx may still turn out empty, or its vendor may go away before
+    // sending what its length promised: the player sees a 502 then, not a 200 cut short.
+    ctx.forward.held_until_body = success && !read_whole;
     Ok(read_whole || ctx.forward.held_until_body)
 }
 
@@ -1607,9 +1610,8 @@ pub async fn fail(
     ctx: &mut RequestCtx,
     error: &Error,
 ) -> FailToProxy {
-    if *error.esource() == ErrorSource::Downstream {
-        // The player hung up (or stopped taking the answer): nothing can reach it, and nothing
-        // failed on our side or the vendor's.
+    if player_went_away(error) {
+        // Nothing can reach the player, and nothing failed on our side or the vendor's.
         let gone = Problem::new(Refusal::ClientClosed);
         ctx.status = gone.status;
         ctx.outcome = gone.code;
@@ -1634,6 +1636,17 @@ pub async fn fail(
         error_code: status,
         can_reuse_downstream,
     }
+}
+
+/// The player hung up, reset its stream, or stopped reading the answer. Other errors Pingora
+/// ascribes to the player (a request it refuses to forward) are answered as failures.
+fn player_went_away(error: &Error) -> bool {
+    use ErrorType::*;
+    *error.esource() == ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout | H2Error
+        )
 }
 
 /// What the player is told when the provider could not be reached or did not answer in time.

@@ -362,6 +362,17 @@ pub fn now_seconds() -> u64 {
         .as_secs()
 }
 
+/// A sweep's turn, given back however the sweep ends.
+struct SweepTurn(Arc<Shared>);
+
+impl Drop for SweepTurn {
+    fn drop(&mut self) {
+        self.0
+            .sweeping
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Rows each table gives up per sweep pass.
 pub const SWEEP_PASS_ROWS: u32 = 1000;
 
@@ -419,8 +430,9 @@ impl Shared {
         if self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
-        let shared = self.clone();
+        let sweeping = SweepTurn(self.clone());
         tokio::spawn(async move {
+            let _turn = sweeping;
             let mut removed = 0u64;
             loop {
                 match embedded.sweep(expired(), SWEEP_PASS_ROWS).await {
@@ -439,7 +451,6 @@ impl Shared {
             if removed > 0 {
                 tracing::debug!(removed, "expired store rows swept");
             }
-            shared.sweeping.store(false, Ordering::Release);
         });
     }
 
@@ -498,11 +509,12 @@ impl Shared {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
         match pingora::time::timeout(self.timeout, call).await {
             Ok(answer) => answer,
             Err(_) => {
                 if let Some(redis) = &self.redis {
-                    redis.timed_out();
+                    redis.timed_out(started);
                 }
                 Err(StoreError::TimedOut)
             }

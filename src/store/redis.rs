@@ -9,7 +9,8 @@
 //! - blocked: a string holding the block's end (0: none), expiring with it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -347,7 +348,17 @@ enum NodeSource {
 pub struct Reconnecting {
     source: tokio::sync::Mutex<NodeSource>,
     config: redis::AsyncConnectionConfig,
-    current: std::sync::Mutex<Option<MultiplexedConnection>>,
+    current: std::sync::Mutex<Option<Made>>,
+    generations: AtomicU64,
+    /// When the node last answered anything, in milliseconds since `epoch`.
+    answered: AtomicU64,
+    epoch: Instant,
+}
+
+#[derive(Clone)]
+struct Made {
+    connection: MultiplexedConnection,
+    generation: u64,
 }
 
 impl Reconnecting {
@@ -356,17 +367,20 @@ impl Reconnecting {
             source: tokio::sync::Mutex::new(source),
             config: redis::AsyncConnectionConfig::new().set_connection_timeout(timeout),
             current: std::sync::Mutex::new(None),
+            generations: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(connection) = self.cached().clone() {
-            return Ok(connection);
+    async fn connection(&self) -> Result<Made, StoreError> {
+        if let Some(made) = self.cached().clone() {
+            return Ok(made);
         }
         // One attempt at a time: the calls queued behind it use what it made.
         let mut source = self.source.lock().await;
-        if let Some(connection) = self.cached().clone() {
-            return Ok(connection);
+        if let Some(made) = self.cached().clone() {
+            return Ok(made);
         }
         let connection = match &mut *source {
             NodeSource::Server(client) => {
@@ -381,33 +395,69 @@ impl Reconnecting {
             }
         }
         .map_err(store_error)?;
-        *self.cached() = Some(connection.clone());
-        Ok(connection)
+        let made = Made {
+            connection,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        *self.cached() = Some(made.clone());
+        Ok(made)
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<Made>> {
         self.current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The next call connects anew (to the master the sentinels name then).
-    pub fn forget(&self) {
-        *self.cached() = None;
+    /// The next call connects anew (to the master the sentinels name then), unless the
+    /// connection that failed was replaced already.
+    fn forget(&self, generation: u64) {
+        let mut cached = self.cached();
+        if cached
+            .as_ref()
+            .is_some_and(|made| made.generation == generation)
+        {
+            *cached = None;
+        }
+    }
+
+    fn millis_since_epoch(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A call that began at `started` ran out of time. If nothing has answered since, the node
+    /// may be gone without a word (a partition): the next call connects anew. A node that
+    /// answers others, only slowly, keeps its connection.
+    fn timed_out(&self, started: Instant) {
+        let started = started.saturating_duration_since(self.epoch).as_millis() as u64;
+        if self.answered.load(Ordering::Relaxed) <= started {
+            let generation = self.cached().as_ref().map(|made| made.generation);
+            if let Some(generation) = generation {
+                self.forget(generation);
+            }
+        }
     }
 
     /// A connection that failed so, or a master a failover turned into a replica (it answers
     /// `READONLY`), is not used again.
-    fn check<T>(&self, answer: &redis::RedisResult<T>) {
-        if let Err(e) = answer
-            && (e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_unrecoverable_error()
-                || e.is_timeout()
-                || e.kind() == redis::ErrorKind::ReadOnly)
-        {
-            self.forget();
+    fn check<T>(&self, generation: u64, answer: &redis::RedisResult<T>) {
+        match answer {
+            Ok(_) => self
+                .answered
+                .store(self.millis_since_epoch(), Ordering::Relaxed),
+            Err(e)
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout()
+                    || e.kind() == redis::ErrorKind::ReadOnly =>
+            {
+                self.forget(generation);
+            }
+            Err(_) => self
+                .answered
+                .store(self.millis_since_epoch(), Ordering::Relaxed),
         }
     }
 }
@@ -415,16 +465,16 @@ impl Reconnecting {
 /// One connection, whichever the topology: the scripts and commands run on it as on any.
 #[derive(Clone)]
 enum Connection {
-    Node(MultiplexedConnection, Arc<Reconnecting>),
+    Node(Made, Arc<Reconnecting>),
     Cluster(ClusterConnection),
 }
 
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
-            Connection::Node(connection, node) => Box::pin(async move {
-                let answer = connection.req_packed_command(cmd).await;
-                node.check(&answer);
+            Connection::Node(made, node) => Box::pin(async move {
+                let answer = made.connection.req_packed_command(cmd).await;
+                node.check(made.generation, &answer);
                 answer
             }),
             Connection::Cluster(connection) => connection.req_packed_command(cmd),
@@ -438,9 +488,12 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Connection::Node(connection, node) => Box::pin(async move {
-                let answer = connection.req_packed_commands(cmd, offset, count).await;
-                node.check(&answer);
+            Connection::Node(made, node) => Box::pin(async move {
+                let answer = made
+                    .connection
+                    .req_packed_commands(cmd, offset, count)
+                    .await;
+                node.check(made.generation, &answer);
                 answer
             }),
             Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
@@ -449,7 +502,7 @@ impl redis::aio::ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Node(connection, _) => connection.get_db(),
+            Connection::Node(made, _) => made.connection.get_db(),
             Connection::Cluster(connection) => connection.get_db(),
         }
     }
@@ -533,11 +586,10 @@ impl RedisStore {
         }
     }
 
-    /// A call that ran out of time may have been waiting on a node that is gone without a word
-    /// (a partition): the next call connects anew, to the master the sentinels name then.
-    pub fn timed_out(&self) {
+    /// A call that began at `started` ran out of time: see [`Reconnecting::timed_out`].
+    pub fn timed_out(&self, started: Instant) {
         if let Nodes::Node(node) = &self.nodes {
-            node.forget();
+            node.timed_out(started);
         }
     }
 
