@@ -1,0 +1,15 @@
+//! Every integration test, in one binary so that CI links once: a module per area, each
+//! against a real licensegate (and the real servers nobody here wrote that the area needs).
+
+mod cli;
+mod devices;
+mod e2e;
+mod edge;
+mod fairplay;
+mod identity;
+mod prometheus;
+mod providers;
+mod proxy;
+mod reload;
+mod sessions;
+mod streams;
