@@ -48,12 +48,12 @@ fn player_request() -> RequestHeader {
 }
 
 /// The state a request of `CONFIG` starts on.
-fn state() -> Arc<licensegate::server::State> {
+fn state() -> Arc<licensegate::state::State> {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
-    let resources = licensegate::server::load_resources(&config).unwrap();
-    let lifetime = licensegate::server::Lifetime::default();
+    let resources = licensegate::state::load_resources(&config).unwrap();
+    let lifetime = licensegate::state::Lifetime::default();
     Arc::new(
-        licensegate::server::assemble(config, resources, &lifetime, None)
+        licensegate::state::assemble(config, resources, &lifetime, None)
             .unwrap()
             .state,
     )

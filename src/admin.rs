@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::problem::{Problem, Refusal};
 use crate::reload::Live;
-use crate::server::State;
+use crate::state::State;
 
 pub struct AdminApp {
     pub live: Arc<Live>,
@@ -76,25 +76,24 @@ impl AdminApp {
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = session.req_header();
         let server = &state.config.server;
-        let mut response =
-            if let Err(refusal) = crate::pipeline::check_header_limits(request, server) {
-                problem(&refusal, &request_id)
+        let mut response = if let Err(refusal) = crate::headers::check_limits(request, server) {
+            problem(&refusal, &request_id)
+        } else {
+            let path = request.uri.path();
+            if let Some(rest) = path.strip_prefix(DEVICES_PREFIX) {
+                self.devices(state, request, rest, &request_id).await
+            } else if let Some(rest) = path.strip_prefix(USERS_PREFIX) {
+                self.users(state, request, rest, &request_id).await
+            } else if path == RELOAD_PATH {
+                self.reload(state, request, &request_id).await
             } else {
-                let path = request.uri.path();
-                if let Some(rest) = path.strip_prefix(DEVICES_PREFIX) {
-                    self.devices(state, request, rest, &request_id).await
-                } else if let Some(rest) = path.strip_prefix(USERS_PREFIX) {
-                    self.users(state, request, rest, &request_id).await
-                } else if path == RELOAD_PATH {
-                    self.reload(state, request, &request_id).await
-                } else {
-                    self.answer(state, request, &request_id).await
-                }
-            };
+                self.answer(state, request, &request_id).await
+            }
+        };
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response
                 .headers_mut()
-                .insert(crate::pipeline::REQUEST_ID, value);
+                .insert(crate::headers::REQUEST_ID, value);
         }
         response
     }
@@ -122,7 +121,7 @@ impl AdminApp {
         if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
-        let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let decoded: Vec<String> = rest.split('/').map(crate::headers::path_segment).collect();
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "device store unavailable for the admin API");
             problem(Problem::new(Refusal::DeviceStoreUnavailable))
@@ -223,7 +222,7 @@ impl AdminApp {
         if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
-        let decoded: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let decoded: Vec<String> = rest.split('/').map(crate::headers::path_segment).collect();
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "store unavailable for the admin API");
             problem(Problem::new(Refusal::StreamStoreUnavailable))
@@ -245,7 +244,7 @@ impl AdminApp {
                         let until = match seconds.map(|s| s.parse::<u64>()) {
                             None => None,
                             Some(Ok(seconds)) if seconds > 0 => {
-                                Some(crate::store::now_seconds() + seconds)
+                                Some(crate::clock::now_seconds() + seconds)
                             }
                             Some(_) => {
                                 return problem(
@@ -466,30 +465,6 @@ fn bearer_matches(request: &RequestHeader, expected: &str) -> bool {
     Sha256::digest(given.trim().as_bytes())
         .ct_eq(&Sha256::digest(expected.as_bytes()))
         .into()
-}
-
-/// A path segment's `%XX` escapes decoded (user ids may hold any character).
-pub fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| segment.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {

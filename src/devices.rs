@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use prometheus::{HistogramVec, IntCounterVec};
 use serde_json::Value;
 
+use crate::clock::now_seconds;
 use crate::config::{DeviceDecision, DeviceField, DeviceSettings};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
 use crate::providers::{Device, DeviceInfo};
-use crate::store::{DeviceDecision as Decision, Shared, Slot, StoreError, now_seconds};
+use crate::store::{DeviceDecision as Decision, Shared, Slot, StoreError};
 
 /// Which field of the provider's device report names the device: the advice of **Axinom license
 /// service proxy** (docs/sources.md), as
@@ -123,7 +124,7 @@ impl Devices {
             }) => {
                 self.count("refused");
                 let frees_at =
-                    crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
+                    crate::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_frees_at));
                 return Err(Problem::new(Refusal::DeviceLimitReached)
                 .with_detail(format!(
                     "{registered} of {limit} devices registered; the least recently used slot frees at {frees_at}"

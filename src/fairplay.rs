@@ -18,8 +18,8 @@ use crate::challenge::Kid;
 use crate::config::{FairPlaySettings, ProviderConfig, certificate_der};
 use crate::drm::Drm;
 use crate::problem::{Problem, Refusal};
+use crate::providers::ProviderRoute;
 use crate::providers::{CertificateEncoding, LicenseRequest, Provider};
-use crate::server::ProviderRoute;
 
 /// The header in which a player may name the key's skd URI (hls.js hands it to
 /// `licenseXhrSetup`, native apps have it from the playlist).
@@ -241,7 +241,7 @@ impl Certificates {
 
 fn fetch_failed(config: &ProviderConfig, error: &pingora::Error) -> Problem {
     tracing::warn!(provider = %config.name, error = %error, "FairPlay certificate fetch failed");
-    crate::pipeline::classify_failure(error).with_detail(format!(
+    crate::problem::upstream_failure(error).with_detail(format!(
         "{} certificate endpoint: {}",
         config.name,
         error.etype().as_str()

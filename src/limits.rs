@@ -14,11 +14,12 @@ use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota};
 use prometheus::{HistogramVec, IntCounterVec};
 use serde_json::Value;
 
+use crate::clock::now_seconds;
 use crate::config::{Bucket, QuotaSettings, RateLimitSettings};
 use crate::drm::Drm;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
-use crate::store::{QuotaDecision, Shared, StoreError, now_seconds};
+use crate::store::{QuotaDecision, Shared, StoreError};
 
 /// One configured bucket, counted in this process or in Redis.
 struct Limiter {
@@ -256,9 +257,8 @@ impl Quotas {
             }
             Ok(QuotaDecision::Exhausted { resets_at }) => {
                 self.count("refused");
-                let resets = crate::providers::rfc3339(
-                    std::time::UNIX_EPOCH + Duration::from_secs(resets_at),
-                );
+                let resets =
+                    crate::clock::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(resets_at));
                 Err(Problem::new(Refusal::QuotaExceeded)
                     .with_detail(format!(
                         "{limit} licenses per {period} s used up; the quota resets at {resets}"
@@ -340,9 +340,8 @@ impl Blocks {
                     .inc();
                 let mut problem = Problem::new(Refusal::UserBlocked);
                 if let Some(until) = until {
-                    let until = crate::providers::rfc3339(
-                        std::time::UNIX_EPOCH + Duration::from_secs(until),
-                    );
+                    let until =
+                        crate::clock::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(until));
                     problem = problem
                         .with_detail(format!("blocked until {until}"))
                         .with_extension("blocked_until", until.into());

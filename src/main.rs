@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         upgrade: false,
     }) {
         Command::Check { config } => match Config::load(&config).and_then(|loaded| {
-            licensegate::server::load_resources(&loaded).map(|_| loaded.deprecations)
+            licensegate::state::load_resources(&loaded).map(|_| loaded.deprecations)
         }) {
             Ok(deprecations) => {
                 for deprecation in deprecations {

@@ -233,6 +233,23 @@ impl Problem {
     }
 }
 
+/// What the player is told when the provider could not be reached or did not answer in time.
+pub fn upstream_failure(error: &pingora::Error) -> Problem {
+    use pingora::ErrorType::*;
+    let detail = error.etype().as_str();
+    match error.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Problem::upstream_timeout(detail)
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | BindError | SocketError => {
+            Problem::upstream_unavailable(detail)
+        }
+        _ if *error.esource() == pingora::ErrorSource::Upstream => Problem::upstream_error(detail),
+        _ => Problem::internal(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +307,16 @@ mod tests {
         let body = Problem::not_found().to_body("r");
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(json.get("detail").is_none());
+    }
+
+    #[test]
+    fn connect_failures_are_502_and_timeouts_504() {
+        use pingora::{Error, ErrorType};
+        let refused = Error::new(ErrorType::ConnectRefused);
+        assert_eq!(upstream_failure(&refused).status, 502);
+        let timeout = Error::new(ErrorType::ReadTimedout);
+        assert_eq!(upstream_failure(&timeout).code, "upstream_timeout");
+        let reset = Error::new_up(ErrorType::ConnectionClosed);
+        assert_eq!(upstream_failure(&reset).code, "upstream_error");
     }
 }

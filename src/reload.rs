@@ -15,7 +15,7 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
-use crate::server::{Assembled, Lifetime, State, assemble, load_resources, resolve};
+use crate::state::{Assembled, Lifetime, State, assemble, load_resources, resolve};
 use crate::upstream::Upstream;
 
 /// How often refilled rate-limit buckets are dropped, and expired rows of the embedded store.
@@ -44,7 +44,7 @@ impl Live {
     pub fn new(state: State, lifetime: Lifetime, config_path: Option<PathBuf>) -> Self {
         let status = ReloadStatus {
             generation: state.generation,
-            loaded_at: crate::providers::rfc3339(SystemTime::now()),
+            loaded_at: crate::clock::rfc3339(SystemTime::now()),
             last_error: None,
             last_error_at: None,
         };
@@ -81,7 +81,7 @@ impl Live {
     pub async fn reload(&self) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reloading.lock().await;
         let outcome = self.load_next().await;
-        let now = crate::providers::rfc3339(SystemTime::now());
+        let now = crate::clock::rfc3339(SystemTime::now());
         let mut status = self
             .status
             .lock()
@@ -264,7 +264,7 @@ impl Reloader {
             .as_ref()
             .map(|quota| quota.period.as_secs());
         store.sweep_in_background(move || crate::store::Expired {
-            now: crate::store::now_seconds(),
+            now: crate::clock::now_seconds(),
             device_idle,
             quota_period,
         });

@@ -23,12 +23,12 @@ use prometheus::{HistogramVec, IntCounterVec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_seconds;
 use crate::config::{OnLimit, StreamSettings};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
 use crate::store::{
     Continuation, ContinueAsk, Lease, LeaseAsk, Shared, StoreError, StreamDecision, StreamFacts,
-    now_seconds,
 };
 
 pub const SESSION_HEADER: &str = "X-Playback-Session";
@@ -293,7 +293,7 @@ impl Streams {
             }) => {
                 self.count("refused");
                 let expires =
-                    crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_expires_at));
+                    crate::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(oldest_expires_at));
                 Err(Problem::new(Refusal::StreamLimitReached)
                     .with_detail(format!(
                         "{active} of {limit} streams playing; the first to stop renewing frees its slot, \

@@ -376,7 +376,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 format!("no provider named '{provider_name}' under [providers]"),
             ));
         };
-        let facts = crate::providers::facts(provider.kind);
+        let facts = provider.kind.facts();
         if !facts.drms.contains(&drm) {
             return Err(ConfigError::new(
                 format!("routes.{drm}"),
@@ -438,7 +438,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         // Provider authorizations name content and key IDs, which only the catalog knows.
         let authorizing = providers
             .values()
-            .find(|provider| crate::providers::facts(provider.kind).needs_catalog);
+            .find(|provider| provider.kind.facts().needs_catalog);
         if let Some(provider) = authorizing {
             return Err(ConfigError::new(
                 format!("providers.{}.kind", provider.name),

@@ -122,6 +122,63 @@ pub enum ProviderKind {
     Generic,
 }
 
+/// What config must know of a provider kind before building it.
+pub struct KindFacts {
+    /// Licensegate answers itself: the kind has no endpoints.
+    pub answers_locally: bool,
+    /// Its authorization names content and key IDs, which only the catalog knows.
+    pub needs_catalog: bool,
+    /// It reads `[providers.NAME.settings]`.
+    pub takes_settings: bool,
+    /// The DRMs a route may send it.
+    pub drms: &'static [Drm],
+    /// The response header in which the vendor explains a refusal, unless configured.
+    pub reason_header: Option<&'static str>,
+}
+
+/// A vendor's cloud: endpoints, settings, an authorization naming the content, any DRM.
+const VENDOR: KindFacts = KindFacts {
+    answers_locally: false,
+    needs_catalog: true,
+    takes_settings: true,
+    drms: &Drm::ALL,
+    reason_header: None,
+};
+
+impl ProviderKind {
+    pub fn facts(self) -> &'static KindFacts {
+        match self {
+            // Forwards the challenge as it came, with no authorization.
+            ProviderKind::Passthrough => &KindFacts {
+                answers_locally: false,
+                needs_catalog: false,
+                takes_settings: false,
+                drms: &Drm::ALL,
+                reason_header: None,
+            },
+            // licensegate's own ClearKey server: no endpoints; keys from the catalog when one
+            // is configured.
+            ProviderKind::Clearkey => &KindFacts {
+                answers_locally: true,
+                needs_catalog: false,
+                takes_settings: false,
+                drms: &[Drm::ClearKey],
+                reason_header: None,
+            },
+            // An entitlement message names the content's key IDs; Axinom explains refusals in
+            // a header.
+            ProviderKind::Axinom => &KindFacts {
+                reason_header: Some("X-AxDRM-ErrorMessage"),
+                ..VENDOR
+            },
+            ProviderKind::Expressplay
+            | ProviderKind::Drmtoday
+            | ProviderKind::Pallycon
+            | ProviderKind::Generic => &VENDOR,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum Protocol {
     /// HTTP/2 only: ALPN h2 over TLS, prior knowledge (h2c) over plain http.
@@ -174,7 +231,7 @@ pub struct ProviderConfig {
     pub error_header: Option<HeaderName>,
     /// The FairPlay application certificate (DER) from `fairplay_certificate_file`.
     pub fairplay_certificate: Option<bytes::Bytes>,
-    /// Checked and read by the provider's provider (`crate::providers`).
+    /// Checked and read by the provider kind's own code.
     pub settings: Option<toml::Value>,
 }
 
@@ -242,7 +299,7 @@ pub(super) fn validate_provider(
         }
     };
     let has_endpoints = !endpoints.sets().is_empty();
-    let facts = crate::providers::facts(provider.kind);
+    let facts = provider.kind.facts();
     match (facts.answers_locally, has_endpoints) {
         (true, true) => {
             return Err(ConfigError::new(
@@ -383,7 +440,7 @@ pub fn certificate_der(bytes: &[u8]) -> Result<bytes::Bytes, String> {
 
 /// Where each provider documents its refusal reason, unless the config says otherwise.
 pub(super) fn default_error_header(kind: ProviderKind) -> Option<&'static str> {
-    crate::providers::facts(kind).reason_header
+    kind.facts().reason_header
 }
 
 pub(super) fn endpoint_list(key: &str, urls: &[String]) -> Result<Vec<Arc<Endpoint>>, ConfigError> {

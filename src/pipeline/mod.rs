@@ -40,9 +40,10 @@ use crate::forwarded::{self, ClientAddress};
 use crate::limits::{QuotaTaken, Scope};
 use crate::metrics::InFlight;
 use crate::problem::{self, Problem, Refusal};
+use crate::providers::ProviderRoute;
 use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
-use crate::server::{ProviderRoute, State};
 use crate::service_certificate::{Certificate, Filler, Lookup};
+use crate::state::State;
 use crate::streams;
 use crate::trace::TraceContext;
 use crate::upstream::{Target, Upstream};
@@ -52,7 +53,6 @@ use tokio::sync::OwnedMutexGuard;
 mod stream_limits;
 pub use stream_limits::StreamHold;
 
-pub const REQUEST_ID: &str = "X-Request-Id";
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
 const MAX_CONTENT_ID_LEN: usize = 256;
 
@@ -327,7 +327,7 @@ pub async fn admit(
     if let Some(trace) = TraceContext::continued(&request.headers) {
         ctx.trace = trace;
     }
-    check_header_limits(request, &state.config.server)?;
+    crate::headers::check_limits(request, &state.config.server)?;
     ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
     if matches!(ctx.origin, Origin::Refused) {
         // A browser enforces CORS only on reading the answer; the request itself (and the
@@ -546,7 +546,7 @@ pub async fn admit(
             key_ids: content_key_ids(&info, &content),
         },
         granted_limit: grant.max_streams,
-        local: crate::providers::facts(provider.config.kind).answers_locally,
+        local: provider.config.kind.facts().answers_locally,
         device_reported: provider.provider.reports_devices(),
     };
     if let Some(identity) = &identity {
@@ -726,28 +726,6 @@ fn authenticate(
         .as_ref()
         .map(|auth| auth.authenticate(request, cookies))
         .transpose()
-}
-
-/// Pingora bounds header bytes only at 1 MB; what a license request needs is far less, and
-/// what goes beyond it is refused before any work.
-pub fn check_header_limits(
-    request: &RequestHeader,
-    server: &crate::config::ServerSettings,
-) -> Result<(), Problem> {
-    let count = request.headers.len();
-    let bytes: usize = request
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + request.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if count > server.max_header_count || bytes > server.max_header_bytes {
-        return Err(Problem::headers_too_large(
-            server.max_header_bytes,
-            server.max_header_count,
-        ));
-    }
-    Ok(())
 }
 
 fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {
@@ -1294,7 +1272,7 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     if let Some(client) = &ctx.client {
         request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
     }
-    request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    request.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
     request.insert_header(crate::trace::TRACEPARENT, ctx.trace.traceparent())?;
     if let Some(state) = &ctx.trace.state {
         request.insert_header(crate::trace::TRACESTATE, state.as_str())?;
@@ -1462,7 +1440,7 @@ pub fn vendor_answer_headers(
             response.remove_header(name);
         }
     }
-    response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    response.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(session) = announced_session(ctx) {
         response.insert_header(streams::SESSION_HEADER, session)?;
     }
@@ -1583,7 +1561,7 @@ fn finish_whole_answer(
             refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
             refusal.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
             refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
-            refusal.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+            refusal.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
             cors::decorate(&state.config.cors, &ctx.origin, &mut refusal);
             Ok((Some(Box::new(refusal)), body))
         }
@@ -1623,7 +1601,7 @@ pub async fn fail(
     let problem = ctx
         .pending_problem
         .take()
-        .unwrap_or_else(|| classify_failure(error));
+        .unwrap_or_else(|| crate::problem::upstream_failure(error));
     let status = problem.status;
     let can_reuse_downstream = if session.response_written().is_none() {
         let local = problem_answer(&problem, ctx);
@@ -1649,23 +1627,6 @@ fn player_went_away(error: &Error) -> bool {
         )
 }
 
-/// What the player is told when the provider could not be reached or did not answer in time.
-pub fn classify_failure(error: &Error) -> Problem {
-    use ErrorType::*;
-    let detail = error.etype().as_str();
-    match error.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-            Problem::upstream_timeout(detail)
-        }
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-        | TLSHandshakeFailure | InvalidCert | BindError | SocketError => {
-            Problem::upstream_unavailable(detail)
-        }
-        _ if *error.esource() == ErrorSource::Upstream => Problem::upstream_error(detail),
-        _ => Problem::internal(),
-    }
-}
-
 /// Phase "answer" for everything licensegate says itself: CORS, request id, problem JSON.
 pub async fn answer(
     state: &State,
@@ -1678,7 +1639,7 @@ pub async fn answer(
         response.insert_header(header::CONTENT_TYPE, content_type)?;
     }
     response.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
-    response.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    response.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
     match answer.max_age {
         Some(age) => response.insert_header(
             header::CACHE_CONTROL,
@@ -1884,15 +1845,5 @@ mod tests {
         }
         let long = format!("/x?content={}", "a".repeat(257));
         assert!(content_id(&request(&long, None)).is_err());
-    }
-
-    #[test]
-    fn connect_failures_are_502_and_timeouts_504() {
-        let refused = Error::new(ErrorType::ConnectRefused);
-        assert_eq!(classify_failure(&refused).status, 502);
-        let timeout = Error::new(ErrorType::ReadTimedout);
-        assert_eq!(classify_failure(&timeout).code, "upstream_timeout");
-        let reset = Error::new_up(ErrorType::ConnectionClosed);
-        assert_eq!(classify_failure(&reset).code, "upstream_error");
     }
 }

@@ -22,10 +22,11 @@ use pingora::prelude::Session;
 use super::{Admission, RequestCtx, json_answer, resolve_content, take_rate_tokens};
 use crate::auth::Identity;
 use crate::challenge::{ChallengeInfo, RequestType, widevine};
+use crate::clock::now_seconds;
 use crate::drm::Drm;
 use crate::problem::{Problem, Refusal};
-use crate::server::State;
-use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts, now_seconds};
+use crate::state::State;
+use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts};
 use crate::streams::{self, Admitted, Streams};
 
 /// A request's part in its user's stream limit.
@@ -525,7 +526,7 @@ pub(super) async fn stream_heartbeat(
     let Some(streams) = state.streams.as_ref().filter(|streams| streams.limited) else {
         return Err(Problem::not_found().with_detail("stream limits are not configured"));
     };
-    let id = streams::valid_session(crate::admin::percent_decode(&id))?;
+    let id = streams::valid_session(crate::headers::path_segment(&id))?;
     let identity = super::authenticate(state, session.req_header(), &ctx.origin)?
         .ok_or_else(Problem::internal)?;
     super::check_blocked(state, Some(&identity)).await?;
@@ -551,7 +552,7 @@ pub(super) async fn stream_heartbeat(
         take_rate_tokens(state, ctx, Some(&identity), Drm::ClearKey).await?;
     }
     let (lease, seconds) = heartbeat?;
-    let expires_at = crate::providers::rfc3339(UNIX_EPOCH + Duration::from_secs(lease.expires_at));
+    let expires_at = crate::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(lease.expires_at));
     let mut answer = json_answer(
         200,
         "stream_renewed",

@@ -11,19 +11,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    Authorization, Device, DeviceInfo, KindFacts, LicenseRequest, Minting, Provider, rfc3339,
-};
+use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
 use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
-
-/// An entitlement message names the content's key IDs; Axinom explains refusals in a header.
-pub const FACTS: KindFacts = KindFacts {
-    reason_header: Some("X-AxDRM-ErrorMessage"),
-    ..KindFacts::VENDOR
-};
 
 pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");
 
@@ -142,8 +134,8 @@ impl Axinom {
             "version": 1,
             "com_key_id": self.com_key_id,
             "message": self.message(request),
-            "begin_date": rfc3339(now - self.clock_skew),
-            "expiration_date": rfc3339(expires_at),
+            "begin_date": crate::clock::rfc3339(now - self.clock_skew),
+            "expiration_date": crate::clock::rfc3339(expires_at),
         });
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

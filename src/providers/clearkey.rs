@@ -8,21 +8,11 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::Serialize;
 
-use super::{Authorization, KindFacts, LicenseRequest, LocalLicense, Minting, Provider};
+use super::{Authorization, LicenseRequest, LocalLicense, Minting, Provider};
 use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
-use crate::drm::Drm;
 use crate::policy::Policy;
 use crate::problem::{Problem, Refusal};
-
-/// licensegate's own ClearKey server: no endpoints; keys from the catalog when one is configured.
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: true,
-    needs_catalog: false,
-    takes_settings: false,
-    drms: &[Drm::ClearKey],
-    reason_header: None,
-};
 
 pub struct ClearKey;
 

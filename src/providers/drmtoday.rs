@@ -14,15 +14,12 @@ use serde_json::json;
 
 use super::{
     Authorization, CertificateEncoding, CertificateSource, Device, DeviceInfo, FairPlayWire,
-    KindFacts, LicenseRequest, Minting, Provider, rfc3339,
+    LicenseRequest, Minting, Provider,
 };
 use crate::config::{ConfigError, ProviderConfig};
 use crate::policy::Hdcp;
 use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
-
-/// The upfront token names the content (assetId).
-pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
 pub const CUSTOM_DATA_HEADER: HeaderName = HeaderName::from_static("x-dt-custom-data");
@@ -132,7 +129,7 @@ impl DrmToday {
         let profile = if policy.license_duration_seconds > 0 {
             let duration = Duration::from_secs(policy.license_duration_seconds);
             json!({"rental": {
-                "absoluteExpiration": rfc3339(now + duration),
+                "absoluteExpiration": crate::clock::rfc3339(now + duration),
                 "playDuration": duration.as_millis() as u64,
             }})
         } else {

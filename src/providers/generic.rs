@@ -13,14 +13,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Authorization, FairPlayWire, KindFacts, LicenseRequest, Minting, Provider};
+use super::{Authorization, FairPlayWire, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig, SecretEncoding, decode_secret};
 use crate::policy::Hdcp;
 use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcSource, SpcFormat};
-
-/// Templates may name the content and its key IDs.
-pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -229,42 +229,40 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// What config must know of a provider kind before building it; each kind's file states its
-/// own, and config asks [`facts`].
-pub struct KindFacts {
-    /// Licensegate answers itself: the kind has no endpoints.
-    pub answers_locally: bool,
-    /// Its authorization names content and key IDs, which only the catalog knows.
-    pub needs_catalog: bool,
-    /// It reads `[providers.NAME.settings]`.
-    pub takes_settings: bool,
-    /// The DRMs a route may send it.
-    pub drms: &'static [Drm],
-    /// The response header in which the vendor explains a refusal, unless configured.
-    pub reason_header: Option<&'static str>,
+/// A provider: its provider and, unless licensegate answers for it itself, the upstreams that
+/// reach its license endpoints.
+#[derive(Clone)]
+pub struct ProviderRoute {
+    pub config: Arc<ProviderConfig>,
+    pub provider: Arc<dyn Provider>,
+    /// By the DRM each set serves; `None` for a set serving every DRM.
+    upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
 }
 
-impl KindFacts {
-    /// A vendor's cloud: endpoints, settings, an authorization naming the content, any DRM.
-    pub const VENDOR: KindFacts = KindFacts {
-        answers_locally: false,
-        needs_catalog: true,
-        takes_settings: true,
-        drms: &Drm::ALL,
-        reason_header: None,
-    };
-}
+impl ProviderRoute {
+    pub fn new(
+        config: Arc<ProviderConfig>,
+        provider: Arc<dyn Provider>,
+        upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
+    ) -> Self {
+        Self {
+            config,
+            provider,
+            upstreams,
+        }
+    }
 
-/// The facts of `kind`, from the kind's own file.
-pub fn facts(kind: ProviderKind) -> &'static KindFacts {
-    match kind {
-        ProviderKind::Passthrough => &passthrough::FACTS,
-        ProviderKind::Clearkey => &clearkey::FACTS,
-        ProviderKind::Axinom => &axinom::FACTS,
-        ProviderKind::Expressplay => &expressplay::FACTS,
-        ProviderKind::Drmtoday => &drmtoday::FACTS,
-        ProviderKind::Pallycon => &pallycon::FACTS,
-        ProviderKind::Generic => &generic::FACTS,
+    /// Each set of license endpoints, by the DRM it serves (`None`: every DRM).
+    pub fn upstream_sets(&self) -> &[(Option<Drm>, Arc<Upstream>)] {
+        &self.upstreams
+    }
+
+    /// The license endpoints serving `drm`.
+    pub fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .find(|(set, _)| *set == Some(drm) || set.is_none())
+            .map(|(_, upstream)| upstream)
     }
 }
 
@@ -326,11 +324,6 @@ fn reason_in(header: Option<&HeaderName>, headers: &HeaderMap) -> Option<String>
     Some(reason)
 }
 
-/// RFC 3339 in UTC to the second, as providers expect dates (`2026-11-22T10:00:00Z`).
-pub fn rfc3339(time: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 fn header_value(text: &str) -> Result<HeaderValue, Problem> {
     HeaderValue::try_from(text).map_err(|_| {
         Problem::internal().with_detail("a provider authorization is not a valid header value")
@@ -353,11 +346,5 @@ mod tests {
         assert_eq!(key_bytes("k", "AP8=").unwrap(), vec![0, 255]);
         assert_eq!(key_bytes("k", "AP8").unwrap(), vec![0, 255]);
         assert_eq!(key_bytes("k", "not a key!").unwrap_err().key, "k");
-    }
-
-    #[test]
-    fn dates_are_rfc3339_zulu_seconds() {
-        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(time), "2026-11-18T11:06:40Z");
     }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AnswerRefusal, Authorization, CertificateEncoding, CertificateSource, FairPlayWire, KindFacts,
+    AnswerRefusal, Authorization, CertificateEncoding, CertificateSource, FairPlayWire,
     LicenseRequest, Minting, Provider,
 };
 use crate::config::{ConfigError, ProviderConfig};
@@ -24,9 +24,6 @@ use crate::drm::Drm;
 use crate::policy::{Hdcp, Policy};
 use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
-
-/// The custom data names the content (cid).
-pub const FACTS: KindFacts = KindFacts::VENDOR;
 
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
 /// How long PallyCon accepts a token after its timestamp.

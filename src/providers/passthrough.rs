@@ -5,19 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::HeaderMap;
 
-use super::{Authorization, KindFacts, LicenseRequest, Minting, Provider};
+use super::{Authorization, LicenseRequest, Minting, Provider};
 use crate::config::ProviderConfig;
-use crate::drm::Drm;
 use crate::problem::Problem;
-
-/// Forwards the challenge as it came, with no authorization.
-pub const FACTS: KindFacts = KindFacts {
-    answers_locally: false,
-    needs_catalog: false,
-    takes_settings: false,
-    drms: &Drm::ALL,
-    reason_header: None,
-};
 
 pub struct Passthrough {
     config: Arc<ProviderConfig>,

@@ -7,7 +7,7 @@ pub mod embedded;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -353,13 +353,6 @@ pub fn limit_for<T: TryFrom<u64>>(
         .and_then(|n| T::try_from(n).ok())
         .or(granted)
         .unwrap_or(default)
-}
-
-pub fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 /// A sweep's turn, given back however the sweep ends.
@@ -836,7 +829,7 @@ pub(crate) mod conformance {
             }
         );
 
-        let now = now_seconds();
+        let now = crate::clock::now_seconds();
         assert_eq!(store.blocked("ann", now).await.unwrap(), None);
         store.block_user("ann", None, now).await.unwrap();
         assert_eq!(store.blocked("ann", now).await.unwrap(), Some(None));

@@ -7,6 +7,7 @@ mod e2e;
 mod edge;
 mod fairplay;
 mod identity;
+mod layout;
 mod prometheus;
 mod providers;
 mod proxy;

@@ -1059,7 +1059,8 @@ async fn the_embedded_store_forgets_run_out_leases_of_users_who_never_return() {
             .query_row("SELECT COUNT(*) FROM streams", [], |row| row.get(0))
             .unwrap()
     };
-    assert_eq!(leases(), 200);
+    // Leases last about two seconds: on a busy machine the first may be gone already.
+    assert!(leases() > 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while leases() > 0 {
         assert!(Instant::now() < deadline, "{} leases left", leases());
