@@ -387,6 +387,23 @@ fn load_keys(sources: &[AuthKeySource]) -> Result<Vec<VerifyKey>, ConfigError> {
     Ok(keys)
 }
 
+/// A per-user limit: the token's claim if it holds a positive number, else the entitlement
+/// service's, else the configured default.
+pub fn claimed_limit<T: TryFrom<u64>>(
+    claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    claim: &str,
+    granted: Option<T>,
+    default: T,
+) -> T {
+    claims
+        .and_then(|claims| claims.get(claim))
+        .and_then(serde_json::Value::as_u64)
+        .filter(|n| *n > 0)
+        .and_then(|n| T::try_from(n).ok())
+        .or(granted)
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ impl Devices {
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
     ) -> u32 {
-        crate::store::limit_for(
+        crate::auth::claimed_limit(
             claims,
             &self.settings.claim,
             granted,

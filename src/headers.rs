@@ -30,6 +30,28 @@ pub fn check_limits(
     Ok(())
 }
 
+/// What the request names by `?{key}=` first, else in its `header`; `Err` for a header value
+/// that is not visible ASCII.
+pub fn query_or_header(
+    request: &RequestHeader,
+    key: &str,
+    header: &str,
+) -> Result<Option<String>, http::header::ToStrError> {
+    let from_query = request.uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.into_owned())
+    });
+    match from_query {
+        Some(value) => Ok(Some(value)),
+        None => request
+            .headers
+            .get(header)
+            .map(|value| value.to_str().map(str::to_string))
+            .transpose(),
+    }
+}
+
 /// A path segment with its `%XX` escapes decoded (user ids and session ids may hold any
 /// character); an escape that is not UTF-8 becomes U+FFFD.
 pub fn path_segment(segment: &str) -> String {

@@ -213,7 +213,7 @@ impl Quotas {
     }
 
     fn limit_for(&self, claims: &serde_json::Map<String, Value>) -> u64 {
-        crate::store::limit_for(
+        crate::auth::claimed_limit(
             Some(claims),
             &self.settings.claim,
             None,

@@ -150,12 +150,7 @@ fn needs_no_restart(
     most_attempts: usize,
 ) -> Result<(), ConfigError> {
     let (now, then) = (&running.server, &next.server);
-    let next_attempts = next
-        .providers
-        .values()
-        .map(|provider| provider.retries + 1)
-        .max()
-        .unwrap_or(1);
+    let next_attempts = next.most_attempts();
     let changed = [
         (
             "listeners.license",

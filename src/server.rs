@@ -170,12 +170,7 @@ fn connection_caps(config: &Config) -> (usize, usize) {
 
 fn server_conf(config: &Config) -> ServerConf {
     let server = &config.server;
-    let most_attempts = config
-        .providers
-        .values()
-        .map(|provider| provider.retries + 1)
-        .max()
-        .unwrap_or(1);
+    let most_attempts = config.most_attempts();
     ServerConf {
         threads: server.threads,
         // licensegate keeps its listeners open for its own grace period before it hands

@@ -36,19 +36,10 @@ const MAX_SESSION_LEN: usize = 128;
 
 /// The playback session id the player sent, if any.
 pub fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem> {
-    let from_query = request.uri.query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "session")
-            .map(|(_, value)| value.into_owned())
-    });
-    let session = match from_query {
-        Some(session) => session,
-        None => match request.headers.get(SESSION_HEADER) {
-            Some(value) => value.to_str().map_err(|_| session_invalid())?.to_string(),
-            None => return Ok(None),
-        },
-    };
-    valid_session(session).map(Some)
+    crate::headers::query_or_header(request, "session", SESSION_HEADER)
+        .map_err(|_| session_invalid())?
+        .map(valid_session)
+        .transpose()
 }
 
 /// A session id as licensegate issues and accepts them; anything else reaches no store or log.
@@ -229,7 +220,7 @@ impl Streams {
         if !self.limited {
             return u32::MAX;
         }
-        crate::store::limit_for(
+        crate::auth::claimed_limit(
             claims,
             &self.settings.claim,
             granted,

@@ -100,6 +100,18 @@ pub struct Config {
     pub deprecations: Vec<String>,
 }
 
+impl Config {
+    /// The most attempts any provider makes at one request: Pingora's retry bound, fixed when
+    /// the server starts.
+    pub fn most_attempts(&self) -> usize {
+        self.providers
+            .values()
+            .map(|provider| provider.retries + 1)
+            .max()
+            .unwrap_or(1)
+    }
+}
+
 /// The file as operators write it; each section's shape lives in its own module. Unknown keys
 /// are errors, so a typo never silently falls back to a default.
 

@@ -964,22 +964,10 @@ async fn read_challenge(
 
 /// The content id the request names, if any (`?content=` first, then `X-Content-Id`).
 pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
-    let from_query = request.uri.query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "content")
-            .map(|(_, value)| value.into_owned())
-    });
-    let id = match from_query {
-        Some(id) => id,
-        None => match request.headers.get(CONTENT_ID_HEADER) {
-            Some(value) => value
-                .to_str()
-                .map_err(|_| Problem::content_id_invalid())?
-                .to_string(),
-            None => return Ok(None),
-        },
-    };
-    valid_content_id(id).map(Some)
+    crate::headers::query_or_header(request, "content", CONTENT_ID_HEADER)
+        .map_err(|_| Problem::content_id_invalid())?
+        .map(valid_content_id)
+        .transpose()
 }
 
 /// A content id as the catalog spells them; anything else never reaches a log or a provider.

@@ -338,23 +338,6 @@ pub trait Store: Send + Sync {
     async fn blocked(&self, user: &str, now: u64) -> Result<Option<Option<u64>>, StoreError>;
 }
 
-/// A per-user limit: the token's claim if it holds a positive number, else the entitlement
-/// service's, else the configured default.
-pub fn limit_for<T: TryFrom<u64>>(
-    claims: Option<&serde_json::Map<String, serde_json::Value>>,
-    claim: &str,
-    granted: Option<T>,
-    default: T,
-) -> T {
-    claims
-        .and_then(|claims| claims.get(claim))
-        .and_then(serde_json::Value::as_u64)
-        .filter(|n| *n > 0)
-        .and_then(|n| T::try_from(n).ok())
-        .or(granted)
-        .unwrap_or(default)
-}
-
 /// A sweep's turn, given back however the sweep ends.
 struct SweepTurn(Arc<Shared>);
 
