@@ -1,0 +1,243 @@
+//! Phase "forward": the endpoint and budget of each attempt, the request the provider sees,
+//! and whether a failed attempt may be retried (only when the challenge provably never arrived).
+
+use super::*;
+
+/// Phase "forward", each attempt: the next endpoint, with what is left of the total budget
+/// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
+/// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::EndpointState`]).
+pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+    let Some(plan) = &ctx.plan else {
+        return Err(Problem::internal());
+    };
+    let upstream = plan.upstream.clone();
+    let started = *ctx.forward.started.get_or_insert_with(Instant::now);
+    let budget = upstream.provider.total_timeout;
+    let out_of_time = || {
+        Problem::upstream_timeout(format!(
+            "{} did not answer within {} ms",
+            upstream.provider.name,
+            budget.as_millis()
+        ))
+    };
+    if started.elapsed() >= budget {
+        return Err(out_of_time());
+    }
+    if let Authorizing::PerAttempt(request) = &plan.authorizing {
+        let authorization = state
+            .authorizations
+            .authorization(&upstream.provider.name, plan.provider.as_ref(), request)
+            .await?;
+        ctx.forward.authorization = Some(authorization);
+    }
+    loop {
+        let remaining = budget.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(out_of_time());
+        }
+        let Some(target) = upstream.select(&ctx.forward.avoid) else {
+            return Err(Problem::upstream_unavailable(format!(
+                "{} has no healthy endpoint",
+                upstream.provider.name
+            )));
+        };
+        if upstream.multiplexes() {
+            let wait = remaining.min(upstream.connection_setup_timeout());
+            let Some(turn) = target.state.take_turn(wait).await else {
+                // Another request has been opening a connection there for as long as that may
+                // take: the endpoint is stalled, and this request moves on.
+                note_endpoint_failure(state, &upstream, &target);
+                ctx.forward.avoid.push(target.addr);
+                continue;
+            };
+            ctx.forward.stream_turn = Some(turn);
+            // Pingora's timer fires up to a tick late: a turn granted then has no time left.
+            if started.elapsed() >= budget {
+                return Err(out_of_time());
+            }
+        }
+        let peer = upstream.peer(&target, budget.saturating_sub(started.elapsed()));
+        ctx.forward.tried.push(target.addr.clone());
+        ctx.forward.avoid.push(target.addr.clone());
+        ctx.forward.target = Some(target);
+        ctx.forward.status = None;
+        return Ok(peer);
+    }
+}
+
+/// The attempt has its stream, or has failed: the next request may take its turn.
+pub fn end_stream_turn(ctx: &mut RequestCtx) {
+    ctx.forward.stream_turn = None;
+}
+
+fn note_endpoint_failure(state: &State, upstream: &Upstream, target: &Target) {
+    if target.state.record_failure(&upstream.provider) {
+        let endpoint = target.addr.to_string();
+        state
+            .metrics
+            .upstream_ejections
+            .with_label_values(&[upstream.provider.name.as_str(), endpoint.as_str()])
+            .inc();
+        tracing::warn!(
+            provider = %upstream.provider.name,
+            endpoint,
+            seconds = upstream.provider.ejection_duration.as_secs(),
+            "endpoint ejected after consecutive connect failures or timeouts"
+        );
+    }
+}
+
+/// Why a failed attempt may be made again: the challenge provably never reached the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// No connection was made.
+    Connect,
+    /// The provider's HTTP/2 stack reset the stream with REFUSED_STREAM: not processed.
+    RefusedStream,
+    /// A GOAWAY whose last stream id is below this stream's: not processed (RFC 9113 §6.8).
+    GoAway,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::RefusedStream => "refused_stream",
+            RetryReason::GoAway => "goaway",
+        }
+    }
+}
+
+/// Phase "forward", after a failed connection attempt: nothing was sent, so the endpoint's
+/// failure counts towards its ejection, and another attempt may follow.
+pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Option<RetryReason> {
+    if let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) {
+        note_endpoint_failure(state, &plan.upstream, target);
+    }
+    (ctx.pending_problem.is_none() && may_retry(ctx, session)).then_some(RetryReason::Connect)
+}
+
+/// Phase "forward", after an attempt failed once its request was (at least partly) sent. A
+/// provider bills every license it issues, so the challenge goes out again only when the provider
+/// said it did not process the stream; anything else, a broken connection included, may have
+/// produced a license and ends the request.
+pub fn attempt_failed(
+    state: &State,
+    ctx: &RequestCtx,
+    session: &Session,
+    error: &Error,
+) -> Option<RetryReason> {
+    let timed_out = matches!(
+        error.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    if let (true, None, Some(plan), Some(target)) = (
+        timed_out,
+        ctx.forward.status,
+        &ctx.plan,
+        &ctx.forward.target,
+    ) {
+        note_endpoint_failure(state, &plan.upstream, target);
+    }
+    let reason = never_processed(error)?;
+    (ctx.forward.status.is_none() && may_retry(ctx, session)).then_some(reason)
+}
+
+/// Reads the HTTP/2 stream error under a Pingora error, if the provider's stack said it did not
+/// process the stream.
+fn never_processed(error: &Error) -> Option<RetryReason> {
+    let h2 = error.root_cause().downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        Some(RetryReason::GoAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(RetryReason::RefusedStream)
+    } else {
+        None
+    }
+}
+
+/// Whether the request's total budget is spent; a provider trickling its answer is cut there.
+pub(super) fn past_deadline(ctx: &RequestCtx) -> bool {
+    match (&ctx.plan, ctx.forward.started) {
+        (Some(plan), Some(started)) => started.elapsed() > plan.upstream.provider.total_timeout,
+        _ => false,
+    }
+}
+
+/// The request the provider sees: our path and host, the DRM's content type, and only the
+/// headers we decide on. The player's credentials and hop-by-hop headers never leave.
+pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
+    let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) else {
+        return Error::e_explain(ErrorType::InternalError, "no plan or endpoint");
+    };
+    let endpoint = &target.endpoint;
+    let authorization = match &plan.authorizing {
+        Authorizing::Ready(authorization) => Some(authorization.as_ref()),
+        Authorizing::PerAttempt(_) => ctx.forward.authorization.as_deref(),
+        Authorizing::Nothing => None,
+    };
+    let path = authorization
+        .and_then(|a| a.path_and_query.as_deref())
+        .unwrap_or(&endpoint.path_and_query);
+    let path = match authorization.and_then(|a| a.query.as_deref()) {
+        Some(query) if path.contains('?') => Cow::Owned(format!("{path}&{query}")),
+        Some(query) => Cow::Owned(format!("{path}?{query}")),
+        None => Cow::Borrowed(path),
+    };
+    let mut request = RequestHeader::build_no_case(Method::POST, path.as_bytes(), Some(10))?;
+    request.insert_header(header::HOST, endpoint.authority.as_str())?;
+    let content_type = plan
+        .fairplay
+        .as_ref()
+        .map_or(plan.drm.upstream_content_type(), |leg| leg.content_type);
+    request.insert_header(header::CONTENT_TYPE, content_type)?;
+    request.insert_header(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(plan.challenge_len),
+    )?;
+    if let Some(action) = &plan.soap_action {
+        request.insert_header("SOAPAction", action)?;
+    }
+    if let Some(client) = &ctx.client {
+        request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
+    }
+    request.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
+    request.insert_header(crate::trace::TRACEPARENT, ctx.trace.traceparent())?;
+    if let Some(state) = &ctx.trace.state {
+        request.insert_header(crate::trace::TRACESTATE, state.as_str())?;
+    }
+    for (name, value) in authorization.map_or(&[][..], |a| a.headers.as_slice()) {
+        request.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(request)
+}
+
+/// Whether a failed attempt may be tried again: within the provider's retry count and total
+/// budget, and only while nothing of the answer has reached the player.
+pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
+    let Some(upstream) = ctx.plan.as_ref().map(|plan| &plan.upstream) else {
+        return false;
+    };
+    let within_budget = ctx
+        .forward
+        .started
+        .is_some_and(|started| started.elapsed() < upstream.provider.total_timeout);
+    ctx.forward.tried.len() <= upstream.provider.retries
+        && within_budget
+        && session.response_written().is_none()
+}
+
+/// Phase "forward", the body of each attempt: the player's challenge, or the FairPlay SPC
+/// re-wrapped for the provider. Pingora hands over the whole buffered body once per attempt.
+pub fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
+    if let (Some(leg), Some(chunk)) = (
+        ctx.plan.as_ref().and_then(|plan| plan.fairplay.as_ref()),
+        body.as_mut(),
+    ) && !chunk.is_empty()
+    {
+        *chunk = leg.body.clone();
+    }
+}
