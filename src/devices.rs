@@ -14,7 +14,7 @@ use crate::config::{DeviceDecision, DeviceField, DeviceSettings};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, Refusal};
 use crate::providers::{Device, DeviceInfo};
-use crate::store::{DeviceDecision as Decision, Shared, Slot, StoreError};
+use crate::store::{Shared, Slot, SlotDecision as Decision, StoreError};
 
 /// Which field of the provider's device report names the device: the advice of **Axinom license
 /// service proxy** (docs/sources.md), as

@@ -9,7 +9,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Auth {
+pub(super) struct AuthFile {
     #[serde(default = "default_token_sources")]
     pub sources: Vec<TokenSource>,
     #[serde(default = "default_query_parameter")]
@@ -134,7 +134,7 @@ pub enum AuthKeySource {
     },
 }
 
-pub(super) fn validate_auth(auth: Auth) -> Result<AuthSettings, ConfigError> {
+pub(super) fn validate_auth(auth: AuthFile) -> Result<AuthSettings, ConfigError> {
     if auth.sources.is_empty() {
         return Err(ConfigError::new(
             "auth.sources",

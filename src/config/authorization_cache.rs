@@ -9,7 +9,7 @@ use super::*;
 /// Provider authorizations (signed messages, token URLs) kept for reuse.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct AuthorizationCache {
+pub(super) struct AuthorizationCacheFile {
     pub max_entries: u64,
     pub max_bytes: u64,
     /// An authorization leaves the cache this long before it expires, so one handed out at
@@ -17,7 +17,7 @@ pub(super) struct AuthorizationCache {
     pub safety_margin_seconds: u64,
 }
 
-impl Default for AuthorizationCache {
+impl Default for AuthorizationCacheFile {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
@@ -35,7 +35,7 @@ pub struct AuthorizationCacheSettings {
 }
 
 pub(super) fn validate_authorization_cache(
-    cache: AuthorizationCache,
+    cache: AuthorizationCacheFile,
 ) -> Result<AuthorizationCacheSettings, ConfigError> {
     at_least_one("authorization_cache.max_entries", cache.max_entries)?;
     if cache.max_bytes < cache.max_entries {

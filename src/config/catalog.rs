@@ -9,7 +9,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Catalog {
+pub(super) struct CatalogFile {
     pub path: String,
     #[serde(default = "default_reload_seconds")]
     pub reload_seconds: u64,

@@ -9,14 +9,14 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct Cors {
+pub(super) struct CorsFile {
     pub allowed_origins: Vec<String>,
     pub allowed_headers: Vec<String>,
     pub expose_headers: Vec<String>,
     pub max_age_seconds: u64,
 }
 
-impl Default for Cors {
+impl Default for CorsFile {
     fn default() -> Self {
         Self {
             allowed_origins: vec!["*".into()],
@@ -50,7 +50,7 @@ pub struct CorsSettings {
 }
 
 pub(super) fn validate_cors<'a>(
-    cors: Cors,
+    cors: CorsFile,
     providers: impl Iterator<Item = &'a Arc<ProviderConfig>>,
 ) -> Result<CorsSettings, ConfigError> {
     let any_origin = cors.allowed_origins.iter().any(|o| o == "*");

@@ -9,7 +9,7 @@ use super::*;
 /// Device limits: how many devices a user may license on, counted from the providers' answers.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Devices {
+pub(super) struct DevicesFile {
     pub max_per_user: u32,
     /// A token claim that overrides `max_per_user` for its user.
     #[serde(default = "default_max_devices_claim")]
@@ -89,7 +89,7 @@ pub struct DeviceSettings {
     pub fail_open: bool,
 }
 
-pub(super) fn validate_devices(devices: Devices) -> Result<DeviceSettings, ConfigError> {
+pub(super) fn validate_devices(devices: DevicesFile) -> Result<DeviceSettings, ConfigError> {
     at_least_one("devices.max_per_user", devices.max_per_user)?;
     at_least_one("devices.slot_idle_seconds", devices.slot_idle_seconds)?;
     for (key, list) in [

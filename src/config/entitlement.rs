@@ -11,15 +11,15 @@ use crate::policy::{DEFAULT_RENEWAL_GRACE_SECONDS, Hdcp, Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct Entitlement {
+pub(super) struct EntitlementFile {
     /// The token claim listing what the user may play: content ids, glob patterns such as
     /// `series-12/*`, or `tier:NAME` for catalog entries of that tier.
     pub claim: String,
     pub default_policy: String,
-    pub service: Option<EntitlementService>,
+    pub service: Option<EntitlementServiceFile>,
 }
 
-impl Default for Entitlement {
+impl Default for EntitlementFile {
     fn default() -> Self {
         Self {
             claim: "entitlements".into(),
@@ -31,7 +31,7 @@ impl Default for Entitlement {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct EntitlementService {
+pub(super) struct EntitlementServiceFile {
     pub url: String,
     #[serde(default = "default_entitlement_timeout")]
     pub timeout_ms: u64,
@@ -115,7 +115,7 @@ pub(super) const BUILT_IN_DEFAULT_POLICY: Policy = Policy {
 };
 
 pub(super) fn validate_entitlement(
-    entitlement: Entitlement,
+    entitlement: EntitlementFile,
     policies: &mut BTreeMap<String, Arc<Policy>>,
 ) -> Result<EntitlementSettings, ConfigError> {
     if !policies.contains_key(&entitlement.default_policy) {

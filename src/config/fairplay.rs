@@ -10,7 +10,7 @@ use licensegate_drm::fairplay::CkcFormat;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FairPlay {
+pub(super) struct FairPlayFile {
     /// `player` answers in the envelope the player sent; otherwise raw, base64, ckc-xml, json
     /// or apple-json for every player.
     pub answer_format: String,
@@ -21,7 +21,7 @@ pub(super) struct FairPlay {
     pub certificate_cache_seconds: u64,
 }
 
-impl Default for FairPlay {
+impl Default for FairPlayFile {
     fn default() -> Self {
         Self {
             answer_format: "player".into(),
@@ -52,7 +52,7 @@ impl Default for FairPlaySettings {
 /// A pattern longer than this is not a URI pattern; it also bounds the compiled size.
 const MAX_PATTERN_BYTES: usize = 512;
 
-pub(super) fn validate_fairplay(fairplay: FairPlay) -> Result<FairPlaySettings, ConfigError> {
+pub(super) fn validate_fairplay(fairplay: FairPlayFile) -> Result<FairPlaySettings, ConfigError> {
     let answer_format =
         match fairplay.answer_format.as_str() {
             "player" => None,

@@ -10,7 +10,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RateLimits {
+pub(super) struct RateLimitsFile {
     /// Count in the `[store]`'s Redis, so that the whole fleet shares one limit.
     #[serde(default)]
     pub shared: bool,
@@ -22,12 +22,12 @@ pub(super) struct RateLimits {
     pub per_user: Option<Bucket>,
     /// Limits for one route (a DRM) in place of the ones above.
     #[serde(default)]
-    pub routes: BTreeMap<Drm, RouteLimits>,
+    pub routes: BTreeMap<Drm, RouteLimitsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RouteLimits {
+pub(super) struct RouteLimitsFile {
     pub per_client: Option<Bucket>,
     pub per_user: Option<Bucket>,
 }
@@ -44,7 +44,7 @@ fn default_ipv6_prefix() -> u8 {
     64
 }
 
-impl Default for RateLimits {
+impl Default for RateLimitsFile {
     fn default() -> Self {
         Self {
             shared: false,
@@ -95,7 +95,9 @@ fn validate_bucket(key: &str, bucket: Option<Bucket>) -> Result<Option<Bucket>, 
     Ok(bucket)
 }
 
-pub(super) fn validate_rate_limits(limits: RateLimits) -> Result<RateLimitSettings, ConfigError> {
+pub(super) fn validate_rate_limits(
+    limits: RateLimitsFile,
+) -> Result<RateLimitSettings, ConfigError> {
     let mut routes = BTreeMap::new();
     for (drm, route) in limits.routes {
         let key = format!("rate_limits.routes.{}", drm.as_str());
@@ -124,7 +126,7 @@ pub(super) fn validate_rate_limits(limits: RateLimits) -> Result<RateLimitSettin
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Quota {
+pub(super) struct QuotaFile {
     pub licenses_per_user: u64,
     #[serde(default = "default_quota_period_seconds")]
     pub period_seconds: u64,
@@ -152,7 +154,7 @@ pub struct QuotaSettings {
     pub fail_open: bool,
 }
 
-pub(super) fn validate_quota(quota: Quota) -> Result<QuotaSettings, ConfigError> {
+pub(super) fn validate_quota(quota: QuotaFile) -> Result<QuotaSettings, ConfigError> {
     at_least_one("quota.licenses_per_user", quota.licenses_per_user)?;
     at_least_one("quota.period_seconds", quota.period_seconds)?;
     Ok(QuotaSettings {
@@ -166,7 +168,7 @@ pub(super) fn validate_quota(quota: Quota) -> Result<QuotaSettings, ConfigError>
 /// `[admin]`: the admin API's bearer token (devices, streams, blocked users).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Admin {
+pub(super) struct AdminFile {
     pub token: Option<String>,
     /// How long an instance trusts its last look at whether a user is blocked.
     #[serde(default = "default_block_check_ms")]
@@ -180,7 +182,7 @@ fn default_status_root() -> String {
     "web/status".into()
 }
 
-impl Default for Admin {
+impl Default for AdminFile {
     fn default() -> Self {
         Self {
             token: None,
@@ -201,7 +203,7 @@ pub struct AdminSettings {
     pub status_root: std::path::PathBuf,
 }
 
-pub(super) fn validate_admin(admin: Admin) -> Result<AdminSettings, ConfigError> {
+pub(super) fn validate_admin(admin: AdminFile) -> Result<AdminSettings, ConfigError> {
     if admin.token.as_ref().is_some_and(|t| t.len() < 16) {
         return Err(ConfigError::new(
             "admin.token",

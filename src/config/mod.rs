@@ -118,43 +118,43 @@ impl Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    pub listeners: Listeners,
+    pub listeners: ListenersFile,
     #[serde(default)]
-    pub server: Server,
+    pub server: ServerFile,
     #[serde(default)]
-    pub cors: Cors,
+    pub cors: CorsFile,
     #[serde(default)]
-    pub providers: BTreeMap<String, Provider>,
+    pub providers: BTreeMap<String, ProviderFile>,
     #[serde(default)]
     pub routes: BTreeMap<Drm, String>,
-    pub auth: Option<Auth>,
-    pub catalog: Option<Catalog>,
+    pub auth: Option<AuthFile>,
+    pub catalog: Option<CatalogFile>,
     #[serde(default)]
     pub key_seeds: BTreeMap<String, String>,
     #[serde(default)]
-    pub entitlement: Entitlement,
+    pub entitlement: EntitlementFile,
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyFile>,
-    pub demo: Option<Demo>,
+    pub demo: Option<DemoFile>,
     #[serde(default)]
-    pub authorization_cache: AuthorizationCache,
-    pub devices: Option<Devices>,
-    pub streams: Option<Streams>,
+    pub authorization_cache: AuthorizationCacheFile,
+    pub devices: Option<DevicesFile>,
+    pub streams: Option<StreamsFile>,
     #[serde(default)]
-    pub rate_limits: RateLimits,
-    pub quota: Option<Quota>,
+    pub rate_limits: RateLimitsFile,
+    pub quota: Option<QuotaFile>,
     #[serde(default)]
-    pub admin: Admin,
+    pub admin: AdminFile,
     #[serde(default)]
-    pub store: Store,
+    pub store: StoreFile,
     #[serde(default)]
-    pub fairplay: FairPlay,
+    pub fairplay: FairPlayFile,
 }
 
 /// The demo page and stream, served under `/demo/` on the admin listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Demo {
+struct DemoFile {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Needed only when enabled.

@@ -11,7 +11,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Provider {
+pub(super) struct ProviderFile {
     pub kind: ProviderKind,
     #[serde(default)]
     pub endpoints: Endpoints,
@@ -20,7 +20,7 @@ pub(super) struct Provider {
     #[serde(default = "yes")]
     pub tls_verify: bool,
     #[serde(default)]
-    pub timeouts: Timeouts,
+    pub timeouts: TimeoutsFile,
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: usize,
     #[serde(default = "default_retries")]
@@ -194,13 +194,13 @@ pub enum Protocol {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct Timeouts {
+pub(super) struct TimeoutsFile {
     pub connect_ms: u64,
     pub read_ms: u64,
     pub total_ms: u64,
 }
 
-impl Default for Timeouts {
+impl Default for TimeoutsFile {
     fn default() -> Self {
         Self {
             connect_ms: 1000,
@@ -277,7 +277,7 @@ pub struct Endpoint {
 
 pub(super) fn validate_provider(
     name: &str,
-    provider: Provider,
+    provider: ProviderFile,
 ) -> Result<ProviderConfig, ConfigError> {
     let key = |field: &str| format!("providers.{name}.{field}");
     let endpoints = match &provider.endpoints {

@@ -10,10 +10,10 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Listeners {
+pub(super) struct ListenersFile {
     pub license: String,
     pub admin: String,
-    pub tls: Option<Tls>,
+    pub tls: Option<TlsFile>,
     /// Connections each listener serves at once; beyond that new ones are closed on accept, so
     /// a flood on the license listener leaves the admin listener (and its health checks) alive.
     #[serde(default = "default_license_max_connections")]
@@ -32,14 +32,14 @@ pub(super) fn default_admin_max_connections() -> usize {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Tls {
+pub(super) struct TlsFile {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct Server {
+pub(super) struct ServerFile {
     pub threads: usize,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
@@ -64,7 +64,7 @@ pub(super) struct Server {
     pub upgrade_socket: String,
 }
 
-impl Default for Server {
+impl Default for ServerFile {
     fn default() -> Self {
         Self {
             threads: 2,
@@ -121,7 +121,7 @@ pub struct ServerSettings {
     pub upgrade_socket: PathBuf,
 }
 
-pub(super) fn validate_server(server: Server) -> Result<ServerSettings, ConfigError> {
+pub(super) fn validate_server(server: ServerFile) -> Result<ServerSettings, ConfigError> {
     at_least_one("server.threads", server.threads)?;
     if server.max_challenge_bytes == 0 || server.max_challenge_bytes > RETRY_BUFFER_BYTES {
         return Err(ConfigError::new(

@@ -10,7 +10,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Store {
+pub(super) struct StoreFile {
     #[serde(default)]
     pub kind: StoreKind,
     /// The embedded store's file.
@@ -31,7 +31,7 @@ pub(super) struct Store {
     pub timeout_ms: u64,
 }
 
-impl Default for Store {
+impl Default for StoreFile {
     fn default() -> Self {
         Self {
             kind: StoreKind::default(),
@@ -103,7 +103,7 @@ impl std::fmt::Debug for RedisTopology {
     }
 }
 
-pub(super) fn validate_store(store: Store) -> Result<StoreSettings, ConfigError> {
+pub(super) fn validate_store(store: StoreFile) -> Result<StoreSettings, ConfigError> {
     at_least_one("store.timeout_ms", store.timeout_ms)?;
     let timeout = Duration::from_millis(store.timeout_ms);
     let backend = match store.kind {
@@ -113,7 +113,7 @@ pub(super) fn validate_store(store: Store) -> Result<StoreSettings, ConfigError>
     Ok(StoreSettings { backend, timeout })
 }
 
-fn redis_topology(store: Store) -> Result<RedisTopology, ConfigError> {
+fn redis_topology(store: StoreFile) -> Result<RedisTopology, ConfigError> {
     let urls = |key: &str, urls: &[String]| {
         urls.iter().enumerate().try_for_each(|(n, url)| {
             if url.starts_with("redis://") || url.starts_with("rediss://") {

@@ -9,7 +9,7 @@ use super::*;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Streams {
+pub(super) struct StreamsFile {
     pub max_per_user: u32,
     /// A token claim that overrides `max_per_user` for its user.
     #[serde(default = "default_max_streams_claim")]
@@ -61,7 +61,7 @@ pub struct StreamSettings {
     pub fail_open: bool,
 }
 
-pub(super) fn validate_streams(streams: Streams) -> Result<StreamSettings, ConfigError> {
+pub(super) fn validate_streams(streams: StreamsFile) -> Result<StreamSettings, ConfigError> {
     at_least_one("streams.max_per_user", streams.max_per_user)?;
     at_least_one(
         "streams.renewal_interval_seconds",

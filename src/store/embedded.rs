@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Transaction, TransactionBe
 use tokio::sync::oneshot;
 
 use super::{
-    Continuation, ContinueAsk, DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot,
+    Continuation, ContinueAsk, Lease, LeaseAsk, QuotaDecision, Slot, SlotDecision as Decision,
     Store, StoreError, StreamDecision, cadence,
 };
 

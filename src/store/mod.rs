@@ -40,7 +40,7 @@ pub struct Slot {
 
 /// The store's answer to a device asking for a license.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceDecision {
+pub enum SlotDecision {
     /// The device holds a slot (`new`: it was given one just now).
     Admitted { new: bool },
     /// Every slot is held by another device.
@@ -229,7 +229,7 @@ pub trait Store: Send + Sync {
         limit: u32,
         idle: Duration,
         now: u64,
-    ) -> Result<DeviceDecision, StoreError>;
+    ) -> Result<SlotDecision, StoreError>;
 
     /// The user's slots not idle for `idle`, least recently used first.
     async fn devices(&self, user: &str, idle: Duration, now: u64) -> Result<Vec<Slot>, StoreError>;

@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use crate::config::RedisTopology;
 
 use super::{
-    Continuation, ContinueAsk, DeviceDecision as Decision, Lease, LeaseAsk, QuotaDecision, Slot,
+    Continuation, ContinueAsk, Lease, LeaseAsk, QuotaDecision, Slot, SlotDecision as Decision,
     Store, StoreError, StreamDecision,
 };
 
