@@ -1,0 +1,77 @@
+//! The simulator, run in this process on a free port, and provider configs that reach it.
+
+use super::*;
+
+/// The simulator, served by this process on a runtime of its own, as `licensegate-sim` with
+/// the given flags would serve it.
+pub struct Sim {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub port: u16,
+}
+
+#[derive(clap::Parser)]
+struct SimFlags {
+    #[command(flatten)]
+    faults: licensegate_sim::Faults,
+    #[command(flatten)]
+    provider: licensegate_sim::vendors::VendorArgs,
+}
+
+impl Sim {
+    pub fn start(args: &[&str]) -> Sim {
+        use clap::Parser;
+        let flags = SimFlags::try_parse_from(
+            std::iter::once("licensegate-sim").chain(args.iter().copied()),
+        )
+        .unwrap_or_else(|e| panic!("simulator flags {args:?}: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            licensegate_sim::serve(listener, flags.faults, flags.provider).await
+        });
+        Sim {
+            runtime: Some(runtime),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/AcquireLicense", self.port)
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{}/stats", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // Tests drop it inside their own runtime, where waiting is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The body of `[providers.NAME]` for an Axinom provider on `sim` (started with
+/// `--vendor axinom`), with the simulator's communication key.
+pub fn axinom_provider(name: &str, sim: &Sim) -> String {
+    format!(
+        "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.{name}.settings]\n\
+         com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
+         com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
+        sim.url()
+    )
+}
