@@ -1,23 +1,8 @@
-// The demo page: plays the ClearKey demo stream with licensegate as license server.
-// Query parameters: token (the user's JWT), license (licensegate's license API origin,
-// default: this host on port 8080), content (default: demo), manifest.
+// The demo page: plays the ClearKey demo stream with Shaka Player and licensegate as license
+// server (page.js reads the query parameters).
 'use strict';
 
-const params = new URLSearchParams(location.search);
-const licenseOrigin = params.get('license') || `${location.protocol}//${location.hostname}:8080`;
-const content = params.get('content') || 'demo';
-const token = params.get('token');
 const manifest = params.get('manifest') || 'media/manifest.mpd';
-const licenseUrl = `${licenseOrigin}/v1/license/clearkey?content=${encodeURIComponent(content)}`;
-
-// What the end-to-end test reads; the page shows the same.
-window.demo = { license: null, error: null, playing: false };
-
-const show = (id, text, kind) => {
-  const element = document.getElementById(id);
-  element.textContent = text;
-  element.className = kind || '';
-};
 
 async function main() {
   show('server', licenseUrl);

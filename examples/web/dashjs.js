@@ -1,23 +1,8 @@
 // The demo page with dash.js, the DASH-IF reference player: plays the ClearKey demo stream with
-// licensegate as license server. Query parameters as for the Shaka page (app.js): token,
-// license, content, manifest.
+// licensegate as license server (page.js reads the query parameters).
 'use strict';
 
-const params = new URLSearchParams(location.search);
-const licenseOrigin = params.get('license') || `${location.protocol}//${location.hostname}:8080`;
-const content = params.get('content') || 'demo';
-const token = params.get('token');
 const manifest = params.get('manifest') || 'media/manifest-dashjs.mpd';
-const licenseUrl = `${licenseOrigin}/v1/license/clearkey?content=${encodeURIComponent(content)}`;
-
-// What the end-to-end test reads, in the Shaka page's shape; the page shows the same.
-window.demo = { license: null, error: null, playing: false };
-
-const show = (id, text, kind) => {
-  const element = document.getElementById(id);
-  element.textContent = text;
-  element.className = kind || '';
-};
 
 show('server', licenseUrl);
 const video = document.getElementById('video');
