@@ -2,6 +2,8 @@
 //! and the validated internal [`Config`] that the rest of licensegate sees. Every error names
 //! the key path it is about.
 
+pub mod policy;
+
 mod auth;
 mod authorization_cache;
 mod catalog;
@@ -25,8 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::drm::Drm;
-use crate::keyseed::KeySeed;
 use crate::policy::Policy;
 pub use auth::*;
 pub use authorization_cache::*;
@@ -36,6 +36,8 @@ pub use devices::*;
 pub use entitlement::*;
 pub use fairplay::*;
 pub use jsonwebtoken::Algorithm;
+use licensegate_drm::drm::Drm;
+use licensegate_drm::keyseed::KeySeed;
 pub use limits::*;
 pub use providers::*;
 pub use server::*;
