@@ -28,10 +28,10 @@ pub mod server;
 pub mod service_certificate;
 pub mod shutdown;
 pub mod state;
-pub mod store;
 pub mod streams;
 pub mod trace;
 pub mod upstream;
 
 pub use licensegate_config::{self as config, policy};
 pub use licensegate_drm::{challenge, drm, keyseed, manifest};
+pub use licensegate_store as store;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{ConfigError, StoreBackend, StoreSettings};
+use licensegate_config::{ConfigError, StoreBackend, StoreSettings};
 
 /// Why a store call failed. Messages are kept as text: one failed group commit answers every
 /// call in it, and the drivers' errors cannot be cloned.
@@ -152,7 +152,7 @@ pub enum Continuation {
 pub mod cadence {
     /// Live entries at most: every key ID a challenge may name, a renewal and a heartbeat. A
     /// continuation that would need more is not exempt.
-    pub const KEPT: usize = crate::challenge::MAX_KEY_IDS + 2;
+    pub const KEPT: usize = licensegate_drm::challenge::MAX_KEY_IDS + 2;
 
     fn entries(record: &str) -> impl Iterator<Item = (&str, u64)> {
         record
@@ -486,7 +486,7 @@ impl Shared {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
-        match pingora::time::timeout(self.timeout, call).await {
+        match pingora_timeout::timeout(self.timeout, call).await {
             Ok(answer) => answer,
             Err(_) => {
                 if let Some(redis) = &self.redis {
@@ -812,7 +812,10 @@ pub(crate) mod conformance {
             }
         );
 
-        let now = crate::clock::now_seconds();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert_eq!(store.blocked("ann", now).await.unwrap(), None);
         store.block_user("ann", None, now).await.unwrap();
         assert_eq!(store.blocked("ann", now).await.unwrap(), Some(None));

@@ -19,7 +19,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{AsyncCommands, RedisFuture, Script};
 use tokio::sync::OnceCell;
 
-use crate::config::RedisTopology;
+use licensegate_config::RedisTopology;
 
 use super::{
     Continuation, ContinueAsk, Lease, LeaseAsk, QuotaDecision, Slot, SlotDecision as Decision,
