@@ -8,17 +8,17 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::HeaderValue;
-use licensegate::catalog::Content;
+use licensegate::cdm::service_certificate::{Lookup, ServiceCertificates};
 use licensegate::config::{Config, CorsSettings};
-use licensegate::cors::Origin;
 use licensegate::drm::Drm;
-use licensegate::metrics::Metrics;
+use licensegate::http::cors::Origin;
+use licensegate::http::problem::Problem;
 use licensegate::pipeline::{self, RequestCtx};
-use licensegate::problem::Problem;
 use licensegate::providers::LicenseRequest;
 use licensegate::providers::authorizations::AuthorizationCache;
 use licensegate::providers::axinom::Axinom;
-use licensegate::service_certificate::{Lookup, ServiceCertificates};
+use licensegate::rights::catalog::Content;
+use licensegate::telemetry::metrics::Metrics;
 use pingora::prelude::RequestHeader;
 
 const CONFIG: &str = r#"
@@ -90,7 +90,7 @@ fn forward(c: &mut Criterion) {
     ctx.plan = Some(pipeline::ForwardPlan {
         drm: Drm::Widevine,
         provider: licensegate::providers::build(&provider, Duration::from_secs(60)).unwrap(),
-        upstream: std::sync::Arc::new(licensegate::upstream::Upstream::new(
+        upstream: std::sync::Arc::new(licensegate::providers::upstream::Upstream::new(
             provider.clone(),
             endpoints,
             "sim".into(),
@@ -103,15 +103,18 @@ fn forward(c: &mut Criterion) {
         challenge_len: 2048,
         fairplay: None,
     });
-    ctx.forward.target = Some(licensegate::upstream::Target {
+    ctx.forward.target = Some(licensegate::providers::upstream::Target {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
         endpoint: provider.endpoints.for_drm(Drm::Widevine).unwrap()[0].clone(),
         state: Default::default(),
     });
     let forwarded = http::HeaderValue::from_static("198.51.100.1");
-    let client =
-        licensegate::forwarded::client_address("203.0.113.7".parse().unwrap(), [&forwarded], &[])
-            .unwrap();
+    let client = licensegate::http::forwarded::client_address(
+        "203.0.113.7".parse().unwrap(),
+        [&forwarded],
+        &[],
+    )
+    .unwrap();
     ctx.client = Some(client);
     c.bench_function("forward/upstream_request_header", |b| {
         b.iter(|| black_box(pipeline::upstream_request(&ctx).unwrap()))
@@ -162,8 +165,8 @@ fn answers(c: &mut Criterion) {
 
 fn identity(c: &mut Criterion) {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use licensegate::auth::{Authenticator, Cookies};
     use licensegate::config::{AuthKeySource, AuthSettings, TokenSource};
+    use licensegate::rights::auth::{Authenticator, Cookies};
 
     const SECRET: &[u8] = b"bench-secret-0123456789abcdef-0123456789";
     let settings = AuthSettings {

@@ -1,36 +1,24 @@
 //! licensegate: a DRM license acquisition proxy on Pingora.
 //!
-//! The request pipeline reads top to bottom in [`pipeline`]; [`proxy`] wires it into Pingora's
-//! hooks and [`server`] assembles listeners and background services from the [`config`].
+//! The request pipeline reads top to bottom in [`pipeline`], whose `hooks` wire it into
+//! Pingora; [`app`] assembles listeners and background services from the [`config`].
+//!
+//! Modules depend downwards only, and a test (`tests/it/layout.rs`) keeps it so: [`clock`],
+//! [`http`] and [`telemetry`] at the bottom; then [`rights`]; [`providers`]; [`cdm`] and
+//! [`limits`]; [`state`]; [`pipeline`] and [`admin`]; [`app`], which only `main` uses. The
+//! [`config`] and [`store`] crates sit below all of them, and Cargo keeps them there.
 
 pub mod admin;
-pub mod auth;
-pub mod catalog;
+pub mod app;
+pub mod cdm;
 pub mod clock;
-pub mod cors;
-pub mod demo;
-pub mod devices;
-pub mod entitlement;
-pub mod fairplay;
-pub mod forwarded;
-pub mod headers;
+pub mod http;
 pub mod limits;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
 pub mod pipeline;
-pub mod playready;
-pub mod problem;
 pub mod providers;
-pub mod proxy;
-pub mod reload;
-pub mod server;
-pub mod service_certificate;
-pub mod shutdown;
+pub mod rights;
 pub mod state;
-pub mod streams;
-pub mod trace;
-pub mod upstream;
+pub mod telemetry;
 
 pub use licensegate_config::{self as config, policy};
 pub use licensegate_drm::{challenge, drm, keyseed, manifest};

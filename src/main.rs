@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            licensegate::logging::init(config.server.log_format);
+            licensegate::telemetry::logging::init(config.server.log_format);
             for deprecation in &config.deprecations {
                 tracing::warn!("{deprecation}");
             }
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
             }
             let hold = std::time::Duration::from_secs(config.server.grace_period_seconds);
             let (mut server, live) =
-                match licensegate::server::build(config, Some(path), upgrade, early_hangup) {
+                match licensegate::app::build(config, Some(path), upgrade, early_hangup) {
                     Ok(built) => built,
                     Err(e) => {
                         eprintln!("cannot start: {e}");
@@ -174,17 +174,17 @@ fn main() -> ExitCode {
                     }
                 };
             server.bootstrap();
-            licensegate::shutdown::exit_when_drained(
+            licensegate::app::shutdown::exit_when_drained(
                 server.watch_execution_phase(),
                 live.lifetime().metrics.in_flight.clone(),
             );
             server.run(pingora::server::RunArgs {
-                shutdown_signal: Box::new(licensegate::shutdown::Signals {
+                shutdown_signal: Box::new(licensegate::app::shutdown::Signals {
                     drain: live.lifetime().drain.clone(),
                     hold,
                 }),
             });
-            licensegate::logging::flush();
+            licensegate::telemetry::logging::flush();
             ExitCode::SUCCESS
         }
     }

@@ -54,7 +54,7 @@ pub async fn admit(
     if let Some(trace) = TraceContext::continued(&request.headers) {
         ctx.trace = trace;
     }
-    crate::headers::check_limits(request, &state.config.server)?;
+    crate::http::headers::check_limits(request, &state.config.server)?;
     ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
     if matches!(ctx.origin, Origin::Refused) {
         // A browser enforces CORS only on reading the answer; the request itself (and the
@@ -83,7 +83,7 @@ pub async fn admit(
         authenticated.clone()?;
     }
     let soap_action = match drm {
-        Drm::PlayReady => Some(crate::playready::soap_action(
+        Drm::PlayReady => Some(crate::cdm::playready::soap_action(
             session.req_header().headers.get("SOAPAction"),
         )?),
         _ => None,
@@ -698,7 +698,7 @@ async fn read_challenge(
 
 /// The content id the request names, if any (`?content=` first, then `X-Content-Id`).
 pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
-    crate::headers::query_or_header(request, "content", CONTENT_ID_HEADER)
+    crate::http::headers::query_or_header(request, "content", CONTENT_ID_HEADER)
         .map_err(|_| Problem::content_id_invalid())?
         .map(valid_content_id)
         .transpose()

@@ -14,7 +14,7 @@ pub async fn answer(
         response.insert_header(header::CONTENT_TYPE, content_type)?;
     }
     response.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
-    response.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
+    response.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;
     match answer.max_age {
         Some(age) => response.insert_header(
             header::CACHE_CONTROL,

@@ -24,7 +24,7 @@ pub async fn fail(
     let problem = ctx
         .pending_problem
         .take()
-        .unwrap_or_else(|| crate::problem::upstream_failure(error));
+        .unwrap_or_else(|| crate::http::problem::upstream_failure(error));
     let status = problem.status;
     let can_reuse_downstream = if session.response_written().is_none() {
         let local = problem_answer(&problem, ctx);

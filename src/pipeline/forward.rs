@@ -5,7 +5,7 @@ use super::*;
 
 /// Phase "forward", each attempt: the next endpoint, with what is left of the total budget
 /// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
-/// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::upstream::EndpointState`]).
+/// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::providers::upstream::EndpointState`]).
 pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
     let Some(plan) = &ctx.plan else {
         return Err(Problem::internal());
@@ -204,10 +204,10 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     if let Some(client) = &ctx.client {
         request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
     }
-    request.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
-    request.insert_header(crate::trace::TRACEPARENT, ctx.trace.traceparent())?;
+    request.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;
+    request.insert_header(crate::http::trace::TRACEPARENT, ctx.trace.traceparent())?;
     if let Some(state) = &ctx.trace.state {
-        request.insert_header(crate::trace::TRACESTATE, state.as_str())?;
+        request.insert_header(crate::http::trace::TRACESTATE, state.as_str())?;
     }
     for (name, value) in authorization.map_or(&[][..], |a| a.headers.as_slice()) {
         request.insert_header(name.clone(), value.clone())?;

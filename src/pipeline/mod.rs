@@ -1,4 +1,4 @@
-//! One license request, phase by phase, top to bottom. The Pingora hooks in `proxy.rs` only call
+//! One license request, phase by phase, top to bottom. The Pingora hooks in `hooks.rs` only call
 //! these phases; what a phase learns lives in [`RequestCtx`], the pipeline's memory.
 //!
 //! | Pingora hook | phase | may change |
@@ -33,24 +33,24 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::{Cookies, Identity};
-use crate::catalog::{Catalog, Content};
+use crate::cdm::fairplay;
+use crate::cdm::service_certificate::{Certificate, Filler, Lookup};
 use crate::challenge::{self, ChallengeInfo, RequestType, widevine};
 use crate::config::ProviderConfig;
-use crate::cors::{self, Origin};
 use crate::drm::Drm;
-use crate::fairplay;
-use crate::forwarded::{self, ClientAddress};
+use crate::http::cors::{self, Origin};
+use crate::http::forwarded::{self, ClientAddress};
+use crate::http::problem::{self, Problem, Refusal};
+use crate::http::trace::TraceContext;
+use crate::limits::streams;
 use crate::limits::{QuotaTaken, Scope};
-use crate::metrics::InFlight;
-use crate::problem::{self, Problem, Refusal};
 use crate::providers::ProviderRoute;
+use crate::providers::upstream::{Target, Upstream};
 use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
-use crate::service_certificate::{Certificate, Filler, Lookup};
+use crate::rights::auth::{Cookies, Identity};
+use crate::rights::catalog::{Catalog, Content};
 use crate::state::State;
-use crate::streams;
-use crate::trace::TraceContext;
-use crate::upstream::{Target, Upstream};
+use crate::telemetry::metrics::InFlight;
 use std::borrow::Cow;
 use tokio::sync::OwnedMutexGuard;
 
@@ -58,6 +58,7 @@ mod admit;
 mod answer;
 mod finish;
 mod forward;
+pub mod hooks;
 mod stream_limits;
 mod vendor_answer;
 
@@ -108,7 +109,7 @@ pub struct RequestCtx {
     /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
     /// answers with it.
     pub pending_problem: Option<Problem>,
-    /// Whether the connection's clock counts this request (see [`crate::listener`]).
+    /// Whether the connection's clock counts this request (see [`crate::http::listener`]).
     pub connection_busy: bool,
     /// The stream this request starts, renews or ends, once the limits phase has looked.
     pub stream: Option<StreamHold>,
@@ -130,7 +131,7 @@ pub struct Forwarding {
     pub target: Option<Target>,
     /// The authorization of the current attempt, when it is minted per attempt.
     pub authorization: Option<Arc<Authorization>>,
-    /// Held from choosing a backend until Pingora hands over the stream (see [`crate::upstream::EndpointState`]).
+    /// Held from choosing a backend until Pingora hands over the stream (see [`crate::providers::upstream::EndpointState`]).
     pub stream_turn: Option<OwnedMutexGuard<()>>,
     pub status: Option<u16>,
     pub vendor_reason: Option<String>,

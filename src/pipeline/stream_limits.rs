@@ -20,14 +20,14 @@ use http::Method;
 use pingora::prelude::Session;
 
 use super::{Admission, RequestCtx, json_answer, resolve_content, take_rate_tokens};
-use crate::auth::Identity;
 use crate::challenge::{ChallengeInfo, RequestType, widevine};
 use crate::clock::now_seconds;
 use crate::drm::Drm;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
+use crate::limits::streams::{self, Admitted, Streams};
+use crate::rights::auth::Identity;
 use crate::state::State;
 use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts};
-use crate::streams::{self, Admitted, Streams};
 
 /// A request's part in its user's stream limit.
 pub struct StreamHold {
@@ -526,7 +526,7 @@ pub(super) async fn stream_heartbeat(
     let Some(streams) = state.streams.as_ref().filter(|streams| streams.limited) else {
         return Err(Problem::not_found().with_detail("stream limits are not configured"));
     };
-    let id = streams::valid_session(crate::headers::path_segment(&id))?;
+    let id = streams::valid_session(crate::http::headers::path_segment(&id))?;
     let identity = super::authenticate(state, session.req_header(), &ctx.origin)?
         .ok_or_else(Problem::internal)?;
     super::check_blocked(state, Some(&identity)).await?;

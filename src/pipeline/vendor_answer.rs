@@ -180,7 +180,7 @@ async fn admit_on_answer(
     let device = plan.provider.device(headers);
     let reported = match &device {
         crate::providers::Device::Reported(info) => match &state.devices {
-            Some(devices) => crate::devices::identity(&devices.settings, info),
+            Some(devices) => crate::limits::devices::identity(&devices.settings, info),
             None => info.client_token.clone().or_else(|| info.device_id.clone()),
         },
         _ => None,
@@ -213,7 +213,7 @@ pub fn vendor_answer_headers(
             response.remove_header(name);
         }
     }
-    response.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
+    response.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(session) = announced_session(ctx) {
         response.insert_header(streams::SESSION_HEADER, session)?;
     }
@@ -334,7 +334,7 @@ fn finish_whole_answer(
             refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
             refusal.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
             refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
-            refusal.insert_header(crate::headers::REQUEST_ID, ctx.request_id.as_str())?;
+            refusal.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;
             cors::decorate(&state.config.cors, &ctx.origin, &mut refusal);
             Ok((Some(Box::new(refusal)), body))
         }

@@ -13,8 +13,8 @@ use prometheus::{HistogramVec, IntCounterVec};
 use super::{Authorization, LicenseRequest, Minting, Provider};
 use crate::config::AuthorizationCacheSettings;
 use crate::drm::Drm;
-use crate::metrics::Metrics;
-use crate::problem::Problem;
+use crate::http::problem::Problem;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TokenKey {
@@ -148,8 +148,8 @@ impl AuthorizationCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Content;
     use crate::policy::{Hdcp, Policy};
+    use crate::rights::catalog::Content;
     use async_trait::async_trait;
     use http::HeaderMap;
     use std::sync::atomic::AtomicUsize;

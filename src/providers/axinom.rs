@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::{Authorization, Device, DeviceInfo, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
+use crate::http::problem::Problem;
 use crate::policy::{Hdcp, Policy};
-use crate::problem::Problem;
 
 pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");
 

@@ -9,10 +9,10 @@ use http::HeaderMap;
 use serde::Serialize;
 
 use super::{Authorization, LicenseRequest, LocalLicense, Minting, Provider};
-use crate::catalog::Content;
 use crate::challenge::ChallengeInfo;
+use crate::http::problem::{Problem, Refusal};
 use crate::policy::Policy;
-use crate::problem::{Problem, Refusal};
+use crate::rights::catalog::Content;
 
 pub struct ClearKey;
 

@@ -17,8 +17,8 @@ use super::{
     LicenseRequest, Minting, Provider,
 };
 use crate::config::{ConfigError, ProviderConfig};
+use crate::http::problem::Problem;
 use crate::policy::Hdcp;
-use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use super::{Authorization, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, Endpoint, ProviderConfig, parse_endpoint};
 use crate::drm::Drm;
+use crate::http::problem::{Problem, Refusal};
 use crate::policy::Hdcp;
-use crate::problem::{Problem, Refusal};
-use crate::upstream::Upstream;
+use crate::providers::upstream::Upstream;
 
 /// ExpressPlay's longest (and default) token lifetime.
 const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
@@ -269,7 +269,7 @@ impl Provider for ExpressPlay {
             .map_err(|e| {
                 let detail = format!("{} token service: {}", self.config.name, e.etype().as_str());
                 tracing::warn!(provider = %self.config.name, error = %e, "token service call failed");
-                crate::problem::upstream_failure(&e).with_detail(detail)
+                crate::http::problem::upstream_failure(&e).with_detail(detail)
             })?;
         if answer.status != 200 {
             let error: TokenError = serde_json::from_slice(&answer.body).unwrap_or_default();

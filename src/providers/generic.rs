@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::{Authorization, FairPlayWire, LicenseRequest, Minting, Provider};
 use crate::config::{ConfigError, ProviderConfig, SecretEncoding, decode_secret};
+use crate::http::problem::Problem;
 use crate::policy::Hdcp;
-use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcSource, SpcFormat};
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@ pub mod expressplay;
 pub mod generic;
 pub mod pallycon;
 pub mod passthrough;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,13 +22,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
 
-use crate::catalog::Content;
 use crate::challenge::{ChallengeInfo, Kid};
 use crate::config::{ConfigError, ProviderConfig, ProviderKind};
 use crate::drm::Drm;
+use crate::http::problem::Problem;
 use crate::policy::Policy;
-use crate::problem::Problem;
-use crate::upstream::Upstream;
+use crate::providers::upstream::Upstream;
+use crate::rights::catalog::Content;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 /// A refusal reason is logged, and a runaway one must not flood the log line.

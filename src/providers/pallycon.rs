@@ -21,8 +21,8 @@ use super::{
 };
 use crate::config::{ConfigError, ProviderConfig};
 use crate::drm::Drm;
+use crate::http::problem::Problem;
 use crate::policy::{Hdcp, Policy};
-use crate::problem::Problem;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");

@@ -7,7 +7,7 @@ use http::HeaderMap;
 
 use super::{Authorization, LicenseRequest, Minting, Provider};
 use crate::config::ProviderConfig;
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 
 pub struct Passthrough {
     config: Arc<ProviderConfig>,

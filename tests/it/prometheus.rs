@@ -191,7 +191,7 @@ async fn a_real_prometheus_agrees_with_the_traffic_and_runs_every_rule_and_dashb
     // p99 (which includes the network, so is never below licensegate's).
     ok_latencies.sort();
     let client_p99 = ok_latencies[ok_latencies.len() * 99 / 100 - 1].as_secs_f64();
-    let upper = licensegate::metrics::LATENCY_BUCKETS
+    let upper = licensegate::telemetry::metrics::LATENCY_BUCKETS
         .iter()
         .copied()
         .find(|bound| *bound >= client_p99)

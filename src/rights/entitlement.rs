@@ -13,11 +13,11 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::auth::Identity;
-use crate::catalog::Content;
 use crate::config::{EntitlementServiceSettings, EntitlementSettings};
+use crate::http::problem::{Problem, Refusal};
 use crate::policy::Policy;
-use crate::problem::{Problem, Refusal};
+use crate::rights::auth::Identity;
+use crate::rights::catalog::Content;
 
 /// Permission to play, with the policy the license must carry.
 #[derive(Debug, Clone)]

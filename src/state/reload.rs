@@ -15,8 +15,8 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
+use crate::providers::upstream::Upstream;
 use crate::state::{Assembled, Lifetime, State, assemble, load_resources, resolve};
-use crate::upstream::Upstream;
 
 /// How often refilled rate-limit buckets are dropped, and expired rows of the embedded store.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);

@@ -269,7 +269,7 @@ mod tests {
     /// The README's error table is the players' reference: it lists exactly the catalog.
     #[test]
     fn the_readme_error_table_lists_every_code_and_no_other() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let table = readme
             .split("### Errors")
             .nth(1)

@@ -3,7 +3,7 @@
 
 use pingora::http::RequestHeader;
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 
 /// The header carrying a request's id: on its way to the vendor and on every answer.
 pub const REQUEST_ID: &str = "X-Request-Id";

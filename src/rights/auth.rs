@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthKeySource, AuthSettings, ConfigError, TokenSource};
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 
 /// A verified user.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderValue;
 use ipnet::IpNet;
 
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 
 /// The most addresses a forwarded chain keeps; longer chains keep the entries nearest to us,
 /// which are the ones trusted proxies wrote.

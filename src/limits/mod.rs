@@ -3,6 +3,9 @@
 //! blocked through the admin API. Renewals of live streams pass every limit: a playing stream is
 //! never rate limited out.
 
+pub mod devices;
+pub mod streams;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -17,9 +20,9 @@ use serde_json::Value;
 use crate::clock::now_seconds;
 use crate::config::{Bucket, QuotaSettings, RateLimitSettings};
 use crate::drm::Drm;
-use crate::metrics::Metrics;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 use crate::store::{QuotaDecision, Shared, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 /// One configured bucket, counted in this process or in Redis.
 struct Limiter {
@@ -213,7 +216,7 @@ impl Quotas {
     }
 
     fn limit_for(&self, claims: &serde_json::Map<String, Value>) -> u64 {
-        crate::auth::claimed_limit(
+        crate::rights::auth::claimed_limit(
             Some(claims),
             &self.settings.claim,
             None,

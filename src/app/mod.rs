@@ -2,6 +2,8 @@
 //! listener (the proxy), the admin listener, and one background service per routed provider for
 //! DNS and health checks. Only `main` uses it.
 
+pub mod shutdown;
+
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
@@ -12,11 +14,11 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::{Config, ConfigError};
-use crate::listener::{self, Deadlines, Listener};
-use crate::proxy::LicenseProxy;
-use crate::reload::{Live, Reloader};
+use crate::http::listener::{self, Deadlines, Listener};
+use crate::pipeline::hooks::LicenseProxy;
+use crate::providers::upstream::Upstream;
+use crate::state::reload::{Live, Reloader};
 use crate::state::{Assembled, Lifetime, assemble, load_resources, resolve};
-use crate::upstream::Upstream;
 
 /// Builds the server and the state its requests share; `upgrade` takes the listening sockets
 /// from a running licensegate (see the README's upgrade section) instead of binding them.

@@ -25,18 +25,18 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::now_seconds;
 use crate::config::{OnLimit, StreamSettings};
-use crate::metrics::Metrics;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 use crate::store::{
     Continuation, ContinueAsk, Lease, LeaseAsk, Shared, StoreError, StreamDecision, StreamFacts,
 };
+use crate::telemetry::metrics::Metrics;
 
 pub const SESSION_HEADER: &str = "X-Playback-Session";
 const MAX_SESSION_LEN: usize = 128;
 
 /// The playback session id the player sent, if any.
 pub fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem> {
-    crate::headers::query_or_header(request, "session", SESSION_HEADER)
+    crate::http::headers::query_or_header(request, "session", SESSION_HEADER)
         .map_err(|_| session_invalid())?
         .map(valid_session)
         .transpose()
@@ -220,7 +220,7 @@ impl Streams {
         if !self.limited {
             return u32::MAX;
         }
-        crate::auth::claimed_limit(
+        crate::rights::auth::claimed_limit(
             claims,
             &self.settings.claim,
             granted,

@@ -15,7 +15,7 @@ use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
 use prometheus::IntGauge;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::listener::Drain;
+use crate::http::listener::Drain;
 
 pub struct Signals {
     pub drain: Drain,
@@ -81,7 +81,7 @@ pub fn exit_when_drained(
             };
         }
         tracing::info!("drained: no request in flight, exiting");
-        crate::logging::flush();
+        crate::telemetry::logging::flush();
         std::process::exit(0);
     });
 }

@@ -1,5 +1,5 @@
 //! The Pingora hooks. Each one hands over to a pipeline phase; the order of phases is read in
-//! `pipeline.rs`, not here.
+//! `pipeline/mod.rs`, not here.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorType, Result};
 
 use crate::pipeline::{self, Admission, RequestCtx};
-use crate::reload::Live;
+use crate::state::reload::Live;
 
 pub struct LicenseProxy {
     pub live: Arc<Live>,

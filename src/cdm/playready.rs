@@ -3,7 +3,7 @@
 use http::HeaderValue;
 
 use crate::drm::PLAYREADY_SOAP_ACTION;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 
 /// Every PlayReady SOAP action (AcquireLicense, AcknowledgeLicense, JoinDomain...) is a name in
 /// this namespace.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::challenge::Kid;
 use crate::config::{FairPlaySettings, ProviderConfig, certificate_der};
 use crate::drm::Drm;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 use crate::providers::ProviderRoute;
 use crate::providers::{CertificateEncoding, LicenseRequest, Provider};
 
@@ -241,7 +241,7 @@ impl Certificates {
 
 fn fetch_failed(config: &ProviderConfig, error: &pingora::Error) -> Problem {
     tracing::warn!(provider = %config.name, error = %error, "FairPlay certificate fetch failed");
-    crate::problem::upstream_failure(error).with_detail(format!(
+    crate::http::problem::upstream_failure(error).with_detail(format!(
         "{} certificate endpoint: {}",
         config.name,
         error.etype().as_str()

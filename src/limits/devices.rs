@@ -11,10 +11,10 @@ use serde_json::Value;
 
 use crate::clock::now_seconds;
 use crate::config::{DeviceDecision, DeviceField, DeviceSettings};
-use crate::metrics::Metrics;
-use crate::problem::{Problem, Refusal};
+use crate::http::problem::{Problem, Refusal};
 use crate::providers::{Device, DeviceInfo};
 use crate::store::{Shared, Slot, SlotDecision as Decision, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 /// Which field of the provider's device report names the device: the advice of **Axinom license
 /// service proxy** (docs/sources.md), as
@@ -68,7 +68,7 @@ impl Devices {
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
     ) -> u32 {
-        crate::auth::claimed_limit(
+        crate::rights::auth::claimed_limit(
             claims,
             &self.settings.claim,
             granted,

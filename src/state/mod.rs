@@ -2,21 +2,23 @@
 //! [`assemble`]), what outlives configurations ([`Lifetime`]), and the files a configuration
 //! names, loaded before it is used.
 
+pub mod reload;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::auth::Authenticator;
-use crate::catalog::{CatalogStore, References};
+use crate::cdm::service_certificate::ServiceCertificates;
 use crate::config::{Config, ConfigError};
-use crate::devices::Devices;
 use crate::drm::Drm;
-use crate::entitlement::Entitlements;
-use crate::listener::{Connections, Drain};
-use crate::metrics::Metrics;
+use crate::http::listener::{Connections, Drain};
+use crate::limits::devices::Devices;
 use crate::providers::authorizations::AuthorizationCache;
+use crate::providers::upstream::Upstream;
 use crate::providers::{Provider, ProviderRoute};
-use crate::service_certificate::ServiceCertificates;
-use crate::upstream::Upstream;
+use crate::rights::auth::Authenticator;
+use crate::rights::catalog::{CatalogStore, References};
+use crate::rights::entitlement::Entitlements;
+use crate::telemetry::metrics::Metrics;
 
 /// Everything a request may consult, built from one configuration. A reload builds the next
 /// one and swaps it in whole (`reload.rs`); a request finishes on the one it started with.
@@ -27,14 +29,14 @@ pub struct State {
     pub providers: HashMap<String, ProviderRoute>,
     pub metrics: Arc<Metrics>,
     pub service_certificates: ServiceCertificates,
-    pub fairplay_certificates: crate::fairplay::Certificates,
+    pub fairplay_certificates: crate::cdm::fairplay::Certificates,
     pub auth: Option<Authenticator>,
     pub catalog: Option<CatalogStore>,
     pub entitlements: Entitlements,
     pub authorizations: AuthorizationCache,
     pub store: Option<Arc<crate::store::Shared>>,
     pub devices: Option<Devices>,
-    pub streams: Option<crate::streams::Streams>,
+    pub streams: Option<crate::limits::streams::Streams>,
     pub rate_limits: Arc<crate::limits::RateLimits>,
     pub quotas: Option<crate::limits::Quotas>,
     /// Users blocked through the admin API; checked when an admin token is configured.
@@ -134,8 +136,8 @@ pub fn assemble(
         .zip(store.clone())
         .map(|(settings, store)| Devices::new(settings, store, &metrics));
     let streams = store.clone().map(|store| match config.streams.clone() {
-        Some(settings) => crate::streams::Streams::new(settings, store, &metrics),
-        None => crate::streams::Streams::records_only(store, &metrics),
+        Some(settings) => crate::limits::streams::Streams::new(settings, store, &metrics),
+        None => crate::limits::streams::Streams::records_only(store, &metrics),
     });
     let quotas = config
         .quota
@@ -164,7 +166,7 @@ pub fn assemble(
         providers,
         metrics,
         service_certificates,
-        fairplay_certificates: crate::fairplay::Certificates::new(&config.fairplay),
+        fairplay_certificates: crate::cdm::fairplay::Certificates::new(&config.fairplay),
         auth: resources.auth,
         catalog: resources.catalog,
         entitlements: Entitlements::new(&config.entitlement, &config.policies),

@@ -1,6 +1,8 @@
 //! The admin listener: liveness, readiness and metrics, kept off the license listener so they
 //! can be firewalled apart from what players reach.
 
+pub mod demo;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,9 +13,9 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::json;
 
-use crate::problem::{Problem, Refusal};
-use crate::reload::Live;
+use crate::http::problem::{Problem, Refusal};
 use crate::state::State;
+use crate::state::reload::Live;
 
 pub struct AdminApp {
     pub live: Arc<Live>,
@@ -76,7 +78,8 @@ impl AdminApp {
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = session.req_header();
         let server = &state.config.server;
-        let mut response = if let Err(refusal) = crate::headers::check_limits(request, server) {
+        let mut response = if let Err(refusal) = crate::http::headers::check_limits(request, server)
+        {
             problem(&refusal, &request_id)
         } else {
             let path = request.uri.path();
@@ -93,7 +96,7 @@ impl AdminApp {
         if let Ok(value) = http::HeaderValue::from_str(&request_id) {
             response
                 .headers_mut()
-                .insert(crate::headers::REQUEST_ID, value);
+                .insert(crate::http::headers::REQUEST_ID, value);
         }
         response
     }
@@ -121,7 +124,10 @@ impl AdminApp {
         if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
-        let decoded: Vec<String> = rest.split('/').map(crate::headers::path_segment).collect();
+        let decoded: Vec<String> = rest
+            .split('/')
+            .map(crate::http::headers::path_segment)
+            .collect();
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "device store unavailable for the admin API");
             problem(Problem::new(Refusal::DeviceStoreUnavailable))
@@ -222,7 +228,10 @@ impl AdminApp {
         if let Some(refused) = self.unauthorized(state, request, request_id) {
             return refused;
         }
-        let decoded: Vec<String> = rest.split('/').map(crate::headers::path_segment).collect();
+        let decoded: Vec<String> = rest
+            .split('/')
+            .map(crate::http::headers::path_segment)
+            .collect();
         let unavailable = |e: crate::store::StoreError| {
             tracing::error!(error = %e, "store unavailable for the admin API");
             problem(Problem::new(Refusal::StreamStoreUnavailable))
@@ -329,16 +338,16 @@ impl AdminApp {
         }
         let path = request.uri.path();
         if let Some(root) = &state.config.demo_root
-            && path.starts_with(crate::demo::PREFIX)
+            && path.starts_with(crate::admin::demo::PREFIX)
         {
-            return crate::demo::serve(root, path, &request.headers)
+            return crate::admin::demo::serve(root, path, &request.headers)
                 .await
                 .unwrap_or_else(|| problem(Problem::not_found()));
         }
         match path {
             "/demo" if state.config.demo_root.is_some() => Response::builder()
                 .status(308)
-                .header(header::LOCATION, crate::demo::PREFIX)
+                .header(header::LOCATION, crate::admin::demo::PREFIX)
                 .body(Vec::new())
                 .expect("valid response"),
             "/healthz" => json_response(200, json!({"status": "alive"})),
@@ -357,7 +366,7 @@ impl AdminApp {
                 match tokio::fs::read(&file).await {
                     Ok(bytes) => Response::builder()
                         .status(200)
-                        .header(header::CONTENT_TYPE, crate::demo::content_type(&file))
+                        .header(header::CONTENT_TYPE, crate::admin::demo::content_type(&file))
                         .header(header::CACHE_CONTROL, "max-age=3600")
                         .body(bytes)
                         .expect("valid response"),
@@ -375,7 +384,7 @@ impl AdminApp {
                         .with_label_values(&[upstream.label()])
                         .set(upstream.healthy_endpoints() as i64);
                 }
-                crate::logging::count_dropped_lines(&state.metrics.log_lines_dropped);
+                crate::telemetry::logging::count_dropped_lines(&state.metrics.log_lines_dropped);
                 let (clients, users) = state.rate_limits.buckets();
                 let buckets = &state.metrics.rate_limit_buckets;
                 buckets.with_label_values(&["client"]).set(clients as i64);
@@ -479,15 +488,15 @@ fn json_response(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
 fn problem(problem: &Problem, request_id: &str) -> Response<Vec<u8>> {
     Response::builder()
         .status(problem.status)
-        .header(header::CONTENT_TYPE, crate::problem::CONTENT_TYPE)
+        .header(header::CONTENT_TYPE, crate::http::problem::CONTENT_TYPE)
         .body(problem.to_body(request_id).to_vec())
         .expect("valid response")
 }
 
 /// The status page is licensegate's own code, built into the binary; only its chart library
 /// is read from disk.
-const STATUS_PAGE: &str = include_str!("../web/status/index.html");
-const STATUS_SCRIPT: &str = include_str!("../web/status/app.js");
+const STATUS_PAGE: &str = include_str!("../../web/status/index.html");
+const STATUS_SCRIPT: &str = include_str!("../../web/status/app.js");
 
 fn page(content_type: &str, body: &str) -> Response<Vec<u8>> {
     Response::builder()

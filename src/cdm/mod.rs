@@ -1,0 +1,7 @@
+//! What each DRM's client needs from licensegate besides a license request passed through: the
+//! FairPlay envelopes and application certificate, what a PlayReady request carries besides its
+//! challenge, and the Widevine service certificate answer.
+
+pub mod fairplay;
+pub mod playready;
+pub mod service_certificate;
