@@ -3,6 +3,7 @@
 //! continues or the rates, resolve content, check key IDs, entitle, persistence, stream limit,
 //! authorize with the provider; or an answer licensegate gives itself.
 
+use super::local_answers::{fairplay_certificate, hls_key, preflight, service_certificate};
 use super::*;
 
 /// Phase 1: which endpoint of our API this is.
@@ -66,7 +67,7 @@ pub async fn admit(
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
         Route::FairPlayCertificate => return fairplay_certificate(state, session, ctx).await,
-        Route::Stream(id) => return stream_limits::stream_heartbeat(state, session, ctx, id).await,
+        Route::Stream(id) => return heartbeat::stream_heartbeat(state, session, ctx, id).await,
         Route::License(drm) => drm,
     };
     ctx.label = drm.as_str();
@@ -313,136 +314,20 @@ pub async fn admit(
     Ok(Admission::Forward(Box::new(plan)))
 }
 
-/// The key IDs a stream is licensed for: the challenge's, else (a Widevine renewal, a FairPlay
-/// SPC) the content's.
-fn content_key_ids(info: &ChallengeInfo, content: &Content) -> Vec<String> {
-    let kids = if info.key_ids.is_empty() {
-        &content.key_ids
-    } else {
-        &info.key_ids
+fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {
+    let Some(peer) = session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| addr.ip())
+    else {
+        return Ok(None);
     };
-    kids.iter().map(|kid| kid.to_string()).collect()
-}
-
-enum Authorized {
-    Locally(LocalAnswer),
-    Forward(Authorizing),
-}
-
-/// Whether the request may be the two-byte Widevine service certificate request, which needs
-/// no token.
-fn may_be_service_certificate_request(drm: Drm, request: &RequestHeader) -> bool {
-    let length = request
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    drm == Drm::Widevine && length.is_none_or(|length| length == 2)
-}
-
-/// A user blocked through the admin API gets nothing more, renewals included.
-pub(super) async fn check_blocked(
-    state: &State,
-    identity: Option<&Identity>,
-) -> Result<(), Problem> {
-    match (&state.blocks, identity) {
-        (Some(blocks), Some(identity)) => blocks.check(&identity.user).await,
-        _ => Ok(()),
-    }
-}
-
-/// Phase "limits", rates, for a request that continues no stream: token buckets per client
-/// address and per user, then the user's license quota (a release counts against none). A
-/// continuation is limited at its stream's cadence instead ([`stream_limits::admit_stream`]).
-async fn limit_rates(
-    state: &State,
-    ctx: &mut RequestCtx,
-    identity: Option<&Identity>,
-    drm: Drm,
-    info: Option<&ChallengeInfo>,
-) -> Result<(), Problem> {
-    take_rate_tokens(state, ctx, identity, drm).await?;
-    let release = info.is_some_and(|info| info.request_type == RequestType::Release);
-    if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn take_rate_tokens(
-    state: &State,
-    ctx: &RequestCtx,
-    identity: Option<&Identity>,
-    drm: Drm,
-) -> Result<(), Problem> {
-    if let Some(client) = &ctx.client {
-        state
-            .rate_limits
-            .take(Scope::Client(client.ip), drm)
-            .await?;
-    }
-    if let Some(identity) = identity {
-        state
-            .rate_limits
-            .take(Scope::User(&identity.user), drm)
-            .await?;
-    }
-    Ok(())
-}
-
-pub(super) fn json_answer(
-    status: u16,
-    outcome: &'static str,
-    body: serde_json::Value,
-) -> LocalAnswer {
-    LocalAnswer {
-        status,
-        outcome,
-        content_type: Some(HeaderValue::from_static("application/json")),
-        body: Bytes::from(body.to_string()),
-        preflight: false,
-        max_age: None,
-        retry_after: None,
-        session: None,
-    }
-}
-
-/// Phase "authorize with provider": licensegate's own license, or what the provider needs to see
-/// with the challenge (reused from the token cache, or left to mint per attempt).
-async fn authorize(
-    state: &State,
-    provider: &ProviderRoute,
-    request: LicenseRequest,
-    challenge: &ChallengeInfo,
-) -> Result<Authorized, Problem> {
-    if let Some(license) = provider.provider.answer_locally(&request, challenge) {
-        let license = license?;
-        return Ok(Authorized::Locally(LocalAnswer {
-            status: 200,
-            outcome: "ok",
-            content_type: Some(HeaderValue::from_static(license.content_type)),
-            body: license.body,
-            preflight: false,
-            max_age: None,
-            retry_after: None,
-            session: None,
-        }));
-    }
-    // Nothing is minted (a token service may bill for it) for a DRM this provider has no
-    // endpoint for.
-    if provider.upstream(request.drm).is_none() {
-        return Err(Problem::drm_not_routed(request.drm.as_str()));
-    }
-    if provider.provider.minting() == Minting::PerAttempt {
-        return Ok(Authorized::Forward(Authorizing::PerAttempt(Box::new(
-            request,
-        ))));
-    }
-    let authorization = state
-        .authorizations
-        .authorization(&provider.config.name, provider.provider.as_ref(), &request)
-        .await?;
-    Ok(Authorized::Forward(Authorizing::Ready(authorization)))
+    forwarded::client_address(
+        peer,
+        session.req_header().headers.get_all("X-Forwarded-For"),
+        &state.config.server.trusted_proxies,
+    )
+    .map(Some)
 }
 
 pub(super) fn authenticate(
@@ -462,184 +347,15 @@ pub(super) fn authenticate(
         .transpose()
 }
 
-fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {
-    let Some(peer) = session
-        .client_addr()
-        .and_then(|addr| addr.as_inet())
-        .map(|addr| addr.ip())
-    else {
-        return Ok(None);
-    };
-    forwarded::client_address(
-        peer,
-        session.req_header().headers.get_all("X-Forwarded-For"),
-        &state.config.server.trusted_proxies,
-    )
-    .map(Some)
-}
-
-/// The Widevine service certificate: from memory, or forwarded once to fill memory.
-async fn service_certificate(
-    state: &State,
-    route: &ProviderRoute,
-    mut plan: ForwardPlan,
-) -> Result<Admission, Problem> {
-    let cache = &state.metrics.service_certificate_cache;
-    let wait = route.config.total_timeout;
-    match state
-        .service_certificates
-        .lookup(&route.config.name, wait)
-        .await
-    {
-        Lookup::Hit(certificate) => {
-            cache.with_label_values(&["hit"]).inc();
-            Ok(Admission::Answer(LocalAnswer::certificate(certificate)))
-        }
-        Lookup::Miss(filler) => {
-            cache.with_label_values(&["miss"]).inc();
-            plan.service_certificate = Some(filler);
-            Ok(Admission::Forward(Box::new(plan)))
-        }
-    }
-}
-
-/// The content asked for: named by the request, or else found by the challenge's key IDs.
-pub(super) fn resolve_content(
-    catalog: &Catalog,
-    requested: Option<&str>,
-    info: &ChallengeInfo,
-) -> Result<Arc<Content>, Problem> {
-    let unknown = |what: String| Problem::new(Refusal::ContentUnknown).with_detail(what);
-    match requested {
-        Some(id) => catalog
-            .get(id)
-            .cloned()
-            .ok_or_else(|| unknown(format!("no content '{id}'"))),
-        None => {
-            let Some(first) = info.key_ids.first() else {
-                return Err(Problem::content_id_missing());
-            };
-            catalog
-                .by_kid(first)
-                .cloned()
-                .ok_or_else(|| unknown(format!("no content holds key ID {first}")))
-        }
-    }
-}
-
-/// Entitlement to one content must never yield another's keys: every key ID the challenge
-/// names belongs to the content, and a challenge whose keys cannot be read is not forwarded.
-fn check_key_ids(drm: Drm, info: &ChallengeInfo, content: &Content) -> Result<(), Problem> {
-    let unreadable =
-        info.unreadable_key_ids || (info.key_ids.is_empty() && !info.renews_existing_license);
-    if drm.challenge_names_key_ids() && unreadable {
-        return Err(Problem::new(Refusal::KeyIdsUnreadable)
-            .with_detail("the challenge identifies content without key IDs"));
-    }
-    match info
-        .key_ids
-        .iter()
-        .find(|kid| !content.key_ids.contains(kid))
-    {
-        Some(stranger) => Err(Problem::new(Refusal::KidNotInContent)
-            .with_detail(format!("{stranger} does not belong to '{}'", content.id))),
-        None => Ok(()),
-    }
-}
-
-/// `GET /v1/hls/key?content=ID`: the AES-128 key of an HLS stream, with the same
-/// authentication and entitlement as a license.
-async fn hls_key(
-    state: &State,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<Admission, Problem> {
-    ctx.label = HLS_LABEL;
-    let identity = authenticate(state, session.req_header(), &ctx.origin)?;
-    let Some(catalog) = &state.catalog else {
-        return Err(Problem::not_found().with_detail("HLS keys need a catalog"));
-    };
-    let id = content_id(session.req_header())?.ok_or_else(Problem::content_id_missing)?;
-    let content = resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
-    ctx.content_id = Some(content.id.clone());
-    let grant = state
-        .entitlements
-        .entitle(
-            identity.as_deref(),
-            &content,
-            HLS_LABEL,
-            ctx.client.as_ref().map(|client| client.ip),
-        )
-        .await?;
-    ctx.entitled_by = Some(grant.basis);
-    let Some(hls) = &content.hls else {
-        return Err(Problem::new(Refusal::KeyNotFound)
-            .with_detail(format!("'{}' has no HLS key", content.id)));
-    };
-    Ok(Admission::Answer(LocalAnswer {
-        status: 200,
-        outcome: "ok",
-        content_type: Some(HeaderValue::from_static("application/octet-stream")),
-        body: Bytes::copy_from_slice(&hls.key),
-        preflight: false,
-        max_age: None,
-        retry_after: None,
-        session: None,
-    }))
-}
-
-/// `GET /v1/fairplay/certificate[?content=ID]`: the FairPlay application certificate (DER) of
-/// the provider serving FairPlay, or of the content's provider. It is public (every player of
-/// the service holds it), so no token is asked for.
-async fn fairplay_certificate(
-    state: &State,
-    session: &Session,
-    ctx: &mut RequestCtx,
-) -> Result<Admission, Problem> {
-    ctx.label = Drm::FairPlay.as_str();
-    let route = state
-        .route(Drm::FairPlay)
-        .ok_or_else(|| Problem::drm_not_routed(Drm::FairPlay.as_str()))?;
-    let provider = match (content_id(session.req_header())?, &state.catalog) {
-        (Some(id), Some(catalog)) => {
-            let content =
-                resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
-            ctx.content_id = Some(content.id.clone());
-            match &content.provider {
-                Some(name) => state.providers.get(name).ok_or_else(Problem::internal)?,
-                None => route,
-            }
-        }
-        _ => route,
-    };
-    ctx.provider_config = Some(provider.config.clone());
-    let certificate = state.fairplay_certificates.get(provider).await?;
-    Ok(Admission::Answer(LocalAnswer {
-        status: 200,
-        outcome: "certificate",
-        content_type: Some(HeaderValue::from_static("application/octet-stream")),
-        body: certificate,
-        preflight: false,
-        max_age: Some(state.config.fairplay.certificate_cache),
-        retry_after: None,
-        session: None,
-    }))
-}
-
-fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
-    if matches!(ctx.origin, Origin::Refused) {
-        return Err(Problem::origin_not_allowed());
-    }
-    Ok(Admission::Answer(LocalAnswer {
-        status: 204,
-        outcome: "preflight",
-        content_type: None,
-        body: Bytes::new(),
-        preflight: true,
-        max_age: None,
-        retry_after: None,
-        session: None,
-    }))
+/// Whether the request may be the two-byte Widevine service certificate request, which needs
+/// no token.
+fn may_be_service_certificate_request(drm: Drm, request: &RequestHeader) -> bool {
+    let length = request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    drm == Drm::Widevine && length.is_none_or(|length| length == 2)
 }
 
 /// Reads the whole challenge into Pingora's retry buffer, so that every attempt, retries
@@ -696,6 +412,17 @@ async fn read_challenge(
     Ok(body)
 }
 
+/// A user blocked through the admin API gets nothing more, renewals included.
+pub(super) async fn check_blocked(
+    state: &State,
+    identity: Option<&Identity>,
+) -> Result<(), Problem> {
+    match (&state.blocks, identity) {
+        (Some(blocks), Some(identity)) => blocks.check(&identity.user).await,
+        _ => Ok(()),
+    }
+}
+
 /// The content id the request names, if any (`?content=` first, then `X-Content-Id`).
 pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
     crate::http::headers::query_or_header(request, "content", CONTENT_ID_HEADER)
@@ -717,4 +444,141 @@ fn valid_content_id(id: impl Into<String>) -> Result<String, Problem> {
     } else {
         Err(Problem::content_id_invalid())
     }
+}
+
+/// Phase "limits", rates, for a request that continues no stream: token buckets per client
+/// address and per user, then the user's license quota (a release counts against none). A
+/// continuation is limited at its stream's cadence instead ([`stream_limits::admit_stream`]).
+async fn limit_rates(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+) -> Result<(), Problem> {
+    take_rate_tokens(state, ctx, identity, drm).await?;
+    let release = info.is_some_and(|info| info.request_type == RequestType::Release);
+    if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
+        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn take_rate_tokens(
+    state: &State,
+    ctx: &RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+) -> Result<(), Problem> {
+    if let Some(client) = &ctx.client {
+        state
+            .rate_limits
+            .take(Scope::Client(client.ip), drm)
+            .await?;
+    }
+    if let Some(identity) = identity {
+        state
+            .rate_limits
+            .take(Scope::User(&identity.user), drm)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The content asked for: named by the request, or else found by the challenge's key IDs.
+pub(super) fn resolve_content(
+    catalog: &Catalog,
+    requested: Option<&str>,
+    info: &ChallengeInfo,
+) -> Result<Arc<Content>, Problem> {
+    let unknown = |what: String| Problem::new(Refusal::ContentUnknown).with_detail(what);
+    match requested {
+        Some(id) => catalog
+            .get(id)
+            .cloned()
+            .ok_or_else(|| unknown(format!("no content '{id}'"))),
+        None => {
+            let Some(first) = info.key_ids.first() else {
+                return Err(Problem::content_id_missing());
+            };
+            catalog
+                .by_kid(first)
+                .cloned()
+                .ok_or_else(|| unknown(format!("no content holds key ID {first}")))
+        }
+    }
+}
+
+/// Entitlement to one content must never yield another's keys: every key ID the challenge
+/// names belongs to the content, and a challenge whose keys cannot be read is not forwarded.
+fn check_key_ids(drm: Drm, info: &ChallengeInfo, content: &Content) -> Result<(), Problem> {
+    let unreadable =
+        info.unreadable_key_ids || (info.key_ids.is_empty() && !info.renews_existing_license);
+    if drm.challenge_names_key_ids() && unreadable {
+        return Err(Problem::new(Refusal::KeyIdsUnreadable)
+            .with_detail("the challenge identifies content without key IDs"));
+    }
+    match info
+        .key_ids
+        .iter()
+        .find(|kid| !content.key_ids.contains(kid))
+    {
+        Some(stranger) => Err(Problem::new(Refusal::KidNotInContent)
+            .with_detail(format!("{stranger} does not belong to '{}'", content.id))),
+        None => Ok(()),
+    }
+}
+
+/// The key IDs a stream is licensed for: the challenge's, else (a Widevine renewal, a FairPlay
+/// SPC) the content's.
+fn content_key_ids(info: &ChallengeInfo, content: &Content) -> Vec<String> {
+    let kids = if info.key_ids.is_empty() {
+        &content.key_ids
+    } else {
+        &info.key_ids
+    };
+    kids.iter().map(|kid| kid.to_string()).collect()
+}
+
+enum Authorized {
+    Locally(LocalAnswer),
+    Forward(Authorizing),
+}
+
+/// Phase "authorize with provider": licensegate's own license, or what the provider needs to see
+/// with the challenge (reused from the token cache, or left to mint per attempt).
+async fn authorize(
+    state: &State,
+    provider: &ProviderRoute,
+    request: LicenseRequest,
+    challenge: &ChallengeInfo,
+) -> Result<Authorized, Problem> {
+    if let Some(license) = provider.provider.answer_locally(&request, challenge) {
+        let license = license?;
+        return Ok(Authorized::Locally(LocalAnswer {
+            status: 200,
+            outcome: "ok",
+            content_type: Some(HeaderValue::from_static(license.content_type)),
+            body: license.body,
+            preflight: false,
+            max_age: None,
+            retry_after: None,
+            session: None,
+        }));
+    }
+    // Nothing is minted (a token service may bill for it) for a DRM this provider has no
+    // endpoint for.
+    if provider.upstream(request.drm).is_none() {
+        return Err(Problem::drm_not_routed(request.drm.as_str()));
+    }
+    if provider.provider.minting() == Minting::PerAttempt {
+        return Ok(Authorized::Forward(Authorizing::PerAttempt(Box::new(
+            request,
+        ))));
+    }
+    let authorization = state
+        .authorizations
+        .authorization(&provider.config.name, provider.provider.as_ref(), &request)
+        .await?;
+    Ok(Authorized::Forward(Authorizing::Ready(authorization)))
 }

@@ -15,9 +15,11 @@
 //! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `status`, `outcome` |
 //! | `logging` | [`settle`]: quota given back, the lease ended, named or extended; [`record`]: metrics and the access line | `quota`, `stream` |
 //!
-//! The files, in call order: this one (the request's types), `admit.rs`, `stream_limits.rs`
-//! (which stream a request continues or starts), `forward.rs`, `vendor_answer.rs`, `answer.rs`
-//! (licensegate's own answers, admission's included) and `finish.rs`.
+//! The files, in call order: this one (the request's types), `admit.rs` (admission, then its
+//! checks in the order it calls them), `local_answers.rs` (a preflight, an HLS key, the
+//! certificates), `heartbeat.rs` (a stream's heartbeat), `stream_limits.rs` (which stream a
+//! request continues or starts), `forward.rs`, `vendor_answer.rs`, `answer.rs` (licensegate's
+//! own answers, admission's included) and `finish.rs`; `hooks.rs` wires them into Pingora.
 //!
 //! Admission hands the forward phases a [`ForwardPlan`]: what they need is there by
 //! construction, and they find no plan only if Pingora calls them out of order (an internal
@@ -58,16 +60,19 @@ mod admit;
 mod answer;
 mod finish;
 mod forward;
+mod heartbeat;
 pub mod hooks;
+mod local_answers;
 mod stream_limits;
 mod vendor_answer;
 
 pub use admit::*;
-use admit::{authenticate, check_blocked, json_answer, resolve_content, take_rate_tokens};
+use admit::{authenticate, check_blocked, resolve_content, take_rate_tokens};
 pub use answer::*;
 pub use finish::*;
 use forward::past_deadline;
 pub use forward::*;
+use local_answers::json_answer;
 pub use stream_limits::StreamHold;
 use vendor_answer::read_license;
 pub use vendor_answer::*;
