@@ -15,7 +15,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::challenge::Kid;
-use crate::config::{FairPlaySettings, ProviderConfig, certificate_der};
+use crate::config::{FairPlaySettings, certificate_der};
 use crate::drm::Drm;
 use crate::http::problem::{Problem, Refusal};
 use crate::providers::ProviderRoute;
@@ -202,8 +202,9 @@ impl Certificates {
         self.cache
             .try_get_with(config.name.clone(), async move {
                 let answer = upstream
-                    .call(
+                    .side_call(
                         &self.connector,
+                        "certificate endpoint",
                         |endpoint| {
                             let mut request = RequestHeader::build_no_case(
                                 Method::GET,
@@ -216,8 +217,7 @@ impl Certificates {
                         Bytes::new(),
                         MAX_CERTIFICATE_BYTES,
                     )
-                    .await
-                    .map_err(|e| fetch_failed(&config, &e))?;
+                    .await?;
                 if answer.status != 200 {
                     tracing::warn!(provider = %config.name, status = answer.status, "FairPlay certificate fetch refused");
                     return Err(Problem::upstream_error(format!(
@@ -237,13 +237,4 @@ impl Certificates {
             .await
             .map_err(|problem: Arc<Problem>| (*problem).clone())
     }
-}
-
-fn fetch_failed(config: &ProviderConfig, error: &pingora::Error) -> Problem {
-    tracing::warn!(provider = %config.name, error = %error, "FairPlay certificate fetch failed");
-    crate::http::problem::upstream_failure(error).with_detail(format!(
-        "{} certificate endpoint: {}",
-        config.name,
-        error.etype().as_str()
-    ))
 }

@@ -248,8 +248,9 @@ impl Provider for ExpressPlay {
         let length = form.len().to_string();
         let now = SystemTime::now();
         let answer = token_service
-            .call(
+            .side_call(
                 &self.connector,
+                "token service",
                 |endpoint| {
                     let mut header = RequestHeader::build_no_case(
                         Method::POST,
@@ -265,12 +266,7 @@ impl Provider for ExpressPlay {
                 form,
                 MAX_ANSWER_BYTES,
             )
-            .await
-            .map_err(|e| {
-                let detail = format!("{} token service: {}", self.config.name, e.etype().as_str());
-                tracing::warn!(provider = %self.config.name, error = %e, "token service call failed");
-                crate::http::problem::upstream_failure(&e).with_detail(detail)
-            })?;
+            .await?;
         if answer.status != 200 {
             let error: TokenError = serde_json::from_slice(&answer.body).unwrap_or_default();
             let detail = match (error.error_code, error.error_message) {

@@ -23,6 +23,7 @@ use pingora::{Error, ErrorType, Result};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::{Endpoint, HealthCheckKind, Protocol, ProviderConfig};
+use crate::http::problem::{Problem, upstream_failure};
 
 /// The upstream side of one configured provider.
 pub struct Upstream {
@@ -258,11 +259,32 @@ pub struct Exchange {
 }
 
 impl Upstream {
-    /// A request licensegate makes itself (a provider's token service), through Pingora's
-    /// connector: the same pooled, multiplexed connections, peer options, endpoint selection,
-    /// retries and total budget as a forwarded license request. `request` builds the header
-    /// for the endpoint chosen; any failure before an answer moves on to the next attempt.
-    pub async fn call(
+    /// A request licensegate makes itself for `purpose` (a token service, a certificate
+    /// endpoint), through Pingora's connector: the same pooled, multiplexed connections, peer
+    /// options, endpoint selection, retries and total budget as a forwarded license request.
+    /// `request` builds the header for the endpoint chosen. A failure to get any answer is told
+    /// as every vendor failure is: 502 or 504 naming the provider and the purpose; what the
+    /// answer itself says is the caller's to judge.
+    pub async fn side_call(
+        &self,
+        connector: &Connector,
+        purpose: &str,
+        request: impl Fn(&Endpoint) -> Result<RequestHeader>,
+        body: Bytes,
+        max_answer_bytes: usize,
+    ) -> std::result::Result<Exchange, Problem> {
+        let name = &self.provider.name;
+        self.call(connector, request, body, max_answer_bytes)
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %name, purpose, error = %e, "vendor side call failed");
+                upstream_failure(&e)
+                    .with_detail(format!("{name} {purpose}: {}", e.etype().as_str()))
+            })
+    }
+
+    /// Any failure before an answer moves on to the next endpoint, within the budget.
+    async fn call(
         &self,
         connector: &Connector,
         request: impl Fn(&Endpoint) -> Result<RequestHeader>,
