@@ -21,7 +21,7 @@ use crate::state::reload::{Live, Reloader};
 use crate::state::{Assembled, Lifetime, assemble, load_resources, resolve};
 
 /// Builds the server and the state its requests share; `upgrade` takes the listening sockets
-/// from a running licensegate (see the README's upgrade section) instead of binding them.
+/// from a running licensegate (`docs/operations.md`, upgrades) instead of binding them.
 pub fn build(
     config: Config,
     config_path: Option<std::path::PathBuf>,

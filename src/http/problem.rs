@@ -9,7 +9,7 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 macro_rules! refusals {
     ($($refusal:ident: $status:literal, $code:literal, $title:literal;)*) => {
         /// Every refusal licensegate answers with. The `code` is stable: players, dashboards
-        /// and the README key on it.
+        /// and `docs/api.md` key on it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Refusal {
             $($refusal,)*
@@ -266,15 +266,15 @@ mod tests {
         assert!(json["title"].is_string());
     }
 
-    /// The README's error table is the players' reference: it lists exactly the catalog.
+    /// The API reference's error table is the players' reference: it lists exactly the catalog.
     #[test]
-    fn the_readme_error_table_lists_every_code_and_no_other() {
-        let readme = include_str!("../../README.md");
-        let table = readme
+    fn the_documented_error_table_lists_every_code_and_no_other() {
+        let api = include_str!("../../docs/api.md");
+        let table = api
             .split("### Errors")
             .nth(1)
             .and_then(|rest| rest.split("\n### ").next())
-            .expect("the README has an Errors section");
+            .expect("docs/api.md has an Errors section");
         let mut listed: Vec<&str> = table
             .lines()
             .filter_map(|line| {

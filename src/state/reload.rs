@@ -203,7 +203,7 @@ fn needs_no_restart(
     match changed.iter().find(|(_, differs)| *differs) {
         Some((key, _)) => Err(ConfigError::new(
             *key,
-            "cannot change without a restart (or an upgrade, see the README)",
+            "cannot change without a restart (or an upgrade, see docs/operations.md)",
         )),
         None => Ok(()),
     }

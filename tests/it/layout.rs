@@ -197,3 +197,76 @@ fn the_cycle_check_sees_a_cycle() {
     std::fs::write(src.join("c.rs"), "pub fn f() {}\n").unwrap();
     assert!(cycles(&self::imports(src)).is_empty());
 }
+
+/// The paths `docs/layout.md` names in its tree, in the order it names them.
+fn layout_page_paths() -> Vec<String> {
+    let page =
+        std::fs::read_to_string(licensegate_testkit::repository().join("docs/layout.md")).unwrap();
+    let tree = page.split("```").nth(1).expect("docs/layout.md has a tree");
+    // Descriptions continue on lines indented past the path column; rooms are indented by two.
+    tree.lines()
+        .filter(|line| line.len() - line.trim_start().len() < 4)
+        .filter_map(|line| line.trim_start().split("  ").next())
+        .flat_map(|first_column| first_column.split(", "))
+        .map(str::trim)
+        .filter(|item| item.contains('/') || item.ends_with(".rs") || item.ends_with(".toml"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_layout_page_names_every_room_and_crate_and_nothing_that_is_not_there() {
+    let root = licensegate_testkit::repository();
+    let named = layout_page_paths();
+    for path in &named {
+        assert!(
+            root.join(path).exists(),
+            "docs/layout.md names {path}, which does not exist"
+        );
+    }
+    let mut present = Vec::new();
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        present.push(if path.is_dir() {
+            format!("src/{name}/")
+        } else {
+            format!("src/{name}")
+        });
+    }
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let name = entry.unwrap().file_name().to_str().unwrap().to_string();
+        present.push(format!("crates/{name}/"));
+    }
+    for path in present {
+        assert!(named.contains(&path), "docs/layout.md does not name {path}");
+    }
+}
+
+/// The rooms of `src/` depend only on rooms `docs/layout.md` lists before them.
+#[test]
+fn each_room_uses_only_the_rooms_below_it() {
+    let root = licensegate_testkit::repository();
+    let order: Vec<String> = layout_page_paths()
+        .iter()
+        .filter_map(|path| path.strip_prefix("src/"))
+        .map(|room| {
+            room.trim_end_matches('/')
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .filter(|room| room != "main" && room != "lib")
+        .collect();
+    let imports = imports(&root.join("src"));
+    for (module, uses) in &imports {
+        let rank = order.iter().position(|room| room == module);
+        let rank = rank.unwrap_or_else(|| panic!("docs/layout.md does not place {module}"));
+        for used in uses {
+            let below = order[..rank].contains(used);
+            assert!(
+                below,
+                "{module} uses {used}, which docs/layout.md lists above it"
+            );
+        }
+    }
+}
