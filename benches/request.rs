@@ -115,7 +115,7 @@ fn forward(c: &mut Criterion) {
         &[],
     )
     .unwrap();
-    ctx.client = Some(client);
+    ctx.admitted.client = Some(client);
     c.bench_function("forward/upstream_request_header", |b| {
         b.iter(|| black_box(pipeline::upstream_request(&ctx).unwrap()))
     });

@@ -56,13 +56,13 @@ pub async fn admit(
         ctx.trace = trace;
     }
     crate::http::headers::check_limits(request, &state.config.server)?;
-    ctx.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
-    if matches!(ctx.origin, Origin::Refused) {
+    ctx.admitted.origin = Origin::of(&state.config.cors, request.headers.get(header::ORIGIN));
+    if matches!(ctx.admitted.origin, Origin::Refused) {
         // A browser enforces CORS only on reading the answer; the request itself (and the
         // license or device slot it spends) must be refused here.
         return Err(Problem::origin_not_allowed());
     }
-    ctx.client = client_address(state, session)?;
+    ctx.admitted.client = client_address(state, session)?;
     let drm = match route(&request.method, request.uri.path())? {
         Route::Preflight => return preflight(ctx),
         Route::HlsKey => return hls_key(state, session, ctx).await,
@@ -70,16 +70,16 @@ pub async fn admit(
         Route::Stream(id) => return heartbeat::stream_heartbeat(state, session, ctx, id).await,
         Route::License(drm) => drm,
     };
-    ctx.label = drm.as_str();
+    ctx.admitted.label = drm.as_str();
     let route = state
         .route(drm)
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
-    ctx.provider_config = Some(route.config.clone());
+    ctx.admitted.provider_config = Some(route.config.clone());
     // The Widevine service certificate is public: its request needs no token, and is known
     // only once the challenge is read. Any other request without a valid token is refused
     // before its body is read.
-    let authenticated = authenticate(state, session.req_header(), &ctx.origin);
+    let authenticated = authenticate(state, session.req_header(), &ctx.admitted.origin);
     if authenticated.is_err() && !may_be_service_certificate_request(drm, session.req_header()) {
         authenticated.clone()?;
     }
@@ -98,7 +98,7 @@ pub async fn admit(
                 &session.req_header().headers,
                 &state.config.fairplay,
             )?;
-            ctx.fairplay_format = Some(player.spc.format.as_str());
+            ctx.admitted.fairplay_format = Some(player.spc.format.as_str());
             Some(player)
         }
         _ => None,
@@ -158,7 +158,7 @@ pub async fn admit(
         info.key_ids.push(kid);
     }
     if let Ok(info) = &parsed {
-        ctx.request_type = Some(info.request_type);
+        ctx.admitted.request_type = Some(info.request_type);
         state
             .metrics
             .license_request_types
@@ -181,7 +181,7 @@ pub async fn admit(
     }
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
-        ctx.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
+        ctx.admitted.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
         let plan = plan(
             &route,
             Authorizing::Nothing,
@@ -198,7 +198,7 @@ pub async fn admit(
         .map(|continuing| continuing.lease.content.clone())
         .or(requested_id);
     let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
-    ctx.content_id = Some(content.id.clone());
+    ctx.admitted.content_id = Some(content.id.clone());
     // Entitlement is checked for one content; the vendor must not be told of another.
     if let Some(named) = player
         .as_ref()
@@ -209,7 +209,7 @@ pub async fn admit(
             .with_detail(format!("'{}' and '{named}'", content.id)));
     }
     check_key_ids(drm, &info, &content)?;
-    let client_ip = ctx.client.as_ref().map(|client| client.ip);
+    let client_ip = ctx.admitted.client.as_ref().map(|client| client.ip);
     let grant = match state
         .entitlements
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
@@ -226,7 +226,7 @@ pub async fn admit(
             return Err(problem);
         }
     };
-    ctx.entitled_by = Some(grant.basis);
+    ctx.admitted.entitled_by = Some(grant.basis);
     if info.persistent && !grant.policy.persistent {
         return Err(
             Problem::new(Refusal::PersistenceNotAllowed).with_detail(format!(
@@ -250,7 +250,7 @@ pub async fn admit(
             .ok_or_else(Problem::internal)?,
         (None, None) => route,
     };
-    ctx.provider_config = Some(provider.config.clone());
+    ctx.admitted.provider_config = Some(provider.config.clone());
     if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
         return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
             "this provider issues whatever key the SPC asks for: name the key's skd URI \
@@ -302,6 +302,7 @@ pub async fn admit(
     let authorizing = match authorize(state, &provider, request, &info).await? {
         Authorized::Locally(mut answer) => {
             answer.session = ctx
+                .held
                 .stream
                 .as_ref()
                 .filter(|hold| hold.announce)
@@ -459,7 +460,7 @@ async fn limit_rates(
     take_rate_tokens(state, ctx, identity, drm).await?;
     let release = info.is_some_and(|info| info.request_type == RequestType::Release);
     if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+        ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;
     }
     Ok(())
 }
@@ -470,7 +471,7 @@ pub(super) async fn take_rate_tokens(
     identity: Option<&Identity>,
     drm: Drm,
 ) -> Result<(), Problem> {
-    if let Some(client) = &ctx.client {
+    if let Some(client) = &ctx.admitted.client {
         state
             .rate_limits
             .take(Scope::Client(client.ip), drm)

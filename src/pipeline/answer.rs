@@ -43,16 +43,16 @@ pub async fn answer(
         response.insert_header(streams::SESSION_HEADER, session.as_str())?;
     }
     if answer.preflight {
-        cors::decorate_preflight(&state.config.cors, &ctx.origin, &mut response);
+        cors::decorate_preflight(&state.config.cors, &ctx.admitted.origin, &mut response);
     } else {
-        cors::decorate(&state.config.cors, &ctx.origin, &mut response);
+        cors::decorate(&state.config.cors, &ctx.admitted.origin, &mut response);
     }
     // A body we did not read would be taken for the next request on this connection.
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    ctx.status = answer.status;
-    ctx.outcome = answer.outcome;
+    ctx.answer.status = answer.status;
+    ctx.answer.outcome = answer.outcome;
     let empty = answer.body.is_empty();
     session
         .write_response_header(Box::new(response), empty)

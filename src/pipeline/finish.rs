@@ -14,14 +14,15 @@ pub async fn fail(
     if player_went_away(error) {
         // Nothing can reach the player, and nothing failed on our side or the vendor's.
         let gone = Problem::new(Refusal::ClientClosed);
-        ctx.status = gone.status;
-        ctx.outcome = gone.code;
+        ctx.answer.status = gone.status;
+        ctx.answer.outcome = gone.code;
         return FailToProxy {
             error_code: 0,
             can_reuse_downstream: false,
         };
     }
     let problem = ctx
+        .answer
         .pending_problem
         .take()
         .unwrap_or_else(|| crate::http::problem::upstream_failure(error));
@@ -30,7 +31,7 @@ pub async fn fail(
         let local = problem_answer(&problem, ctx);
         answer(state, session, ctx, local).await.is_ok()
     } else {
-        ctx.outcome = problem.code;
+        ctx.answer.outcome = problem.code;
         false
     };
     FailToProxy {
@@ -53,10 +54,10 @@ fn player_went_away(error: &Error) -> bool {
 /// Phase "record", the stores: a count against the quota for no license is given back, and
 /// the stream's lease settled ([`stream_limits::settle`]).
 pub async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
-    let licensed = (200..300).contains(&ctx.status) && ctx.outcome == "ok";
+    let licensed = (200..300).contains(&ctx.answer.status) && ctx.answer.outcome == "ok";
     // An answer that ended in a way no body filter saw (no length, and END_STREAM after the
     // player's side was done) was still read whole if the request ended without an error.
-    if let Some(hold) = ctx.stream.as_mut()
+    if let Some(hold) = ctx.held.stream.as_mut()
         && licensed
         && error.is_none()
         && hold.license.is_none()
@@ -64,12 +65,12 @@ pub async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) 
     {
         read_license(hold);
     }
-    if let (Some(taken), Some(quotas)) = (ctx.quota.take(), &state.quotas)
+    if let (Some(taken), Some(quotas)) = (ctx.held.quota.take(), &state.quotas)
         && !licensed
     {
         quotas.refund(&taken).await;
     }
-    if let Some(hold) = ctx.stream.take() {
+    if let Some(hold) = ctx.held.stream.take() {
         stream_limits::settle(state, hold, licensed).await;
     }
 }
@@ -83,15 +84,15 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(started)
     });
-    let drm = ctx.label;
+    let drm = ctx.admitted.label;
     let provider = ctx.provider_name();
     // StatusCode's label is a static string, where a formatted number is an allocation.
-    let status = StatusCode::from_u16(ctx.status).ok();
+    let status = StatusCode::from_u16(ctx.answer.status).ok();
     let status = status.as_ref().map_or("invalid", StatusCode::as_str);
     let metrics = &state.metrics;
     metrics
         .license_duration
-        .with_label_values(&[drm, provider, ctx.outcome])
+        .with_label_values(&[drm, provider, ctx.answer.outcome])
         .observe(total.as_secs_f64());
     metrics
         .requests
@@ -115,16 +116,16 @@ pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         trace_id = %ctx.trace.trace_id,
         drm,
         provider,
-        content_id = ctx.content_id.as_deref().unwrap_or("-"),
-        request_type = ctx.request_type.map(RequestType::as_str),
-        entitled_by = ctx.entitled_by,
-        status = ctx.status,
-        outcome = ctx.outcome,
+        content_id = ctx.admitted.content_id.as_deref().unwrap_or("-"),
+        request_type = ctx.admitted.request_type.map(RequestType::as_str),
+        entitled_by = ctx.admitted.entitled_by,
+        status = ctx.answer.status,
+        outcome = ctx.answer.outcome,
         total_ms = millis(total),
         upstream_ms = upstream_time.map(millis),
         attempts = ctx.forward.tried.len(),
         vendor_reason = ctx.forward.vendor_reason.as_deref(),
-        fairplay_format = ctx.fairplay_format,
+        fairplay_format = ctx.admitted.fairplay_format,
         error = error.map(|e| e.etype().as_str()),
     );
 }

@@ -114,7 +114,8 @@ pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Opt
     if let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) {
         note_endpoint_failure(state, &plan.upstream, target);
     }
-    (ctx.pending_problem.is_none() && may_retry(ctx, session)).then_some(RetryReason::Connect)
+    (ctx.answer.pending_problem.is_none() && may_retry(ctx, session))
+        .then_some(RetryReason::Connect)
 }
 
 /// Phase "forward", after an attempt failed once its request was (at least partly) sent. A
@@ -201,7 +202,7 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
     if let Some(action) = &plan.soap_action {
         request.insert_header("SOAPAction", action)?;
     }
-    if let Some(client) = &ctx.client {
+    if let Some(client) = &ctx.admitted.client {
         request.insert_header("X-Forwarded-For", &client.forwarded_for)?;
     }
     request.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;

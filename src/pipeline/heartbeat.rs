@@ -25,12 +25,12 @@ pub(super) async fn stream_heartbeat(
     ctx: &mut RequestCtx,
     id: String,
 ) -> Result<Admission, Problem> {
-    ctx.label = "stream";
+    ctx.admitted.label = "stream";
     let Some(streams) = state.streams.as_ref().filter(|streams| streams.limited) else {
         return Err(Problem::not_found().with_detail("stream limits are not configured"));
     };
     let id = streams::valid_session(crate::http::headers::path_segment(&id))?;
-    let identity = super::authenticate(state, session.req_header(), &ctx.origin)?
+    let identity = super::authenticate(state, session.req_header(), &ctx.admitted.origin)?
         .ok_or_else(Problem::internal)?;
     super::check_blocked(state, Some(&identity)).await?;
     let unavailable = |e: crate::store::StoreError| {
@@ -99,20 +99,20 @@ async fn heartbeat_of(
         *charged = true;
         take_rate_tokens(state, ctx, Some(identity), drm).await?;
     }
-    ctx.content_id = Some(lease.content.clone());
+    ctx.admitted.content_id = Some(lease.content.clone());
     if let Some(catalog) = &state.catalog {
         let content = resolve_content(
             &catalog.current(),
             Some(&lease.content),
             &ChallengeInfo::default(),
         )?;
-        let client_ip = ctx.client.as_ref().map(|client| client.ip);
+        let client_ip = ctx.admitted.client.as_ref().map(|client| client.ip);
         match state
             .entitlements
             .entitle(Some(identity), &content, &lease.drm, client_ip)
             .await
         {
-            Ok(grant) => ctx.entitled_by = Some(grant.basis),
+            Ok(grant) => ctx.admitted.entitled_by = Some(grant.basis),
             Err(problem) => {
                 if problem.status == 403 {
                     // Entitlement ended: the slot frees now, not when the lease runs out.

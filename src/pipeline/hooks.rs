@@ -84,7 +84,7 @@ impl ProxyHttp for LicenseProxy {
         match pipeline::choose_peer(&ctx.state.clone(), ctx).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(problem) => {
-                ctx.pending_problem = Some(problem);
+                ctx.answer.pending_problem = Some(problem);
                 Error::e_explain(ErrorType::ConnectNoRoute, "no upstream attempt possible")
             }
         }
@@ -273,7 +273,7 @@ impl ProxyHttp for LicenseProxy {
         format!(
             "request {} drm {} provider {}",
             ctx.request_id,
-            ctx.label,
+            ctx.admitted.label,
             ctx.provider_name()
         )
     }

@@ -6,7 +6,7 @@ use super::admit::{authenticate, content_id, resolve_content};
 use super::*;
 
 pub(super) fn preflight(ctx: &RequestCtx) -> Result<Admission, Problem> {
-    if matches!(ctx.origin, Origin::Refused) {
+    if matches!(ctx.admitted.origin, Origin::Refused) {
         return Err(Problem::origin_not_allowed());
     }
     Ok(Admission::Answer(LocalAnswer {
@@ -28,24 +28,24 @@ pub(super) async fn hls_key(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Admission, Problem> {
-    ctx.label = HLS_LABEL;
-    let identity = authenticate(state, session.req_header(), &ctx.origin)?;
+    ctx.admitted.label = HLS_LABEL;
+    let identity = authenticate(state, session.req_header(), &ctx.admitted.origin)?;
     let Some(catalog) = &state.catalog else {
         return Err(Problem::not_found().with_detail("HLS keys need a catalog"));
     };
     let id = content_id(session.req_header())?.ok_or_else(Problem::content_id_missing)?;
     let content = resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
-    ctx.content_id = Some(content.id.clone());
+    ctx.admitted.content_id = Some(content.id.clone());
     let grant = state
         .entitlements
         .entitle(
             identity.as_deref(),
             &content,
             HLS_LABEL,
-            ctx.client.as_ref().map(|client| client.ip),
+            ctx.admitted.client.as_ref().map(|client| client.ip),
         )
         .await?;
-    ctx.entitled_by = Some(grant.basis);
+    ctx.admitted.entitled_by = Some(grant.basis);
     let Some(hls) = &content.hls else {
         return Err(Problem::new(Refusal::KeyNotFound)
             .with_detail(format!("'{}' has no HLS key", content.id)));
@@ -70,7 +70,7 @@ pub(super) async fn fairplay_certificate(
     session: &Session,
     ctx: &mut RequestCtx,
 ) -> Result<Admission, Problem> {
-    ctx.label = Drm::FairPlay.as_str();
+    ctx.admitted.label = Drm::FairPlay.as_str();
     let route = state
         .route(Drm::FairPlay)
         .ok_or_else(|| Problem::drm_not_routed(Drm::FairPlay.as_str()))?;
@@ -78,7 +78,7 @@ pub(super) async fn fairplay_certificate(
         (Some(id), Some(catalog)) => {
             let content =
                 resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
-            ctx.content_id = Some(content.id.clone());
+            ctx.admitted.content_id = Some(content.id.clone());
             match &content.provider {
                 Some(name) => state.providers.get(name).ok_or_else(Problem::internal)?,
                 None => route,
@@ -86,7 +86,7 @@ pub(super) async fn fairplay_certificate(
         }
         _ => route,
     };
-    ctx.provider_config = Some(provider.config.clone());
+    ctx.admitted.provider_config = Some(provider.config.clone());
     let certificate = state.fairplay_certificates.get(provider).await?;
     Ok(Admission::Answer(LocalAnswer {
         status: 200,

@@ -4,16 +4,16 @@
 //! | Pingora hook | phase | may change |
 //! |---|---|---|
 //! | `early_request_filter` | (connection clock) | `connection_busy` |
-//! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, the stream it continues ([`stream_limits`]) or the rates, resolve content, check key IDs, entitle, persistence, stream limit, authorize with provider; or [`answer`] locally | everything up to `plan`, which it creates |
+//! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, the stream it continues ([`stream_limits`]) or the rates, resolve content, check key IDs, entitle, persistence, stream limit, authorize with provider; or [`answer`] locally | `admitted`, `held`, and `plan`, which it creates |
 //! | `upstream_peer` | [`choose_peer`]: endpoint, budget, stream turn, per-attempt authorization | `forward` |
 //! | `connected_to_upstream` | [`end_stream_turn`] | `forward.stream_turn` |
 //! | `upstream_request_filter` | [`upstream_request`]: the request the provider sees | nothing |
 //! | `fail_to_connect`, `error_while_proxy` | [`connect_failed`], [`attempt_failed`]: retry only when the challenge provably never arrived | `forward` |
-//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, the stream of the device it reports, certificate fill | `status`, `outcome`, `held_back`, `plan`, `stream` |
-//! | `upstream_response_body_filter`, `..._trailer_filter` | [`capture_answer`]: total budget, certificate fill | `plan`, `forward.finished` |
-//! | `response_filter`, `response_body_filter` | [`vendor_answer_headers`], [`answer_body`] | `held_back` |
-//! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `status`, `outcome` |
-//! | `logging` | [`settle`]: quota given back, the lease ended, named or extended; [`record`]: metrics and the access line | `quota`, `stream` |
+//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, the stream of the device it reports, certificate fill | `forward`, `answer`, `plan`, `held.stream` |
+//! | `upstream_response_body_filter`, `..._trailer_filter` | [`capture_answer`]: total budget, certificate fill | `plan`, `forward`, `answer` |
+//! | `response_filter`, `response_body_filter` | [`vendor_answer_headers`], [`answer_body`] | `answer.held_back`, `answer.whole_answer` |
+//! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `answer` |
+//! | `logging` | [`settle`]: quota given back, the lease ended, named or extended; [`record`]: metrics and the access line | `held` |
 //!
 //! The files, in call order: this one (the request's types), `admit.rs` (admission, then its
 //! checks in the order it calls them), `local_answers.rs` (a preflight, an HLS key, the
@@ -80,7 +80,7 @@ pub use vendor_answer::*;
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
 const MAX_CONTENT_ID_LEN: usize = 256;
 
-/// What the pipeline knows about one request.
+/// What the pipeline knows about one request, grouped by the phase that owns each part.
 pub struct RequestCtx {
     /// The configuration this request started on; a reload does not change it mid-request.
     pub state: Arc<State>,
@@ -88,39 +88,85 @@ pub struct RequestCtx {
     /// The caller's trace continued, or one started for this request.
     pub trace: TraceContext,
     pub started: Instant,
+    /// Whether the connection's clock counts this request (see [`crate::http::listener`]).
+    pub connection_busy: bool,
+    /// Admission's findings: who asks, for what, and which rule let them.
+    pub admitted: Admitted,
+    /// What the request holds against its user's limits, settled once it is answered.
+    pub held: Held,
+    /// What the forward phases work from; set when admission forwards.
+    pub plan: Option<ForwardPlan>,
+    pub forward: Forwarding,
+    /// What the player is answered.
+    pub answer: PlayerAnswer,
+    _in_flight: Option<InFlight>,
+}
+
+/// What admission learns, for the phases after it, metrics and the access line.
+pub struct Admitted {
     pub origin: Origin,
     /// The DRM name, or the HLS label, for metrics and logs.
     pub label: &'static str,
     /// The provider serving the request, once routed (for metrics and logs).
     pub provider_config: Option<Arc<ProviderConfig>>,
-    /// What the forward phases work from; set when admission forwards.
-    pub plan: Option<ForwardPlan>,
-    /// The refusal sent in place of a license the player must not get.
-    pub held_back: Option<Bytes>,
-    /// The provider's answer, read whole before the player sees any of it.
-    pub whole_answer: Option<WholeAnswer>,
-    /// The envelope a FairPlay player sent its SPC in.
-    pub fairplay_format: Option<&'static str>,
-    pub content_id: Option<String>,
     /// The player's address and the `X-Forwarded-For` built for the provider.
     pub client: Option<ClientAddress>,
     pub request_type: Option<RequestType>,
+    /// The envelope a FairPlay player sent its SPC in.
+    pub fairplay_format: Option<&'static str>,
+    pub content_id: Option<String>,
     /// Which entitlement rule allowed the request (free, token, service...).
     pub entitled_by: Option<&'static str>,
-    /// What the answer was, as a stable word for logs and the outcome label.
-    pub outcome: &'static str,
-    pub status: u16,
-    pub forward: Forwarding,
-    /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
-    /// answers with it.
-    pub pending_problem: Option<Problem>,
-    /// Whether the connection's clock counts this request (see [`crate::http::listener`]).
-    pub connection_busy: bool,
+}
+
+impl Default for Admitted {
+    fn default() -> Self {
+        Self {
+            origin: Origin::Absent,
+            label: "-",
+            provider_config: None,
+            client: None,
+            request_type: None,
+            fairplay_format: None,
+            content_id: None,
+            entitled_by: None,
+        }
+    }
+}
+
+/// Set by the limits phase; the finish gives back or keeps what the answer earned.
+#[derive(Default)]
+pub struct Held {
     /// The stream this request starts, renews or ends, once the limits phase has looked.
     pub stream: Option<StreamHold>,
     /// A license counted against the user's quota, given back if none is issued.
     pub quota: Option<QuotaTaken>,
-    _in_flight: Option<InFlight>,
+}
+
+/// What the player gets, decided by the answer phases (or a failure) and recorded at the end.
+pub struct PlayerAnswer {
+    pub status: u16,
+    /// What the answer was, as a stable word for logs and the outcome label.
+    pub outcome: &'static str,
+    /// The refusal sent in place of a license the player must not get.
+    pub held_back: Option<Bytes>,
+    /// The provider's answer, read whole before the player sees any of it.
+    pub whole_answer: Option<WholeAnswer>,
+    /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
+    /// answers with it.
+    pub pending_problem: Option<Problem>,
+}
+
+impl Default for PlayerAnswer {
+    fn default() -> Self {
+        Self {
+            status: 0,
+            outcome: "ok",
+            held_back: None,
+            whole_answer: None,
+            pending_problem: None,
+        }
+    }
 }
 
 /// The upstream leg: attempts, timings and what the provider said.
@@ -159,30 +205,19 @@ impl RequestCtx {
             request_id: id.to_string(),
             trace: TraceContext::start(&id),
             started: Instant::now(),
-            origin: Origin::Absent,
-            label: "-",
-            provider_config: None,
-            plan: None,
-            held_back: None,
-            whole_answer: None,
-            fairplay_format: None,
-            content_id: None,
-            client: None,
-            request_type: None,
-            entitled_by: None,
-            outcome: "ok",
-            status: 0,
-            forward: Forwarding::default(),
-            pending_problem: None,
             connection_busy: false,
-            stream: None,
-            quota: None,
+            admitted: Admitted::default(),
+            held: Held::default(),
+            plan: None,
+            forward: Forwarding::default(),
+            answer: PlayerAnswer::default(),
             _in_flight: None,
         }
     }
 
     pub fn provider_name(&self) -> &str {
-        self.provider_config
+        self.admitted
+            .provider_config
             .as_ref()
             .map_or("-", |config| config.name.as_str())
     }

@@ -6,9 +6,9 @@
 //!
 //! | step | when | may change |
 //! |---|---|---|
-//! | [`find_continued`] | in place of the rates, once the challenge is read | `quota`: a request beyond its stream's cadence, or refused, pays first |
-//! | [`admit_stream`] | after entitlement, before the provider is asked | `stream`, `quota` |
-//! | [`admit_on_answer`] | the provider's 2xx answer, where it reports the device | `stream`, `quota` |
+//! | [`find_continued`] | in place of the rates, once the challenge is read | `held.quota`: a request beyond its stream's cadence, or refused, pays first |
+//! | [`admit_stream`] | after entitlement, before the provider is asked | `held` |
+//! | [`admit_on_answer`] | the provider's 2xx answer, where it reports the device | `held` |
 //! | [`settle`] | after the answer | the lease: ended, renamed or extended |
 
 use std::sync::Arc;
@@ -241,7 +241,7 @@ fn store_down(streams: &Streams, error: &crate::store::StoreError) -> Result<(),
 async fn exempt(state: &State, ctx: &mut RequestCtx, identity: &Identity) -> Result<(), Problem> {
     state.rate_limits.exempt();
     if let Some(quotas) = &state.quotas {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, true).await?;
+        ctx.held.quota = quotas.take(&identity.user, &identity.claims, true).await?;
     }
     Ok(())
 }
@@ -254,8 +254,8 @@ async fn limit_as_new(
     drm: Drm,
 ) -> Result<(), Problem> {
     take_rate_tokens(state, ctx, Some(identity), drm).await?;
-    if let (Some(quotas), None) = (&state.quotas, &ctx.quota) {
-        ctx.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+    if let (Some(quotas), None) = (&state.quotas, &ctx.held.quota) {
+        ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;
     }
     Ok(())
 }
@@ -342,7 +342,7 @@ pub(super) async fn admit_stream(
             // took its rate tokens ([`find_continued`]).
             hold.session = Some(lease.session);
             hold.release = true;
-            ctx.stream = Some(hold);
+            ctx.held.stream = Some(hold);
             return Ok(());
         }
         let cadence: Vec<&str> = cadence.iter().map(String::as_str).collect();
@@ -378,7 +378,7 @@ pub(super) async fn admit_stream(
                     device: record.device,
                     exempt: within && !prepaid,
                 });
-                ctx.stream = Some(hold);
+                ctx.held.stream = Some(hold);
                 return Ok(());
             }
             Ok(Continuation::Stopped) => return Err(streams::stream_stopped()),
@@ -403,7 +403,7 @@ pub(super) async fn admit_stream(
         hold.learn_session = true;
         streams::pending_session(info.cdm_request_id.as_deref(), &ctx.request_id)
     } else if ask.device_reported && !ask.local {
-        ctx.stream = Some(hold);
+        ctx.held.stream = Some(hold);
         return Ok(());
     } else {
         hold.announce = true;
@@ -429,7 +429,7 @@ pub(super) async fn admit_stream(
         hold.lease_ends_at = Some(asked_at + seconds);
     }
     hold.session = Some(session);
-    ctx.stream = Some(hold);
+    ctx.held.stream = Some(hold);
     Ok(())
 }
 
@@ -442,7 +442,7 @@ pub(super) async fn admit_on_answer(
     ctx: &mut RequestCtx,
     device: Option<String>,
 ) -> Result<(), Problem> {
-    let (Some(streams), Some(hold)) = (&state.streams, ctx.stream.as_ref()) else {
+    let (Some(streams), Some(hold)) = (&state.streams, ctx.held.stream.as_ref()) else {
         return Ok(());
     };
     if hold.release {
@@ -466,7 +466,7 @@ pub(super) async fn admit_on_answer(
     if another_device {
         let was_exempt = hold.continued.as_ref().is_some_and(|c| c.exempt);
         let (drm, identity) = (hold.drm, hold.identity.clone());
-        if let Some(hold) = ctx.stream.as_mut() {
+        if let Some(hold) = ctx.held.stream.as_mut() {
             hold.continued = None;
             hold.session = None;
             hold.lease_ends_at = None;
@@ -475,7 +475,7 @@ pub(super) async fn admit_on_answer(
             limit_as_new(state, ctx, &identity, drm).await?;
         }
     }
-    let Some(hold) = ctx.stream.as_mut() else {
+    let Some(hold) = ctx.held.stream.as_mut() else {
         return Ok(());
     };
     if hold.session.is_none() {

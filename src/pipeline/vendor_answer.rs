@@ -37,7 +37,7 @@ pub fn capture_answer(
         end_of_stream || trailers || ctx.forward.declared_length == Some(ctx.forward.answer_bytes);
     let success = ctx.forward.status.is_some_and(|s| (200..300).contains(&s));
     if complete && success && ctx.forward.answer_bytes == 0 {
-        ctx.pending_problem = Some(empty_answer());
+        ctx.answer.pending_problem = Some(empty_answer());
         return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
     }
     let release = if ctx.forward.held_until_body && ctx.forward.answer_bytes > 0 {
@@ -46,7 +46,7 @@ pub fn capture_answer(
     } else {
         Release::NotYet
     };
-    if let Some(hold) = ctx.stream.as_mut()
+    if let Some(hold) = ctx.held.stream.as_mut()
         && success
         && (hold.learn_session || hold.renewal)
         && hold.license.is_none()
@@ -95,13 +95,13 @@ pub async fn inspect_response(
     headers: &http::HeaderMap,
 ) -> pingora::Result<bool> {
     ctx.forward.status = Some(status);
-    ctx.status = status;
+    ctx.answer.status = status;
     if let Some(target) = &ctx.forward.target {
         target.state.record_success();
     }
     if !(100..=599).contains(&status) {
         // A status HTTP does not have: no player could tell what it means.
-        ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
+        ctx.answer.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
             format!("the vendor answered status {status}, which HTTP does not have"),
         ));
         return Error::e_explain(ErrorType::InternalError, "vendor status outside HTTP");
@@ -112,7 +112,7 @@ pub async fn inspect_response(
         .sum();
     if header_bytes > MAX_VENDOR_HEADER_BYTES {
         // No license needs it, and a player may not take it.
-        ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
+        ctx.answer.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
             format!("the vendor's answer headers exceed {MAX_VENDOR_HEADER_BYTES} bytes"),
         ));
         return Error::e_explain(ErrorType::InternalError, "vendor headers too large");
@@ -131,27 +131,27 @@ pub async fn inspect_response(
         // No body follows, so no body filter would see it: refused here, before the device or
         // stream limits count a license that is not there, and before any of it reaches the
         // player.
-        ctx.pending_problem = Some(empty_answer());
+        ctx.answer.pending_problem = Some(empty_answer());
         return Error::e_explain(ErrorType::InternalError, "empty 2xx answer");
     }
     if !(200..300).contains(&status) {
-        ctx.outcome = "vendor_refused";
+        ctx.answer.outcome = "vendor_refused";
         ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
     } else if plan.service_certificate.is_none() {
         let admitted = admit_on_answer(state, ctx, headers).await;
         if let Err(problem) = admitted {
-            ctx.status = problem.status;
-            ctx.outcome = problem.code;
-            ctx.held_back = Some(problem.to_body(&ctx.request_id));
+            ctx.answer.status = problem.status;
+            ctx.answer.outcome = problem.code;
+            ctx.answer.held_back = Some(problem.to_body(&ctx.request_id));
         }
     }
     let Some(plan) = ctx.plan.as_mut() else {
         return Ok(false);
     };
-    let success = (200..300).contains(&status) && ctx.held_back.is_none();
+    let success = (200..300).contains(&status) && ctx.answer.held_back.is_none();
     let read_whole = success && (plan.fairplay.is_some() || plan.provider.refuses_in_answers());
     if read_whole {
-        ctx.whole_answer = Some(WholeAnswer::default());
+        ctx.answer.whole_answer = Some(WholeAnswer::default());
     }
     // Until a byte arrives, a 2xx may still turn out empty, or its vendor may go away before
     // sending what its length promised: the player sees a 502 then, not a 200 cut short.
@@ -174,7 +174,7 @@ async fn admit_on_answer(
     let Some(plan) = ctx.plan.as_ref() else {
         return Ok(());
     };
-    if plan.device_limit.is_none() && ctx.stream.is_none() {
+    if plan.device_limit.is_none() && ctx.held.stream.is_none() {
         return Ok(());
     }
     let device = plan.provider.device(headers);
@@ -200,11 +200,11 @@ pub fn vendor_answer_headers(
     ctx: &mut RequestCtx,
     response: &mut pingora::http::ResponseHeader,
 ) -> pingora::Result<()> {
-    if ctx.held_back.is_some() {
+    if ctx.answer.held_back.is_some() {
         // Nothing of the provider's answer may reach the player: not its headers either.
-        let mut refusal = pingora::http::ResponseHeader::build(ctx.status, Some(6))?;
+        let mut refusal = pingora::http::ResponseHeader::build(ctx.answer.status, Some(6))?;
         refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
-        let length = ctx.held_back.as_ref().map_or(0, Bytes::len);
+        let length = ctx.answer.held_back.as_ref().map_or(0, Bytes::len);
         refusal.insert_header(header::CONTENT_LENGTH, length.to_string())?;
         refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
         *response = refusal;
@@ -217,8 +217,8 @@ pub fn vendor_answer_headers(
     if let Some(session) = announced_session(ctx) {
         response.insert_header(streams::SESSION_HEADER, session)?;
     }
-    cors::decorate(&state.config.cors, &ctx.origin, response);
-    if let Some(whole) = ctx.whole_answer.as_mut() {
+    cors::decorate(&state.config.cors, &ctx.admitted.origin, response);
+    if let Some(whole) = ctx.answer.whole_answer.as_mut() {
         whole.header = Some(Box::new(response.clone()));
     }
     Ok(())
@@ -226,10 +226,11 @@ pub fn vendor_answer_headers(
 
 /// The session id the player is told, unless its license is held back.
 fn announced_session(ctx: &RequestCtx) -> Option<&str> {
-    if ctx.held_back.is_some() {
+    if ctx.answer.held_back.is_some() {
         return None;
     }
-    ctx.stream
+    ctx.held
+        .stream
         .as_ref()
         .filter(|hold| hold.announce)
         .and_then(|hold| hold.session.as_deref())
@@ -244,22 +245,25 @@ pub fn answer_body(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
 ) -> pingora::Result<Option<Box<pingora::http::ResponseHeader>>> {
-    if ctx.held_back.is_some() {
+    if ctx.answer.held_back.is_some() {
         *body = if end_of_stream {
-            ctx.held_back.take()
+            ctx.answer.held_back.take()
         } else {
             None
         };
         return Ok(None);
     }
-    let Some(whole) = ctx.whole_answer.as_mut() else {
+    let Some(whole) = ctx.answer.whole_answer.as_mut() else {
         return Ok(None);
     };
     if let Some(chunk) = body.take() {
         if whole.body.len() + chunk.len() > fairplay::MAX_ANSWER_BYTES {
-            ctx.pending_problem = Some(Problem::new(Refusal::VendorAnswerInvalid).with_detail(
-                format!("the answer exceeds {} bytes", fairplay::MAX_ANSWER_BYTES),
-            ));
+            ctx.answer.pending_problem = Some(
+                Problem::new(Refusal::VendorAnswerInvalid).with_detail(format!(
+                    "the answer exceeds {} bytes",
+                    fairplay::MAX_ANSWER_BYTES
+                )),
+            );
             return Error::e_explain(ErrorType::InternalError, "answer too large to read whole");
         }
         whole.body.extend_from_slice(&chunk);
@@ -278,7 +282,7 @@ pub fn answer_trailers(
     state: &State,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<(Option<Bytes>, Option<Box<pingora::http::ResponseHeader>>)> {
-    if ctx.whole_answer.is_none() {
+    if ctx.answer.whole_answer.is_none() {
         return Ok((None, None));
     }
     let (header, body) = finish_whole_answer(state, ctx)?;
@@ -292,7 +296,7 @@ fn finish_whole_answer(
     state: &State,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<(Option<Box<pingora::http::ResponseHeader>>, Bytes)> {
-    let (Some(whole), Some(plan)) = (ctx.whole_answer.take(), ctx.plan.as_ref()) else {
+    let (Some(whole), Some(plan)) = (ctx.answer.whole_answer.take(), ctx.plan.as_ref()) else {
         return Error::e_explain(ErrorType::InternalError, "no answer or plan to finish");
     };
     let Some(mut header) = whole.header else {
@@ -327,15 +331,15 @@ fn finish_whole_answer(
             Ok((Some(header), ckc))
         }
         Err(problem) => {
-            ctx.status = problem.status;
-            ctx.outcome = problem.code;
+            ctx.answer.status = problem.status;
+            ctx.answer.outcome = problem.code;
             let body = problem.to_body(&ctx.request_id);
             let mut refusal = pingora::http::ResponseHeader::build(problem.status, Some(6))?;
             refusal.insert_header(header::CONTENT_TYPE, problem::CONTENT_TYPE)?;
             refusal.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
             refusal.insert_header(header::CACHE_CONTROL, "no-store")?;
             refusal.insert_header(crate::http::headers::REQUEST_ID, ctx.request_id.as_str())?;
-            cors::decorate(&state.config.cors, &ctx.origin, &mut refusal);
+            cors::decorate(&state.config.cors, &ctx.admitted.origin, &mut refusal);
             Ok((Some(Box::new(refusal)), body))
         }
     }
