@@ -8,14 +8,18 @@ use std::path::{Component, Path, PathBuf};
 
 use http::{HeaderMap, Response, StatusCode, header};
 
-pub const PREFIX: &str = "/demo/";
+pub(crate) const PREFIX: &str = "/demo/";
 
 /// Larger files are not demo material; refusing them bounds what one request reads.
 const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The answer to `GET /demo/...`, or `None` for a path outside the demo root. File I/O runs on
 /// the blocking pool, never on the async workers that serve health checks and metrics.
-pub async fn serve(root: &Path, path: &str, headers: &HeaderMap) -> Option<Response<Vec<u8>>> {
+pub(crate) async fn serve(
+    root: &Path,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<Response<Vec<u8>>> {
     let relative = path.strip_prefix(PREFIX)?.to_string();
     let root = root.to_path_buf();
     let range = headers
@@ -143,7 +147,7 @@ fn byte_range(header: &str, len: u64) -> RangeAnswer {
     }
 }
 
-pub fn content_type(file: &Path) -> &'static str {
+pub(crate) fn content_type(file: &Path) -> &'static str {
     match file.extension().and_then(|e| e.to_str()) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",

@@ -1,7 +1,7 @@
 //! The admin listener: liveness, readiness and metrics, kept off the license listener so they
 //! can be firewalled apart from what players reach.
 
-pub mod demo;
+pub(crate) mod demo;
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use crate::http::problem::{Problem, Refusal};
 use crate::state::State;
 use crate::state::reload::Live;
 
-pub struct AdminApp {
-    pub live: Arc<Live>,
+pub(crate) struct AdminApp {
+    pub(crate) live: Arc<Live>,
 }
 
 /// Pingora's ready-made app for this (`ServeHttp`) logs the raw bytes of a request it cannot

@@ -23,39 +23,39 @@ use crate::providers::{CertificateEncoding, LicenseRequest, Provider};
 
 /// The header in which a player may name the key's skd URI (hls.js hands it to
 /// `licenseXhrSetup`, native apps have it from the playlist).
-pub const URI_HEADER: &str = "X-FairPlay-Uri";
+pub(crate) const URI_HEADER: &str = "X-FairPlay-Uri";
 /// A CKC is a few KiB; the vendor's answer around it is read whole, up to this.
-pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 256 * 1024;
 /// Certificates are about a kilobyte; anything far larger is not one.
 const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
 const CERTIFICATE_POOL_SIZE: usize = 4;
 
 /// A player's FairPlay request, read and ready to re-wrap.
 #[derive(Debug)]
-pub struct PlayerRequest {
-    pub spc: SpcRequest,
+pub(crate) struct PlayerRequest {
+    pub(crate) spc: SpcRequest,
     /// What the skd URI says, from the request itself or [`URI_HEADER`].
-    pub skd: Option<SkdKey>,
-    pub uri: Option<String>,
+    pub(crate) skd: Option<SkdKey>,
+    pub(crate) uri: Option<String>,
 }
 
 impl PlayerRequest {
     /// The content the request names besides `?content=` and `X-Content-Id`: the form's
     /// `assetId`, else the skd URI's.
-    pub fn content_id(&self) -> Option<&str> {
+    pub(crate) fn content_id(&self) -> Option<&str> {
         self.spc
             .asset_id
             .as_deref()
             .or_else(|| self.skd.as_ref()?.content_id.as_deref())
     }
 
-    pub fn kid(&self) -> Option<Kid> {
+    pub(crate) fn kid(&self) -> Option<Kid> {
         self.skd.as_ref()?.kid
     }
 }
 
 /// Reads the player's envelope; malformed input is the player's 400.
-pub fn read_request(
+pub(crate) fn read_request(
     body: &[u8],
     headers: &HeaderMap,
     settings: &FairPlaySettings,
@@ -92,7 +92,7 @@ pub fn read_request(
 }
 
 /// The configured patterns first, then the forms vendors document.
-pub fn read_skd(uri: &str, patterns: &[Regex]) -> Option<SkdKey> {
+pub(crate) fn read_skd(uri: &str, patterns: &[Regex]) -> Option<SkdKey> {
     for pattern in patterns {
         let Some(captures) = pattern.captures(uri) else {
             continue;
@@ -112,7 +112,7 @@ pub fn read_skd(uri: &str, patterns: &[Regex]) -> Option<SkdKey> {
 }
 
 /// The SPC as the provider wants it, and its content type.
-pub fn vendor_body(
+pub(crate) fn vendor_body(
     provider: &dyn Provider,
     request: Option<&LicenseRequest>,
     player: &PlayerRequest,
@@ -129,14 +129,14 @@ pub fn vendor_body(
 
 /// How the CKC goes back to the player.
 #[derive(Debug, Clone)]
-pub struct Answering {
-    pub format: CkcFormat,
+pub(crate) struct Answering {
+    pub(crate) format: CkcFormat,
     /// The streaming key's id, echoed in Apple's JSON.
-    pub id: Option<Value>,
+    pub(crate) id: Option<Value>,
 }
 
 impl Answering {
-    pub fn new(settings: &FairPlaySettings, request: &RequestFormat) -> Self {
+    pub(crate) fn new(settings: &FairPlaySettings, request: &RequestFormat) -> Self {
         Self {
             format: settings
                 .answer_format
@@ -149,7 +149,7 @@ impl Answering {
     }
 
     /// The vendor's whole 2xx answer, re-wrapped for the player.
-    pub fn answer(&self, provider: &dyn Provider, body: &[u8]) -> Result<Bytes, Problem> {
+    pub(crate) fn answer(&self, provider: &dyn Provider, body: &[u8]) -> Result<Bytes, Problem> {
         let ckc = wire::read_ckc(provider.fairplay_wire().ckc, body).map_err(|e| {
             Problem::new(Refusal::VendorAnswerInvalid).with_detail(format!("FairPlay CKC: {e}"))
         })?;
@@ -163,13 +163,13 @@ impl Answering {
 
 /// The FairPlay application certificates, per provider: from the configured file, or fetched
 /// from the provider once per TTL with concurrent requests waiting on that one fetch.
-pub struct Certificates {
+pub(crate) struct Certificates {
     cache: Cache<String, Bytes>,
     connector: Connector,
 }
 
 impl Certificates {
-    pub fn new(settings: &FairPlaySettings) -> Self {
+    pub(crate) fn new(settings: &FairPlaySettings) -> Self {
         Self {
             cache: Cache::builder()
                 .time_to_live(settings.certificate_cache)
@@ -180,7 +180,7 @@ impl Certificates {
     }
 
     /// The DER certificate `route`'s provider uses for FairPlay.
-    pub async fn get(&self, route: &ProviderRoute) -> Result<Bytes, Problem> {
+    pub(crate) async fn get(&self, route: &ProviderRoute) -> Result<Bytes, Problem> {
         if let Some(certificate) = &route.config.fairplay_certificate {
             return Ok(certificate.clone());
         }

@@ -2,6 +2,6 @@
 //! FairPlay envelopes and application certificate, what a PlayReady request carries besides its
 //! challenge, and the Widevine service certificate answer.
 
-pub mod fairplay;
-pub mod playready;
+pub(crate) mod fairplay;
+pub(crate) mod playready;
 pub mod service_certificate;

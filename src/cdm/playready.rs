@@ -13,7 +13,7 @@ const MAX_SOAP_ACTION_NAME: usize = 64;
 /// The SOAPAction forwarded with a PlayReady challenge: the player's, when it is one of
 /// PlayReady's actions, else the license acquisition action. Anything else is refused, so a
 /// player cannot hand the provider an arbitrary header.
-pub fn soap_action(sent: Option<&HeaderValue>) -> Result<HeaderValue, Problem> {
+pub(crate) fn soap_action(sent: Option<&HeaderValue>) -> Result<HeaderValue, Problem> {
     let Some(sent) = sent else {
         return Ok(HeaderValue::from_static(PLAYREADY_SOAP_ACTION));
     };

@@ -17,7 +17,7 @@ const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub struct Certificate {
     pub body: Bytes,
-    pub content_type: Option<HeaderValue>,
+    pub(crate) content_type: Option<HeaderValue>,
 }
 
 pub struct ServiceCertificates {
@@ -127,7 +127,7 @@ impl Filler {
     }
 
     /// Trailers end the answer.
-    pub fn response_trailers(&mut self) {
+    pub(crate) fn response_trailers(&mut self) {
         if self.cacheable {
             self.complete();
         }

@@ -38,7 +38,7 @@ impl Origin {
     /// Whether a cookie may stand for the user: browsers attach cookies to cross-site form
     /// posts too, so only a page on an origin the operator listed by name may spend them.
     /// A wildcard list, or a request without `Origin`, does not qualify.
-    pub fn admits_cookies(&self, settings: &CorsSettings) -> bool {
+    pub(crate) fn admits_cookies(&self, settings: &CorsSettings) -> bool {
         let Origin::Allowed(origin) = self else {
             return false;
         };
@@ -52,7 +52,7 @@ impl Origin {
 }
 
 /// Adds the headers of an actual (non-preflight) answer.
-pub fn decorate(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
+pub(crate) fn decorate(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
     // Answers differ by Origin, so shared caches must key on it.
     append(response, "Vary", "Origin");
     if let Origin::Allowed(allowed) = origin {
@@ -72,7 +72,11 @@ pub fn decorate(settings: &CorsSettings, origin: &Origin, response: &mut Respons
 }
 
 /// Adds the headers of a preflight answer on top of [`decorate`].
-pub fn decorate_preflight(settings: &CorsSettings, origin: &Origin, response: &mut ResponseHeader) {
+pub(crate) fn decorate_preflight(
+    settings: &CorsSettings,
+    origin: &Origin,
+    response: &mut ResponseHeader,
+) {
     decorate(settings, origin, response);
     if matches!(origin, Origin::Allowed(_)) {
         insert(

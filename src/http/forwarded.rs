@@ -12,13 +12,13 @@ use crate::http::problem::{Problem, Refusal};
 
 /// The most addresses a forwarded chain keeps; longer chains keep the entries nearest to us,
 /// which are the ones trusted proxies wrote.
-pub const MAX_FORWARDED_ADDRESSES: usize = 8;
+pub(crate) const MAX_FORWARDED_ADDRESSES: usize = 8;
 
 /// The player's address and the `X-Forwarded-For` the provider receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddress {
     pub ip: IpAddr,
-    pub forwarded_for: HeaderValue,
+    pub(crate) forwarded_for: HeaderValue,
 }
 
 /// Works out the client from the peer and, when the peer is a trusted proxy, the chain it

@@ -6,11 +6,11 @@ use pingora::http::RequestHeader;
 use crate::http::problem::Problem;
 
 /// The header carrying a request's id: on its way to the vendor and on every answer.
-pub const REQUEST_ID: &str = "X-Request-Id";
+pub(crate) const REQUEST_ID: &str = "X-Request-Id";
 
 /// Pingora bounds header bytes only at 1 MB; what a license request needs is far less, and
 /// what goes beyond it is refused before any work.
-pub fn check_limits(
+pub(crate) fn check_limits(
     request: &RequestHeader,
     server: &crate::config::ServerSettings,
 ) -> Result<(), Problem> {
@@ -32,7 +32,7 @@ pub fn check_limits(
 
 /// What the request names by `?{key}=` first, else in its `header`; `Err` for a header value
 /// that is not visible ASCII.
-pub fn query_or_header(
+pub(crate) fn query_or_header(
     request: &RequestHeader,
     key: &str,
     header: &str,
@@ -54,7 +54,7 @@ pub fn query_or_header(
 
 /// A path segment with its `%XX` escapes decoded (user ids and session ids may hold any
 /// character); an escape that is not UTF-8 becomes U+FFFD.
-pub fn path_segment(segment: &str) -> String {
+pub(crate) fn path_segment(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()

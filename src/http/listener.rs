@@ -20,11 +20,11 @@ use tokio::sync::{Semaphore, watch};
 
 /// How long a client may take before and between its requests.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     /// From accepting the connection to its first request's complete headers.
-    pub header_read: Duration,
+    pub(crate) header_read: Duration,
     /// From the end of one request to the next one's complete headers.
-    pub keepalive: Duration,
+    pub(crate) keepalive: Duration,
 }
 
 /// The connections open on one listener, so the pipeline can tell the watchdog when a request
@@ -36,14 +36,14 @@ pub struct Connections {
 
 impl Connections {
     /// A request's headers have arrived on the connection from `client`.
-    pub fn request_started(&self, client: Option<&SocketAddr>) {
+    pub(crate) fn request_started(&self, client: Option<&SocketAddr>) {
         if let Some(clock) = self.clock(client) {
             clock.in_flight.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     /// The request is answered; the connection is idle unless another is in flight.
-    pub fn request_finished(&self, client: Option<&SocketAddr>) {
+    pub(crate) fn request_finished(&self, client: Option<&SocketAddr>) {
         if let Some(clock) = self.clock(client) {
             clock
                 .idle_since_ms
@@ -150,17 +150,17 @@ impl Default for Drain {
 }
 
 impl Drain {
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.sender.send_replace(true);
     }
 
     /// Tells load balancers to stop sending (`/readyz` 503). Not on an upgrade: the new
     /// process shares the listening sockets, and the node stays in service.
-    pub fn withdraw(&self) {
+    pub(crate) fn withdraw(&self) {
         self.withdrawn.store(true, Ordering::Release);
     }
 
-    pub fn withdrawn(&self) -> bool {
+    pub(crate) fn withdrawn(&self) -> bool {
         self.withdrawn.load(Ordering::Acquire)
     }
 
@@ -170,7 +170,7 @@ impl Drain {
 }
 
 /// A listener's app behind the cap and the deadlines.
-pub struct Listener<A> {
+pub(crate) struct Listener<A> {
     app: Arc<A>,
     permits: Arc<Semaphore>,
     connections: Arc<Connections>,
@@ -181,7 +181,7 @@ pub struct Listener<A> {
 }
 
 impl<A> Listener<A> {
-    pub fn new(
+    pub(crate) fn new(
         app: A,
         max_connections: usize,
         connections: Arc<Connections>,
@@ -245,7 +245,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
 
 /// Raises the soft open-file limit to the hard one, as nginx's `worker_rlimit_nofile` does,
 /// and returns the limit now in force.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
+pub(crate) fn raise_open_file_limit() -> std::io::Result<u64> {
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
     rlimit::Resource::NOFILE.set(hard, hard)?;
     Ok(hard)

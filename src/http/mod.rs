@@ -4,7 +4,7 @@
 
 pub mod cors;
 pub mod forwarded;
-pub mod headers;
-pub mod listener;
+pub(crate) mod headers;
+pub(crate) mod listener;
 pub mod problem;
-pub mod trace;
+pub(crate) mod trace;

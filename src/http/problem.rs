@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-pub const CONTENT_TYPE: &str = "application/problem+json";
+pub(crate) const CONTENT_TYPE: &str = "application/problem+json";
 
 /// Declares the catalog: one line per refusal, so the whole list reads in one place.
 macro_rules! refusals {
@@ -11,26 +11,27 @@ macro_rules! refusals {
         /// Every refusal licensegate answers with. The `code` is stable: players, dashboards
         /// and `docs/api.md` key on it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Refusal {
+        pub(crate) enum Refusal {
             $($refusal,)*
         }
 
         impl Refusal {
-            pub const ALL: &[Refusal] = &[$(Refusal::$refusal,)*];
+            #[cfg(test)]
+            pub(crate) const ALL: &[Refusal] = &[$(Refusal::$refusal,)*];
 
-            pub fn status(self) -> u16 {
+            pub(crate) fn status(self) -> u16 {
                 match self {
                     $(Refusal::$refusal => $status,)*
                 }
             }
 
-            pub fn code(self) -> &'static str {
+            pub(crate) fn code(self) -> &'static str {
                 match self {
                     $(Refusal::$refusal => $code,)*
                 }
             }
 
-            pub fn title(self) -> &'static str {
+            pub(crate) fn title(self) -> &'static str {
                 match self {
                     $(Refusal::$refusal => $title,)*
                 }
@@ -104,18 +105,18 @@ refusals! {
 /// humans read `title` and `detail`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
-    pub status: u16,
-    pub code: &'static str,
-    pub title: &'static str,
-    pub detail: String,
+    pub(crate) status: u16,
+    pub(crate) code: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) detail: String,
     /// RFC 7807 extension members for what a client can act on (counts, times).
-    pub extensions: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extensions: serde_json::Map<String, serde_json::Value>,
     /// Seconds after which asking again may succeed (`Retry-After`).
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Problem {
-    pub fn new(refusal: Refusal) -> Self {
+    pub(crate) fn new(refusal: Refusal) -> Self {
         Self {
             status: refusal.status(),
             code: refusal.code(),
@@ -126,36 +127,36 @@ impl Problem {
         }
     }
 
-    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+    pub(crate) fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds.max(1));
         self
     }
 
-    pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
+    pub(crate) fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
         self.extensions.insert(name.to_string(), value);
         self
     }
 
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = detail.into();
         self
     }
 
-    pub fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         Self::new(Refusal::NotFound)
     }
 
-    pub fn method_not_allowed() -> Self {
+    pub(crate) fn method_not_allowed() -> Self {
         Self::new(Refusal::MethodNotAllowed)
     }
 
-    pub fn unknown_drm(name: &str) -> Self {
+    pub(crate) fn unknown_drm(name: &str) -> Self {
         Self::new(Refusal::UnknownDrm).with_detail(format!(
             "'{name}' is not one of widevine, playready, fairplay, clearkey"
         ))
     }
 
-    pub fn drm_not_routed(name: &str) -> Self {
+    pub(crate) fn drm_not_routed(name: &str) -> Self {
         Self::new(Refusal::DrmNotEnabled)
             .with_detail(format!("no provider is configured for {name}"))
     }
@@ -164,43 +165,43 @@ impl Problem {
         Self::new(Refusal::BodyTooLarge).with_detail(format!("the challenge exceeds {limit} bytes"))
     }
 
-    pub fn body_empty() -> Self {
+    pub(crate) fn body_empty() -> Self {
         Self::new(Refusal::ChallengeMissing).with_detail("the request body is empty")
     }
 
-    pub fn content_id_missing() -> Self {
+    pub(crate) fn content_id_missing() -> Self {
         Self::new(Refusal::ContentIdMissing)
             .with_detail("pass the content id as ?content= or in the X-Content-Id header")
     }
 
-    pub fn content_id_invalid() -> Self {
+    pub(crate) fn content_id_invalid() -> Self {
         Self::new(Refusal::ContentIdInvalid)
             .with_detail("a content id is 1 to 256 characters of letters, digits and . _ - : /")
     }
 
-    pub fn headers_too_large(max_bytes: usize, max_count: usize) -> Self {
+    pub(crate) fn headers_too_large(max_bytes: usize, max_count: usize) -> Self {
         Self::new(Refusal::HeadersTooLarge).with_detail(format!(
             "at most {max_count} headers of {max_bytes} bytes in all"
         ))
     }
 
-    pub fn origin_not_allowed() -> Self {
+    pub(crate) fn origin_not_allowed() -> Self {
         Self::new(Refusal::OriginNotAllowed)
     }
 
-    pub fn upstream_unavailable(detail: impl Into<String>) -> Self {
+    pub(crate) fn upstream_unavailable(detail: impl Into<String>) -> Self {
         Self::new(Refusal::UpstreamUnavailable).with_detail(detail)
     }
 
-    pub fn upstream_error(detail: impl Into<String>) -> Self {
+    pub(crate) fn upstream_error(detail: impl Into<String>) -> Self {
         Self::new(Refusal::UpstreamError).with_detail(detail)
     }
 
-    pub fn upstream_timeout(detail: impl Into<String>) -> Self {
+    pub(crate) fn upstream_timeout(detail: impl Into<String>) -> Self {
         Self::new(Refusal::UpstreamTimeout).with_detail(detail)
     }
 
-    pub fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(Refusal::InternalError)
     }
 
@@ -234,7 +235,7 @@ impl Problem {
 }
 
 /// What the player is told when the provider could not be reached or did not answer in time.
-pub fn upstream_failure(error: &pingora::Error) -> Problem {
+pub(crate) fn upstream_failure(error: &pingora::Error) -> Problem {
     use pingora::ErrorType::*;
     let detail = error.etype().as_str();
     match error.etype() {

@@ -4,25 +4,25 @@
 
 use http::HeaderMap;
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
 /// The spec lets a vendor drop `tracestate` beyond 512 bytes; licensegate drops it there too
 /// rather than forwarding whatever size a client sends.
 const MAX_TRACESTATE_BYTES: usize = 512;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     /// 32 lowercase hex digits.
-    pub trace_id: String,
+    pub(crate) trace_id: String,
     /// licensegate's span: the parent id the vendor sees. 16 lowercase hex digits.
-    pub span_id: String,
-    pub flags: u8,
-    pub state: Option<String>,
+    pub(crate) span_id: String,
+    pub(crate) flags: u8,
+    pub(crate) state: Option<String>,
 }
 
 impl TraceContext {
     /// A new trace for the request `request_id` (a UUID).
-    pub fn start(request_id: &uuid::Uuid) -> Self {
+    pub(crate) fn start(request_id: &uuid::Uuid) -> Self {
         Self {
             trace_id: request_id.simple().to_string(),
             span_id: new_span_id(),
@@ -32,7 +32,7 @@ impl TraceContext {
     }
 
     /// The caller's trace, continued, when its `traceparent` is valid.
-    pub fn continued(headers: &HeaderMap) -> Option<Self> {
+    pub(crate) fn continued(headers: &HeaderMap) -> Option<Self> {
         let mut parents = headers.get_all(TRACEPARENT).iter();
         let parent = parents.next()?.to_str().ok()?;
         if parents.next().is_some() {
@@ -49,7 +49,7 @@ impl TraceContext {
     }
 
     /// The `traceparent` for the call licensegate makes.
-    pub fn traceparent(&self) -> String {
+    pub(crate) fn traceparent(&self) -> String {
         format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
 }

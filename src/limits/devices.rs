@@ -20,7 +20,7 @@ use crate::telemetry::metrics::Metrics;
 /// service proxy** (docs/sources.md), as
 /// configured (the certificate serial number is shared by every desktop browser, so desktops
 /// go by client token; Android devices by serial number).
-pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> {
+pub(crate) fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> {
     let android = info
         .platform
         .as_deref()
@@ -44,15 +44,15 @@ pub fn identity(settings: &DeviceSettings, info: &DeviceInfo) -> Option<String> 
 }
 
 /// The device limit policy over a store.
-pub struct Devices {
-    pub settings: DeviceSettings,
+pub(crate) struct Devices {
+    pub(crate) settings: DeviceSettings,
     store: Arc<Shared>,
     decisions: IntCounterVec,
     store_duration: HistogramVec,
 }
 
 impl Devices {
-    pub fn new(settings: DeviceSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(settings: DeviceSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
         Self {
             settings,
             store,
@@ -63,7 +63,7 @@ impl Devices {
 
     /// The user's limit: the token's claim if it has one, else the entitlement's, else the
     /// configured default.
-    pub fn limit_for(
+    pub(crate) fn limit_for(
         &self,
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
@@ -77,7 +77,12 @@ impl Devices {
     }
 
     /// Whether `user`'s `device` may have the license the provider just issued.
-    pub async fn admit(&self, user: &str, device: &Device, limit: u32) -> Result<(), Problem> {
+    pub(crate) async fn admit(
+        &self,
+        user: &str,
+        device: &Device,
+        limit: u32,
+    ) -> Result<(), Problem> {
         let identity = match device {
             Device::Reported(info) => identity(&self.settings, info),
             _ => None,
@@ -145,7 +150,7 @@ impl Devices {
             .with_detail("the device limit cannot be checked right now"))
     }
 
-    pub async fn list(&self, user: &str) -> Result<Vec<Slot>, StoreError> {
+    pub(crate) async fn list(&self, user: &str) -> Result<Vec<Slot>, StoreError> {
         self.timed(
             "list",
             self.store
@@ -155,12 +160,12 @@ impl Devices {
         .await
     }
 
-    pub async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn remove(&self, user: &str, device: &str) -> Result<bool, StoreError> {
         self.timed("remove", self.store.store.remove_device(user, device))
             .await
     }
 
-    pub async fn remove_all(&self, user: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn remove_all(&self, user: &str) -> Result<u64, StoreError> {
         self.timed("remove_all", self.store.store.remove_devices(user))
             .await
     }

@@ -3,8 +3,8 @@
 //! blocked through the admin API. Renewals of live streams pass every limit: a playing stream is
 //! never rate limited out.
 
-pub mod devices;
-pub mod streams;
+pub(crate) mod devices;
+pub(crate) mod streams;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,7 +46,7 @@ impl Limiter {
 }
 
 /// Request rate limits, by scope (client address, user) and route.
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     shared: Option<Arc<Shared>>,
     ipv6_prefix: u8,
     per_client: HashMap<Option<Drm>, Limiter>,
@@ -68,13 +68,13 @@ fn client_key(ip: IpAddr, ipv6_prefix: u8) -> String {
     }
 }
 
-pub enum Scope<'a> {
+pub(crate) enum Scope<'a> {
     Client(IpAddr),
     User(&'a str),
 }
 
 impl RateLimits {
-    pub fn new(
+    pub(crate) fn new(
         settings: &RateLimitSettings,
         store: Option<Arc<Shared>>,
         metrics: &Metrics,
@@ -103,13 +103,9 @@ impl RateLimits {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.per_client.is_empty() || !self.per_user.is_empty()
-    }
-
     /// Takes a token for one request of `scope` on `drm`'s route; a route's own limit replaces
     /// the general one.
-    pub async fn take(&self, scope: Scope<'_>, drm: Drm) -> Result<(), Problem> {
+    pub(crate) async fn take(&self, scope: Scope<'_>, drm: Drm) -> Result<(), Problem> {
         let (limiters, label) = match scope {
             Scope::Client(_) => (&self.per_client, "client"),
             Scope::User(_) => (&self.per_user, "user"),
@@ -166,12 +162,12 @@ impl RateLimits {
     }
 
     /// A renewal of a live stream, let through without taking a token.
-    pub fn exempt(&self) {
+    pub(crate) fn exempt(&self) {
         self.count("any", "renewal_exempt");
     }
 
     /// In-process buckets held: per client address, per user.
-    pub fn buckets(&self) -> (usize, usize) {
+    pub(crate) fn buckets(&self) -> (usize, usize) {
         let held = |limiters: &HashMap<Option<Drm>, Limiter>| {
             limiters.values().map(|limiter| limiter.local.len()).sum()
         };
@@ -179,7 +175,7 @@ impl RateLimits {
     }
 
     /// Drops buckets that have refilled, so that memory follows the active clients.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         for limiter in self.per_client.values().chain(self.per_user.values()) {
             limiter.local.retain_recent();
             limiter.local.shrink_to_fit();
@@ -193,20 +189,20 @@ impl RateLimits {
 
 /// A license counted against a quota, given back if the request gets none.
 #[derive(Debug, Clone)]
-pub struct QuotaTaken {
-    pub user: String,
-    pub window: u64,
+pub(crate) struct QuotaTaken {
+    pub(crate) user: String,
+    pub(crate) window: u64,
 }
 
-pub struct Quotas {
-    pub settings: QuotaSettings,
+pub(crate) struct Quotas {
+    pub(crate) settings: QuotaSettings,
     store: Arc<Shared>,
     decisions: IntCounterVec,
     duration: HistogramVec,
 }
 
 impl Quotas {
-    pub fn new(settings: QuotaSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(settings: QuotaSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
         Self {
             settings,
             store,
@@ -226,7 +222,7 @@ impl Quotas {
 
     /// Counts one license for `user`; a renewal of a live stream is counted while there is
     /// quota left and passes when there is none.
-    pub async fn take(
+    pub(crate) async fn take(
         &self,
         user: &str,
         claims: &serde_json::Map<String, Value>,
@@ -285,7 +281,7 @@ impl Quotas {
             .with_detail("the license quota cannot be checked right now"))
     }
 
-    pub async fn refund(&self, taken: &QuotaTaken) {
+    pub(crate) async fn refund(&self, taken: &QuotaTaken) {
         let period = self.settings.period.as_secs();
         if let Err(e) = self
             .store
@@ -306,14 +302,14 @@ impl Quotas {
 }
 
 /// Users blocked through the admin API, looked up in the store and remembered briefly.
-pub struct Blocks {
+pub(crate) struct Blocks {
     store: Arc<Shared>,
     recent: moka::future::Cache<String, Option<Option<u64>>>,
     decisions: IntCounterVec,
 }
 
 impl Blocks {
-    pub fn new(store: Arc<Shared>, remember: Duration, metrics: &Metrics) -> Self {
+    pub(crate) fn new(store: Arc<Shared>, remember: Duration, metrics: &Metrics) -> Self {
         Self {
             store,
             recent: moka::future::Cache::builder()
@@ -327,7 +323,7 @@ impl Blocks {
     /// Refuses a blocked user. A store that cannot answer lets the request pass: the limits
     /// that need the store decide for themselves (`fail_open`), and a block list outage must not
     /// stop every playback at its next renewal.
-    pub async fn check(&self, user: &str) -> Result<(), Problem> {
+    pub(crate) async fn check(&self, user: &str) -> Result<(), Problem> {
         let store = &self.store;
         let looked_up = self
             .recent
@@ -361,7 +357,7 @@ impl Blocks {
         }
     }
 
-    pub async fn block(&self, user: &str, until: Option<u64>) -> Result<(), StoreError> {
+    pub(crate) async fn block(&self, user: &str, until: Option<u64>) -> Result<(), StoreError> {
         let result = self
             .store
             .timed(self.store.store.block_user(user, until, now_seconds()))
@@ -370,7 +366,7 @@ impl Blocks {
         result
     }
 
-    pub async fn unblock(&self, user: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn unblock(&self, user: &str) -> Result<bool, StoreError> {
         let result = self.store.timed(self.store.store.unblock_user(user)).await;
         self.recent.invalidate(user).await;
         result

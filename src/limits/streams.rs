@@ -31,11 +31,11 @@ use crate::store::{
 };
 use crate::telemetry::metrics::Metrics;
 
-pub const SESSION_HEADER: &str = "X-Playback-Session";
+pub(crate) const SESSION_HEADER: &str = "X-Playback-Session";
 const MAX_SESSION_LEN: usize = 128;
 
 /// The playback session id the player sent, if any.
-pub fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem> {
+pub(crate) fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem> {
     crate::http::headers::query_or_header(request, "session", SESSION_HEADER)
         .map_err(|_| session_invalid())?
         .map(valid_session)
@@ -43,7 +43,7 @@ pub fn player_session(request: &RequestHeader) -> Result<Option<String>, Problem
 }
 
 /// A session id as licensegate issues and accepts them; anything else reaches no store or log.
-pub fn valid_session(session: String) -> Result<String, Problem> {
+pub(crate) fn valid_session(session: String) -> Result<String, Problem> {
     let well_formed = !session.is_empty()
         && session.len() <= MAX_SESSION_LEN
         && session
@@ -72,7 +72,7 @@ fn digest(parts: &[&[u8]]) -> String {
 }
 
 /// The stream of a Widevine license, by its `session_id`.
-pub fn widevine_session(session_id: &[u8]) -> String {
+pub(crate) fn widevine_session(session_id: &[u8]) -> String {
     if session_id.len() <= 32 {
         format!("wv-{}", hex::encode(session_id))
     } else {
@@ -81,7 +81,7 @@ pub fn widevine_session(session_id: &[u8]) -> String {
 }
 
 /// The stream of a device the vendor reported, playing one content in one DRM.
-pub fn device_session(device: &str, content: &str, drm: &str) -> String {
+pub(crate) fn device_session(device: &str, content: &str, drm: &str) -> String {
     format!(
         "dev-{}",
         digest(&[device.as_bytes(), content.as_bytes(), drm.as_bytes()])
@@ -89,20 +89,20 @@ pub fn device_session(device: &str, content: &str, drm: &str) -> String {
 }
 
 /// A device as a stream's record keeps it: a digest, never the vendor's identifiers.
-pub fn device_digest(device: &str) -> String {
+pub(crate) fn device_digest(device: &str) -> String {
     digest(&[device.as_bytes()])
 }
 
 /// A Widevine renewal, in its stream's cadence.
-pub const RENEWAL_CADENCE: &str = "renewal";
+pub(crate) const RENEWAL_CADENCE: &str = "renewal";
 /// A license naming no key ID (a FairPlay SPC whose content lists none), in its stream's
 /// cadence.
-pub const LICENSE_CADENCE: &str = "license";
+pub(crate) const LICENSE_CADENCE: &str = "license";
 /// A heartbeat (`POST /v1/streams/{session}`), in its stream's cadence.
-pub const HEARTBEAT_CADENCE: &str = "heartbeat";
+pub(crate) const HEARTBEAT_CADENCE: &str = "heartbeat";
 
 /// A stream licensegate's own license server names for the player.
-pub fn issued_session() -> String {
+pub(crate) fn issued_session() -> String {
     format!("lg-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -111,12 +111,12 @@ const PENDING: &str = "pending-";
 /// The lease of a Widevine license whose session id only its answer tells: named after the
 /// CDM's own id for its session (which the license echoes, and its renewals carry) and this
 /// request, so that a renewal can find it should the renaming be lost.
-pub fn pending_session(cdm_request_id: Option<&[u8]>, request_id: &str) -> String {
+pub(crate) fn pending_session(cdm_request_id: Option<&[u8]>, request_id: &str) -> String {
     format!("{}{request_id}", pending_prefix(cdm_request_id))
 }
 
 /// The start of every provisional lease of the CDM session `cdm_request_id`.
-pub fn pending_prefix(cdm_request_id: Option<&[u8]>) -> String {
+pub(crate) fn pending_prefix(cdm_request_id: Option<&[u8]>) -> String {
     match cdm_request_id {
         Some(id) => format!("{PENDING}{}-", digest(&[id])),
         None => format!("{PENDING}-"),
@@ -125,19 +125,19 @@ pub fn pending_prefix(cdm_request_id: Option<&[u8]>) -> String {
 
 /// What the store said to a stream asking to play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admitted {
+pub(crate) enum Admitted {
     Started,
     Renewed,
     /// Let through without a lease: the store is down and `fail_open` is set.
     Unchecked,
 }
 
-pub struct Streams {
-    pub settings: StreamSettings,
+pub(crate) struct Streams {
+    pub(crate) settings: StreamSettings,
     /// `[streams]` is configured: streams are limited, and every DRM's are recorded. Without
     /// it, a store still records Widevine licenses, so that their renewals continue only what
     /// they started.
-    pub limited: bool,
+    pub(crate) limited: bool,
     store: Arc<Shared>,
     /// Sessions this instance saw the store hold live, keyed by [`live_key`]: their record, and
     /// the end of their lease as the store last set it (seconds since the epoch). A request
@@ -149,17 +149,17 @@ pub struct Streams {
 }
 
 /// Longer than any license's renewal delay; a vendor's larger one is taken as this.
-pub const MAX_INTERVAL_SECONDS: u64 = 366 * 24 * 3600;
+pub(crate) const MAX_INTERVAL_SECONDS: u64 = 366 * 24 * 3600;
 
 /// Seen-live sessions kept at most: enough for every stream of a busy instance.
 const LIVE_SESSIONS_KEPT: u64 = 1_000_000;
 
-pub fn store_unavailable() -> Problem {
+pub(crate) fn store_unavailable() -> Problem {
     Problem::new(Refusal::StreamStoreUnavailable)
         .with_detail("the stream limit cannot be checked right now")
 }
 
-pub fn stream_stopped() -> Problem {
+pub(crate) fn stream_stopped() -> Problem {
     Problem::new(Refusal::StreamStopped)
         .with_detail("a newer stream of this user took this stream's place")
 }
@@ -169,14 +169,14 @@ fn live_key(user: &str, session: &str) -> String {
 }
 
 impl Streams {
-    pub fn new(settings: StreamSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(settings: StreamSettings, store: Arc<Shared>, metrics: &Metrics) -> Self {
         Self::build(settings, true, store, metrics)
     }
 
     /// Widevine licenses recorded in a store configured for something else: no limit, and a
     /// store that cannot answer lets renewals through as the deployment did not ask for
     /// stream limits.
-    pub fn records_only(store: Arc<Shared>, metrics: &Metrics) -> Self {
+    pub(crate) fn records_only(store: Arc<Shared>, metrics: &Metrics) -> Self {
         let settings = StreamSettings {
             max_per_user: u32::MAX,
             claim: String::new(),
@@ -212,7 +212,7 @@ impl Streams {
 
     /// The user's limit: the token's claim if it has one, else the entitlement's, else the
     /// configured default.
-    pub fn limit_for(
+    pub(crate) fn limit_for(
         &self,
         claims: Option<&serde_json::Map<String, Value>>,
         granted: Option<u32>,
@@ -230,7 +230,7 @@ impl Streams {
 
     /// How long a lease lasts: the renewal interval (the license's, else the policy's, else the
     /// configured one) plus the grace period.
-    pub fn lease_seconds(&self, interval_seconds: u64) -> u64 {
+    pub(crate) fn lease_seconds(&self, interval_seconds: u64) -> u64 {
         let interval = if interval_seconds > 0 {
             interval_seconds.min(MAX_INTERVAL_SECONDS)
         } else {
@@ -241,7 +241,7 @@ impl Streams {
 
     /// Starts `ask.session`'s lease for `user` (or renews it, if it is already this content's
     /// and DRM's), or refuses.
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         user: &str,
         ask: LeaseAsk<'_>,
@@ -308,7 +308,11 @@ impl Streams {
 
     /// The live lease a request names, as this instance last saw the store hold it, else as
     /// the store tells.
-    pub async fn find(&self, user: &str, session: &str) -> Result<Option<Lease>, StoreError> {
+    pub(crate) async fn find(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> Result<Option<Lease>, StoreError> {
         if let Some(seen) = self.live.get(&live_key(user, session))
             && seen.expires_at > now_seconds()
         {
@@ -363,7 +367,7 @@ impl Streams {
     /// The provisional lease of the CDM session a Widevine renewal names, should its renaming
     /// have been lost (licensegate stopped between the answer and the rename): it takes the
     /// name the license told.
-    pub async fn adopt(
+    pub(crate) async fn adopt(
         &self,
         user: &str,
         cdm_request_id: &[u8],
@@ -389,7 +393,7 @@ impl Streams {
     /// Continues the stream a request names: the store extends exactly that lease if it is
     /// still this content's and DRM's, and tells whether the request keeps to the stream's
     /// cadence.
-    pub async fn continue_(
+    pub(crate) async fn continue_(
         &self,
         user: &str,
         ask: ContinueAsk<'_>,
@@ -421,7 +425,12 @@ impl Streams {
 
     /// Records the device the vendor reported for a stream that has none recorded; returns the
     /// device its record holds (`None`: none, or the store could not say).
-    pub async fn set_device(&self, user: &str, session: &str, device: &str) -> Option<String> {
+    pub(crate) async fn set_device(
+        &self,
+        user: &str,
+        session: &str,
+        device: &str,
+    ) -> Option<String> {
         self.live.invalidate(&live_key(user, session));
         match self
             .timed(
@@ -442,7 +451,7 @@ impl Streams {
 
     /// Whether a continuation of `cadence` would be exempt by the record as this instance last
     /// saw it; the store's continuation decides ([`Self::continue_`]).
-    pub fn likely_exempt(&self, lease: &Lease, cadence: &[&str]) -> bool {
+    pub(crate) fn likely_exempt(&self, lease: &Lease, cadence: &[&str]) -> bool {
         let interval = match lease.interval {
             0 => self.settings.renewal_interval.as_secs(),
             recorded => recorded,
@@ -456,7 +465,11 @@ impl Streams {
     }
 
     /// The session's live lease, if any.
-    pub async fn lease(&self, user: &str, session: &str) -> Result<Option<Lease>, StoreError> {
+    pub(crate) async fn lease(
+        &self,
+        user: &str,
+        session: &str,
+    ) -> Result<Option<Lease>, StoreError> {
         self.timed(
             "lookup",
             self.store.store.stream(user, session, now_seconds()),
@@ -466,7 +479,7 @@ impl Streams {
 
     /// Extends a live, not stopped lease by `seconds` from now (a heartbeat, a live renewal, the
     /// renewal a license asks for); returns the lease as it stands.
-    pub async fn renew(
+    pub(crate) async fn renew(
         &self,
         user: &str,
         session: &str,
@@ -497,7 +510,7 @@ impl Streams {
 
     /// The session id the answer told: the lease taken under a provisional name moves to it,
     /// with the license's renewal interval.
-    pub async fn rename(
+    pub(crate) async fn rename(
         &self,
         user: &str,
         from: &str,
@@ -528,7 +541,7 @@ impl Streams {
         }
     }
 
-    pub async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {
         self.live.invalidate(&live_key(user, session));
         let ended = self
             .timed("end", self.store.store.end_stream(user, session))
@@ -539,12 +552,12 @@ impl Streams {
         ended
     }
 
-    pub async fn list(&self, user: &str) -> Result<Vec<Lease>, StoreError> {
+    pub(crate) async fn list(&self, user: &str) -> Result<Vec<Lease>, StoreError> {
         self.timed("list", self.store.store.streams(user, now_seconds()))
             .await
     }
 
-    pub async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
         // Every key of this user, and only theirs: the key starts with the user's length.
         let prefix = live_key(user, "");
         if let Err(e) = self
@@ -565,7 +578,7 @@ impl Streams {
         self.store.observed(&self.duration, operation, call).await
     }
 
-    pub fn count(&self, decision: &str) {
+    pub(crate) fn count(&self, decision: &str) {
         self.decisions.with_label_values(&[decision]).inc();
     }
 }

@@ -45,7 +45,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
 /// Phases up to the forward: route, authenticate, read the challenge, resolve the content,
 /// check its key IDs, entitle, pick the provider, and answer locally where licensegate can.
 /// `Forward` leaves everything the forward needs in `ctx`.
-pub async fn admit(
+pub(crate) async fn admit(
     state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,

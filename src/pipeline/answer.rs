@@ -3,7 +3,7 @@
 use super::*;
 
 /// Phase "answer" for everything licensegate says itself: CORS, request id, problem JSON.
-pub async fn answer(
+pub(crate) async fn answer(
     state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -63,6 +63,6 @@ pub async fn answer(
     Ok(())
 }
 
-pub fn problem_answer(problem: &Problem, ctx: &RequestCtx) -> LocalAnswer {
+pub(crate) fn problem_answer(problem: &Problem, ctx: &RequestCtx) -> LocalAnswer {
     LocalAnswer::problem(problem, &ctx.request_id)
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// Phase "answer" after a forward failed: the problem decided earlier or read from the error,
 /// unless part of the provider's answer already left, when all that is left is to cut the stream.
-pub async fn fail(
+pub(crate) async fn fail(
     state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -53,7 +53,7 @@ fn player_went_away(error: &Error) -> bool {
 
 /// Phase "record", the stores: a count against the quota for no license is given back, and
 /// the stream's lease settled ([`stream_limits::settle`]).
-pub async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
+pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
     let licensed = (200..300).contains(&ctx.answer.status) && ctx.answer.outcome == "ok";
     // An answer that ended in a way no body filter saw (no length, and END_STREAM after the
     // player's side was done) was still read whole if the request ended without an error.
@@ -76,7 +76,7 @@ pub async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) 
 }
 
 /// Phase "record": metrics and the one log line. Never the challenge, the license or secrets.
-pub fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
+pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
     let total = ctx.started.elapsed();
     let upstream_time = ctx.forward.started.map(|started| {
         ctx.forward

@@ -6,7 +6,7 @@ use super::*;
 /// Phase "forward", each attempt: the next endpoint, with what is left of the total budget
 /// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
 /// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::providers::upstream::EndpointState`]).
-pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+pub(crate) async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
     let Some(plan) = &ctx.plan else {
         return Err(Problem::internal());
     };
@@ -66,7 +66,7 @@ pub async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer
 }
 
 /// The attempt has its stream, or has failed: the next request may take its turn.
-pub fn end_stream_turn(ctx: &mut RequestCtx) {
+pub(crate) fn end_stream_turn(ctx: &mut RequestCtx) {
     ctx.forward.stream_turn = None;
 }
 
@@ -89,7 +89,7 @@ fn note_endpoint_failure(state: &State, upstream: &Upstream, target: &Target) {
 
 /// Why a failed attempt may be made again: the challenge provably never reached the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
+pub(crate) enum RetryReason {
     /// No connection was made.
     Connect,
     /// The provider's HTTP/2 stack reset the stream with REFUSED_STREAM: not processed.
@@ -99,7 +99,7 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryReason::Connect => "connect",
             RetryReason::RefusedStream => "refused_stream",
@@ -110,7 +110,11 @@ impl RetryReason {
 
 /// Phase "forward", after a failed connection attempt: nothing was sent, so the endpoint's
 /// failure counts towards its ejection, and another attempt may follow.
-pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Option<RetryReason> {
+pub(crate) fn connect_failed(
+    state: &State,
+    ctx: &RequestCtx,
+    session: &Session,
+) -> Option<RetryReason> {
     if let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) {
         note_endpoint_failure(state, &plan.upstream, target);
     }
@@ -122,7 +126,7 @@ pub fn connect_failed(state: &State, ctx: &RequestCtx, session: &Session) -> Opt
 /// provider bills every license it issues, so the challenge goes out again only when the provider
 /// said it did not process the stream; anything else, a broken connection included, may have
 /// produced a license and ends the request.
-pub fn attempt_failed(
+pub(crate) fn attempt_failed(
     state: &State,
     ctx: &RequestCtx,
     session: &Session,
@@ -218,7 +222,7 @@ pub fn upstream_request(ctx: &RequestCtx) -> pingora::Result<RequestHeader> {
 
 /// Whether a failed attempt may be tried again: within the provider's retry count and total
 /// budget, and only while nothing of the answer has reached the player.
-pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
+pub(crate) fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
     let Some(upstream) = ctx.plan.as_ref().map(|plan| &plan.upstream) else {
         return false;
     };
@@ -233,7 +237,7 @@ pub fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
 
 /// Phase "forward", the body of each attempt: the player's challenge, or the FairPlay SPC
 /// re-wrapped for the provider. Pingora hands over the whole buffered body once per attempt.
-pub fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
+pub(crate) fn upstream_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
     if let (Some(leg), Some(chunk)) = (
         ctx.plan.as_ref().and_then(|plan| plan.fairplay.as_ref()),
         body.as_mut(),

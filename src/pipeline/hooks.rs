@@ -14,8 +14,8 @@ use pingora::{Error, ErrorType, Result};
 use crate::pipeline::{self, Admission, RequestCtx};
 use crate::state::reload::Live;
 
-pub struct LicenseProxy {
-    pub live: Arc<Live>,
+pub(crate) struct LicenseProxy {
+    pub(crate) live: Arc<Live>,
 }
 
 impl LicenseProxy {

@@ -61,21 +61,21 @@ mod answer;
 mod finish;
 mod forward;
 mod heartbeat;
-pub mod hooks;
+pub(crate) mod hooks;
 mod local_answers;
 mod stream_limits;
 mod vendor_answer;
 
 pub use admit::*;
 use admit::{authenticate, check_blocked, resolve_content, take_rate_tokens};
-pub use answer::*;
-pub use finish::*;
+pub(crate) use answer::*;
+pub(crate) use finish::*;
 use forward::past_deadline;
 pub use forward::*;
 use local_answers::json_answer;
-pub use stream_limits::StreamHold;
+pub(crate) use stream_limits::StreamHold;
 use vendor_answer::read_license;
-pub use vendor_answer::*;
+pub(crate) use vendor_answer::*;
 
 const CONTENT_ID_HEADER: &str = "X-Content-Id";
 const MAX_CONTENT_ID_LEN: usize = 256;
@@ -83,22 +83,22 @@ const MAX_CONTENT_ID_LEN: usize = 256;
 /// What the pipeline knows about one request, grouped by the phase that owns each part.
 pub struct RequestCtx {
     /// The configuration this request started on; a reload does not change it mid-request.
-    pub state: Arc<State>,
-    pub request_id: String,
+    pub(crate) state: Arc<State>,
+    pub(crate) request_id: String,
     /// The caller's trace continued, or one started for this request.
-    pub trace: TraceContext,
-    pub started: Instant,
+    pub(crate) trace: TraceContext,
+    pub(crate) started: Instant,
     /// Whether the connection's clock counts this request (see [`crate::http::listener`]).
-    pub connection_busy: bool,
+    pub(crate) connection_busy: bool,
     /// Admission's findings: who asks, for what, and which rule let them.
     pub admitted: Admitted,
     /// What the request holds against its user's limits, settled once it is answered.
-    pub held: Held,
+    pub(crate) held: Held,
     /// What the forward phases work from; set when admission forwards.
     pub plan: Option<ForwardPlan>,
     pub forward: Forwarding,
     /// What the player is answered.
-    pub answer: PlayerAnswer,
+    pub(crate) answer: PlayerAnswer,
     _in_flight: Option<InFlight>,
 }
 
@@ -106,17 +106,17 @@ pub struct RequestCtx {
 pub struct Admitted {
     pub origin: Origin,
     /// The DRM name, or the HLS label, for metrics and logs.
-    pub label: &'static str,
+    pub(crate) label: &'static str,
     /// The provider serving the request, once routed (for metrics and logs).
-    pub provider_config: Option<Arc<ProviderConfig>>,
+    pub(crate) provider_config: Option<Arc<ProviderConfig>>,
     /// The player's address and the `X-Forwarded-For` built for the provider.
     pub client: Option<ClientAddress>,
-    pub request_type: Option<RequestType>,
+    pub(crate) request_type: Option<RequestType>,
     /// The envelope a FairPlay player sent its SPC in.
-    pub fairplay_format: Option<&'static str>,
-    pub content_id: Option<String>,
+    pub(crate) fairplay_format: Option<&'static str>,
+    pub(crate) content_id: Option<String>,
     /// Which entitlement rule allowed the request (free, token, service...).
-    pub entitled_by: Option<&'static str>,
+    pub(crate) entitled_by: Option<&'static str>,
 }
 
 impl Default for Admitted {
@@ -136,25 +136,25 @@ impl Default for Admitted {
 
 /// Set by the limits phase; the finish gives back or keeps what the answer earned.
 #[derive(Default)]
-pub struct Held {
+pub(crate) struct Held {
     /// The stream this request starts, renews or ends, once the limits phase has looked.
-    pub stream: Option<StreamHold>,
+    pub(crate) stream: Option<StreamHold>,
     /// A license counted against the user's quota, given back if none is issued.
-    pub quota: Option<QuotaTaken>,
+    pub(crate) quota: Option<QuotaTaken>,
 }
 
 /// What the player gets, decided by the answer phases (or a failure) and recorded at the end.
-pub struct PlayerAnswer {
-    pub status: u16,
+pub(crate) struct PlayerAnswer {
+    pub(crate) status: u16,
     /// What the answer was, as a stable word for logs and the outcome label.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// The refusal sent in place of a license the player must not get.
-    pub held_back: Option<Bytes>,
+    pub(crate) held_back: Option<Bytes>,
     /// The provider's answer, read whole before the player sees any of it.
-    pub whole_answer: Option<WholeAnswer>,
+    pub(crate) whole_answer: Option<WholeAnswer>,
     /// A refusal decided in a phase that can only return a Pingora error; `fail_to_proxy`
     /// answers with it.
-    pub pending_problem: Option<Problem>,
+    pub(crate) pending_problem: Option<Problem>,
 }
 
 impl Default for PlayerAnswer {
@@ -176,25 +176,25 @@ pub struct Forwarding {
     pub tried: Vec<SocketAddr>,
     /// Endpoints the next choice avoids: those tried, and those found stuck opening a
     /// connection.
-    pub avoid: Vec<SocketAddr>,
-    pub started: Option<Instant>,
-    pub finished: Option<Instant>,
+    pub(crate) avoid: Vec<SocketAddr>,
+    pub(crate) started: Option<Instant>,
+    pub(crate) finished: Option<Instant>,
     pub target: Option<Target>,
     /// The authorization of the current attempt, when it is minted per attempt.
-    pub authorization: Option<Arc<Authorization>>,
+    pub(crate) authorization: Option<Arc<Authorization>>,
     /// Held from choosing a backend until Pingora hands over the stream (see [`crate::providers::upstream::EndpointState`]).
-    pub stream_turn: Option<OwnedMutexGuard<()>>,
-    pub status: Option<u16>,
-    pub vendor_reason: Option<String>,
+    pub(crate) stream_turn: Option<OwnedMutexGuard<()>>,
+    pub(crate) status: Option<u16>,
+    pub(crate) vendor_reason: Option<String>,
     /// The answer's `Content-Length`: its last byte ends it, whenever the provider's HTTP/2
     /// stack sends END_STREAM (Pingora stops reading once an HTTP/1.1 player has the whole
     /// length, and never passes on a late END_STREAM).
-    pub declared_length: Option<usize>,
+    pub(crate) declared_length: Option<usize>,
     /// Bytes of the answer read so far.
-    pub answer_bytes: usize,
+    pub(crate) answer_bytes: usize,
     /// A 2xx answer of unknown length, held from the player until its first byte shows it is
     /// not empty.
-    pub held_until_body: bool,
+    pub(crate) held_until_body: bool,
 }
 
 impl RequestCtx {
@@ -215,7 +215,7 @@ impl RequestCtx {
         }
     }
 
-    pub fn provider_name(&self) -> &str {
+    pub(crate) fn provider_name(&self) -> &str {
         self.admitted
             .provider_config
             .as_ref()
@@ -224,18 +224,18 @@ impl RequestCtx {
 }
 
 /// What licensegate answers itself, without a provider.
-pub struct LocalAnswer {
-    pub status: u16,
-    pub outcome: &'static str,
-    pub content_type: Option<HeaderValue>,
-    pub body: Bytes,
-    pub preflight: bool,
+pub(crate) struct LocalAnswer {
+    pub(crate) status: u16,
+    pub(crate) outcome: &'static str,
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) body: Bytes,
+    pub(crate) preflight: bool,
     /// How long the answer may be reused; `None`: never (`no-store`).
-    pub max_age: Option<std::time::Duration>,
+    pub(crate) max_age: Option<std::time::Duration>,
     /// `Retry-After` seconds of a refusal that passes with time.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// The playback session the answer started or renewed, told to the player.
-    pub session: Option<String>,
+    pub(crate) session: Option<String>,
 }
 
 impl LocalAnswer {
@@ -266,7 +266,7 @@ impl LocalAnswer {
     }
 }
 
-pub enum Admission {
+pub(crate) enum Admission {
     Forward(Box<ForwardPlan>),
     Answer(LocalAnswer),
 }
@@ -289,16 +289,16 @@ pub struct ForwardPlan {
 
 /// The FairPlay SPC in the provider's envelope, sent in place of the player's body.
 pub struct FairPlayLeg {
-    pub body: Bytes,
-    pub content_type: &'static str,
-    pub answering: fairplay::Answering,
+    pub(crate) body: Bytes,
+    pub(crate) content_type: &'static str,
+    pub(crate) answering: fairplay::Answering,
 }
 
 /// A provider's answer collected whole, and the header that goes with it to the player.
 #[derive(Default)]
-pub struct WholeAnswer {
-    pub header: Option<Box<pingora::http::ResponseHeader>>,
-    pub body: BytesMut,
+pub(crate) struct WholeAnswer {
+    pub(crate) header: Option<Box<pingora::http::ResponseHeader>>,
+    pub(crate) body: BytesMut,
 }
 
 /// What the provider sees with the challenge besides it.
@@ -313,8 +313,8 @@ pub enum Authorizing {
 
 /// Whose devices count, and how many may hold a license.
 pub struct DeviceLimit {
-    pub user: String,
-    pub limit: u32,
+    pub(crate) user: String,
+    pub(crate) limit: u32,
 }
 
 pub enum Route {
@@ -330,7 +330,7 @@ const HLS_KEY_PATH: &str = "/v1/hls/key";
 const STREAMS_PREFIX: &str = "/v1/streams/";
 const FAIRPLAY_CERTIFICATE_PATH: &str = "/v1/fairplay/certificate";
 /// The metrics and log label of HLS AES-128 key requests, in place of a DRM name.
-pub const HLS_LABEL: &str = "hls-aes";
+pub(crate) const HLS_LABEL: &str = "hls-aes";
 
 #[cfg(test)]
 mod tests {

@@ -26,52 +26,52 @@ use crate::state::State;
 use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts};
 
 /// A request's part in its user's stream limit.
-pub struct StreamHold {
-    pub identity: Arc<Identity>,
-    pub drm: Drm,
+pub(crate) struct StreamHold {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) drm: Drm,
     /// What the stream is licensed for, as its lease records it.
-    pub facts: StreamFacts,
-    pub limit: u32,
+    pub(crate) facts: StreamFacts,
+    pub(crate) limit: u32,
     /// The lease's length when the license tells none.
-    pub seconds: u64,
+    pub(crate) seconds: u64,
     /// The lease's name; `None` until the provider's answer tells which device asked.
-    pub session: Option<String>,
+    pub(crate) session: Option<String>,
     /// This request started the lease: it ends if no license follows.
-    pub started: bool,
+    pub(crate) started: bool,
     /// When the lease ends as admission set it (seconds since the epoch; `None`: not set).
-    pub lease_ends_at: Option<u64>,
+    pub(crate) lease_ends_at: Option<u64>,
     /// The lease has a provisional name until the Widevine license tells its session id.
-    pub learn_session: bool,
+    pub(crate) learn_session: bool,
     /// A Widevine renewal, whose license tells when the next renewal comes.
-    pub renewal: bool,
+    pub(crate) renewal: bool,
     /// A Widevine release: the stream ends once the vendor accepts it.
-    pub release: bool,
+    pub(crate) release: bool,
     /// The player is told the session id (`X-Playback-Session`).
-    pub announce: bool,
+    pub(crate) announce: bool,
     /// The request continues a recorded stream.
-    pub continued: Option<Continued>,
+    pub(crate) continued: Option<Continued>,
     /// The start of the provider's answer, for the license's identification and policy.
-    pub answer: BytesMut,
-    pub license: Option<widevine::IssuedLicense>,
+    pub(crate) answer: BytesMut,
+    pub(crate) license: Option<widevine::IssuedLicense>,
 }
 
 /// What a continuing request knows of its stream's record.
-pub struct Continued {
+pub(crate) struct Continued {
     /// The device the record holds (a digest; `None`: none reported yet).
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     /// Within the stream's cadence: no rate token or quota refusal was taken.
-    pub exempt: bool,
+    pub(crate) exempt: bool,
 }
 
 /// What the stream limit needs to know of the license being asked for.
 pub(super) struct StreamAsk {
-    pub facts: StreamFacts,
+    pub(crate) facts: StreamFacts,
     /// The entitlement service's stream limit for the user.
-    pub granted_limit: Option<u32>,
+    pub(crate) granted_limit: Option<u32>,
     /// licensegate answers the license itself.
-    pub local: bool,
+    pub(crate) local: bool,
     /// The provider's answer tells which device asked.
-    pub device_reported: bool,
+    pub(crate) device_reported: bool,
 }
 
 /// The session a request continues, if it names one: a Widevine renewal or release names its
@@ -99,12 +99,12 @@ fn stream_unknown() -> Problem {
 
 /// The recorded stream a request continues.
 pub(super) struct Continuing {
-    pub lease: Lease,
+    pub(crate) lease: Lease,
     /// It took rate tokens and quota already: the record as last seen put it beyond its
     /// stream's cadence.
-    pub prepaid: bool,
+    pub(crate) prepaid: bool,
     /// What it continues, in the stream's cadence ([`cadence_of`]).
-    pub cadence: Vec<String>,
+    pub(crate) cadence: Vec<String>,
 }
 
 /// The recorded stream a request names, looked up before anything else is asked of it: its

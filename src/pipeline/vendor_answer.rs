@@ -12,7 +12,7 @@ const MAX_VENDOR_HEADER_BYTES: usize = 64 * 1024;
 /// Phase "inspect response", as the answer's body and trailers arrive from the provider (before
 /// the player sees them): the total budget holds, and the service certificate enters the cache
 /// the moment the answer is complete.
-pub fn capture_answer(
+pub(crate) fn capture_answer(
     ctx: &mut RequestCtx,
     body: Option<&Bytes>,
     end_of_stream: bool,
@@ -73,7 +73,7 @@ pub fn capture_answer(
 
 /// Whether a held answer may go to the player now.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Release {
+pub(crate) enum Release {
     Now,
     NotYet,
 }
@@ -88,7 +88,7 @@ pub(super) fn read_license(hold: &mut StreamHold) {
 /// CKC to re-wrap, a provider that refuses inside 2xx answers) is collected whole; any other
 /// 2xx is held until its first byte, since a 2xx without a body is refused: the return value
 /// asks the caller to hold the response. Otherwise the answer passes unchanged.
-pub async fn inspect_response(
+pub(crate) async fn inspect_response(
     state: &State,
     ctx: &mut RequestCtx,
     status: u16,
@@ -195,7 +195,7 @@ async fn admit_on_answer(
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our
 /// request id and CORS added.
-pub fn vendor_answer_headers(
+pub(crate) fn vendor_answer_headers(
     state: &State,
     ctx: &mut RequestCtx,
     response: &mut pingora::http::ResponseHeader,
@@ -239,7 +239,7 @@ fn announced_session(ctx: &RequestCtx) -> Option<&str> {
 /// The body the player receives: the provider's; the refusal in place of a held-back license;
 /// or, for an answer read whole, what [`finish_whole_answer`] makes of it, with the header that
 /// replaces the provider's (returned).
-pub fn answer_body(
+pub(crate) fn answer_body(
     state: &State,
     ctx: &mut RequestCtx,
     body: &mut Option<Bytes>,
@@ -278,7 +278,7 @@ pub fn answer_body(
 
 /// The answer read whole ended with trailers: they are dropped, and the body goes out in their
 /// place.
-pub fn answer_trailers(
+pub(crate) fn answer_trailers(
     state: &State,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<(Option<Bytes>, Option<Box<pingora::http::ResponseHeader>>)> {

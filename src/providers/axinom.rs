@@ -17,7 +17,7 @@ use crate::drm::Drm;
 use crate::http::problem::Problem;
 use crate::policy::{Hdcp, Policy};
 
-pub const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");
+pub(crate) const MESSAGE_HEADER: HeaderName = HeaderName::from_static("x-axdrm-message");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

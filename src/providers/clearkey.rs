@@ -14,7 +14,7 @@ use crate::http::problem::{Problem, Refusal};
 use crate::policy::Policy;
 use crate::rights::catalog::Content;
 
-pub struct ClearKey;
+pub(crate) struct ClearKey;
 
 #[async_trait]
 impl Provider for ClearKey {
@@ -68,7 +68,7 @@ struct Key {
 }
 
 /// The JSON key set answering `challenge`.
-pub fn license(
+pub(crate) fn license(
     challenge: &ChallengeInfo,
     content: &Content,
     policy_name: &str,

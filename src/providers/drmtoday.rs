@@ -21,9 +21,9 @@ use crate::http::problem::Problem;
 use crate::policy::Hdcp;
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
-pub const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
-pub const CUSTOM_DATA_HEADER: HeaderName = HeaderName::from_static("x-dt-custom-data");
-pub const CLIENT_INFO_HEADER: HeaderName = HeaderName::from_static("x-dt-client-info");
+pub(crate) const AUTH_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-dt-auth-token");
+pub(crate) const CUSTOM_DATA_HEADER: HeaderName = HeaderName::from_static("x-dt-custom-data");
+pub(crate) const CLIENT_INFO_HEADER: HeaderName = HeaderName::from_static("x-dt-client-info");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +65,7 @@ enum Signing {
     CustomData,
 }
 
-pub struct DrmToday {
+pub(crate) struct DrmToday {
     config: Arc<ProviderConfig>,
     merchant: String,
     signing: Signing,
@@ -74,7 +74,7 @@ pub struct DrmToday {
 }
 
 impl DrmToday {
-    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
         let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         if settings.merchant.is_empty() {

@@ -50,7 +50,7 @@ fn yes() -> bool {
     true
 }
 
-pub struct ExpressPlay {
+pub(crate) struct ExpressPlay {
     config: Arc<ProviderConfig>,
     token_service: Arc<Upstream>,
     fairplay_token_service: Option<Arc<Upstream>>,
@@ -61,7 +61,10 @@ pub struct ExpressPlay {
 }
 
 impl ExpressPlay {
-    pub fn new(config: Arc<ProviderConfig>, idle_timeout: Duration) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        config: Arc<ProviderConfig>,
+        idle_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
         let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let token_endpoint = parse_endpoint(&settings.token_url)

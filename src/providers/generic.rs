@@ -226,7 +226,7 @@ struct Jwt {
     claims: Vec<(String, Claim)>,
 }
 
-pub struct Generic {
+pub(crate) struct Generic {
     config: Arc<ProviderConfig>,
     fairplay: FairPlayWire,
     /// With the name as configured, for error messages.
@@ -238,7 +238,7 @@ pub struct Generic {
 }
 
 impl Generic {
-    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
         let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let mut headers = Vec::new();

@@ -4,12 +4,12 @@
 
 pub mod authorizations;
 pub mod axinom;
-pub mod clearkey;
-pub mod drmtoday;
-pub mod expressplay;
-pub mod generic;
-pub mod pallycon;
-pub mod passthrough;
+pub(crate) mod clearkey;
+pub(crate) mod drmtoday;
+pub(crate) mod expressplay;
+pub(crate) mod generic;
+pub(crate) mod pallycon;
+pub(crate) mod passthrough;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -52,7 +52,7 @@ pub struct LicenseRequest {
 
 impl LicenseRequest {
     /// The user as providers that require one see it.
-    pub fn user_or_anonymous(&self) -> &str {
+    pub(crate) fn user_or_anonymous(&self) -> &str {
         self.user.as_deref().unwrap_or("anonymous")
     }
 }
@@ -62,16 +62,16 @@ impl LicenseRequest {
 pub struct Authorization {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Replaces the configured endpoint's path and query (a token URL).
-    pub path_and_query: Option<String>,
+    pub(crate) path_and_query: Option<String>,
     /// Appended to the endpoint's query (templated parameters), already encoded.
-    pub query: Option<String>,
+    pub(crate) query: Option<String>,
     /// When the provider stops accepting it; `None` when it does not expire.
-    pub expires_at: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
 }
 
 impl Authorization {
     /// Bytes held in memory, for the cache's weight bound.
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         let headers: usize = self
             .headers
             .iter()
@@ -98,7 +98,7 @@ pub enum Minting {
 /// What licensegate answers itself, for providers that are licensegate.
 pub struct LocalLicense {
     pub content_type: &'static str,
-    pub body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 /// The device that asked, as far as the provider's answer tells.
@@ -114,22 +114,22 @@ pub enum Device {
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct DeviceInfo {
     pub client_token: Option<String>,
-    pub device_certificate_serial_number: Option<String>,
-    pub device_id: Option<String>,
-    pub platform: Option<String>,
-    pub model: Option<String>,
+    pub(crate) device_certificate_serial_number: Option<String>,
+    pub(crate) device_id: Option<String>,
+    pub(crate) platform: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 /// How a provider takes the FairPlay SPC and gives back the CKC.
 #[derive(Debug, Clone, Copy)]
 pub struct FairPlayWire {
     pub spc: SpcFormat,
-    pub ckc: CkcSource,
+    pub(crate) ckc: CkcSource,
 }
 
 impl FairPlayWire {
     /// The SPC as the CDM made it, the CKC as the key server made it (Axinom, ExpressPlay).
-    pub const RAW: FairPlayWire = FairPlayWire {
+    pub(crate) const RAW: FairPlayWire = FairPlayWire {
         spc: SpcFormat::Raw,
         ckc: CkcSource::Declared(CkcFormat::Raw),
     };
@@ -139,18 +139,18 @@ impl FairPlayWire {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerRefusal {
     pub code: String,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Where a provider serves its FairPlay application certificate, on its FairPlay endpoints.
 #[derive(Debug, Clone)]
 pub struct CertificateSource {
     pub path_and_query: String,
-    pub encoding: CertificateEncoding,
+    pub(crate) encoding: CertificateEncoding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertificateEncoding {
+pub(crate) enum CertificateEncoding {
     Der,
     Base64,
 }
@@ -233,15 +233,15 @@ pub trait Provider: Send + Sync {
 /// A provider: its provider and, unless licensegate answers for it itself, the upstreams that
 /// reach its license endpoints.
 #[derive(Clone)]
-pub struct ProviderRoute {
-    pub config: Arc<ProviderConfig>,
-    pub provider: Arc<dyn Provider>,
+pub(crate) struct ProviderRoute {
+    pub(crate) config: Arc<ProviderConfig>,
+    pub(crate) provider: Arc<dyn Provider>,
     /// By the DRM each set serves; `None` for a set serving every DRM.
     upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
 }
 
 impl ProviderRoute {
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<ProviderConfig>,
         provider: Arc<dyn Provider>,
         upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
@@ -254,12 +254,12 @@ impl ProviderRoute {
     }
 
     /// Each set of license endpoints, by the DRM it serves (`None`: every DRM).
-    pub fn upstream_sets(&self) -> &[(Option<Drm>, Arc<Upstream>)] {
+    pub(crate) fn upstream_sets(&self) -> &[(Option<Drm>, Arc<Upstream>)] {
         &self.upstreams
     }
 
     /// The license endpoints serving `drm`.
-    pub fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
+    pub(crate) fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
         self.upstreams
             .iter()
             .find(|(set, _)| *set == Some(drm) || set.is_none())

@@ -25,11 +25,11 @@ use crate::http::problem::Problem;
 use crate::policy::{Hdcp, Policy};
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
-pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
+pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
 /// How long PallyCon accepts a token after its timestamp.
-pub const TOKEN_VALIDITY: Duration = Duration::from_secs(600);
+pub(crate) const TOKEN_VALIDITY: Duration = Duration::from_secs(600);
 /// PallyCon's fixed initialisation vector for policy encryption.
-pub const POLICY_IV: &[u8; 16] = b"0123456789abcdef";
+pub(crate) const POLICY_IV: &[u8; 16] = b"0123456789abcdef";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ struct Settings {
     access_key: String,
 }
 
-pub struct PallyCon {
+pub(crate) struct PallyCon {
     config: Arc<ProviderConfig>,
     site_id: String,
     site_key: [u8; 32],
@@ -48,7 +48,7 @@ pub struct PallyCon {
 }
 
 impl PallyCon {
-    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
         let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
         let site_key: [u8; 32] = settings.site_key.as_bytes().try_into().map_err(|_| {
@@ -69,7 +69,11 @@ impl PallyCon {
     }
 
     /// The token for `request` stamped `now`.
-    pub fn token(&self, request: &LicenseRequest, now: SystemTime) -> Result<String, Problem> {
+    pub(crate) fn token(
+        &self,
+        request: &LicenseRequest,
+        now: SystemTime,
+    ) -> Result<String, Problem> {
         let drm_type = match request.drm {
             Drm::Widevine => "Widevine",
             Drm::PlayReady => "PlayReady",
@@ -147,7 +151,7 @@ fn policy_json(policy: &Policy) -> String {
 }
 
 /// base64(AES-256-CBC(site key, fixed IV, PKCS#7)).
-pub fn encrypt_policy(site_key: &[u8; 32], policy: &str) -> String {
+pub(crate) fn encrypt_policy(site_key: &[u8; 32], policy: &str) -> String {
     let cipher = cbc::Encryptor::<aes::Aes256>::new(site_key.into(), POLICY_IV.into());
     STANDARD.encode(cipher.encrypt_padded_vec_mut::<Pkcs7>(policy.as_bytes()))
 }

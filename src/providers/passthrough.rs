@@ -9,12 +9,12 @@ use super::{Authorization, LicenseRequest, Minting, Provider};
 use crate::config::ProviderConfig;
 use crate::http::problem::Problem;
 
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     config: Arc<ProviderConfig>,
 }
 
 impl Passthrough {
-    pub fn new(config: Arc<ProviderConfig>) -> Self {
+    pub(crate) fn new(config: Arc<ProviderConfig>) -> Self {
         Self { config }
     }
 }

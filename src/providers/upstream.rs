@@ -27,7 +27,7 @@ use crate::http::problem::{Problem, upstream_failure};
 
 /// The upstream side of one configured provider.
 pub struct Upstream {
-    pub provider: Arc<ProviderConfig>,
+    pub(crate) provider: Arc<ProviderConfig>,
     /// What these endpoints are for, in the background service's name.
     label: String,
     balancer: Arc<LoadBalancer<RoundRobin>>,
@@ -85,7 +85,7 @@ fn millis_since_epoch(at: Instant) -> u64 {
 
 impl EndpointState {
     /// The turn to open a stream, or `None` when another request has held it for `wait`.
-    pub async fn take_turn(&self, wait: Duration) -> Option<OwnedMutexGuard<()>> {
+    pub(crate) async fn take_turn(&self, wait: Duration) -> Option<OwnedMutexGuard<()>> {
         if let Ok(turn) = self.turn.clone().try_lock_owned() {
             return Some(turn);
         }
@@ -94,18 +94,18 @@ impl EndpointState {
             .ok()
     }
 
-    pub fn is_ejected(&self) -> bool {
+    pub(crate) fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && millis_since_epoch(Instant::now()) < until
     }
 
     /// The endpoint answered: whatever it said, it is reachable.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
     /// A connect failure or a timeout. Returns true when this failure ejects the endpoint.
-    pub fn record_failure(&self, provider: &ProviderConfig) -> bool {
+    pub(crate) fn record_failure(&self, provider: &ProviderConfig) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let threshold = provider.ejection_consecutive_failures;
         if threshold == 0 || failures < threshold || self.is_ejected() {
@@ -150,7 +150,7 @@ impl Upstream {
 
     /// Starts resolving and health checking the endpoints on the running server's runtime,
     /// until the upstream is dropped (a reload retired it) or the process ends.
-    pub fn start_in_background(&self) {
+    pub(crate) fn start_in_background(&self) {
         let (retire, retired) = tokio::sync::watch::channel(false);
         if self.retire.set(retire).is_err() {
             return;
@@ -163,7 +163,7 @@ impl Upstream {
     }
 
     /// Resolves the endpoints now, as the background service then does on its schedule.
-    pub async fn discover(&self) -> Result<()> {
+    pub(crate) async fn discover(&self) -> Result<()> {
         self.balancer.update().await
     }
 
@@ -171,7 +171,7 @@ impl Upstream {
     /// this request already tried or found stuck), so a retry moves on when there is
     /// somewhere to move to. When every healthy endpoint is ejected, an ejected one is still
     /// better than refusing outright.
-    pub fn select(&self, avoid: &[SocketAddr]) -> Option<Target> {
+    pub(crate) fn select(&self, avoid: &[SocketAddr]) -> Option<Target> {
         const MAX_ITERATIONS: usize = 256;
         let in_rotation = |backend: &Backend| {
             backend
@@ -201,22 +201,22 @@ impl Upstream {
     }
 
     /// Which endpoints these are: the provider, and the DRM or service they serve.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// The longest a new connection may take: TCP, then the TLS handshake.
-    pub fn connection_setup_timeout(&self) -> Duration {
+    pub(crate) fn connection_setup_timeout(&self) -> Duration {
         connection_setup_timeout(&self.provider)
     }
 
     /// Whether requests share connections, so that taking streams in turn pays off.
-    pub fn multiplexes(&self) -> bool {
+    pub(crate) fn multiplexes(&self) -> bool {
         self.provider.protocol != Protocol::H1
     }
 
     /// Endpoints that pass their health check and are not ejected.
-    pub fn healthy_endpoints(&self) -> usize {
+    pub(crate) fn healthy_endpoints(&self) -> usize {
         let backends = self.balancer.backends();
         backends
             .get_backend()
@@ -235,7 +235,7 @@ impl Upstream {
     /// budget (`remaining`): connecting, the TLS handshake and each read. Everything that goes
     /// into Pingora's pool key is derived from the config alone, so all requests to an
     /// endpoint share its connections.
-    pub fn peer(&self, target: &Target, remaining: Duration) -> HttpPeer {
+    pub(crate) fn peer(&self, target: &Target, remaining: Duration) -> HttpPeer {
         let mut peer = endpoint_peer(
             &self.provider,
             target.addr.clone(),
@@ -252,10 +252,9 @@ impl Upstream {
 }
 
 /// What an endpoint answered to a call licensegate made itself.
-pub struct Exchange {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
+pub(crate) struct Exchange {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
 }
 
 impl Upstream {
@@ -265,7 +264,7 @@ impl Upstream {
     /// `request` builds the header for the endpoint chosen. A failure to get any answer is told
     /// as every vendor failure is: 502 or 504 naming the provider and the purpose; what the
     /// answer itself says is the caller's to judge.
-    pub async fn side_call(
+    pub(crate) async fn side_call(
         &self,
         connector: &Connector,
         purpose: &str,
@@ -347,7 +346,6 @@ async fn exchange(
         .response_header()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
     let status = response.status.as_u16();
-    let headers = response.headers.clone();
     let mut answer = BytesMut::new();
     while let Some(chunk) = session.read_response_body().await? {
         if answer.len() + chunk.len() > max_answer_bytes {
@@ -360,7 +358,6 @@ async fn exchange(
         .await;
     Ok(Exchange {
         status,
-        headers,
         body: answer.freeze(),
     })
 }

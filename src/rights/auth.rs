@@ -25,9 +25,9 @@ use crate::http::problem::{Problem, Refusal};
 #[derive(Debug)]
 pub struct Identity {
     pub user: String,
-    pub claims: Map<String, Value>,
+    pub(crate) claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
     /// What the identity weighs in the cache, estimated from the token's length.
     cache_weight: u32,
 }
@@ -100,7 +100,7 @@ impl Authenticator {
 
     /// Re-reads the key files if any changed. On success the token cache is emptied, so a key
     /// removed from a JWKS stops working at once; on failure the previous keys stay.
-    pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
+    pub(crate) fn reload_if_changed(&self) -> Result<bool, ConfigError> {
         let times = key_file_times(&self.settings.keys);
         let mut seen = self.seen.lock().expect("reload is not reentrant");
         if *seen == times {
@@ -389,7 +389,7 @@ fn load_keys(sources: &[AuthKeySource]) -> Result<Vec<VerifyKey>, ConfigError> {
 
 /// A per-user limit: the token's claim if it holds a positive number, else the entitlement
 /// service's, else the configured default.
-pub fn claimed_limit<T: TryFrom<u64>>(
+pub(crate) fn claimed_limit<T: TryFrom<u64>>(
     claims: Option<&serde_json::Map<String, serde_json::Value>>,
     claim: &str,
     granted: Option<T>,

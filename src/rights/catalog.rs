@@ -73,45 +73,40 @@ pub struct Content {
 
 #[derive(Debug)]
 pub struct HlsKey {
-    pub key: [u8; 16],
-    pub iv: Option<[u8; 16]>,
+    pub(crate) key: [u8; 16],
 }
 
 #[derive(Debug, Default)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     entries: HashMap<String, Arc<Content>>,
     by_kid: HashMap<Kid, Arc<Content>>,
 }
 
 impl Catalog {
-    pub fn get(&self, content_id: &str) -> Option<&Arc<Content>> {
+    pub(crate) fn get(&self, content_id: &str) -> Option<&Arc<Content>> {
         self.entries.get(content_id)
     }
 
     /// The content a key ID belongs to, for requests that name no content id.
-    pub fn by_kid(&self, kid: &Kid) -> Option<&Arc<Content>> {
+    pub(crate) fn by_kid(&self, kid: &Kid) -> Option<&Arc<Content>> {
         self.by_kid.get(kid)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
 /// What catalog entries may refer to, taken from the config.
 #[derive(Clone)]
-pub struct References {
-    pub policies: BTreeMap<String, Arc<Policy>>,
-    pub providers: BTreeSet<String>,
-    pub key_seeds: BTreeMap<String, KeySeed>,
+pub(crate) struct References {
+    pub(crate) policies: BTreeMap<String, Arc<Policy>>,
+    pub(crate) providers: BTreeSet<String>,
+    pub(crate) key_seeds: BTreeMap<String, KeySeed>,
 }
 
 /// Parses and validates catalog text; `json` picks the format.
-pub fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
+pub(crate) fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
     let file: CatalogFile = if json {
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(
             |e| {
@@ -241,12 +236,13 @@ fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Conte
     let hls = entry
         .hls
         .map(|hls| {
+            // The IV is the playlist's to carry; it is checked here so a catalog naming a
+            // malformed one is refused rather than served.
+            if let Some(iv) = &hls.iv {
+                key16(iv).map_err(|e| ConfigError::new(at("hls.iv"), e))?;
+            }
             Ok::<_, ConfigError>(HlsKey {
                 key: key16(&hls.key).map_err(|e| ConfigError::new(at("hls.key"), e))?,
-                iv: hls
-                    .iv
-                    .map(|iv| key16(&iv).map_err(|e| ConfigError::new(at("hls.iv"), e)))
-                    .transpose()?,
             })
         })
         .transpose()?;
@@ -282,7 +278,7 @@ fn key16(text: &str) -> Result<[u8; 16], String> {
 }
 
 /// The running catalog and the file it comes from.
-pub struct CatalogStore {
+pub(crate) struct CatalogStore {
     path: PathBuf,
     refs: References,
     current: ArcSwap<Catalog>,
@@ -290,7 +286,7 @@ pub struct CatalogStore {
 }
 
 impl CatalogStore {
-    pub fn open(path: &Path, refs: References) -> Result<Self, ConfigError> {
+    pub(crate) fn open(path: &Path, refs: References) -> Result<Self, ConfigError> {
         let modified = modified(path);
         let catalog = load(path, &refs)?;
         Ok(Self {
@@ -302,12 +298,12 @@ impl CatalogStore {
     }
 
     /// The catalog as of now; holding it keeps it alive across a reload.
-    pub fn current(&self) -> Arc<Catalog> {
+    pub(crate) fn current(&self) -> Arc<Catalog> {
         self.current.load_full()
     }
 
     /// Swaps in the file's new content if it changed and is valid.
-    pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
+    pub(crate) fn reload_if_changed(&self) -> Result<bool, ConfigError> {
         let now = modified(&self.path);
         let mut seen = self.modified.lock().expect("reload is not reentrant");
         if *seen == now {

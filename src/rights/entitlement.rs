@@ -21,18 +21,18 @@ use crate::rights::catalog::Content;
 
 /// Permission to play, with the policy the license must carry.
 #[derive(Debug, Clone)]
-pub struct Grant {
-    pub policy_name: String,
-    pub policy: Arc<Policy>,
+pub(crate) struct Grant {
+    pub(crate) policy_name: String,
+    pub(crate) policy: Arc<Policy>,
     /// Which rule granted it, for the log line.
-    pub basis: &'static str,
+    pub(crate) basis: &'static str,
     /// The entitlement service's device limit for this user, if it gave one.
-    pub max_devices: Option<u32>,
+    pub(crate) max_devices: Option<u32>,
     /// The entitlement service's concurrent stream limit for this user, if it gave one.
-    pub max_streams: Option<u32>,
+    pub(crate) max_streams: Option<u32>,
 }
 
-pub struct Entitlements {
+pub(crate) struct Entitlements {
     claim: String,
     default_policy: (String, Arc<Policy>),
     policies: BTreeMap<String, Arc<Policy>>,
@@ -84,7 +84,10 @@ struct ServiceAnswer {
 }
 
 impl Entitlements {
-    pub fn new(settings: &EntitlementSettings, policies: &BTreeMap<String, Arc<Policy>>) -> Self {
+    pub(crate) fn new(
+        settings: &EntitlementSettings,
+        policies: &BTreeMap<String, Arc<Policy>>,
+    ) -> Self {
         let default_policy = (
             settings.default_policy.clone(),
             policies[&settings.default_policy].clone(),
@@ -111,7 +114,7 @@ impl Entitlements {
 
     /// Decides for an authenticated user; `None` when authentication is off, in which case
     /// licensegate trusts whatever sits in front of it and only applies the content's policy.
-    pub async fn entitle(
+    pub(crate) async fn entitle(
         &self,
         identity: Option<&Identity>,
         content: &Content,

@@ -2,7 +2,7 @@
 //! [`assemble`]), what outlives configurations ([`Lifetime`]), and the files a configuration
 //! names, loaded before it is used.
 
-pub mod reload;
+pub(crate) mod reload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,28 +23,26 @@ use crate::telemetry::metrics::Metrics;
 /// Everything a request may consult, built from one configuration. A reload builds the next
 /// one and swaps it in whole (`reload.rs`); a request finishes on the one it started with.
 pub struct State {
-    pub config: Config,
+    pub(crate) config: Config,
     /// 1 at start, one more for each reload.
-    pub generation: u64,
-    pub providers: HashMap<String, ProviderRoute>,
-    pub metrics: Arc<Metrics>,
-    pub service_certificates: ServiceCertificates,
-    pub fairplay_certificates: crate::cdm::fairplay::Certificates,
-    pub auth: Option<Authenticator>,
-    pub catalog: Option<CatalogStore>,
-    pub entitlements: Entitlements,
-    pub authorizations: AuthorizationCache,
-    pub store: Option<Arc<crate::store::Shared>>,
-    pub devices: Option<Devices>,
-    pub streams: Option<crate::limits::streams::Streams>,
-    pub rate_limits: Arc<crate::limits::RateLimits>,
-    pub quotas: Option<crate::limits::Quotas>,
+    pub(crate) generation: u64,
+    pub(crate) providers: HashMap<String, ProviderRoute>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) service_certificates: ServiceCertificates,
+    pub(crate) fairplay_certificates: crate::cdm::fairplay::Certificates,
+    pub(crate) auth: Option<Authenticator>,
+    pub(crate) catalog: Option<CatalogStore>,
+    pub(crate) entitlements: Entitlements,
+    pub(crate) authorizations: AuthorizationCache,
+    pub(crate) store: Option<Arc<crate::store::Shared>>,
+    pub(crate) devices: Option<Devices>,
+    pub(crate) streams: Option<crate::limits::streams::Streams>,
+    pub(crate) rate_limits: Arc<crate::limits::RateLimits>,
+    pub(crate) quotas: Option<crate::limits::Quotas>,
     /// Users blocked through the admin API; checked when an admin token is configured.
-    pub blocks: Option<crate::limits::Blocks>,
+    pub(crate) blocks: Option<crate::limits::Blocks>,
     /// Set once shutdown or upgrade begins.
-    pub drain: Drain,
-    pub license_connections: Arc<Connections>,
-    pub admin_connections: Arc<Connections>,
+    pub(crate) drain: Drain,
 }
 
 /// What outlives every configuration: the metrics, the listeners' counters, the drain, and
@@ -54,8 +52,8 @@ pub struct Lifetime {
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub license_connections: Arc<Connections>,
-    pub admin_connections: Arc<Connections>,
-    pub most_attempts: usize,
+    pub(crate) admin_connections: Arc<Connections>,
+    pub(crate) most_attempts: usize,
 }
 
 /// A state, and the upstreams it made whose resolution and health checks must start.
@@ -178,8 +176,6 @@ pub fn assemble(
         quotas,
         blocks,
         drain: lifetime.drain.clone(),
-        license_connections: lifetime.license_connections.clone(),
-        admin_connections: lifetime.admin_connections.clone(),
         config,
     };
     Ok(Assembled {
@@ -201,7 +197,7 @@ fn same_store(
 
 impl State {
     /// The provider that serves `drm` unless the content names another.
-    pub fn route(&self, drm: Drm) -> Option<&ProviderRoute> {
+    pub(crate) fn route(&self, drm: Drm) -> Option<&ProviderRoute> {
         self.config
             .routes
             .get(&drm)
@@ -210,7 +206,7 @@ impl State {
 
     /// Every upstream a routed request may need: the routed license endpoints and the
     /// routed providers' own services (token services).
-    pub fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
+    pub(crate) fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
         for (drm, provider) in &self.config.routes {
             let Some(route) = self.providers.get(&provider.name) else {
@@ -235,8 +231,8 @@ impl State {
 /// runs this too, so a bad key file or catalog entry fails the check.
 pub struct Resources {
     pub auth: Option<Authenticator>,
-    pub catalog: Option<CatalogStore>,
-    pub providers_by_name: HashMap<String, Arc<dyn Provider>>,
+    pub(crate) catalog: Option<CatalogStore>,
+    pub(crate) providers_by_name: HashMap<String, Arc<dyn Provider>>,
 }
 
 pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
@@ -297,7 +293,7 @@ fn check_tls(tls: &crate::config::TlsFiles) -> Result<(), ConfigError> {
 
 /// Resolves each upstream's endpoints once; a failure is logged and left to the background
 /// service, so a resolver that hangs holds nothing up for long.
-pub async fn resolve(upstreams: &[Arc<Upstream>]) {
+pub(crate) async fn resolve(upstreams: &[Arc<Upstream>]) {
     for upstream in upstreams {
         let resolved =
             tokio::time::timeout(std::time::Duration::from_secs(5), upstream.discover()).await;

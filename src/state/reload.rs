@@ -35,13 +35,13 @@ pub struct Live {
 #[derive(Clone, Debug, Serialize)]
 pub struct ReloadStatus {
     pub generation: u64,
-    pub loaded_at: String,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
+    pub(crate) loaded_at: String,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<String>,
 }
 
 impl Live {
-    pub fn new(state: State, lifetime: Lifetime, config_path: Option<PathBuf>) -> Self {
+    pub(crate) fn new(state: State, lifetime: Lifetime, config_path: Option<PathBuf>) -> Self {
         let status = ReloadStatus {
             generation: state.generation,
             loaded_at: crate::clock::rfc3339(SystemTime::now()),
@@ -62,7 +62,7 @@ impl Live {
     }
 
     /// The state a request starting now uses, to its end.
-    pub fn current(&self) -> Arc<State> {
+    pub(crate) fn current(&self) -> Arc<State> {
         self.current.load_full()
     }
 
@@ -78,7 +78,7 @@ impl Live {
     }
 
     /// Reads the config file again and, if it is valid, serves it from the next request on.
-    pub async fn reload(&self) -> Result<u64, ConfigError> {
+    pub(crate) async fn reload(&self) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reloading.lock().await;
         let outcome = self.load_next().await;
         let now = crate::clock::rfc3339(SystemTime::now());
@@ -211,7 +211,7 @@ fn needs_no_restart(
 
 /// Starts the first configuration's endpoint checks, follows the catalog and token key files,
 /// and reloads the whole configuration on `SIGHUP`.
-pub struct Reloader {
+pub(crate) struct Reloader {
     live: Arc<Live>,
     /// The first configuration's upstreams, whose resolution and health checks start with the
     /// server's runtime.
@@ -221,7 +221,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         live: Arc<Live>,
         first_upstreams: Vec<Arc<Upstream>>,
         early_hangup: Arc<AtomicBool>,

@@ -69,7 +69,7 @@ pub fn init(format: LogFormat) {
 
 /// Brings `counter` up to the lines dropped so far because the writer thread fell a whole
 /// queue behind; concurrent scrapes add each dropped line once.
-pub fn count_dropped_lines(counter: &IntCounter) {
+pub(crate) fn count_dropped_lines(counter: &IntCounter) {
     static COUNTED: AtomicU64 = AtomicU64::new(0);
     let Some(writer) = WRITER.get() else {
         return;

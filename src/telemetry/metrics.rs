@@ -14,27 +14,27 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     pub license_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
     pub requests: IntCounterVec,
     pub in_flight: IntGauge,
-    pub upstream_connections: IntCounterVec,
-    pub service_certificate_cache: IntCounterVec,
-    pub authorization_cache: IntCounterVec,
-    pub token_mint_duration: HistogramVec,
-    pub device_decisions: IntCounterVec,
-    pub device_store_duration: HistogramVec,
-    pub upstream_retries: IntCounterVec,
-    pub upstream_ejections: IntCounterVec,
-    pub connections_refused: IntCounterVec,
-    pub stream_decisions: IntCounterVec,
-    pub stream_store_duration: HistogramVec,
-    pub rate_limit_decisions: IntCounterVec,
-    pub rate_limit_buckets: IntGaugeVec,
-    pub license_request_types: IntCounterVec,
-    pub config_reloads: IntCounterVec,
-    pub config_generation: IntGauge,
-    pub upstream_healthy_endpoints: IntGaugeVec,
-    pub log_lines_dropped: IntCounter,
+    pub(crate) upstream_connections: IntCounterVec,
+    pub(crate) service_certificate_cache: IntCounterVec,
+    pub(crate) authorization_cache: IntCounterVec,
+    pub(crate) token_mint_duration: HistogramVec,
+    pub(crate) device_decisions: IntCounterVec,
+    pub(crate) device_store_duration: HistogramVec,
+    pub(crate) upstream_retries: IntCounterVec,
+    pub(crate) upstream_ejections: IntCounterVec,
+    pub(crate) connections_refused: IntCounterVec,
+    pub(crate) stream_decisions: IntCounterVec,
+    pub(crate) stream_store_duration: HistogramVec,
+    pub(crate) rate_limit_decisions: IntCounterVec,
+    pub(crate) rate_limit_buckets: IntGaugeVec,
+    pub(crate) license_request_types: IntCounterVec,
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) config_generation: IntGauge,
+    pub(crate) upstream_healthy_endpoints: IntGaugeVec,
+    pub(crate) log_lines_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -287,7 +287,7 @@ impl Metrics {
 
     /// What the status page draws, summed over DRMs and providers: answers per outcome, the
     /// license latency histogram, and ejections per endpoint; all cumulative since start.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot {
             bounds: LATENCY_BUCKETS.to_vec(),
             latency_counts: vec![0; LATENCY_BUCKETS.len() + 1],
@@ -333,7 +333,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -350,10 +350,10 @@ impl Default for Metrics {
 
 /// Counts a request as in flight for exactly as long as the guard lives, whichever way the
 /// request ends.
-pub struct InFlight(IntGauge);
+pub(crate) struct InFlight(IntGauge);
 
 impl InFlight {
-    pub fn enter(gauge: &IntGauge) -> Self {
+    pub(crate) fn enter(gauge: &IntGauge) -> Self {
         gauge.inc();
         Self(gauge.clone())
     }
@@ -389,13 +389,13 @@ mod tests {
 }
 
 #[derive(Debug, Default, serde::Serialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Answers per outcome (`ok` or a problem's code).
-    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub(crate) outcomes: std::collections::BTreeMap<String, u64>,
     /// The latency buckets' upper bounds in seconds; `latency_counts` has one more, +Inf.
-    pub bounds: Vec<f64>,
-    pub latency_counts: Vec<u64>,
+    pub(crate) bounds: Vec<f64>,
+    pub(crate) latency_counts: Vec<u64>,
     /// Ejections per endpoint address.
-    pub ejections: std::collections::BTreeMap<String, u64>,
-    pub in_flight: i64,
+    pub(crate) ejections: std::collections::BTreeMap<String, u64>,
+    pub(crate) in_flight: i64,
 }
