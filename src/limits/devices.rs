@@ -1,6 +1,6 @@
 //! Device limits. The provider learns which device asks only while answering, so the decision
 //! happens on the provider's answer: the device it reports is counted against the user's slots,
-//! and beyond the limit the license is held back. Slots live in a [`DeviceStore`] shared by
+//! and beyond the limit the license is held back. Slots live in the [`crate::store::Store`] shared by
 //! every instance (embedded SQLite for one, Redis for a fleet).
 
 use std::sync::Arc;

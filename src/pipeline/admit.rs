@@ -166,7 +166,7 @@ pub(crate) async fn admit(
             .inc();
     }
     let player_session = streams::player_session(session.req_header())?;
-    let continued = stream_limits::find_continued(
+    let continued = limits::find_continued(
         state,
         ctx,
         identity.as_deref(),
@@ -177,7 +177,7 @@ pub(crate) async fn admit(
     )
     .await?;
     if continued.is_none() {
-        limit_rates(state, ctx, identity.as_deref(), drm, parsed.as_ref().ok()).await?;
+        limits::limit_rates(state, ctx, identity.as_deref(), drm, parsed.as_ref().ok()).await?;
     }
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
@@ -264,7 +264,7 @@ pub(crate) async fn admit(
             .map_or(0, |streams| streams.settings.renewal_interval.as_secs()),
         seconds => seconds,
     };
-    let stream_ask = stream_limits::StreamAsk {
+    let stream_ask = limits::StreamAsk {
         facts: crate::store::StreamFacts {
             content: content.id.clone(),
             drm: drm.as_str().to_string(),
@@ -278,8 +278,7 @@ pub(crate) async fn admit(
         device_reported: provider.provider.reports_devices(),
     };
     if let Some(identity) = &identity {
-        stream_limits::admit_stream(state, ctx, identity, drm, &info, continued, stream_ask)
-            .await?;
+        limits::admit_stream(state, ctx, identity, drm, &info, continued, stream_ask).await?;
     }
     let device_limit = match (&state.devices, &identity) {
         (Some(devices), Some(identity)) => Some(DeviceLimit {
@@ -413,17 +412,6 @@ async fn read_challenge(
     Ok(body)
 }
 
-/// A user blocked through the admin API gets nothing more, renewals included.
-pub(super) async fn check_blocked(
-    state: &State,
-    identity: Option<&Identity>,
-) -> Result<(), Problem> {
-    match (&state.blocks, identity) {
-        (Some(blocks), Some(identity)) => blocks.check(&identity.user).await,
-        _ => Ok(()),
-    }
-}
-
 /// The content id the request names, if any (`?content=` first, then `X-Content-Id`).
 pub fn content_id(request: &RequestHeader) -> Result<Option<String>, Problem> {
     crate::http::headers::query_or_header(request, "content", CONTENT_ID_HEADER)
@@ -445,45 +433,6 @@ fn valid_content_id(id: impl Into<String>) -> Result<String, Problem> {
     } else {
         Err(Problem::content_id_invalid())
     }
-}
-
-/// Phase "limits", rates, for a request that continues no stream: token buckets per client
-/// address and per user, then the user's license quota (a release counts against none). A
-/// continuation is limited at its stream's cadence instead ([`stream_limits::admit_stream`]).
-async fn limit_rates(
-    state: &State,
-    ctx: &mut RequestCtx,
-    identity: Option<&Identity>,
-    drm: Drm,
-    info: Option<&ChallengeInfo>,
-) -> Result<(), Problem> {
-    take_rate_tokens(state, ctx, identity, drm).await?;
-    let release = info.is_some_and(|info| info.request_type == RequestType::Release);
-    if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
-        ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn take_rate_tokens(
-    state: &State,
-    ctx: &RequestCtx,
-    identity: Option<&Identity>,
-    drm: Drm,
-) -> Result<(), Problem> {
-    if let Some(client) = &ctx.admitted.client {
-        state
-            .rate_limits
-            .take(Scope::Client(client.ip), drm)
-            .await?;
-    }
-    if let Some(identity) = identity {
-        state
-            .rate_limits
-            .take(Scope::User(&identity.user), drm)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The content asked for: named by the request, or else found by the challenge's key IDs.

@@ -52,7 +52,7 @@ fn player_went_away(error: &Error) -> bool {
 }
 
 /// Phase "record", the stores: a count against the quota for no license is given back, and
-/// the stream's lease settled ([`stream_limits::settle`]).
+/// the stream's lease settled ([`limits::settle`]).
 pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
     let licensed = (200..300).contains(&ctx.answer.status) && ctx.answer.outcome == "ok";
     // An answer that ended in a way no body filter saw (no length, and END_STREAM after the
@@ -71,7 +71,7 @@ pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&E
         quotas.refund(&taken).await;
     }
     if let Some(hold) = ctx.held.stream.take() {
-        stream_limits::settle(state, hold, licensed).await;
+        limits::settle(state, hold, licensed).await;
     }
 }
 

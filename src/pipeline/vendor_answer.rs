@@ -190,7 +190,7 @@ async fn admit_on_answer(
     if let (Some(devices), Some(limit)) = (&state.devices, &plan.device_limit) {
         devices.admit(&limit.user, &device, limit.limit).await?;
     }
-    stream_limits::admit_on_answer(state, ctx, reported).await
+    limits::admit_on_answer(state, ctx, reported).await
 }
 
 /// The provider's answer as the player receives it: provider-internal headers removed, our

@@ -276,7 +276,7 @@ impl Upstream {
         self.call(connector, request, body, max_answer_bytes)
             .await
             .map_err(|e| {
-                tracing::warn!(provider = %name, purpose, error = %e, "vendor side call failed");
+                tracing::warn!(provider = %name, error = %e, "{purpose} call failed");
                 upstream_failure(&e)
                     .with_detail(format!("{name} {purpose}: {}", e.etype().as_str()))
             })

@@ -48,12 +48,53 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The source without its test modules (`#[cfg(test)] mod x;` or `#[cfg(test)] mod x { ... }`,
+/// wherever they stand); other `#[cfg(test)]` items stay, so their imports count.
+fn without_test_modules(source: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let item = after.trim_start();
+        let item = item.strip_prefix("pub(crate) ").unwrap_or(item);
+        if !item.starts_with("mod ") {
+            kept.push_str(&rest[..at + "#[cfg(test)]".len()]);
+            rest = after;
+            continue;
+        }
+        kept.push_str(&rest[..at]);
+        let body = &after[after.len() - item.len()..];
+        let end = match (body.find(';'), body.find('{')) {
+            (Some(semicolon), open) if open.is_none_or(|open| semicolon < open) => semicolon + 1,
+            (_, Some(open)) => {
+                let mut depth = 0;
+                let mut end = body.len();
+                for (offset, c) in body[open..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = open + offset + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                end
+            }
+            _ => body.len(),
+        };
+        rest = &body[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
 /// The first path segment after each `crate::`, and each entry of a `use crate::{...}` list.
 fn names(source: &str) -> Vec<String> {
-    let code: String = source
-        .split("#[cfg(test)]")
-        .next()
-        .unwrap()
+    let code: String = without_test_modules(source)
         .lines()
         .filter(|line| !line.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
@@ -177,7 +218,11 @@ fn the_cycle_check_sees_a_cycle() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path();
     std::fs::write(src.join("lib.rs"), "pub mod a;\npub mod b;\npub mod c;\n").unwrap();
-    std::fs::write(src.join("a.rs"), "use crate::b::Thing;\n// crate::c\n").unwrap();
+    std::fs::write(
+        src.join("a.rs"),
+        "#[cfg(test)]\nconst T: u8 = 0;\n#[cfg(test)]\nmod tests {\n    fn f() { let _ = \"{}\"; }\n    use crate::c;\n}\nuse crate::b::Thing;\n// crate::c\n",
+    )
+    .unwrap();
     std::fs::create_dir(src.join("b")).unwrap();
     std::fs::write(
         src.join("b/mod.rs"),

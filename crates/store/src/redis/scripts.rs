@@ -104,7 +104,7 @@ keep_until(key, latest, now)
 return {1, 0, 0, stopped}
 ";
 
-/// The cadence record as [`super::cadence::take`] keeps it: live `what=seconds` entries in the
+/// The cadence record as [`crate::cadence::take`] keeps it: live `what=seconds` entries in the
 /// order they were taken, exempt only if every one asked for is due and the record has room.
 pub(super) const CONTINUE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]

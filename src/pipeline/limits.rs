@@ -1,5 +1,6 @@
-//! Phase "limits", streams: which stream a request continues, if any, and the lease of the one
-//! it starts. A request continues a stream only when the store's record of it is the same
+//! Phase "limits": a blocked user, the rates and quota of a request that continues no stream
+//! ([`limit_rates`]), and streams: which stream a request continues, if any, and the lease of
+//! the one it starts. A request continues a stream only when the store's record of it is the same
 //! user's, content's and DRM's (and device's, where the vendor reports one), and only at the
 //! license's own cadence is it exempt from rate limits and quota. Everything else is a new
 //! stream: limited, device-checked, rate-limited and counted.
@@ -15,15 +16,66 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{RequestCtx, take_rate_tokens};
+use super::RequestCtx;
 use crate::challenge::{ChallengeInfo, RequestType, widevine};
 use crate::clock::now_seconds;
 use crate::drm::Drm;
 use crate::http::problem::{Problem, Refusal};
+use crate::limits::Scope;
 use crate::limits::streams::{self, Admitted, Streams};
 use crate::rights::auth::Identity;
 use crate::state::State;
 use crate::store::{Continuation, ContinueAsk, Lease, LeaseAsk, StreamFacts};
+
+/// A user blocked through the admin API gets nothing more, renewals included.
+pub(super) async fn check_blocked(
+    state: &State,
+    identity: Option<&Identity>,
+) -> Result<(), Problem> {
+    match (&state.blocks, identity) {
+        (Some(blocks), Some(identity)) => blocks.check(&identity.user).await,
+        _ => Ok(()),
+    }
+}
+
+/// Phase "limits", rates, for a request that continues no stream: token buckets per client
+/// address and per user, then the user's license quota (a release counts against none). A
+/// continuation is limited at its stream's cadence instead ([`admit_stream`]).
+pub(super) async fn limit_rates(
+    state: &State,
+    ctx: &mut RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+    info: Option<&ChallengeInfo>,
+) -> Result<(), Problem> {
+    take_rate_tokens(state, ctx, identity, drm).await?;
+    let release = info.is_some_and(|info| info.request_type == RequestType::Release);
+    if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
+        ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn take_rate_tokens(
+    state: &State,
+    ctx: &RequestCtx,
+    identity: Option<&Identity>,
+    drm: Drm,
+) -> Result<(), Problem> {
+    if let Some(client) = &ctx.admitted.client {
+        state
+            .rate_limits
+            .take(Scope::Client(client.ip), drm)
+            .await?;
+    }
+    if let Some(identity) = identity {
+        state
+            .rate_limits
+            .take(Scope::User(&identity.user), drm)
+            .await?;
+    }
+    Ok(())
+}
 
 /// A request's part in its user's stream limit.
 pub(crate) struct StreamHold {
