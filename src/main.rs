@@ -62,6 +62,27 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// A catalog kept in the store (`catalog.source = "store"`).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Store the entries of FILE: NDJSON, one entry with its `id` per line (`-`: stdin), or a
+    /// catalog file (.toml, .json). Progress and the entries refused go to stderr.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Write every entry, keys included, as NDJSON to stdout (what `import` takes back).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +116,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Catalog { command } => match catalog(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
                 ExitCode::FAILURE
             }
         },
@@ -249,6 +277,66 @@ fn list_kids(mpd: &Path) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+fn catalog(command: CatalogCommand) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let load = |path: &Path| Config::load(path).map_err(|e| format!("{}: {e}", path.display()));
+    match command {
+        CatalogCommand::Import { file, config } => {
+            let config = load(&config)?;
+            let progress = |report: &licensegate::rights::catalog_import::ImportReport,
+                            elapsed: std::time::Duration| {
+                let rate = report.lines as f64 / elapsed.as_secs_f64().max(0.001);
+                eprintln!(
+                    "{}: {} lines, {} created, {} replaced, {} failed ({rate:.0} lines/s)",
+                    file.display(),
+                    report.lines,
+                    report.created,
+                    report.replaced,
+                    report.failed
+                );
+            };
+            let report =
+                runtime.block_on(licensegate::app::catalog::import(&config, &file, progress))?;
+            for error in &report.errors {
+                eprintln!(
+                    "line {}{}{}: {} {}",
+                    error.line,
+                    error
+                        .id
+                        .as_ref()
+                        .map(|id| format!(" ({id})"))
+                        .unwrap_or_default(),
+                    error
+                        .key
+                        .as_ref()
+                        .map(|key| format!(" {key}"))
+                        .unwrap_or_default(),
+                    error.code,
+                    error.reason
+                );
+            }
+            if report.failed > 0 {
+                return Err(format!(
+                    "{} of {} entries not stored",
+                    report.failed, report.lines
+                ));
+            }
+            Ok(())
+        }
+        CatalogCommand::Export { config } => {
+            let config = load(&config)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = runtime.block_on(licensegate::app::catalog::export(&config, &mut out))?;
+            std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+            eprintln!("{written} entries");
+            Ok(())
+        }
+    }
 }
 
 fn derive_key(seed: &str, kid: &str) -> Result<String, String> {

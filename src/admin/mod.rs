@@ -1,6 +1,7 @@
 //! The admin listener: liveness, readiness and metrics, kept off the license listener so they
 //! can be firewalled apart from what players reach.
 
+mod catalog;
 pub(crate) mod demo;
 
 use std::sync::Arc;
@@ -87,6 +88,10 @@ impl AdminApp {
                 self.devices(state, request, rest, &request_id).await
             } else if let Some(rest) = path.strip_prefix(USERS_PREFIX) {
                 self.users(state, request, rest, &request_id).await
+            } else if path == catalog::CATALOG_PATH
+                || path.starts_with(&format!("{}/", catalog::CATALOG_PATH))
+            {
+                self.catalog(state, session, &request_id).await
             } else if path == RELOAD_PATH {
                 self.reload(state, request, &request_id).await
             } else {

@@ -2,6 +2,7 @@
 //! listener (the proxy), the admin listener, and one background service per routed provider for
 //! DNS and health checks. Only `main` uses it.
 
+pub mod catalog;
 pub mod shutdown;
 
 use std::sync::Arc;

@@ -66,6 +66,9 @@ refusals! {
     ContentIdMissing: 400, "content_id_missing", "Content id missing";
     ContentIdInvalid: 400, "content_id_invalid", "Content id invalid";
     ContentUnknown: 404, "content_unknown", "Content not in the catalog";
+    CatalogUnavailable: 503, "catalog_unavailable", "Content catalog unavailable";
+    CatalogEntryInvalid: 422, "catalog_entry_invalid", "Catalog entry not valid";
+    CatalogKeyIdTaken: 409, "catalog_key_id_taken", "Key ID belongs to another content";
     KeyIdsUnreadable: 403, "key_ids_unreadable", "Challenge names no key ID licensegate can check";
     KidNotInContent: 403, "kid_not_in_content", "Key ID not part of this content";
     ContentMismatch: 403, "content_mismatch", "The request names two different contents";

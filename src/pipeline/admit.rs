@@ -191,13 +191,12 @@ pub(crate) async fn admit(
         return Ok(Admission::Forward(Box::new(plan)));
     };
     let info = parsed.map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
-    let catalog = catalog.current();
     // A continuation is for its stream's content, whatever else the request names.
     let requested_id = continued
         .as_ref()
         .map(|continuing| continuing.lease.content.clone())
         .or(requested_id);
-    let content = resolve_content(&catalog, requested_id.as_deref(), &info)?;
+    let content = resolve_content(catalog, requested_id.as_deref(), &info).await?;
     ctx.admitted.content_id = Some(content.id.clone());
     // Entitlement is checked for one content; the vendor must not be told of another.
     if let Some(named) = player
@@ -436,8 +435,8 @@ fn valid_content_id(id: impl Into<String>) -> Result<String, Problem> {
 }
 
 /// The content asked for: named by the request, or else found by the challenge's key IDs.
-pub(super) fn resolve_content(
-    catalog: &Catalog,
+pub(super) async fn resolve_content(
+    catalog: &Contents,
     requested: Option<&str>,
     info: &ChallengeInfo,
 ) -> Result<Arc<Content>, Problem> {
@@ -445,7 +444,7 @@ pub(super) fn resolve_content(
     match requested {
         Some(id) => catalog
             .get(id)
-            .cloned()
+            .await?
             .ok_or_else(|| unknown(format!("no content '{id}'"))),
         None => {
             let Some(first) = info.key_ids.first() else {
@@ -453,7 +452,7 @@ pub(super) fn resolve_content(
             };
             catalog
                 .by_kid(first)
-                .cloned()
+                .await?
                 .ok_or_else(|| unknown(format!("no content holds key ID {first}")))
         }
     }

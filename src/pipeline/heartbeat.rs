@@ -101,11 +101,8 @@ async fn heartbeat_of(
     }
     ctx.admitted.content_id = Some(lease.content.clone());
     if let Some(catalog) = &state.catalog {
-        let content = resolve_content(
-            &catalog.current(),
-            Some(&lease.content),
-            &ChallengeInfo::default(),
-        )?;
+        let content =
+            resolve_content(catalog, Some(&lease.content), &ChallengeInfo::default()).await?;
         let client_ip = ctx.admitted.client.as_ref().map(|client| client.ip);
         match state
             .entitlements

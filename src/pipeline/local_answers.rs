@@ -34,7 +34,7 @@ pub(super) async fn hls_key(
         return Err(Problem::not_found().with_detail("HLS keys need a catalog"));
     };
     let id = content_id(session.req_header())?.ok_or_else(Problem::content_id_missing)?;
-    let content = resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
+    let content = resolve_content(catalog, Some(&id), &ChallengeInfo::default()).await?;
     ctx.admitted.content_id = Some(content.id.clone());
     let grant = state
         .entitlements
@@ -76,8 +76,7 @@ pub(super) async fn fairplay_certificate(
         .ok_or_else(|| Problem::drm_not_routed(Drm::FairPlay.as_str()))?;
     let provider = match (content_id(session.req_header())?, &state.catalog) {
         (Some(id), Some(catalog)) => {
-            let content =
-                resolve_content(&catalog.current(), Some(&id), &ChallengeInfo::default())?;
+            let content = resolve_content(catalog, Some(&id), &ChallengeInfo::default()).await?;
             ctx.admitted.content_id = Some(content.id.clone());
             match &content.provider {
                 Some(name) => state.providers.get(name).ok_or_else(Problem::internal)?,

@@ -51,7 +51,7 @@ use crate::providers::ProviderRoute;
 use crate::providers::upstream::{Target, Upstream};
 use crate::providers::{Authorization, LicenseRequest, Minting, Provider};
 use crate::rights::auth::{Cookies, Identity};
-use crate::rights::catalog::{Catalog, Content};
+use crate::rights::catalog::{Content, Contents};
 use crate::state::State;
 use crate::telemetry::metrics::InFlight;
 use std::borrow::Cow;

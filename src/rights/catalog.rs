@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use super::stored_catalog::StoredCatalog;
 use crate::challenge::Kid;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
+use crate::http::problem::Problem;
 use crate::keyseed::KeySeed;
 use crate::policy::Policy;
 
@@ -25,35 +27,46 @@ struct CatalogFile {
     content: BTreeMap<String, EntryFile>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One entry as a catalog file, the admin API and a stored record spell it. Keys are the only
+/// secrets in it: a stored record carries them sealed, apart from the entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct EntryFile {
+pub(crate) struct EntryFile {
     #[serde(default)]
-    key_ids: Vec<String>,
+    pub(crate) key_ids: Vec<String>,
     /// KID -> content key (32 hex digits).
-    #[serde(default)]
-    keys: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) keys: BTreeMap<String, String>,
     /// Derive the keys of `key_ids` from this named key seed instead of listing them.
-    key_seed: Option<String>,
-    policy: Option<String>,
-    provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key_seed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) provider: Option<String>,
     /// The old name of `provider`, read for one more release.
-    vendor: Option<String>,
+    #[serde(skip_serializing)]
+    pub(crate) vendor: Option<String>,
     #[serde(default)]
-    free: bool,
-    #[serde(default)]
-    tiers: Vec<String>,
-    hls: Option<HlsFile>,
+    pub(crate) free: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tiers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hls: Option<HlsFile>,
     /// The IV the FairPlay content was packaged with (32 hex digits), for providers whose
     /// authorization carries it (ExpressPlay).
-    fairplay_iv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fairplay_iv: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct HlsFile {
-    key: String,
-    iv: Option<String>,
+pub(crate) struct HlsFile {
+    /// Empty in a stored record, whose keys are sealed apart.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) iv: Option<String>,
 }
 
 /// One content entry, validated.
@@ -69,6 +82,19 @@ pub struct Content {
     pub tiers: Vec<String>,
     pub hls: Option<HlsKey>,
     pub fairplay_iv: Option<[u8; 16]>,
+}
+
+impl Content {
+    /// What the entry takes in memory, near enough to bound a cache by.
+    pub(crate) fn approximate_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.id.len()
+            + self.key_ids.len() * 16
+            + self.keys.len() * 48
+            + self.tiers.iter().map(|tier| tier.len() + 24).sum::<usize>()
+            + self.policy.as_ref().map_or(0, |(name, _)| name.len())
+            + self.provider.as_ref().map_or(0, String::len)
+    }
 }
 
 #[derive(Debug)]
@@ -97,6 +123,29 @@ impl Catalog {
     }
 }
 
+/// Where a running instance finds its contents: its own file, or the fleet's store.
+pub(crate) enum Contents {
+    File(CatalogStore),
+    Stored(Box<StoredCatalog>),
+}
+
+impl Contents {
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Arc<Content>>, Problem> {
+        match self {
+            Contents::File(file) => Ok(file.current().get(id).cloned()),
+            Contents::Stored(stored) => stored.get(id).await,
+        }
+    }
+
+    /// The content a key ID belongs to, for requests that name no content id.
+    pub(crate) async fn by_kid(&self, kid: &Kid) -> Result<Option<Arc<Content>>, Problem> {
+        match self {
+            Contents::File(file) => Ok(file.current().by_kid(kid).cloned()),
+            Contents::Stored(stored) => stored.by_kid(kid).await,
+        }
+    }
+}
+
 /// What catalog entries may refer to, taken from the config.
 #[derive(Clone)]
 pub(crate) struct References {
@@ -105,8 +154,18 @@ pub(crate) struct References {
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
 }
 
-/// Parses and validates catalog text; `json` picks the format.
-pub(crate) fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
+impl References {
+    pub(crate) fn of(config: &Config) -> Self {
+        Self {
+            policies: config.policies.clone(),
+            providers: config.providers.keys().cloned().collect(),
+            key_seeds: config.key_seeds.clone(),
+        }
+    }
+}
+
+/// A catalog file's entries as written, before validation; `json` picks the format.
+pub(crate) fn entries(text: &str, json: bool) -> Result<BTreeMap<String, EntryFile>, ConfigError> {
     let file: CatalogFile = if json {
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text)).map_err(
             |e| {
@@ -126,8 +185,14 @@ pub(crate) fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog
             )
         })?
     };
+    Ok(file.content)
+}
+
+/// Parses and validates catalog text; `json` picks the format.
+pub(crate) fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog, ConfigError> {
+    let file = entries(text, json)?;
     let mut catalog = Catalog::default();
-    for (id, entry) in file.content {
+    for (id, entry) in file {
         let content = Arc::new(validate_entry(&id, entry, refs)?);
         for kid in &content.key_ids {
             if let Some(other) = catalog.by_kid.insert(*kid, content.clone()) {
@@ -142,7 +207,11 @@ pub(crate) fn parse(text: &str, json: bool, refs: &References) -> Result<Catalog
     Ok(catalog)
 }
 
-fn validate_entry(id: &str, entry: EntryFile, refs: &References) -> Result<Content, ConfigError> {
+pub(crate) fn validate_entry(
+    id: &str,
+    entry: EntryFile,
+    refs: &References,
+) -> Result<Content, ConfigError> {
     let at = |field: &str| format!("content.{id}.{field}");
     if id.is_empty()
         || id.len() > 256

@@ -3,4 +3,6 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod catalog_import;
 pub mod entitlement;
+pub mod stored_catalog;

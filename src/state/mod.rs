@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cdm::service_certificate::ServiceCertificates;
-use crate::config::{Config, ConfigError};
+use crate::config::{CatalogSettings, Config, ConfigError};
 use crate::drm::Drm;
 use crate::http::listener::{Connections, Drain};
 use crate::limits::devices::Devices;
@@ -16,8 +16,9 @@ use crate::providers::authorizations::AuthorizationCache;
 use crate::providers::upstream::Upstream;
 use crate::providers::{Provider, ProviderRoute};
 use crate::rights::auth::Authenticator;
-use crate::rights::catalog::{CatalogStore, References};
+use crate::rights::catalog::{CatalogStore, Contents, References};
 use crate::rights::entitlement::Entitlements;
+use crate::rights::stored_catalog::StoredCatalog;
 use crate::telemetry::metrics::Metrics;
 
 /// Everything a request may consult, built from one configuration. A reload builds the next
@@ -31,7 +32,7 @@ pub struct State {
     pub(crate) service_certificates: ServiceCertificates,
     pub(crate) fairplay_certificates: crate::cdm::fairplay::Certificates,
     pub(crate) auth: Option<Authenticator>,
-    pub(crate) catalog: Option<CatalogStore>,
+    pub(crate) catalog: Option<Contents>,
     pub(crate) entitlements: Entitlements,
     pub(crate) authorizations: AuthorizationCache,
     pub(crate) store: Option<Arc<crate::store::Shared>>,
@@ -159,6 +160,16 @@ pub fn assemble(
             &metrics,
         )),
     };
+    let catalog = match (&config.catalog, resources.catalog, &store) {
+        (Some(CatalogSettings::Store(settings)), _, Some(store)) => {
+            Some(Contents::Stored(Box::new(StoredCatalog::new(
+                store.clone(),
+                settings,
+                References::of(&config),
+            ))))
+        }
+        (_, file, _) => file.map(Contents::File),
+    };
     let state = State {
         generation: previous.map_or(1, |previous| previous.generation + 1),
         providers,
@@ -166,7 +177,7 @@ pub fn assemble(
         service_certificates,
         fairplay_certificates: crate::cdm::fairplay::Certificates::new(&config.fairplay),
         auth: resources.auth,
-        catalog: resources.catalog,
+        catalog,
         entitlements: Entitlements::new(&config.entitlement, &config.policies),
         authorizations,
         store,
@@ -243,19 +254,13 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
         crate::store::Shared::check(store)?;
     }
     let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
-    let references = References {
-        policies: config.policies.clone(),
-        providers: config.providers.keys().cloned().collect(),
-        key_seeds: config.key_seeds.clone(),
+    let catalog = match &config.catalog {
+        Some(CatalogSettings::File { path, .. }) => Some(
+            CatalogStore::open(path, References::of(config))
+                .map_err(|e| ConfigError::new(format!("catalog.path: {}", e.key), e.reason))?,
+        ),
+        _ => None,
     };
-    let catalog = config
-        .catalog
-        .as_ref()
-        .map(|catalog| {
-            CatalogStore::open(&catalog.path, references)
-                .map_err(|e| ConfigError::new(format!("catalog.path: {}", e.key), e.reason))
-        })
-        .transpose()?;
     let mut providers_by_name = HashMap::new();
     for (name, provider) in &config.providers {
         let provider = crate::providers::build(provider, config.server.upstream_idle_timeout)?;

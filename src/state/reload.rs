@@ -14,8 +14,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{CatalogSettings, Config, ConfigError};
 use crate::providers::upstream::Upstream;
+use crate::rights::catalog::Contents;
 use crate::state::{Assembled, Lifetime, State, assemble, load_resources, resolve};
 
 /// How often refilled rate-limit buckets are dropped, and expired rows of the embedded store.
@@ -236,7 +237,12 @@ impl Reloader {
     /// How often the current configuration's files are looked at; `None` for never.
     fn file_interval(state: &State) -> Option<Duration> {
         let intervals = [
-            state.config.catalog.as_ref().map(|c| c.reload_interval),
+            match &state.config.catalog {
+                Some(CatalogSettings::File {
+                    reload_interval, ..
+                }) => Some(*reload_interval),
+                _ => None,
+            },
             state.config.auth.as_ref().map(|a| a.reload_interval),
         ];
         intervals.into_iter().flatten().min()
@@ -266,7 +272,7 @@ impl Reloader {
     }
 
     fn check_files(state: &State) {
-        if let Some(catalog) = &state.catalog {
+        if let Some(Contents::File(catalog)) = &state.catalog {
             match catalog.reload_if_changed() {
                 Ok(true) => tracing::info!(entries = catalog.current().len(), "catalog reloaded"),
                 Ok(false) => {}

@@ -25,7 +25,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::policy::Policy;
 pub use auth::*;
@@ -447,7 +446,11 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         || file.streams.is_some()
         || file.quota.is_some()
         || admin.token.is_some()
-        || rate_limits.shared;
+        || rate_limits.shared
+        || file
+            .catalog
+            .as_ref()
+            .is_some_and(|catalog| catalog.source == CatalogSourceName::Store);
     if file.catalog.is_none() {
         // Provider authorizations name content and key IDs, which only the catalog knows.
         let authorizing = providers
@@ -460,16 +463,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
-    let catalog = file
-        .catalog
-        .map(|catalog| {
-            at_least_one("catalog.reload_seconds", catalog.reload_seconds)?;
-            Ok(CatalogSettings {
-                path: catalog.path.into(),
-                reload_interval: Duration::from_secs(catalog.reload_seconds),
-            })
-        })
-        .transpose()?;
+    let catalog = file.catalog.map(validate_catalog).transpose()?;
     let mut key_seeds = BTreeMap::new();
     for (name, text) in file.key_seeds {
         let seed =

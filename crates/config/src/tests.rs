@@ -223,3 +223,40 @@ fn origins_are_validated() {
     assert!(!is_origin("https://player.example.com/app"));
     assert!(!is_origin("player.example.com"));
 }
+
+#[test]
+fn a_catalog_in_the_store_needs_a_32_byte_key_encryption_key_named_by_its_key() {
+    let with = |catalog: &str| {
+        parse(&format!(
+            "{MINIMAL}\n[catalog]\nsource = \"store\"\n{catalog}"
+        ))
+    };
+    let missing = with("").unwrap_err();
+    assert_eq!(missing.key, "catalog.key_encryption_key");
+    let short = with("key_encryption_key = \"00112233\"").unwrap_err();
+    assert_eq!(short.key, "catalog.key_encryption_key");
+    assert!(!short.reason.contains("00112233"), "{}", short.reason);
+    let previous = with(&format!(
+        "key_encryption_key = \"{}\"\nprevious_key_encryption_keys = [\"{}\", \"nope\"]",
+        "ab".repeat(32),
+        "cd".repeat(32)
+    ))
+    .unwrap_err();
+    assert_eq!(previous.key, "catalog.previous_key_encryption_keys[1]");
+    let with_path = with(&format!(
+        "key_encryption_key = \"{}\"\npath = \"catalog.toml\"",
+        "ab".repeat(32)
+    ))
+    .unwrap_err();
+    assert_eq!(with_path.key, "catalog.path");
+    let config = with(&format!("key_encryption_key = \"{}\"", "ab".repeat(32))).unwrap();
+    let Some(CatalogSettings::Store(stored)) = &config.catalog else {
+        panic!("not a stored catalog");
+    };
+    assert_eq!(stored.keys.current, [0xab; 32]);
+    assert!(!format!("{config:?}").contains(&"ab".repeat(32)));
+    // The store it lives in is opened for it.
+    assert!(config.store.is_some());
+    let file = parse(&format!("{MINIMAL}\n[catalog]\nsource = \"file\"")).unwrap_err();
+    assert_eq!(file.key, "catalog.path");
+}

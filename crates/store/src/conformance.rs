@@ -324,3 +324,67 @@ pub async fn streams_quotas_and_blocks(store: &dyn Store) {
     assert_eq!(store.blocked("ann", now).await.unwrap(), None);
     assert_eq!(store.blocked("bob", now).await.unwrap(), None);
 }
+
+pub async fn catalog_records(store: &dyn Store) {
+    let kids = |list: &[&str]| list.iter().map(|kid| kid.to_string()).collect::<Vec<_>>();
+    assert_eq!(store.content("movie-1").await.unwrap(), None);
+    assert_eq!(
+        store
+            .put_content("movie-1", "r1", &kids(&["0a", "0b"]))
+            .await
+            .unwrap(),
+        ContentPut::Stored { created: true }
+    );
+    assert_eq!(
+        store.content("movie-1").await.unwrap().as_deref(),
+        Some("r1")
+    );
+    assert_eq!(
+        store.content_of_key_id("0b").await.unwrap().as_deref(),
+        Some("movie-1")
+    );
+    // Another content cannot take a key ID, and its refused put writes nothing.
+    assert_eq!(
+        store
+            .put_content("movie-2", "r2", &kids(&["0c", "0b"]))
+            .await
+            .unwrap(),
+        ContentPut::KeyIdTaken {
+            key_id: "0b".into(),
+            owner: "movie-1".into()
+        }
+    );
+    assert_eq!(store.content("movie-2").await.unwrap(), None);
+    assert_eq!(store.content_of_key_id("0c").await.unwrap(), None);
+    // Replacing an entry lets go of the key IDs it no longer names.
+    assert_eq!(
+        store
+            .put_content("movie-1", "r1b", &kids(&["0a"]))
+            .await
+            .unwrap(),
+        ContentPut::Stored { created: false }
+    );
+    assert_eq!(store.content_of_key_id("0b").await.unwrap(), None);
+    assert_eq!(
+        store
+            .put_content("movie-2", "r2", &kids(&["0c", "0b"]))
+            .await
+            .unwrap(),
+        ContentPut::Stored { created: true }
+    );
+    store.put_content("a-first", "r0", &[]).await.unwrap();
+    let page = store.contents("", 2).await.unwrap();
+    assert_eq!(
+        page,
+        [
+            ("a-first".to_string(), "r0".to_string()),
+            ("movie-1".to_string(), "r1b".to_string())
+        ]
+    );
+    let next = store.contents("movie-1", 2).await.unwrap();
+    assert_eq!(next, [("movie-2".to_string(), "r2".to_string())]);
+    assert!(store.remove_content("movie-2").await.unwrap());
+    assert!(!store.remove_content("movie-2").await.unwrap());
+    assert_eq!(store.content_of_key_id("0c").await.unwrap(), None);
+    assert_eq!(store.contents("movie-1", 10).await.unwrap(), []);
+}

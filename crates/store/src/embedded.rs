@@ -3,6 +3,7 @@
 //! released only once that transaction is committed, so a licensegate killed at any moment
 //! forgets no device, lease or quota count it answered with.
 
+mod catalog;
 mod schema;
 mod sweep;
 mod writer;

@@ -3,6 +3,7 @@
 //! is given) and Redis (one atomic script per decision, keys that expire), so that any number of
 //! licensegate instances enforce one limit.
 
+pub mod catalog;
 pub mod embedded;
 pub mod redis;
 
@@ -13,6 +14,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use licensegate_config::{ConfigError, StoreBackend, StoreSettings};
+
+pub use catalog::{ContentPut, ContentRecords};
 
 /// Why a store call failed. Messages are kept as text: one failed group commit answers every
 /// call in it, and the drivers' errors cannot be cloned.
@@ -219,7 +222,7 @@ pub enum QuotaDecision {
 /// Where shared state lives. Every deciding call is atomic per user: concurrent calls, from any
 /// number of licensegate instances sharing the store, never hand out more than the limit.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: ContentRecords + Send + Sync {
     /// Frees the user's slots idle for `idle`, then touches `device`'s slot, gives it a free
     /// one, or refuses.
     async fn admit_device(

@@ -8,6 +8,7 @@
 //! - quota: a counter per period, expiring with it.
 //! - blocked: a string holding the block's end (0: none), expiring with it.
 
+mod catalog;
 mod connection;
 mod scripts;
 
@@ -42,6 +43,7 @@ pub struct RedisStore {
     take_quota: Script,
     refund_quota: Script,
     take_token: Script,
+    catalog: catalog::CatalogScripts,
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
@@ -150,6 +152,7 @@ impl RedisStore {
             take_quota: Script::new(TAKE_QUOTA),
             refund_quota: Script::new(REFUND_QUOTA),
             take_token: Script::new(TAKE_TOKEN),
+            catalog: catalog::CatalogScripts::default(),
         })
     }
 

@@ -40,6 +40,14 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
              used INTEGER NOT NULL,
              PRIMARY KEY (user, window)
          ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS catalog (
+             id TEXT PRIMARY KEY,
+             record TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS catalog_key_ids (
+             kid TEXT PRIMARY KEY,
+             id TEXT NOT NULL
+         ) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS blocks (
              user TEXT PRIMARY KEY,
              until INTEGER
@@ -50,7 +58,8 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch(
         "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
          CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
-         CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);",
+         CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);
+         CREATE INDEX IF NOT EXISTS catalog_key_ids_by_content ON catalog_key_ids (id);",
     )?;
     Ok(())
 }

@@ -160,6 +160,7 @@ async fn streams_quotas_and_blocks_as_redis_holds_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("licensegate.db")).unwrap();
     super::super::conformance::streams_quotas_and_blocks(&store).await;
+    super::super::conformance::catalog_records(&store).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,321 @@
+//! The catalog in the shared store, for a fleet: entries live once, in the embedded store or
+//! Redis, and every instance reads them through a bounded cache whose time to live is the bound
+//! on how late it sees a change made elsewhere. Unknown ids are cached too, so a player asking
+//! again and again for one that does not exist costs the store one read per period.
+//!
+//! Content keys are sealed at rest with AES-256-GCM under a key encryption key from the
+//! environment, the content id bound in as associated data (a sealed record moved to another
+//! id does not open). Records name the key they were sealed with, so a previous key still opens
+//! them while the current one seals what is written from now on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{AeadCore, OsRng};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::catalog::{Content, EntryFile, References, validate_entry};
+use crate::challenge::Kid;
+use crate::config::{ConfigError, KeyEncryptionKeys, StoredCatalogSettings};
+use crate::http::problem::{Problem, Refusal};
+use crate::store::{ContentPut, Shared, StoreError};
+
+/// Contents listed per page at most.
+pub(crate) const MOST_PER_PAGE: u32 = 1000;
+
+pub(crate) struct StoredCatalog {
+    store: Arc<Shared>,
+    refs: References,
+    keys: Sealer,
+    contents: Cache<String, Option<Arc<Content>>>,
+    owners: Cache<Kid, Option<String>>,
+}
+
+/// A stored record: the entry without its keys, and the keys sealed.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    entry: EntryFile,
+    sealed: Sealed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    /// Which key encryption key sealed it: the first 8 bytes of its SHA-256, in hex.
+    kek: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Secrets {
+    #[serde(default)]
+    keys: BTreeMap<String, String>,
+    #[serde(default)]
+    hls_key: String,
+}
+
+/// What a put did, for the admin API.
+pub(crate) enum Put {
+    Stored {
+        created: bool,
+        content: Arc<Content>,
+    },
+    Invalid(ConfigError),
+    KeyIdTaken {
+        key_id: String,
+        owner: String,
+    },
+}
+
+impl StoredCatalog {
+    pub(crate) fn new(
+        store: Arc<Shared>,
+        settings: &StoredCatalogSettings,
+        refs: References,
+    ) -> Self {
+        // moka bounds one measure: weighing each entry at least `cache_bytes / cache_entries`
+        // keeps both the byte bound and the entry bound.
+        let floor = (settings.cache_bytes / settings.cache_entries).max(1);
+        let weigh = move |record_bytes: usize| -> u32 {
+            (record_bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
+        };
+        Self {
+            store,
+            refs,
+            keys: Sealer::new(&settings.keys),
+            contents: Cache::builder()
+                .max_capacity(settings.cache_bytes)
+                .weigher(move |id: &String, content: &Option<Arc<Content>>| {
+                    weigh(id.len() + content.as_ref().map_or(0, |c| c.approximate_bytes()))
+                })
+                .time_to_live(settings.cache_ttl)
+                .build(),
+            owners: Cache::builder()
+                .max_capacity(settings.cache_entries)
+                .time_to_live(settings.cache_ttl)
+                .build(),
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Arc<Content>>, Problem> {
+        self.contents
+            .try_get_with(id.to_string(), self.read(id))
+            .await
+            .map_err(|problem: Arc<Problem>| (*problem).clone())
+    }
+
+    /// The content a key ID belongs to, for requests that name no content id.
+    pub(crate) async fn by_kid(&self, kid: &Kid) -> Result<Option<Arc<Content>>, Problem> {
+        let owner = self
+            .owners
+            .try_get_with(*kid, async {
+                self.store
+                    .timed(self.store.store.content_of_key_id(&kid.to_string()))
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
+            .map_err(|problem: Arc<Problem>| (*problem).clone())?;
+        match owner {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<Arc<Content>>, Problem> {
+        let record = self
+            .store
+            .timed(self.store.store.content(id))
+            .await
+            .map_err(unavailable)?;
+        record
+            .map(|record| self.open(id, &record).map(Arc::new))
+            .transpose()
+    }
+
+    /// A stored record back into a content, checked as a file's entry is.
+    fn open(&self, id: &str, record: &str) -> Result<Content, Problem> {
+        let entry = self.unseal(id, record)?;
+        validate_entry(id, entry, &self.refs).map_err(|e| broken(id, &e.to_string()))
+    }
+
+    /// A stored record back into the entry it was made from, keys included.
+    fn unseal(&self, id: &str, record: &str) -> Result<EntryFile, Problem> {
+        let Record { mut entry, sealed } =
+            serde_json::from_str(record).map_err(|_| broken(id, "not a record"))?;
+        let secrets = self
+            .keys
+            .open(id, &sealed)
+            .ok_or_else(|| broken(id, "its keys do not open with any configured key"))?;
+        entry.keys = secrets.keys;
+        if let Some(hls) = &mut entry.hls {
+            hls.key = secrets.hls_key;
+        }
+        Ok(entry)
+    }
+
+    /// Validates `entry`, seals its keys and stores it, unless a key ID of it belongs to another
+    /// content. This instance sees the change at once; the others within the cache's TTL.
+    pub(crate) async fn put(&self, id: &str, mut entry: EntryFile) -> Result<Put, Problem> {
+        let content = match validate_entry(id, entry.clone(), &self.refs) {
+            Ok(content) => Arc::new(content),
+            Err(invalid) => return Ok(Put::Invalid(invalid)),
+        };
+        let secrets = Secrets {
+            keys: std::mem::take(&mut entry.keys),
+            hls_key: entry
+                .hls
+                .as_mut()
+                .map(|hls| std::mem::take(&mut hls.key))
+                .unwrap_or_default(),
+        };
+        if entry.provider.is_none() {
+            entry.provider = entry.vendor.take();
+        }
+        let record = Record {
+            sealed: self.keys.seal(id, &secrets),
+            entry,
+        };
+        let record = serde_json::to_string(&record).map_err(|_| Problem::internal())?;
+        let key_ids: Vec<String> = content.key_ids.iter().map(Kid::to_string).collect();
+        let put = self
+            .store
+            .timed(self.store.store.put_content(id, &record, &key_ids))
+            .await
+            .map_err(unavailable)?;
+        Ok(match put {
+            ContentPut::Stored { created } => {
+                self.forget(id, &content.key_ids).await;
+                Put::Stored { created, content }
+            }
+            ContentPut::KeyIdTaken { key_id, owner } => Put::KeyIdTaken { key_id, owner },
+        })
+    }
+
+    pub(crate) async fn remove(&self, id: &str) -> Result<bool, Problem> {
+        let known = self.get(id).await?;
+        let removed = self
+            .store
+            .timed(self.store.store.remove_content(id))
+            .await
+            .map_err(unavailable)?;
+        let key_ids = known
+            .map(|content| content.key_ids.clone())
+            .unwrap_or_default();
+        self.forget(id, &key_ids).await;
+        Ok(removed)
+    }
+
+    /// A page of contents in id order, after `after`.
+    pub(crate) async fn list(&self, after: &str, limit: u32) -> Result<Vec<Arc<Content>>, Problem> {
+        let records = self
+            .store
+            .timed(self.store.store.contents(after, limit.min(MOST_PER_PAGE)))
+            .await
+            .map_err(unavailable)?;
+        records
+            .iter()
+            .map(|(id, record)| self.open(id, record).map(Arc::new))
+            .collect()
+    }
+
+    /// A page of entries in id order, after `after`, keys unsealed: for `licensegate catalog
+    /// export` only, never for an answer.
+    pub(crate) async fn export(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, EntryFile)>, Problem> {
+        let records = self
+            .store
+            .timed(self.store.store.contents(after, limit.min(MOST_PER_PAGE)))
+            .await
+            .map_err(unavailable)?;
+        records
+            .iter()
+            .map(|(id, record)| self.unseal(id, record).map(|entry| (id.clone(), entry)))
+            .collect()
+    }
+
+    async fn forget(&self, id: &str, key_ids: &[Kid]) {
+        self.contents.invalidate(id).await;
+        for kid in key_ids {
+            self.owners.invalidate(kid).await;
+        }
+    }
+}
+
+fn broken(id: &str, why: &str) -> Problem {
+    tracing::error!(content = id, why, "stored catalog record unusable");
+    Problem::new(Refusal::CatalogUnavailable).with_detail("a stored entry is unusable")
+}
+
+fn unavailable(error: StoreError) -> Problem {
+    tracing::error!(error = %error, "catalog store unavailable");
+    Problem::new(Refusal::CatalogUnavailable)
+}
+
+/// The key encryption keys, each with its id.
+struct Sealer {
+    current: (String, Aes256Gcm),
+    previous: Vec<(String, Aes256Gcm)>,
+}
+
+impl Sealer {
+    fn new(keys: &KeyEncryptionKeys) -> Self {
+        let named = |key: &[u8; 32]| {
+            let id = hex::encode(&Sha256::digest(key)[..8]);
+            (id, Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))
+        };
+        Self {
+            current: named(&keys.current),
+            previous: keys.previous.iter().map(named).collect(),
+        }
+    }
+
+    fn seal(&self, id: &str, secrets: &Secrets) -> Sealed {
+        let (kek, cipher) = &self.current;
+        // Random: instances sealing at once never share a counter.
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let plaintext = serde_json::to_vec(secrets).unwrap_or_default();
+        let ciphertext = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plaintext,
+                    aad: id.as_bytes(),
+                },
+            )
+            .unwrap_or_default();
+        Sealed {
+            kek: kek.clone(),
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        }
+    }
+
+    fn open(&self, id: &str, sealed: &Sealed) -> Option<Secrets> {
+        let (_, cipher) = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|(kek, _)| *kek == sealed.kek)?;
+        let nonce: [u8; 12] = STANDARD.decode(&sealed.nonce).ok()?.try_into().ok()?;
+        let nonce = Nonce::from(nonce);
+        let ciphertext = STANDARD.decode(&sealed.ciphertext).ok()?;
+        let plaintext = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &ciphertext,
+                    aad: id.as_bytes(),
+                },
+            )
+            .ok()?;
+        serde_json::from_slice(&plaintext).ok()
+    }
+}
