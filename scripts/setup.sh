@@ -39,7 +39,7 @@ fi
 
 # Test-time Python packages, from PyPI (never vendored): hypercorn, another real HTTP/2 server
 # (its own stack); pywidevine (GPL-3.0) and pyplayready (CC BY-NC-ND 4.0), real Widevine and
-# PlayReady CDM implementations for the conformance tests.
+# PlayReady CDM implementations for the conformance tests; cpix (below).
 pip_install() {
   python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
@@ -49,6 +49,12 @@ python3 -c "import pywidevine, sys; sys.exit(pywidevine.__version__ != '1.9.0')"
   || pip_install pywidevine==1.9.0
 python3 -c "import pyplayready, sys; sys.exit(pyplayready.__version__ != '0.8.5')" 2>/dev/null \
   || pip_install pyplayready==0.8.5
+# The cpix library (DASH-IF CPIX documents, with the schema) builds SPEKE requests and checks
+# licensegate's answers in the key service's tests. It needs a newer `construct` than pywidevine's
+# pymp4 allows, so it lives in a directory of its own that only its test puts on PYTHONPATH.
+cpix_dir=target/python-cpix
+PYTHONPATH="$cpix_dir" python3 -c "import cpix" 2>/dev/null \
+  || pip_install --upgrade --target "$cpix_dir" cpix==1.4.1
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

@@ -21,5 +21,5 @@ pub mod state;
 pub mod telemetry;
 
 pub use licensegate_config::{self as config, policy};
-pub use licensegate_drm::{challenge, drm, keyseed, manifest};
+pub use licensegate_drm::{challenge, cpix, drm, keyseed, manifest};
 pub use licensegate_store as store;

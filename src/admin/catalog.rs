@@ -10,7 +10,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
-use super::{AdminApp, json_response, problem};
+use super::{AdminApp, json_response, problem, read_body};
 use crate::http::problem::{Problem, Refusal};
 use crate::rights::catalog::{Content, Contents, EntryFile};
 use crate::rights::catalog_import::Import;
@@ -198,21 +198,7 @@ const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The entry in the request body, bounded in size and time.
 async fn read_entry(session: &mut ServerSession, timeout: Duration) -> Result<EntryFile, Problem> {
-    let read = async {
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await.map_err(|e| {
-            Problem::new(Refusal::AdminRequestInvalid).with_detail(e.etype().as_str())
-        })? {
-            if body.len() + chunk.len() > MAX_ENTRY_BYTES {
-                return Err(Problem::body_too_large(MAX_ENTRY_BYTES));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    };
-    let body = pingora::time::timeout(timeout, read)
-        .await
-        .map_err(|_| Problem::new(Refusal::ChallengeTimeout))??;
+    let body = read_body(session, MAX_ENTRY_BYTES, timeout).await?;
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)).map_err(
         |e| {
             let key = e.path().to_string();

@@ -3,6 +3,7 @@
 
 mod catalog;
 pub(crate) mod demo;
+mod speke;
 
 use std::sync::Arc;
 
@@ -92,6 +93,8 @@ impl AdminApp {
                 || path.starts_with(&format!("{}/", catalog::CATALOG_PATH))
             {
                 self.catalog(state, session, &request_id).await
+            } else if path == speke::SPEKE_PATH {
+                self.speke(state, session, &request_id).await
             } else if path == RELOAD_PATH {
                 self.reload(state, request, &request_id).await
             } else {
@@ -462,6 +465,29 @@ impl AdminApp {
             }),
         )
     }
+}
+
+/// The whole request body, at most `limit` bytes, within `timeout`.
+async fn read_body(
+    session: &mut ServerSession,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, Problem> {
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await.map_err(|e| {
+            Problem::new(Refusal::AdminRequestInvalid).with_detail(e.etype().as_str())
+        })? {
+            if body.len() + chunk.len() > limit {
+                return Err(Problem::body_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    pingora::time::timeout(timeout, read)
+        .await
+        .map_err(|_| Problem::new(Refusal::ChallengeTimeout))?
 }
 
 /// Compares digests, so neither the token's bytes nor its length leak through timing.

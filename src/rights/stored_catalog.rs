@@ -8,9 +8,10 @@
 //! id does not open). Records name the key they were sealed with, so a previous key still opens
 //! them while the current one seals what is written from now on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::aead::{AeadCore, OsRng};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -35,6 +36,9 @@ pub(crate) struct StoredCatalog {
     keys: Sealer,
     contents: Cache<String, Option<Arc<Content>>>,
     owners: Cache<Kid, Option<String>>,
+    /// One packager exchange at a time on this instance, so that two asking at once for a new
+    /// key ID get the one key stored, not two.
+    packaging: tokio::sync::Mutex<()>,
 }
 
 /// A stored record: the entry without its keys, and the keys sealed.
@@ -100,6 +104,7 @@ impl StoredCatalog {
                 .max_capacity(settings.cache_entries)
                 .time_to_live(settings.cache_ttl)
                 .build(),
+            packaging: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -223,6 +228,84 @@ impl StoredCatalog {
             .iter()
             .map(|(id, record)| self.open(id, record).map(Arc::new))
             .collect()
+    }
+
+    /// The keys a packager is to encrypt `id` with, for the key IDs it chose: the stored key of a
+    /// key ID the content has, else one derived from the content's key seed, else a fresh random
+    /// key, stored (the entry created if need be) before it is answered; the same request again
+    /// gets the same keys. `Ok(Err(message))`: refused, e.g. a key ID of another content.
+    pub(crate) async fn packager_keys(
+        &self,
+        id: &str,
+        kids: &[Kid],
+    ) -> Result<Result<HashMap<Kid, [u8; 16]>, String>, Problem> {
+        let _turn = self.packaging.lock().await;
+        let record = self
+            .store
+            .timed(self.store.store.content(id))
+            .await
+            .map_err(unavailable)?;
+        let mut entry = match record {
+            Some(record) => self.unseal(id, &record)?,
+            None => EntryFile::default(),
+        };
+        let listed: Vec<Kid> = entry
+            .key_ids
+            .iter()
+            .filter_map(|kid| kid.parse().ok())
+            .collect();
+        let listed_keys: HashMap<Kid, String> = entry
+            .keys
+            .iter()
+            .filter_map(|(kid, key)| Some((kid.parse().ok()?, key.clone())))
+            .collect();
+        let mut changed = false;
+        for kid in kids {
+            if !listed.contains(kid) {
+                let owner = self
+                    .store
+                    .timed(self.store.store.content_of_key_id(&kid.to_string()))
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(owner) = owner.filter(|owner| owner != id) {
+                    return Ok(Err(format!(
+                        "KID {kid} belongs to another content ({owner})"
+                    )));
+                }
+                entry.key_ids.push(kid.to_string());
+                changed = true;
+            }
+            if entry.key_seed.is_none() && !listed_keys.contains_key(kid) {
+                let mut key = [0u8; 16];
+                OsRng.fill_bytes(&mut key);
+                entry.keys.insert(kid.to_string(), hex::encode(key));
+                changed = true;
+            }
+        }
+        if changed {
+            match self.put(id, entry).await? {
+                Put::Stored { .. } => {}
+                Put::Invalid(e) => return Ok(Err(format!("{}: {}", e.key, e.reason))),
+                Put::KeyIdTaken { key_id, owner } => {
+                    return Ok(Err(format!(
+                        "KID {key_id} belongs to another content ({owner})"
+                    )));
+                }
+            }
+        }
+        let Some(content) = self.read(id).await? else {
+            return Err(Problem::new(Refusal::CatalogUnavailable));
+        };
+        Ok(kids
+            .iter()
+            .map(|kid| {
+                content
+                    .keys
+                    .get(kid)
+                    .map(|key| (*kid, *key))
+                    .ok_or_else(|| format!("No key for KID {kid}"))
+            })
+            .collect())
     }
 
     /// A page of entries in id order, after `after`, keys unsealed: for `licensegate catalog

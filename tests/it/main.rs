@@ -14,4 +14,5 @@ mod providers;
 mod proxy;
 mod reload;
 mod sessions;
+mod speke;
 mod streams;

@@ -15,6 +15,7 @@ mod fairplay;
 mod limits;
 mod providers;
 mod server;
+mod speke;
 mod store;
 mod streams;
 
@@ -40,6 +41,7 @@ use licensegate_drm::keyseed::KeySeed;
 pub use limits::*;
 pub use providers::*;
 pub use server::*;
+pub use speke::*;
 pub use store::*;
 pub use streams::*;
 
@@ -83,6 +85,8 @@ pub struct Config {
     pub routes: BTreeMap<Drm, Arc<ProviderConfig>>,
     pub auth: Option<AuthSettings>,
     pub catalog: Option<CatalogSettings>,
+    /// The key service for packagers, when configured.
+    pub speke: Option<SpekeSettings>,
     pub key_seeds: BTreeMap<String, KeySeed>,
     pub entitlement: EntitlementSettings,
     pub policies: BTreeMap<String, Arc<Policy>>,
@@ -130,6 +134,7 @@ struct FileConfig {
     pub routes: BTreeMap<Drm, String>,
     pub auth: Option<AuthFile>,
     pub catalog: Option<CatalogFile>,
+    pub speke: Option<SpekeFile>,
     #[serde(default)]
     pub key_seeds: BTreeMap<String, String>,
     #[serde(default)]
@@ -464,6 +469,11 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         }
     }
     let catalog = file.catalog.map(validate_catalog).transpose()?;
+    let catalog_in_store = matches!(catalog, Some(CatalogSettings::Store(_)));
+    let speke = file
+        .speke
+        .map(|speke| validate_speke(speke, catalog_in_store))
+        .transpose()?;
     let mut key_seeds = BTreeMap::new();
     for (name, text) in file.key_seeds {
         let seed =
@@ -516,6 +526,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         routes,
         auth,
         catalog,
+        speke,
         key_seeds,
         entitlement,
         policies,

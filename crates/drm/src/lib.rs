@@ -3,7 +3,9 @@
 //! proxy, the simulator and the fuzz targets. Parsing only: every parser takes hostile bytes.
 
 pub mod challenge;
+pub mod cpix;
 pub mod drm;
 pub mod fairplay;
 pub mod keyseed;
 pub mod manifest;
+pub mod signaling;

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Scale of a catalog kept in the store. TITLES titles (default 1,000,000) are imported with
+# `licensegate catalog import` (time and rate), then one instance serves HLS key requests: for a
+# few titles (every request a cache hit) and for random titles out of all of them (nearly every
+# request a miss: the cache holds CACHE_ENTRIES), side by side at the same rate. Prints p50, p99
+# and errors of each, and the instance's RSS after the misses.
+#
+#   loadtest/catalog.sh
+#   TITLES=200000 REQUESTS=20000 loadtest/catalog.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+titles="${TITLES:-1000000}"
+requests="${REQUESTS:-50000}"
+connections="${CONNECTIONS:-32}"
+rate="${RATE:-2000}"
+cache_entries="${CACHE_ENTRIES:-100000}"
+gate_port="${GATE_PORT:-18080}"
+admin_port="${ADMIN_PORT:-19090}"
+challenge_bytes=2048
+
+source loadtest/prepare.sh
+source loadtest/processes.sh
+
+dir="$out/catalog"
+rm -rf "$dir"
+mkdir -p "$dir"
+export LOADTEST_KEK=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+export LOADTEST_SECRET=catalog-load-test-secret-0123456789
+cat >"$dir/licensegate.toml" <<TOML
+[listeners]
+license = "127.0.0.1:$gate_port"
+admin = "127.0.0.1:$admin_port"
+[server]
+threads = 2
+log_format = "json"
+[providers.builtin]
+kind = "clearkey"
+[routes]
+clearkey = "builtin"
+[auth]
+[[auth.keys]]
+kind = "secret"
+algorithm = "HS256"
+secret = "\${LOADTEST_SECRET}"
+[store]
+path = "$dir/licensegate.db"
+[catalog]
+source = "store"
+cache_entries = $cache_entries
+key_encryption_key = "\${LOADTEST_KEK}"
+TOML
+
+# One key ID, one content key and one HLS key per title, derived from its number.
+python3 - "$titles" "$dir/titles.ndjson" <<'PY'
+import hashlib, json, sys, uuid
+titles, path = int(sys.argv[1]), sys.argv[2]
+with open(path, "w") as out:
+    for n in range(titles):
+        digest = hashlib.sha256(n.to_bytes(8, "big")).hexdigest()
+        kid = str(uuid.UUID(digest[:32]))
+        out.write(json.dumps({"id": f"title-{n:07d}", "key_ids": [kid],
+                              "keys": {kid: digest[32:64]}, "hls": {"key": digest[:32]}}) + "\n")
+PY
+echo "importing $titles titles ($(du -h "$dir/titles.ndjson" | cut -f1) of NDJSON)"
+started=$(date +%s.%N)
+./target/release/licensegate catalog import "$dir/titles.ndjson" --config "$dir/licensegate.toml" \
+  2> >(tee "$dir/import.log" >&2)
+import_seconds=$(echo "$(date +%s.%N) - $started" | bc)
+
+./target/release/licensegate serve --config "$dir/licensegate.toml" >"$dir/licensegate.log" 2>&1 &
+gate=$!
+pids+=("$gate")
+wait_port "$gate_port"
+token=$(./target/release/licensegate token --config "$dir/licensegate.toml" --sub load --entitle '*')
+
+run() { # name url [oha options...]
+  local name=$1 url=$2
+  shift 2
+  oha "$@" -n "$requests" -c "$connections" -q "$rate" -H "Authorization: Bearer $token" \
+    --no-tui --output-format json "$url" >"$dir/$name.json"
+}
+# Ten titles: after the first request of each, every request is answered from the cache.
+run hits "http://127.0.0.1:$gate_port/v1/hls/key\?content=title-000000[0-9]" --rand-regex-url
+# Any of the titles: the cache holds a tenth of them at most, so nearly every request reads the store.
+first_digit=$(( (titles - 1) / 1000000 ))
+run misses "http://127.0.0.1:$gate_port/v1/hls/key\?content=title-[0-$first_digit][0-9]{6}" --rand-regex-url
+rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gate/status")
+
+python3 - "$dir" "$titles" "$import_seconds" "$rss_kib" "$requests" "$rate" <<'PY'
+import json, sys
+dir, titles, seconds, rss, requests, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+print(f"\nimport: {titles} titles in {seconds:.1f} s ({titles / seconds:.0f} titles/s)")
+print(f"\n{requests} HLS key requests at {rate} req/s per run\n")
+print(f"| {'run':<34} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-200':>7} |")
+print(f"|{'-'*36}|{'-'*9}|{'-'*9}|{'-'*9}|")
+rows = {}
+for name, label in (("hits", "10 titles: cache hits"), ("misses", f"random of {titles}: cache misses")):
+    report = json.load(open(f"{dir}/{name}.json"))
+    latency = report["latencyPercentiles"]
+    statuses = report.get("statusCodeDistribution", {})
+    bad = sum(n for code, n in statuses.items() if code != "200") + sum(report.get("errorDistribution", {}).values())
+    rows[name] = latency["p99"] * 1000
+    print(f"| {label:<34} | {latency['p50'] * 1000:>7.2f} | {latency['p99'] * 1000:>7.2f} | {bad:>7} |")
+print(f"\np99 of a miss minus p99 of a hit: {rows['misses'] - rows['hits']:.2f} ms")
+print(f"licensegate RSS after the misses: {rss / 1024:.0f} MiB")
+PY
