@@ -105,3 +105,68 @@ for name, label in (("hits", "10 titles: cache hits"), ("misses", f"random of {t
 print(f"\np99 of a miss minus p99 of a hit: {rows['misses'] - rows['hits']:.2f} ms")
 print(f"licensegate RSS after the misses: {rss / 1024:.0f} MiB")
 PY
+
+# A catalog file of FILE_TITLES titles (default 200,000) as each instance used to read it: the
+# time to start, the RSS per title once started, and the RSS after the file is reloaded.
+file_titles="${FILE_TITLES:-200000}"
+kill "$gate" 2>/dev/null || true
+wait "$gate" 2>/dev/null || true
+python3 - "$dir/titles.ndjson" "$file_titles" "$dir/catalog.json" <<'PY'
+import json, sys
+source, titles, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+content = {}
+with open(source) as lines:
+    for line, _ in zip(lines, range(titles)):
+        entry = json.loads(line)
+        content[entry.pop("id")] = entry
+json.dump({"content": content}, open(path, "w"))
+PY
+common() {
+  cat <<TOML
+[listeners]
+license = "127.0.0.1:$gate_port"
+admin = "127.0.0.1:$admin_port"
+[server]
+threads = 2
+log_format = "json"
+[providers.builtin]
+kind = "clearkey"
+[routes]
+clearkey = "builtin"
+TOML
+}
+common >"$dir/bare.toml"
+{ common; printf '[catalog]\npath = "%s"\nreload_seconds = 1\n' "$dir/catalog.json"; } >"$dir/file.toml"
+bare_rss() { # the RSS of licensegate with no catalog, to take away
+  ./target/release/licensegate serve --config "$dir/bare.toml" >"$dir/bare.log" 2>&1 &
+  local bare=$!
+  wait_port "$gate_port"
+  sleep 1
+  awk '/VmRSS/ {print $2}' "/proc/$bare/status"
+  kill "$bare"
+  wait "$bare" 2>/dev/null || true
+}
+base_kib=$(bare_rss)
+started=$(date +%s.%N)
+./target/release/licensegate serve --config "$dir/file.toml" >"$dir/file.log" 2>&1 &
+gate=$!
+pids+=("$gate")
+wait_port "$gate_port"
+start_seconds=$(echo "$(date +%s.%N) - $started" | bc)
+sleep 1
+start_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gate/status")
+touch "$dir/catalog.json"
+for _ in $(seq 1 100); do
+  grep -q "catalog reloaded" "$dir/file.log" && break
+  sleep 0.2
+done
+sleep 2
+reload_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gate/status")
+python3 - "$file_titles" "$start_seconds" "$base_kib" "$start_kib" "$reload_kib" <<'PY'
+import sys
+titles, seconds = int(sys.argv[1]), float(sys.argv[2])
+base, start, reload = (int(v) for v in sys.argv[3:6])
+print(f"\ncatalog file of {titles} titles: ready in {seconds:.1f} s; RSS {start / 1024:.0f} MiB "
+      f"({(start - base) * 1024 / titles:.0f} bytes per title over {base / 1024:.0f} MiB without a catalog); "
+      f"after a reload {reload / 1024:.0f} MiB ({reload / start:.2f}x)")
+PY

@@ -54,12 +54,6 @@ impl AdminApp {
             Ok(cpix) => cpix,
             Err(refused) => return speke_error(&version, &refused.0),
         };
-        if cpix.wants_encrypted_keys {
-            return speke_error(
-                &version,
-                "Content key encryption (DeliveryDataList) is not supported by this key provider",
-            );
-        }
         let kids: Vec<_> = cpix.keys.iter().map(|key| key.kid).collect();
         let keys = match catalog.packager_keys(&cpix.content_id, &kids).await {
             Ok(Ok(keys)) => keys,

@@ -39,6 +39,18 @@ fn exchange(
     scheme: &str,
     systems: &str,
 ) -> Result<Value, String> {
+    exchange_for(gate, content, kids, scheme, systems, None)
+}
+
+/// The same, naming a recipient certificate made in `recipient`, the keys decrypted with its key.
+fn exchange_for(
+    gate: &Gate,
+    content: &str,
+    kids: &[&str],
+    scheme: &str,
+    systems: &str,
+    recipient: Option<&std::path::Path>,
+) -> Result<Value, String> {
     // scripts/setup.sh installs the library apart: its `construct` is not pywidevine's.
     let output = Command::new("python3")
         .env("PYTHONPATH", repository().join("target/python-cpix"))
@@ -49,6 +61,7 @@ fn exchange(
         .arg(kids.join(","))
         .arg(scheme)
         .arg(systems)
+        .args(recipient)
         .output()
         .unwrap();
     if output.status.success() {
@@ -182,6 +195,24 @@ async fn new_key_ids_of_a_seeded_content_get_the_seeds_keys() {
         let derived = hex::encode(seed.derive(kid.parse().unwrap()));
         assert_eq!(answer["keys"][kid], derived.as_str());
     }
+}
+
+#[tokio::test]
+async fn keys_go_encrypted_to_the_recipient_certificate_a_request_names() {
+    let gate = Gate::start_ready(&config()).await;
+    let plain = exchange(&gate, "movie-20", &[K1], "cbcs", "widevine,fairplay").unwrap();
+    let recipient = tempfile::tempdir().unwrap();
+    let encrypted = exchange_for(
+        &gate,
+        "movie-20",
+        &[K1],
+        "cbcs",
+        "widevine,fairplay",
+        Some(recipient.path()),
+    )
+    .unwrap();
+    assert_eq!(encrypted["keys"], plain["keys"]);
+    assert!(!gate.log().contains(plain["keys"][K1].as_str().unwrap()));
 }
 
 async fn speke(

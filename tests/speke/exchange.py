@@ -2,19 +2,29 @@
 `cpix` library (DASH-IF CPIX documents, from PyPI): the request is built with it, the answer
 checked against its CPIX schema and read back with it.
 
-Usage: exchange.py URL TOKEN CONTENT_ID KID[,KID...] SCHEME SYSTEM[,SYSTEM...]
+Usage: exchange.py URL TOKEN CONTENT_ID KID[,KID...] SCHEME SYSTEM[,SYSTEM...] [RECIPIENT_DIR]
+
+With RECIPIENT_DIR, the request names a recipient certificate (RSA-2048, made there with Debian's
+openssl): the answer's keys must come encrypted to it, and are decrypted and checked here as CPIX
+defines (RSA-OAEP document and MAC keys, AES-256-CBC with the IV first, HMAC-SHA512).
 Prints JSON: {"keys": {kid: hex}, "systems": [{"kid", "system", "pssh", "content_protection_data",
 "hls_media", "hls_master"}]} with the signaling base64-decoded where it is text.
 """
 
 import base64
+import hashlib
+import hmac
 import json
+import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
 import uuid
 
 import cpix
+from Crypto.Cipher import AES, PKCS1_OAEP
+from Crypto.PublicKey import RSA
 from lxml import etree
 
 SYSTEMS = {
@@ -30,7 +40,18 @@ def fail(message):
     sys.exit(1)
 
 
-def request_document(content_id, kids, scheme, systems):
+def recipient(directory):
+    """A packager's RSA-2048 key and self-signed certificate (base64 DER)."""
+    key, certificate = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.der")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-outform", "DER",
+         "-out", certificate, "-subj", "/CN=packager", "-days", "1"],
+        check=True, capture_output=True,
+    )
+    return RSA.import_key(open(key, "rb").read()), base64.b64encode(open(certificate, "rb").read()).decode()
+
+
+def request_document(content_id, kids, scheme, systems, certificate=None):
     document = cpix.CPIX(
         content_id=content_id,
         version="2.3",
@@ -54,8 +75,17 @@ def request_document(content_id, kids, scheme, systems):
             ]
         ),
     )
+    if certificate:
+        document.delivery_datas = cpix.DeliveryDataList(
+            cpix.DeliveryData(cpix.DeliveryKey(certificate), cpix.DocumentKey(base64.b64encode(b"-").decode()))
+        )
     # Read back so that every element carries its namespace (the library builds some without).
     root = etree.fromstring(etree.tostring(document.element()))
+    # A request names the recipient only; the document key is the answer's to make.
+    for delivery in root.iter("{%s}DeliveryData" % CPIX_NS):
+        for child in list(delivery):
+            if etree.QName(child).localname != "DeliveryKey":
+                delivery.remove(child)
     # What the encryptor asks for: each system's signaling elements, sent empty.
     for system in root.iter("{%s}DRMSystem" % CPIX_NS):
         name = next(n for n, i in SYSTEMS.items() if str(i) == system.get("systemId").lower())
@@ -73,10 +103,13 @@ def main():
     url, token, content_id, kids, scheme, systems = sys.argv[1:7]
     kids = [uuid.UUID(kid) for kid in kids.split(",")]
     systems = systems.split(",")
-    body = request_document(content_id, kids, scheme, systems)
-    valid, error = cpix.validate(without_scheme(body))
-    if not valid:
-        fail(f"the request itself is not valid CPIX: {error}")
+    private_key, certificate = recipient(sys.argv[7]) if len(sys.argv) > 7 else (None, None)
+    body = request_document(content_id, kids, scheme, systems, certificate)
+    # A request naming a recipient is left out: the schema wants the DocumentKey the answer adds.
+    if certificate is None:
+        valid, error = cpix.validate(without_scheme(body))
+        if not valid:
+            fail(f"the request itself is not valid CPIX: {error}")
     request = urllib.request.Request(
         url,
         data=body,
@@ -113,8 +146,31 @@ def main():
     if len(parsed.usage_rules) != len(kids) or len(parsed.periods) != 1:
         fail("usage rules or key periods not answered unchanged")
     keys = {}
+    document_key = mac_key = None
+    if private_key is not None:
+        delivery = root.find(".//{%s}DeliveryData" % CPIX_NS)
+        if delivery is None:
+            fail("no DeliveryData in the answer")
+        values = delivery.findall(".//{%s}CipherValue" % cpix.ENC)
+        oaep = PKCS1_OAEP.new(private_key)
+        document_key = oaep.decrypt(base64.b64decode(values[0].text))
+        mac_key = oaep.decrypt(base64.b64decode(values[1].text))
+        if len(document_key) != 32:
+            fail(f"a {len(document_key)}-byte document key")
     for key in parsed.content_keys:
-        value = base64.b64decode(key.cek)
+        if document_key is not None:
+            if key.value_mac is None:
+                fail(f"the key for {key.kid} is not encrypted")
+            value = base64.b64decode(key.cek)
+            mac = hmac.new(mac_key, value, hashlib.sha512).digest()
+            if not hmac.compare_digest(mac, base64.b64decode(key.value_mac)):
+                fail(f"the MAC of the key for {key.kid} does not hold")
+            padded = AES.new(document_key, AES.MODE_CBC, value[:16]).decrypt(value[16:])
+            value = padded[: -padded[-1]]
+        else:
+            if key.value_mac is not None:
+                fail("a key came encrypted unasked")
+            value = base64.b64decode(key.cek)
         if len(value) != 16:
             fail(f"key for {key.kid} is {len(value)} bytes")
         keys[str(key.kid)] = value.hex()

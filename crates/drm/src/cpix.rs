@@ -14,12 +14,18 @@ use crate::challenge::Kid;
 use crate::challenge::pssh::{FAIRPLAY_SYSTEM_ID, PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID};
 use crate::signaling;
 
+mod delivery;
+
 const CPIX_NS: &str = "urn:dashif:org:cpix";
+const ENC_NS: &str = "http://www.w3.org/2001/04/xmlenc#";
+const DS_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
 const PSKC_NS: &str = "urn:ietf:params:xml:ns:keyprov:pskc";
 /// Elements nested deeper are refused: a CPIX document is four levels deep.
 const MAX_DEPTH: usize = 16;
 /// Key IDs and DRM systems per document at most.
 const MAX_ITEMS: usize = 256;
+/// Recipients per document at most.
+const MAX_RECIPIENTS: usize = 8;
 
 /// A SPEKE refusal: its message, as SPEKE spells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +67,16 @@ pub struct CpixRequest {
     namespaces: Vec<(String, String)>,
     /// `ContentKeyPeriodList` and `ContentKeyUsageRuleList` as sent: answered unchanged.
     echoed: Vec<String>,
-    /// Content keys are to be encrypted for a recipient certificate.
-    pub wants_encrypted_keys: bool,
+    /// Recipients whose certificates the content keys are to be encrypted for.
+    pub recipients: Vec<Recipient>,
+}
+
+/// A `DeliveryData`: a recipient, by its X.509 certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub id: Option<String>,
+    /// The certificate as the request gives it (base64 DER).
+    pub certificate: String,
 }
 
 impl CpixRequest {
@@ -82,8 +96,9 @@ impl CpixRequest {
             systems: Vec::new(),
             namespaces: Vec::new(),
             echoed: Vec::new(),
-            wants_encrypted_keys: false,
+            recipients: Vec::new(),
         };
+        let mut certificate: Option<String> = None;
         let mut stack: Vec<Vec<u8>> = Vec::new();
         let mut seen_root = false;
         let mut contract = false;
@@ -109,7 +124,20 @@ impl CpixRequest {
                         (None, _) => {
                             return refuse("Malformed CPIX document: the root is not CPIX");
                         }
-                        (Some(b"CPIX"), b"DeliveryDataList") => request.wants_encrypted_keys = true,
+                        (Some(b"DeliveryDataList"), b"DeliveryData") => {
+                            request.recipients.push(Recipient {
+                                id: attribute(element, b"id")?,
+                                certificate: String::new(),
+                            });
+                            if request.recipients.len() > MAX_RECIPIENTS {
+                                return refuse("Malformed CPIX document: too many DeliveryData");
+                            }
+                        }
+                        (Some(b"X509Data"), b"X509Certificate")
+                            if matches!(event, Event::Start(_)) =>
+                        {
+                            certificate = Some(String::new());
+                        }
                         (Some(b"CPIX"), b"ContentKeyPeriodList" | b"ContentKeyUsageRuleList") => {
                             if matches!(event, Event::Empty(_)) {
                                 let end = reader.buffer_position() as usize;
@@ -184,7 +212,27 @@ impl CpixRequest {
                         }
                     }
                 }
+                Event::Text(text) if certificate.is_some() => {
+                    let text = text
+                        .decode()
+                        .map_err(|_| CpixError("Malformed CPIX document".into()))?;
+                    if let Some(certificate) = &mut certificate {
+                        certificate.push_str(text.trim());
+                    }
+                }
                 Event::End(_) => {
+                    if let Some(text) = certificate.take() {
+                        match request.recipients.last_mut() {
+                            Some(recipient) if recipient.certificate.is_empty() => {
+                                recipient.certificate = text;
+                            }
+                            _ => {
+                                return refuse(
+                                    "Malformed CPIX document: a certificate outside DeliveryData",
+                                );
+                            }
+                        }
+                    }
                     stack.pop();
                     if let Some((start, depth)) = echo_start
                         && stack.len() == depth
@@ -243,6 +291,13 @@ impl CpixRequest {
         if !contract {
             return refuse("Missing CPIX encryption contract");
         }
+        if request
+            .recipients
+            .iter()
+            .any(|recipient| recipient.certificate.is_empty())
+        {
+            return refuse("Malformed CPIX document: DeliveryData without an X509Certificate");
+        }
         Ok(request)
     }
 
@@ -259,15 +314,36 @@ impl CpixRequest {
             " xmlns:cpix=\"{CPIX_NS}\" xmlns:pskc=\"{PSKC_NS}\""
         ));
         for (name, uri) in &self.namespaces {
-            if name != "xmlns:cpix" && name != "xmlns:pskc" {
+            let ours = ["xmlns:cpix", "xmlns:pskc"].into_iter().chain(
+                (!self.recipients.is_empty())
+                    .then_some(["xmlns:enc", "xmlns:ds"])
+                    .into_iter()
+                    .flatten(),
+            );
+            if !ours.into_iter().any(|declared| declared == name) {
                 xml.push_str(&format!(" {name}=\"{}\"", escape(uri)));
             }
         }
+        if !self.recipients.is_empty() {
+            xml.push_str(&format!(" xmlns:enc=\"{ENC_NS}\" xmlns:ds=\"{DS_NS}\""));
+        }
         xml.push_str(&format!(
-            " contentId=\"{}\" version=\"{}\">\n<cpix:ContentKeyList>\n",
+            " contentId=\"{}\" version=\"{}\">\n",
             escape(&self.content_id),
             escape(&self.version)
         ));
+        let delivery = match self.recipients.is_empty() {
+            true => None,
+            false => Some(delivery::DocumentKeys::new()),
+        };
+        if let Some(delivery) = &delivery {
+            xml.push_str("<cpix:DeliveryDataList>\n");
+            for recipient in &self.recipients {
+                xml.push_str(&delivery.delivery_data(recipient)?);
+            }
+            xml.push_str("</cpix:DeliveryDataList>\n");
+        }
+        xml.push_str("<cpix:ContentKeyList>\n");
         for key in &self.keys {
             let Some(value) = keys.get(&key.kid) else {
                 return refuse(format!("No key for KID {}", key.kid_text));
@@ -277,11 +353,17 @@ impl CpixRequest {
                 .as_ref()
                 .map(|iv| format!(" explicitIV=\"{}\"", escape(iv)))
                 .unwrap_or_default();
+            let secret = match &delivery {
+                Some(delivery) => delivery.encrypted_secret(value),
+                None => format!(
+                    "<pskc:PlainValue>{}</pskc:PlainValue>",
+                    STANDARD.encode(value)
+                ),
+            };
             xml.push_str(&format!(
-                "<cpix:ContentKey kid=\"{}\" commonEncryptionScheme=\"{}\"{iv}><cpix:Data><pskc:Secret><pskc:PlainValue>{}</pskc:PlainValue></pskc:Secret></cpix:Data></cpix:ContentKey>\n",
+                "<cpix:ContentKey kid=\"{}\" commonEncryptionScheme=\"{}\"{iv}><cpix:Data><pskc:Secret>{secret}</pskc:Secret></cpix:Data></cpix:ContentKey>\n",
                 escape(&key.kid_text),
                 escape(&key.scheme),
-                STANDARD.encode(value)
             ));
         }
         xml.push_str("</cpix:ContentKeyList>\n");
