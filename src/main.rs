@@ -99,6 +99,11 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
+    // Without its background thread jemalloc gives freed pages back only while the process
+    // allocates: a catalog reload would leave the old catalog's pages with the process for good.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("jemalloc keeps freed memory until the process allocates again: {e}");
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve {
         config: DEFAULT_CONFIG.into(),

@@ -118,7 +118,6 @@ mod tests {
     use super::*;
     use crate::challenge::Kid;
     use crate::policy::Hdcp;
-    use std::collections::HashMap;
 
     fn demo() -> (Content, Kid) {
         let kid: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
@@ -129,7 +128,7 @@ mod tests {
         let content = Content {
             id: "demo".into(),
             key_ids: vec![kid],
-            keys: HashMap::from([(kid, key)]),
+            keys: [(kid, key)].into_iter().collect(),
             policy: None,
             provider: None,
             free: true,

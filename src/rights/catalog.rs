@@ -75,7 +75,7 @@ pub struct Content {
     pub id: String,
     pub key_ids: Vec<Kid>,
     /// Content keys by KID, listed or derived; may be empty when a provider holds the keys.
-    pub keys: HashMap<Kid, [u8; 16]>,
+    pub keys: ContentKeys,
     pub policy: Option<(String, Arc<Policy>)>,
     pub provider: Option<String>,
     pub free: bool,
@@ -84,13 +84,50 @@ pub struct Content {
     pub fairplay_iv: Option<[u8; 16]>,
 }
 
+/// A content's keys by key ID. A content has a few, so a slice searched in order: a hash table
+/// of one entry costs some 150 bytes more, which a catalog of a million titles pays a million
+/// times.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ContentKeys(Box<[(Kid, [u8; 16])]>);
+
+impl ContentKeys {
+    pub fn get(&self, kid: &Kid) -> Option<&[u8; 16]> {
+        self.0
+            .iter()
+            .find(|(listed, _)| listed == kid)
+            .map(|(_, key)| key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A key ID listed twice keeps its last key, as a map would.
+impl FromIterator<(Kid, [u8; 16])> for ContentKeys {
+    fn from_iter<I: IntoIterator<Item = (Kid, [u8; 16])>>(pairs: I) -> Self {
+        let mut keys: Vec<(Kid, [u8; 16])> = Vec::new();
+        for (kid, key) in pairs {
+            match keys.iter_mut().find(|(listed, _)| *listed == kid) {
+                Some(listed) => listed.1 = key,
+                None => keys.push((kid, key)),
+            }
+        }
+        Self(keys.into_boxed_slice())
+    }
+}
+
 impl Content {
     /// What the entry takes in memory, near enough to bound a cache by.
     pub(crate) fn approximate_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.id.len()
             + self.key_ids.len() * 16
-            + self.keys.len() * 48
+            + self.keys.len() * 32
             + self.tiers.iter().map(|tier| tier.len() + 24).sum::<usize>()
             + self.policy.as_ref().map_or(0, |(name, _)| name.len())
             + self.provider.as_ref().map_or(0, String::len)
@@ -328,7 +365,7 @@ pub(crate) fn validate_entry(
     Ok(Content {
         id: id.to_string(),
         key_ids,
-        keys,
+        keys: keys.into_iter().collect(),
         policy,
         provider,
         free: entry.free,
@@ -449,7 +486,7 @@ mod tests {
         let demo = catalog.get("demo").unwrap();
         let kid: Kid = "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap();
         assert_eq!(
-            hex::encode(demo.keys[&kid]),
+            hex::encode(demo.keys.get(&kid).unwrap()),
             "00112233445566778899aabbccddeeff"
         );
         assert!(demo.free);
@@ -457,7 +494,7 @@ mod tests {
         let seeded = catalog.get("seeded").unwrap();
         let seeded_kid = seeded.key_ids[0];
         assert_eq!(
-            hex::encode_upper(seeded.keys[&seeded_kid]),
+            hex::encode_upper(seeded.keys.get(&seeded_kid).unwrap()),
             "A537CDC0CA65841406D525E7BF22D754"
         );
         assert!(catalog.get("hls-only").unwrap().hls.is_some());

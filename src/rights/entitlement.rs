@@ -301,13 +301,12 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::collections::HashMap;
 
     fn content(id: &str, tiers: &[&str]) -> Content {
         Content {
             id: id.into(),
             key_ids: Vec::new(),
-            keys: HashMap::new(),
+            keys: Default::default(),
             policy: None,
             provider: None,
             free: false,
