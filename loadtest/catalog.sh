@@ -28,7 +28,9 @@ rm -rf "$dir"
 mkdir -p "$dir"
 export LOADTEST_KEK=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 export LOADTEST_SECRET=catalog-load-test-secret-0123456789
-cat >"$dir/licensegate.toml" <<TOML
+# What every config here shares: the listeners and the built-in ClearKey provider.
+common() {
+  cat <<TOML
 [listeners]
 license = "127.0.0.1:$gate_port"
 admin = "127.0.0.1:$admin_port"
@@ -39,6 +41,11 @@ log_format = "json"
 kind = "clearkey"
 [routes]
 clearkey = "builtin"
+TOML
+}
+{
+  common
+  cat <<TOML
 [auth]
 [[auth.keys]]
 kind = "secret"
@@ -51,6 +58,7 @@ source = "store"
 cache_entries = $cache_entries
 key_encryption_key = "\${LOADTEST_KEK}"
 TOML
+} >"$dir/licensegate.toml"
 
 # One key ID, one content key and one HLS key per title, derived from its number.
 python3 - "$titles" "$dir/titles.ndjson" <<'PY'
@@ -126,20 +134,6 @@ with open(source) as lines:
         content[entry.pop("id")] = entry
 json.dump({"content": content}, open(path, "w"))
 PY
-common() {
-  cat <<TOML
-[listeners]
-license = "127.0.0.1:$gate_port"
-admin = "127.0.0.1:$admin_port"
-[server]
-threads = 2
-log_format = "json"
-[providers.builtin]
-kind = "clearkey"
-[routes]
-clearkey = "builtin"
-TOML
-}
 common >"$dir/bare.toml"
 { common; printf '[catalog]\npath = "%s"\nreload_seconds = 1\n' "$dir/catalog.json"; } >"$dir/file.toml"
 bare_rss() { # the RSS of licensegate with no catalog, to take away

@@ -219,12 +219,8 @@ impl StoredCatalog {
 
     /// A page of contents in id order, after `after`.
     pub(crate) async fn list(&self, after: &str, limit: u32) -> Result<Vec<Arc<Content>>, Problem> {
-        let records = self
-            .store
-            .timed(self.store.store.contents(after, limit.min(MOST_PER_PAGE)))
-            .await
-            .map_err(unavailable)?;
-        records
+        self.records(after, limit)
+            .await?
             .iter()
             .map(|(id, record)| self.open(id, record).map(Arc::new))
             .collect()
@@ -315,15 +311,19 @@ impl StoredCatalog {
         after: &str,
         limit: u32,
     ) -> Result<Vec<(String, EntryFile)>, Problem> {
-        let records = self
-            .store
-            .timed(self.store.store.contents(after, limit.min(MOST_PER_PAGE)))
-            .await
-            .map_err(unavailable)?;
-        records
+        self.records(after, limit)
+            .await?
             .iter()
             .map(|(id, record)| self.unseal(id, record).map(|entry| (id.clone(), entry)))
             .collect()
+    }
+
+    /// A page of stored records in id order, after `after`.
+    async fn records(&self, after: &str, limit: u32) -> Result<Vec<(String, String)>, Problem> {
+        self.store
+            .timed(self.store.store.contents(after, limit.min(MOST_PER_PAGE)))
+            .await
+            .map_err(unavailable)
     }
 
     async fn forget(&self, id: &str, key_ids: &[Kid]) {

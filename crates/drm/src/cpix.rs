@@ -12,7 +12,7 @@ use quick_xml::events::{BytesStart, Event};
 
 use crate::challenge::Kid;
 use crate::challenge::pssh::{FAIRPLAY_SYSTEM_ID, PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID};
-use crate::signaling;
+use crate::signaling::{self, escape};
 
 mod delivery;
 
@@ -484,13 +484,6 @@ fn namespaces(element: &BytesStart) -> Result<Vec<(String, String)>, CpixError> 
 
 fn text(bytes: &[u8]) -> Result<String, CpixError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| CpixError("Malformed CPIX document".into()))
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -132,7 +132,8 @@ pub fn fairplay_hls(kid: Kid) -> HlsKeyTags {
     ))
 }
 
-fn escape(text: &str) -> String {
+/// Text as an XML attribute or element holds it.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
