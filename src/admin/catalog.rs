@@ -87,11 +87,7 @@ async fn list(
     catalog: &StoredCatalog,
     request: &RequestHeader,
 ) -> Result<Response<Vec<u8>>, Problem> {
-    let query = |key: &str| {
-        crate::http::headers::query_or_header(request, key, "")
-            .ok()
-            .flatten()
-    };
+    let query = |key: &str| crate::http::headers::query_parameter(request, key);
     let after = query("after").unwrap_or_default();
     let limit = match query("limit") {
         None => 100,

@@ -253,11 +253,7 @@ impl AdminApp {
                 };
                 match *method {
                     Method::POST => {
-                        let seconds = request.uri.query().and_then(|query| {
-                            url::form_urlencoded::parse(query.as_bytes())
-                                .find(|(key, _)| key == "seconds")
-                                .map(|(_, value)| value.into_owned())
-                        });
+                        let seconds = crate::http::headers::query_parameter(request, "seconds");
                         let until = match seconds.map(|s| s.parse::<u64>()) {
                             None => None,
                             Some(Ok(seconds)) if seconds > 0 => {

@@ -37,12 +37,7 @@ pub(crate) fn query_or_header(
     key: &str,
     header: &str,
 ) -> Result<Option<String>, http::header::ToStrError> {
-    let from_query = request.uri.query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.into_owned())
-    });
-    match from_query {
+    match query_parameter(request, key) {
         Some(value) => Ok(Some(value)),
         None => request
             .headers
@@ -50,6 +45,15 @@ pub(crate) fn query_or_header(
             .map(|value| value.to_str().map(str::to_string))
             .transpose(),
     }
+}
+
+/// The request's `?{key}=` parameter, form-decoded; the first if it is named twice.
+pub(crate) fn query_parameter(request: &RequestHeader, key: &str) -> Option<String> {
+    request.uri.query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.into_owned())
+    })
 }
 
 /// A path segment with its `%XX` escapes decoded (user ids and session ids may hold any

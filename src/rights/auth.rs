@@ -158,11 +158,9 @@ impl Authenticator {
                             .eq_ignore_ascii_case("bearer")
                             .then(|| token.trim().to_string())
                     }),
-                TokenSource::Query => request.uri.query().and_then(|query| {
-                    url::form_urlencoded::parse(query.as_bytes())
-                        .find(|(key, _)| *key == self.settings.query_parameter)
-                        .map(|(_, value)| value.into_owned())
-                }),
+                TokenSource::Query => {
+                    crate::http::headers::query_parameter(request, &self.settings.query_parameter)
+                }
                 TokenSource::Cookie => request
                     .headers
                     .get_all(http::header::COOKIE)
