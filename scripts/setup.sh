@@ -55,6 +55,11 @@ python3 -c "import pyplayready, sys; sys.exit(pyplayready.__version__ != '0.8.5'
 cpix_dir=target/python-cpix
 PYTHONPATH="$cpix_dir" python3 -c "import cpix" 2>/dev/null \
   || pip_install --upgrade --target "$cpix_dir" cpix==1.4.1
+# The packaging test encrypts a clip into fragmented DASH with the keys licensegate hands out.
+# Debian 12's ffmpeg (5.1) writes no sample encryption boxes into fragments, so no player can
+# decrypt them; imageio-ffmpeg's static ffmpeg 9 does (Debian's ffmpeg still checks the result).
+python3 -c "import imageio_ffmpeg, sys; sys.exit(imageio_ffmpeg.__version__ != '0.8.1')" 2>/dev/null \
+  || pip_install imageio-ffmpeg==0.8.1
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

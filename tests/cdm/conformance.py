@@ -48,24 +48,26 @@ def check_decrypts(media, key_hex):
     check(decode_errors(media, wrong) > 0, "a wrong key makes the decode fail")
 
 
-def command_line(setup_name, setup_argument, setup, run_arguments, scenarios):
-    """The scripts' command line: `setup_name setup_argument` runs `setup`; `run` takes
-    `run_arguments` (each required; a tuple is a name and a type) and the gate's, and reports
-    each of `scenarios(args)` as it passes, exiting 1 at the first failure."""
+def command_line(setup_name, setup_argument, setup, run_arguments, runs):
+    """The scripts' command line: `setup_name setup_argument` runs `setup`; each of `runs` (a
+    command name and its scenarios) takes `run_arguments` (each required; a tuple is a name and
+    a type) and the gate's, and reports each of `scenarios(args)` as it passes, exiting 1 at the
+    first failure."""
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(setup_name).add_argument(setup_argument)
-    run_command = commands.add_parser("run")
-    for argument in ("--gate", "--admin", "--admin-token", "--tokens", "--content", "--media",
-                     *run_arguments):
-        name, kind = argument if isinstance(argument, tuple) else (argument, str)
-        run_command.add_argument(name, type=kind, required=True)
+    for run_name in runs:
+        run_command = commands.add_parser(run_name)
+        for argument in ("--gate", "--admin", "--admin-token", "--tokens", "--content", "--media",
+                         *run_arguments):
+            name, kind = argument if isinstance(argument, tuple) else (argument, str)
+            run_command.add_argument(name, type=kind, required=True)
     args = parser.parse_args()
     if args.command == setup_name:
         setup(getattr(args, setup_argument))
         return
     try:
-        for passed in scenarios(args):
+        for passed in runs[args.command](args):
             print(f"ok: {passed}", flush=True)
     except Failure as failure:
         print(f"FAILED: {failure}", flush=True)

@@ -198,4 +198,4 @@ def server_key(path):
 
 if __name__ == "__main__":
     command_line("server-key", "file", server_key, ["--server-public", ("--interval", float)],
-                 scenarios)
+                 {"run": scenarios})

@@ -10,6 +10,9 @@ the client MAC key derived from the session key and the exact request.
   widevine_cdm.py service DIR   writes root and service keys and the service certificate
   widevine_cdm.py run ...       runs every scenario; prints one line per scenario, exits 1 on
                                 the first failure
+  widevine_cdm.py packaged ...  the same for content a packager encrypted with keys from
+                                licensegate's key service: each content's `pssh` is the one
+                                licensegate gave the packager, and `--media` its packaged stream
 """
 
 import json
@@ -103,12 +106,17 @@ class Device:
 class Session:
     """One CDM session: its license request, the license, and what its renewals need."""
 
-    def __init__(self, device, key_ids, license_type="STREAMING", service_certificate=None):
+    def __init__(self, device, key_ids, license_type="STREAMING", service_certificate=None,
+                 pssh=None):
         self.device = device
         self.id = device.cdm.open()
         if service_certificate is not None:
             device.cdm.set_service_certificate(self.id, service_certificate)
-        pssh = PSSH.new(system_id=PSSH.SystemId.Widevine, key_ids=[uuid.UUID(k) for k in key_ids])
+        if pssh is None:
+            pssh = PSSH.new(system_id=PSSH.SystemId.Widevine,
+                            key_ids=[uuid.UUID(k) for k in key_ids])
+        else:
+            pssh = PSSH(pssh)
         self.challenge = device.cdm.get_license_challenge(
             self.id, pssh, license_type, privacy_mode=service_certificate is not None)
         request = SignedMessage()
@@ -245,5 +253,29 @@ def scenarios(args):
     yield "stream limit of 2 across real sessions"
 
 
+def packaged(args):
+    """Content a packager encrypted with keys from licensegate's key service, asked for as a
+    player of it would: from the `pssh` box licensegate gave the packager."""
+    gate = Gate(args)
+    content = json.loads(args.content)
+    with open(os.path.join(args.dir, "root.der"), "rb") as root:
+        root_public_key = root.read()
+    for content_id, entry in content.items():
+        box = PSSH(entry["pssh"])
+        check(box.system_id == PSSH.SystemId.Widevine, f"{content_id}: a Widevine pssh")
+        check(sorted(map(str, box.key_ids)) == sorted(entry["kids"]),
+              f"{content_id}: the pssh names {box.key_ids}")
+        session = Session(Device(root_public_key), None, pssh=entry["pssh"])
+        keys = session.take(expect(gate.license("entitled", session.challenge), "ok").content)
+        for kid, key in entry["keys"].items():
+            check(keys.get(kid) == key, f"{content_id}: key of {kid} is {keys.get(kid)}")
+            check_decrypts(args.media, key)
+        yield f"{content_id}: licensed from the packager's pssh; its key decrypts the stream"
+
+        refused = Session(Device(root_public_key), None, pssh=entry["pssh"])
+        expect(gate.license("unentitled", refused.challenge), "not_entitled")
+        yield f"{content_id}: a user not entitled to it gets no license"
+
+
 if __name__ == "__main__":
-    command_line("service", "dir", service, ["--dir"], scenarios)
+    command_line("service", "dir", service, ["--dir"], {"run": scenarios, "packaged": packaged})

@@ -57,11 +57,16 @@ fn play_page(gate: &Gate, page: &str, token: Option<&str>, screenshot: Option<&P
     if let Some(token) = token {
         url.push_str(&format!("&token={token}"));
     }
+    run_player(&url, screenshot)
+}
+
+/// What the player on the page at `url` did within 20 s (`tests/e2e/play.mjs`, in Chromium).
+pub(super) fn run_player(url: &str, screenshot: Option<&Path>) -> Value {
     let mut command = Command::new("node");
     command
         .current_dir(repo().join("tests/e2e"))
         .arg("play.mjs")
-        .arg(&url)
+        .arg(url)
         .arg("20");
     if let Some(path) = screenshot {
         command.arg(path);

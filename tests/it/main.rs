@@ -9,6 +9,7 @@ mod edge;
 mod fairplay;
 mod identity;
 mod layout;
+mod packaging;
 mod prometheus;
 mod providers;
 mod proxy;

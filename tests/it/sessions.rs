@@ -641,7 +641,7 @@ async fn a_real_widevine_cdm_gets_working_keys_and_cannot_forge_its_sessions() {
     );
 }
 
-fn cdm_script(name: &str) -> std::path::PathBuf {
+pub(super) fn cdm_script(name: &str) -> std::path::PathBuf {
     licensegate_testkit::repository()
         .join("tests/cdm")
         .join(name)

@@ -8,9 +8,9 @@ use base64::Engine;
 use licensegate_testkit::{Gate, GateConfig, client, problem, repository, user_token};
 use serde_json::Value;
 
-const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
-const SPEKE_TOKEN: &str = "speke-token-0123456789abcdef";
-const KEK: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub(super) const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+pub(super) const SPEKE_TOKEN: &str = "speke-token-0123456789abcdef";
+pub(super) const KEK: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const SEED: &str = "XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I";
 const K1: &str = "11111111-2222-4333-8444-555555555501";
 const K2: &str = "11111111-2222-4333-8444-555555555502";
@@ -32,7 +32,7 @@ fn config() -> String {
 }
 
 /// One exchange through the cpix library; `Err` holds what licensegate answered instead.
-fn exchange(
+pub(super) fn exchange(
     gate: &Gate,
     content: &str,
     kids: &[&str],

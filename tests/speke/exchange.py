@@ -31,6 +31,8 @@ SYSTEMS = {
     "widevine": cpix.WIDEVINE_SYSTEM_ID,
     "playready": cpix.PLAYREADY_SYSTEM_ID,
     "fairplay": uuid.UUID("94ce86fb-07ff-4f43-adb8-93d2fa968ca2"),
+    # W3C's common system: ClearKey CDMs read the key IDs from its pssh.
+    "clearkey": uuid.UUID("1077efec-c0b2-4d02-ace3-3c1e52e2fb4b"),
 }
 CPIX_NS = "urn:dashif:org:cpix"
 

@@ -11,7 +11,9 @@ use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
 use crate::challenge::Kid;
-use crate::challenge::pssh::{FAIRPLAY_SYSTEM_ID, PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID};
+use crate::challenge::pssh::{
+    COMMON_SYSTEM_ID, FAIRPLAY_SYSTEM_ID, PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID,
+};
 use crate::signaling::{self, escape};
 
 mod delivery;
@@ -276,7 +278,7 @@ impl CpixRequest {
             }
             let compatible = match system.system_id {
                 FAIRPLAY_SYSTEM_ID => scheme == "cbcs",
-                WIDEVINE_SYSTEM_ID | PLAYREADY_SYSTEM_ID => {
+                WIDEVINE_SYSTEM_ID | PLAYREADY_SYSTEM_ID | COMMON_SYSTEM_ID => {
                     matches!(scheme.as_str(), "cenc" | "cbcs")
                 }
                 _ => false,
@@ -391,11 +393,12 @@ impl CpixRequest {
     /// A DRM system's children, in the schema's order, for what the request asked.
     fn signaling(&self, system: &RequestedSystem, cbcs: bool, license_url: &str) -> String {
         let kids = [system.kid];
+        // HLS defines no key format for ClearKey: its system gets a pssh and no HLS tags.
         let (pssh, object, tags) = match system.system_id {
             WIDEVINE_SYSTEM_ID => {
                 let pssh = signaling::widevine_pssh(&kids, &self.content_id);
                 let tags = signaling::widevine_hls(&pssh);
-                (Some(pssh), None, tags)
+                (Some(pssh), None, Some(tags))
             }
             PLAYREADY_SYSTEM_ID => {
                 let object = signaling::playready_object(&signaling::playready_header(
@@ -405,9 +408,10 @@ impl CpixRequest {
                 ));
                 let pssh = signaling::playready_pssh(&object);
                 let tags = signaling::playready_hls(&object);
-                (Some(pssh), Some(object), tags)
+                (Some(pssh), Some(object), Some(tags))
             }
-            _ => (None, None, signaling::fairplay_hls(system.kid)),
+            COMMON_SYSTEM_ID => (Some(signaling::common_pssh(&kids)), None, None),
+            _ => (None, None, Some(signaling::fairplay_hls(system.kid))),
         };
         let mut xml = String::new();
         if let (true, Some(pssh)) = (system.pssh, &pssh) {
@@ -420,13 +424,13 @@ impl CpixRequest {
                 STANDARD.encode(data)
             ));
         }
-        if system.hls_media {
+        if let (true, Some(tags)) = (system.hls_media, &tags) {
             xml.push_str(&format!(
                 "<cpix:HLSSignalingData playlist=\"media\">{}</cpix:HLSSignalingData>",
                 STANDARD.encode(&tags.media)
             ));
         }
-        if system.hls_master {
+        if let (true, Some(tags)) = (system.hls_master, &tags) {
             xml.push_str(&format!(
                 "<cpix:HLSSignalingData playlist=\"master\">{}</cpix:HLSSignalingData>",
                 STANDARD.encode(&tags.master)

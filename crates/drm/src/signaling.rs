@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use prost::Message;
 
 use crate::challenge::Kid;
-use crate::challenge::pssh::{PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID};
+use crate::challenge::pssh::{COMMON_SYSTEM_ID, PLAYREADY_SYSTEM_ID, WIDEVINE_SYSTEM_ID};
 
 /// The part of Widevine's `WidevinePsshData` a packager fills in.
 #[derive(Clone, PartialEq, Message)]
@@ -28,6 +28,23 @@ pub fn pssh_box(system_id: Kid, data: &[u8]) -> Vec<u8> {
     pssh.extend_from_slice(&system_id.0);
     pssh.extend_from_slice(&(data.len() as u32).to_be_bytes());
     pssh.extend_from_slice(data);
+    pssh
+}
+
+/// The W3C common `pssh` box (version 1, no data): the key IDs alone, which is how ClearKey
+/// CDMs (Chromium's among them) find what to ask for in `cenc` initialization data.
+pub fn common_pssh(kids: &[Kid]) -> Vec<u8> {
+    let size = 4 + 4 + 4 + 16 + 4 + 16 * kids.len() + 4;
+    let mut pssh = Vec::with_capacity(size);
+    pssh.extend_from_slice(&(size as u32).to_be_bytes());
+    pssh.extend_from_slice(b"pssh");
+    pssh.extend_from_slice(&[1, 0, 0, 0]);
+    pssh.extend_from_slice(&COMMON_SYSTEM_ID.0);
+    pssh.extend_from_slice(&(kids.len() as u32).to_be_bytes());
+    for kid in kids {
+        pssh.extend_from_slice(&kid.0);
+    }
+    pssh.extend_from_slice(&0u32.to_be_bytes());
     pssh
 }
 
@@ -175,6 +192,15 @@ mod tests {
         let parsed = PsshBox::parse(&pssh).unwrap();
         assert_eq!(Kid(parsed.system_id), PLAYREADY_SYSTEM_ID);
         assert_eq!(parsed.data, object.as_slice());
+    }
+
+    #[test]
+    fn the_common_box_names_the_key_ids_and_nothing_else() {
+        let pssh = common_pssh(&kids());
+        let parsed = PsshBox::parse(&pssh).unwrap();
+        assert_eq!(Kid(parsed.system_id), COMMON_SYSTEM_ID);
+        assert_eq!(parsed.key_ids, kids());
+        assert!(parsed.data.is_empty());
     }
 
     #[test]
