@@ -25,10 +25,14 @@ use super::catalog::{Content, EntryFile, References, validate_entry};
 use crate::challenge::Kid;
 use crate::config::{ConfigError, KeyEncryptionKeys, StoredCatalogSettings};
 use crate::http::problem::{Problem, Refusal};
-use crate::store::{ContentPut, Shared, StoreError};
+use crate::store::{ContentPut, Replacing, Shared, StoreError};
 
 /// Contents listed per page at most.
 pub(crate) const MOST_PER_PAGE: u32 = 1000;
+
+/// Times a packager exchange reads, adds its keys and writes before it gives up to writers
+/// changing the same content faster than it can.
+const MOST_PACKAGING_WRITES: usize = 8;
 
 pub(crate) struct StoredCatalog {
     store: Arc<Shared>,
@@ -36,8 +40,8 @@ pub(crate) struct StoredCatalog {
     keys: Sealer,
     contents: Cache<String, Option<Arc<Content>>>,
     owners: Cache<Kid, Option<String>>,
-    /// One packager exchange at a time on this instance, so that two asking at once for a new
-    /// key ID get the one key stored, not two.
+    /// One packager exchange at a time on this instance: two asking at once for one content
+    /// then take turns here rather than retrying against each other in the store.
     packaging: tokio::sync::Mutex<()>,
 }
 
@@ -65,6 +69,9 @@ struct Secrets {
 }
 
 /// What a put did, for the admin API.
+/// A write refused because the record changed since it was read.
+pub(crate) struct Changed;
+
 pub(crate) enum Put {
     Stored {
         created: bool,
@@ -167,10 +174,25 @@ impl StoredCatalog {
 
     /// Validates `entry`, seals its keys and stores it, unless a key ID of it belongs to another
     /// content. This instance sees the change at once; the others within the cache's TTL.
-    pub(crate) async fn put(&self, id: &str, mut entry: EntryFile) -> Result<Put, Problem> {
+    pub(crate) async fn put(&self, id: &str, entry: EntryFile) -> Result<Put, Problem> {
+        match self.write(id, entry, Replacing::Anything).await? {
+            Ok(put) => Ok(put),
+            // A put that may replace anything is never refused for a change in between.
+            Err(Changed) => Err(Problem::new(Refusal::CatalogUnavailable)),
+        }
+    }
+
+    /// `put`, storing only over what `replacing` allows: `Err(Changed)` when the record is no
+    /// longer that, and nothing was written.
+    async fn write(
+        &self,
+        id: &str,
+        mut entry: EntryFile,
+        replacing: Replacing<'_>,
+    ) -> Result<Result<Put, Changed>, Problem> {
         let content = match validate_entry(id, entry.clone(), &self.refs) {
             Ok(content) => Arc::new(content),
-            Err(invalid) => return Ok(Put::Invalid(invalid)),
+            Err(invalid) => return Ok(Ok(Put::Invalid(invalid))),
         };
         let secrets = Secrets {
             keys: std::mem::take(&mut entry.keys),
@@ -191,15 +213,20 @@ impl StoredCatalog {
         let key_ids: Vec<String> = content.key_ids.iter().map(Kid::to_string).collect();
         let put = self
             .store
-            .timed(self.store.store.put_content(id, &record, &key_ids))
+            .timed(
+                self.store
+                    .store
+                    .put_content(id, &record, &key_ids, replacing),
+            )
             .await
             .map_err(unavailable)?;
         Ok(match put {
             ContentPut::Stored { created } => {
                 self.forget(id, &content.key_ids).await;
-                Put::Stored { created, content }
+                Ok(Put::Stored { created, content })
             }
-            ContentPut::KeyIdTaken { key_id, owner } => Put::KeyIdTaken { key_id, owner },
+            ContentPut::KeyIdTaken { key_id, owner } => Ok(Put::KeyIdTaken { key_id, owner }),
+            ContentPut::Changed => Err(Changed),
         })
     }
 
@@ -236,26 +263,75 @@ impl StoredCatalog {
         kids: &[Kid],
     ) -> Result<Result<HashMap<Kid, [u8; 16]>, String>, Problem> {
         let _turn = self.packaging.lock().await;
-        let record = self
-            .store
-            .timed(self.store.store.content(id))
-            .await
-            .map_err(unavailable)?;
-        let mut entry = match record {
-            Some(record) => self.unseal(id, &record)?,
-            None => EntryFile::default(),
-        };
+        // Another instance may add to the same content at once: each write replaces only the
+        // record it was computed from, so the loser reads the winner's keys and answers those.
+        for _ in 0..MOST_PACKAGING_WRITES {
+            let record = self
+                .store
+                .timed(self.store.store.content(id))
+                .await
+                .map_err(unavailable)?;
+            let mut entry = match &record {
+                Some(record) => self.unseal(id, record)?,
+                None => EntryFile::default(),
+            };
+            let added = match self.add_packager_keys(id, &mut entry, kids).await? {
+                Ok(added) => added,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let content = if added {
+                match self
+                    .write(id, entry, Replacing::Exactly(record.as_deref()))
+                    .await?
+                {
+                    Ok(Put::Stored { content, .. }) => content,
+                    Ok(Put::Invalid(e)) => return Ok(Err(format!("{}: {}", e.key, e.reason))),
+                    Ok(Put::KeyIdTaken { key_id, owner }) => {
+                        return Ok(Err(format!(
+                            "KID {key_id} belongs to another content ({owner})"
+                        )));
+                    }
+                    Err(Changed) => continue,
+                }
+            } else {
+                Arc::new(
+                    validate_entry(id, entry, &self.refs)
+                        .map_err(|e| broken(id, &e.to_string()))?,
+                )
+            };
+            return Ok(kids
+                .iter()
+                .map(|kid| {
+                    content
+                        .keys
+                        .get(kid)
+                        .map(|key| (*kid, *key))
+                        .ok_or_else(|| format!("No key for KID {kid}"))
+                })
+                .collect());
+        }
+        Err(Problem::new(Refusal::CatalogUnavailable))
+    }
+
+    /// Adds to `entry` the key IDs of `kids` it lacks, and a fresh key for each that neither has
+    /// a key nor can derive one from a key seed; `Ok(false)`: nothing to add.
+    async fn add_packager_keys(
+        &self,
+        id: &str,
+        entry: &mut EntryFile,
+        kids: &[Kid],
+    ) -> Result<Result<bool, String>, Problem> {
         let listed: Vec<Kid> = entry
             .key_ids
             .iter()
             .filter_map(|kid| kid.parse().ok())
             .collect();
-        let listed_keys: HashMap<Kid, String> = entry
+        let keyed: Vec<Kid> = entry
             .keys
-            .iter()
-            .filter_map(|(kid, key)| Some((kid.parse().ok()?, key.clone())))
+            .keys()
+            .filter_map(|kid| kid.parse().ok())
             .collect();
-        let mut changed = false;
+        let mut added = false;
         for kid in kids {
             if !listed.contains(kid) {
                 let owner = self
@@ -269,39 +345,16 @@ impl StoredCatalog {
                     )));
                 }
                 entry.key_ids.push(kid.to_string());
-                changed = true;
+                added = true;
             }
-            if entry.key_seed.is_none() && !listed_keys.contains_key(kid) {
+            if entry.key_seed.is_none() && !keyed.contains(kid) {
                 let mut key = [0u8; 16];
                 OsRng.fill_bytes(&mut key);
                 entry.keys.insert(kid.to_string(), hex::encode(key));
-                changed = true;
+                added = true;
             }
         }
-        if changed {
-            match self.put(id, entry).await? {
-                Put::Stored { .. } => {}
-                Put::Invalid(e) => return Ok(Err(format!("{}: {}", e.key, e.reason))),
-                Put::KeyIdTaken { key_id, owner } => {
-                    return Ok(Err(format!(
-                        "KID {key_id} belongs to another content ({owner})"
-                    )));
-                }
-            }
-        }
-        let Some(content) = self.read(id).await? else {
-            return Err(Problem::new(Refusal::CatalogUnavailable));
-        };
-        Ok(kids
-            .iter()
-            .map(|kid| {
-                content
-                    .keys
-                    .get(kid)
-                    .map(|key| (*kid, *key))
-                    .ok_or_else(|| format!("No key for KID {kid}"))
-            })
-            .collect())
+        Ok(Ok(added))
     }
 
     /// A page of entries in id order, after `after`, keys unsealed: for `licensegate catalog

@@ -17,13 +17,16 @@ const K2: &str = "11111111-2222-4333-8444-555555555502";
 const K3: &str = "11111111-2222-4333-8444-555555555503";
 
 fn config() -> String {
+    config_with_store("[store]\npath = \"${LG_DIR}/licensegate.db\"\n")
+}
+
+fn config_with_store(store: &str) -> String {
     GateConfig::new()
         .provider("builtin", "kind = \"clearkey\"")
         .routes(&[("clearkey", "builtin")])
         .auth("")
         .with(&format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
-             [store]\npath = \"${{LG_DIR}}/licensegate.db\"\n\
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{store}\
              [catalog]\nsource = \"store\"\ncache_seconds = 1\nkey_encryption_key = \"{KEK}\"\n\
              [key_seeds]\nstudio = \"{SEED}\"\n\
              [speke]\ntoken = \"{SPEKE_TOKEN}\"\nlicense_url = \"https://license.example.com\"\n"
@@ -234,14 +237,64 @@ async fn speke(
 }
 
 fn document(content: &str) -> String {
+    document_for(content, K1)
+}
+
+fn document_for(content: &str, kid: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <cpix:CPIX contentId="{content}" version="2.3" xmlns:cpix="urn:dashif:org:cpix" xmlns:pskc="urn:ietf:params:xml:ns:keyprov:pskc">
-<cpix:ContentKeyList><cpix:ContentKey kid="{K1}" commonEncryptionScheme="cenc"/></cpix:ContentKeyList>
-<cpix:DRMSystemList><cpix:DRMSystem kid="{K1}" systemId="edef8ba9-79d6-4ace-a3c8-27dcd51d21ed"><cpix:PSSH/></cpix:DRMSystem></cpix:DRMSystemList>
-<cpix:ContentKeyUsageRuleList><cpix:ContentKeyUsageRule kid="{K1}" intendedTrackType="ALL"><cpix:VideoFilter/></cpix:ContentKeyUsageRule></cpix:ContentKeyUsageRuleList>
+<cpix:ContentKeyList><cpix:ContentKey kid="{kid}" commonEncryptionScheme="cenc"/></cpix:ContentKeyList>
+<cpix:DRMSystemList><cpix:DRMSystem kid="{kid}" systemId="edef8ba9-79d6-4ace-a3c8-27dcd51d21ed"><cpix:PSSH/></cpix:DRMSystem></cpix:DRMSystemList>
+<cpix:ContentKeyUsageRuleList><cpix:ContentKeyUsageRule kid="{kid}" intendedTrackType="ALL"><cpix:VideoFilter/></cpix:ContentKeyUsageRule></cpix:ContentKeyUsageRuleList>
 </cpix:CPIX>"#
     )
+}
+
+/// Two instances of a fleet (one Redis) asked at the same moment for the same new key ID of
+/// the same content: each generates a key, one write wins, and both answer the key stored.
+#[tokio::test]
+async fn instances_asked_at_once_for_a_new_key_id_answer_the_one_key_stored() {
+    let redis = licensegate_testkit::Redis::start();
+    let store = format!(
+        "[store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let (first, second) = (
+        Gate::start_ready(&config_with_store(&store)).await,
+        Gate::start_ready(&config_with_store(&store)).await,
+    );
+    let plain_value = |answer: &str| {
+        let start = answer.find("<pskc:PlainValue>").unwrap() + "<pskc:PlainValue>".len();
+        let end = start + answer[start..].find('<').unwrap();
+        answer[start..end].to_string()
+    };
+    for round in 0..20 {
+        let (content, kid) = (
+            format!("race-{round}"),
+            format!("22222222-2222-4333-8444-5555555555{round:02}"),
+        );
+        let ((status_1, answer_1, _), (status_2, answer_2, _)) = tokio::join!(
+            speke(&first, Some("2.0"), document_for(&content, &kid)),
+            speke(&second, Some("2.0"), document_for(&content, &kid)),
+        );
+        assert_eq!((status_1, status_2), (200, 200), "{answer_1}\n{answer_2}");
+        let key = plain_value(&answer_1);
+        assert_eq!(key, plain_value(&answer_2), "round {round}");
+        let license: Value = clearkey_key(&second, &content, &kid, "ann", &[&content])
+            .await
+            .json()
+            .await
+            .unwrap();
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(&key)
+            .unwrap();
+        assert_eq!(
+            license["keys"][0]["k"],
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(stored),
+            "round {round}"
+        );
+    }
 }
 
 #[tokio::test]

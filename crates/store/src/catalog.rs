@@ -13,17 +13,30 @@ pub enum ContentPut {
     Stored { created: bool },
     /// Nothing was written: `key_id` belongs to content `owner`.
     KeyIdTaken { key_id: String, owner: String },
+    /// Nothing was written: the record is no longer the one the put was to replace.
+    Changed,
+}
+
+/// What a put may replace: whatever is there (an operator's put), or only the record the writer
+/// read (`None`: no record), so that two writers adding to one content, on one instance or
+/// two, cannot both succeed and lose what the first wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacing<'a> {
+    Anything,
+    Exactly(Option<&'a str>),
 }
 
 #[async_trait]
 pub trait ContentRecords: Send + Sync {
     /// Stores `record` as content `id`'s, naming `key_ids` (its previous key IDs are let go),
-    /// unless one of them belongs to another content.
+    /// unless one of them belongs to another content or the record is not what `replacing`
+    /// allows.
     async fn put_content(
         &self,
         id: &str,
         record: &str,
         key_ids: &[String],
+        replacing: Replacing<'_>,
     ) -> Result<ContentPut, StoreError>;
 
     async fn content(&self, id: &str) -> Result<Option<String>, StoreError>;

@@ -330,7 +330,12 @@ pub async fn catalog_records(store: &dyn Store) {
     assert_eq!(store.content("movie-1").await.unwrap(), None);
     assert_eq!(
         store
-            .put_content("movie-1", "r1", &kids(&["0a", "0b"]))
+            .put_content(
+                "movie-1",
+                "r1",
+                &kids(&["0a", "0b"]),
+                Replacing::Exactly(None)
+            )
             .await
             .unwrap(),
         ContentPut::Stored { created: true }
@@ -346,7 +351,7 @@ pub async fn catalog_records(store: &dyn Store) {
     // Another content cannot take a key ID, and its refused put writes nothing.
     assert_eq!(
         store
-            .put_content("movie-2", "r2", &kids(&["0c", "0b"]))
+            .put_content("movie-2", "r2", &kids(&["0c", "0b"]), Replacing::Anything)
             .await
             .unwrap(),
         ContentPut::KeyIdTaken {
@@ -356,10 +361,31 @@ pub async fn catalog_records(store: &dyn Store) {
     );
     assert_eq!(store.content("movie-2").await.unwrap(), None);
     assert_eq!(store.content_of_key_id("0c").await.unwrap(), None);
+    // A writer replacing only what it read loses to one that wrote in between, and writes
+    // nothing: neither the record nor a key ID.
+    for replacing in [Replacing::Exactly(None), Replacing::Exactly(Some("r0"))] {
+        assert_eq!(
+            store
+                .put_content("movie-1", "lost", &kids(&["0d"]), replacing)
+                .await
+                .unwrap(),
+            ContentPut::Changed
+        );
+    }
+    assert_eq!(
+        store.content("movie-1").await.unwrap().as_deref(),
+        Some("r1")
+    );
+    assert_eq!(store.content_of_key_id("0d").await.unwrap(), None);
     // Replacing an entry lets go of the key IDs it no longer names.
     assert_eq!(
         store
-            .put_content("movie-1", "r1b", &kids(&["0a"]))
+            .put_content(
+                "movie-1",
+                "r1b",
+                &kids(&["0a"]),
+                Replacing::Exactly(Some("r1"))
+            )
             .await
             .unwrap(),
         ContentPut::Stored { created: false }
@@ -367,12 +393,15 @@ pub async fn catalog_records(store: &dyn Store) {
     assert_eq!(store.content_of_key_id("0b").await.unwrap(), None);
     assert_eq!(
         store
-            .put_content("movie-2", "r2", &kids(&["0c", "0b"]))
+            .put_content("movie-2", "r2", &kids(&["0c", "0b"]), Replacing::Anything)
             .await
             .unwrap(),
         ContentPut::Stored { created: true }
     );
-    store.put_content("a-first", "r0", &[]).await.unwrap();
+    store
+        .put_content("a-first", "r0", &[], Replacing::Anything)
+        .await
+        .unwrap();
     let page = store.contents("", 2).await.unwrap();
     assert_eq!(
         page,

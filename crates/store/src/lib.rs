@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use licensegate_config::{ConfigError, StoreBackend, StoreSettings};
 
-pub use catalog::{ContentPut, ContentRecords};
+pub use catalog::{ContentPut, ContentRecords, Replacing};
 
 /// Why a store call failed. Messages are kept as text: one failed group commit answers every
 /// call in it, and the drivers' errors cannot be cloned.

@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use super::EmbeddedStore;
 use super::writer::{row, run};
 use crate::StoreError;
-use crate::catalog::{ContentPut, ContentRecords};
+use crate::catalog::{ContentPut, ContentRecords, Replacing};
 
 #[async_trait]
 impl ContentRecords for EmbeddedStore {
@@ -16,9 +16,26 @@ impl ContentRecords for EmbeddedStore {
         id: &str,
         record: &str,
         key_ids: &[String],
+        replacing: Replacing<'_>,
     ) -> Result<ContentPut, StoreError> {
         let (id, record, key_ids) = (id.to_string(), record.to_string(), key_ids.to_vec());
+        let expected = match replacing {
+            Replacing::Anything => None,
+            Replacing::Exactly(record) => Some(record.map(str::to_string)),
+        };
         self.with(move |tx| {
+            if let Some(expected) = &expected {
+                let current: Option<String> = row(
+                    tx,
+                    "SELECT record FROM catalog WHERE id = ?1",
+                    params![id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+                if current != *expected {
+                    return Ok(ContentPut::Changed);
+                }
+            }
             for key_id in &key_ids {
                 let owner: Option<String> = row(
                     tx,

@@ -10,17 +10,23 @@ use redis::{AsyncCommands, Script};
 
 use super::{RedisStore, store_error};
 use crate::StoreError;
-use crate::catalog::{ContentPut, ContentRecords};
+use crate::catalog::{ContentPut, ContentRecords, Replacing};
 
 const ENTRIES: &str = "licensegate:{catalog}:entries";
 const KEY_IDS: &str = "licensegate:{catalog}:key_ids";
 const KEY_IDS_OF: &str = "licensegate:{catalog}:key_ids_of";
 const IDS: &str = "licensegate:{catalog}:ids";
 
-/// KEYS: entries, key IDs, key IDs of, ids. ARGV: id, record, key IDs...
+/// KEYS: entries, key IDs, key IDs of, ids. ARGV: id, record, what it may replace ('*':
+/// anything, '-': no record, '=': the record in ARGV[4]), that record, key IDs...
 const PUT_CONTENT: &str = r"
 local id = ARGV[1]
-for i = 3, #ARGV do
+if ARGV[3] ~= '*' then
+  local current = redis.call('HGET', KEYS[1], id)
+  if ARGV[3] == '-' and current then return {'changed'} end
+  if ARGV[3] == '=' and current ~= ARGV[4] then return {'changed'} end
+end
+for i = 5, #ARGV do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
   if owner and owner ~= id then return {'taken', ARGV[i], owner} end
 end
@@ -29,7 +35,7 @@ if old then
   for key_id in string.gmatch(old, '[^,]+') do redis.call('HDEL', KEYS[2], key_id) end
 end
 local named = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   redis.call('HSET', KEYS[2], ARGV[i], id)
   named[#named + 1] = ARGV[i]
 end
@@ -72,14 +78,22 @@ impl ContentRecords for RedisStore {
         id: &str,
         record: &str,
         key_ids: &[String],
+        replacing: Replacing<'_>,
     ) -> Result<ContentPut, StoreError> {
+        let (condition, expected) = match replacing {
+            Replacing::Anything => ("*", ""),
+            Replacing::Exactly(None) => ("-", ""),
+            Replacing::Exactly(Some(record)) => ("=", record),
+        };
         let mut connection = self.connection().await?;
         let mut call = self.catalog.put.key(ENTRIES);
         call.key(KEY_IDS)
             .key(KEY_IDS_OF)
             .key(IDS)
             .arg(id)
-            .arg(record);
+            .arg(record)
+            .arg(condition)
+            .arg(expected);
         for key_id in key_ids {
             call.arg(key_id);
         }
@@ -91,6 +105,7 @@ impl ContentRecords for RedisStore {
             [stored, created] if stored == "stored" => Ok(ContentPut::Stored {
                 created: created == "1",
             }),
+            [changed] if changed == "changed" => Ok(ContentPut::Changed),
             [taken, key_id, owner] if taken == "taken" => Ok(ContentPut::KeyIdTaken {
                 key_id: key_id.clone(),
                 owner: owner.clone(),
