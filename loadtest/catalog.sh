@@ -7,6 +7,7 @@
 #
 #   loadtest/catalog.sh
 #   TITLES=200000 REQUESTS=20000 loadtest/catalog.sh
+#   STORE=redis loadtest/catalog.sh                 # the titles in a Redis (Debian's redis-server)
 #   FILE_ONLY=1 TITLES=200000 loadtest/catalog.sh   # the catalog file's figures only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ requests="${REQUESTS:-50000}"
 connections="${CONNECTIONS:-32}"
 rate="${RATE:-2000}"
 cache_entries="${CACHE_ENTRIES:-100000}"
+store="${STORE:-embedded}"
+redis_port="${REDIS_PORT:-16379}"
 gate_port="${GATE_PORT:-18080}"
 admin_port="${ADMIN_PORT:-19090}"
 challenge_bytes=2048
@@ -28,6 +31,19 @@ rm -rf "$dir"
 mkdir -p "$dir"
 export LOADTEST_KEK=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 export LOADTEST_SECRET=catalog-load-test-secret-0123456789
+case "$store" in
+  embedded) store_toml="path = \"$dir/licensegate.db\"" ;;
+  redis)
+    # In memory only, as a cache-like Redis of a fleet is often run; persistence is Redis's own
+    # cost, not licensegate's.
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+      >"$dir/redis.log" 2>&1 &
+    pids+=("$!")
+    wait_port "$redis_port"
+    store_toml="kind = \"redis\"
+redis_url = \"redis://127.0.0.1:$redis_port\"" ;;
+  *) echo "STORE is embedded or redis" >&2; exit 1 ;;
+esac
 # What every config here shares: the listeners and the built-in ClearKey provider.
 common() {
   cat <<TOML
@@ -52,7 +68,7 @@ kind = "secret"
 algorithm = "HS256"
 secret = "\${LOADTEST_SECRET}"
 [store]
-path = "$dir/licensegate.db"
+$store_toml
 [catalog]
 source = "store"
 cache_entries = $cache_entries
@@ -77,6 +93,9 @@ started=$(date +%s.%N)
 ./target/release/licensegate catalog import "$dir/titles.ndjson" --config "$dir/licensegate.toml" \
   2> >(tee "$dir/import.log" >&2)
 import_seconds=$(echo "$(date +%s.%N) - $started" | bc)
+if [ "$store" = redis ]; then
+  echo "Redis after the import: $(redis-cli -p "$redis_port" info memory | grep -E '^used_memory_human' | tr -d '\r')"
+fi
 
 ./target/release/licensegate serve --config "$dir/licensegate.toml" >"$dir/licensegate.log" 2>&1 &
 gate=$!
@@ -97,10 +116,10 @@ first_digit=$(( (titles - 1) / 1000000 ))
 run misses "http://127.0.0.1:$gate_port/v1/hls/key\?content=title-[0-$first_digit][0-9]{6}" --rand-regex-url
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gate/status")
 
-python3 - "$dir" "$titles" "$import_seconds" "$rss_kib" "$requests" "$rate" <<'PY'
+python3 - "$dir" "$titles" "$import_seconds" "$rss_kib" "$requests" "$rate" "$store" <<'PY'
 import json, sys
 dir, titles, seconds, rss, requests, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-print(f"\nimport: {titles} titles in {seconds:.1f} s ({titles / seconds:.0f} titles/s)")
+print(f"\nimport into the {sys.argv[7]} store: {titles} titles in {seconds:.1f} s ({titles / seconds:.0f} titles/s)")
 print(f"\n{requests} HLS key requests at {rate} req/s per run\n")
 print(f"| {'run':<34} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-200':>7} |")
 print(f"|{'-'*36}|{'-'*9}|{'-'*9}|{'-'*9}|")
