@@ -34,12 +34,18 @@ export LOADTEST_SECRET=catalog-load-test-secret-0123456789
 case "$store" in
   embedded) store_toml="path = \"$dir/licensegate.db\"" ;;
   redis)
-    # In memory only, as a cache-like Redis of a fleet is often run; persistence is Redis's own
-    # cost, not licensegate's.
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-      >"$dir/redis.log" 2>&1 &
-    pids+=("$!")
-    wait_port "$redis_port"
+    if [ "${FILE_ONLY:-}" != 1 ]; then
+      if (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+        echo "something already listens on $redis_port: set REDIS_PORT" >&2
+        exit 1
+      fi
+      # In memory only, for the measurement: a fleet keeping its content keys in Redis persists
+      # them (AOF or RDB) and replicates them.
+      redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+        >"$dir/redis.log" 2>&1 &
+      pids+=("$!")
+      wait_port "$redis_port"
+    fi
     store_toml="kind = \"redis\"
 redis_url = \"redis://127.0.0.1:$redis_port\"" ;;
   *) echo "STORE is embedded or redis" >&2; exit 1 ;;

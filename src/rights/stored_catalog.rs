@@ -40,9 +40,6 @@ pub(crate) struct StoredCatalog {
     keys: Sealer,
     contents: Cache<String, Option<Arc<Content>>>,
     owners: Cache<Kid, Option<String>>,
-    /// One packager exchange at a time on this instance: two asking at once for one content
-    /// then take turns here rather than retrying against each other in the store.
-    packaging: tokio::sync::Mutex<()>,
 }
 
 /// A stored record: the entry without its keys, and the keys sealed.
@@ -68,10 +65,10 @@ struct Secrets {
     hls_key: String,
 }
 
-/// What a put did, for the admin API.
 /// A write refused because the record changed since it was read.
 pub(crate) struct Changed;
 
+/// What a put did, for the admin API.
 pub(crate) enum Put {
     Stored {
         created: bool,
@@ -111,7 +108,6 @@ impl StoredCatalog {
                 .max_capacity(settings.cache_entries)
                 .time_to_live(settings.cache_ttl)
                 .build(),
-            packaging: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -262,10 +258,15 @@ impl StoredCatalog {
         id: &str,
         kids: &[Kid],
     ) -> Result<Result<HashMap<Kid, [u8; 16]>, String>, Problem> {
-        let _turn = self.packaging.lock().await;
-        // Another instance may add to the same content at once: each write replaces only the
-        // record it was computed from, so the loser reads the winner's keys and answers those.
-        for _ in 0..MOST_PACKAGING_WRITES {
+        // Exchanges for one content may run at once, here or on other instances: each write
+        // replaces only the record it was computed from, so the loser reads the winner's keys
+        // and answers those.
+        for attempt in 0..MOST_PACKAGING_WRITES {
+            if attempt > 0 {
+                // Spread the losers of a fleet-wide rotation apart rather than in lockstep.
+                let pause = 5 + OsRng.next_u32() % 20;
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(pause))).await;
+            }
             let record = self
                 .store
                 .timed(self.store.store.content(id))
@@ -294,10 +295,12 @@ impl StoredCatalog {
                     Err(Changed) => continue,
                 }
             } else {
-                Arc::new(
-                    validate_entry(id, entry, &self.refs)
-                        .map_err(|e| broken(id, &e.to_string()))?,
-                )
+                // Another writer (perhaps another instance) stored these keys: what this
+                // instance cached of the content may predate them.
+                let content = validate_entry(id, entry, &self.refs)
+                    .map_err(|e| broken(id, &e.to_string()))?;
+                self.forget(id, &content.key_ids).await;
+                Arc::new(content)
             };
             return Ok(kids
                 .iter()
@@ -310,7 +313,12 @@ impl StoredCatalog {
                 })
                 .collect());
         }
-        Err(Problem::new(Refusal::CatalogUnavailable))
+        tracing::warn!(
+            content = id,
+            attempts = MOST_PACKAGING_WRITES,
+            "packager keys not stored: the content kept changing under each write"
+        );
+        Err(Problem::new(Refusal::CatalogUnavailable).with_detail("the content kept changing"))
     }
 
     /// Adds to `entry` the key IDs of `kids` it lacks, and a fresh key for each that neither has
@@ -321,12 +329,12 @@ impl StoredCatalog {
         entry: &mut EntryFile,
         kids: &[Kid],
     ) -> Result<Result<bool, String>, Problem> {
-        let listed: Vec<Kid> = entry
+        let mut listed: Vec<Kid> = entry
             .key_ids
             .iter()
             .filter_map(|kid| kid.parse().ok())
             .collect();
-        let keyed: Vec<Kid> = entry
+        let mut keyed: Vec<Kid> = entry
             .keys
             .keys()
             .filter_map(|kid| kid.parse().ok())
@@ -345,12 +353,14 @@ impl StoredCatalog {
                     )));
                 }
                 entry.key_ids.push(kid.to_string());
+                listed.push(*kid);
                 added = true;
             }
             if entry.key_seed.is_none() && !keyed.contains(kid) {
                 let mut key = [0u8; 16];
                 OsRng.fill_bytes(&mut key);
                 entry.keys.insert(kid.to_string(), hex::encode(key));
+                keyed.push(*kid);
                 added = true;
             }
         }

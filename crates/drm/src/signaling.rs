@@ -197,6 +197,13 @@ mod tests {
     #[test]
     fn the_common_box_names_the_key_ids_and_nothing_else() {
         let pssh = common_pssh(&kids());
+        // Version 1, flags 0: the only form that carries key IDs outside the data.
+        assert_eq!(
+            &pssh[..12],
+            &[0, 0, 0, 68, b'p', b's', b's', b'h', 1, 0, 0, 0]
+        );
+        assert_eq!(&pssh[28..32], &[0, 0, 0, 2]);
+        assert_eq!(&pssh[64..], &[0, 0, 0, 0]);
         let parsed = PsshBox::parse(&pssh).unwrap();
         assert_eq!(Kid(parsed.system_id), COMMON_SYSTEM_ID);
         assert_eq!(parsed.key_ids, kids());

@@ -377,6 +377,19 @@ pub async fn catalog_records(store: &dyn Store) {
         Some("r1")
     );
     assert_eq!(store.content_of_key_id("0d").await.unwrap(), None);
+    assert_eq!(
+        store
+            .put_content(
+                "movie-3",
+                "r3",
+                &kids(&["0e"]),
+                Replacing::Exactly(Some("r3"))
+            )
+            .await
+            .unwrap(),
+        ContentPut::Changed
+    );
+    assert_eq!(store.content("movie-3").await.unwrap(), None);
     // Replacing an entry lets go of the key IDs it no longer names.
     assert_eq!(
         store
