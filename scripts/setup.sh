@@ -28,6 +28,12 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 # test), systemd-analyze for the service unit.
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The image and Kubernetes tests: podman with runc (crun refuses these machines' cgroup layout),
+# debootstrap for the Debian base image (no registry is reachable), binutils to strip the binary.
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v objcopy >/dev/null || need+=(binutils)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -35,6 +41,23 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# podman's defaults as these machines allow them: runc, and ulimits within the host's hard limits
+# (podman's own default asks for more open files than the host allows, and a pod's infra
+# container cannot be given less on the command line).
+containers_conf=/etc/containers/containers.conf.d/50-licensegate.conf
+if [ ! -e "$containers_conf" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  nofile=$(ulimit -Hn)
+  nproc=$(ulimit -Hu)
+  [ "$nofile" = unlimited ] && nofile=1048576
+  [ "$nproc" = unlimited ] && nproc=32768
+  [ "$nproc" -gt 32768 ] && nproc=32768
+  $sudo mkdir -p "$(dirname "$containers_conf")"
+  printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine]\nruntime = "runc"\n' \
+    "$nofile" "$nofile" "$nproc" "$nproc" | $sudo tee "$containers_conf" >/dev/null
 fi
 
 # Test-time Python packages, from PyPI (never vendored): hypercorn, another real HTTP/2 server

@@ -67,6 +67,13 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Exit 0 when the admin listener's `/readyz` answers 200 within a second, 1 otherwise: a
+    /// container health check that needs no HTTP client in the image.
+    Probe {
+        /// The admin listener, as host:port.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +162,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Probe { admin } => match licensegate::app::probe::ready(&admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{admin}: not ready: {e}");
                 ExitCode::FAILURE
             }
         },

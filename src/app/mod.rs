@@ -3,6 +3,7 @@
 //! DNS and health checks. Only `main` uses it.
 
 pub mod catalog;
+pub mod probe;
 pub mod shutdown;
 
 use std::sync::Arc;

@@ -255,3 +255,25 @@ fn token_mints_a_jwt_the_shipped_config_accepts() {
     let output = licensegate(&["token", "--sub", "alice"]);
     assert!(!output.status.success(), "no secret, no token");
 }
+
+/// The container health check: ready only while `/readyz` says 200.
+#[tokio::test]
+async fn probe_succeeds_only_against_a_ready_licensegate() {
+    let gate = licensegate_testkit::Gate::start_ready(
+        &licensegate_testkit::GateConfig::new()
+            .provider("builtin", "kind = \"clearkey\"")
+            .routes(&[("clearkey", "builtin")])
+            .build(),
+    )
+    .await;
+    let admin = format!("127.0.0.1:{}", gate.admin_port);
+    let ready = licensegate(&["probe", "--admin", &admin]);
+    assert!(ready.status.success(), "{ready:?}");
+    let nothing = format!("127.0.0.1:{}", licensegate_testkit::free_port());
+    let refused = licensegate(&["probe", "--admin", &nothing]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not ready"),
+        "{refused:?}"
+    );
+}
