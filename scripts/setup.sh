@@ -92,8 +92,9 @@ fi
 # The upgrade test drives steady load with oha, as loadtest/ does.
 command -v oha >/dev/null || cargo install oha --locked --quiet
 
-# The demo page's player and the end-to-end test's browser driver (no browser download).
-for dir in examples/web web/status tests/e2e; do
+# The demo page's player, the end-to-end test's browser driver (no browser download), and the
+# Kubernetes schemas the manifests are validated against.
+for dir in examples/web web/status tests/e2e tests/kubernetes; do
   if [ ! -d "$dir/node_modules" ]; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi

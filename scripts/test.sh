@@ -11,6 +11,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
 deploy/check.sh
 deploy/container/test.sh
+deploy/kubernetes/test.sh
 
 # The examples take TLS files and vendor secrets from the environment, as a deployment would;
 # these values only have to have the right shape (check loads the certificate and key).

@@ -67,12 +67,15 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
-    /// Exit 0 when the admin listener's `/readyz` answers 200 within a second, 1 otherwise: a
-    /// container health check that needs no HTTP client in the image.
+    /// Exit 0 when the admin listener answers 200 on `path` within a second, 1 otherwise: a
+    /// container health check or Kubernetes exec probe that needs no HTTP client in the image.
     Probe {
         /// The admin listener, as host:port.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
+        /// `/readyz` (serving) or `/healthz` (alive, even while starting or draining).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
 }
 
@@ -165,10 +168,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Probe { admin } => match licensegate::app::probe::ready(&admin) {
+        Command::Probe { admin, path } => match licensegate::app::probe::answers(&admin, &path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{admin}: not ready: {e}");
+                eprintln!("{admin}{path}: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -11,11 +11,12 @@ fail() {
 }
 
 # check DESCRIPTION COMMAND...: runs the command; fails the test, naming the check, if it fails.
+# DESCRIPTION may end in "(...)": what it says is shown only on failure.
 check() {
   local what=$1
   shift
   "$@" >/dev/null 2>&1 || fail "$what"
-  echo "ok: $what"
+  echo "ok: ${what% (*)}"
 }
 
 # Debian 12 (minbase) made here from Debian's packages, kept in podman's storage: later runs on

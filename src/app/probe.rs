@@ -1,10 +1,10 @@
-//! `licensegate probe`: the container health check. Slim images carry no HTTP client, so the
-//! binary asks its own admin listener whether it is ready.
+//! `licensegate probe`: the container health check and Kubernetes exec probe. Slim images carry
+//! no HTTP client, so the binary asks its own admin listener.
 
 use std::time::Duration;
 
-/// `Ok` when `http://{admin}/readyz` answers 200 within a second.
-pub fn ready(admin: &str) -> Result<(), String> {
+/// `Ok` when `http://{admin}{path}` answers 200 within a second.
+pub fn answers(admin: &str, path: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -15,13 +15,13 @@ pub fn ready(admin: &str) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         let answer = client
-            .get(format!("http://{admin}/readyz"))
+            .get(format!("http://{admin}{path}"))
             .send()
             .await
             .map_err(|e| e.to_string())?;
         match answer.status().as_u16() {
             200 => Ok(()),
-            status => Err(format!("/readyz answered {status}")),
+            status => Err(format!("answered {status}")),
         }
     })
 }

@@ -269,11 +269,15 @@ async fn probe_succeeds_only_against_a_ready_licensegate() {
     let admin = format!("127.0.0.1:{}", gate.admin_port);
     let ready = licensegate(&["probe", "--admin", &admin]);
     assert!(ready.status.success(), "{ready:?}");
+    let alive = licensegate(&["probe", "--admin", &admin, "--path", "/healthz"]);
+    assert!(alive.status.success(), "{alive:?}");
+    let missing = licensegate(&["probe", "--admin", &admin, "--path", "/nothing-here"]);
+    assert!(!missing.status.success(), "{missing:?}");
     let nothing = format!("127.0.0.1:{}", licensegate_testkit::free_port());
     let refused = licensegate(&["probe", "--admin", &nothing]);
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("not ready"),
+        String::from_utf8_lossy(&refused.stderr).contains("/readyz"),
         "{refused:?}"
     );
 }
