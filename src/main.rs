@@ -70,9 +70,10 @@ enum Command {
     /// Exit 0 when the admin listener answers 200 on `path` within a second, 1 otherwise: a
     /// container health check or Kubernetes exec probe that needs no HTTP client in the image.
     Probe {
-        /// The admin listener, as host:port.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: String,
+        /// The admin listener, as host:port (default: `LICENSEGATE_ADMIN_ADDR`, else
+        /// 127.0.0.1:9090; an unspecified address is asked over loopback).
+        #[arg(long)]
+        admin: Option<String>,
         /// `/readyz` (serving) or `/healthz` (alive, even while starting or draining).
         #[arg(long, default_value = "/readyz")]
         path: String,
@@ -168,13 +169,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Probe { admin, path } => match licensegate::app::probe::answers(&admin, &path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{admin}{path}: {e}");
-                ExitCode::FAILURE
+        Command::Probe { admin, path } => {
+            let admin = admin.unwrap_or_else(licensegate::app::probe::default_admin);
+            match licensegate::app::probe::answers(&admin, &path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{admin}{path}: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Kids { mpd } => match list_kids(&mpd) {
             Ok(text) => {
                 print!("{text}");

@@ -1,8 +1,9 @@
 # Sourced by the container and Kubernetes tests: podman, the Debian base image they build on,
 # and small checks.
 
-podman=podman
-[ "$(id -u)" -eq 0 ] || podman="sudo podman"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+podman="$sudo podman"
 BASE_IMAGE=localhost/debian-minbase:bookworm
 
 fail() {
@@ -28,12 +29,13 @@ base_image() {
   mirror=${mirror:-http://deb.debian.org/debian}
   root=$(mktemp -d)
   echo "container: debootstrap of Debian 12 from $mirror"
-  debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+  $sudo debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null \
+    || { $sudo rm -rf "$root"; fail "debootstrap of Debian 12 from $mirror"; }
   # What Debian's slim images leave out too: documentation, manuals, translations, apt's caches.
-  rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
+  $sudo rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/* \
     "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | $podman import --quiet - "$BASE_IMAGE" >/dev/null
-  rm -rf "$root"
+  $sudo tar -C "$root" -c . | $podman import --quiet - "$BASE_IMAGE" >/dev/null
+  $sudo rm -rf "$root"
 }
 
 image_mib() {

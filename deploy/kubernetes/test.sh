@@ -17,20 +17,21 @@ source deploy/container/lib.sh
 
 node tests/kubernetes/validate.mjs deploy/kubernetes | sed 's/^/kubernetes: /'
 
+# The image of the tree as it is (layers unchanged since deploy/container/test.sh are reused).
 image=localhost/licensegate:test
-if ! $podman image exists "$image"; then
-  base_image
-  PROFILE=debug RUNTIME_IMAGE="$BASE_IMAGE" TAG="$image" scripts/image.sh >/dev/null
-fi
+base_image
+PROFILE=debug RUNTIME_IMAGE="$BASE_IMAGE" TAG="$image" scripts/image.sh >/dev/null
 work=$(mktemp -d)
 redis_pid=""
 played=""
+manifest_image=""
 cleanup() {
-  [ -n "$played" ] && $podman kube down "$played" >/dev/null 2>&1
-  $podman secret rm licensegate-secrets >/dev/null 2>&1
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
+  if [ -n "$played" ]; then $podman kube down "$played" >/dev/null 2>&1 || true; fi
+  $podman secret rm licensegate-secrets >/dev/null 2>&1 || true
+  # The test build must not stay under the name a release is pushed as.
+  if [ -n "$manifest_image" ]; then $podman rmi "$manifest_image" >/dev/null 2>&1 || true; fi
+  if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
   rm -rf "$work"
-  return 0
 }
 trap cleanup EXIT
 
@@ -43,7 +44,8 @@ play() {
   shift 2
   read -r license_port admin_port < <(free_ports 2)
   spec=$(node tests/kubernetes/play.mjs "$dir" "$license_port" "$admin_port" "$work/$variant")
-  $podman tag "$image" "$(field "$spec" image)"
+  manifest_image=$(field "$spec" image)
+  $podman tag "$image" "$manifest_image"
   # podman keeps a Kubernetes Secret as a JSON map of base64 values.
   python3 - "$@" >"$work/$variant/secret.json" <<'PY'
 import base64, json, sys
@@ -79,7 +81,7 @@ PY
 
   license="http://127.0.0.1:$license_port"
   token=$($podman exec "$container" licensegate token --config /etc/licensegate/licensegate.toml \
-    --sub viewer --entitle demo)
+    --sub viewer --entitle demo) || fail "$variant: no token from licensegate token"
   local answer
   answer=$(curl -sS --max-time 10 -H "Authorization: Bearer $token" \
     --data-binary @tests/fixtures/clearkey-request-kid-01020304.json "$license/v1/license/clearkey?content=demo")
@@ -98,12 +100,12 @@ drain() {
     >/dev/null 2>"$work/$variant/stop.log" &
   local stopping=$!
   sleep 1
-  check "$variant: the readiness probe fails once SIGTERM arrives" \
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$admin$path")" != 200 ]
+  check "$variant: the readiness probe answers 503 once SIGTERM arrives" \
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$admin$path")" = 503 ]
   status=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" \
     --data-binary @tests/fixtures/clearkey-request-kid-01020304.json "$license/v1/license/clearkey?content=demo")
   check "$variant: licenses still served while it drains (got $status)" [ "$status" = 200 ]
-  wait "$stopping"
+  wait "$stopping" || fail "$variant: podman stop: $(cat "$work/$variant/stop.log")"
   local code
   code=$($podman inspect "$container" --format '{{.State.ExitCode}}')
   check "$variant: ends by itself with status 0 after $((SECONDS - started)) s (got $code)" [ "$code" = 0 ]

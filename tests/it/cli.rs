@@ -95,6 +95,10 @@ fn check_names_the_bad_key_and_fails() {
 fn check_fails_where_serve_would() {
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::fs::read_to_string("conf/licensegate.toml").unwrap();
+    // The cases bring stores of their own.
+    let store = "[store]\npath = \"${LICENSEGATE_STORE_PATH:-licensegate.db}\"\n";
+    assert!(shipped.contains(store));
+    let shipped = shipped.replace(store, "");
     let devices = "\n[devices]\nmax_per_user = 2\n";
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
@@ -273,6 +277,10 @@ async fn probe_succeeds_only_against_a_ready_licensegate() {
     assert!(alive.status.success(), "{alive:?}");
     let missing = licensegate(&["probe", "--admin", &admin, "--path", "/nothing-here"]);
     assert!(!missing.status.success(), "{missing:?}");
+    // As the image runs it: the admin listener from the environment, on every address.
+    let every_address = format!("0.0.0.0:{}", gate.admin_port);
+    let from_env = licensegate_with_env(&["probe"], &[("LICENSEGATE_ADMIN_ADDR", &every_address)]);
+    assert!(from_env.status.success(), "{from_env:?}");
     let nothing = format!("127.0.0.1:{}", licensegate_testkit::free_port());
     let refused = licensegate(&["probe", "--admin", &nothing]);
     assert!(!refused.status.success());

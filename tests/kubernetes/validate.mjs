@@ -44,6 +44,7 @@ async function model(apiVersion, kind) {
 let failed = false;
 // One line of TypeScript per resource, typed by its interface; `typed[i]` names line i + 1.
 const typescript = [];
+const all = [];
 const typed = [];
 for (const file of files) {
   const name = relative(root, file);
@@ -71,6 +72,7 @@ for (const file of files) {
       const type = `import("${modulePath(resource.apiVersion, resource.kind)}").I${resource.kind}`;
       typescript.push(`export const r${typed.length}: ${type} = ${JSON.stringify(resource)};`);
       typed.push(`${name}: ${resource.kind} ${resource.metadata.name}`);
+      all.push(resource);
       console.log(`ok: ${name}: ${resource.kind} ${resource.metadata.name} (values)`);
     } catch (error) {
       console.log(`FAILED: ${name}: ${resource.kind} ${resource.metadata?.name}: ${error.message}`);
@@ -78,6 +80,43 @@ for (const file of files) {
     }
   }
 }
+// What the schemas cannot see: the resources naming each other.
+const subset = (selector, labels) => Object.entries(selector || {}).every(([k, v]) => labels?.[k] === v);
+const named = (kind, name) => all.some((r) => r.kind === kind && r.metadata.name === name);
+const references = [];
+for (const deployment of all.filter((r) => r.kind === 'Deployment')) {
+  const pod = deployment.spec.template;
+  const labels = pod.metadata.labels;
+  references.push([`Deployment ${deployment.metadata.name}: its selector matches its pods`,
+    subset(deployment.spec.selector.matchLabels, labels)]);
+  for (const r of all) {
+    const selector = { Service: r.spec?.selector, PodDisruptionBudget: r.spec?.selector?.matchLabels,
+      NetworkPolicy: r.spec?.podSelector?.matchLabels }[r.kind];
+    if (selector) references.push([`${r.kind} ${r.metadata.name}: selects the Deployment's pods`, subset(selector, labels)]);
+  }
+  for (const container of pod.spec.containers) {
+    for (const from of container.envFrom || []) {
+      if (from.secretRef) references.push([`Deployment: Secret ${from.secretRef.name} exists`, named('Secret', from.secretRef.name)]);
+    }
+  }
+  for (const volume of pod.spec.volumes || []) {
+    if (volume.configMap) references.push([`Deployment: ConfigMap ${volume.configMap.name} exists`, named('ConfigMap', volume.configMap.name)]);
+  }
+}
+for (const hpa of all.filter((r) => r.kind === 'HorizontalPodAutoscaler')) {
+  references.push([`HorizontalPodAutoscaler ${hpa.metadata.name}: scales an existing Deployment`,
+    named(hpa.spec.scaleTargetRef.kind, hpa.spec.scaleTargetRef.name)]);
+}
+for (const monitor of all.filter((r) => r.kind === 'ServiceMonitor')) {
+  const services = all.filter((r) => r.kind === 'Service' && subset(monitor.spec.selector.matchLabels, r.metadata.labels));
+  references.push([`ServiceMonitor ${monitor.metadata.name}: selects one Service, on a port it has`,
+    services.length === 1 && monitor.spec.endpoints.every((e) => services[0].spec.ports.some((p) => p.name === e.port))]);
+}
+for (const [what, holds] of references) {
+  console.log(`${holds ? 'ok' : 'FAILED'}: ${what}`);
+  failed ||= !holds;
+}
+
 const source = join(here, 'resources.generated.ts');
 writeFileSync(source, typescript.join('\n') + '\n');
 try {
