@@ -104,11 +104,39 @@ refusals! {
     ClientClosed: 499, "client_closed", "The player closed its connection before the answer";
 }
 
+/// The problem types the DASH-IF license request model defines (DASH-IF implementation
+/// guidelines: content protection and security, "Problem signaling and handling"), with the
+/// title it gives them: a player following that model acts on the type alone (a new token for
+/// insufficient proof; the user told for not authorized).
+pub(crate) const DASHIF_NOT_AUTHORIZED: &str = "https://dashif.org/drm-problems/not-authorized";
+pub(crate) const DASHIF_INSUFFICIENT_PROOF: &str =
+    "https://dashif.org/drm-problems/insufficient-proof-of-authorization";
+const DASHIF_TITLE: &str = "Not authorized";
+
+impl Refusal {
+    /// The DASH-IF problem type of a refusal the guidelines define one for.
+    pub(crate) fn dashif_type(self) -> Option<&'static str> {
+        use Refusal::*;
+        match self {
+            TokenMissing | TokenTooLarge | TokenMalformed | TokenSignature | TokenUnknownKid
+            | TokenExpired | TokenNotYetValid | TokenAudience | TokenIssuer => {
+                Some(DASHIF_INSUFFICIENT_PROOF)
+            }
+            NotEntitled | KidNotInContent | PersistenceNotAllowed | UserBlocked => {
+                Some(DASHIF_NOT_AUTHORIZED)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A refusal with a stable machine-readable `code`; players and dashboards key on the code,
 /// humans read `title` and `detail`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub(crate) status: u16,
+    /// The DASH-IF problem type, where one applies; else licensegate's own, named by `code`.
+    pub(crate) dashif_type: Option<&'static str>,
     pub(crate) code: &'static str,
     pub(crate) title: &'static str,
     pub(crate) detail: String,
@@ -120,10 +148,13 @@ pub struct Problem {
 
 impl Problem {
     pub(crate) fn new(refusal: Refusal) -> Self {
+        // RFC 7807: one title per problem type.
+        let dashif_type = refusal.dashif_type();
         Self {
             status: refusal.status(),
+            dashif_type,
             code: refusal.code(),
-            title: refusal.title(),
+            title: dashif_type.map_or(refusal.title(), |_| DASHIF_TITLE),
             detail: String::new(),
             extensions: serde_json::Map::new(),
             retry_after: None,
@@ -224,7 +255,10 @@ impl Problem {
             extensions: &'a serde_json::Map<String, serde_json::Value>,
         }
         let body = Body {
-            kind: format!("urn:licensegate:problem:{}", self.code),
+            kind: self.dashif_type.map_or_else(
+                || format!("urn:licensegate:problem:{}", self.code),
+                str::to_string,
+            ),
             title: self.title,
             status: self.status,
             detail: &self.detail,
@@ -303,6 +337,48 @@ mod tests {
                 "{row} lists {} with another status",
                 refusal.code()
             );
+        }
+    }
+
+    #[test]
+    fn dashif_refusals_carry_its_type_and_title_beside_our_code() {
+        let json = |refusal| -> serde_json::Value {
+            serde_json::from_slice(&Problem::new(refusal).to_body("r")).unwrap()
+        };
+        let expired = json(Refusal::TokenExpired);
+        assert_eq!(expired["type"], DASHIF_INSUFFICIENT_PROOF);
+        assert_eq!(expired["title"], "Not authorized");
+        assert_eq!(
+            (expired["status"].as_u64(), expired["code"].as_str()),
+            (Some(401), Some("token_expired"))
+        );
+        let entitled = json(Refusal::NotEntitled);
+        assert_eq!(entitled["type"], DASHIF_NOT_AUTHORIZED);
+        assert_eq!(entitled["code"], "not_entitled");
+        assert_eq!(
+            json(Refusal::StreamLimitReached)["type"],
+            "urn:licensegate:problem:stream_limit_reached"
+        );
+    }
+
+    /// The API reference says which refusals carry which DASH-IF type, and no other.
+    #[test]
+    fn the_documented_dashif_mapping_is_the_catalogs() {
+        let api = include_str!("../../docs/api.md");
+        let section = api
+            .split("### DASH-IF problem types")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("docs/api.md has a DASH-IF problem types section");
+        for refusal in Refusal::ALL {
+            let row = section.lines().find(|line| {
+                line.starts_with('|') && line.contains(&format!("`{}`", refusal.code()))
+            });
+            match (refusal.dashif_type(), row) {
+                (Some(kind), Some(row)) => assert!(row.contains(kind), "{row}"),
+                (None, None) => {}
+                (kind, row) => panic!("{}: catalog {kind:?}, docs {row:?}", refusal.code()),
+            }
         }
     }
 

@@ -722,3 +722,46 @@ async fn catalog_reload_under_load_fails_no_request() {
     let log = gate.log();
     assert!(log.matches("catalog reloaded").count() >= 3, "{log}");
 }
+
+/// A player following the DASH-IF license request model reads the problem type alone: a new
+/// token for insufficient proof, the user told when not authorized; licensegate's code beside.
+#[tokio::test]
+async fn refusals_carry_the_dashif_problem_types() {
+    let sim = Sim::start(&[]);
+    let gate = gate(&sim, "").await;
+    let url = gate.license_url("clearkey", Some("demo"));
+    let body = clearkey_request(DEMO_KID_B64);
+    let missing = client().post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    let missing = problem(missing, 401, "token_missing").await;
+    let expired_token =
+        token(json!({"sub": "alice", "entitlements": ["demo"], "exp": now() - 3600}));
+    let expired = client()
+        .post(&url)
+        .bearer_auth(expired_token)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let expired = problem(expired, 401, "token_expired").await;
+    for answer in [&missing, &expired] {
+        assert_eq!(
+            answer["type"],
+            "https://dashif.org/drm-problems/insufficient-proof-of-authorization"
+        );
+        assert_eq!(answer["title"], "Not authorized");
+    }
+    let refused = client()
+        .post(&url)
+        .bearer_auth(user(&["other"]))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let refused = problem(refused, 403, "not_entitled").await;
+    assert_eq!(
+        refused["type"],
+        "https://dashif.org/drm-problems/not-authorized"
+    );
+    assert_eq!(refused["title"], "Not authorized");
+}
