@@ -165,7 +165,7 @@ fn answers(c: &mut Criterion) {
 
 fn identity(c: &mut Criterion) {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use licensegate::config::{AuthKeySource, AuthSettings, TokenSource};
+    use licensegate::config::{AuthKeySource, AuthSettings, SingleUse, TokenSource};
     use licensegate::rights::auth::{Authenticator, Cookies};
 
     const SECRET: &[u8] = b"bench-secret-0123456789abcdef-0123456789";
@@ -181,6 +181,11 @@ fn identity(c: &mut Criterion) {
         cache_entries: 1_000_000,
         cache_max_bytes: 1 << 30,
         max_token_bytes: 8192,
+        single_use: SingleUse {
+            every_token: false,
+            claim: None,
+            max_lifetime: Duration::from_secs(86_400),
+        },
         keys: vec![AuthKeySource::Secret {
             algorithm: Algorithm::HS256,
             secret: SECRET.to_vec(),

@@ -58,6 +58,8 @@ refusals! {
     TokenNotYetValid: 401, "token_not_yet_valid", "Not authenticated";
     TokenAudience: 401, "token_audience", "Not authenticated";
     TokenIssuer: 401, "token_issuer", "Not authenticated";
+    TokenReplayed: 401, "token_replayed", "Not authenticated";
+    TokenStoreUnavailable: 503, "token_store_unavailable", "Single-use token registry unavailable";
     ChallengeMissing: 400, "challenge_missing", "License challenge missing";
     ChallengeUnreadable: 400, "challenge_unreadable", "Challenge could not be read";
     ChallengeTimeout: 408, "challenge_timeout", "Challenge not received in time";
@@ -119,7 +121,7 @@ impl Refusal {
         use Refusal::*;
         match self {
             TokenMissing | TokenTooLarge | TokenMalformed | TokenSignature | TokenUnknownKid
-            | TokenExpired | TokenNotYetValid | TokenAudience | TokenIssuer => {
+            | TokenExpired | TokenNotYetValid | TokenAudience | TokenIssuer | TokenReplayed => {
                 Some(DASHIF_INSUFFICIENT_PROOF)
             }
             NotEntitled | KidNotInContent | PersistenceNotAllowed | UserBlocked => {

@@ -67,6 +67,8 @@ pub(crate) struct Held {
     pub(crate) stream: Option<StreamHold>,
     /// A license counted against the user's quota, given back if none is issued.
     pub(crate) quota: Option<QuotaTaken>,
+    /// A single-use token this request spent, given back if it buys no license.
+    pub(crate) token: Option<crate::rights::single_use::SpentToken>,
 }
 
 /// What the player gets, decided by the answer phases (or a failure) and recorded at the end.

@@ -51,8 +51,8 @@ fn player_went_away(error: &Error) -> bool {
         )
 }
 
-/// Phase "record", the stores: a count against the quota for no license is given back, and
-/// the stream's lease settled ([`limits::settle`]).
+/// Phase "record", the stores: a count against the quota and a single-use token that bought no
+/// license are given back, and the stream's lease settled ([`limits::settle`]).
 pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&Error>) {
     let licensed = (200..300).contains(&ctx.answer.status) && ctx.answer.outcome == "ok";
     // An answer that ended in a way no body filter saw (no length, and END_STREAM after the
@@ -69,6 +69,11 @@ pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&E
         && !licensed
     {
         quotas.refund(&taken).await;
+    }
+    if let (Some(token), Some(tokens)) = (ctx.held.token.take(), &state.single_use)
+        && !licensed
+    {
+        tokens.give_back(token).await;
     }
     if let Some(hold) = ctx.held.stream.take() {
         limits::settle(state, hold, licensed).await;

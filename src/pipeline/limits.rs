@@ -39,7 +39,8 @@ pub(super) async fn check_blocked(
 }
 
 /// Phase "limits", rates, for a request that continues no stream: token buckets per client
-/// address and per user, then the user's license quota (a release counts against none). A
+/// address and per user, a single-use token spent on a new stream, then the user's license
+/// quota (a release counts against none). A
 /// continuation is limited at its stream's cadence instead ([`admit_stream`]).
 pub(super) async fn limit_rates(
     state: &State,
@@ -50,6 +51,11 @@ pub(super) async fn limit_rates(
 ) -> Result<(), Problem> {
     take_rate_tokens(state, ctx, identity, drm).await?;
     let release = info.is_some_and(|info| info.request_type == RequestType::Release);
+    // A single-use token buys a new stream; a challenge licensegate cannot read may be one.
+    let new_stream = info.is_none_or(|info| info.request_type == RequestType::New);
+    if let (Some(tokens), Some(identity), true) = (&state.single_use, identity, new_stream) {
+        ctx.held.token = tokens.spend(identity).await?;
+    }
     if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
         ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;
     }

@@ -423,6 +423,11 @@ mod tests {
             cache_entries: 100,
             cache_max_bytes: 1 << 20,
             max_token_bytes: 4096,
+            single_use: crate::config::SingleUse {
+                every_token: false,
+                claim: None,
+                max_lifetime: Duration::from_secs(60),
+            },
             keys,
         }
     }

@@ -5,4 +5,5 @@ pub mod auth;
 pub mod catalog;
 pub mod catalog_import;
 pub mod entitlement;
+pub mod single_use;
 pub mod stored_catalog;

@@ -40,6 +40,7 @@ pub struct State {
     pub(crate) streams: Option<crate::limits::streams::Streams>,
     pub(crate) rate_limits: Arc<crate::limits::RateLimits>,
     pub(crate) quotas: Option<crate::limits::Quotas>,
+    pub(crate) single_use: Option<crate::rights::single_use::SingleUseTokens>,
     /// Users blocked through the admin API; checked when an admin token is configured.
     pub(crate) blocks: Option<crate::limits::Blocks>,
     /// Set once shutdown or upgrade begins.
@@ -143,6 +144,9 @@ pub fn assemble(
         .clone()
         .zip(store.clone())
         .map(|(settings, store)| crate::limits::Quotas::new(settings, store, &metrics));
+    let single_use = config.auth.as_ref().and_then(|auth| {
+        crate::rights::single_use::SingleUseTokens::new(&auth.single_use, store.clone())
+    });
     let blocks = config
         .admin
         .token
@@ -185,6 +189,7 @@ pub fn assemble(
         streams,
         rate_limits,
         quotas,
+        single_use,
         blocks,
         drain: lifetime.drain.clone(),
         config,

@@ -1067,3 +1067,87 @@ async fn the_embedded_store_forgets_run_out_leases_of_users_who_never_return() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A single-use token buys one new stream, fleet-wide: its renewals pass, a replay (here or on
+/// the other instance) is `token_replayed`, a token without `jti` or living too long is refused,
+/// and a request that bought no license gives its token back.
+#[tokio::test]
+async fn a_single_use_token_buys_one_stream_across_the_fleet() {
+    let sim = sim();
+    let redis = Redis::start();
+    let config = GateConfig::new()
+        .auth("single_use_claim = \"once\"\nsingle_use_max_lifetime_seconds = 3600\n")
+        .catalog()
+        .provider(
+            "sim",
+            &format!("kind = \"passthrough\"\nendpoints = [\"{}\"]", sim.url()),
+        )
+        .routes(&[("widevine", "sim")])
+        .with(&format!(
+            "[streams]\nmax_per_user = 5\n[store]\nkind = \"redis\"\nredis_url = \"{}\"\n",
+            redis.url()
+        ))
+        .build();
+    let (first, second) = (start(&config).await, start(&config).await);
+    let once = |jti: &str, lifetime: u64| {
+        licensegate_testkit::token(json!({
+            "sub": "uma", "entitlements": ["*"], "exp": licensegate_testkit::now() + lifetime,
+            "once": true, "jti": jti,
+        }))
+    };
+    let token = once("ticket-1", 600);
+    let mut player = Player::new(first.license_url("widevine", Some("demo")), token.clone());
+    assert_eq!(player.start(challenge()).await.code(), "ok");
+    assert_eq!(player.renew().await.code(), "ok");
+    let vendor_licenses = || async { sim.stats().await["licenses"].as_u64().unwrap() };
+    let licensed = vendor_licenses().await;
+    for gate in [&first, &second] {
+        let mut replay = Player::new(gate.license_url("widevine", Some("demo")), token.clone());
+        let answer = replay.start(challenge()).await;
+        assert_eq!(
+            (answer.status, answer.code().as_str()),
+            (401, "token_replayed")
+        );
+        assert_eq!(
+            answer.json()["type"],
+            "https://dashif.org/drm-problems/insufficient-proof-of-authorization"
+        );
+    }
+    assert_eq!(
+        vendor_licenses().await,
+        licensed,
+        "a replay reached the vendor"
+    );
+    // Its renewals still pass after the replays.
+    assert_eq!(player.renew().await.code(), "ok");
+
+    // Without the claim the token is an ordinary one; with it, it needs a jti and a short life.
+    let ordinary = user_token("uma", &["*"]);
+    for _ in 0..2 {
+        let mut again = Player::new(
+            second.license_url("widevine", Some("demo")),
+            ordinary.clone(),
+        );
+        assert_eq!(again.start(challenge()).await.code(), "ok");
+    }
+    let no_jti = licensegate_testkit::token(json!({
+        "sub": "uma", "entitlements": ["*"], "exp": licensegate_testkit::now() + 600, "once": true,
+    }));
+    for refused in [no_jti, once("ticket-2", 7200)] {
+        let mut player = Player::new(second.license_url("widevine", Some("demo")), refused);
+        assert_eq!(player.start(challenge()).await.code(), "token_malformed");
+    }
+
+    // A request refused after spending its token (content it is not entitled to) gives it back.
+    let narrow = licensegate_testkit::token(json!({
+        "sub": "uma", "entitlements": ["other"], "exp": licensegate_testkit::now() + 600,
+        "once": true, "jti": "ticket-3",
+    }));
+    let mut refused = Player::new(first.license_url("widevine", Some("demo")), narrow.clone());
+    assert_eq!(refused.start(challenge()).await.code(), "not_entitled");
+    let mut refused_again = Player::new(second.license_url("widevine", Some("demo")), narrow);
+    assert_eq!(
+        refused_again.start(challenge()).await.code(),
+        "not_entitled"
+    );
+}

@@ -32,7 +32,19 @@ pub(super) struct AuthFile {
     /// Tokens longer than this are refused before any parsing or signature work.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Every token buys one new stream.
+    #[serde(default)]
+    pub single_use: bool,
+    /// A claim that makes the token carrying it (`true`) single-use where `single_use` is off.
+    pub single_use_claim: Option<String>,
+    /// The longest a single-use token may live: its record is kept until it expires.
+    #[serde(default = "default_single_use_max_lifetime")]
+    pub single_use_max_lifetime_seconds: u64,
     pub keys: Vec<AuthKey>,
+}
+
+pub(super) fn default_single_use_max_lifetime() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,7 +126,23 @@ pub struct AuthSettings {
     pub cache_entries: u64,
     pub cache_max_bytes: u64,
     pub max_token_bytes: usize,
+    pub single_use: SingleUse,
     pub keys: Vec<AuthKeySource>,
+}
+
+/// Which tokens buy one new stream only, and how long one may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleUse {
+    pub every_token: bool,
+    pub claim: Option<String>,
+    pub max_lifetime: Duration,
+}
+
+impl SingleUse {
+    /// Whether any token can be single-use (and so the store is needed).
+    pub fn enabled(&self) -> bool {
+        self.every_token || self.claim.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +184,16 @@ pub(super) fn validate_auth(auth: AuthFile) -> Result<AuthSettings, ConfigError>
         return Err(ConfigError::new(
             "auth.max_token_bytes",
             "must be between 256 and 65536",
+        ));
+    }
+    at_least_one(
+        "auth.single_use_max_lifetime_seconds",
+        auth.single_use_max_lifetime_seconds,
+    )?;
+    if auth.single_use_claim.as_deref() == Some("") {
+        return Err(ConfigError::new(
+            "auth.single_use_claim",
+            "name a claim, or leave the key out",
         ));
     }
     let mut keys = Vec::with_capacity(auth.keys.len());
@@ -230,6 +268,11 @@ pub(super) fn validate_auth(auth: AuthFile) -> Result<AuthSettings, ConfigError>
         cache_entries: auth.cache_entries,
         cache_max_bytes: auth.cache_max_bytes,
         max_token_bytes: auth.max_token_bytes,
+        single_use: SingleUse {
+            every_token: auth.single_use,
+            claim: auth.single_use_claim,
+            max_lifetime: Duration::from_secs(auth.single_use_max_lifetime_seconds),
+        },
         keys,
     })
 }

@@ -452,6 +452,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         || file.quota.is_some()
         || admin.token.is_some()
         || rate_limits.shared
+        || auth.as_ref().is_some_and(|auth| auth.single_use.enabled())
         || file
             .catalog
             .as_ref()

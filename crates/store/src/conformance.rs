@@ -430,3 +430,14 @@ pub async fn catalog_records(store: &dyn Store) {
     assert_eq!(store.content_of_key_id("0c").await.unwrap(), None);
     assert_eq!(store.contents("movie-1", 10).await.unwrap(), []);
 }
+
+pub async fn spent_tokens(store: &dyn Store) {
+    let now = 1_000_000;
+    assert!(store.spend_token("t1", now + 60, now).await.unwrap());
+    // Spent: a replay, here or on another instance, is refused until the token expires.
+    assert!(!store.spend_token("t1", now + 60, now + 1).await.unwrap());
+    assert!(store.spend_token("t2", now + 60, now).await.unwrap());
+    // Given back (its request bought nothing): it may buy its stream again.
+    store.return_token("t1").await.unwrap();
+    assert!(store.spend_token("t1", now + 60, now + 2).await.unwrap());
+}

@@ -6,6 +6,7 @@
 mod catalog;
 mod schema;
 mod sweep;
+mod tokens;
 mod writer;
 
 pub use sweep::Expired;

@@ -1,4 +1,5 @@
-//! State every instance shares: device slots, stream leases, license quotas and blocked users.
+//! State every instance shares: device slots, stream leases, license quotas, blocked users,
+//! spent single-use tokens and the catalog.
 //! One [`Store`] trait, two kinds: embedded (SQLite, one file, every answer committed before it
 //! is given) and Redis (one atomic script per decision, keys that expire), so that any number of
 //! licensegate instances enforce one limit.
@@ -6,6 +7,7 @@
 pub mod catalog;
 pub mod embedded;
 pub mod redis;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use serde::Serialize;
 use licensegate_config::{ConfigError, StoreBackend, StoreSettings};
 
 pub use catalog::{ContentPut, ContentRecords, Replacing};
+pub use tokens::SpentTokens;
 
 /// Why a store call failed. Messages are kept as text: one failed group commit answers every
 /// call in it, and the drivers' errors cannot be cloned.
@@ -222,7 +225,7 @@ pub enum QuotaDecision {
 /// Where shared state lives. Every deciding call is atomic per user: concurrent calls, from any
 /// number of licensegate instances sharing the store, never hand out more than the limit.
 #[async_trait]
-pub trait Store: ContentRecords + Send + Sync {
+pub trait Store: ContentRecords + SpentTokens + Send + Sync {
     /// Frees the user's slots idle for `idle`, then touches `device`'s slot, gives it a free
     /// one, or refuses.
     async fn admit_device(

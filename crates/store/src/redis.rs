@@ -11,6 +11,7 @@
 mod catalog;
 mod connection;
 mod scripts;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -51,6 +51,10 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
          CREATE TABLE IF NOT EXISTS blocks (
              user TEXT PRIMARY KEY,
              until INTEGER
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS spent_tokens (
+             id TEXT PRIMARY KEY,
+             until INTEGER NOT NULL
          ) WITHOUT ROWID;",
     )?;
     add_stream_record_columns(connection)?;
@@ -59,7 +63,8 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
         "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
          CREATE INDEX IF NOT EXISTS devices_by_last_seen ON devices (last_seen);
          CREATE INDEX IF NOT EXISTS quotas_by_window ON quotas (window);
-         CREATE INDEX IF NOT EXISTS catalog_key_ids_by_content ON catalog_key_ids (id);",
+         CREATE INDEX IF NOT EXISTS catalog_key_ids_by_content ON catalog_key_ids (id);
+         CREATE INDEX IF NOT EXISTS spent_tokens_by_until ON spent_tokens (until);",
     )?;
     Ok(())
 }

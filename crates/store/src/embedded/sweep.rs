@@ -10,7 +10,7 @@ use crate::StoreError;
 
 /// Rows no decision reads again as of `now`: run-out leases, device slots idle for
 /// `device_idle` (with a device limit), quota windows before the current one (with a quota),
-/// ended blocks.
+/// spent tokens run out, ended blocks.
 #[derive(Debug, Clone, Copy)]
 pub struct Expired {
     pub now: u64,
@@ -49,6 +49,12 @@ impl EmbeddedStore {
                     params![window as i64, limit],
                 )?);
             }
+            most = most.max(run(
+                tx,
+                "DELETE FROM spent_tokens WHERE id IN
+                     (SELECT id FROM spent_tokens WHERE until <= ?1 LIMIT ?2)",
+                params![now, limit],
+            )?);
             most = most.max(run(
                 tx,
                 "DELETE FROM blocks WHERE user IN

@@ -1,4 +1,5 @@
 use super::*;
+use crate::SpentTokens;
 
 const IDLE: Duration = Duration::from_secs(100);
 
@@ -161,6 +162,21 @@ async fn streams_quotas_and_blocks_as_redis_holds_them() {
     let store = EmbeddedStore::open(&dir.path().join("licensegate.db")).unwrap();
     super::super::conformance::streams_quotas_and_blocks(&store).await;
     super::super::conformance::catalog_records(&store).await;
+    super::super::conformance::spent_tokens(&store).await;
+    // Once the token has expired its record no longer holds, and the sweep takes it away.
+    assert!(store.spend_token("t3", 1_000_060, 1_000_000).await.unwrap());
+    assert!(store.spend_token("t3", 1_000_200, 1_000_061).await.unwrap());
+    let expired = super::sweep::Expired {
+        now: 2_000_000,
+        device_idle: None,
+        quota_period: None,
+    };
+    store.sweep(expired, 100).await.unwrap();
+    let left: i64 = store
+        .with(|tx| tx.query_row("SELECT COUNT(*) FROM spent_tokens", [], |row| row.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ async fn streams_quotas_blocks_and_tokens() {
         RedisStore::new(&RedisTopology::Single(redis.url()), Duration::from_secs(1)).unwrap();
     super::super::conformance::streams_quotas_and_blocks(&store).await;
     super::super::conformance::catalog_records(&store).await;
+    super::super::conformance::spent_tokens(&store).await;
     let interval = Duration::from_millis(100);
     for _ in 0..3 {
         assert_eq!(store.take_token("t", interval, 3).await.unwrap(), None);
