@@ -283,6 +283,7 @@ fn providers(c: &mut Criterion) {
             tiers: Vec::new(),
             hls: None,
             fairplay_iv: None,
+            territories: None,
         }),
         drm: Drm::Widevine,
         key_ids: vec![kid],

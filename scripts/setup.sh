@@ -83,6 +83,11 @@ PYTHONPATH="$cpix_dir" python3 -c "import cpix" 2>/dev/null \
 # decrypt them; imageio-ffmpeg's static ffmpeg 9 does (Debian's ffmpeg still checks the result).
 python3 -c "import imageio_ffmpeg, sys; sys.exit(imageio_ffmpeg.__version__ != '0.8.1')" 2>/dev/null \
   || pip_install imageio-ffmpeg==0.8.1
+# The territory tests read MaxMind-format databases nobody here wrote: one mmdb-writer writes,
+# and MaxMind's GeoLite2 data as maxminddb-geolite2 packages it.
+python3 -c "import mmdb_writer, sys; sys.exit(mmdb_writer.__version__ != '0.2.7')" 2>/dev/null \
+  || pip_install mmdb-writer==0.2.7
+python3 -c "import _maxminddb_geolite2" 2>/dev/null || pip_install maxminddb-geolite2==2018.703
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2

@@ -19,6 +19,9 @@ pub(crate) const MAX_FORWARDED_ADDRESSES: usize = 8;
 pub struct ClientAddress {
     pub ip: IpAddr,
     pub(crate) forwarded_for: HeaderValue,
+    /// The peer is a trusted proxy: what it says about the client (a CDN's country header)
+    /// may be believed.
+    pub(crate) via_trusted_proxy: bool,
 }
 
 /// Works out the client from the peer and, when the peer is a trusted proxy, the chain it
@@ -33,7 +36,8 @@ pub fn client_address<'a>(
     let peer = peer.to_canonical();
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
     let mut chain: Vec<IpAddr> = Vec::new();
-    if trusted(&peer) {
+    let via_trusted_proxy = trusted(&peer);
+    if via_trusted_proxy {
         for line in forwarded {
             chain.extend(parse_chain(line)?);
         }
@@ -57,7 +61,11 @@ pub fn client_address<'a>(
         let _ = write!(text, "{ip}");
     }
     let forwarded_for = HeaderValue::from_str(&text).map_err(|_| forwarded_for_invalid())?;
-    Ok(ClientAddress { ip, forwarded_for })
+    Ok(ClientAddress {
+        ip,
+        forwarded_for,
+        via_trusted_proxy,
+    })
 }
 
 /// Entries are addresses, optionally with a port (`1.2.3.4:5`, `[::1]:5`), as proxies write.

@@ -75,6 +75,7 @@ refusals! {
     KidNotInContent: 403, "kid_not_in_content", "Key ID not part of this content";
     ContentMismatch: 403, "content_mismatch", "The request names two different contents";
     NotEntitled: 403, "not_entitled", "Not entitled to this content";
+    TerritoryNotAllowed: 403, "territory_not_allowed", "Not available in this territory";
     EntitlementInvalid: 502, "entitlement_invalid", "Entitlement service answer not understood";
     EntitlementUnavailable: 503, "entitlement_unavailable", "Entitlement service unavailable";
     KeyNotFound: 404, "key_not_found", "Content key not available";
@@ -124,9 +125,11 @@ impl Refusal {
             | TokenExpired | TokenNotYetValid | TokenAudience | TokenIssuer | TokenReplayed => {
                 Some(DASHIF_INSUFFICIENT_PROOF)
             }
-            NotEntitled | KidNotInContent | PersistenceNotAllowed | UserBlocked => {
-                Some(DASHIF_NOT_AUTHORIZED)
-            }
+            NotEntitled
+            | TerritoryNotAllowed
+            | KidNotInContent
+            | PersistenceNotAllowed
+            | UserBlocked => Some(DASHIF_NOT_AUTHORIZED),
             _ => None,
         }
     }

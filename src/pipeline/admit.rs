@@ -209,17 +209,24 @@ pub(crate) async fn admit(
     }
     check_key_ids(drm, &info, &content)?;
     let client_ip = ctx.admitted.client.as_ref().map(|client| client.ip);
-    let grant = match state
+    let entitled = match state
         .entitlements
         .entitle(identity.as_deref(), &content, drm.as_str(), client_ip)
         .await
     {
+        // A renewal is checked as a new license is: a player who moved out of the content's
+        // territories loses the stream.
+        Ok(grant) => check_territory(state, ctx, session.req_header(), &content).map(|()| grant),
+        Err(problem) => Err(problem),
+    };
+    let grant = match entitled {
         Ok(grant) => grant,
         Err(problem) => {
             if let (Some(continuing), Some(streams), Some(identity), 403) =
                 (&continued, &state.streams, &identity, problem.status)
             {
-                // Entitlement ended: the stream's slot frees now, not when its lease runs out.
+                // Entitlement ended (or the player left the territories): the stream's slot
+                // frees now, not when its lease runs out.
                 let _ = streams.end(&identity.user, &continuing.lease.session).await;
             }
             return Err(problem);
@@ -327,6 +334,21 @@ fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddre
         &state.config.server.trusted_proxies,
     )
     .map(Some)
+}
+
+/// Entitled, but in a territory the content may be played in? (`[territories]`)
+pub(super) fn check_territory(
+    state: &State,
+    ctx: &RequestCtx,
+    request: &RequestHeader,
+    content: &Content,
+) -> Result<(), Problem> {
+    match &state.territories {
+        Some(territories) => {
+            territories.check(content, ctx.admitted.client.as_ref(), &request.headers)
+        }
+        None => Ok(()),
+    }
 }
 
 pub(super) fn authenticate(

@@ -69,7 +69,7 @@ mod local_answers;
 mod vendor_answer;
 
 pub use admit::*;
-use admit::{authenticate, resolve_content};
+use admit::{authenticate, check_territory, resolve_content};
 pub(crate) use answer::*;
 pub use ctx::*;
 pub(crate) use finish::*;

@@ -198,6 +198,7 @@ mod tests {
                 tiers: vec![],
                 hls: None,
                 fairplay_iv: None,
+                territories: None,
             }),
             drm: Drm::Widevine,
             key_ids: vec![],

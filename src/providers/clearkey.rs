@@ -135,6 +135,7 @@ mod tests {
             tiers: Vec::new(),
             hls: None,
             fairplay_iv: None,
+            territories: None,
         };
         (content, kid)
     }

@@ -57,6 +57,18 @@ pub(crate) struct EntryFile {
     /// authorization carries it (ExpressPlay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fairplay_iv: Option<String>,
+    /// The territories (ISO 3166 alpha-2) it may be played in, or may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) territories: Option<TerritoriesFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TerritoriesFile {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) block: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -82,6 +94,44 @@ pub struct Content {
     pub tiers: Vec<String>,
     pub hls: Option<HlsKey>,
     pub fairplay_iv: Option<[u8; 16]>,
+    pub territories: Option<Box<TerritoryRule>>,
+}
+
+/// Where a content may be played: only in the countries listed, or anywhere but them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerritoryRule {
+    Allow(Vec<Country>),
+    Block(Vec<Country>),
+}
+
+/// An ISO 3166-1 alpha-2 country code, in capitals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Country(pub [u8; 2]);
+
+impl Country {
+    pub fn parse(text: &str) -> Option<Country> {
+        match text.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl TerritoryRule {
+    /// Whether a player in `country` may play; `None` for a country not known.
+    pub fn admits(&self, country: Option<Country>) -> Option<bool> {
+        let country = country?;
+        Some(match self {
+            TerritoryRule::Allow(listed) => listed.contains(&country),
+            TerritoryRule::Block(listed) => !listed.contains(&country),
+        })
+    }
 }
 
 /// A content's keys by key ID. A content has a few, so a slice searched in order: a hash table
@@ -189,6 +239,8 @@ pub(crate) struct References {
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     pub(crate) providers: BTreeSet<String>,
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
+    /// Whether a player's country can be known (`[territories]`).
+    pub(crate) territories: bool,
 }
 
 impl References {
@@ -197,6 +249,7 @@ impl References {
             policies: config.policies.clone(),
             providers: config.providers.keys().cloned().collect(),
             key_seeds: config.key_seeds.clone(),
+            territories: config.territories.is_some(),
         }
     }
 }
@@ -356,6 +409,41 @@ pub(crate) fn validate_entry(
         .fairplay_iv
         .map(|iv| key16(&iv).map_err(|e| ConfigError::new(at("fairplay_iv"), e)))
         .transpose()?;
+    let territories = entry
+        .territories
+        .map(|file| {
+            let codes = |field: &str, list: &[String]| {
+                list.iter()
+                    .enumerate()
+                    .map(|(index, code)| {
+                        Country::parse(code).ok_or_else(|| {
+                            ConfigError::new(
+                                format!("{}[{index}]", at(field)),
+                                "an ISO 3166 alpha-2 country code",
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let rule = match (file.allow.is_empty(), file.block.is_empty()) {
+                (false, true) => TerritoryRule::Allow(codes("territories.allow", &file.allow)?),
+                (true, false) => TerritoryRule::Block(codes("territories.block", &file.block)?),
+                _ => {
+                    return Err(ConfigError::new(
+                        at("territories"),
+                        "list the countries to allow or those to block, one of the two",
+                    ));
+                }
+            };
+            if !refs.territories {
+                return Err(ConfigError::new(
+                    at("territories"),
+                    "a player's country is needed: configure [territories]",
+                ));
+            }
+            Ok(Box::new(rule))
+        })
+        .transpose()?;
     if key_ids.is_empty() && hls.is_none() {
         return Err(ConfigError::new(
             format!("content.{id}"),
@@ -372,6 +460,7 @@ pub(crate) fn validate_entry(
         tiers: entry.tiers,
         hls,
         fairplay_iv,
+        territories,
     })
 }
 
@@ -459,7 +548,43 @@ mod tests {
                 KeySeed::parse("XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I").unwrap(),
             )]
             .into(),
+            territories: true,
         }
+    }
+
+    #[test]
+    fn territories_allow_or_block_named_countries_and_nothing_unknown() {
+        let entry = |allow: &[&str], block: &[&str]| EntryFile {
+            key_ids: vec!["01020304-0506-0708-090a-0b0c0d0e0f10".into()],
+            territories: Some(TerritoriesFile {
+                allow: allow.iter().map(|c| c.to_string()).collect(),
+                block: block.iter().map(|c| c.to_string()).collect(),
+            }),
+            ..EntryFile::default()
+        };
+        let country = |code| Country::parse(code);
+        let allowed = validate_entry("euro", entry(&["de", "AT"], &[]), &refs()).unwrap();
+        let rule = allowed.territories.unwrap();
+        assert_eq!(rule.admits(country("DE")), Some(true));
+        assert_eq!(rule.admits(country("US")), Some(false));
+        assert_eq!(rule.admits(None), None);
+        let blocked = validate_entry("world", entry(&[], &["US"]), &refs()).unwrap();
+        let rule = blocked.territories.unwrap();
+        assert_eq!(rule.admits(country("US")), Some(false));
+        assert_eq!(rule.admits(country("DE")), Some(true));
+        for (allow, block, key) in [
+            (&["DE"][..], &["US"][..], "content.x.territories"),
+            (&[][..], &[][..], "content.x.territories"),
+            (&["DEU"][..], &[][..], "content.x.territories.allow[0]"),
+        ] {
+            let error = validate_entry("x", entry(allow, block), &refs()).unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+        }
+        let unknown_country = References {
+            territories: false,
+            ..refs()
+        };
+        assert!(validate_entry("x", entry(&["DE"], &[]), &unknown_country).is_err());
     }
 
     const DEMO: &str = r#"

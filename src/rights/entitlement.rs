@@ -313,6 +313,7 @@ mod tests {
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             hls: None,
             fairplay_iv: None,
+            territories: None,
         }
     }
 

@@ -7,3 +7,4 @@ pub mod catalog_import;
 pub mod entitlement;
 pub mod single_use;
 pub mod stored_catalog;
+pub mod territory;

@@ -41,6 +41,7 @@ pub struct State {
     pub(crate) rate_limits: Arc<crate::limits::RateLimits>,
     pub(crate) quotas: Option<crate::limits::Quotas>,
     pub(crate) single_use: Option<crate::rights::single_use::SingleUseTokens>,
+    pub(crate) territories: Option<crate::rights::territory::Territories>,
     /// Users blocked through the admin API; checked when an admin token is configured.
     pub(crate) blocks: Option<crate::limits::Blocks>,
     /// Set once shutdown or upgrade begins.
@@ -190,6 +191,7 @@ pub fn assemble(
         rate_limits,
         quotas,
         single_use,
+        territories: resources.territories,
         blocks,
         drain: lifetime.drain.clone(),
         config,
@@ -247,6 +249,7 @@ impl State {
 /// runs this too, so a bad key file or catalog entry fails the check.
 pub struct Resources {
     pub auth: Option<Authenticator>,
+    pub(crate) territories: Option<crate::rights::territory::Territories>,
     pub(crate) catalog: Option<CatalogStore>,
     pub(crate) providers_by_name: HashMap<String, Arc<dyn Provider>>,
 }
@@ -259,6 +262,11 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
         crate::store::Shared::check(store)?;
     }
     let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
+    let territories = config
+        .territories
+        .as_ref()
+        .map(crate::rights::territory::Territories::new)
+        .transpose()?;
     let catalog = match &config.catalog {
         Some(CatalogSettings::File { path, .. }) => Some(
             CatalogStore::open(path, References::of(config))
@@ -273,6 +281,7 @@ pub fn load_resources(config: &Config) -> Result<Resources, ConfigError> {
     }
     Ok(Resources {
         auth,
+        territories,
         catalog,
         providers_by_name,
     })

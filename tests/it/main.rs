@@ -17,3 +17,4 @@ mod reload;
 mod sessions;
 mod speke;
 mod streams;
+mod territories;

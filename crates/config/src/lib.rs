@@ -18,6 +18,7 @@ mod server;
 mod speke;
 mod store;
 mod streams;
+mod territories;
 
 use std::collections::BTreeMap;
 
@@ -44,6 +45,7 @@ pub use server::*;
 pub use speke::*;
 pub use store::*;
 pub use streams::*;
+pub use territories::*;
 
 /// The largest challenge Pingora's retry buffer holds whole; beyond it a retry would send a
 /// truncated body, so licensegate refuses such bodies instead.
@@ -87,6 +89,7 @@ pub struct Config {
     pub catalog: Option<CatalogSettings>,
     /// The key service for packagers, when configured.
     pub speke: Option<SpekeSettings>,
+    pub territories: Option<TerritorySettings>,
     pub key_seeds: BTreeMap<String, KeySeed>,
     pub entitlement: EntitlementSettings,
     pub policies: BTreeMap<String, Arc<Policy>>,
@@ -135,6 +138,7 @@ struct FileConfig {
     pub auth: Option<AuthFile>,
     pub catalog: Option<CatalogFile>,
     pub speke: Option<SpekeFile>,
+    pub territories: Option<TerritoriesFile>,
     #[serde(default)]
     pub key_seeds: BTreeMap<String, String>,
     #[serde(default)]
@@ -471,6 +475,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     let catalog = file.catalog.map(validate_catalog).transpose()?;
     let catalog_in_store = matches!(catalog, Some(CatalogSettings::Store(_)));
+    let territories = file.territories.map(validate_territories).transpose()?;
     let speke = file
         .speke
         .map(|speke| validate_speke(speke, catalog_in_store))
@@ -528,6 +533,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         auth,
         catalog,
         speke,
+        territories,
         key_seeds,
         entitlement,
         policies,

@@ -9,6 +9,8 @@ pub struct Player {
     token: String,
     license: Option<Vec<u8>>,
     started: Instant,
+    /// Headers sent with every request (a proxy's `X-Forwarded-For`, a CDN's country).
+    headers: Vec<(String, String)>,
 }
 
 /// What licensegate answered the player.
@@ -40,14 +42,24 @@ impl Player {
             token,
             license: None,
             started: Instant::now(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Sends `name: value` with every request from now on, in place of an earlier value.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.headers
+            .retain(|(known, _)| !known.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
     }
 
     /// Sends `challenge` as this player: its URL, its token.
     pub async fn send(&mut self, challenge: Vec<u8>) -> PlayerAnswer {
-        let response = client()
-            .post(&self.url)
-            .bearer_auth(&self.token)
+        let mut request = client().post(&self.url).bearer_auth(&self.token);
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request
             .body(challenge)
             .send()
             .await
