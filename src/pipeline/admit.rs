@@ -216,7 +216,9 @@ pub(crate) async fn admit(
     {
         // A renewal is checked as a new license is: a player who moved out of the content's
         // territories loses the stream.
-        Ok(grant) => check_territory(state, ctx, session.req_header(), &content).map(|()| grant),
+        Ok(grant) => {
+            check_territory(state, ctx, &session.req_header().headers, &content).map(|()| grant)
+        }
         Err(problem) => Err(problem),
     };
     let grant = match entitled {
@@ -340,13 +342,11 @@ fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddre
 pub(super) fn check_territory(
     state: &State,
     ctx: &RequestCtx,
-    request: &RequestHeader,
+    headers: &http::HeaderMap,
     content: &Content,
 ) -> Result<(), Problem> {
     match &state.territories {
-        Some(territories) => {
-            territories.check(content, ctx.admitted.client.as_ref(), &request.headers)
-        }
+        Some(territories) => territories.check(content, ctx.admitted.client.as_ref(), headers),
         None => Ok(()),
     }
 }

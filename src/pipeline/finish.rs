@@ -70,8 +70,14 @@ pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&E
     {
         quotas.refund(&taken).await;
     }
+    // A license the vendor issued and licensegate passed on stays bought even if the player
+    // hung up before its last byte: the token is given back only for a license never issued.
+    let vendor_issued = ctx.forward.status.is_some_and(|s| (200..300).contains(&s))
+        && ctx.answer.held_back.is_none()
+        && ctx.answer.pending_problem.is_none();
     if let (Some(token), Some(tokens)) = (ctx.held.token.take(), &state.single_use)
         && !licensed
+        && !vendor_issued
     {
         tokens.give_back(token).await;
     }

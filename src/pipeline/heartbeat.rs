@@ -7,7 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::Method;
 use pingora::prelude::Session;
 
-use super::{Admission, RequestCtx, json_answer, resolve_content, take_rate_tokens};
+use super::{
+    Admission, RequestCtx, check_territory, json_answer, resolve_content, take_rate_tokens,
+};
 use crate::challenge::ChallengeInfo;
 use crate::drm::Drm;
 use crate::http::problem::{Problem, Refusal};
@@ -49,7 +51,8 @@ pub(super) async fn stream_heartbeat(
         };
     }
     let mut charged = false;
-    let heartbeat = heartbeat_of(state, streams, ctx, &identity, &id, &mut charged).await;
+    let headers = session.req_header().headers.clone();
+    let heartbeat = heartbeat_of(state, streams, ctx, &identity, &id, &headers, &mut charged).await;
     if heartbeat.is_err() && !charged {
         // A refused heartbeat is a request like any other.
         take_rate_tokens(state, ctx, Some(&identity), Drm::ClearKey).await?;
@@ -78,6 +81,7 @@ async fn heartbeat_of(
     ctx: &mut RequestCtx,
     identity: &Identity,
     id: &str,
+    headers: &http::HeaderMap,
     charged: &mut bool,
 ) -> Result<(Lease, u64), Problem> {
     let unavailable = |e: crate::store::StoreError| {
@@ -104,15 +108,20 @@ async fn heartbeat_of(
         let content =
             resolve_content(catalog, Some(&lease.content), &ChallengeInfo::default()).await?;
         let client_ip = ctx.admitted.client.as_ref().map(|client| client.ip);
-        match state
+        let entitled = match state
             .entitlements
             .entitle(Some(identity), &content, &lease.drm, client_ip)
             .await
         {
+            Ok(grant) => check_territory(state, ctx, headers, &content).map(|()| grant),
+            Err(problem) => Err(problem),
+        };
+        match entitled {
             Ok(grant) => ctx.admitted.entitled_by = Some(grant.basis),
             Err(problem) => {
                 if problem.status == 403 {
-                    // Entitlement ended: the slot frees now, not when the lease runs out.
+                    // Entitlement ended, or the player left the content's territories: the
+                    // slot frees now, not when the lease runs out.
                     let _ = streams.end(user, id).await;
                 }
                 return Err(problem);

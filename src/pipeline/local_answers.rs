@@ -46,7 +46,7 @@ pub(super) async fn hls_key(
         )
         .await?;
     ctx.admitted.entitled_by = Some(grant.basis);
-    check_territory(state, ctx, session.req_header(), &content)?;
+    check_territory(state, ctx, &session.req_header().headers, &content)?;
     let Some(hls) = &content.hls else {
         return Err(Problem::new(Refusal::KeyNotFound)
             .with_detail(format!("'{}' has no HLS key", content.id)));

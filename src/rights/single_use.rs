@@ -16,6 +16,8 @@ use crate::store::Shared;
 
 pub(crate) struct SingleUseTokens {
     settings: SingleUse,
+    /// Tokens are accepted this long past their `exp`: their record outlives it as long.
+    leeway: u64,
     store: Arc<Shared>,
 }
 
@@ -24,9 +26,14 @@ pub(crate) struct SpentToken(String);
 
 impl SingleUseTokens {
     /// `None` when no token can be single-use.
-    pub(crate) fn new(settings: &SingleUse, store: Option<Arc<Shared>>) -> Option<Self> {
+    pub(crate) fn new(
+        settings: &SingleUse,
+        leeway: u64,
+        store: Option<Arc<Shared>>,
+    ) -> Option<Self> {
         Some(Self {
             settings: settings.clone(),
+            leeway,
             store: store.filter(|_| settings.enabled())?,
         })
     }
@@ -55,7 +62,7 @@ impl SingleUseTokens {
             .ok_or_else(|| malformed("a single-use token needs a jti".into()))?;
         let now = now_seconds();
         let most = self.settings.max_lifetime.as_secs();
-        if identity.expires_at == 0 || identity.expires_at > now + most {
+        if identity.expires_at == 0 || identity.expires_at > now.saturating_add(most) {
             return Err(malformed(format!(
                 "a single-use token needs an exp at most {most} s ahead"
             )));
@@ -70,7 +77,11 @@ impl SingleUseTokens {
         let id = hex::encode(&Sha256::digest(format!("{issuer}\0{jti}").as_bytes())[..16]);
         let spent = self
             .store
-            .timed(self.store.store.spend_token(&id, identity.expires_at, now))
+            .timed(self.store.store.spend_token(
+                &id,
+                identity.expires_at.saturating_add(self.leeway),
+                now,
+            ))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "single-use token store unavailable");

@@ -97,8 +97,14 @@ impl Territories {
     fn country(&self, client: Option<&ClientAddress>, headers: &HeaderMap) -> Option<Country> {
         if let (Some(name), Some(client)) = (&self.settings.country_header, client)
             && client.via_trusted_proxy
-            && let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Some(value) = headers
+                .get_all(name)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
         {
+            // The last value is the nearest proxy's: a value the player sent ahead of it is
+            // not taken for the CDN's.
             // CDNs say XX (and Cloudflare T1, for Tor) when they do not know.
             return Country::parse(value.trim()).filter(|c| !matches!(&c.0, b"XX" | b"T1"));
         }

@@ -146,7 +146,11 @@ pub fn assemble(
         .zip(store.clone())
         .map(|(settings, store)| crate::limits::Quotas::new(settings, store, &metrics));
     let single_use = config.auth.as_ref().and_then(|auth| {
-        crate::rights::single_use::SingleUseTokens::new(&auth.single_use, store.clone())
+        crate::rights::single_use::SingleUseTokens::new(
+            &auth.single_use,
+            auth.leeway_seconds,
+            store.clone(),
+        )
     });
     let blocks = config
         .admin

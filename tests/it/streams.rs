@@ -1138,6 +1138,16 @@ async fn a_single_use_token_buys_one_stream_across_the_fleet() {
         assert_eq!(player.start(challenge()).await.code(), "token_malformed");
     }
 
+    // Accepted a little past its exp (auth.leeway_seconds), it is remembered as long.
+    let late = licensegate_testkit::token(json!({
+        "sub": "uma", "entitlements": ["*"], "exp": licensegate_testkit::now() - 10,
+        "once": true, "jti": "ticket-late",
+    }));
+    for (gate, code) in [(&first, "ok"), (&second, "token_replayed")] {
+        let mut player = Player::new(gate.license_url("widevine", Some("demo")), late.clone());
+        assert_eq!(player.start(challenge()).await.code(), code);
+    }
+
     // A request refused after spending its token (content it is not entitled to) gives it back.
     let narrow = licensegate_testkit::token(json!({
         "sub": "uma", "entitlements": ["other"], "exp": licensegate_testkit::now() + 600,

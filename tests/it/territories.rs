@@ -232,7 +232,8 @@ async fn renewals_are_checked_again() {
             "sim",
             &format!("kind = \"passthrough\"\nendpoints = [\"{}\"]", sim.url()),
         )
-        .routes(&[("widevine", "sim")])
+        .provider("builtin", "kind = \"clearkey\"")
+        .routes(&[("widevine", "sim"), ("clearkey", "builtin")])
         .with(&format!(
             "[territories]\ndatabase = \"{}\"\n[streams]\nmax_per_user = 2\n\
              [store]\npath = \"${{LG_DIR}}/licensegate.db\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n",
@@ -270,4 +271,30 @@ async fn renewals_are_checked_again() {
         active["active"], 0,
         "the refused stream must not keep its slot: {active}"
     );
+
+    // A ClearKey stream's heartbeat, its renewal, is checked the same way.
+    let licensed = client()
+        .post(gate.license_url("clearkey", Some("euro")))
+        .bearer_auth(user_token("ann", &["*"]))
+        .header("X-Forwarded-For", GERMANY)
+        .body(format!(
+            "{{\"kids\":[\"{KID_B64}\"],\"type\":\"temporary\"}}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(licensed.status(), 200);
+    let stream = licensed.headers()["X-Playback-Session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let heartbeat = |address: &'static str| {
+        client()
+            .post(gate.url(&format!("/v1/streams/{stream}")))
+            .bearer_auth(user_token("ann", &["*"]))
+            .header("X-Forwarded-For", address)
+            .send()
+    };
+    assert_eq!(heartbeat(GERMANY).await.unwrap().status(), 200);
+    refused(heartbeat(UNITED_STATES).await.unwrap(), Some("US")).await;
 }

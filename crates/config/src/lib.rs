@@ -451,6 +451,14 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         ));
     }
     let admin = validate_admin(file.admin)?;
+    if auth.as_ref().is_some_and(|auth| auth.single_use.enabled()) && file.streams.is_none() {
+        // Without stream records a renewal of another DRM than Widevine looks new, and would
+        // be refused as a replay.
+        return Err(ConfigError::new(
+            "auth.single_use",
+            "renewals are told from new streams by their stream records: configure [streams]",
+        ));
+    }
     let needs_store = file.devices.is_some()
         || file.streams.is_some()
         || file.quota.is_some()

@@ -260,3 +260,49 @@ fn a_catalog_in_the_store_needs_a_32_byte_key_encryption_key_named_by_its_key() 
     let file = parse(&format!("{MINIMAL}\n[catalog]\nsource = \"file\"")).unwrap_err();
     assert_eq!(file.key, "catalog.path");
 }
+
+#[test]
+fn single_use_tokens_need_stream_records_and_a_bounded_life() {
+    let auth = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[auth]\n{extra}\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\n\
+             secret = \"0123456789abcdef0123456789abcdef\"\n"
+        )
+    };
+    let streamless = parse(&auth("single_use = true")).unwrap_err();
+    assert_eq!(streamless.key, "auth.single_use");
+    let with_streams = parse(&format!(
+        "{}[streams]\nmax_per_user = 2\n[catalog]\npath = \"catalog.toml\"\n",
+        auth("single_use_claim = \"once\"")
+    ))
+    .unwrap();
+    let single_use = &with_streams.auth.as_ref().unwrap().single_use;
+    assert_eq!(single_use.claim.as_deref(), Some("once"));
+    assert_eq!(
+        single_use.max_lifetime,
+        std::time::Duration::from_secs(86_400)
+    );
+    assert!(
+        with_streams.store.is_some(),
+        "spent tokens live in the store"
+    );
+    let endless = parse(&format!(
+        "{}[streams]\nmax_per_user = 2\n[catalog]\npath = \"catalog.toml\"\n",
+        auth("single_use = true\nsingle_use_max_lifetime_seconds = 0")
+    ))
+    .unwrap_err();
+    assert_eq!(endless.key, "auth.single_use_max_lifetime_seconds");
+}
+
+#[test]
+fn territories_need_a_database_or_a_header() {
+    let neither = parse(&format!("{MINIMAL}\n[territories]\nunknown = \"allow\"\n")).unwrap_err();
+    assert_eq!(neither.key, "territories");
+    let header = parse(&format!(
+        "{MINIMAL}\n[territories]\ncountry_header = \"CF-IPCountry\"\n"
+    ))
+    .unwrap();
+    let territories = header.territories.unwrap();
+    assert_eq!(territories.unknown, UnknownCountry::Refuse);
+    assert_eq!(territories.country_header.unwrap().as_str(), "cf-ipcountry");
+}
