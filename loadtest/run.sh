@@ -98,6 +98,9 @@ open(path, "w").write(json.dumps({"spc": base64.b64encode(spc).decode()}))
 PY
 export LOADTEST_SECRET=loadtest-secret-0123456789abcdef-0123
 token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest --entitle demo)
+# The stream gates' user is theirs alone: the device gates before them, on the same Redis,
+# register the same user's devices.
+stream_token=$(./target/release/licensegate token --config "$out/identity.toml" --sub loadtest-streams --entitle demo)
 
 for n in "${!gates[@]}"; do
   RUST_LOG=warn ./target/release/licensegate serve --config "$out/${gates[$n]}.toml" \
@@ -155,15 +158,15 @@ run rate_limits "$(license_at 7)" -n "$requests" -H "Authorization: Bearer $toke
 # A playing stream: one NEW license through each streams gate, then every request renews it.
 stats_port=$axinom_sim_port
 for n in 8 9; do
-  curl -fs -H "Authorization: Bearer $token" --data-binary "@$out/challenge.bin" \
+  curl -fs -H "Authorization: Bearer $stream_token" --data-binary "@$out/challenge.bin" \
     -o "$out/license-$n.bin" "$(license_at $n)"
   ./target/release/licensegate-sim --renewal-for "$out/license-$n.bin" \
     --renewal-bytes "$challenge_bytes" >"$out/renewal-$n.bin"
 done
 BODY="$out/renewal-8.bin" run streams_embedded "$(license_at 8)" -n "$requests" \
-  -H "Authorization: Bearer $token"
+  -H "Authorization: Bearer $stream_token"
 BODY="$out/renewal-9.bin" run streams_redis "$(license_at 9)" -n "$requests" \
-  -H "Authorization: Bearer $token"
+  -H "Authorization: Bearer $stream_token"
 # Those rows measure renewals only if every request continued the live stream (one renewal
 # replayed: beyond the stream's cadence, it takes rate tokens from buckets too large to refuse).
 for n in 8 9; do
