@@ -175,15 +175,7 @@ async fn clearkey(gate: &Gate, user: &str, content: &str, session: Option<&str>)
 }
 
 async fn admin_get(gate: &Gate, path: &str) -> Value {
-    client()
-        .get(gate.admin(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    gate.admin_json(path, ADMIN_TOKEN).await
 }
 
 async fn active_streams(gate: &Gate, user: &str) -> u64 {

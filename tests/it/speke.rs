@@ -132,15 +132,7 @@ async fn a_packager_gets_keys_and_signaling_and_the_entry_it_leaves_licenses_pla
     }
 
     // The entry the exchange left: both key IDs, their keys, and players licensed with them.
-    let entry: Value = client()
-        .get(gate.admin("/v1/catalog/movie-9"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let entry: Value = gate.admin_json("/v1/catalog/movie-9", ADMIN_TOKEN).await;
     assert_eq!(entry["keys"], 2, "{entry}");
     let license = clearkey_key(&gate, "movie-9", K1, "ann", &["movie-9"]).await;
     assert_eq!(license.status(), 200);

@@ -258,15 +258,7 @@ async fn renewals_are_checked_again() {
     player.set_header("X-Forwarded-For", UNITED_STATES);
     let answer = player.renew().await;
     assert_eq!(answer.code(), "territory_not_allowed", "{}", answer.json());
-    let active: Value = client()
-        .get(gate.admin("/v1/users/ann/streams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let active: Value = gate.admin_json("/v1/users/ann/streams", ADMIN_TOKEN).await;
     assert_eq!(
         active["active"], 0,
         "the refused stream must not keep its slot: {active}"

@@ -307,6 +307,19 @@ impl Gate {
         response.text().await.unwrap()
     }
 
+    /// The JSON an admin `GET` of `path` answers, with the admin `token`.
+    pub async fn admin_json(&self, path: &str, token: &str) -> serde_json::Value {
+        client()
+            .get(self.admin(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn admin(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
