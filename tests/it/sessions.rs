@@ -479,14 +479,17 @@ async fn two_instances_exempt_a_stream_once_per_cadence_whatever_the_store() {
             .routes(&[("playready", "vendor")])
             .with(&format!(
                 "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{store}[streams]\nmax_per_user = 5\n\
-                 renewal_interval_seconds = 2\n[devices]\nmax_per_user = 5\n"
+                 renewal_interval_seconds = 8\n[devices]\nmax_per_user = 5\n"
             ))
             .build();
         let (first, second) = (start(&config).await, start(&config).await);
         let started = playready(&first, "ivy", "tv", None).await;
         assert_eq!(started.code, "ok", "{store}");
         let session = started.session.unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The cadence is half the interval, counted in whole seconds: past the start's window
+        // the first continuation is due, and the twenty finish long before its own window ends
+        // (a 1 s window let a slow machine's twenty straddle two).
+        tokio::time::sleep(Duration::from_secs(4)).await;
         let mut continuations = Vec::new();
         for n in 0..20 {
             let gate = if n % 2 == 0 { &first } else { &second };

@@ -1,6 +1,7 @@
 //! Real Redis: one server, a Sentinel with a master and a replica, a three-master Cluster.
 
 use super::*;
+use std::io::Write as _;
 
 /// `redis-cli` against a local port; what it printed.
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -216,10 +217,28 @@ impl RedisSentinel {
         answer.lines().nth(1)?.trim().parse().ok()
     }
 
-    /// Waits until every write the master took has reached the replica.
+    /// Waits until every write the master took has reached the replica. `WAIT` counts only the
+    /// writes of its own connection (a fresh one has none, and returns at once), so it follows
+    /// a write of its own, which the replication stream carries after all the earlier ones.
     pub fn wait_for_replica(&self) {
-        let acked = redis_cli(self.master_port, &["wait", "1", "5000"]);
-        assert_eq!(acked.trim(), "1", "the replica did not acknowledge");
+        let mut cli = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.master_port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli must be installed (scripts/setup.sh installs redis-server)");
+        cli.stdin
+            .take()
+            .unwrap()
+            .write_all(b"set licensegate:testkit:replication-mark 1\nwait 1 5000\n")
+            .unwrap();
+        let output = cli.wait_with_output().unwrap();
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            answer.lines().map(str::trim).collect::<Vec<_>>(),
+            ["OK", "1"],
+            "the replica did not acknowledge"
+        );
     }
 }
 
