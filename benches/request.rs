@@ -84,7 +84,7 @@ fn admission(c: &mut Criterion) {
 
 fn forward(c: &mut Criterion) {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
-    let provider = config.routes[&Drm::Widevine].clone();
+    let provider = config.routes[&Drm::Widevine][0].clone();
     let endpoints = provider.endpoints.for_drm(Drm::Widevine).unwrap();
     let mut ctx = RequestCtx::new(state());
     ctx.plan = Some(pipeline::ForwardPlan {
@@ -102,6 +102,8 @@ fn forward(c: &mut Criterion) {
         soap_action: None,
         challenge_len: 2048,
         fairplay: None,
+        fallbacks: Default::default(),
+        license_request: None,
     });
     ctx.forward.target = Some(licensegate::providers::upstream::Target {
         addr: pingora::protocols::l4::socket::SocketAddr::Inet("127.0.0.1:8090".parse().unwrap()),
@@ -278,7 +280,7 @@ fn providers(c: &mut Criterion) {
             key_ids: vec![kid],
             keys: Default::default(),
             policy: None,
-            provider: None,
+            providers: Vec::new(),
             free: false,
             tiers: Vec::new(),
             hls: None,

@@ -434,7 +434,8 @@ impl AdminApp {
         )
     }
 
-    /// Ready once every provider that serves a route has at least one healthy endpoint, and
+    /// Ready once every route has a provider (the first of its list, or one it fails over to)
+    /// with a healthy endpoint in each of its upstreams, and
     /// until shutdown begins (load balancers then move players elsewhere while this process
     /// still answers).
     fn readiness(&self, state: &State) -> Response<Vec<u8>> {
@@ -451,7 +452,7 @@ impl AdminApp {
                 )
             })
             .collect();
-        let ready = providers.values().all(|healthy| healthy.as_u64() > Some(0));
+        let ready = state.routes_servable();
         json_response(
             if ready { 200 } else { 503 },
             json!({

@@ -541,6 +541,23 @@ impl Streams {
         }
     }
 
+    /// Records the provider a failed-over request got its license from: the stream's renewals
+    /// go there.
+    pub(crate) async fn set_provider(&self, user: &str, session: &str, provider: &str) {
+        self.live.invalidate(&live_key(user, session));
+        if let Err(e) = self
+            .timed(
+                "set_provider",
+                self.store
+                    .store
+                    .set_stream_provider(user, session, provider, now_seconds()),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "the provider a stream failed over to is not recorded");
+        }
+    }
+
     pub(crate) async fn end(&self, user: &str, session: &str) -> Result<bool, StoreError> {
         self.live.invalidate(&live_key(user, session));
         let ended = self

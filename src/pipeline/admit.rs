@@ -73,6 +73,7 @@ pub(crate) async fn admit(
     ctx.admitted.label = drm.as_str();
     let route = state
         .route(drm)
+        .next()
         .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?
         .clone();
     ctx.admitted.provider_config = Some(route.config.clone());
@@ -131,8 +132,20 @@ pub(crate) async fn admit(
                     .as_ref()
                     .map_or(challenge.len(), |leg| leg.body.len()),
                 fairplay,
+                fallbacks: Fallbacks::default(),
+                license_request: None,
             })
         };
+    let fallbacks = |chain: &[ProviderRoute], request: Option<&LicenseRequest>| {
+        chain
+            .iter()
+            .skip(1)
+            .map(|route| Fallback {
+                route: route.clone(),
+                fairplay: fairplay_leg(route, request),
+            })
+            .collect()
+    };
     if drm.is_service_certificate_request(&challenge) {
         let identity = authenticated.ok().flatten();
         take_rate_tokens(state, ctx, identity.as_deref(), drm).await?;
@@ -182,12 +195,14 @@ pub(crate) async fn admit(
     let Some(catalog) = &state.catalog else {
         // Without a catalog licensegate forwards for whatever content the player names.
         ctx.admitted.content_id = Some(requested_id.ok_or_else(Problem::content_id_missing)?);
-        let plan = plan(
+        let mut plan = plan(
             &route,
             Authorizing::Nothing,
             None,
             fairplay_leg(&route, None),
         )?;
+        let chain: Vec<ProviderRoute> = state.route(drm).cloned().collect();
+        plan.fallbacks = fallbacks(&chain, None);
         return Ok(Admission::Forward(Box::new(plan)));
     };
     let info = parsed.map_err(|e| Problem::new(Refusal::ChallengeMalformed).with_detail(e.0))?;
@@ -244,20 +259,11 @@ pub(crate) async fn admit(
         );
     }
     let max_devices = grant.max_devices;
-    // A stream's renewals go where its license came from, while that provider is configured.
-    let recorded_provider = continued
-        .as_ref()
-        .and_then(|continuing| state.providers.get(&continuing.lease.provider));
-    let provider = match (recorded_provider, &content.provider) {
-        (Some(recorded), _) => recorded.clone(),
-        // The catalog is checked against the configured providers when it loads.
-        (None, Some(name)) => state
-            .providers
-            .get(name)
-            .cloned()
-            .ok_or_else(Problem::internal)?,
-        (None, None) => route,
-    };
+    let chain = providers_in_order(state, drm, &content, continued.as_ref());
+    let provider = chain
+        .first()
+        .cloned()
+        .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?;
     ctx.admitted.provider_config = Some(provider.config.clone());
     if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
         return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
@@ -306,8 +312,16 @@ pub(crate) async fn admit(
         client_ip,
     };
     let fairplay = fairplay_leg(&provider, Some(&request));
-    let authorizing = match authorize(state, &provider, request, &info).await? {
-        Authorized::Locally(mut answer) => {
+    let fallbacks: Fallbacks = fallbacks(&chain, Some(&request));
+    let license_request = (!fallbacks.is_empty()).then(|| Arc::new(request.clone()));
+    let authorizing = match authorize(state, &provider, request, &info).await {
+        // Its token service failed: nothing reached the vendor, and the next provider is asked.
+        Err(problem) if problem.status >= 500 && !fallbacks.is_empty() => {
+            ctx.forward.failing_over = Some(FailoverReason::Authorization);
+            Authorizing::Nothing
+        }
+        Err(problem) => return Err(problem),
+        Ok(Authorized::Locally(mut answer)) => {
             answer.session = ctx
                 .held
                 .stream
@@ -316,10 +330,53 @@ pub(crate) async fn admit(
                 .and_then(|hold| hold.session.clone());
             return Ok(Admission::Answer(answer));
         }
-        Authorized::Forward(authorizing) => authorizing,
+        Ok(Authorized::Forward(authorizing)) => authorizing,
     };
-    let plan = plan(&provider, authorizing, device_limit, fairplay)?;
+    let mut plan = plan(&provider, authorizing, device_limit, fairplay)?;
+    plan.fallbacks = fallbacks;
+    plan.license_request = license_request;
     Ok(Admission::Forward(Box::new(plan)))
+}
+
+/// The providers a request is sent to, in the order they are asked: the content's list, or
+/// the route's. A stream's continuations go first to the provider that licensed it, while it
+/// is configured; a Widevine renewal or release only there, as its license server alone knows
+/// the session. Of a list, only the providers with endpoints for the DRM are asked.
+fn providers_in_order(
+    state: &State,
+    drm: Drm,
+    content: &Content,
+    continued: Option<&limits::Continuing>,
+) -> Vec<ProviderRoute> {
+    let listed: Vec<&ProviderRoute> = if content.providers.is_empty() {
+        state.route(drm).collect()
+    } else {
+        content
+            .providers
+            .iter()
+            .filter_map(|name| state.providers.get(name))
+            .collect()
+    };
+    let recorded = continued.and_then(|continuing| state.providers.get(&continuing.lease.provider));
+    let chain: Vec<ProviderRoute> = match recorded {
+        Some(recorded) if drm == Drm::Widevine => vec![recorded.clone()],
+        Some(recorded) => std::iter::once(recorded)
+            .chain(
+                listed
+                    .into_iter()
+                    .filter(|route| route.config.name != recorded.config.name),
+            )
+            .cloned()
+            .collect(),
+        None => listed.into_iter().cloned().collect(),
+    };
+    if chain.len() < 2 {
+        return chain;
+    }
+    chain
+        .into_iter()
+        .filter(|route| route.config.kind.facts().answers_locally || route.upstream(drm).is_some())
+        .collect()
 }
 
 fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {
@@ -542,14 +599,24 @@ async fn authorize(
     if provider.upstream(request.drm).is_none() {
         return Err(Problem::drm_not_routed(request.drm.as_str()));
     }
+    authorizing_for(state, provider, &request)
+        .await
+        .map(Authorized::Forward)
+}
+
+/// What `provider` needs to see with the challenge: an authorization from the cache or minted
+/// now, or one left to mint per attempt.
+pub(super) async fn authorizing_for(
+    state: &State,
+    provider: &ProviderRoute,
+    request: &LicenseRequest,
+) -> Result<Authorizing, Problem> {
     if provider.provider.minting() == Minting::PerAttempt {
-        return Ok(Authorized::Forward(Authorizing::PerAttempt(Box::new(
-            request,
-        ))));
+        return Ok(Authorizing::PerAttempt(Box::new(request.clone())));
     }
     let authorization = state
         .authorizations
-        .authorization(&provider.config.name, provider.provider.as_ref(), &request)
+        .authorization(&provider.config.name, provider.provider.as_ref(), request)
         .await?;
-    Ok(Authorized::Forward(Authorizing::Ready(authorization)))
+    Ok(Authorizing::Ready(authorization))
 }

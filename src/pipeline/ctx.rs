@@ -123,6 +123,14 @@ pub struct Forwarding {
     /// A 2xx answer of unknown length, held from the player until its first byte shows it is
     /// not empty.
     pub(crate) held_until_body: bool,
+    /// Set when the current provider could not take the request: the next attempt goes to the
+    /// next provider of the plan's list.
+    pub(crate) failing_over: Option<FailoverReason>,
+    /// The providers that could not take the request, in order, and why.
+    pub(crate) failovers: Vec<(String, FailoverReason)>,
+    /// How many of `tried` went to providers failed over from: the current provider's retries
+    /// count from there.
+    pub(crate) tried_before: usize,
 }
 
 impl RequestCtx {
@@ -213,6 +221,36 @@ pub struct ForwardPlan {
     pub challenge_len: usize,
     /// A FairPlay request re-wrapped for the provider, and how its answer goes back.
     pub fairplay: Option<FairPlayLeg>,
+    /// The providers asked next, in order, should this one not take the request.
+    pub fallbacks: Fallbacks,
+    /// What the fallbacks' authorizations are minted from; `None`: they need none.
+    pub license_request: Option<Arc<LicenseRequest>>,
+}
+
+/// The providers a request may fail over to, next first.
+#[derive(Default)]
+pub struct Fallbacks(std::collections::VecDeque<Fallback>);
+
+impl Fallbacks {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Fallback> {
+        self.0.pop_front()
+    }
+}
+
+impl FromIterator<Fallback> for Fallbacks {
+    fn from_iter<I: IntoIterator<Item = Fallback>>(fallbacks: I) -> Self {
+        Self(fallbacks.into_iter().collect())
+    }
+}
+
+/// A provider a request fails over to, with the challenge as that provider takes it.
+pub(crate) struct Fallback {
+    pub(crate) route: ProviderRoute,
+    pub(crate) fairplay: Option<FairPlayLeg>,
 }
 
 /// The FairPlay SPC in the provider's envelope, sent in place of the player's body.

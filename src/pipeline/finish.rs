@@ -121,6 +121,15 @@ pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
             .with_label_values(&[provider, upstream_status])
             .observe(upstream_time.as_secs_f64());
     }
+    // Built only for a request that failed over: "provider:reason" for each provider left.
+    let failed_over = (!ctx.forward.failovers.is_empty()).then(|| {
+        ctx.forward
+            .failovers
+            .iter()
+            .map(|(from, reason)| format!("{from}:{}", reason.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     tracing::info!(
         target: "licensegate::access",
         request_id = %ctx.request_id,
@@ -135,6 +144,7 @@ pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         total_ms = millis(total),
         upstream_ms = upstream_time.map(millis),
         attempts = ctx.forward.tried.len(),
+        failed_over = failed_over.as_deref(),
         vendor_reason = ctx.forward.vendor_reason.as_deref(),
         fairplay_format = ctx.admitted.fairplay_format,
         error = error.map(|e| e.etype().as_str()),

@@ -6,7 +6,22 @@ use super::*;
 /// Phase "forward", each attempt: the next endpoint, with what is left of the total budget
 /// bounding every wait (a turn on the endpoint's connection, connecting, the TLS handshake,
 /// reading); on a multiplexed endpoint, in turn with other requests (see [`crate::providers::upstream::EndpointState`]).
+/// A provider that cannot take the request hands it to the next of the plan's list.
 pub(crate) async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<HttpPeer, Problem> {
+    if let Some(reason) = ctx.forward.failing_over.take() {
+        fail_over(state, ctx, reason).await?;
+    }
+    loop {
+        match choose_endpoint(state, ctx).await? {
+            Some(peer) => return Ok(peer),
+            None => fail_over(state, ctx, FailoverReason::NoHealthyEndpoint).await?,
+        }
+    }
+}
+
+/// The current provider's next endpoint; `None`: it has no healthy one left and another
+/// provider may be asked.
+async fn choose_endpoint(state: &State, ctx: &mut RequestCtx) -> Result<Option<HttpPeer>, Problem> {
     let Some(plan) = &ctx.plan else {
         return Err(Problem::internal());
     };
@@ -30,12 +45,16 @@ pub(crate) async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<H
             .await?;
         ctx.forward.authorization = Some(authorization);
     }
+    let can_fail_over = !plan.fallbacks.is_empty();
     loop {
         let remaining = budget.saturating_sub(started.elapsed());
         if remaining.is_zero() {
             return Err(out_of_time());
         }
         let Some(target) = upstream.select(&ctx.forward.avoid) else {
+            if can_fail_over {
+                return Ok(None);
+            }
             return Err(Problem::upstream_unavailable(format!(
                 "{} has no healthy endpoint",
                 upstream.provider.name
@@ -61,7 +80,118 @@ pub(crate) async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<H
         ctx.forward.avoid.push(target.addr.clone());
         ctx.forward.target = Some(target);
         ctx.forward.status = None;
-        return Ok(peer);
+        return Ok(Some(peer));
+    }
+}
+
+/// Why a request left a provider for the next of its list. Each is a failure after which the
+/// provider provably issued no license: a vendor bills per license, and a request that may
+/// have been licensed is never sent to a second one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailoverReason {
+    /// Every endpoint ejected, avoided or stalled.
+    NoHealthyEndpoint,
+    /// Its attempts (retries included) failed before the challenge arrived.
+    Connect,
+    /// Its token service failed: nothing was sent to the license service.
+    Authorization,
+    /// It answered 429, 500 or 503: no license.
+    Answer(u16),
+}
+
+impl FailoverReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailoverReason::NoHealthyEndpoint => "no_healthy_endpoint",
+            FailoverReason::Connect => "connect",
+            FailoverReason::Authorization => "authorization",
+            FailoverReason::Answer(429) => "answer_429",
+            FailoverReason::Answer(500) => "answer_500",
+            FailoverReason::Answer(_) => "answer_503",
+        }
+    }
+}
+
+/// The provider statuses that say no license was issued and another provider may be asked: too
+/// many requests, and a server error of the license service itself. 502 and 504 are left out:
+/// a gateway in front of the license service sends them without knowing whether it finished.
+pub(crate) fn fails_over_on(status: u16) -> bool {
+    matches!(status, 429 | 500 | 503)
+}
+
+/// Hands the request to the next provider of the plan's list, with that provider's own
+/// authorization; a fallback whose token service fails passes it on again.
+async fn fail_over(
+    state: &State,
+    ctx: &mut RequestCtx,
+    mut reason: FailoverReason,
+) -> Result<(), Problem> {
+    loop {
+        let Some(plan) = ctx.plan.as_mut() else {
+            return Err(Problem::internal());
+        };
+        let Some(next) = plan.fallbacks.next() else {
+            return Err(Problem::internal());
+        };
+        let Some(upstream) = next.route.upstream(plan.drm).cloned() else {
+            return Err(Problem::internal());
+        };
+        let from = std::mem::replace(&mut plan.upstream, upstream);
+        let from = from.provider.name.clone();
+        let to = next.route.config.name.clone();
+        state
+            .metrics
+            .provider_failovers
+            .with_label_values(&[plan.drm.as_str(), &from, &to, reason.as_str()])
+            .inc();
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            from = %from,
+            to = %to,
+            reason = reason.as_str(),
+            vendor_reason = ctx.forward.vendor_reason.as_deref(),
+            "provider failover"
+        );
+        plan.provider = next.route.provider.clone();
+        if let Some(leg) = next.fairplay {
+            plan.challenge_len = leg.body.len();
+            plan.fairplay = Some(leg);
+        }
+        plan.authorizing = Authorizing::Nothing;
+        let request = plan.license_request.clone();
+        let can_fail_over_again = !plan.fallbacks.is_empty();
+        ctx.admitted.provider_config = Some(next.route.config.clone());
+        if let Some(hold) = ctx.held.stream.as_mut() {
+            hold.facts.provider = to;
+            hold.failed_over = true;
+        }
+        ctx.forward.failovers.push((from, reason));
+        let forward = &mut ctx.forward;
+        forward.tried_before = forward.tried.len();
+        forward.avoid.clear();
+        forward.started = None;
+        forward.target = None;
+        forward.authorization = None;
+        forward.status = None;
+        forward.vendor_reason = None;
+        forward.declared_length = None;
+        ctx.answer.status = 0;
+        ctx.answer.outcome = "ok";
+        let Some(request) = request else {
+            return Ok(());
+        };
+        match authorizing_for(state, &next.route, &request).await {
+            Ok(authorizing) => {
+                if let Some(plan) = ctx.plan.as_mut() {
+                    plan.authorizing = authorizing;
+                }
+                return Ok(());
+            }
+            Err(problem) if problem.status >= 500 && can_fail_over_again => {
+                reason = FailoverReason::Authorization;
+            }
+            Err(problem) => return Err(problem),
+        }
     }
 }
 
@@ -110,16 +240,23 @@ impl RetryReason {
 
 /// Phase "forward", after a failed connection attempt: nothing was sent, so the endpoint's
 /// failure counts towards its ejection, and another attempt may follow.
+/// Once the provider's own retries are spent, the request may fail over instead.
 pub(crate) fn connect_failed(
     state: &State,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     session: &Session,
 ) -> Option<RetryReason> {
     if let (Some(plan), Some(target)) = (&ctx.plan, &ctx.forward.target) {
         note_endpoint_failure(state, &plan.upstream, target);
     }
-    (ctx.answer.pending_problem.is_none() && may_retry(ctx, session))
-        .then_some(RetryReason::Connect)
+    if ctx.answer.pending_problem.is_some() {
+        return None;
+    }
+    if may_retry(ctx, session) {
+        return Some(RetryReason::Connect);
+    }
+    consider_failover(ctx, session, FailoverReason::Connect);
+    None
 }
 
 /// Phase "forward", after an attempt failed once its request was (at least partly) sent. A
@@ -128,10 +265,14 @@ pub(crate) fn connect_failed(
 /// produced a license and ends the request.
 pub(crate) fn attempt_failed(
     state: &State,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     session: &Session,
     error: &Error,
 ) -> Option<RetryReason> {
+    if ctx.forward.failing_over.is_some() {
+        // The provider answered that it issued nothing (see `inspect_response`).
+        return None;
+    }
     let timed_out = matches!(
         error.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -145,7 +286,26 @@ pub(crate) fn attempt_failed(
         note_endpoint_failure(state, &plan.upstream, target);
     }
     let reason = never_processed(error)?;
-    (ctx.forward.status.is_none() && may_retry(ctx, session)).then_some(reason)
+    if ctx.forward.status.is_some() {
+        return None;
+    }
+    if may_retry(ctx, session) {
+        return Some(reason);
+    }
+    consider_failover(ctx, session, FailoverReason::Connect);
+    None
+}
+
+/// Marks the request for the next provider of its list, if it has one and nothing of an answer
+/// has reached the player.
+pub(crate) fn consider_failover(ctx: &mut RequestCtx, session: &Session, reason: FailoverReason) {
+    let has_next = ctx
+        .plan
+        .as_ref()
+        .is_some_and(|plan| !plan.fallbacks.is_empty());
+    if has_next && session.response_written().is_none() {
+        ctx.forward.failing_over = Some(reason);
+    }
 }
 
 /// Reads the HTTP/2 stream error under a Pingora error, if the provider's stack said it did not
@@ -230,7 +390,7 @@ pub(crate) fn may_retry(ctx: &RequestCtx, session: &Session) -> bool {
         .forward
         .started
         .is_some_and(|started| started.elapsed() < upstream.provider.total_timeout);
-    ctx.forward.tried.len() <= upstream.provider.retries
+    ctx.forward.tried.len() - ctx.forward.tried_before <= upstream.provider.retries
         && within_budget
         && session.response_written().is_none()
 }

@@ -132,7 +132,7 @@ impl ProxyHttp for LicenseProxy {
         pipeline::end_stream_turn(ctx);
         let retry = pipeline::connect_failed(&ctx.state.clone(), ctx, session);
         self.count_retry(ctx, retry);
-        e.set_retry(retry.is_some());
+        e.set_retry(retry.is_some() || ctx.forward.failing_over.is_some());
         e
     }
 
@@ -150,7 +150,7 @@ impl ProxyHttp for LicenseProxy {
         pipeline::end_stream_turn(ctx);
         let retry = pipeline::attempt_failed(&ctx.state.clone(), ctx, session, &e);
         self.count_retry(ctx, retry);
-        e.set_retry(retry.is_some());
+        e.set_retry(retry.is_some() || ctx.forward.failing_over.is_some());
         e
     }
 

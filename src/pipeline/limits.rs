@@ -108,6 +108,9 @@ pub(crate) struct StreamHold {
     pub(crate) announce: bool,
     /// The request continues a recorded stream.
     pub(crate) continued: Option<Continued>,
+    /// The request failed over: `facts.provider` licensed it, not the provider its lease
+    /// was written with.
+    pub(crate) failed_over: bool,
     /// The start of the provider's answer, for the license's identification and policy.
     pub(crate) answer: BytesMut,
     pub(crate) license: Option<widevine::IssuedLicense>,
@@ -385,6 +388,7 @@ pub(super) async fn admit_stream(
         release: false,
         announce: false,
         continued: None,
+        failed_over: false,
         answer: BytesMut::new(),
         license: None,
         facts: ask.facts,
@@ -589,6 +593,12 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
             tracing::warn!(error = %e, "lease of a refused stream not ended");
         }
         return;
+    }
+    // Before any renaming, which carries the lease's provider to its new name.
+    if hold.failed_over {
+        streams
+            .set_provider(&hold.identity.user, &session, &hold.facts.provider)
+            .await;
     }
     let Some(license) = hold.license else {
         return;

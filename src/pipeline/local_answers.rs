@@ -72,14 +72,17 @@ pub(super) async fn fairplay_certificate(
     ctx: &mut RequestCtx,
 ) -> Result<Admission, Problem> {
     ctx.admitted.label = Drm::FairPlay.as_str();
+    // The certificate is the first provider's: a failover list names providers holding the
+    // same FairPlay credentials.
     let route = state
         .route(Drm::FairPlay)
+        .next()
         .ok_or_else(|| Problem::drm_not_routed(Drm::FairPlay.as_str()))?;
     let provider = match (content_id(session.req_header())?, &state.catalog) {
         (Some(id), Some(catalog)) => {
             let content = resolve_content(catalog, Some(&id), &ChallengeInfo::default()).await?;
             ctx.admitted.content_id = Some(content.id.clone());
-            match &content.provider {
+            match content.providers.first() {
                 Some(name) => state.providers.get(name).ok_or_else(Problem::internal)?,
                 None => route,
             }

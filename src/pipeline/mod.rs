@@ -5,11 +5,11 @@
 //! |---|---|---|
 //! | `early_request_filter` | (connection clock) | `connection_busy` |
 //! | `request_filter` | [`admit`]: route, limits and origin, client address, authenticate, read challenge, the stream it continues or the rates ([`limits`]), resolve content, check key IDs, entitle, persistence, stream limit, authorize with provider; or [`answer`] locally | `admitted`, `held`, and `plan`, which it creates |
-//! | `upstream_peer` | [`choose_peer`]: endpoint, budget, stream turn, per-attempt authorization | `forward` |
+//! | `upstream_peer` | [`choose_peer`]: endpoint, budget, stream turn, per-attempt authorization; failover to the plan's next provider | `forward`, `plan` (provider, authorization), `admitted.provider_config`, `held.stream` (its provider) |
 //! | `connected_to_upstream` | [`end_stream_turn`] | `forward.stream_turn` |
 //! | `upstream_request_filter` | [`upstream_request`]: the request the provider sees | nothing |
-//! | `fail_to_connect`, `error_while_proxy` | [`connect_failed`], [`attempt_failed`]: retry only when the challenge provably never arrived | `forward` |
-//! | `upstream_response_filter` | [`inspect_response`]: the provider's reason, device limit, the stream of the device it reports, certificate fill | `forward`, `answer`, `plan`, `held.stream` |
+//! | `fail_to_connect`, `error_while_proxy` | [`connect_failed`], [`attempt_failed`]: retry only when the challenge provably never arrived; once retries are spent, fail over | `forward` |
+//! | `upstream_response_filter` | [`inspect_response`]: an answer saying no license was issued fails over; the provider's reason, device limit, the stream of the device it reports, certificate fill | `forward`, `answer`, `plan`, `held.stream` |
 //! | `upstream_response_body_filter`, `..._trailer_filter` | [`capture_answer`]: total budget, certificate fill, the license read into the stream's hold | `plan`, `forward`, `answer`, `held.stream` |
 //! | `response_filter`, `response_body_filter` | [`vendor_answer_headers`], [`answer_body`]: an answer read whole judged before it is sent | `answer`, `forward.vendor_reason` |
 //! | `fail_to_proxy` | [`fail`]: a problem, or cutting a stream already begun | `answer` |

@@ -193,7 +193,7 @@ mod tests {
                 key_ids: vec![],
                 keys: Default::default(),
                 policy: None,
-                provider: None,
+                providers: Vec::new(),
                 free: true,
                 tiers: vec![],
                 hls: None,

@@ -130,7 +130,7 @@ mod tests {
             key_ids: vec![kid],
             keys: [(kid, key)].into_iter().collect(),
             policy: None,
-            provider: None,
+            providers: Vec::new(),
             free: true,
             tiers: Vec::new(),
             hls: None,

@@ -258,6 +258,15 @@ impl ProviderRoute {
         &self.upstreams
     }
 
+    /// Every upstream a request for `drm` through this provider needs: its license endpoints
+    /// and its own services (token services).
+    pub(crate) fn upstreams_for(&self, drm: Drm) -> impl Iterator<Item = Arc<Upstream>> {
+        self.upstream(drm)
+            .cloned()
+            .into_iter()
+            .chain(self.provider.upstreams())
+    }
+
     /// The license endpoints serving `drm`.
     pub(crate) fn upstream(&self, drm: Drm) -> Option<&Arc<Upstream>> {
         self.upstreams

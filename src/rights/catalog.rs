@@ -5,7 +5,7 @@
 //! atomically when the file changes: a request keeps the catalog it started with, and a broken
 //! new file leaves the running catalog in place.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -44,6 +44,10 @@ pub(crate) struct EntryFile {
     pub(crate) policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) provider: Option<String>,
+    /// Providers asked in order, the next only when one could not take the request; in place
+    /// of `provider`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) providers: Vec<String>,
     /// The old name of `provider`, read for one more release.
     #[serde(skip_serializing)]
     pub(crate) vendor: Option<String>,
@@ -89,7 +93,8 @@ pub struct Content {
     /// Content keys by KID, listed or derived; may be empty when a provider holds the keys.
     pub keys: ContentKeys,
     pub policy: Option<(String, Arc<Policy>)>,
-    pub provider: Option<String>,
+    /// The providers that serve it, in the order they are asked; empty: the route's.
+    pub providers: Vec<String>,
     pub free: bool,
     pub tiers: Vec<String>,
     pub hls: Option<HlsKey>,
@@ -180,7 +185,11 @@ impl Content {
             + self.keys.len() * 32
             + self.tiers.iter().map(|tier| tier.len() + 24).sum::<usize>()
             + self.policy.as_ref().map_or(0, |(name, _)| name.len())
-            + self.provider.as_ref().map_or(0, String::len)
+            + self
+                .providers
+                .iter()
+                .map(|name| name.len() + 24)
+                .sum::<usize>()
     }
 }
 
@@ -237,7 +246,7 @@ impl Contents {
 #[derive(Clone)]
 pub(crate) struct References {
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
-    pub(crate) providers: BTreeSet<String>,
+    pub(crate) providers: BTreeMap<String, Arc<licensegate_config::ProviderConfig>>,
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
     /// Whether a player's country can be known (`[territories]`).
     pub(crate) territories: bool,
@@ -247,7 +256,7 @@ impl References {
     pub(crate) fn of(config: &Config) -> Self {
         Self {
             policies: config.policies.clone(),
-            providers: config.providers.keys().cloned().collect(),
+            providers: config.providers.clone(),
             key_seeds: config.key_seeds.clone(),
             territories: config.territories.is_some(),
         }
@@ -384,13 +393,23 @@ pub(crate) fn validate_entry(
         }
         (provider, None) => provider,
     };
-    if let Some(provider) = &provider
-        && !refs.providers.contains(provider)
-    {
-        return Err(ConfigError::new(
-            at("provider"),
-            format!("no provider named '{provider}'"),
-        ));
+    let providers = match (provider, entry.providers.is_empty()) {
+        (Some(_), false) => {
+            return Err(ConfigError::new(
+                at("providers"),
+                "name one `provider`, or `providers` in order, not both",
+            ));
+        }
+        (Some(provider), true) => vec![provider],
+        (None, _) => entry.providers,
+    };
+    if !providers.is_empty() {
+        let key = at(if providers.len() == 1 {
+            "provider"
+        } else {
+            "providers"
+        });
+        licensegate_config::providers_in_order(&key, &providers, &refs.providers, None)?;
     }
     let hls = entry
         .hls
@@ -455,7 +474,7 @@ pub(crate) fn validate_entry(
         key_ids,
         keys: keys.into_iter().collect(),
         policy,
-        provider,
+        providers,
         free: entry.free,
         tiers: entry.tiers,
         hls,
@@ -542,7 +561,13 @@ mod tests {
                 }),
             )]
             .into(),
-            providers: ["builtin".to_string()].into(),
+            providers: licensegate_config::Config::parse(
+                "[listeners]\nlicense = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9090\"\n\
+                 [providers.builtin]\nkind = \"clearkey\"\n[routes]\nclearkey = \"builtin\"\n",
+                &|_| None,
+            )
+            .unwrap()
+            .providers,
             key_seeds: [(
                 "ms".to_string(),
                 KeySeed::parse("XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I").unwrap(),

@@ -308,7 +308,7 @@ mod tests {
             key_ids: Vec::new(),
             keys: Default::default(),
             policy: None,
-            provider: None,
+            providers: Vec::new(),
             free: false,
             tiers: tiers.iter().map(|t| t.to_string()).collect(),
             hls: None,

@@ -218,34 +218,41 @@ fn same_store(
 }
 
 impl State {
-    /// The provider that serves `drm` unless the content names another.
-    pub(crate) fn route(&self, drm: Drm) -> Option<&ProviderRoute> {
+    /// The providers that serve `drm` unless the content names others, in the order they are
+    /// asked.
+    pub(crate) fn route(&self, drm: Drm) -> impl Iterator<Item = &ProviderRoute> {
         self.config
             .routes
             .get(&drm)
-            .and_then(|provider| self.providers.get(&provider.name))
+            .into_iter()
+            .flatten()
+            .filter_map(|provider| self.providers.get(&provider.name))
     }
 
-    /// Every upstream a routed request may need: the routed license endpoints and the
-    /// routed providers' own services (token services).
+    /// Every upstream a routed request may need: the license endpoints and token services of
+    /// every provider a route names, failover ones included.
     pub(crate) fn routed_upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
-        for (drm, provider) in &self.config.routes {
-            let Some(route) = self.providers.get(&provider.name) else {
-                continue;
-            };
-            let candidates = route
-                .upstream(*drm)
-                .cloned()
-                .into_iter()
-                .chain(route.provider.upstreams());
-            for upstream in candidates {
+        for drm in self.config.routes.keys() {
+            for upstream in self.route(*drm).flat_map(|route| route.upstreams_for(*drm)) {
                 if !upstreams.iter().any(|known| Arc::ptr_eq(known, &upstream)) {
                     upstreams.push(upstream);
                 }
             }
         }
         upstreams
+    }
+
+    /// Whether every routed DRM has a provider whose endpoints and token services all have a
+    /// healthy endpoint: the first of its list, or one it fails over to.
+    pub(crate) fn routes_servable(&self) -> bool {
+        self.config.routes.keys().all(|drm| {
+            self.route(*drm).any(|route| {
+                route
+                    .upstreams_for(*drm)
+                    .all(|upstream| upstream.healthy_endpoints() > 0)
+            })
+        })
     }
 }
 

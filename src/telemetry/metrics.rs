@@ -24,6 +24,7 @@ pub struct Metrics {
     pub(crate) device_decisions: IntCounterVec,
     pub(crate) device_store_duration: HistogramVec,
     pub(crate) upstream_retries: IntCounterVec,
+    pub(crate) provider_failovers: IntCounterVec,
     pub(crate) upstream_ejections: IntCounterVec,
     pub(crate) connections_refused: IntCounterVec,
     pub(crate) stream_decisions: IntCounterVec,
@@ -169,6 +170,17 @@ impl Metrics {
             &["provider", "reason"],
         )
         .expect("valid counter");
+        let provider_failovers = IntCounterVec::new(
+            Opts::new(
+                "licensegate_provider_failovers_total",
+                "Requests moved on to the next provider of their list, by the provider that could \
+                 not take them, the one asked next, and why: no_healthy_endpoint, connect \
+                 (every attempt failed to connect), authorization (its token service failed), \
+                 answer_429, answer_500 or answer_503 (it answered that it issued nothing)",
+            ),
+            &["drm", "from", "to", "reason"],
+        )
+        .expect("valid counter");
         let upstream_ejections = IntCounterVec::new(
             Opts::new(
                 "licensegate_upstream_ejections_total",
@@ -234,6 +246,7 @@ impl Metrics {
         }
         for collector in [
             Box::new(upstream_retries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(provider_failovers.clone()),
             Box::new(upstream_healthy_endpoints.clone()),
             Box::new(rate_limit_buckets.clone()),
             Box::new(log_lines_dropped.clone()),
@@ -271,6 +284,7 @@ impl Metrics {
             device_decisions,
             device_store_duration,
             upstream_retries,
+            provider_failovers,
             upstream_ejections,
             connections_refused,
             stream_decisions,

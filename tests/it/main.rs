@@ -6,6 +6,7 @@ mod cli;
 mod devices;
 mod e2e;
 mod edge;
+mod failover;
 mod fairplay;
 mod identity;
 mod layout;

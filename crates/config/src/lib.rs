@@ -84,7 +84,9 @@ pub struct Config {
     pub server: ServerSettings,
     pub cors: CorsSettings,
     pub providers: BTreeMap<String, Arc<ProviderConfig>>,
-    pub routes: BTreeMap<Drm, Arc<ProviderConfig>>,
+    /// The providers that serve each DRM, in the order they are asked: the first, then the
+    /// next only when one could not take the request (failover).
+    pub routes: BTreeMap<Drm, Vec<Arc<ProviderConfig>>>,
     pub auth: Option<AuthSettings>,
     pub catalog: Option<CatalogSettings>,
     /// The key service for packagers, when configured.
@@ -134,7 +136,7 @@ struct FileConfig {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderFile>,
     #[serde(default)]
-    pub routes: BTreeMap<Drm, String>,
+    pub routes: BTreeMap<Drm, RouteFile>,
     pub auth: Option<AuthFile>,
     pub catalog: Option<CatalogFile>,
     pub speke: Option<SpekeFile>,
@@ -391,27 +393,12 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
 
     let mut routes = BTreeMap::new();
-    for (drm, provider_name) in file.routes {
-        let Some(provider) = providers.get(&provider_name) else {
-            return Err(ConfigError::new(
-                format!("routes.{drm}"),
-                format!("no provider named '{provider_name}' under [providers]"),
-            ));
-        };
-        let facts = provider.kind.facts();
-        if !facts.drms.contains(&drm) {
-            return Err(ConfigError::new(
-                format!("routes.{drm}"),
-                format!("'{provider_name}' does not serve {drm}"),
-            ));
-        }
-        if !facts.answers_locally && provider.endpoints.for_drm(drm).is_none() {
-            return Err(ConfigError::new(
-                format!("routes.{drm}"),
-                format!("'{provider_name}' has no endpoints for {drm}"),
-            ));
-        }
-        routes.insert(drm, provider.clone());
+    for (drm, route) in file.routes {
+        let names = route.into_names();
+        routes.insert(
+            drm,
+            providers_in_order(&format!("routes.{drm}"), &names, &providers, Some(drm))?,
+        );
     }
     if routes.is_empty() {
         return Err(ConfigError::new(

@@ -502,3 +502,80 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         path_and_query,
     })
 }
+
+/// A route's providers as the file names them: one, or several asked in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RouteFile {
+    One(String),
+    InOrder(Vec<String>),
+}
+
+impl RouteFile {
+    pub fn into_names(self) -> Vec<String> {
+        match self {
+            RouteFile::One(name) => vec![name],
+            RouteFile::InOrder(names) => names,
+        }
+    }
+}
+
+/// Providers one request may be sent to in turn: each failover adds a vendor's timeout to
+/// what the player may wait.
+pub const MAX_PROVIDERS_IN_ORDER: usize = 4;
+
+/// The providers `names` lists, checked as a list asked in order (a route, or a catalog entry's
+/// `providers`). `drm`: the DRM a route sends every one of them.
+pub fn providers_in_order(
+    key: &str,
+    names: &[String],
+    providers: &BTreeMap<String, Arc<ProviderConfig>>,
+    drm: Option<Drm>,
+) -> Result<Vec<Arc<ProviderConfig>>, ConfigError> {
+    if names.is_empty() {
+        return Err(ConfigError::new(key, "name at least one provider"));
+    }
+    if names.len() > MAX_PROVIDERS_IN_ORDER {
+        return Err(ConfigError::new(
+            key,
+            format!("at most {MAX_PROVIDERS_IN_ORDER} providers may be asked in turn"),
+        ));
+    }
+    let mut listed: Vec<Arc<ProviderConfig>> = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(provider) = providers.get(name) else {
+            return Err(ConfigError::new(
+                key,
+                format!("no provider named '{name}' under [providers]"),
+            ));
+        };
+        if listed.iter().any(|earlier| earlier.name == *name) {
+            return Err(ConfigError::new(key, format!("'{name}' is named twice")));
+        }
+        let facts = provider.kind.facts();
+        if names.len() > 1 && facts.answers_locally {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "'{name}' answers locally and never fails: it cannot take part in a failover list"
+                ),
+            ));
+        }
+        if let Some(drm) = drm {
+            if !facts.drms.contains(&drm) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("'{name}' does not serve {drm}"),
+                ));
+            }
+            if !facts.answers_locally && provider.endpoints.for_drm(drm).is_none() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("'{name}' has no endpoints for {drm}"),
+                ));
+            }
+        }
+        listed.push(provider.clone());
+    }
+    Ok(listed)
+}

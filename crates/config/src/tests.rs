@@ -36,7 +36,7 @@ fn a_disabled_demo_needs_no_root_and_an_enabled_one_does() {
 #[test]
 fn minimal_file_gets_production_defaults() {
     let config = parse(MINIMAL).unwrap();
-    let provider = &config.routes[&Drm::Widevine];
+    let provider = &config.routes[&Drm::Widevine][0];
     assert_eq!(provider.max_concurrent_streams, 100);
     assert_eq!(provider.protocol, Protocol::H2);
     assert_eq!(config.server.max_challenge_bytes, 65536);
@@ -162,6 +162,54 @@ fn wrong_type_names_the_full_key_path() {
 fn route_to_a_missing_vendor_is_refused() {
     let err = parse(&MINIMAL.replace("widevine = \"sim\"", "playready = \"axinom\"")).unwrap_err();
     assert_eq!(err.key, "routes.playready");
+}
+
+#[test]
+fn a_route_may_name_providers_in_order() {
+    let backup = r#"
+    [providers.backup]
+    kind = "passthrough"
+    endpoints = ["http://127.0.0.1:8091/AcquireLicense"]
+    [providers.local]
+    kind = "clearkey"
+    "#;
+    let config = parse(&format!(
+        "{}{backup}",
+        MINIMAL.replace("widevine = \"sim\"", "widevine = [\"sim\", \"backup\"]")
+    ))
+    .unwrap();
+    let names: Vec<&str> = config.routes[&Drm::Widevine]
+        .iter()
+        .map(|provider| provider.name.as_str())
+        .collect();
+    assert_eq!(names, ["sim", "backup"]);
+    for (route, key, reason) in [
+        ("widevine = []", "routes.widevine", "at least one"),
+        ("widevine = [\"sim\", \"sim\"]", "routes.widevine", "twice"),
+        (
+            "widevine = [\"sim\", \"gone\"]",
+            "routes.widevine",
+            "no provider named 'gone'",
+        ),
+        (
+            "clearkey = [\"sim\", \"local\"]",
+            "routes.clearkey",
+            "answers locally",
+        ),
+        (
+            "widevine = [\"sim\", \"backup\", \"sim\", \"backup\", \"sim\"]",
+            "routes.widevine",
+            "at most 4",
+        ),
+    ] {
+        let err = parse(&format!(
+            "{}{backup}",
+            MINIMAL.replace("widevine = \"sim\"", route)
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, key, "{route}: {err}");
+        assert!(err.reason.contains(reason), "{route}: {err}");
+    }
 }
 
 #[test]

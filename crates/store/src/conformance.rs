@@ -242,6 +242,27 @@ pub async fn streams_quotas_and_blocks(store: &dyn Store) {
     }
     let record = store.stream("ann", "s", 2023).await.unwrap().unwrap();
     assert_eq!(record.device.as_deref(), Some("d1"));
+    // A request that failed over records the provider that licensed it; the rest stays.
+    assert!(
+        store
+            .set_stream_provider("ann", "s", "backup", 2023)
+            .await
+            .unwrap()
+    );
+    let moved = store.stream("ann", "s", 2023).await.unwrap().unwrap();
+    assert_eq!(
+        moved,
+        Lease {
+            provider: "backup".into(),
+            ..record
+        }
+    );
+    assert!(
+        !store
+            .set_stream_provider("ann", "gone", "backup", 2023)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store
             .set_stream_device("ann", "gone", "d1", 2023)

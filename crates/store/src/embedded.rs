@@ -403,6 +403,26 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn set_stream_provider(
+        &self,
+        user: &str,
+        session: &str,
+        provider: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (user, session, provider) =
+            (user.to_string(), session.to_string(), provider.to_string());
+        self.with(move |tx| {
+            let changed = run(
+                tx,
+                "UPDATE streams SET provider = ?3 WHERE user = ?1 AND session = ?2 AND expires_at > ?4",
+                params![user, session, provider, now as i64],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
     async fn renew_stream(
         &self,
         user: &str,

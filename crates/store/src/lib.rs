@@ -276,6 +276,16 @@ pub trait Store: ContentRecords + SpentTokens + Send + Sync {
         now: u64,
     ) -> Result<Option<String>, StoreError>;
 
+    /// Records that a live lease's license came from `provider` (its request failed over to
+    /// it), where its renewals go. `false`: no live lease by that name.
+    async fn set_stream_provider(
+        &self,
+        user: &str,
+        session: &str,
+        provider: &str,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
     /// Extends a live, not stopped lease by `seconds` from now; returns the lease as it stands
     /// (`None`: no live lease).
     async fn renew_stream(

@@ -38,6 +38,7 @@ pub struct RedisStore {
     acquire_stream: Script,
     continue_stream: Script,
     set_stream_device: Script,
+    set_stream_provider: Script,
     renew_stream: Script,
     rename_stream: Script,
     adopt_stream: Script,
@@ -147,6 +148,7 @@ impl RedisStore {
             acquire_stream: streams(ACQUIRE_STREAM),
             continue_stream: streams(CONTINUE_STREAM),
             set_stream_device: streams(SET_STREAM_DEVICE),
+            set_stream_provider: streams(SET_STREAM_PROVIDER),
             renew_stream: streams(RENEW_STREAM),
             rename_stream: streams(RENAME_STREAM),
             adopt_stream: streams(ADOPT_STREAM),
@@ -350,6 +352,24 @@ impl Store for RedisStore {
             .key(key(user, "streams"))
             .arg(session)
             .arg(device)
+            .arg(now)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn set_stream_provider(
+        &self,
+        user: &str,
+        session: &str,
+        provider: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        self.set_stream_provider
+            .key(key(user, "streams"))
+            .arg(session)
+            .arg(provider)
             .arg(now)
             .invoke_async(&mut connection)
             .await

@@ -154,6 +154,17 @@ end
 return mine.device
 ";
 
+pub(super) const SET_STREAM_PROVIDER: &str = r"
+local key, session, provider, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local value = redis.call('HGET', key, session)
+if not value then return 0 end
+local mine = lease(value)
+if mine.expires == nil or mine.expires <= now then return 0 end
+mine.provider = provider
+redis.call('HSET', key, session, encode(mine))
+return 1
+";
+
 pub(super) const RENEW_STREAM: &str = r"
 local key, session, seconds, now = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local leases, latest = live(key, now)

@@ -1,0 +1,381 @@
+//! Failover between vendors: a route or a content names providers in order, and a request the
+//! first one provably did not license goes to the next, with that vendor's own authorization.
+//! The failing vendors are Debian's nginx (answering as a vendor's gateway would) and the
+//! simulator; every test counts what each vendor saw.
+
+use std::time::Duration;
+
+use licensegate_testkit::{
+    Gate, GateConfig, Nginx, Sim, client, fixture, free_port, problem, user_token,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
+const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
+const DRMTODAY_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const ADMIN_TOKEN: &str = "failover-admin-token-0123456789";
+const SOAP_ACTION: &str = "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\"";
+
+const CATALOG: &str = r#"
+[content.demo]
+key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
+
+[content.playready-sample]
+key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
+"#;
+
+fn axinom(name: &str, endpoint: &str) -> String {
+    format!(
+        "kind = \"axinom\"\nendpoints = [\"{endpoint}\"]\n[providers.{name}.settings]\n\
+         com_key_id = \"{COM_KEY_ID}\"\ncom_key = \"{COM_KEY}\""
+    )
+}
+
+fn drmtoday(name: &str, endpoint: &str) -> String {
+    format!(
+        "kind = \"drmtoday\"\nendpoints = [\"{endpoint}\"]\n[providers.{name}.settings]\n\
+         merchant = \"sim-merchant\"\nkey_id = \"sim-key\"\nsecret = \"{DRMTODAY_SECRET}\"\n\
+         algorithm = \"HS512\""
+    )
+}
+
+/// Widevine and PlayReady routed to `primary`, then `backup`.
+async fn gate(primary: &str, backup: &str, extra: &str) -> Gate {
+    gate_with_catalog(primary, backup, extra, CATALOG).await
+}
+
+async fn gate_with_catalog(primary: &str, backup: &str, extra: &str, catalog: &str) -> Gate {
+    let config = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("primary", primary)
+        .provider("backup", backup)
+        .with(&format!(
+            "[routes]\nwidevine = [\"primary\", \"backup\"]\nplayready = [\"primary\", \"backup\"]\n\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{extra}"
+        ))
+        .build();
+    Gate::ready(Gate::start_with_files(
+        &config,
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await
+}
+
+fn widevine() -> Vec<u8> {
+    fixture("license-request-kid-01020304.bin")
+}
+
+/// What the simulator answers for `challenge`: its prefix and the challenge's SHA-256.
+fn sim_license(challenge: &[u8]) -> Vec<u8> {
+    let mut license = b"licensegate-sim license\n".to_vec();
+    license.extend_from_slice(&Sha256::digest(challenge));
+    license
+}
+
+async fn license(gate: &Gate, content: &str) -> reqwest::Response {
+    client()
+        .post(gate.license_url("widevine", Some(content)))
+        .bearer_auth(user_token("ann", &["*"]))
+        .body(widevine())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn licenses(sim: &Sim) -> u64 {
+    sim.stats().await["licenses"].as_u64().unwrap()
+}
+
+/// `licensegate_provider_failovers_total` by reason (`None`: every reason).
+async fn failovers(gate: &Gate, reason: Option<&str>) -> f64 {
+    gate.metrics()
+        .await
+        .lines()
+        .filter(|line| line.starts_with("licensegate_provider_failovers_total{"))
+        .filter(|line| reason.is_none_or(|reason| line.contains(&format!("reason=\"{reason}\""))))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn access_lines(gate: &Gate) -> Vec<String> {
+    gate.log()
+        .lines()
+        .filter(|line| line.contains("licensegate::access"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A vendor's gateway in front of its license service, answering every request with `status`
+/// and a reason in Axinom's header.
+fn failing_vendor(status: u16) -> Nginx {
+    Nginx::start(&format!(
+        r#"listen 127.0.0.1:{{port}} http2;
+        location / {{
+            add_header X-AxDRM-ErrorMessage "nginx answered {status}" always;
+            return {status} "no license\n";
+        }}"#
+    ))
+}
+
+#[tokio::test]
+async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others_do_not() {
+    let backup = Sim::start(&["--vendor", "drmtoday"]);
+    let mut backup_licenses = 0;
+    for status in [503, 429, 500] {
+        let nginx = failing_vendor(status);
+        let gate = gate(
+            &axinom("primary", &nginx.url("http", "/AcquireLicense")),
+            &drmtoday("backup", &backup.url()),
+            "",
+        )
+        .await;
+        let response = license(&gate, "demo").await;
+        assert_eq!(response.status(), 200, "{status}");
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            sim_license(&widevine()),
+            "{status}"
+        );
+        backup_licenses += 1;
+        assert_eq!(licenses(&backup).await, backup_licenses, "{status}");
+        let seen = nginx.access_log();
+        assert_eq!(seen.len(), 1, "{status}: {seen:?}");
+        assert!(
+            seen[0].starts_with(&format!("{request_id} {status} ")),
+            "{seen:?}"
+        );
+        let reason = format!("answer_{status}");
+        assert_eq!(failovers(&gate, Some(&reason)).await, 1.0, "{status}");
+        let access = access_lines(&gate);
+        assert_eq!(access.len(), 1, "{access:?}");
+        assert!(access[0].contains("provider=\"backup\""), "{access:?}");
+        assert!(
+            access[0].contains(&format!("failed_over=\"primary:{reason}\"")),
+            "{access:?}"
+        );
+        let log = gate.log();
+        assert!(
+            log.contains(&format!("nginx answered {status}")),
+            "the failing vendor's reason is kept: {log}"
+        );
+    }
+
+    // A gateway's 502 or 504 does not tell whether the license service behind it finished:
+    // the answer is the player's, and the next vendor is not asked.
+    for status in [502, 504] {
+        let nginx = failing_vendor(status);
+        let gate = gate(
+            &axinom("primary", &nginx.url("http", "/AcquireLicense")),
+            &drmtoday("backup", &backup.url()),
+            "",
+        )
+        .await;
+        let response = license(&gate, "demo").await;
+        assert_eq!(response.status(), status);
+        assert_eq!(nginx.access_log().len(), 1);
+        assert_eq!(licenses(&backup).await, backup_licenses, "{status}");
+        assert_eq!(failovers(&gate, None).await, 0.0);
+    }
+
+    // The last vendor of the list failing too: its own answer reaches the player.
+    let nginx = failing_vendor(503);
+    let refusing = failing_vendor(503);
+    let gate = gate(
+        &axinom("primary", &nginx.url("http", "/AcquireLicense")),
+        &drmtoday("backup", &refusing.url("http", "/AcquireLicense")),
+        "",
+    )
+    .await;
+    let response = license(&gate, "demo").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(nginx.access_log().len(), 1);
+    assert_eq!(refusing.access_log().len(), 1);
+    assert_eq!(failovers(&gate, Some("answer_503")).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_vendor_nobody_can_reach_is_failed_over_and_the_gate_stays_ready() {
+    let backup = Sim::start(&["--vendor", "drmtoday"]);
+    let nowhere = format!("http://127.0.0.1:{}/AcquireLicense", free_port());
+    // Ready: the route's second provider has a healthy endpoint.
+    let gate = gate(
+        &format!("retries = 1\n{}", axinom("primary", &nowhere)),
+        &drmtoday("backup", &backup.url()),
+        "",
+    )
+    .await;
+    for n in 0..6 {
+        let response = license(&gate, "demo").await;
+        assert_eq!(response.status(), 200, "request {n}");
+    }
+    assert_eq!(licenses(&backup).await, 6);
+    // Refused connections first; once the endpoint is ejected (or its health check fails), no
+    // attempt is made on it at all.
+    let connect = failovers(&gate, Some("connect")).await;
+    let ejected = failovers(&gate, Some("no_healthy_endpoint")).await;
+    assert_eq!(
+        connect + ejected,
+        6.0,
+        "connect {connect}, ejected {ejected}"
+    );
+    assert!(ejected >= 1.0, "connect {connect}, ejected {ejected}");
+}
+
+#[tokio::test]
+async fn a_failing_token_service_hands_the_request_on_before_any_challenge_leaves() {
+    let expressplay = Sim::start(&["--vendor", "expressplay", "--authenticator", "the-real-one"]);
+    let base = format!("http://127.0.0.1:{}", expressplay.port);
+    let primary = format!(
+        "kind = \"expressplay\"\nendpoints = [\"{base}/hms/wv/rights/\"]\n\
+         [providers.primary.settings]\ntoken_url = \"{base}/hms/wv/token\"\n\
+         customer_authenticator = \"sim-authenticator\""
+    );
+    let backup = Sim::start(&["--vendor", "drmtoday"]);
+    let gate = gate(&primary, &drmtoday("backup", &backup.url()), "").await;
+    let response = license(&gate, "demo").await;
+    assert_eq!(response.status(), 200);
+    let stats = expressplay.stats().await;
+    assert_eq!(stats["token_requests"], 1);
+    assert_eq!(
+        stats["last_license_request_uri"],
+        Value::Null,
+        "no challenge reached the first vendor"
+    );
+    assert_eq!(stats["licenses"], 0);
+    assert_eq!(licenses(&backup).await, 1);
+    assert_eq!(failovers(&gate, Some("authorization")).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_request_the_first_vendor_may_have_licensed_never_reaches_a_second() {
+    let backup = Sim::start(&["--vendor", "drmtoday"]);
+    // The challenge left, and no answer came in time.
+    let slow = Sim::start(&["--vendor", "axinom", "--delay-ms", "3000"]);
+    let gate_on_slow = gate(
+        &format!(
+            "{}\n[providers.primary.timeouts]\nread_ms = 800\ntotal_ms = 1000",
+            axinom("primary", &slow.url())
+        ),
+        &drmtoday("backup", &backup.url()),
+        "",
+    )
+    .await;
+    problem(
+        license(&gate_on_slow, "demo").await,
+        504,
+        "upstream_timeout",
+    )
+    .await;
+    // The challenge reached the first vendor, which may yet license it.
+    assert!(
+        slow.stats().await["last_license_request_uri"].is_string(),
+        "the challenge reached the first vendor"
+    );
+    // The connection reset once the challenge arrived.
+    let resetting = Sim::start(&["--vendor", "axinom", "--reset-connections", "1"]);
+    let gate_on_reset = gate(
+        &axinom("primary", &resetting.url()),
+        &drmtoday("backup", &backup.url()),
+        "",
+    )
+    .await;
+    let response = license(&gate_on_reset, "demo").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(resetting.stats().await["resets"], 1);
+    assert_eq!(licenses(&backup).await, 0, "the second vendor saw nothing");
+    for gate in [&gate_on_slow, &gate_on_reset] {
+        assert_eq!(failovers(gate, None).await, 0.0);
+    }
+}
+
+#[tokio::test]
+async fn a_content_names_its_own_providers_in_order() {
+    let primary = Sim::start(&["--vendor", "axinom"]);
+    let nginx = failing_vendor(503);
+    let catalog = CATALOG.replace(
+        "keys = { \"01020304",
+        "providers = [\"backup\", \"primary\"]\nkeys = { \"01020304",
+    );
+    let gate = gate_with_catalog(
+        &axinom("primary", &primary.url()),
+        &drmtoday("backup", &nginx.url("http", "/AcquireLicense")),
+        "",
+        &catalog,
+    )
+    .await;
+    // `demo` lists the backup first: it fails, and the route's first provider licenses.
+    let response = license(&gate, "demo").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(nginx.access_log().len(), 1);
+    assert_eq!(licenses(&primary).await, 1);
+    let metrics = gate.metrics().await;
+    assert!(
+        metrics.lines().any(|line| line.starts_with(
+            "licensegate_provider_failovers_total{drm=\"widevine\",from=\"backup\",reason=\"answer_503\",to=\"primary\"} 1"
+        )),
+        "{metrics}"
+    );
+    // Content without a list takes the route's order: the primary answers at once.
+    let response = client()
+        .post(gate.license_url("playready", Some("playready-sample")))
+        .bearer_auth(user_token("ann", &["*"]))
+        .header("SOAPAction", SOAP_ACTION)
+        .body(fixture("license-request-v4.0.xml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(nginx.access_log().len(), 1);
+    assert_eq!(licenses(&primary).await, 2);
+}
+
+#[tokio::test]
+async fn a_stream_that_failed_over_continues_with_the_vendor_that_licensed_it() {
+    let nginx = failing_vendor(503);
+    let backup = Sim::start(&["--vendor", "axinom"]);
+    // DRMtoday reports no device: the stream's lease is written at admission, naming the
+    // primary, and must name the backup once it licenses.
+    let gate = gate(
+        &drmtoday("primary", &nginx.url("http", "/AcquireLicense")),
+        &axinom("backup", &backup.url()),
+        "[store]\npath = \"${LG_DIR}/licensegate.db\"\n[streams]\nmax_per_user = 2\n",
+    )
+    .await;
+    let playready = |session: Option<&str>| {
+        let mut request = client()
+            .post(gate.license_url("playready", Some("playready-sample")))
+            .bearer_auth(user_token("ann", &["*"]))
+            .header("SOAPAction", SOAP_ACTION)
+            .body(fixture("license-request-v4.0.xml"));
+        if let Some(session) = session {
+            request = request.header("X-Playback-Session", session);
+        }
+        request.send()
+    };
+    let first = playready(None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let session = first.headers()["x-playback-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(nginx.access_log().len(), 1);
+    let streams = gate.admin_json("/v1/users/ann/streams", ADMIN_TOKEN).await;
+    assert_eq!(streams["streams"][0]["provider"], "backup", "{streams}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = playready(Some(&session)).await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.headers()["x-playback-session"], session.as_str());
+    assert_eq!(
+        nginx.access_log().len(),
+        1,
+        "the stream's next license went to the vendor that licensed it"
+    );
+    assert_eq!(licenses(&backup).await, 2);
+}
