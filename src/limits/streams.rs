@@ -178,7 +178,7 @@ impl Streams {
     /// stream limits.
     pub(crate) fn records_only(store: Arc<Shared>, metrics: &Metrics) -> Self {
         let settings = StreamSettings {
-            max_per_user: u32::MAX,
+            max_per_user: crate::store::UNLIMITED,
             claim: String::new(),
             on_limit: OnLimit::Refuse,
             renewal_interval: Duration::from_secs(300),
@@ -218,7 +218,7 @@ impl Streams {
         granted: Option<u32>,
     ) -> u32 {
         if !self.limited {
-            return u32::MAX;
+            return crate::store::UNLIMITED;
         }
         crate::rights::auth::claimed_limit(
             claims,

@@ -462,3 +462,60 @@ pub async fn spent_tokens(store: &dyn Store) {
     store.return_token("t1").await.unwrap();
     assert!(store.spend_token("t1", now + 60, now + 2).await.unwrap());
 }
+
+pub async fn unlimited_stream_records(store: &dyn Store) {
+    let now = 5_000;
+    let session = |n: u64| format!("wv-{n:05}");
+    let extra = UNLIMITED_RECORDS_KEPT / 2;
+    for n in 0..UNLIMITED_RECORDS_KEPT + extra {
+        let started = store
+            .acquire_stream(
+                "rec",
+                ask(&session(n), 100),
+                UNLIMITED,
+                false,
+                now + n / 100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(started, StreamDecision::Started { stopped: None }, "{n}");
+    }
+    let at = now + (UNLIMITED_RECORDS_KEPT + extra) / 100;
+    let kept = store.streams("rec", at).await.unwrap();
+    // Never more than a quarter past what is kept; the oldest are the ones dropped.
+    assert!(
+        (kept.len() as u64) <= UNLIMITED_RECORDS_KEPT + UNLIMITED_RECORDS_KEPT / 4,
+        "{}",
+        kept.len()
+    );
+    let newest = session(UNLIMITED_RECORDS_KEPT + extra - 1);
+    assert!(kept.iter().any(|lease| lease.session == newest));
+    assert!(kept.iter().all(|lease| lease.session != session(0)));
+    // A recorded session is continued as before, and keeps its content and DRM.
+    assert_eq!(
+        store
+            .acquire_stream("rec", ask(&newest, 100), UNLIMITED, false, at)
+            .await
+            .unwrap(),
+        StreamDecision::Renewed
+    );
+    let other = LeaseAsk {
+        facts: &OTHER,
+        ..ask(&newest, 100)
+    };
+    assert_eq!(
+        store
+            .acquire_stream("rec", other, UNLIMITED, false, at)
+            .await
+            .unwrap(),
+        StreamDecision::Conflict
+    );
+    // Expired records are not renewed: the session starts again.
+    assert_eq!(
+        store
+            .acquire_stream("rec", ask(&newest, 100), UNLIMITED, false, at + 1000)
+            .await
+            .unwrap(),
+        StreamDecision::Started { stopped: None }
+    );
+}

@@ -330,6 +330,15 @@ impl Store for EmbeddedStore {
                     started_cadence
                 ],
             )?;
+            if limit == crate::UNLIMITED && active as u64 >= crate::UNLIMITED_RECORDS_KEPT {
+                run(
+                    tx,
+                    "DELETE FROM streams WHERE user = ?1 AND session IN (
+                         SELECT session FROM streams WHERE user = ?1
+                         ORDER BY started_at, session LIMIT ?2)",
+                    params![user, active + 1 - crate::UNLIMITED_RECORDS_KEPT as i64],
+                )?;
+            }
             Ok(StreamDecision::Started { stopped })
         })
         .await

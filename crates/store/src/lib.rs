@@ -222,6 +222,15 @@ pub enum QuotaDecision {
     },
 }
 
+/// The stream limit of a store that only records streams (Widevine licenses, so that their
+/// renewals continue only what they started) for a deployment without stream limits.
+pub const UNLIMITED: u32 = u32::MAX;
+
+/// Stream records kept per user when streams are not limited: a user (or a stolen token)
+/// asking for thousands of licenses must not make every later one slower, nor grow the store
+/// without bound. The oldest records go first; their renewals are then refused as unknown.
+pub const UNLIMITED_RECORDS_KEPT: u64 = 1024;
+
 /// Where shared state lives. Every deciding call is atomic per user: concurrent calls, from any
 /// number of licensegate instances sharing the store, never hand out more than the limit.
 #[async_trait]
@@ -247,7 +256,9 @@ pub trait Store: ContentRecords + SpentTokens + Send + Sync {
     /// Ends the user's expired leases, then renews the session's lease if it is the same
     /// content's and DRM's, starts one in a free slot, displaces the oldest stream
     /// (`stop_oldest`), or refuses. A displaced stream's lease is kept, stopped, for
-    /// `ask.seconds` more, so that its renewals are refused.
+    /// `ask.seconds` more, so that its renewals are refused. A `limit` of [`UNLIMITED`] only
+    /// records the stream: the user's other leases are not counted, and beyond
+    /// [`UNLIMITED_RECORDS_KEPT`] of them the oldest are dropped.
     async fn acquire_stream(
         &self,
         user: &str,

@@ -288,6 +288,8 @@ impl Store for RedisStore {
             .arg(ask.facts.interval)
             .arg(ask.facts.key_ids.join(","))
             .arg(super::cadence::start(ask.cadence, now))
+            .arg(super::UNLIMITED)
+            .arg(super::UNLIMITED_RECORDS_KEPT)
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)?;

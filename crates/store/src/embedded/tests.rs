@@ -163,6 +163,7 @@ async fn streams_quotas_and_blocks_as_redis_holds_them() {
     super::super::conformance::streams_quotas_and_blocks(&store).await;
     super::super::conformance::catalog_records(&store).await;
     super::super::conformance::spent_tokens(&store).await;
+    super::super::conformance::unlimited_stream_records(&store).await;
     // Once the token has expired its record no longer holds, and the sweep takes it away.
     assert!(store.spend_token("t3", 1_000_060, 1_000_000).await.unwrap());
     assert!(store.spend_token("t3", 1_000_200, 1_000_061).await.unwrap());

@@ -65,8 +65,48 @@ pub(super) const ACQUIRE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local seconds, limit, stop_oldest, now =
   tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
-local leases, latest = live(key, now)
+local unlimited, kept = tonumber(ARGV[13]), tonumber(ARGV[14])
 local ends = now + seconds
+local function new_lease()
+  return encode({expires = ends, started = now, stopped = false, drm = drm, content = content,
+          provider = ARGV[8], policy = ARGV[9], interval = tonumber(ARGV[10]), device = '',
+          kids = ARGV[11], cadence = ARGV[12]})
+end
+local function last_at_least(ttl)
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+if limit >= unlimited then
+  -- Records only: the other leases are neither read nor counted, so a user's thousandth
+  -- license costs what the first did. Expired and excess records go once the hash has grown
+  -- a quarter past what is kept.
+  local value = redis.call('HGET', key, session)
+  local mine = value and lease(value)
+  if mine and mine.expires ~= nil and mine.expires > now then
+    if mine.content ~= content or mine.drm ~= drm then return {4, 0, 0, ''} end
+    if mine.stopped then return {3, 0, 0, ''} end
+    if ends > mine.expires then
+      mine.expires = ends
+      redis.call('HSET', key, session, encode(mine))
+    end
+    last_at_least(seconds)
+    return {2, 0, 0, ''}
+  end
+  redis.call('HSET', key, session, new_lease())
+  last_at_least(seconds)
+  if redis.call('HLEN', key) > kept + kept / 4 then
+    local leases = live(key, now)
+    local names = {}
+    for name, l in pairs(leases) do names[#names + 1] = name end
+    table.sort(names, function(a, b)
+      local la, lb = leases[a], leases[b]
+      if la.started ~= lb.started then return la.started < lb.started end
+      return a < b
+    end)
+    for i = 1, #names - kept do redis.call('HDEL', key, names[i]) end
+  end
+  return {1, 0, 0, ''}
+end
+local leases, latest = live(key, now)
 if ends > latest then latest = ends end
 local mine = leases[session]
 if mine then
@@ -96,10 +136,7 @@ if active >= limit then
   redis.call('HSET', key, oldest, encode(displaced))
   stopped = oldest
 end
-redis.call('HSET', key, session,
-  encode({expires = ends, started = now, stopped = false, drm = drm, content = content,
-          provider = ARGV[8], policy = ARGV[9], interval = tonumber(ARGV[10]), device = '',
-          kids = ARGV[11], cadence = ARGV[12]}))
+redis.call('HSET', key, session, new_lease())
 keep_until(key, latest, now)
 return {1, 0, 0, stopped}
 ";

@@ -9,6 +9,7 @@ async fn streams_quotas_blocks_and_tokens() {
     super::super::conformance::streams_quotas_and_blocks(&store).await;
     super::super::conformance::catalog_records(&store).await;
     super::super::conformance::spent_tokens(&store).await;
+    super::super::conformance::unlimited_stream_records(&store).await;
     let interval = Duration::from_millis(100);
     for _ in 0..3 {
         assert_eq!(store.take_token("t", interval, 3).await.unwrap(), None);
