@@ -1,6 +1,7 @@
 //! PallyCon (DoveRunner): a license token in header `pallycon-customdata-v2`, carrying the
 //! policy encrypted with the site key and a hash keyed with the access key. PallyCon accepts a
-//! token for 600 s after its timestamp, so one is reused within that window.
+//! token for a validity its console sets (600 s after its timestamp unless changed); one is
+//! reused for at most half of it, so clocks apart and a token taken late still pass.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,8 +27,10 @@ use crate::policy::{Hdcp, Policy};
 use licensegate_drm::fairplay::{CkcFormat, CkcSource, SpcFormat};
 
 pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("pallycon-customdata-v2");
-/// How long PallyCon accepts a token after its timestamp.
-pub(crate) const TOKEN_VALIDITY: Duration = Duration::from_secs(600);
+/// How long PallyCon accepts a token after its timestamp unless its console says otherwise.
+const DEFAULT_TOKEN_VALIDITY_SECONDS: u64 = 600;
+/// A day: longer than any validity a console offers, and a token reused that long is a leak.
+const MAX_TOKEN_VALIDITY_SECONDS: u64 = 24 * 3600;
 /// PallyCon's fixed initialisation vector for policy encryption.
 pub(crate) const POLICY_IV: &[u8; 16] = b"0123456789abcdef";
 
@@ -38,6 +41,13 @@ struct Settings {
     /// 32 characters, used as the AES-256 key as they are.
     site_key: String,
     access_key: String,
+    /// The token validity set in PallyCon's console for the site.
+    #[serde(default = "default_token_validity_seconds")]
+    token_validity_seconds: u64,
+}
+
+fn default_token_validity_seconds() -> u64 {
+    DEFAULT_TOKEN_VALIDITY_SECONDS
 }
 
 pub(crate) struct PallyCon {
@@ -45,6 +55,8 @@ pub(crate) struct PallyCon {
     site_id: String,
     site_key: [u8; 32],
     access_key: String,
+    /// How long a token is reused: half its validity.
+    reuse_for: Duration,
 }
 
 impl PallyCon {
@@ -60,10 +72,17 @@ impl PallyCon {
         if settings.access_key.is_empty() {
             return Err(ConfigError::new(key("access_key"), "is empty"));
         }
+        if !(1..=MAX_TOKEN_VALIDITY_SECONDS).contains(&settings.token_validity_seconds) {
+            return Err(ConfigError::new(
+                key("token_validity_seconds"),
+                format!("must be between 1 and {MAX_TOKEN_VALIDITY_SECONDS}"),
+            ));
+        }
         Ok(Self {
             site_id: settings.site_id,
             site_key,
             access_key: settings.access_key,
+            reuse_for: Duration::from_secs(settings.token_validity_seconds) / 2,
             config,
         })
     }
@@ -167,7 +186,7 @@ impl Provider for PallyCon {
         let token = self.token(request, now)?;
         Ok(Authorization {
             headers: vec![(TOKEN_HEADER, super::header_value(&token)?)],
-            expires_at: Some(now + TOKEN_VALIDITY),
+            expires_at: Some(now + self.reuse_for),
             ..Authorization::default()
         })
     }

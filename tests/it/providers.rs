@@ -613,6 +613,61 @@ access_key = "{access_key}"
     )
 }
 
+/// A site whose console accepts tokens for 5 s: every request over 20 s is licensed, because a
+/// token is reused for at most half its validity; each new token is stamped afresh.
+#[tokio::test]
+async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
+    let sim = Sim::start(&["--vendor", "pallycon", "--token-validity-seconds", "5"]);
+    let provider = format!(
+        "{}token_validity_seconds = 5\n",
+        pallycon(&sim, "sim-access-key")
+    );
+    let gate = start_gate(&provider, "").await;
+    let widevine = fixture("license-request-kid-01020304.bin");
+    let started = std::time::Instant::now();
+    let mut requests = 0;
+    let mut stamps = std::collections::BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "request {requests} at {:?}",
+            started.elapsed()
+        );
+        requests += 1;
+        let stats = sim.stats().await;
+        let token: Value = serde_json::from_slice(
+            &STANDARD
+                .decode(
+                    stats["last_license_request_headers"]["pallycon-customdata-v2"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        stamps.insert(token["timestamp"].as_str().unwrap().to_string());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(sim.stats().await["licenses"], requests);
+    // Reused for at most 2.5 s (the cache's margin takes it to 1.25 s): eight tokens at least.
+    assert!(
+        stamps.len() >= 8,
+        "{} tokens for {requests} requests",
+        stamps.len()
+    );
+    let metrics = gate.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "licensegate_token_cache_total",
+            &[("provider", "provider"), ("result", "hit")]
+        ) > 0.0,
+        "tokens are still reused within their half"
+    );
+}
+
 #[tokio::test]
 async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
     let sim = Sim::start(&["--vendor", "pallycon"]);
@@ -727,6 +782,10 @@ async fn vendor_settings_errors_name_their_key() {
         (
             pallycon(&sim, "k").replace(PALLYCON_SITE_KEY, "short"),
             "providers.provider.settings.site_key",
+        ),
+        (
+            format!("{}token_validity_seconds = 0\n", pallycon(&sim, "k")),
+            "providers.provider.settings.token_validity_seconds",
         ),
         (
             format!(

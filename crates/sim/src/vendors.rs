@@ -115,6 +115,9 @@ pub struct VendorArgs {
     /// PallyCon access key.
     #[arg(long, default_value = "sim-access-key")]
     pub access_key: String,
+    /// How long PallyCon accepts a token after its timestamp (its console's token validity).
+    #[arg(long, default_value_t = 600)]
+    pub token_validity_seconds: i64,
 }
 
 /// Why the simulated vendor refuses.

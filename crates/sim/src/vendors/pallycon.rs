@@ -66,8 +66,11 @@ impl VendorSim {
             })?
             .and_utc();
         let age = chrono::Utc::now().signed_duration_since(stamped);
-        if age.num_seconds().abs() > 600 {
-            return refuse(403, "token timestamp outside 600 s");
+        if age.num_milliseconds() > self.args.token_validity_seconds * 1000 {
+            return refuse(403, "7011 Token is expired");
+        }
+        if age.num_seconds() < -self.args.token_validity_seconds {
+            return refuse(403, "token timestamp in the future");
         }
         let site_key: [u8; 32] = self.args.site_key.as_bytes().try_into().unwrap_or([0; 32]);
         let encrypted = STANDARD.decode(&policy).map_err(|_| Refusal {
