@@ -341,7 +341,7 @@ pub(crate) async fn admit(
 /// The providers a request is sent to, in the order they are asked: the content's list, or
 /// the route's. A stream's continuations go first to the provider that licensed it, while it
 /// is configured; a Widevine renewal or release only there, as its license server alone knows
-/// the session. Of a list, only the providers with endpoints for the DRM are asked.
+/// the session. Of a list, only the providers that serve the DRM are asked.
 fn providers_in_order(
     state: &State,
     drm: Drm,
@@ -375,7 +375,7 @@ fn providers_in_order(
     }
     chain
         .into_iter()
-        .filter(|route| route.config.kind.facts().answers_locally || route.upstream(drm).is_some())
+        .filter(|route| route.config.cannot_serve(drm).is_none())
         .collect()
 }
 

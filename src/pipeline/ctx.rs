@@ -105,7 +105,10 @@ pub struct Forwarding {
     /// Endpoints the next choice avoids: those tried, and those found stuck opening a
     /// connection.
     pub(crate) avoid: Vec<SocketAddr>,
+    /// When the current provider's first attempt began: its budget counts from there.
     pub(crate) started: Option<Instant>,
+    /// When the first provider's first attempt began: the upstream time of the request.
+    pub(crate) first_started: Option<Instant>,
     pub(crate) finished: Option<Instant>,
     pub target: Option<Target>,
     /// The authorization of the current attempt, when it is minted per attempt.

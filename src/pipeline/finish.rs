@@ -21,11 +21,16 @@ pub(crate) async fn fail(
             can_reuse_downstream: false,
         };
     }
-    let problem = ctx
-        .answer
-        .pending_problem
-        .take()
-        .unwrap_or_else(|| crate::http::problem::upstream_failure(error));
+    let problem = match (ctx.answer.pending_problem.take(), ctx.forward.failing_over) {
+        (Some(problem), _) => problem,
+        // Pingora's attempts ran out before the next provider could be asked.
+        (None, Some(reason)) => Problem::upstream_unavailable(format!(
+            "{} could not take the request ({}) and no attempt was left",
+            ctx.provider_name(),
+            reason.as_str()
+        )),
+        (None, None) => crate::http::problem::upstream_failure(error),
+    };
     let status = problem.status;
     let can_reuse_downstream = if session.response_written().is_none() {
         let local = problem_answer(&problem, ctx);
@@ -89,7 +94,7 @@ pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&E
 /// Phase "record": metrics and the one log line. Never the challenge, the license or secrets.
 pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
     let total = ctx.started.elapsed();
-    let upstream_time = ctx.forward.started.map(|started| {
+    let upstream_time = ctx.forward.first_started.map(|started| {
         ctx.forward
             .finished
             .unwrap_or_else(Instant::now)

@@ -13,20 +13,24 @@ pub(crate) async fn choose_peer(state: &State, ctx: &mut RequestCtx) -> Result<H
     }
     loop {
         match choose_endpoint(state, ctx).await? {
-            Some(peer) => return Ok(peer),
-            None => fail_over(state, ctx, FailoverReason::NoHealthyEndpoint).await?,
+            Ok(peer) => return Ok(peer),
+            Err(reason) => fail_over(state, ctx, reason).await?,
         }
     }
 }
 
-/// The current provider's next endpoint; `None`: it has no healthy one left and another
-/// provider may be asked.
-async fn choose_endpoint(state: &State, ctx: &mut RequestCtx) -> Result<Option<HttpPeer>, Problem> {
+/// The current provider's next endpoint, or why the request leaves it for the next provider
+/// (only when there is one).
+async fn choose_endpoint(
+    state: &State,
+    ctx: &mut RequestCtx,
+) -> Result<Result<HttpPeer, FailoverReason>, Problem> {
     let Some(plan) = &ctx.plan else {
         return Err(Problem::internal());
     };
     let upstream = plan.upstream.clone();
     let started = *ctx.forward.started.get_or_insert_with(Instant::now);
+    ctx.forward.first_started.get_or_insert(started);
     let budget = upstream.provider.total_timeout;
     let out_of_time = || {
         Problem::upstream_timeout(format!(
@@ -38,22 +42,28 @@ async fn choose_endpoint(state: &State, ctx: &mut RequestCtx) -> Result<Option<H
     if started.elapsed() >= budget {
         return Err(out_of_time());
     }
+    let can_fail_over = !plan.fallbacks.is_empty();
     if let Authorizing::PerAttempt(request) = &plan.authorizing {
-        let authorization = state
+        match state
             .authorizations
             .authorization(&upstream.provider.name, plan.provider.as_ref(), request)
-            .await?;
-        ctx.forward.authorization = Some(authorization);
+            .await
+        {
+            Ok(authorization) => ctx.forward.authorization = Some(authorization),
+            Err(problem) if problem.status >= 500 && can_fail_over => {
+                return Ok(Err(FailoverReason::Authorization));
+            }
+            Err(problem) => return Err(problem),
+        }
     }
-    let can_fail_over = !plan.fallbacks.is_empty();
     loop {
         let remaining = budget.saturating_sub(started.elapsed());
         if remaining.is_zero() {
             return Err(out_of_time());
         }
-        let Some(target) = upstream.select(&ctx.forward.avoid) else {
+        let Some(target) = upstream.select(&ctx.forward.avoid, can_fail_over) else {
             if can_fail_over {
-                return Ok(None);
+                return Ok(Err(FailoverReason::NoHealthyEndpoint));
             }
             return Err(Problem::upstream_unavailable(format!(
                 "{} has no healthy endpoint",
@@ -80,7 +90,7 @@ async fn choose_endpoint(state: &State, ctx: &mut RequestCtx) -> Result<Option<H
         ctx.forward.avoid.push(target.addr.clone());
         ctx.forward.target = Some(target);
         ctx.forward.status = None;
-        return Ok(Some(peer));
+        return Ok(Ok(peer));
     }
 }
 
@@ -89,13 +99,14 @@ async fn choose_endpoint(state: &State, ctx: &mut RequestCtx) -> Result<Option<H
 /// have been licensed is never sent to a second one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailoverReason {
-    /// Every endpoint ejected, avoided or stalled.
+    /// Every endpoint failing its health check, ejected, or stalled opening a connection.
     NoHealthyEndpoint,
     /// Its attempts (retries included) failed before the challenge arrived.
     Connect,
-    /// Its token service failed: nothing was sent to the license service.
+    /// Its token service (or its per-attempt authorization) failed: nothing was sent to the
+    /// license service.
     Authorization,
-    /// It answered 429, 500 or 503: no license.
+    /// It answered 429, or 500 or 503 with its own refusal reason: no license.
     Answer(u16),
 }
 
@@ -112,11 +123,13 @@ impl FailoverReason {
     }
 }
 
-/// The provider statuses that say no license was issued and another provider may be asked: too
-/// many requests, and a server error of the license service itself. 502 and 504 are left out:
-/// a gateway in front of the license service sends them without knowing whether it finished.
-pub(crate) fn fails_over_on(status: u16) -> bool {
-    matches!(status, 429 | 500 | 503)
+/// Whether an answer says no license was issued, so another provider may be asked: too many
+/// requests, or a server error the license service itself explains (its refusal reason
+/// header). A bare 5xx may come from a gateway in front of it (Envoy's 503 "upstream connect
+/// error or disconnect/reset before headers" follows a challenge that may have arrived), and
+/// 502 and 504 never tell whether the service finished.
+pub(crate) fn says_nothing_issued(status: u16, vendor_explains: bool) -> bool {
+    status == 429 || (matches!(status, 500 | 503) && vendor_explains)
 }
 
 /// Hands the request to the next provider of the plan's list, with that provider's own

@@ -263,6 +263,18 @@ impl ProxyHttp for LicenseProxy {
         }
     }
 
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are counted in metrics and failovers logged by the pipeline; Pingora's own
+        // line would add the request URI, which may hold a user token in its query.
+        true
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         // The access line carries the outcome; Pingora's own line would add the request URI,
         // which may hold a user token in its query.

@@ -523,8 +523,11 @@ pub(super) async fn admit_on_answer(
     }
     // A Widevine license is bound to the CDM that asked: its session is its stream whatever
     // device the vendor names.
-    let another_device =
-        hold.drm != Drm::Widevine && matches!((&recorded, &digest), (Some(r), Some(d)) if r != d);
+    // Vendors name a device each their own way: after a failover the device a stream recorded
+    // and the one reported are not comparable.
+    let another_device = hold.drm != Drm::Widevine
+        && !hold.failed_over
+        && matches!((&recorded, &digest), (Some(r), Some(d)) if r != d);
     if another_device {
         let was_exempt = hold.continued.as_ref().is_some_and(|c| c.exempt);
         let (drm, identity) = (hold.drm, hold.identity.clone());

@@ -120,14 +120,17 @@ pub(crate) async fn inspect_response(
     let Some(plan) = ctx.plan.as_mut() else {
         return Ok(false);
     };
-    if fails_over_on(status) && !plan.fallbacks.is_empty() {
-        // Nothing of this answer reaches the player: the next provider is asked.
-        ctx.forward.vendor_reason = plan.provider.refusal_reason(headers);
-        ctx.forward.failing_over = Some(FailoverReason::Answer(status));
-        return Error::e_explain(
-            ErrorType::HTTPStatus(status),
-            "the provider issued no license; failing over",
-        );
+    if (400..600).contains(&status) && !plan.fallbacks.is_empty() {
+        let reason = plan.provider.refusal_reason(headers);
+        if says_nothing_issued(status, reason.is_some()) {
+            // Nothing of this answer reaches the player: the next provider is asked.
+            ctx.forward.vendor_reason = reason;
+            ctx.forward.failing_over = Some(FailoverReason::Answer(status));
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "the provider issued no license; failing over",
+            );
+        }
     }
     if let Some(filler) = plan.service_certificate.as_mut() {
         filler.response_header(status, headers);

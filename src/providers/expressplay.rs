@@ -1,6 +1,7 @@
-//! ExpressPlay (Widevine): the token service turns the key and policy into a license URL
-//! carrying an ExpressPlay token; the challenge then goes to that URL. Tokens are redeemable
-//! until they expire, so a URL is reused per user, content and policy.
+//! ExpressPlay: a token service per DRM (Widevine, PlayReady, FairPlay) turns the key and
+//! policy into an ExpressPlay token and the license URL to redeem it at; the challenge then
+//! goes to that URL. Tokens are redeemable until they expire, so one is reused per user,
+//! content, DRM and policy. A DRM whose token service is not configured is not served.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,8 +31,13 @@ const TOKEN_POOL_SIZE: usize = 16;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    /// The token service, e.g. `https://wv-gen.test.expressplay.com/hms/wv/token`.
-    token_url: String,
+    /// The Widevine token service, e.g. `https://wv-gen.test.expressplay.com/hms/wv/token`.
+    token_url: Option<String>,
+    /// The PlayReady token service, e.g. `https://pr-gen.test.expressplay.com/hms/pr/token`.
+    playready_token_url: Option<String>,
+    /// What a PlayReady output licensegate's policy does not name may do: `Allow`,
+    /// `Disallow` or `SDOnly`; by default allowed unless the policy requires HDCP.
+    playready_unknown_output: Option<UnknownOutput>,
     customer_authenticator: String,
     #[serde(default = "default_token_ttl")]
     token_ttl_seconds: u64,
@@ -43,6 +49,23 @@ struct Settings {
     fairplay_token_url: Option<String>,
 }
 
+#[derive(Deserialize, Clone, Copy)]
+enum UnknownOutput {
+    Allow,
+    Disallow,
+    SDOnly,
+}
+
+impl UnknownOutput {
+    fn as_str(self) -> &'static str {
+        match self {
+            UnknownOutput::Allow => "Allow",
+            UnknownOutput::Disallow => "Disallow",
+            UnknownOutput::SDOnly => "SDOnly",
+        }
+    }
+}
+
 fn default_token_ttl() -> u64 {
     3600
 }
@@ -52,7 +75,9 @@ fn yes() -> bool {
 
 pub(crate) struct ExpressPlay {
     config: Arc<ProviderConfig>,
-    token_service: Arc<Upstream>,
+    token_service: Option<Arc<Upstream>>,
+    playready_token_service: Option<Arc<Upstream>>,
+    playready_unknown_output: Option<UnknownOutput>,
     fairplay_token_service: Option<Arc<Upstream>>,
     connector: Connector,
     customer_authenticator: String,
@@ -67,8 +92,6 @@ impl ExpressPlay {
     ) -> Result<Self, ConfigError> {
         let settings: Settings = super::settings(&config)?;
         let key = |field: &str| format!("providers.{}.settings.{field}", config.name);
-        let token_endpoint = parse_endpoint(&settings.token_url)
-            .map_err(|e| ConfigError::new(key("token_url"), e))?;
         if settings.customer_authenticator.is_empty() {
             return Err(ConfigError::new(key("customer_authenticator"), "is empty"));
         }
@@ -78,27 +101,42 @@ impl ExpressPlay {
                 format!("must be between 1 and {MAX_TOKEN_TTL_SECONDS} (30 days)"),
             ));
         }
-        let token_service = Arc::new(Upstream::new(
-            config.clone(),
-            &[Arc::new(token_endpoint)],
-            format!("{} token service", config.name),
-            idle_timeout,
-        ));
-        let fairplay_token_service = settings
-            .fairplay_token_url
-            .map(|url| {
-                let endpoint = parse_endpoint(&url)
-                    .map_err(|e| ConfigError::new(key("fairplay_token_url"), e))?;
+        let service = |field: &str, url: Option<String>, label: &str| {
+            url.map(|url| {
+                let endpoint = parse_endpoint(&url).map_err(|e| ConfigError::new(key(field), e))?;
                 Ok::<_, ConfigError>(Arc::new(Upstream::new(
                     config.clone(),
                     &[Arc::new(endpoint)],
-                    format!("{} FairPlay token service", config.name),
+                    format!("{} {label}", config.name),
                     idle_timeout,
                 )))
             })
-            .transpose()?;
+            .transpose()
+        };
+        let token_service = service("token_url", settings.token_url, "token service")?;
+        let playready_token_service = service(
+            "playready_token_url",
+            settings.playready_token_url,
+            "PlayReady token service",
+        )?;
+        let fairplay_token_service = service(
+            "fairplay_token_url",
+            settings.fairplay_token_url,
+            "FairPlay token service",
+        )?;
+        if token_service.is_none()
+            && playready_token_service.is_none()
+            && fairplay_token_service.is_none()
+        {
+            return Err(ConfigError::new(
+                format!("providers.{}.settings", config.name),
+                "name a token service: token_url (Widevine), playready_token_url or fairplay_token_url",
+            ));
+        }
         Ok(Self {
             token_service,
+            playready_token_service,
+            playready_unknown_output: settings.playready_unknown_output,
             fairplay_token_service,
             connector: Connector::new(Some(ConnectorOptions::new(TOKEN_POOL_SIZE))),
             customer_authenticator: settings.customer_authenticator,
@@ -114,18 +152,7 @@ impl ExpressPlay {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("customerAuthenticator", &self.customer_authenticator);
         form.append_pair("errorFormat", "json");
-        for kid in &request.content.key_ids {
-            form.append_pair("kid", &hex::encode(kid.0));
-            if self.send_content_key {
-                let Some(key) = request.content.keys.get(kid) else {
-                    return Err(Problem::new(Refusal::KeyNotFound).with_detail(format!(
-                        "the catalog holds no key for {kid} of '{}'",
-                        request.content.id
-                    )));
-                };
-                form.append_pair("contentKey", &hex::encode(key));
-            }
-        }
+        self.append_keys(&mut form, request)?;
         form.append_pair("securityLevel", &policy.security_level.to_string());
         let hdcp = match policy.hdcp {
             Hdcp::None => "0",
@@ -140,15 +167,77 @@ impl ExpressPlay {
             );
         }
         form.append_pair("expirationTime", &format!("+{}", self.token_ttl.as_secs()));
-        // Correlates ExpressPlay's redemption logs with ours: the request that minted the token.
-        let cookie: String = request
-            .request_id
-            .chars()
-            .filter(|c| *c != '-')
-            .take(32)
-            .collect();
-        form.append_pair("cookie", &cookie);
+        form.append_pair("cookie", &request_cookie(request));
         Ok(form.finish())
+    }
+
+    /// The PlayReady token service's form: each key ID with its key, the rights (a policy with a
+    /// license duration and persistence rents until then; anything else is bought, persistent
+    /// only if the policy says so), and output protection levels for the policy's HDCP.
+    fn playready_token_form(&self, request: &LicenseRequest) -> Result<String, Problem> {
+        let policy = &request.policy;
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("customerAuthenticator", &self.customer_authenticator);
+        form.append_pair("errorFormat", "json");
+        self.append_keys(&mut form, request)?;
+        let rental = policy.persistent && policy.license_duration_seconds > 0;
+        if rental {
+            form.append_pair("rightsType", "Rental");
+            form.append_pair(
+                "rental.periodEndTime",
+                &format!("+{}", policy.license_duration_seconds),
+            );
+        } else {
+            form.append_pair("rightsType", "BuyToOwn");
+        }
+        if policy.persistent {
+            form.append_pair("generalFlags", PERSISTENT_LICENSE_FLAGS);
+        }
+        let opls = PlayReadyOutputs::for_hdcp(policy.hdcp);
+        for (name, level) in [
+            ("analogVideoOPL", opls.analog_video),
+            ("compressedDigitalAudioOPL", opls.compressed_digital_audio),
+            ("compressedDigitalVideoOPL", opls.compressed_digital_video),
+            (
+                "uncompressedDigitalAudioOPL",
+                opls.uncompressed_digital_audio,
+            ),
+            (
+                "uncompressedDigitalVideoOPL",
+                opls.uncompressed_digital_video,
+            ),
+        ] {
+            form.append_pair(name, &level.to_string());
+        }
+        let unknown = self.playready_unknown_output.unwrap_or(match policy.hdcp {
+            Hdcp::None => UnknownOutput::Allow,
+            Hdcp::V1_4 | Hdcp::V2_2 => UnknownOutput::Disallow,
+        });
+        form.append_pair("unknownOutputBehavior", unknown.as_str());
+        form.append_pair("expirationTime", &format!("+{}", self.token_ttl.as_secs()));
+        form.append_pair("cookie", &request_cookie(request));
+        Ok(form.finish())
+    }
+
+    /// Each of the content's key IDs, with its key unless ExpressPlay stores the keys.
+    fn append_keys(
+        &self,
+        form: &mut url::form_urlencoded::Serializer<'_, String>,
+        request: &LicenseRequest,
+    ) -> Result<(), Problem> {
+        for kid in &request.content.key_ids {
+            form.append_pair("kid", &hex::encode(kid.0));
+            if self.send_content_key {
+                let Some(key) = request.content.keys.get(kid) else {
+                    return Err(Problem::new(Refusal::KeyNotFound).with_detail(format!(
+                        "the catalog holds no key for {kid} of '{}'",
+                        request.content.id
+                    )));
+                };
+                form.append_pair("contentKey", &hex::encode(key));
+            }
+        }
+        Ok(())
     }
 
     /// The FairPlay token service's form: the content key and the IV it was packaged with.
@@ -190,18 +279,30 @@ impl ExpressPlay {
         Ok(form.finish())
     }
 
-    /// The license path and query from the token service's `text/uri-list` answer; the URL
-    /// must point at one of the provider's configured license endpoints for `drm`.
+    /// The license path and query from the token service's answer: a `text/uri-list` URL that
+    /// carries the token, or (PlayReady) JSON naming the license URL and the token, which then
+    /// travels as `ExpressPlayToken`. The URL must point at one of the provider's configured
+    /// license endpoints for `drm`.
     fn license_path(&self, answer: &[u8], drm: Drm) -> Result<String, Problem> {
         let invalid =
             |why: &str| Problem::new(Refusal::VendorTokenInvalid).with_detail(why.to_string());
         let text = std::str::from_utf8(answer).map_err(|_| invalid("the answer is not text"))?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty() && !line.starts_with('#'))
-            .ok_or_else(|| invalid("the answer holds no URL"))?;
-        let url = parse_endpoint(line).map_err(|_| invalid("the answer is not a URL"))?;
+        let (line, token) = if text.trim_start().starts_with('{') {
+            let redeem: Redeem =
+                serde_json::from_str(text).map_err(|_| invalid("the answer is not its JSON"))?;
+            if redeem.token.is_empty() {
+                return Err(invalid("the answer holds no token"));
+            }
+            (redeem.license_acquisition_url, Some(redeem.token))
+        } else {
+            let line = text
+                .lines()
+                .map(str::trim)
+                .find(|line| !line.is_empty() && !line.starts_with('#'))
+                .ok_or_else(|| invalid("the answer holds no URL"))?;
+            (line.to_string(), None)
+        };
+        let url = parse_endpoint(&line).map_err(|_| invalid("the answer is not a URL"))?;
         let known = self
             .config
             .endpoints
@@ -215,7 +316,67 @@ impl ExpressPlay {
                 url.authority
             )));
         }
-        Ok(url.path_and_query)
+        Ok(match token {
+            Some(token) => {
+                let separator = if url.path_and_query.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                let query = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("ExpressPlayToken", &token)
+                    .finish();
+                format!("{}{separator}{query}", url.path_and_query)
+            }
+            None => url.path_and_query,
+        })
+    }
+}
+
+/// Correlates ExpressPlay's redemption logs with ours: the request that minted the token.
+fn request_cookie(request: &LicenseRequest) -> String {
+    request
+        .request_id
+        .chars()
+        .filter(|c| *c != '-')
+        .take(32)
+        .collect()
+}
+
+/// The PlayReady token service's answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Redeem {
+    license_acquisition_url: String,
+    token: String,
+}
+
+/// A persistent PlayReady license (ExpressPlay's `generalFlags`); a rental must be one.
+const PERSISTENT_LICENSE_FLAGS: &str = "00000001";
+
+/// PlayReady output protection levels (Microsoft's compliance rules) for a policy's HDCP.
+struct PlayReadyOutputs {
+    analog_video: u16,
+    compressed_digital_audio: u16,
+    compressed_digital_video: u16,
+    uncompressed_digital_audio: u16,
+    uncompressed_digital_video: u16,
+}
+
+impl PlayReadyOutputs {
+    /// Without HDCP every output passes (100, 400 for compressed video). With HDCP, the
+    /// uncompressed digital video output passes only with HDCP engaged (300) and analog video
+    /// only with CGMS-A engaged (200). ExpressPlay's token names no HDCP version, so 2.2 asks
+    /// what 1.4 does.
+    fn for_hdcp(hdcp: Hdcp) -> Self {
+        let protected = hdcp != Hdcp::None;
+        Self {
+            analog_video: if protected { 200 } else { 100 },
+            compressed_digital_audio: 100,
+            compressed_digital_video: 400,
+            uncompressed_digital_audio: 100,
+            uncompressed_digital_video: if protected { 300 } else { 100 },
+        }
     }
 }
 
@@ -242,10 +403,20 @@ impl Provider for ExpressPlay {
     }
 
     async fn authorize(&self, request: &LicenseRequest) -> Result<Authorization, Problem> {
-        let (token_service, form) = match (request.drm, &self.fairplay_token_service) {
-            (Drm::Widevine, _) => (&self.token_service, self.token_form(request)?),
-            (Drm::FairPlay, Some(service)) => (service, self.fairplay_token_form(request)?),
-            _ => return Err(Problem::drm_not_routed(request.drm.as_str())),
+        let (token_service, form) = match request.drm {
+            Drm::Widevine => (&self.token_service, self.token_form(request)?),
+            Drm::PlayReady => (
+                &self.playready_token_service,
+                self.playready_token_form(request)?,
+            ),
+            Drm::FairPlay => (
+                &self.fairplay_token_service,
+                self.fairplay_token_form(request)?,
+            ),
+            Drm::ClearKey => (&None, String::new()),
+        };
+        let Some(token_service) = token_service else {
+            return Err(Problem::drm_not_routed(request.drm.as_str()));
         };
         let form = Bytes::from(form);
         let length = form.len().to_string();
@@ -292,8 +463,14 @@ impl Provider for ExpressPlay {
     }
 
     fn upstreams(&self) -> Vec<Arc<Upstream>> {
-        std::iter::once(self.token_service.clone())
-            .chain(self.fairplay_token_service.clone())
-            .collect()
+        [
+            &self.token_service,
+            &self.playready_token_service,
+            &self.fairplay_token_service,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
     }
 }

@@ -170,8 +170,13 @@ impl Upstream {
     /// A healthy endpoint to try, preferring one in rotation and not among `avoid` (endpoints
     /// this request already tried or found stuck), so a retry moves on when there is
     /// somewhere to move to. When every healthy endpoint is ejected, an ejected one is still
-    /// better than refusing outright.
-    pub(crate) fn select(&self, avoid: &[SocketAddr]) -> Option<Target> {
+    /// better than refusing outright, unless `another_provider_waits`: the request then
+    /// fails over.
+    pub(crate) fn select(
+        &self,
+        avoid: &[SocketAddr],
+        another_provider_waits: bool,
+    ) -> Option<Target> {
         const MAX_ITERATIONS: usize = 256;
         let in_rotation = |backend: &Backend| {
             backend
@@ -190,7 +195,11 @@ impl Upstream {
                         healthy && in_rotation(backend)
                     })
             })
-            .or_else(|| self.balancer.select(b"", MAX_ITERATIONS))?;
+            .or_else(|| {
+                (!another_provider_waits)
+                    .then(|| self.balancer.select(b"", MAX_ITERATIONS))
+                    .flatten()
+            })?;
         let endpoint = backend.ext.get::<Arc<Endpoint>>()?.clone();
         let state = backend.ext.get::<Arc<EndpointState>>()?.clone();
         Some(Target {
@@ -301,7 +310,7 @@ impl Upstream {
             if remaining.is_zero() {
                 break;
             }
-            let Some(target) = self.select(&tried) else {
+            let Some(target) = self.select(&tried, false) else {
                 break;
             };
             tried.push(target.addr.clone());

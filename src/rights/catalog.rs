@@ -247,6 +247,8 @@ impl Contents {
 pub(crate) struct References {
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     pub(crate) providers: BTreeMap<String, Arc<licensegate_config::ProviderConfig>>,
+    /// The DRMs `[routes]` serves: an entry's providers take every one of them.
+    pub(crate) routed: Vec<crate::drm::Drm>,
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
     /// Whether a player's country can be known (`[territories]`).
     pub(crate) territories: bool,
@@ -257,6 +259,7 @@ impl References {
         Self {
             policies: config.policies.clone(),
             providers: config.providers.clone(),
+            routed: config.routes.keys().copied().collect(),
             key_seeds: config.key_seeds.clone(),
             territories: config.territories.is_some(),
         }
@@ -409,7 +412,22 @@ pub(crate) fn validate_entry(
         } else {
             "providers"
         });
-        licensegate_config::providers_in_order(&key, &providers, &refs.providers, None)?;
+        let listed =
+            licensegate_config::providers_in_order(&key, &providers, &refs.providers, None)?;
+        // Every routed DRM's requests for this content go to these providers: one of them
+        // must take each.
+        for drm in &refs.routed {
+            let reasons: Option<Vec<String>> = listed
+                .iter()
+                .map(|provider| provider.cannot_serve(*drm))
+                .collect();
+            if let Some(reasons) = reasons {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{} ([routes] serves {drm})", reasons.join("; ")),
+                ));
+            }
+        }
     }
     let hls = entry
         .hls
@@ -563,11 +581,14 @@ mod tests {
             .into(),
             providers: licensegate_config::Config::parse(
                 "[listeners]\nlicense = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9090\"\n\
-                 [providers.builtin]\nkind = \"clearkey\"\n[routes]\nclearkey = \"builtin\"\n",
+                 [providers.builtin]\nkind = \"clearkey\"\n[providers.relay]\n\
+                 kind = \"passthrough\"\nendpoints = [\"http://127.0.0.1:1/\"]\n\
+                 [routes]\nclearkey = \"builtin\"\n",
                 &|_| None,
             )
             .unwrap()
             .providers,
+            routed: vec![crate::drm::Drm::ClearKey],
             key_seeds: [(
                 "ms".to_string(),
                 KeySeed::parse("XVBovsmzhP9gRIZxWfFta3VVRPzVEWmJsazEJ46I").unwrap(),
@@ -575,6 +596,62 @@ mod tests {
             .into(),
             territories: true,
         }
+    }
+
+    #[test]
+    fn providers_are_one_or_a_list_of_known_ones_that_serve_the_routed_drms() {
+        let entry = |provider: Option<&str>, providers: &[&str]| EntryFile {
+            key_ids: vec!["01020304-0506-0708-090a-0b0c0d0e0f10".into()],
+            provider: provider.map(str::to_string),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            ..EntryFile::default()
+        };
+        let listed = validate_entry("x", entry(None, &["builtin"]), &refs()).unwrap();
+        assert_eq!(listed.providers, ["builtin"]);
+        for (file, key, reason) in [
+            (
+                entry(Some("builtin"), &["builtin"]),
+                "content.x.providers",
+                "not both",
+            ),
+            (
+                entry(None, &["relay", "relay"]),
+                "content.x.providers",
+                "twice",
+            ),
+            (
+                entry(None, &["relay", "gone"]),
+                "content.x.providers",
+                "no provider",
+            ),
+            (
+                entry(None, &["relay", "builtin"]),
+                "content.x.providers",
+                "answers locally",
+            ),
+            (
+                entry(None, &["relay"; 5]),
+                "content.x.providers",
+                "at most 4",
+            ),
+            (
+                entry(Some("gone"), &[]),
+                "content.x.provider",
+                "no provider",
+            ),
+        ] {
+            let error = validate_entry("x", file, &refs()).unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+            assert!(error.reason.contains(reason), "{error}");
+        }
+        // A route to a DRM the only provider named cannot serve.
+        let widevine_routed = References {
+            routed: vec![crate::drm::Drm::ClearKey, crate::drm::Drm::Widevine],
+            ..refs()
+        };
+        let error = validate_entry("x", entry(Some("builtin"), &[]), &widevine_routed).unwrap_err();
+        assert_eq!(error.key, "content.x.provider");
+        assert!(error.reason.contains("does not serve widevine"), "{error}");
     }
 
     #[test]

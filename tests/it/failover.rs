@@ -33,9 +33,11 @@ fn axinom(name: &str, endpoint: &str) -> String {
     )
 }
 
+/// DRMtoday, told to read a refusal's reason where the failing nginx writes it.
 fn drmtoday(name: &str, endpoint: &str) -> String {
     format!(
-        "kind = \"drmtoday\"\nendpoints = [\"{endpoint}\"]\n[providers.{name}.settings]\n\
+        "kind = \"drmtoday\"\nendpoints = [\"{endpoint}\"]\nerror_header = \"X-AxDRM-ErrorMessage\"\n\
+         [providers.{name}.settings]\n\
          merchant = \"sim-merchant\"\nkey_id = \"sim-key\"\nsecret = \"{DRMTODAY_SECRET}\"\n\
          algorithm = \"HS512\""
     )
@@ -120,6 +122,19 @@ fn failing_vendor(status: u16) -> Nginx {
     ))
 }
 
+/// A gateway's own error page: no vendor reason.
+fn failing_gateway(status: u16) -> Nginx {
+    Nginx::start(&format!(
+        r#"listen 127.0.0.1:{{port}} http2;
+        location / {{ return {status} "gateway error\n"; }}"#
+    ))
+}
+
+/// Neither provider retries: each failover is the next of Pingora's attempts.
+fn without_retries(provider: String) -> String {
+    format!("retries = 0\n{provider}")
+}
+
 #[tokio::test]
 async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others_do_not() {
     let backup = Sim::start(&["--vendor", "drmtoday"]);
@@ -127,8 +142,8 @@ async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others
     for status in [503, 429, 500] {
         let nginx = failing_vendor(status);
         let gate = gate(
-            &axinom("primary", &nginx.url("http", "/AcquireLicense")),
-            &drmtoday("backup", &backup.url()),
+            &without_retries(axinom("primary", &nginx.url("http", "/AcquireLicense"))),
+            &without_retries(drmtoday("backup", &backup.url())),
             "",
         )
         .await;
@@ -167,10 +182,16 @@ async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others
         );
     }
 
-    // A gateway's 502 or 504 does not tell whether the license service behind it finished:
-    // the answer is the player's, and the next vendor is not asked.
-    for status in [502, 504] {
-        let nginx = failing_vendor(status);
+    // A gateway's 502 or 504 does not tell whether the license service behind it finished,
+    // nor does a 500 or 503 without the vendor's reason (Envoy's "upstream connect error or
+    // disconnect/reset before headers"): the answer is the player's, and the next vendor is
+    // not asked.
+    for (status, nginx) in [
+        (502, failing_vendor(502)),
+        (504, failing_vendor(504)),
+        (503, failing_gateway(503)),
+        (500, failing_gateway(500)),
+    ] {
         let gate = gate(
             &axinom("primary", &nginx.url("http", "/AcquireLicense")),
             &drmtoday("backup", &backup.url()),
@@ -206,7 +227,7 @@ async fn a_vendor_nobody_can_reach_is_failed_over_and_the_gate_stays_ready() {
     let nowhere = format!("http://127.0.0.1:{}/AcquireLicense", free_port());
     // Ready: the route's second provider has a healthy endpoint.
     let gate = gate(
-        &format!("retries = 1\n{}", axinom("primary", &nowhere)),
+        &axinom("primary", &nowhere),
         &drmtoday("backup", &backup.url()),
         "",
     )
@@ -216,16 +237,100 @@ async fn a_vendor_nobody_can_reach_is_failed_over_and_the_gate_stays_ready() {
         assert_eq!(response.status(), 200, "request {n}");
     }
     assert_eq!(licenses(&backup).await, 6);
-    // Refused connections first; once the endpoint is ejected (or its health check fails), no
-    // attempt is made on it at all.
-    let connect = failovers(&gate, Some("connect")).await;
-    let ejected = failovers(&gate, Some("no_healthy_endpoint")).await;
+    // Its health check failing, no attempt is made on it at all.
+    assert_eq!(failovers(&gate, Some("no_healthy_endpoint")).await, 6.0);
+}
+
+/// The primary's listener between two health checks is gone, or its HTTP/2 stack refuses
+/// every stream: its retries spent (or none allowed), the request goes to the backup.
+#[tokio::test]
+async fn a_vendor_failing_between_health_checks_is_failed_over_after_its_retries() {
+    let backup = Sim::start(&["--vendor", "drmtoday"]);
+    let refusing = Sim::start(&["--vendor", "axinom", "--refuse-connections", "1000"]);
+    for (retries, refuse) in [(2, false), (0, false), (0, true), (2, true)] {
+        let primary = Sim::start(&["--vendor", "axinom"]);
+        let endpoint = if refuse {
+            refusing.url()
+        } else {
+            primary.url()
+        };
+        let config = GateConfig::new()
+            .auth("")
+            .catalog()
+            .with(&format!(
+                "[providers.primary]\nhealth_check_interval_seconds = 3600\nretries = {retries}\n{}",
+                axinom("primary", &endpoint)
+            ))
+            .provider("backup", &drmtoday("backup", &backup.url()))
+            .with("[routes]\nwidevine = [\"primary\", \"backup\"]")
+            .build();
+        let gate = Gate::ready(Gate::start_with_files(
+            &config,
+            &[("catalog.toml", CATALOG.as_bytes())],
+        ))
+        .await;
+        // Gone after its one health check passed.
+        drop(primary);
+        let before = licenses(&backup).await;
+        for n in 0..3 {
+            let response = license(&gate, "demo").await;
+            assert_eq!(response.status(), 200, "retries {retries}, request {n}");
+        }
+        assert_eq!(licenses(&backup).await, before + 3);
+        let connect = failovers(&gate, Some("connect")).await;
+        let ejected = failovers(&gate, Some("no_healthy_endpoint")).await;
+        assert_eq!(connect + ejected, 3.0, "retries {retries}, refuse {refuse}");
+        assert!(connect >= 1.0, "retries {retries}, refuse {refuse}");
+        if refuse && retries > 0 {
+            // Each refused stream was retried on a new connection before the failover.
+            let metrics = gate.metrics().await;
+            assert!(
+                metrics.lines().any(|line| line.starts_with(
+                    "licensegate_upstream_retries_total{provider=\"primary\",reason=\"goaway\"}"
+                )),
+                "{metrics}"
+            );
+        }
+    }
+}
+
+/// Three providers in order: the first answers 503, the second 429, the third licenses.
+#[tokio::test]
+async fn a_list_of_three_is_asked_in_order() {
+    let first = failing_vendor(503);
+    let second = failing_vendor(429);
+    let third = Sim::start(&["--vendor", "axinom"]);
+    let config = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider(
+            "first",
+            &axinom("first", &first.url("http", "/AcquireLicense")),
+        )
+        .provider(
+            "second",
+            &drmtoday("second", &second.url("http", "/AcquireLicense")),
+        )
+        .provider("third", &axinom("third", &third.url()))
+        .with("[routes]\nwidevine = [\"first\", \"second\", \"third\"]")
+        .build();
+    let gate = Gate::ready(Gate::start_with_files(
+        &config,
+        &[("catalog.toml", CATALOG.as_bytes())],
+    ))
+    .await;
+    assert_eq!(license(&gate, "demo").await.status(), 200);
     assert_eq!(
-        connect + ejected,
-        6.0,
-        "connect {connect}, ejected {ejected}"
+        (first.access_log().len(), second.access_log().len()),
+        (1, 1)
     );
-    assert!(ejected >= 1.0, "connect {connect}, ejected {ejected}");
+    assert_eq!(licenses(&third).await, 1);
+    let access = access_lines(&gate);
+    assert!(
+        access[0].contains("failed_over=\"first:answer_503,second:answer_429\""),
+        "{access:?}"
+    );
+    assert!(access[0].contains("provider=\"third\""), "{access:?}");
 }
 
 #[tokio::test]
@@ -235,6 +340,7 @@ async fn a_failing_token_service_hands_the_request_on_before_any_challenge_leave
     let primary = format!(
         "kind = \"expressplay\"\nendpoints = [\"{base}/hms/wv/rights/\"]\n\
          [providers.primary.settings]\ntoken_url = \"{base}/hms/wv/token\"\n\
+         playready_token_url = \"{base}/hms/pr/token\"\n\
          customer_authenticator = \"sim-authenticator\""
     );
     let backup = Sim::start(&["--vendor", "drmtoday"]);

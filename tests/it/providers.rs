@@ -393,7 +393,8 @@ async fn one_axinom_mint_serves_200_concurrent_requests_until_it_expires() {
     assert_eq!(sim.stats().await["licenses"], 202);
 }
 
-fn expressplay(sim: &Sim, settings: &str) -> String {
+/// ExpressPlay with its Widevine token service only.
+fn expressplay_widevine_only(sim: &Sim, settings: &str) -> String {
     let base = format!("http://127.0.0.1:{}", sim.port);
     format!(
         r#"kind = "expressplay"
@@ -441,6 +442,229 @@ async fn expressplay_one_token_call_for_200_concurrent_requests() {
         sim.stats().await["token_requests"],
         2,
         "an expired token is replaced"
+    );
+}
+
+/// ExpressPlay with its Widevine and PlayReady token services, as [`config`] routes both DRMs.
+fn expressplay(sim: &Sim, settings: &str) -> String {
+    let base = format!("http://127.0.0.1:{}", sim.port);
+    expressplay_widevine_only(
+        sim,
+        &format!("playready_token_url = \"{base}/hms/pr/token\"\n{settings}"),
+    )
+    .replace(
+        &format!("endpoints = [\"{base}/hms/wv/rights/\"]"),
+        &format!(
+            "endpoints = {{ widevine = [\"{base}/hms/wv/rights/\"], playready = [\"{base}/playready/AcquireLicense\"] }}"
+        ),
+    )
+}
+
+/// The token's rights as the simulator's token service received them.
+fn token_rights(stats: &Value) -> std::collections::BTreeMap<String, String> {
+    stats["last_token_rights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_string(),
+                pair[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn post_playready(gate: &Gate, who: &str) -> reqwest::Response {
+    client()
+        .post(gate.license_url("playready", Some("playready-sample")))
+        .bearer_auth(user(who))
+        .header(
+            "SOAPAction",
+            "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\"",
+        )
+        .body(fixture("license-request-v4.0.xml"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// ExpressPlay's PlayReady token service: the policy's rights and output protection go in the
+/// token request, the license URL and token come back as JSON, and the challenge redeems the
+/// token (`ExpressPlayToken`) at that URL; tokens are cached like Widevine's.
+#[tokio::test]
+async fn expressplay_playready_tokens_carry_the_policy_and_are_redeemed() {
+    let sim = Sim::start(&["--vendor", "expressplay"]);
+    let catalog = format!(
+        "{CATALOG}keys = {{ \"33e0008c-c444-4770-9899-a321e079dd36\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
+    );
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(&expressplay(&sim, ""), ""),
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let playready = fixture("license-request-v4.0.xml");
+    for _ in 0..2 {
+        let response = post_playready(&gate, "ann").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            sim_license(&playready)
+        );
+    }
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats["token_requests"], 1,
+        "the second request reused the token"
+    );
+    assert_eq!(stats["licenses"], 2);
+    let uri = stats["last_license_request_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("/playready/AcquireLicense?ExpressPlayToken="),
+        "{uri}"
+    );
+    let rights = token_rights(&stats);
+    for (name, value) in [
+        ("kid", "33e0008cc44447709899a321e079dd36"),
+        ("rightsType", "BuyToOwn"),
+        ("analogVideoOPL", "100"),
+        ("compressedDigitalAudioOPL", "100"),
+        ("compressedDigitalVideoOPL", "400"),
+        ("uncompressedDigitalAudioOPL", "100"),
+        ("uncompressedDigitalVideoOPL", "100"),
+        ("unknownOutputBehavior", "Allow"),
+        ("errorFormat", "json"),
+    ] {
+        assert_eq!(
+            rights.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {rights:?}"
+        );
+    }
+    assert!(!rights.contains_key("generalFlags"), "{rights:?}");
+
+    // A persistent policy with a duration rents until then; HDCP protects the outputs.
+    let sim = Sim::start(&["--vendor", "expressplay"]);
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(
+            &expressplay(&sim, ""),
+            "[entitlement]\ndefault_policy = \"rental\"\n[policies.rental]\nhdcp = \"1.4\"\n\
+             persistent = true\nlicense_duration_seconds = 7200\n",
+        ),
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    assert_eq!(post_playready(&gate, "ann").await.status(), 200);
+    let rights = token_rights(&sim.stats().await);
+    for (name, value) in [
+        ("rightsType", "Rental"),
+        ("rental.periodEndTime", "+7200"),
+        ("generalFlags", "00000001"),
+        ("analogVideoOPL", "200"),
+        ("uncompressedDigitalVideoOPL", "300"),
+        ("unknownOutputBehavior", "Disallow"),
+    ] {
+        assert_eq!(
+            rights.get(name).map(String::as_str),
+            Some(value),
+            "{name}: {rights:?}"
+        );
+    }
+
+    // The token service's refusal reaches the player as for Widevine.
+    let sim = Sim::start(&["--vendor", "expressplay", "--authenticator", "the-real-one"]);
+    let gate = Gate::ready(Gate::start_with_files(
+        &config(&expressplay(&sim, ""), ""),
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let body = problem(
+        post_playready(&gate, "ann").await,
+        502,
+        "vendor_token_refused",
+    )
+    .await;
+    assert_eq!(
+        body["detail"],
+        "ExpressPlay -2018: Authentication token invalid"
+    );
+    assert_eq!(sim.stats().await["licenses"], 0);
+}
+
+/// A route or a catalog entry naming a provider for a DRM it cannot serve is refused by
+/// `check`, naming the key: a kind that never serves it, or an ExpressPlay provider without
+/// that DRM's token service.
+#[tokio::test]
+async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
+    let sim = Sim::start(&[]);
+    let check = |config: String, catalog: String| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+        let path = dir.path().join("licensegate.toml");
+        std::fs::write(&path, config).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .env("LG_DIR", dir.path())
+            .env("LG_PORT", "1")
+            .env("LG_ADMIN_PORT", "2")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout),
+        )
+    };
+    // The Widevine-only ExpressPlay provider routed PlayReady (what config() does).
+    let (ok, said) = check(
+        config(&expressplay_widevine_only(&sim, ""), ""),
+        CATALOG.to_string(),
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("routes.playready: 'provider' serves playready only with providers.provider.settings.playready_token_url"),
+        "{said}"
+    );
+    // With its PlayReady token service it passes.
+    let (ok, said) = check(config(&expressplay(&sim, ""), ""), CATALOG.to_string());
+    assert!(ok, "{said}");
+    // Axinom never serves ClearKey.
+    let axinom_clearkey = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("provider", &axinom(&sim, ""))
+        .routes(&[("clearkey", "provider")])
+        .build();
+    let (ok, said) = check(axinom_clearkey, CATALOG.to_string());
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("routes.clearkey: 'provider' does not serve clearkey"),
+        "{said}"
+    );
+    // A catalog entry naming the Widevine-only provider while PlayReady is routed.
+    let routed_both = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("provider", &expressplay(&sim, ""))
+        .provider(
+            "widevine-only",
+            &expressplay_widevine_only(&sim, "")
+                .replace("[providers.provider.", "[providers.widevine-only."),
+        )
+        .routes(&[("widevine", "provider"), ("playready", "provider")])
+        .build();
+    let (ok, said) = check(
+        routed_both,
+        format!(
+            "{CATALOG}\n[content.wv]\nkey_ids = [\"aabbccdd-0000-0000-0000-000000000001\"]\nprovider = \"widevine-only\"\n"
+        ),
+    );
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("content.wv.provider: 'widevine-only' serves playready only with"),
+        "{said}"
     );
 }
 

@@ -111,14 +111,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// The most attempts any provider makes at one request: Pingora's retry bound, fixed when
-    /// the server starts.
+    /// The most attempts one request may take: each provider of a failover list makes up to
+    /// its retries + 1, and a list names at most [`MAX_PROVIDERS_IN_ORDER`]. Pingora's retry
+    /// bound, fixed when the server starts.
     pub fn most_attempts(&self) -> usize {
-        self.providers
+        let per_provider = self
+            .providers
             .values()
             .map(|provider| provider.retries + 1)
             .max()
-            .unwrap_or(1)
+            .unwrap_or(1);
+        per_provider * MAX_PROVIDERS_IN_ORDER
     }
 }
 

@@ -132,6 +132,8 @@ pub struct KindFacts {
     pub takes_settings: bool,
     /// The DRMs a route may send it.
     pub drms: &'static [Drm],
+    /// DRMs it serves only when a setting names their service: the DRM and the settings key.
+    pub drm_settings: &'static [(Drm, &'static str)],
     /// The response header in which the vendor explains a refusal, unless configured.
     pub reason_header: Option<&'static str>,
 }
@@ -142,8 +144,12 @@ const VENDOR: KindFacts = KindFacts {
     needs_catalog: true,
     takes_settings: true,
     drms: &Drm::ALL,
+    drm_settings: &[],
     reason_header: None,
 };
+
+/// The DRMs a vendor licenses; ClearKey is licensegate's own to answer.
+const VENDOR_DRMS: [Drm; 3] = [Drm::Widevine, Drm::PlayReady, Drm::FairPlay];
 
 impl ProviderKind {
     pub fn facts(self) -> &'static KindFacts {
@@ -154,6 +160,7 @@ impl ProviderKind {
                 needs_catalog: false,
                 takes_settings: false,
                 drms: &Drm::ALL,
+                drm_settings: &[],
                 reason_header: None,
             },
             // licensegate's own ClearKey server: no endpoints; keys from the catalog when one
@@ -163,18 +170,31 @@ impl ProviderKind {
                 needs_catalog: false,
                 takes_settings: false,
                 drms: &[Drm::ClearKey],
+                drm_settings: &[],
                 reason_header: None,
             },
             // An entitlement message names the content's key IDs; Axinom explains refusals in
             // a header.
             ProviderKind::Axinom => &KindFacts {
+                drms: &VENDOR_DRMS,
                 reason_header: Some("X-AxDRM-ErrorMessage"),
                 ..VENDOR
             },
-            ProviderKind::Expressplay
-            | ProviderKind::Drmtoday
-            | ProviderKind::Pallycon
-            | ProviderKind::Generic => &VENDOR,
+            // A token service per DRM: a DRM whose service is not configured is not served.
+            ProviderKind::Expressplay => &KindFacts {
+                drms: &VENDOR_DRMS,
+                drm_settings: &[
+                    (Drm::Widevine, "token_url"),
+                    (Drm::PlayReady, "playready_token_url"),
+                    (Drm::FairPlay, "fairplay_token_url"),
+                ],
+                ..VENDOR
+            },
+            ProviderKind::Drmtoday | ProviderKind::Pallycon => &KindFacts {
+                drms: &VENDOR_DRMS,
+                ..VENDOR
+            },
+            ProviderKind::Generic => &VENDOR,
         }
     }
 }
@@ -503,6 +523,35 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     })
 }
 
+impl ProviderConfig {
+    /// Why this provider cannot serve `drm`, if it cannot: its kind never does, a setting
+    /// naming the DRM's service is missing, or it has no endpoints for it.
+    pub fn cannot_serve(&self, drm: Drm) -> Option<String> {
+        let facts = self.kind.facts();
+        if !facts.drms.contains(&drm) {
+            return Some(format!("'{}' does not serve {drm}", self.name));
+        }
+        let missing = facts.drm_settings.iter().find(|(served, key)| {
+            *served == drm
+                && self
+                    .settings
+                    .as_ref()
+                    .and_then(|settings| settings.get(key))
+                    .is_none()
+        });
+        if let Some((_, key)) = missing {
+            return Some(format!(
+                "'{}' serves {drm} only with providers.{}.settings.{key}",
+                self.name, self.name
+            ));
+        }
+        if !facts.answers_locally && self.endpoints.for_drm(drm).is_none() {
+            return Some(format!("'{}' has no endpoints for {drm}", self.name));
+        }
+        None
+    }
+}
+
 /// A route's providers as the file names them: one, or several asked in order.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -561,19 +610,8 @@ pub fn providers_in_order(
                 ),
             ));
         }
-        if let Some(drm) = drm {
-            if !facts.drms.contains(&drm) {
-                return Err(ConfigError::new(
-                    key,
-                    format!("'{name}' does not serve {drm}"),
-                ));
-            }
-            if !facts.answers_locally && provider.endpoints.for_drm(drm).is_none() {
-                return Err(ConfigError::new(
-                    key,
-                    format!("'{name}' has no endpoints for {drm}"),
-                ));
-            }
+        if let Some(why) = drm.and_then(|drm| provider.cannot_serve(drm)) {
+            return Err(ConfigError::new(key, why));
         }
         listed.push(provider.clone());
     }

@@ -311,6 +311,7 @@ async fn handle(sim: &Sim, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET | &Method::POST, "/hms/wv/token") => expressplay_token(sim, request).await,
         (&Method::GET | &Method::POST, "/hms/fp/token") => expressplay_token(sim, request).await,
+        (&Method::GET | &Method::POST, "/hms/pr/token") => expressplay_token(sim, request).await,
         (&Method::POST, "/license-server-fairplay/") => {
             fairplay(sim, request, Envelope::Form, Envelope::Base64).await
         }
@@ -612,10 +613,10 @@ async fn expressplay_token(sim: &Sim, request: Request<Incoming>) -> Response<Fu
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("127.0.0.1")
         .to_string();
-    let answer = if parts.uri.path() == "/hms/fp/token" {
-        sim.vendor.expressplay_fairplay_token(&params, &host)
-    } else {
-        sim.vendor.expressplay_token(&params, &host)
+    let answer = match parts.uri.path() {
+        "/hms/fp/token" => sim.vendor.expressplay_fairplay_token(&params, &host),
+        "/hms/pr/token" => sim.vendor.expressplay_playready_token(&params, &host),
+        _ => sim.vendor.expressplay_token(&params, &host),
     };
     Response::builder()
         .status(answer.status)
@@ -654,6 +655,7 @@ async fn stats(sim: &Sim) -> Response<Full<Bytes>> {
         "last_spc_sha256": last.spc_sha256,
         "last_fairplay_fields": last.fairplay_fields,
         "tokens_issued": sim.vendor.tokens_issued(),
+        "last_token_rights": sim.vendor.last_rights().into_iter().collect::<Vec<_>>(),
         "upfront_tokens_redeemed": sim.vendor.jtis_seen(),
         "last_license_request_headers": last_headers,
         "last_license_request_uri": last.uri,

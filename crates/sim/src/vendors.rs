@@ -138,6 +138,8 @@ fn refuse<T>(status: u16, reason: impl Into<String>) -> Result<T, Refusal> {
 struct Issued {
     expires_at: SystemTime,
     kids: Vec<Kid>,
+    /// The DRM whose license the token redeems.
+    drm: Option<Drm>,
 }
 
 /// The simulated vendor: its credentials and what it remembers (used `jti`s, issued tokens).
@@ -145,6 +147,7 @@ pub struct VendorSim {
     args: VendorArgs,
     seen_jtis: Mutex<HashSet<String>>,
     issued: Mutex<HashMap<String, Issued>>,
+    last_rights: Mutex<Vec<(String, String)>>,
 }
 
 /// What a passing license request adds to the answer.
@@ -173,6 +176,7 @@ impl VendorSim {
             args,
             seen_jtis: Mutex::new(HashSet::new()),
             issued: Mutex::new(HashMap::new()),
+            last_rights: Mutex::new(Vec::new()),
         }
     }
 

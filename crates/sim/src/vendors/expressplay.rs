@@ -23,7 +23,7 @@ impl VendorSim {
                 format!("<html><body>Error {code}: {message}</body></html>")
             },
         };
-        match self.issue_token(params) {
+        match self.issue_token(params, Drm::Widevine) {
             Ok((token, _)) => TokenAnswer {
                 status: 200,
                 content_type: "text/uri-list",
@@ -36,6 +36,37 @@ impl VendorSim {
             },
             Err((status, code, message)) => error(status, code, &message),
         }
+    }
+
+    /// ExpressPlay's PlayReady token service: rules and error codes from **ExpressPlay
+    /// PlayReady license token API** (docs/sources.md); the answer is the license URL and the
+    /// token, which the license request carries as `ExpressPlayToken`.
+    pub fn expressplay_playready_token(
+        &self,
+        params: &[(String, String)],
+        host: &str,
+    ) -> TokenAnswer {
+        match self.issue_token(params, Drm::PlayReady) {
+            Ok((token, _)) => TokenAnswer {
+                status: 200,
+                content_type: "application/json",
+                body: json!({
+                    "licenseAcquisitionUrl": format!("http://{host}/playready/AcquireLicense"),
+                    "token": token,
+                })
+                .to_string(),
+            },
+            Err((status, code, message)) => TokenAnswer {
+                status,
+                content_type: "application/json",
+                body: json!({"errorCode": code, "errorMessage": message}).to_string(),
+            },
+        }
+    }
+
+    /// What the last token issued grants, as its request named it (no authenticator, no key).
+    pub fn last_rights(&self) -> Vec<(String, String)> {
+        self.last_rights.lock().expect("not poisoned").clone()
     }
 
     /// ExpressPlay's FairPlay token service: the content key and IV as 32 hex digits each, the
@@ -74,6 +105,7 @@ impl VendorSim {
             Issued {
                 expires_at: SystemTime::now() + Duration::from_secs(3600),
                 kids: Vec::new(),
+                drm: Some(Drm::FairPlay),
             },
         );
         TokenAnswer {
@@ -109,6 +141,7 @@ impl VendorSim {
     pub(super) fn issue_token(
         &self,
         params: &[(String, String)],
+        drm: Drm,
     ) -> Result<(String, ()), (u16, i64, String)> {
         let one = |name: &str| {
             params
@@ -175,32 +208,10 @@ impl VendorSim {
                 "Failed to get content key from key storage service".into(),
             ));
         }
-        match one("securityLevel") {
-            None => return bad(-7003, "Missing security level value"),
-            Some(level) if !matches!(level, "1" | "2" | "3" | "4" | "5") => {
-                return bad(-7004, "Invalid security level value");
-            }
-            Some(_) => {}
-        }
-        match one("hdcpOutputControl") {
-            None => return bad(-7006, "Missing HDCP output control value"),
-            Some(hdcp) if !matches!(hdcp, "0" | "1" | "2") => {
-                return bad(
-                    -2034,
-                    "Invalid Output Control, values out of specified range",
-                );
-            }
-            Some(_) => {}
-        }
-        if let Some(duration) = one("licenseDuration")
-            && duration.parse::<u64>().is_err()
-        {
-            return bad(-7007, "Invalid license duration specified");
-        }
-        if let Some(flags) = one("generalFlags")
-            && flags != "0000"
-        {
-            return bad(-5003, "Invalid general flags");
+        if drm == Drm::PlayReady {
+            playready_rights(&one)?;
+        } else {
+            widevine_rights(&one)?;
         }
         if let Some(cookie) = one("cookie")
             && cookie.len() > 32
@@ -243,8 +254,15 @@ impl VendorSim {
             Issued {
                 expires_at,
                 kids: parsed_kids,
+                drm: Some(drm),
             },
         );
+        // What the token grants, for tests to read; never the authenticator or a key.
+        *self.last_rights.lock().expect("not poisoned") = params
+            .iter()
+            .filter(|(k, _)| k != "customerAuthenticator" && k != "contentKey")
+            .cloned()
+            .collect();
         Ok((token, ()))
     }
 
@@ -265,6 +283,9 @@ impl VendorSim {
         let kids = {
             let issued = self.issued.lock().expect("not poisoned");
             match issued.get(&token) {
+                Some(entry) if drm.is_some() && entry.drm.is_some() && entry.drm != drm => {
+                    return refuse(403, "-4010 Invalid token: issued for another DRM");
+                }
                 Some(entry) if entry.expires_at > SystemTime::now() => entry.kids.clone(),
                 Some(_) => return refuse(401, "-4010 Invalid token: expired"),
                 None => return refuse(401, "-4010 Invalid token: not issued here"),
@@ -291,4 +312,99 @@ pub struct TokenAnswer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+}
+
+/// Widevine token rights: security level, HDCP, license duration.
+fn widevine_rights<'a>(one: &impl Fn(&str) -> Option<&'a str>) -> Result<(), (u16, i64, String)> {
+    let bad = |code: i64, message: &str| Err((400, code, message.to_string()));
+    match one("securityLevel") {
+        None => return bad(-7003, "Missing security level value"),
+        Some(level) if !matches!(level, "1" | "2" | "3" | "4" | "5") => {
+            return bad(-7004, "Invalid security level value");
+        }
+        Some(_) => {}
+    }
+    match one("hdcpOutputControl") {
+        None => return bad(-7006, "Missing HDCP output control value"),
+        Some(hdcp) if !matches!(hdcp, "0" | "1" | "2") => {
+            return bad(
+                -2034,
+                "Invalid Output Control, values out of specified range",
+            );
+        }
+        Some(_) => {}
+    }
+    if let Some(duration) = one("licenseDuration")
+        && duration.parse::<u64>().is_err()
+    {
+        return bad(-7007, "Invalid license duration specified");
+    }
+    if let Some(flags) = one("generalFlags")
+        && flags != "0000"
+    {
+        return bad(-5003, "Invalid general flags");
+    }
+    Ok(())
+}
+
+/// PlayReady token rights: the rights type (a rental ends and must be persistent), the five
+/// output protection levels, and what an unknown output may do.
+fn playready_rights<'a>(one: &impl Fn(&str) -> Option<&'a str>) -> Result<(), (u16, i64, String)> {
+    let bad = |code: i64, message: &str| Err((400, code, message.to_string()));
+    let persistent = match one("generalFlags") {
+        None => false,
+        Some(flags) if flags.len() == 8 && flags.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u32::from_str_radix(flags, 16).is_ok_and(|flags| flags & 1 == 1)
+        }
+        Some(_) => return bad(-5003, "Invalid general flags"),
+    };
+    match one("rightsType") {
+        None => return bad(-2020, "Missing rights type"),
+        Some("BuyToOwn") => {}
+        Some("Rental") => {
+            let Some(end) = one("rental.periodEndTime") else {
+                return bad(-2022, "Missing rental period end time");
+            };
+            let relative = end
+                .strip_prefix('+')
+                .is_some_and(|seconds| seconds.parse::<u64>().is_ok());
+            let absolute = end.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(end).is_ok();
+            if !relative && !absolute {
+                return bad(-2022, "Missing rental period end time");
+            }
+            if let Some(duration) = one("rental.playDuration")
+                && duration.parse::<u64>().is_err()
+            {
+                return bad(-2025, "Invalid rental play duration");
+            }
+            if !persistent {
+                return bad(-5003, "Invalid general flags: a rental must be persistent");
+            }
+        }
+        Some(_) => return bad(-2021, "Invalid rights type"),
+    }
+    for opl in [
+        "analogVideoOPL",
+        "compressedDigitalAudioOPL",
+        "compressedDigitalVideoOPL",
+        "uncompressedDigitalAudioOPL",
+        "uncompressedDigitalVideoOPL",
+    ] {
+        match one(opl).map(str::parse::<u16>) {
+            None => return bad(-5006, "Missing OPL value"),
+            Some(Ok(level)) if level <= 999 => {}
+            Some(_) => {
+                return bad(
+                    -2034,
+                    "Invalid Output Control, values out of specified range",
+                );
+            }
+        }
+    }
+    if let Some(behavior) = one("unknownOutputBehavior")
+        && !matches!(behavior, "Allow" | "Disallow" | "SDOnly")
+    {
+        return bad(-5001, "Invalid unknown output type error");
+    }
+    Ok(())
 }
