@@ -114,11 +114,12 @@ pub enum TerritoryRule {
 pub struct Country(pub [u8; 2]);
 
 impl Country {
+    /// An officially assigned code only: a reserved or made-up one (`UK`, `EU`, a CDN's `XX`
+    /// or `T1`) names no country a player could be found in, and would never match.
     pub fn parse(text: &str) -> Option<Country> {
-        match text.as_bytes() {
-            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
-            }
+        let code = isocountry::CountryCode::for_alpha2_caseless(text).ok()?;
+        match code.alpha2().as_bytes() {
+            [a, b] => Some(Country([*a, *b])),
             _ => None,
         }
     }
@@ -456,7 +457,8 @@ pub(crate) fn validate_entry(
                         Country::parse(code).ok_or_else(|| {
                             ConfigError::new(
                                 format!("{}[{index}]", at(field)),
-                                "an ISO 3166 alpha-2 country code",
+                                "an officially assigned ISO 3166-1 alpha-2 country code \
+                                 (the United Kingdom is GB)",
                             )
                         })
                     })
@@ -678,6 +680,9 @@ mod tests {
             (&["DE"][..], &["US"][..], "content.x.territories"),
             (&[][..], &[][..], "content.x.territories"),
             (&["DEU"][..], &[][..], "content.x.territories.allow[0]"),
+            // Reserved, not assigned: the United Kingdom is GB.
+            (&[][..], &["FR", "UK"][..], "content.x.territories.block[1]"),
+            (&["EU"][..], &[][..], "content.x.territories.allow[0]"),
         ] {
             let error = validate_entry("x", entry(allow, block), &refs()).unwrap_err();
             assert_eq!(error.key, key, "{error}");

@@ -105,8 +105,8 @@ impl Territories {
         {
             // The last value is the nearest proxy's: a value the player sent ahead of it is
             // not taken for the CDN's.
-            // CDNs say XX (and Cloudflare T1, for Tor) when they do not know.
-            return Country::parse(value.trim()).filter(|c| !matches!(&c.0, b"XX" | b"T1"));
+            // CDNs say XX (and Cloudflare T1, for Tor) when they do not know: no country.
+            return Country::parse(value.trim());
         }
         let database = self.database.as_ref()?;
         self.reload_if_due(database);

@@ -591,6 +591,97 @@ async fn expressplay_playready_tokens_carry_the_policy_and_are_redeemed() {
     assert_eq!(sim.stats().await["licenses"], 0);
 }
 
+/// `tests/servers/expressplay_pr_vendor.py`: ExpressPlay's PlayReady token service and license
+/// server, written apart from licensegate and its simulator from ExpressPlay's public
+/// documentation (HTTP/1.1 only), stopped when dropped.
+struct DocumentedExpressPlay {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl DocumentedExpressPlay {
+    fn start(authenticator: &str) -> Self {
+        let [port] = licensegate_testkit::free_ports();
+        let mut child = std::process::Command::new("python3")
+            .arg(licensegate_testkit::repository().join("tests/servers/expressplay_pr_vendor.py"))
+            .args([&port.to_string(), authenticator])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 must be installed");
+        licensegate_testkit::wait_for_port(port, &mut child);
+        Self { child, port }
+    }
+
+    async fn stats(&self) -> Value {
+        reqwest::get(format!("http://127.0.0.1:{}/stats", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for DocumentedExpressPlay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// licensegate's PlayReady token requests pass an ExpressPlay written from its documentation
+/// by someone else, for a bought and a rented license, and its token redeems there.
+#[tokio::test]
+async fn expressplay_playready_passes_a_vendor_written_from_the_documentation() {
+    let catalog = format!(
+        "{CATALOG}keys = {{ \"33e0008c-c444-4770-9899-a321e079dd36\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
+    );
+    for (policy, rights) in [
+        ("", "BuyToOwn"),
+        (
+            "[entitlement]\ndefault_policy = \"rental\"\n[policies.rental]\nhdcp = \"2.2\"\n\
+             persistent = true\nlicense_duration_seconds = 600\n",
+            "Rental",
+        ),
+    ] {
+        let vendor = DocumentedExpressPlay::start("documented-authenticator");
+        let base = format!("http://127.0.0.1:{}", vendor.port);
+        let config = GateConfig::new()
+            .auth("")
+            .catalog()
+            .provider(
+                "provider",
+                &format!(
+                    "kind = \"expressplay\"\nprotocol = \"h1\"\n\
+                     endpoints = {{ playready = [\"{base}/playready/rightsmanager.asmx\"] }}\n\
+                     [providers.provider.settings]\nplayready_token_url = \"{base}/hms/pr/token\"\n\
+                     customer_authenticator = \"documented-authenticator\"\n"
+                ),
+            )
+            .routes(&[("playready", "provider")])
+            .with(policy)
+            .build();
+        let gate = Gate::ready(Gate::start_with_files(
+            &config,
+            &[("catalog.toml", catalog.as_bytes())],
+        ))
+        .await;
+        for _ in 0..2 {
+            let response = post_playready(&gate, "ann").await;
+            assert_eq!(response.status(), 200, "{rights}");
+            assert_eq!(
+                response.text().await.unwrap(),
+                "<AcquireLicenseResponse token-ok/>",
+                "{rights}"
+            );
+        }
+        let stats = vendor.stats().await;
+        assert_eq!(stats["token_requests"], 1, "{rights}: {stats}");
+        assert_eq!(stats["licenses"], 2, "{rights}: {stats}");
+        assert_eq!(stats["last_rights"]["rightsType"], rights, "{stats}");
+    }
+}
+
 /// A route or a catalog entry naming a provider for a DRM it cannot serve is refused by
 /// `check`, naming the key: a kind that never serves it, or an ExpressPlay provider without
 /// that DRM's token service.
