@@ -263,7 +263,7 @@ pub(crate) async fn admit(
     let provider = chain
         .first()
         .cloned()
-        .ok_or_else(|| Problem::drm_not_routed(drm.as_str()))?;
+        .ok_or_else(|| no_provider_serves(drm, &content))?;
     ctx.admitted.provider_config = Some(provider.config.clone());
     if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
         return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
@@ -370,13 +370,22 @@ fn providers_in_order(
             .collect(),
         None => listed.into_iter().cloned().collect(),
     };
-    if chain.len() < 2 {
-        return chain;
-    }
     chain
         .into_iter()
         .filter(|route| route.config.cannot_serve(drm).is_none())
         .collect()
+}
+
+/// Why no provider takes a content's request for `drm`: the ones it names serve other DRMs.
+fn no_provider_serves(drm: Drm, content: &Content) -> Problem {
+    if content.providers.is_empty() {
+        return Problem::drm_not_routed(drm.as_str());
+    }
+    Problem::new(Refusal::DrmNotEnabled).with_detail(format!(
+        "'{}' is licensed by {}, which do not serve {drm}",
+        content.id,
+        content.providers.join(", ")
+    ))
 }
 
 fn client_address(state: &State, session: &Session) -> Result<Option<ClientAddress>, Problem> {

@@ -180,13 +180,9 @@ impl ExpressPlay {
         form.append_pair("customerAuthenticator", &self.customer_authenticator);
         form.append_pair("errorFormat", "json");
         self.append_keys(&mut form, request)?;
-        let rental = policy.persistent && policy.license_duration_seconds > 0;
-        if rental {
+        if let Some(seconds) = rental_seconds(policy) {
             form.append_pair("rightsType", "Rental");
-            form.append_pair(
-                "rental.periodEndTime",
-                &format!("+{}", policy.license_duration_seconds),
-            );
+            form.append_pair("rental.periodEndTime", &format!("+{seconds}"));
         } else {
             form.append_pair("rightsType", "BuyToOwn");
         }
@@ -309,7 +305,7 @@ impl ExpressPlay {
             .for_drm(drm)
             .unwrap_or_default()
             .iter()
-            .any(|endpoint| same_origin(endpoint, &url));
+            .any(|endpoint| same_host(endpoint, &url));
         if !known {
             return Err(invalid(&format!(
                 "the license URL's host {} is not among the provider's endpoints",
@@ -330,6 +326,24 @@ impl ExpressPlay {
             }
             None => url.path_and_query,
         })
+    }
+}
+
+/// How long a PlayReady license rents for: a persistent policy's license length. ExpressPlay's
+/// rental must be persistent, so a non-persistent policy's license is bought, and lasts the
+/// playback session as non-persistent PlayReady licenses do.
+fn rental_seconds(policy: &crate::policy::Policy) -> Option<u64> {
+    let seconds = policy.license_seconds();
+    (policy.persistent && seconds > 0).then_some(seconds)
+}
+
+/// How long a token is reused. A PlayReady rental ends a fixed time after its token was
+/// issued: a token reused late would rent for less, so it is reused for a tenth of the rental
+/// at most.
+fn token_reuse(ttl: Duration, drm: Drm, policy: &crate::policy::Policy) -> Duration {
+    match (drm, rental_seconds(policy)) {
+        (Drm::PlayReady, Some(seconds)) => ttl.min(Duration::from_secs(seconds) / 10),
+        _ => ttl,
     }
 }
 
@@ -380,8 +394,11 @@ impl PlayReadyOutputs {
     }
 }
 
-fn same_origin(a: &Endpoint, b: &Endpoint) -> bool {
-    a.tls == b.tls && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
+/// Only the path and query of a license URL are used, with the configured endpoint's scheme
+/// and port: the host is what must be the vendor's (ExpressPlay's PlayReady answer names an
+/// `http` URL for a service also reached over `https`).
+fn same_host(a: &Endpoint, b: &Endpoint) -> bool {
+    a.host.eq_ignore_ascii_case(&b.host)
 }
 
 /// ExpressPlay's JSON error body; the field names vary between its services, so both
@@ -453,7 +470,7 @@ impl Provider for ExpressPlay {
         }
         Ok(Authorization {
             path_and_query: Some(self.license_path(&answer.body, request.drm)?),
-            expires_at: Some(now + self.token_ttl),
+            expires_at: Some(now + token_reuse(self.token_ttl, request.drm, &request.policy)),
             ..Authorization::default()
         })
     }
@@ -472,5 +489,45 @@ impl Provider for ExpressPlay {
         .flatten()
         .cloned()
         .collect()
+    }
+
+    fn upstreams_for(&self, drm: Drm) -> Vec<Arc<Upstream>> {
+        let service = match drm {
+            Drm::Widevine => &self.token_service,
+            Drm::PlayReady => &self.playready_token_service,
+            Drm::FairPlay => &self.fairplay_token_service,
+            Drm::ClearKey => &None,
+        };
+        service.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    #[test]
+    fn a_rental_token_is_reused_for_a_tenth_of_the_rental_at_most() {
+        let policy = |persistent, license_duration_seconds| Policy {
+            security_level: 1,
+            hdcp: Hdcp::None,
+            license_duration_seconds,
+            persistent,
+            renewal_interval_seconds: 0,
+            renewal_grace_seconds: 0,
+        };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            token_reuse(hour, Drm::PlayReady, &policy(true, 600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            token_reuse(hour, Drm::PlayReady, &policy(true, 864_000)),
+            hour
+        );
+        // Bought, not rented: the token's own lifetime.
+        assert_eq!(token_reuse(hour, Drm::PlayReady, &policy(false, 600)), hour);
+        assert_eq!(token_reuse(hour, Drm::Widevine, &policy(true, 600)), hour);
     }
 }

@@ -228,6 +228,11 @@ pub trait Provider: Send + Sync {
     fn upstreams(&self) -> Vec<Arc<Upstream>> {
         Vec::new()
     }
+
+    /// The ones of [`Provider::upstreams`] a request for `drm` needs.
+    fn upstreams_for(&self, _drm: Drm) -> Vec<Arc<Upstream>> {
+        self.upstreams()
+    }
 }
 
 /// A provider: its provider and, unless licensegate answers for it itself, the upstreams that
@@ -264,7 +269,7 @@ impl ProviderRoute {
         self.upstream(drm)
             .cloned()
             .into_iter()
-            .chain(self.provider.upstreams())
+            .chain(self.provider.upstreams_for(drm))
     }
 
     /// The license endpoints serving `drm`.

@@ -55,7 +55,7 @@ pub(crate) struct PallyCon {
     site_id: String,
     site_key: [u8; 32],
     access_key: String,
-    /// How long a token is reused: half its validity.
+    /// How long a token is reused: half its validity, less the second its timestamp drops.
     reuse_for: Duration,
 }
 
@@ -72,17 +72,19 @@ impl PallyCon {
         if settings.access_key.is_empty() {
             return Err(ConfigError::new(key("access_key"), "is empty"));
         }
-        if !(1..=MAX_TOKEN_VALIDITY_SECONDS).contains(&settings.token_validity_seconds) {
+        if !(2..=MAX_TOKEN_VALIDITY_SECONDS).contains(&settings.token_validity_seconds) {
             return Err(ConfigError::new(
                 key("token_validity_seconds"),
-                format!("must be between 1 and {MAX_TOKEN_VALIDITY_SECONDS}"),
+                format!("must be between 2 and {MAX_TOKEN_VALIDITY_SECONDS}"),
             ));
         }
         Ok(Self {
             site_id: settings.site_id,
             site_key,
             access_key: settings.access_key,
-            reuse_for: Duration::from_secs(settings.token_validity_seconds) / 2,
+            // The timestamp counts whole seconds: a token may be up to one older than it
+            // says.
+            reuse_for: Duration::from_secs(settings.token_validity_seconds - 1) / 2,
             config,
         })
     }

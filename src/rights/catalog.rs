@@ -114,9 +114,14 @@ pub enum TerritoryRule {
 pub struct Country(pub [u8; 2]);
 
 impl Country {
-    /// An officially assigned code only: a reserved or made-up one (`UK`, `EU`, a CDN's `XX`
-    /// or `T1`) names no country a player could be found in, and would never match.
+    /// An officially assigned code (or Kosovo's `XK`) only: a reserved or made-up one (`UK`,
+    /// `EU`, a CDN's `XX` or `T1`) names no country a player could be found in, and would
+    /// never match.
     pub fn parse(text: &str) -> Option<Country> {
+        // Kosovo's user-assigned code, which MaxMind, CDNs and the EU use.
+        if text.eq_ignore_ascii_case("XK") {
+            return Some(Country(*b"XK"));
+        }
         let code = isocountry::CountryCode::for_alpha2_caseless(text).ok()?;
         match code.alpha2().as_bytes() {
             [a, b] => Some(Country([*a, *b])),
@@ -248,7 +253,8 @@ impl Contents {
 pub(crate) struct References {
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     pub(crate) providers: BTreeMap<String, Arc<licensegate_config::ProviderConfig>>,
-    /// The DRMs `[routes]` serves: an entry's providers take every one of them.
+    /// The DRMs `[routes]` serves: an entry's providers must take one of them. Empty when a
+    /// stored entry is read back, so that a reload changing the routes leaves it readable.
     pub(crate) routed: Vec<crate::drm::Drm>,
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
     /// Whether a player's country can be known (`[territories]`).
@@ -415,19 +421,33 @@ pub(crate) fn validate_entry(
         });
         let listed =
             licensegate_config::providers_in_order(&key, &providers, &refs.providers, None)?;
-        // Every routed DRM's requests for this content go to these providers: one of them
-        // must take each.
-        for drm in &refs.routed {
-            let reasons: Option<Vec<String>> = listed
+        // The content's requests for every routed DRM go to these providers: naming ones that
+        // serve none of them licenses nothing. (A DRM only some serve is answered 404 naming
+        // them; a Widevine-only vendor's title may not be packaged for the others.)
+        let serves_none = !refs.routed.is_empty()
+            && refs.routed.iter().all(|drm| {
+                listed
+                    .iter()
+                    .all(|provider| provider.cannot_serve(*drm).is_some())
+            });
+        if serves_none {
+            let routed: Vec<&str> = refs.routed.iter().map(|drm| drm.as_str()).collect();
+            let reasons: Vec<String> = listed
                 .iter()
-                .map(|provider| provider.cannot_serve(*drm))
+                .filter_map(|provider| {
+                    refs.routed
+                        .first()
+                        .and_then(|drm| provider.cannot_serve(*drm))
+                })
                 .collect();
-            if let Some(reasons) = reasons {
-                return Err(ConfigError::new(
-                    key,
-                    format!("{} ([routes] serves {drm})", reasons.join("; ")),
-                ));
-            }
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "serves none of the routed DRMs ({}): {}",
+                    routed.join(", "),
+                    reasons.join("; ")
+                ),
+            ));
         }
     }
     let hls = entry
@@ -646,14 +666,24 @@ mod tests {
             assert_eq!(error.key, key, "{error}");
             assert!(error.reason.contains(reason), "{error}");
         }
-        // A route to a DRM the only provider named cannot serve.
-        let widevine_routed = References {
+        // A provider serving one of the routed DRMs is taken; one serving none is not.
+        let both_routed = References {
             routed: vec![crate::drm::Drm::ClearKey, crate::drm::Drm::Widevine],
+            ..refs()
+        };
+        assert!(validate_entry("x", entry(Some("builtin"), &[]), &both_routed).is_ok());
+        let widevine_routed = References {
+            routed: vec![crate::drm::Drm::Widevine],
             ..refs()
         };
         let error = validate_entry("x", entry(Some("builtin"), &[]), &widevine_routed).unwrap_err();
         assert_eq!(error.key, "content.x.provider");
-        assert!(error.reason.contains("does not serve widevine"), "{error}");
+        assert!(
+            error
+                .reason
+                .contains("serves none of the routed DRMs (widevine)"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -676,6 +706,7 @@ mod tests {
         let rule = blocked.territories.unwrap();
         assert_eq!(rule.admits(country("US")), Some(false));
         assert_eq!(rule.admits(country("DE")), Some(true));
+        assert_eq!(country("xk"), Some(Country(*b"XK")));
         for (allow, block, key) in [
             (&["DE"][..], &["US"][..], "content.x.territories"),
             (&[][..], &[][..], "content.x.territories"),

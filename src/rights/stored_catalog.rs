@@ -36,7 +36,11 @@ const MOST_PACKAGING_WRITES: usize = 8;
 
 pub(crate) struct StoredCatalog {
     store: Arc<Shared>,
+    /// What a written entry is checked against.
     refs: References,
+    /// What a stored entry read back is checked against: no routed DRMs, so that a reload
+    /// changing the routes leaves entries written under the old ones readable.
+    read_refs: References,
     keys: Sealer,
     contents: Cache<String, Option<Arc<Content>>>,
     owners: Cache<Kid, Option<String>>,
@@ -93,9 +97,14 @@ impl StoredCatalog {
         let weigh = move |record_bytes: usize| -> u32 {
             (record_bytes as u64).max(floor).min(u64::from(u32::MAX)) as u32
         };
+        let read_refs = References {
+            routed: Vec::new(),
+            ..refs.clone()
+        };
         Self {
             store,
             refs,
+            read_refs,
             keys: Sealer::new(&settings.keys),
             contents: Cache::builder()
                 .max_capacity(settings.cache_bytes)
@@ -150,7 +159,7 @@ impl StoredCatalog {
     /// A stored record back into a content, checked as a file's entry is.
     fn open(&self, id: &str, record: &str) -> Result<Content, Problem> {
         let entry = self.unseal(id, record)?;
-        validate_entry(id, entry, &self.refs).map_err(|e| broken(id, &e.to_string()))
+        validate_entry(id, entry, &self.read_refs).map_err(|e| broken(id, &e.to_string()))
     }
 
     /// A stored record back into the entry it was made from, keys included.
@@ -297,7 +306,7 @@ impl StoredCatalog {
             } else {
                 // Another writer (perhaps another instance) stored these keys: what this
                 // instance cached of the content may predate them.
-                let content = validate_entry(id, entry, &self.refs)
+                let content = validate_entry(id, entry, &self.read_refs)
                     .map_err(|e| broken(id, &e.to_string()))?;
                 self.forget(id, &content.key_ids).await;
                 Arc::new(content)

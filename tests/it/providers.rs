@@ -679,6 +679,15 @@ async fn expressplay_playready_passes_a_vendor_written_from_the_documentation() 
         assert_eq!(stats["token_requests"], 1, "{rights}: {stats}");
         assert_eq!(stats["licenses"], 2, "{rights}: {stats}");
         assert_eq!(stats["last_rights"]["rightsType"], rights, "{stats}");
+        if rights == "Rental" {
+            // A rental counts from its token: a token is reused for a tenth of the rental at
+            // most (60 s here, the cache's margin taking half), so a license is never rented
+            // for much less than the policy says.
+            assert_eq!(
+                stats["last_rights"]["rental.periodEndTime"], "+600",
+                "{stats}"
+            );
+        }
     }
 }
 
@@ -734,28 +743,46 @@ async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
         said.contains("routes.clearkey: 'provider' does not serve clearkey"),
         "{said}"
     );
-    // A catalog entry naming the Widevine-only provider while PlayReady is routed.
-    let routed_both = GateConfig::new()
+    // A catalog entry naming a provider that serves none of the routed DRMs.
+    let widevine_only = expressplay_widevine_only(&sim, "")
+        .replace("[providers.provider.", "[providers.widevine-only.");
+    let playready_routed = GateConfig::new()
         .auth("")
         .catalog()
         .provider("provider", &expressplay(&sim, ""))
-        .provider(
-            "widevine-only",
-            &expressplay_widevine_only(&sim, "")
-                .replace("[providers.provider.", "[providers.widevine-only."),
-        )
-        .routes(&[("widevine", "provider"), ("playready", "provider")])
+        .provider("widevine-only", &widevine_only)
+        .routes(&[("playready", "provider")])
         .build();
-    let (ok, said) = check(
-        routed_both,
-        format!(
-            "{CATALOG}\n[content.wv]\nkey_ids = [\"aabbccdd-0000-0000-0000-000000000001\"]\nprovider = \"widevine-only\"\n"
-        ),
+    let naming_widevine_only = CATALOG.replace(
+        "[content.playready-sample]\n",
+        "[content.playready-sample]\nprovider = \"widevine-only\"\n",
     );
+    let (ok, said) = check(playready_routed, naming_widevine_only.clone());
     assert!(!ok, "{said}");
     assert!(
-        said.contains("content.wv.provider: 'widevine-only' serves playready only with"),
+        said.contains("content.playready-sample.provider: serves none of the routed DRMs (playready): 'widevine-only' serves playready only with"),
         "{said}"
+    );
+    // Routed Widevine too, the entry passes; its PlayReady requests are refused naming the
+    // provider, before any token is asked for.
+    let both_routed = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider("provider", &expressplay(&sim, ""))
+        .provider("widevine-only", &widevine_only)
+        .routes(&[("widevine", "provider"), ("playready", "provider")])
+        .build();
+    let (ok, said) = check(both_routed.clone(), naming_widevine_only.clone());
+    assert!(ok, "{said}");
+    let gate = Gate::ready(Gate::start_with_files(
+        &both_routed,
+        &[("catalog.toml", naming_widevine_only.as_bytes())],
+    ))
+    .await;
+    let body = problem(post_playready(&gate, "ann").await, 404, "drm_not_enabled").await;
+    assert_eq!(
+        body["detail"],
+        "'playready-sample' is licensed by widevine-only, which do not serve playready"
     );
 }
 
@@ -937,7 +964,12 @@ async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
         "{}token_validity_seconds = 5\n",
         pallycon(&sim, "sim-access-key")
     );
-    let gate = start_gate(&provider, "").await;
+    // No safety margin: the reuse tested is the provider's own, not the cache's.
+    let gate = start_gate(
+        &provider,
+        "[authorization_cache]\nsafety_margin_seconds = 0\n",
+    )
+    .await;
     let widevine = fixture("license-request-kid-01020304.bin");
     let started = std::time::Instant::now();
     let mut requests = 0;
@@ -966,7 +998,8 @@ async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(sim.stats().await["licenses"], requests);
-    // Reused for at most 2.5 s (the cache's margin takes it to 1.25 s): eight tokens at least.
+    // Reused for 2 s (half of the 5 s, less the second the timestamp drops), each next token
+    // minted by the request after: eight tokens at least over 20 s, so none served past 2.5 s.
     assert!(
         stamps.len() >= 8,
         "{} tokens for {requests} requests",

@@ -39,7 +39,7 @@ impl VendorSim {
     }
 
     /// ExpressPlay's PlayReady token service: rules and error codes from **ExpressPlay
-    /// PlayReady license token API** (docs/sources.md); the answer is the license URL and the
+    /// PlayReady token API** (docs/sources.md); the answer is the license URL and the
     /// token, which the license request carries as `ExpressPlayToken`.
     pub fn expressplay_playready_token(
         &self,
