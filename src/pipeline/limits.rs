@@ -54,7 +54,7 @@ pub(super) async fn limit_rates(
     // A single-use token buys a new stream; a challenge licensegate cannot read may be one.
     let new_stream = info.is_none_or(|info| info.request_type == RequestType::New);
     if let (Some(tokens), Some(identity), true) = (&state.single_use, identity, new_stream) {
-        ctx.held.token = tokens.spend(identity).await?;
+        ctx.held.token = tokens.spend(identity, &ctx.request_id).await?;
     }
     if let (Some(quotas), Some(identity), false) = (&state.quotas, identity, release) {
         ctx.held.quota = quotas.take(&identity.user, &identity.claims, false).await?;

@@ -21,8 +21,12 @@ pub(crate) struct SingleUseTokens {
     store: Arc<Shared>,
 }
 
-/// A token spent by this request, to give back if it buys no license.
-pub(crate) struct SpentToken(String);
+/// A token spent by this request (the token's record, the request's id), to give back if it
+/// buys no license.
+pub(crate) struct SpentToken {
+    id: String,
+    spender: String,
+}
 
 impl SingleUseTokens {
     /// `None` when no token can be single-use.
@@ -49,7 +53,11 @@ impl SingleUseTokens {
 
     /// Spends the token of a request for a new stream, if it is single-use: `Ok(None)` when it
     /// is not; `token_replayed` when another request spent it.
-    pub(crate) async fn spend(&self, identity: &Identity) -> Result<Option<SpentToken>, Problem> {
+    pub(crate) async fn spend(
+        &self,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Result<Option<SpentToken>, Problem> {
         if !self.applies_to(identity) {
             return Ok(None);
         }
@@ -75,20 +83,31 @@ impl SingleUseTokens {
             .and_then(Value::as_str)
             .unwrap_or("");
         let id = hex::encode(&Sha256::digest(format!("{issuer}\0{jti}").as_bytes())[..16]);
+        let token = SpentToken {
+            id,
+            spender: request_id.to_string(),
+        };
         let spent = self
             .store
             .timed(self.store.store.spend_token(
-                &id,
+                &token.id,
+                &token.spender,
                 identity.expires_at.saturating_add(self.leeway),
                 now,
             ))
-            .await
-            .map_err(|e| {
+            .await;
+        let spent = match spent {
+            Ok(spent) => spent,
+            Err(e) => {
                 tracing::error!(error = %e, "single-use token store unavailable");
-                Problem::new(Refusal::TokenStoreUnavailable)
-            })?;
+                // The spend may have been written before the store stopped answering: undone,
+                // so that the player's retry is not refused as a replay.
+                self.give_back(token).await;
+                return Err(Problem::new(Refusal::TokenStoreUnavailable));
+            }
+        };
         if spent {
-            Ok(Some(SpentToken(id)))
+            Ok(Some(token))
         } else {
             Err(Problem::new(Refusal::TokenReplayed)
                 .with_detail("this token has already bought its stream: get a new one"))
@@ -98,7 +117,7 @@ impl SingleUseTokens {
     pub(crate) async fn give_back(&self, token: SpentToken) {
         if let Err(e) = self
             .store
-            .timed(self.store.store.return_token(&token.0))
+            .timed(self.store.store.return_token(&token.id, &token.spender))
             .await
         {
             tracing::warn!(error = %e, "a spent single-use token could not be given back");

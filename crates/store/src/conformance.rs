@@ -454,13 +454,32 @@ pub async fn catalog_records(store: &dyn Store) {
 
 pub async fn spent_tokens(store: &dyn Store) {
     let now = 1_000_000;
-    assert!(store.spend_token("t1", now + 60, now).await.unwrap());
+    assert!(store.spend_token("t1", "r1", now + 60, now).await.unwrap());
     // Spent: a replay, here or on another instance, is refused until the token expires.
-    assert!(!store.spend_token("t1", now + 60, now + 1).await.unwrap());
-    assert!(store.spend_token("t2", now + 60, now).await.unwrap());
-    // Given back (its request bought nothing): it may buy its stream again.
-    store.return_token("t1").await.unwrap();
-    assert!(store.spend_token("t1", now + 60, now + 2).await.unwrap());
+    assert!(
+        !store
+            .spend_token("t1", "r2", now + 60, now + 1)
+            .await
+            .unwrap()
+    );
+    assert!(store.spend_token("t2", "r3", now + 60, now).await.unwrap());
+    // The replay's request gives back nothing: the token stays spent by the first.
+    store.return_token("t1", "r2").await.unwrap();
+    assert!(
+        !store
+            .spend_token("t1", "r4", now + 60, now + 2)
+            .await
+            .unwrap()
+    );
+    // Given back by the request that spent it (which bought nothing): it may buy its stream
+    // again.
+    store.return_token("t1", "r1").await.unwrap();
+    assert!(
+        store
+            .spend_token("t1", "r5", now + 60, now + 3)
+            .await
+            .unwrap()
+    );
 }
 
 pub async fn unlimited_stream_records(store: &dyn Store) {

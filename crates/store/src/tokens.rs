@@ -8,10 +8,18 @@ use crate::StoreError;
 
 #[async_trait]
 pub trait SpentTokens: Send + Sync {
-    /// Marks token `id` spent until `until` (seconds since the epoch); `false` when it already
-    /// was, and nothing changes. Atomic: of two instances spending one token at once, one wins.
-    async fn spend_token(&self, id: &str, until: u64, now: u64) -> Result<bool, StoreError>;
+    /// Marks token `id` spent by `spender` (the request) until `until` (seconds since the
+    /// epoch); `false` when it already was, and nothing changes. Atomic: of two instances
+    /// spending one token at once, one wins.
+    async fn spend_token(
+        &self,
+        id: &str,
+        spender: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError>;
 
-    /// Gives back a token whose request bought no license after all.
-    async fn return_token(&self, id: &str) -> Result<(), StoreError>;
+    /// Gives back a token `spender` spent and bought no license with; a token another request
+    /// spent stays spent (a spend that failed, or timed out, may give back only its own).
+    async fn return_token(&self, id: &str, spender: &str) -> Result<(), StoreError>;
 }

@@ -54,10 +54,17 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
          ) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS spent_tokens (
              id TEXT PRIMARY KEY,
-             until INTEGER NOT NULL
+             until INTEGER NOT NULL,
+             spender TEXT NOT NULL DEFAULT ''
          ) WITHOUT ROWID;",
     )?;
     add_stream_record_columns(connection)?;
+    // Which request spent a token: only it may give the token back.
+    add_columns(
+        connection,
+        "spent_tokens",
+        &[("spender", "TEXT NOT NULL DEFAULT ''")],
+    )?;
     // What the background sweep finds without reading every row.
     connection.execute_batch(
         "CREATE INDEX IF NOT EXISTS streams_by_expiry ON streams (expires_at);
@@ -72,20 +79,38 @@ pub(super) fn prepare_schema(connection: &Connection) -> rusqlite::Result<()> {
 /// A database from before streams recorded what they were licensed for gains the columns; its
 /// leases, which recorded content and DRM already, continue as they did until they run out.
 fn add_stream_record_columns(connection: &Connection) -> rusqlite::Result<()> {
-    let mut statement = connection.prepare("SELECT name FROM pragma_table_info('streams')")?;
+    add_columns(
+        connection,
+        "streams",
+        &[
+            ("provider", "TEXT NOT NULL DEFAULT ''"),
+            ("policy", "TEXT NOT NULL DEFAULT ''"),
+            ("interval", "INTEGER NOT NULL DEFAULT 0"),
+            ("device", "TEXT NOT NULL DEFAULT ''"),
+            ("key_ids", "TEXT NOT NULL DEFAULT ''"),
+            ("cadence", "TEXT NOT NULL DEFAULT ''"),
+        ],
+    )
+}
+
+/// Adds the columns `table` lacks (a database from an older licensegate).
+fn add_columns(
+    connection: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare("SELECT name FROM pragma_table_info(?1)")?;
     let present = statement
-        .query_map([], |row| row.get::<_, String>(0))?
+        .query_map([table], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (column, kind) in [
-        ("provider", "TEXT NOT NULL DEFAULT ''"),
-        ("policy", "TEXT NOT NULL DEFAULT ''"),
-        ("interval", "INTEGER NOT NULL DEFAULT 0"),
-        ("device", "TEXT NOT NULL DEFAULT ''"),
-        ("key_ids", "TEXT NOT NULL DEFAULT ''"),
-        ("cadence", "TEXT NOT NULL DEFAULT ''"),
-    ] {
-        if !present.iter().any(|name| name == column) {
-            connection.execute_batch(&format!("ALTER TABLE streams ADD COLUMN {column} {kind}"))?;
+    for (column, kind) in columns {
+        if present.iter().any(|name| name == column) {
+            continue;
+        }
+        match connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}")) {
+            // Another instance opening the same file added it first.
+            Err(e) if e.to_string().contains("duplicate column name") => {}
+            other => other?,
         }
     }
     Ok(())

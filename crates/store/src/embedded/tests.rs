@@ -165,8 +165,18 @@ async fn streams_quotas_and_blocks_as_redis_holds_them() {
     super::super::conformance::spent_tokens(&store).await;
     super::super::conformance::unlimited_stream_records(&store).await;
     // Once the token has expired its record no longer holds, and the sweep takes it away.
-    assert!(store.spend_token("t3", 1_000_060, 1_000_000).await.unwrap());
-    assert!(store.spend_token("t3", 1_000_200, 1_000_061).await.unwrap());
+    assert!(
+        store
+            .spend_token("t3", "r1", 1_000_060, 1_000_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .spend_token("t3", "r2", 1_000_200, 1_000_061)
+            .await
+            .unwrap()
+    );
     let expired = super::sweep::Expired {
         now: 2_000_000,
         device_idle: None,
@@ -191,7 +201,9 @@ async fn leases_from_before_the_record_columns_still_continue() {
                  content TEXT NOT NULL, drm TEXT NOT NULL, started_at INTEGER NOT NULL,
                  expires_at INTEGER NOT NULL, stopped INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (user, session)) WITHOUT ROWID;
-             INSERT INTO streams VALUES ('ann', 's', 'movie-1', 'widevine', 1000, 2000, 0);",
+             INSERT INTO streams VALUES ('ann', 's', 'movie-1', 'widevine', 1000, 2000, 0);
+             CREATE TABLE spent_tokens (id TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO spent_tokens VALUES ('old', 3000);",
         )
         .unwrap();
     let store = EmbeddedStore::open(&path).unwrap();
@@ -219,4 +231,8 @@ async fn leases_from_before_the_record_columns_still_continue() {
         continued,
         Continuation::Continued { exempt: true, .. }
     ));
+    // A token spent before spenders were recorded stays spent; none of today's requests can
+    // give it back.
+    store.return_token("old", "any-request").await.unwrap();
+    assert!(!store.spend_token("old", "r", 3000, 1500).await.unwrap());
 }

@@ -11,8 +11,14 @@ use crate::tokens::SpentTokens;
 
 #[async_trait]
 impl SpentTokens for EmbeddedStore {
-    async fn spend_token(&self, id: &str, until: u64, now: u64) -> Result<bool, StoreError> {
-        let id = id.to_string();
+    async fn spend_token(
+        &self,
+        id: &str,
+        spender: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (id, spender) = (id.to_string(), spender.to_string());
         self.with(move |tx| {
             run(
                 tx,
@@ -21,18 +27,23 @@ impl SpentTokens for EmbeddedStore {
             )?;
             let spent = run(
                 tx,
-                "INSERT INTO spent_tokens (id, until) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
-                params![id, until as i64],
+                "INSERT INTO spent_tokens (id, until, spender) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+                params![id, until as i64, spender],
             )?;
             Ok(spent == 1)
         })
         .await
     }
 
-    async fn return_token(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
+    async fn return_token(&self, id: &str, spender: &str) -> Result<(), StoreError> {
+        let (id, spender) = (id.to_string(), spender.to_string());
         self.with(move |tx| {
-            run(tx, "DELETE FROM spent_tokens WHERE id = ?1", params![id]).map(drop)
+            run(
+                tx,
+                "DELETE FROM spent_tokens WHERE id = ?1 AND spender = ?2",
+                params![id, spender],
+            )
+            .map(drop)
         })
         .await
     }

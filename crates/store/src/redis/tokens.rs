@@ -1,7 +1,6 @@
 //! Spent single-use tokens in Redis: one key each, expiring with the token.
 
 use async_trait::async_trait;
-use redis::AsyncCommands;
 
 use super::{RedisStore, store_error};
 use crate::StoreError;
@@ -13,13 +12,19 @@ fn key(id: &str) -> String {
 
 #[async_trait]
 impl SpentTokens for RedisStore {
-    async fn spend_token(&self, id: &str, until: u64, now: u64) -> Result<bool, StoreError> {
+    async fn spend_token(
+        &self,
+        id: &str,
+        spender: &str,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
         // SET NX with the token's remaining life: spent once, fleet-wide, and gone when the
         // token is. Relative, as every time here is this instance's, not Redis's.
         let set: Option<String> = redis::cmd("SET")
             .arg(key(id))
-            .arg(1)
+            .arg(spender)
             .arg("NX")
             .arg("EX")
             .arg(until.saturating_sub(now).max(1))
@@ -29,9 +34,21 @@ impl SpentTokens for RedisStore {
         Ok(set.is_some())
     }
 
-    async fn return_token(&self, id: &str) -> Result<(), StoreError> {
+    async fn return_token(&self, id: &str, spender: &str) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let _: u64 = connection.del(key(id)).await.map_err(store_error)?;
+        let _: u64 = RETURN_TOKEN
+            .key(key(id))
+            .arg(spender)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }
+
+/// Deletes the record only if this spender wrote it.
+static RETURN_TOKEN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
