@@ -4,10 +4,11 @@
 //! file changes, in the background: no request waits on the read.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 
 use super::catalog::{Content, Country};
@@ -24,9 +25,13 @@ pub(crate) struct Territories {
 
 struct Database {
     path: PathBuf,
-    reader: RwLock<Arc<Reader>>,
+    /// Swapped whole on a reload: a lookup takes no lock.
+    reader: ArcSwap<Reader>,
     modified: Mutex<Option<SystemTime>>,
-    checked: Mutex<Instant>,
+    /// When the file is next looked at, in milliseconds since `opened`: one atomic read per
+    /// lookup, and one lookup per period claims the look.
+    next_check_ms: AtomicU64,
+    opened: Instant,
     reloading: AtomicBool,
 }
 
@@ -47,9 +52,10 @@ impl Territories {
                     open(path).map_err(|e| ConfigError::new("territories.database", e))?;
                 Ok::<_, ConfigError>(Arc::new(Database {
                     path: path.clone(),
-                    reader: RwLock::new(Arc::new(reader)),
+                    reader: ArcSwap::from_pointee(reader),
                     modified: Mutex::new(modified),
-                    checked: Mutex::new(Instant::now()),
+                    next_check_ms: AtomicU64::new(millis(settings.reload_interval)),
+                    opened: Instant::now(),
                     reloading: AtomicBool::new(false),
                 }))
             })
@@ -110,7 +116,7 @@ impl Territories {
         }
         let database = self.database.as_ref()?;
         self.reload_if_due(database);
-        let reader = database.reader.read().ok()?.clone();
+        let reader = database.reader.load();
         let found = reader.lookup(client?.ip).ok()?;
         let record = found.decode::<maxminddb::geoip2::Country>().ok()??;
         record
@@ -121,14 +127,19 @@ impl Territories {
     }
 
     fn reload_if_due(&self, database: &Arc<Database>) {
+        let now = millis(database.opened.elapsed());
+        let due = database.next_check_ms.load(Ordering::Acquire);
+        if now < due {
+            return;
+        }
+        let next = now.saturating_add(millis(self.settings.reload_interval));
+        if database
+            .next_check_ms
+            .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
-            let Ok(mut checked) = database.checked.lock() else {
-                return;
-            };
-            if checked.elapsed() < self.settings.reload_interval {
-                return;
-            }
-            *checked = Instant::now();
+            // Another lookup claimed this period's look.
+            return;
         }
         if database.reloading.swap(true, Ordering::AcqRel) {
             return;
@@ -142,9 +153,7 @@ impl Territories {
             if modified.is_some() && modified != known {
                 match open(&database.path) {
                     Ok((reader, modified)) => {
-                        if let Ok(mut current) = database.reader.write() {
-                            *current = Arc::new(reader);
-                        }
+                        database.reader.store(Arc::new(reader));
                         if let Ok(mut known) = database.modified.lock() {
                             *known = modified;
                         }
@@ -160,4 +169,8 @@ impl Territories {
             database.reloading.store(false, Ordering::Release);
         });
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
