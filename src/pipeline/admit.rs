@@ -372,7 +372,7 @@ fn providers_in_order(
     };
     chain
         .into_iter()
-        .filter(|route| route.config.cannot_serve(drm).is_none())
+        .filter(|route| route.serves(drm))
         .collect()
 }
 

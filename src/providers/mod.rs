@@ -243,6 +243,8 @@ pub(crate) struct ProviderRoute {
     pub(crate) provider: Arc<dyn Provider>,
     /// By the DRM each set serves; `None` for a set serving every DRM.
     upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
+    /// The DRMs it serves, worked out once from its config rather than per request.
+    serves: Vec<Drm>,
 }
 
 impl ProviderRoute {
@@ -251,11 +253,21 @@ impl ProviderRoute {
         provider: Arc<dyn Provider>,
         upstreams: Vec<(Option<Drm>, Arc<Upstream>)>,
     ) -> Self {
+        let serves = Drm::ALL
+            .into_iter()
+            .filter(|drm| config.cannot_serve(*drm).is_none())
+            .collect();
         Self {
             config,
             provider,
             upstreams,
+            serves,
         }
+    }
+
+    /// Whether a request for `drm` may be sent to it ([`ProviderConfig::cannot_serve`]).
+    pub(crate) fn serves(&self, drm: Drm) -> bool {
+        self.serves.contains(&drm)
     }
 
     /// Each set of license endpoints, by the DRM it serves (`None`: every DRM).

@@ -6,14 +6,12 @@
 use std::time::Duration;
 
 use licensegate_testkit::{
-    Gate, GateConfig, Nginx, Sim, client, fixture, free_port, problem, user_token,
+    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, Gate, GateConfig, Nginx, Sim, client,
+    fixture, free_port, problem, user_token,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
-const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
-const DRMTODAY_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const ADMIN_TOKEN: &str = "failover-admin-token-0123456789";
 const SOAP_ACTION: &str = "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\"";
 
@@ -29,7 +27,7 @@ key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
 fn axinom(name: &str, endpoint: &str) -> String {
     format!(
         "kind = \"axinom\"\nendpoints = [\"{endpoint}\"]\n[providers.{name}.settings]\n\
-         com_key_id = \"{COM_KEY_ID}\"\ncom_key = \"{COM_KEY}\""
+         com_key_id = \"{AXINOM_COM_KEY_ID}\"\ncom_key = \"{AXINOM_COM_KEY}\""
     )
 }
 

@@ -5,13 +5,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use licensegate_sim::fairplay::{certificate, ckc_for};
-use licensegate_testkit::{Gate, GateConfig, Sim, client, problem, user_token};
+use licensegate_testkit::{
+    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, Gate, GateConfig, Sim, client, problem,
+    user_token,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const DRMTODAY_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
-const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
 const GENERIC_BODIES: [&str; 6] = [
     "raw",
     "base64",
@@ -60,8 +60,8 @@ fn vendors() -> Vendors {
                 r#"kind = "axinom"
 endpoints = {{ fairplay = ["{}/AcquireLicense"] }}
 [providers.axinom.settings]
-com_key_id = "{COM_KEY_ID}"
-com_key = "{COM_KEY}""#,
+com_key_id = "{AXINOM_COM_KEY_ID}"
+com_key = "{AXINOM_COM_KEY}""#,
                 base(&axinom)
             ),
         ),

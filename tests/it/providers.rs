@@ -7,15 +7,14 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use licensegate_testkit::{Gate, GateConfig, Sim, client, fixture, now, problem, user_token};
+use licensegate_testkit::{
+    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, Gate, GateConfig, Sim, client, fixture,
+    now, problem, user_token,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Axinom's public test communication key (**Azure Media Services with Axinom**, docs/sources.md).
-const COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
-const COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
 const WIDEVINE_KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
-const DRMTODAY_SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const PALLYCON_SITE_KEY: &str = "sim-site-key-0123456789abcdefghi";
 
 const CATALOG: &str = r#"
@@ -56,8 +55,8 @@ fn axinom(sim: &Sim, settings: &str) -> String {
         r#"kind = "axinom"
 endpoints = {{ widevine = ["{base}/widevine/AcquireLicense"], playready = ["{base}/playready/AcquireLicense"] }}
 [providers.provider.settings]
-com_key_id = "{COM_KEY_ID}"
-com_key = "{COM_KEY}"
+com_key_id = "{AXINOM_COM_KEY_ID}"
+com_key = "{AXINOM_COM_KEY}"
 {settings}
 "#
     )
@@ -154,9 +153,9 @@ async fn axinom_licenses_pass_the_simulated_service_byte_for_byte() {
     let token = stats["last_license_request_headers"]["x-axdrm-message"]
         .as_str()
         .unwrap();
-    let envelope = verify_hs256(token, &hex::decode(COM_KEY).unwrap());
+    let envelope = verify_hs256(token, &hex::decode(AXINOM_COM_KEY).unwrap());
     assert_eq!(envelope["version"], 1);
-    assert_eq!(envelope["com_key_id"], COM_KEY_ID);
+    assert_eq!(envelope["com_key_id"], AXINOM_COM_KEY_ID);
     let message = &envelope["message"];
     assert_eq!(message["type"], "entitlement_message");
     assert_eq!(message["version"], 2);
@@ -213,7 +212,7 @@ async fn axinom_message_version_1_lists_the_key_ids() {
     let token = stats["last_license_request_headers"]["x-axdrm-message"]
         .as_str()
         .unwrap();
-    let envelope = verify_hs256(token, &hex::decode(COM_KEY).unwrap());
+    let envelope = verify_hs256(token, &hex::decode(AXINOM_COM_KEY).unwrap());
     assert_eq!(
         envelope["message"],
         json!({"type": "entitlement_message", "key_ids": [WIDEVINE_KID]})
@@ -270,7 +269,7 @@ async fn the_axinom_simulator_refuses_what_axinom_refuses() {
     let sim = Sim::start(&["--vendor", "axinom"]);
     let widevine = fixture("license-request-kid-01020304.bin");
     let sign = |message: Value, key: &[u8], extra: Value| {
-        let mut claims = json!({"version": 1, "com_key_id": COM_KEY_ID, "message": message});
+        let mut claims = json!({"version": 1, "com_key_id": AXINOM_COM_KEY_ID, "message": message});
         claims
             .as_object_mut()
             .unwrap()
@@ -282,7 +281,7 @@ async fn the_axinom_simulator_refuses_what_axinom_refuses() {
         )
         .unwrap()
     };
-    let key = hex::decode(COM_KEY).unwrap();
+    let key = hex::decode(AXINOM_COM_KEY).unwrap();
     let other_kid =
         json!({"type": "entitlement_message", "key_ids": ["a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"]});
     let right_kid = json!({"type": "entitlement_message", "key_ids": [WIDEVINE_KID]});
@@ -296,7 +295,7 @@ async fn the_axinom_simulator_refuses_what_axinom_refuses() {
         // The key's hex text instead of its bytes: the mistake **Azure Media Services with Axinom**
         // (docs/sources.md) warns about.
         (
-            sign(right_kid.clone(), COM_KEY.as_bytes(), json!({})),
+            sign(right_kid.clone(), AXINOM_COM_KEY.as_bytes(), json!({})),
             401,
             "signature invalid",
         ),
@@ -691,32 +690,45 @@ async fn expressplay_playready_passes_a_vendor_written_from_the_documentation() 
     }
 }
 
+/// `licensegate check` on `config` with `catalog` beside it: whether it passed, and what it
+/// said.
+fn check_config(config: &str, catalog: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+    let path = dir.path().join("licensegate.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("LG_DIR", dir.path())
+        .env("LG_PORT", "1")
+        .env("LG_ADMIN_PORT", "2")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout),
+    )
+}
+
+/// The PallyCon token the simulator last received, decoded.
+async fn last_pallycon_token(sim: &Sim) -> Value {
+    let stats = sim.stats().await;
+    let header = stats["last_license_request_headers"]["pallycon-customdata-v2"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serde_json::from_slice(&STANDARD.decode(header).unwrap()).unwrap()
+}
+
 /// A route or a catalog entry naming a provider for a DRM it cannot serve is refused by
 /// `check`, naming the key: a kind that never serves it, or an ExpressPlay provider without
 /// that DRM's token service.
 #[tokio::test]
 async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
+    let check = |config: String, catalog: String| check_config(&config, &catalog);
     let sim = Sim::start(&[]);
-    let check = |config: String, catalog: String| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
-        let path = dir.path().join("licensegate.toml");
-        std::fs::write(&path, config).unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&path)
-            .env("LG_DIR", dir.path())
-            .env("LG_PORT", "1")
-            .env("LG_ADMIN_PORT", "2")
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned()
-                + &String::from_utf8_lossy(&output.stdout),
-        )
-    };
     // The Widevine-only ExpressPlay provider routed PlayReady (what config() does).
     let (ok, said) = check(
         config(&expressplay_widevine_only(&sim, ""), ""),
@@ -983,17 +995,7 @@ async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
             started.elapsed()
         );
         requests += 1;
-        let stats = sim.stats().await;
-        let token: Value = serde_json::from_slice(
-            &STANDARD
-                .decode(
-                    stats["last_license_request_headers"]["pallycon-customdata-v2"]
-                        .as_str()
-                        .unwrap(),
-                )
-                .unwrap(),
-        )
-        .unwrap();
+        let token = last_pallycon_token(&sim).await;
         stamps.insert(token["timestamp"].as_str().unwrap().to_string());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1032,17 +1034,7 @@ async fn pallycon_tokens_pass_hash_and_policy_checks_and_are_reused() {
     let playready = fixture("license-request-v4.0.xml");
     let response = post(&gate, "playready", "playready-sample", "ann", playready).await;
     assert_eq!(response.status(), 200);
-    let stats = sim.stats().await;
-    let token: Value = serde_json::from_slice(
-        &STANDARD
-            .decode(
-                stats["last_license_request_headers"]["pallycon-customdata-v2"]
-                    .as_str()
-                    .unwrap(),
-            )
-            .unwrap(),
-    )
-    .unwrap();
+    let token = last_pallycon_token(&sim).await;
     assert_eq!(token["drm_type"], "PlayReady");
     assert_eq!(token["user_id"], "ann");
     assert_eq!(token["cid"], "playready-sample");
@@ -1120,7 +1112,7 @@ async fn vendor_settings_errors_name_their_key() {
     let sim = Sim::start(&[]);
     for (provider, key) in [
         (
-            axinom(&sim, "").replace(COM_KEY, "abcd"),
+            axinom(&sim, "").replace(AXINOM_COM_KEY, "abcd"),
             "providers.provider.settings.com_key",
         ),
         (
@@ -1150,21 +1142,9 @@ async fn vendor_settings_errors_name_their_key() {
             "providers.provider.settings.headers.X-Ip",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("catalog.toml"), CATALOG).unwrap();
-        let path = dir.path().join("licensegate.toml");
-        std::fs::write(&path, config(&provider, "")).unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_licensegate"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .env("LG_PORT", "1")
-            .env("LG_ADMIN_PORT", "2")
-            .env("LG_DIR", dir.path())
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(key), "{key}: {stderr}");
+        let (ok, said) = check_config(&config(&provider, ""), CATALOG);
+        assert!(!ok);
+        assert!(said.contains(key), "{key}: {said}");
     }
 }
 

@@ -65,13 +65,20 @@ impl Drop for Sim {
     }
 }
 
+/// Axinom's public test communication key (**Azure Media Services with Axinom**,
+/// docs/sources.md), which the simulator's Axinom mode checks by default.
+pub const AXINOM_COM_KEY_ID: &str = "69e54088-e9e0-4530-8c1a-1eb6dcd0d14e";
+pub const AXINOM_COM_KEY: &str = "4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f";
+/// The simulator's default DRMtoday shared secret (`--secret`).
+pub const DRMTODAY_SECRET: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 /// The body of `[providers.NAME]` for an Axinom provider on `sim` (started with
 /// `--vendor axinom`), with the simulator's communication key.
 pub fn axinom_provider(name: &str, sim: &Sim) -> String {
     format!(
         "kind = \"axinom\"\nendpoints = [\"{}\"]\n[providers.{name}.settings]\n\
-         com_key_id = \"69e54088-e9e0-4530-8c1a-1eb6dcd0d14e\"\n\
-         com_key = \"4861292d027e269791093327e62ceefdbea489a4c7e5a4974cc904b840fd7c0f\"",
+         com_key_id = \"{AXINOM_COM_KEY_ID}\"\ncom_key = \"{AXINOM_COM_KEY}\"",
         sim.url()
     )
 }
