@@ -541,16 +541,26 @@ impl Streams {
         }
     }
 
-    /// Records the provider a failed-over request got its license from: the stream's renewals
-    /// go there.
-    pub(crate) async fn set_provider(&self, user: &str, session: &str, provider: &str) {
+    /// Records the provider a failed-over request got its license from, and the device digest
+    /// it reported: the stream's renewals go there, and are held to that device.
+    pub(crate) async fn set_provider(
+        &self,
+        user: &str,
+        session: &str,
+        provider: &str,
+        device: Option<&str>,
+    ) {
         self.live.invalidate(&live_key(user, session));
         if let Err(e) = self
             .timed(
                 "set_provider",
-                self.store
-                    .store
-                    .set_stream_provider(user, session, provider, now_seconds()),
+                self.store.store.set_stream_provider(
+                    user,
+                    session,
+                    provider,
+                    device,
+                    now_seconds(),
+                ),
             )
             .await
         {

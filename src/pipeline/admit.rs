@@ -5,6 +5,7 @@
 
 use super::local_answers::{fairplay_certificate, hls_key, preflight, service_certificate};
 use super::*;
+use crate::config::MAX_PROVIDERS_IN_ORDER;
 
 /// Phase 1: which endpoint of our API this is.
 pub fn route(method: &Method, path: &str) -> Result<Route, Problem> {
@@ -259,17 +260,21 @@ pub(crate) async fn admit(
         );
     }
     let max_devices = grant.max_devices;
-    let chain = providers_in_order(state, drm, &content, continued.as_ref());
+    let mut chain = providers_in_order(state, drm, &content, continued.as_ref());
     let provider = chain
         .first()
         .cloned()
         .ok_or_else(|| no_provider_serves(drm, &content))?;
     ctx.admitted.provider_config = Some(provider.config.clone());
-    if drm == Drm::FairPlay && info.key_ids.is_empty() && provider.provider.keys_from_request() {
-        return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
-            "this provider issues whatever key the SPC asks for: name the key's skd URI \
-             (X-FairPlay-Uri, or Apple's JSON uri)",
-        ));
+    if drm == Drm::FairPlay && info.key_ids.is_empty() {
+        // Such a provider would license a key of other content than the one checked.
+        if provider.provider.keys_from_request() {
+            return Err(Problem::new(Refusal::KeyIdsUnreadable).with_detail(
+                "this provider issues whatever key the SPC asks for: name the key's skd URI \
+                 (X-FairPlay-Uri, or Apple's JSON uri)",
+            ));
+        }
+        chain.retain(|route| !route.provider.keys_from_request());
     }
     let interval = match grant.policy.renewal_interval_seconds {
         0 => state
@@ -358,21 +363,26 @@ fn providers_in_order(
             .collect()
     };
     let recorded = continued.and_then(|continuing| state.providers.get(&continuing.lease.provider));
-    let chain: Vec<ProviderRoute> = match recorded {
-        Some(recorded) if drm == Drm::Widevine => vec![recorded.clone()],
+    let in_order: Vec<&ProviderRoute> = match recorded {
+        Some(recorded) if drm == Drm::Widevine => vec![recorded],
         Some(recorded) => std::iter::once(recorded)
             .chain(
                 listed
                     .into_iter()
                     .filter(|route| route.config.name != recorded.config.name),
             )
-            .cloned()
             .collect(),
-        None => listed.into_iter().cloned().collect(),
+        None => listed,
     };
-    chain
+    // Pingora's attempt bound counts on at most MAX_PROVIDERS_IN_ORDER providers, and only
+    // the first may answer from licensegate itself: the others are failed over to.
+    in_order
         .into_iter()
         .filter(|route| route.serves(drm))
+        .enumerate()
+        .filter(|(place, route)| *place == 0 || route.upstream(drm).is_some())
+        .map(|(_, route)| route.clone())
+        .take(MAX_PROVIDERS_IN_ORDER)
         .collect()
 }
 

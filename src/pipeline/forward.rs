@@ -106,30 +106,39 @@ pub(crate) enum FailoverReason {
     /// Its token service (or its per-attempt authorization) failed: nothing was sent to the
     /// license service.
     Authorization,
-    /// It answered 429, or 500 or 503 with its own refusal reason: no license.
-    Answer(u16),
+    /// It answered 429.
+    TooManyRequests,
+    /// It answered 500 with its own refusal reason.
+    InternalError,
+    /// It answered 503 with its own refusal reason.
+    Unavailable,
 }
 
 impl FailoverReason {
+    /// Whether an answer says no license was issued, so another provider may be asked: too
+    /// many requests, or a server error the license service itself explains (its refusal
+    /// reason header). A bare 5xx may come from a gateway in front of it (Envoy's 503
+    /// "upstream connect error or disconnect/reset before headers" follows a challenge that
+    /// may have arrived), and 502 and 504 never tell whether the service finished.
+    pub(crate) fn for_answer(status: u16, vendor_explains: bool) -> Option<Self> {
+        match (status, vendor_explains) {
+            (429, _) => Some(FailoverReason::TooManyRequests),
+            (500, true) => Some(FailoverReason::InternalError),
+            (503, true) => Some(FailoverReason::Unavailable),
+            _ => None,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailoverReason::NoHealthyEndpoint => "no_healthy_endpoint",
             FailoverReason::Connect => "connect",
             FailoverReason::Authorization => "authorization",
-            FailoverReason::Answer(429) => "answer_429",
-            FailoverReason::Answer(500) => "answer_500",
-            FailoverReason::Answer(_) => "answer_503",
+            FailoverReason::TooManyRequests => "answer_429",
+            FailoverReason::InternalError => "answer_500",
+            FailoverReason::Unavailable => "answer_503",
         }
     }
-}
-
-/// Whether an answer says no license was issued, so another provider may be asked: too many
-/// requests, or a server error the license service itself explains (its refusal reason
-/// header). A bare 5xx may come from a gateway in front of it (Envoy's 503 "upstream connect
-/// error or disconnect/reset before headers" follows a challenge that may have arrived), and
-/// 502 and 504 never tell whether the service finished.
-pub(crate) fn says_nothing_issued(status: u16, vendor_explains: bool) -> bool {
-    status == 429 || (matches!(status, 500 | 503) && vendor_explains)
 }
 
 /// Hands the request to the next provider of the plan's list, with that provider's own

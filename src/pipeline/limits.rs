@@ -111,6 +111,8 @@ pub(crate) struct StreamHold {
     /// The request failed over: `facts.provider` licensed it, not the provider its lease
     /// was written with.
     pub(crate) failed_over: bool,
+    /// The digest of the device `facts.provider` reported, once its answer is read.
+    pub(crate) reported_device: Option<String>,
     /// The start of the provider's answer, for the license's identification and policy.
     pub(crate) answer: BytesMut,
     pub(crate) license: Option<widevine::IssuedLicense>,
@@ -389,6 +391,7 @@ pub(super) async fn admit_stream(
         announce: false,
         continued: None,
         failed_over: false,
+        reported_device: None,
         answer: BytesMut::new(),
         license: None,
         facts: ask.facts,
@@ -543,6 +546,7 @@ pub(super) async fn admit_on_answer(
     let Some(hold) = ctx.held.stream.as_mut() else {
         return Ok(());
     };
+    hold.reported_device.clone_from(&digest);
     if hold.session.is_none() {
         let session = match &device {
             Some(device) => streams::device_session(device, &hold.facts.content, hold.drm.as_str()),
@@ -597,10 +601,15 @@ pub(super) async fn settle(state: &State, hold: StreamHold, licensed: bool) {
         }
         return;
     }
-    // Before any renaming, which carries the lease's provider to its new name.
+    // Before any renaming, which carries the lease's provider and device to its new name.
     if hold.failed_over {
         streams
-            .set_provider(&hold.identity.user, &session, &hold.facts.provider)
+            .set_provider(
+                &hold.identity.user,
+                &session,
+                &hold.facts.provider,
+                hold.reported_device.as_deref(),
+            )
             .await;
     }
     let Some(license) = hold.license else {

@@ -122,10 +122,10 @@ pub(crate) async fn inspect_response(
     };
     if (400..600).contains(&status) && !plan.fallbacks.is_empty() {
         let reason = plan.provider.refusal_reason(headers);
-        if says_nothing_issued(status, reason.is_some()) {
+        if let Some(failover) = FailoverReason::for_answer(status, reason.is_some()) {
             // Nothing of this answer reaches the player: the next provider is asked.
             ctx.forward.vendor_reason = reason;
-            ctx.forward.failing_over = Some(FailoverReason::Answer(status));
+            ctx.forward.failing_over = Some(failover);
             return Error::e_explain(
                 ErrorType::HTTPStatus(status),
                 "the provider issued no license; failing over",

@@ -118,15 +118,22 @@ impl Country {
     /// `EU`, a CDN's `XX` or `T1`) names no country a player could be found in, and would
     /// never match.
     pub fn parse(text: &str) -> Option<Country> {
+        // Two ASCII letters first: the crate's caseless lookup uppercases by Unicode rules
+        // ("ß" would become South Sudan's "SS"), allocating for every header value.
+        let &[a, b] = text.as_bytes() else {
+            return None;
+        };
+        if !(a.is_ascii_alphabetic() && b.is_ascii_alphabetic()) {
+            return None;
+        }
+        let upper = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
         // Kosovo's user-assigned code, which MaxMind, CDNs and the EU use.
-        if text.eq_ignore_ascii_case("XK") {
-            return Some(Country(*b"XK"));
+        if &upper == b"XK" {
+            return Some(Country(upper));
         }
-        let code = isocountry::CountryCode::for_alpha2_caseless(text).ok()?;
-        match code.alpha2().as_bytes() {
-            [a, b] => Some(Country([*a, *b])),
-            _ => None,
-        }
+        let code = std::str::from_utf8(&upper).ok()?;
+        isocountry::CountryCode::for_alpha2(code).ok()?;
+        Some(Country(upper))
     }
 
     pub fn as_str(&self) -> &str {
@@ -707,6 +714,11 @@ mod tests {
         assert_eq!(rule.admits(country("US")), Some(false));
         assert_eq!(rule.admits(country("DE")), Some(true));
         assert_eq!(country("xk"), Some(Country(*b"XK")));
+        assert_eq!(country("gB"), Some(Country(*b"GB")));
+        // Unicode case folding would make "ß" South Sudan's SS.
+        for not_a_code in ["ß", "ss\u{0}", "S", "SSD", "", "\u{1d412}S"] {
+            assert_eq!(country(not_a_code), None, "{not_a_code:?}");
+        }
         for (allow, block, key) in [
             (&["DE"][..], &["US"][..], "content.x.territories"),
             (&[][..], &[][..], "content.x.territories"),

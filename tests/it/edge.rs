@@ -483,12 +483,7 @@ async fn a_stalled_tls_endpoint_holds_up_no_request_and_is_ejected() {
     // The active check sees the stall too: only nginx counts as healthy.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let ready: serde_json::Value = reqwest::get(gate.admin("/readyz"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = licensegate_testkit::get_json(&gate.admin("/readyz")).await;
         if ready["healthy_endpoints"]["sim"] == 1 {
             break;
         }

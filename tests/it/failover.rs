@@ -5,24 +5,15 @@
 
 use std::time::Duration;
 
+use licensegate_sim::license_for as sim_license;
 use licensegate_testkit::{
-    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, Gate, GateConfig, Nginx, Sim, client,
-    fixture, free_port, problem, user_token,
+    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, FIXTURE_CATALOG, Gate, GateConfig, Nginx,
+    Sim, client, fixture, free_port, problem, user_token,
 };
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const ADMIN_TOKEN: &str = "failover-admin-token-0123456789";
 const SOAP_ACTION: &str = "\"http://schemas.microsoft.com/DRM/2007/03/protocols/AcquireLicense\"";
-
-const CATALOG: &str = r#"
-[content.demo]
-key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
-keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
-
-[content.playready-sample]
-key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
-"#;
 
 fn axinom(name: &str, endpoint: &str) -> String {
     format!(
@@ -43,7 +34,7 @@ fn drmtoday(name: &str, endpoint: &str) -> String {
 
 /// Widevine and PlayReady routed to `primary`, then `backup`.
 async fn gate(primary: &str, backup: &str, extra: &str) -> Gate {
-    gate_with_catalog(primary, backup, extra, CATALOG).await
+    gate_with_catalog(primary, backup, extra, FIXTURE_CATALOG).await
 }
 
 async fn gate_with_catalog(primary: &str, backup: &str, extra: &str, catalog: &str) -> Gate {
@@ -66,13 +57,6 @@ async fn gate_with_catalog(primary: &str, backup: &str, extra: &str, catalog: &s
 
 fn widevine() -> Vec<u8> {
     fixture("license-request-kid-01020304.bin")
-}
-
-/// What the simulator answers for `challenge`: its prefix and the challenge's SHA-256.
-fn sim_license(challenge: &[u8]) -> Vec<u8> {
-    let mut license = b"licensegate-sim license\n".to_vec();
-    license.extend_from_slice(&Sha256::digest(challenge));
-    license
 }
 
 async fn license(gate: &Gate, content: &str) -> reqwest::Response {
@@ -158,7 +142,7 @@ async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others
         );
         backup_licenses += 1;
         assert_eq!(licenses(&backup).await, backup_licenses, "{status}");
-        let seen = nginx.access_log();
+        let seen = nginx.settled_access_log().await;
         assert_eq!(seen.len(), 1, "{status}: {seen:?}");
         assert!(
             seen[0].starts_with(&format!("{request_id} {status} ")),
@@ -198,7 +182,7 @@ async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others
         .await;
         let response = license(&gate, "demo").await;
         assert_eq!(response.status(), status);
-        assert_eq!(nginx.access_log().len(), 1);
+        assert_eq!(nginx.settled_access_log().await.len(), 1);
         assert_eq!(licenses(&backup).await, backup_licenses, "{status}");
         assert_eq!(failovers(&gate, None).await, 0.0);
     }
@@ -214,8 +198,8 @@ async fn answers_that_say_no_license_was_issued_go_to_the_next_vendor_and_others
     .await;
     let response = license(&gate, "demo").await;
     assert_eq!(response.status(), 503);
-    assert_eq!(nginx.access_log().len(), 1);
-    assert_eq!(refusing.access_log().len(), 1);
+    assert_eq!(nginx.settled_access_log().await.len(), 1);
+    assert_eq!(refusing.settled_access_log().await.len(), 1);
     assert_eq!(failovers(&gate, Some("answer_503")).await, 1.0);
 }
 
@@ -237,6 +221,8 @@ async fn a_vendor_nobody_can_reach_is_failed_over_and_the_gate_stays_ready() {
     assert_eq!(licenses(&backup).await, 6);
     // Its health check failing, no attempt is made on it at all.
     assert_eq!(failovers(&gate, Some("no_healthy_endpoint")).await, 6.0);
+    let ready = client().get(gate.admin("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }
 
 /// The primary's listener between two health checks is gone, or its HTTP/2 stack refuses
@@ -264,7 +250,7 @@ async fn a_vendor_failing_between_health_checks_is_failed_over_after_its_retries
             .build();
         let gate = Gate::ready(Gate::start_with_files(
             &config,
-            &[("catalog.toml", CATALOG.as_bytes())],
+            &[("catalog.toml", FIXTURE_CATALOG.as_bytes())],
         ))
         .await;
         // Gone after its one health check passed.
@@ -314,12 +300,15 @@ async fn a_list_of_three_is_asked_in_order() {
         .build();
     let gate = Gate::ready(Gate::start_with_files(
         &config,
-        &[("catalog.toml", CATALOG.as_bytes())],
+        &[("catalog.toml", FIXTURE_CATALOG.as_bytes())],
     ))
     .await;
     assert_eq!(license(&gate, "demo").await.status(), 200);
     assert_eq!(
-        (first.access_log().len(), second.access_log().len()),
+        (
+            first.settled_access_log().await.len(),
+            second.settled_access_log().await.len()
+        ),
         (1, 1)
     );
     assert_eq!(licenses(&third).await, 1);
@@ -403,7 +392,7 @@ async fn a_request_the_first_vendor_may_have_licensed_never_reaches_a_second() {
 async fn a_content_names_its_own_providers_in_order() {
     let primary = Sim::start(&["--vendor", "axinom"]);
     let nginx = failing_vendor(503);
-    let catalog = CATALOG.replace(
+    let catalog = FIXTURE_CATALOG.replace(
         "keys = { \"01020304",
         "providers = [\"backup\", \"primary\"]\nkeys = { \"01020304",
     );
@@ -417,7 +406,7 @@ async fn a_content_names_its_own_providers_in_order() {
     // `demo` lists the backup first: it fails, and the route's first provider licenses.
     let response = license(&gate, "demo").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(nginx.access_log().len(), 1);
+    assert_eq!(nginx.settled_access_log().await.len(), 1);
     assert_eq!(licenses(&primary).await, 1);
     let metrics = gate.metrics().await;
     assert!(
@@ -436,7 +425,7 @@ async fn a_content_names_its_own_providers_in_order() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(nginx.access_log().len(), 1);
+    assert_eq!(nginx.settled_access_log().await.len(), 1);
     assert_eq!(licenses(&primary).await, 2);
 }
 
@@ -469,17 +458,88 @@ async fn a_stream_that_failed_over_continues_with_the_vendor_that_licensed_it() 
         .to_str()
         .unwrap()
         .to_string();
-    assert_eq!(nginx.access_log().len(), 1);
-    let streams = gate.admin_json("/v1/users/ann/streams", ADMIN_TOKEN).await;
-    assert_eq!(streams["streams"][0]["provider"], "backup", "{streams}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(nginx.settled_access_log().await.len(), 1);
+    // The lease is settled once the answer has gone out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let streams = gate.admin_json("/v1/users/ann/streams", ADMIN_TOKEN).await;
+        if streams["streams"][0]["provider"] == "backup" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{streams}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let next = playready(Some(&session)).await.unwrap();
     assert_eq!(next.status(), 200);
     assert_eq!(next.headers()["x-playback-session"], session.as_str());
     assert_eq!(
-        nginx.access_log().len(),
+        nginx.settled_access_log().await.len(),
         1,
         "the stream's next license went to the vendor that licensed it"
     );
     assert_eq!(licenses(&backup).await, 2);
+}
+
+/// A FairPlay request whose key IDs licensegate could not read (no skd URI) reaches no provider
+/// that issues whatever key the SPC asks for: not as the first, and not failed over to.
+#[tokio::test]
+async fn an_unread_fairplay_key_never_fails_over_to_a_vendor_issuing_what_the_spc_asks() {
+    let nginx = failing_vendor(503);
+    let issuing_any_key = Sim::start(&["--vendor", "axinom"]);
+    let kid = "0a0b0c0d-0000-4000-8000-00000000f00d";
+    let other_kid = "0a0b0c0e-0000-4000-8000-00000000f00d";
+    let catalog = format!(
+        "[content.movie]\nkey_ids = [\"{kid}\"]\n\n\
+         [content.movie-from-any-key]\nkey_ids = [\"{other_kid}\"]\nproviders = [\"backup\", \"primary\"]\n"
+    );
+    let config = GateConfig::new()
+        .auth("")
+        .catalog()
+        .provider(
+            "primary",
+            &without_retries(drmtoday("primary", &nginx.url("http", "/AcquireLicense"))),
+        )
+        .provider(
+            "backup",
+            &format!(
+                "{}\nmessage_version = 2\nkey_source = \"license_request\"",
+                axinom("backup", &issuing_any_key.url())
+            ),
+        )
+        .with("[routes]\nfairplay = [\"primary\", \"backup\"]")
+        .build();
+    let gate = Gate::ready(Gate::start_with_files(
+        &config,
+        &[("catalog.toml", catalog.as_bytes())],
+    ))
+    .await;
+    let mut spc = vec![0, 0, 0, 1];
+    spc.resize(2500, 0x5a);
+    let fairplay = |content: &str, skd: Option<&str>| {
+        let mut request = client()
+            .post(gate.license_url("fairplay", Some(content)))
+            .bearer_auth(user_token("ann", &["*"]))
+            .body(spc.clone());
+        if let Some(skd) = skd {
+            request = request.header("X-FairPlay-Uri", skd);
+        }
+        request.send()
+    };
+    let licensed = || async { issuing_any_key.stats().await["fairplay_licenses"].clone() };
+
+    // Unread key IDs: the primary's refusal is the answer, the backup is not asked.
+    let response = fairplay("movie", None).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(licensed().await, 0);
+    assert_eq!(failovers(&gate, None).await, 0.0);
+    // Such a provider first in the content's list: refused before any vendor is asked.
+    let response = fairplay("movie-from-any-key", None).await.unwrap();
+    problem(response, 403, "key_ids_unreadable").await;
+    assert_eq!(nginx.settled_access_log().await.len(), 1);
+    // The key named by its skd URI: checked against the content, so the backup may license it.
+    let skd = format!("skd://{kid}:0123456789ABCDEF0123456789ABCDEF");
+    let response = fairplay("movie", Some(&skd)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(licensed().await, 1);
+    assert_eq!(failovers(&gate, Some("answer_503")).await, 1.0);
 }

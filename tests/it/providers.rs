@@ -7,24 +7,16 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use licensegate_sim::license_for as sim_license;
 use licensegate_testkit::{
-    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, Gate, GateConfig, Sim, client, fixture,
-    now, problem, user_token,
+    AXINOM_COM_KEY, AXINOM_COM_KEY_ID, DRMTODAY_SECRET, FIXTURE_CATALOG, Gate, GateConfig, Sim,
+    client, fixture, get_json, now, problem, user_token,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 const WIDEVINE_KID: &str = "01020304-0506-0708-090a-0b0c0d0e0f10";
 const PALLYCON_SITE_KEY: &str = "sim-site-key-0123456789abcdefghi";
-
-const CATALOG: &str = r#"
-[content.demo]
-key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
-keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
-
-[content.playready-sample]
-key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
-"#;
 
 fn user(name: &str) -> String {
     user_token(name, &["*"])
@@ -44,7 +36,7 @@ fn config(provider: &str, extra: &str) -> String {
 async fn start_gate(provider: &str, extra: &str) -> Gate {
     Gate::ready(Gate::start_with_files(
         &config(provider, extra),
-        &[("catalog.toml", CATALOG.as_bytes())],
+        &[("catalog.toml", FIXTURE_CATALOG.as_bytes())],
     ))
     .await
 }
@@ -62,11 +54,11 @@ com_key = "{AXINOM_COM_KEY}"
     )
 }
 
-/// What the simulator answers for `challenge`: its prefix and the challenge's SHA-256.
-fn sim_license(challenge: &[u8]) -> Vec<u8> {
-    let mut license = b"licensegate-sim license\n".to_vec();
-    license.extend_from_slice(&Sha256::digest(challenge));
-    license
+/// The fixtures' catalog with a key for the PlayReady sample, which ExpressPlay's token carries.
+fn catalog_with_playready_key() -> String {
+    format!(
+        "{FIXTURE_CATALOG}keys = {{ \"33e0008c-c444-4770-9899-a321e079dd36\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
+    )
 }
 
 async fn post(
@@ -494,9 +486,7 @@ async fn post_playready(gate: &Gate, who: &str) -> reqwest::Response {
 #[tokio::test]
 async fn expressplay_playready_tokens_carry_the_policy_and_are_redeemed() {
     let sim = Sim::start(&["--vendor", "expressplay"]);
-    let catalog = format!(
-        "{CATALOG}keys = {{ \"33e0008c-c444-4770-9899-a321e079dd36\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
-    );
+    let catalog = catalog_with_playready_key();
     let gate = Gate::ready(Gate::start_with_files(
         &config(&expressplay(&sim, ""), ""),
         &[("catalog.toml", catalog.as_bytes())],
@@ -612,12 +602,7 @@ impl DocumentedExpressPlay {
     }
 
     async fn stats(&self) -> Value {
-        reqwest::get(format!("http://127.0.0.1:{}/stats", self.port))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("http://127.0.0.1:{}/stats", self.port)).await
     }
 }
 
@@ -632,9 +617,7 @@ impl Drop for DocumentedExpressPlay {
 /// by someone else, for a bought and a rented license, and its token redeems there.
 #[tokio::test]
 async fn expressplay_playready_passes_a_vendor_written_from_the_documentation() {
-    let catalog = format!(
-        "{CATALOG}keys = {{ \"33e0008c-c444-4770-9899-a321e079dd36\" = \"000102030405060708090a0b0c0d0e0f\" }}\n"
-    );
+    let catalog = catalog_with_playready_key();
     for (policy, rights) in [
         ("", "BuyToOwn"),
         (
@@ -732,7 +715,7 @@ async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
     // The Widevine-only ExpressPlay provider routed PlayReady (what config() does).
     let (ok, said) = check(
         config(&expressplay_widevine_only(&sim, ""), ""),
-        CATALOG.to_string(),
+        FIXTURE_CATALOG.to_string(),
     );
     assert!(!ok, "{said}");
     assert!(
@@ -740,7 +723,10 @@ async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
         "{said}"
     );
     // With its PlayReady token service it passes.
-    let (ok, said) = check(config(&expressplay(&sim, ""), ""), CATALOG.to_string());
+    let (ok, said) = check(
+        config(&expressplay(&sim, ""), ""),
+        FIXTURE_CATALOG.to_string(),
+    );
     assert!(ok, "{said}");
     // Axinom never serves ClearKey.
     let axinom_clearkey = GateConfig::new()
@@ -749,7 +735,7 @@ async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
         .provider("provider", &axinom(&sim, ""))
         .routes(&[("clearkey", "provider")])
         .build();
-    let (ok, said) = check(axinom_clearkey, CATALOG.to_string());
+    let (ok, said) = check(axinom_clearkey, FIXTURE_CATALOG.to_string());
     assert!(!ok, "{said}");
     assert!(
         said.contains("routes.clearkey: 'provider' does not serve clearkey"),
@@ -765,7 +751,7 @@ async fn check_refuses_a_provider_for_a_drm_it_cannot_serve() {
         .provider("widevine-only", &widevine_only)
         .routes(&[("playready", "provider")])
         .build();
-    let naming_widevine_only = CATALOG.replace(
+    let naming_widevine_only = FIXTURE_CATALOG.replace(
         "[content.playready-sample]\n",
         "[content.playready-sample]\nprovider = \"widevine-only\"\n",
     );
@@ -1142,7 +1128,7 @@ async fn vendor_settings_errors_name_their_key() {
             "providers.provider.settings.headers.X-Ip",
         ),
     ] {
-        let (ok, said) = check_config(&config(&provider, ""), CATALOG);
+        let (ok, said) = check_config(&config(&provider, ""), FIXTURE_CATALOG);
         assert!(!ok);
         assert!(said.contains(key), "{key}: {said}");
     }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use licensegate_testkit::{Gate, GateConfig, Sim, SteadyLoad, client, fixture};
+use licensegate_testkit::{Gate, GateConfig, Sim, SteadyLoad, client, fixture, get_json};
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -26,14 +26,7 @@ async fn licenses(sim: &Sim) -> u64 {
 }
 
 async fn readiness(gate: &Gate) -> Value {
-    client()
-        .get(gate.admin("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&gate.admin("/readyz")).await
 }
 
 async fn post_reload(gate: &Gate) -> (u16, Value) {

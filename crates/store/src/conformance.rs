@@ -242,24 +242,37 @@ pub async fn streams_quotas_and_blocks(store: &dyn Store) {
     }
     let record = store.stream("ann", "s", 2023).await.unwrap().unwrap();
     assert_eq!(record.device.as_deref(), Some("d1"));
-    // A request that failed over records the provider that licensed it; the rest stays.
-    assert!(
+    // A request that failed over records the provider that licensed it and the device that
+    // provider named, or none; the rest stays.
+    for (device, recorded) in [(Some("backup-d1"), Some("backup-d1")), (None, None)] {
+        assert!(
+            store
+                .set_stream_provider("ann", "s", "backup", device, 2023)
+                .await
+                .unwrap()
+        );
+        let moved = store.stream("ann", "s", 2023).await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Lease {
+                provider: "backup".into(),
+                device: recorded.map(str::to_string),
+                ..record.clone()
+            }
+        );
+    }
+    // With none recorded, the next device the provider reports is the stream's.
+    assert_eq!(
         store
-            .set_stream_provider("ann", "s", "backup", 2023)
+            .set_stream_device("ann", "s", "backup-d1", 2023)
             .await
             .unwrap()
-    );
-    let moved = store.stream("ann", "s", 2023).await.unwrap().unwrap();
-    assert_eq!(
-        moved,
-        Lease {
-            provider: "backup".into(),
-            ..record
-        }
+            .as_deref(),
+        Some("backup-d1")
     );
     assert!(
         !store
-            .set_stream_provider("ann", "gone", "backup", 2023)
+            .set_stream_provider("ann", "gone", "backup", None, 2023)
             .await
             .unwrap()
     );

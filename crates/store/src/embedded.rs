@@ -417,15 +417,18 @@ impl Store for EmbeddedStore {
         user: &str,
         session: &str,
         provider: &str,
+        device: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError> {
         let (user, session, provider) =
             (user.to_string(), session.to_string(), provider.to_string());
+        let device = device.unwrap_or_default().to_string();
         self.with(move |tx| {
             let changed = run(
                 tx,
-                "UPDATE streams SET provider = ?3 WHERE user = ?1 AND session = ?2 AND expires_at > ?4",
-                params![user, session, provider, now as i64],
+                "UPDATE streams SET provider = ?3, device = ?5 \
+                 WHERE user = ?1 AND session = ?2 AND expires_at > ?4",
+                params![user, session, provider, now as i64, device],
             )?;
             Ok(changed > 0)
         })

@@ -288,12 +288,14 @@ pub trait Store: ContentRecords + SpentTokens + Send + Sync {
     ) -> Result<Option<String>, StoreError>;
 
     /// Records that a live lease's license came from `provider` (its request failed over to
-    /// it), where its renewals go. `false`: no live lease by that name.
+    /// it), where its renewals go, with the device that provider reported (`None`: none) in
+    /// place of the one another vendor named in its own way. `false`: no live lease by that name.
     async fn set_stream_provider(
         &self,
         user: &str,
         session: &str,
         provider: &str,
+        device: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError>;
 

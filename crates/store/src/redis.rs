@@ -365,6 +365,7 @@ impl Store for RedisStore {
         user: &str,
         session: &str,
         provider: &str,
+        device: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
@@ -373,6 +374,7 @@ impl Store for RedisStore {
             .arg(session)
             .arg(provider)
             .arg(now)
+            .arg(device.unwrap_or_default())
             .invoke_async(&mut connection)
             .await
             .map_err(store_error)

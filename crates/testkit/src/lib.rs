@@ -52,6 +52,29 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repository().join("tests/fixtures").join(name)).unwrap()
 }
 
+/// A catalog for the two license challenges in `tests/fixtures`: `demo` holds the Widevine
+/// challenge's key ID (with a ClearKey key), `playready-sample` the PlayReady challenges' one.
+pub const FIXTURE_CATALOG: &str = r#"
+[content.demo]
+key_ids = ["01020304-0506-0708-090a-0b0c0d0e0f10"]
+keys = { "01020304-0506-0708-090a-0b0c0d0e0f10" = "00112233445566778899aabbccddeeff" }
+
+[content.playready-sample]
+key_ids = ["33e0008c-c444-4770-9899-a321e079dd36"]
+"#;
+
+/// The JSON a plain `GET` of `url` answers: a test server's counters, say.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The `licensegate` binary Cargo built for the running integration test: it sits beside the
 /// test's own `deps/` folder. `LICENSEGATE_BIN` names another.
 fn licensegate_binary() -> PathBuf {

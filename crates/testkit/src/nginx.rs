@@ -77,6 +77,22 @@ http {{
             .collect()
     }
 
+    /// The access log once it has stopped growing for a quarter of a second (at most 5 s):
+    /// nginx writes a request's line after answering it, so a proxy can pass the answer on
+    /// before the line is there.
+    pub async fn settled_access_log(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lines = self.access_log();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.access_log();
+            if now.len() == lines.len() || Instant::now() >= deadline {
+                return now;
+            }
+            lines = now;
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -47,12 +47,7 @@ impl Sim {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("http://127.0.0.1:{}/stats", self.port))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        crate::get_json(&format!("http://127.0.0.1:{}/stats", self.port)).await
     }
 }
 

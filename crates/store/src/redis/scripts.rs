@@ -198,6 +198,7 @@ if not value then return 0 end
 local mine = lease(value)
 if mine.expires == nil or mine.expires <= now then return 0 end
 mine.provider = provider
+mine.device = ARGV[4]
 redis.call('HSET', key, session, encode(mine))
 return 1
 ";
