@@ -550,4 +550,23 @@ pub async fn unlimited_stream_records(store: &dyn Store) {
             .unwrap(),
         StreamDecision::Started { stopped: None }
     );
+    // Records all started in one second: the one whose writing prunes them is kept, though
+    // its name sorts first.
+    for n in 0..UNLIMITED_RECORDS_KEPT + UNLIMITED_RECORDS_KEPT / 4 {
+        store
+            .acquire_stream("same", ask(&session(n), 100), UNLIMITED, false, now)
+            .await
+            .unwrap();
+    }
+    let first = "aa-sorts-first";
+    assert_eq!(
+        store
+            .acquire_stream("same", ask(first, 100), UNLIMITED, false, now)
+            .await
+            .unwrap(),
+        StreamDecision::Started { stopped: None }
+    );
+    let kept = store.streams("same", now).await.unwrap();
+    assert!(kept.iter().any(|lease| lease.session == first));
+    assert!((kept.len() as u64) <= UNLIMITED_RECORDS_KEPT + UNLIMITED_RECORDS_KEPT / 4);
 }

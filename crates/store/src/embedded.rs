@@ -333,10 +333,12 @@ impl Store for EmbeddedStore {
             if limit == crate::UNLIMITED && active as u64 >= crate::UNLIMITED_RECORDS_KEPT {
                 run(
                     tx,
+                    // Never the record just written, which may sort among the oldest when
+                    // many started in the same second.
                     "DELETE FROM streams WHERE user = ?1 AND session IN (
-                         SELECT session FROM streams WHERE user = ?1
+                         SELECT session FROM streams WHERE user = ?1 AND session <> ?3
                          ORDER BY started_at, session LIMIT ?2)",
-                    params![user, active + 1 - crate::UNLIMITED_RECORDS_KEPT as i64],
+                    params![user, active + 1 - crate::UNLIMITED_RECORDS_KEPT as i64, session],
                 )?;
             }
             Ok(StreamDecision::Started { stopped })

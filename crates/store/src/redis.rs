@@ -45,6 +45,7 @@ pub struct RedisStore {
     take_quota: Script,
     refund_quota: Script,
     take_token: Script,
+    return_spent_token: Script,
     catalog: catalog::CatalogScripts,
 }
 
@@ -155,6 +156,7 @@ impl RedisStore {
             take_quota: Script::new(TAKE_QUOTA),
             refund_quota: Script::new(REFUND_QUOTA),
             take_token: Script::new(TAKE_TOKEN),
+            return_spent_token: Script::new(RETURN_SPENT_TOKEN),
             catalog: catalog::CatalogScripts::default(),
         })
     }

@@ -20,7 +20,8 @@ local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return {0, registered, tonumber(oldest[2]) + idle}
 ";
 
-/// Reads every lease of the user, dropping expired ones; shared by the stream scripts. No field
+/// Reads the user's leases, every one or one by name, dropping expired ones; shared by the
+/// stream scripts. No field
 /// holds a `|`: content ids, provider and policy names, digests and hex key IDs never do.
 pub(super) const READ_LEASES: &str = r"
 local FIELDS = {'expires', 'started', 'stopped', 'drm', 'content', 'provider', 'policy',
@@ -59,6 +60,23 @@ end
 local function keep_until(key, latest, now)
   if latest > now then redis.call('EXPIRE', key, latest - now) end
 end
+-- One lease, read alone: a decision about one stream costs the same however many records the
+-- user has (a user without a stream limit keeps up to a thousand).
+local function live_one(key, name, now)
+  local value = redis.call('HGET', key, name)
+  if not value then return nil end
+  local l = lease(value)
+  if l.expires == nil or l.expires <= now then
+    redis.call('HDEL', key, name)
+    return nil
+  end
+  return l
+end
+local function keep_at_least_until(key, until_at, now)
+  if until_at > now and redis.call('TTL', key) < until_at - now then
+    redis.call('EXPIRE', key, until_at - now)
+  end
+end
 ";
 
 pub(super) const ACQUIRE_STREAM: &str = r"
@@ -95,14 +113,17 @@ if limit >= unlimited then
   last_at_least(seconds)
   if redis.call('HLEN', key) > kept + kept / 4 then
     local leases = live(key, now)
+    -- Never the record just written, which may sort among the oldest.
     local names = {}
-    for name, l in pairs(leases) do names[#names + 1] = name end
+    for name, l in pairs(leases) do
+      if name ~= session then names[#names + 1] = name end
+    end
     table.sort(names, function(a, b)
       local la, lb = leases[a], leases[b]
       if la.started ~= lb.started then return la.started < lb.started end
       return a < b
     end)
-    for i = 1, #names - kept do redis.call('HDEL', key, names[i]) end
+    for i = 1, #names + 1 - kept do redis.call('HDEL', key, names[i]) end
   end
   return {1, 0, 0, ''}
 end
@@ -147,8 +168,7 @@ pub(super) const CONTINUE_STREAM: &str = r"
 local key, session, content, drm = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local seconds, now, fallback, kept = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7])
-local leases, latest = live(key, now)
-local mine = leases[session]
+local mine = live_one(key, session, now)
 if not mine then return {0, ''} end
 if mine.content ~= content or mine.drm ~= drm then return {2, ''} end
 if mine.stopped then return {1, ''} end
@@ -172,9 +192,8 @@ if exempt then
 end
 mine.cadence = table.concat(entries, ',')
 if now + seconds > mine.expires then mine.expires = now + seconds end
-if mine.expires > latest then latest = mine.expires end
 redis.call('HSET', key, session, encode(mine))
-keep_until(key, latest, now)
+keep_at_least_until(key, mine.expires, now)
 return {exempt and 4 or 3, encode(mine)}
 ";
 
@@ -205,37 +224,34 @@ return 1
 
 pub(super) const RENEW_STREAM: &str = r"
 local key, session, seconds, now = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local leases, latest = live(key, now)
-local mine = leases[session]
+local mine = live_one(key, session, now)
 if not mine then return false end
 if not mine.stopped and now + seconds > mine.expires then
   mine.expires = now + seconds
   redis.call('HSET', key, session, encode(mine))
-  if mine.expires > latest then latest = mine.expires end
 end
-keep_until(key, latest, now)
+keep_at_least_until(key, mine.expires, now)
 return encode(mine)
 ";
 
 pub(super) const RENAME_STREAM: &str = r"
 local key, from, to, seconds, now = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local interval = tonumber(ARGV[5])
-local leases, latest = live(key, now)
-local moving = leases[from]
+local moving = live_one(key, from, now)
 if not moving then return 0 end
 redis.call('HDEL', key, from)
-local target = leases[to]
+local target = live_one(key, to, now)
 local ends = now + seconds
-if ends > latest then latest = ends end
 if target then
   if not target.stopped and ends > target.expires then target.expires = ends end
   redis.call('HSET', key, to, encode(target))
+  keep_at_least_until(key, target.expires, now)
 else
   moving.expires = ends
   moving.interval = interval
   redis.call('HSET', key, to, encode(moving))
 end
-keep_until(key, latest, now)
+keep_at_least_until(key, ends, now)
 return 1
 ";
 
@@ -289,3 +305,7 @@ if over > 0 then return over end
 redis.call('SET', key, next_tat, 'PX', math.ceil((next_tat - now) / 1000) + 1)
 return 0
 ";
+
+/// Deletes a spent single-use token's record only if this spender wrote it.
+pub(super) const RETURN_SPENT_TOKEN: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";

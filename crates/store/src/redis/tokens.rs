@@ -36,7 +36,8 @@ impl SpentTokens for RedisStore {
 
     async fn return_token(&self, id: &str, spender: &str) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let _: u64 = RETURN_TOKEN
+        let _: u64 = self
+            .return_spent_token
             .key(key(id))
             .arg(spender)
             .invoke_async(&mut connection)
@@ -45,10 +46,3 @@ impl SpentTokens for RedisStore {
         Ok(())
     }
 }
-
-/// Deletes the record only if this spender wrote it.
-static RETURN_TOKEN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-});
