@@ -30,6 +30,9 @@ pub fn build(
     upgrade: bool,
     early_hangup: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Server, Arc<Live>), ConfigError> {
+    if !upgrade {
+        listeners_free(&config)?;
+    }
     let resources = load_resources(&config)?;
     let options = pingora::server::configuration::Opt {
         upgrade,
@@ -109,6 +112,30 @@ pub fn build(
     admin.add_tcp(&state.config.admin_listener.to_string());
     server.add_service(admin);
     Ok((server, live))
+}
+
+/// Refuses to start on an address another socket listens on. Pingora would try to bind it for
+/// 30 s and then stop only that listener's service, leaving a process that serves licenses with
+/// no health checks or metrics, or answers ready with no license API. (An upgrade takes the
+/// running process's sockets, which are in use by design.)
+fn listeners_free(config: &Config) -> Result<(), ConfigError> {
+    for (key, address) in [
+        ("listeners.license", config.license_listener),
+        ("listeners.admin", config.admin_listener),
+    ] {
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        // As Pingora binds: a port left in TIME_WAIT by a restart is free.
+        socket
+            .and_then(|socket| {
+                socket.set_reuseaddr(true)?;
+                socket.bind(address)
+            })
+            .map_err(|e| ConfigError::new(key, format!("cannot listen on {address}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Resolves every endpoint once before the listeners open. Otherwise the first requests (and,

@@ -94,12 +94,11 @@ pub(crate) async fn settle(state: &State, ctx: &mut RequestCtx, error: Option<&E
 /// Phase "record": metrics and the one log line. Never the challenge, the license or secrets.
 pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
     let total = ctx.started.elapsed();
-    let upstream_time = ctx.forward.first_started.map(|started| {
-        ctx.forward
-            .finished
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(started)
-    });
+    let upstream_finished = ctx.forward.finished.unwrap_or_else(Instant::now);
+    let since = |started: Instant| upstream_finished.saturating_duration_since(started);
+    let upstream_time = ctx.forward.first_started.map(since);
+    // The provider's histogram holds its own time, not that of the providers failed over from.
+    let provider_time = ctx.forward.started.map(since);
     let drm = ctx.admitted.label;
     let provider = ctx.provider_name();
     // StatusCode's label is a static string, where a formatted number is an allocation.
@@ -114,7 +113,7 @@ pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         .requests
         .with_label_values(&[drm, provider, status])
         .inc();
-    if let Some(upstream_time) = upstream_time {
+    if let Some(provider_time) = provider_time {
         let upstream_status = ctx.forward.status.map(StatusCode::from_u16);
         let upstream_status = match &upstream_status {
             None => "error",
@@ -124,7 +123,7 @@ pub(crate) fn record(state: &State, ctx: &RequestCtx, error: Option<&Error>) {
         metrics
             .upstream_duration
             .with_label_values(&[provider, upstream_status])
-            .observe(upstream_time.as_secs_f64());
+            .observe(provider_time.as_secs_f64());
     }
     // Built only for a request that failed over: "provider:reason" for each provider left.
     let failed_over = (!ctx.forward.failovers.is_empty()).then(|| {

@@ -266,6 +266,10 @@ pub(crate) struct References {
     pub(crate) key_seeds: BTreeMap<String, KeySeed>,
     /// Whether a player's country can be known (`[territories]`).
     pub(crate) territories: bool,
+    /// Whether licensegate keeps per-user stream records (a store and `[auth]`), which tell
+    /// the provider a Widevine session's renewals go to. `true` when a stored entry is read
+    /// back.
+    pub(crate) records_streams: bool,
 }
 
 impl References {
@@ -276,6 +280,7 @@ impl References {
             routed: config.routes.keys().copied().collect(),
             key_seeds: config.key_seeds.clone(),
             territories: config.territories.is_some(),
+            records_streams: config.store.is_some() && config.auth.is_some(),
         }
     }
 }
@@ -441,10 +446,10 @@ pub(crate) fn validate_entry(
             let routed: Vec<&str> = refs.routed.iter().map(|drm| drm.as_str()).collect();
             let reasons: Vec<String> = listed
                 .iter()
-                .filter_map(|provider| {
+                .flat_map(|provider| {
                     refs.routed
-                        .first()
-                        .and_then(|drm| provider.cannot_serve(*drm))
+                        .iter()
+                        .filter_map(|drm| provider.cannot_serve(*drm))
                 })
                 .collect();
             return Err(ConfigError::new(
@@ -454,6 +459,18 @@ pub(crate) fn validate_entry(
                     routed.join(", "),
                     reasons.join("; ")
                 ),
+            ));
+        }
+        let widevine_providers = listed
+            .iter()
+            .filter(|provider| provider.cannot_serve(crate::drm::Drm::Widevine).is_none())
+            .count();
+        let widevine_routed = refs.routed.contains(&crate::drm::Drm::Widevine);
+        if widevine_providers > 1 && widevine_routed && !refs.records_streams {
+            return Err(ConfigError::new(
+                key,
+                "a Widevine renewal must reach the provider that licensed its session, which \
+                 licensegate records per user in its store: configure [auth] and [store]",
             ));
         }
     }
@@ -612,6 +629,8 @@ mod tests {
                 "[listeners]\nlicense = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9090\"\n\
                  [providers.builtin]\nkind = \"clearkey\"\n[providers.relay]\n\
                  kind = \"passthrough\"\nendpoints = [\"http://127.0.0.1:1/\"]\n\
+                 [providers.other-relay]\nkind = \"passthrough\"\n\
+                 endpoints = [\"http://127.0.0.1:2/\"]\n\
                  [routes]\nclearkey = \"builtin\"\n",
                 &|_| None,
             )
@@ -624,6 +643,7 @@ mod tests {
             )]
             .into(),
             territories: true,
+            records_streams: true,
         }
     }
 
@@ -691,6 +711,17 @@ mod tests {
                 .contains("serves none of the routed DRMs (widevine)"),
             "{error}"
         );
+        // Two providers of Widevine: only where stream records tell where a renewal goes.
+        let list = || entry(None, &["relay", "other-relay"]);
+        assert!(validate_entry("x", list(), &widevine_routed).is_ok());
+        let unrecorded = References {
+            records_streams: false,
+            ..widevine_routed
+        };
+        let error = validate_entry("x", list(), &unrecorded).unwrap_err();
+        assert_eq!(error.key, "content.x.providers");
+        assert!(error.reason.contains("[auth] and [store]"), "{error}");
+        assert!(validate_entry("x", entry(Some("relay"), &[]), &unrecorded).is_ok());
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl StoredCatalog {
         };
         let read_refs = References {
             routed: Vec::new(),
+            records_streams: true,
             ..refs.clone()
         };
         Self {

@@ -1331,3 +1331,38 @@ async fn a_2xx_whose_vendor_leaves_before_its_body_is_a_502() {
         .unwrap();
     assert_eq!(response.status(), 502);
 }
+
+/// An address another process listens on stops licensegate at once, naming the listener:
+/// Pingora alone would retry for 30 s and then run on without that listener, a process that
+/// serves licenses with no health checks, or is ready with no license API.
+#[test]
+fn a_listener_address_in_use_stops_licensegate_naming_it() {
+    let sim = Sim::start(&[]);
+    for (taken, key) in [(0, "listeners.license"), (1, "listeners.admin")] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("licensegate.toml"),
+            config(&[sim.url()], ""),
+        )
+        .unwrap();
+        let ports: [u16; 2] = free_ports();
+        let _holder = std::net::TcpListener::bind(("127.0.0.1", ports[taken])).unwrap();
+        let mut child = gate_command(dir.path(), ports[0], ports[1])
+            .spawn()
+            .unwrap();
+        let status = licensegate_testkit::wait_exit(&mut child, Duration::from_secs(5))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("licensegate kept running on a taken {key}");
+            });
+        assert!(!status.success());
+        let log = std::fs::read_to_string(dir.path().join("licensegate.log")).unwrap();
+        assert!(
+            log.contains(&format!(
+                "cannot start: {key}: cannot listen on 127.0.0.1:{}",
+                ports[taken]
+            )),
+            "{log}"
+        );
+    }
+}

@@ -160,8 +160,8 @@ struct FileConfig {
     pub quota: Option<QuotaFile>,
     #[serde(default)]
     pub admin: AdminFile,
-    #[serde(default)]
-    pub store: StoreFile,
+    /// A section of its own opens a store even where nothing else needs one.
+    pub store: Option<StoreFile>,
     #[serde(default)]
     pub fairplay: FairPlayFile,
 }
@@ -432,7 +432,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             "a stream is counted per content and renews against it: configure [catalog]",
         ));
     }
-    let store = validate_store(file.store)?;
+    let store_section = file.store.is_some();
+    let store = validate_store(file.store.unwrap_or_default())?;
     let rate_limits = validate_rate_limits(file.rate_limits)?;
     if rate_limits.shared && !matches!(store.backend, StoreBackend::Redis(_)) {
         return Err(ConfigError::new(
@@ -449,8 +450,18 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             "renewals are told from new streams by their stream records: configure [streams]",
         ));
     }
-    let needs_store = file.devices.is_some()
+    // A Widevine renewal must reach the provider that licensed its session, which only the
+    // stream's record tells once a request can fail over (records are per user and content;
+    // a catalog's own lists are held to the same when it loads).
+    let widevine_fails_over = auth.is_some()
+        && file.catalog.is_some()
+        && routes
+            .get(&Drm::Widevine)
+            .is_some_and(|list| list.len() > 1);
+    let needs_store = store_section
+        || file.devices.is_some()
         || file.streams.is_some()
+        || widevine_fails_over
         || file.quota.is_some()
         || admin.token.is_some()
         || rate_limits.shared

@@ -210,6 +210,23 @@ fn a_route_may_name_providers_in_order() {
         assert_eq!(err.key, key, "{route}: {err}");
         assert!(err.reason.contains(reason), "{route}: {err}");
     }
+    // With users and a catalog, a Widevine list keeps stream records: a renewal goes to the
+    // provider that licensed its session. A [store] section of its own opens one too.
+    let users_and_catalog = "[auth]\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\n\
+         secret = \"0123456789abcdef0123456789abcdef\"\n[catalog]\npath = \"catalog.toml\"\n";
+    for (route, extra, store) in [
+        ("widevine = [\"sim\", \"backup\"]", users_and_catalog, true),
+        ("widevine = \"sim\"", users_and_catalog, false),
+        ("widevine = [\"sim\", \"backup\"]", "", false),
+        ("widevine = \"sim\"", "[store]\n", true),
+    ] {
+        let config = parse(&format!(
+            "{}{backup}\n{extra}",
+            MINIMAL.replace("widevine = \"sim\"", route)
+        ))
+        .unwrap();
+        assert_eq!(config.store.is_some(), store, "{route} {extra}");
+    }
 }
 
 #[test]

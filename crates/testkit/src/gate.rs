@@ -302,7 +302,9 @@ impl Gate {
 
     /// The Prometheus text of the admin listener's `/metrics`.
     pub async fn metrics(&self) -> String {
-        let response = reqwest::get(self.admin("/metrics")).await.unwrap();
+        let response = reqwest::get(self.admin("/metrics"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; licensegate logged:\n{}", self.log()));
         assert_eq!(response.status(), 200);
         response.text().await.unwrap()
     }

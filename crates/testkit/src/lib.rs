@@ -27,12 +27,23 @@ pub use prometheus::*;
 pub use redis::*;
 pub use sim::*;
 
+/// A port nothing listens on, for a server a test starts. Taken below Linux's ephemeral range
+/// (32768-60999), where the kernel picks the local ports of outgoing connections and of
+/// `bind(0)`, and never handed out twice in one process: the port stays free until the
+/// server binds it, rather than being taken by a connection or another test meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    // Processes started together (test binaries, CI jobs) begin at different places.
+    let start = (std::process::id() % u32::from(COUNT)) as u16;
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST + (start + offset % COUNT) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A player's HTTP client; the timeout only keeps a broken test from hanging.
@@ -114,9 +125,7 @@ fn listening(port: u16, child: &mut Child) -> Result<(), String> {
 /// `N` ports free at once: each bound while the others are, so that they differ (two calls
 /// of [`free_port`] in a row may be handed the same one: 2 pairs in 20,000 here).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: [TcpListener; N] =
-        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
-    std::array::from_fn(|n| listeners[n].local_addr().unwrap().port())
+    std::array::from_fn(|_| free_port())
 }
 
 /// Sends `signal` (TERM, QUIT...) to a process.
