@@ -971,7 +971,8 @@ async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
     let widevine = fixture("license-request-kid-01020304.bin");
     let started = std::time::Instant::now();
     let mut requests = 0;
-    let mut stamps = std::collections::BTreeSet::new();
+    // Each token's stamp, and when a request first carried it (the request that minted it).
+    let mut first_used = std::collections::BTreeMap::new();
     while started.elapsed() < Duration::from_secs(20) {
         let response = post(&gate, "widevine", "demo", "ann", widevine.clone()).await;
         assert_eq!(
@@ -982,16 +983,24 @@ async fn pallycon_tokens_are_reused_within_half_the_site_validity_only() {
         );
         requests += 1;
         let token = last_pallycon_token(&sim).await;
-        stamps.insert(token["timestamp"].as_str().unwrap().to_string());
+        let stamp = token["timestamp"].as_str().unwrap().to_string();
+        let minted = *first_used
+            .entry(stamp.clone())
+            .or_insert_with(std::time::Instant::now);
+        // Reused for 2 s at most (half of the 5 s, less the second the timestamp drops); the
+        // rest is this request's own time on a loaded machine.
+        assert!(
+            minted.elapsed() < Duration::from_millis(3500),
+            "token {stamp} used {:?} after its first use",
+            minted.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(sim.stats().await["licenses"], requests);
-    // Reused for 2 s (half of the 5 s, less the second the timestamp drops), each next token
-    // minted by the request after: eight tokens at least over 20 s, so none served past 2.5 s.
     assert!(
-        stamps.len() >= 8,
+        first_used.len() >= 5,
         "{} tokens for {requests} requests",
-        stamps.len()
+        first_used.len()
     );
     let metrics = gate.metrics().await;
     assert!(
