@@ -119,21 +119,17 @@ pub fn build(
 /// no health checks or metrics, or answers ready with no license API. (An upgrade takes the
 /// running process's sockets, which are in use by design.)
 fn listeners_free(config: &Config) -> Result<(), ConfigError> {
+    // Both held at once, as Pingora will hold them: the two may overlap (`0.0.0.0:P` and
+    // `127.0.0.1:P`). Bound as Pingora binds (SO_REUSEADDR, dual-stack IPv6), so a port left
+    // in TIME_WAIT by a restart is free.
+    let mut held = Vec::new();
     for (key, address) in [
         ("listeners.license", config.license_listener),
         ("listeners.admin", config.admin_listener),
     ] {
-        let socket = match address {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        };
-        // As Pingora binds: a port left in TIME_WAIT by a restart is free.
-        socket
-            .and_then(|socket| {
-                socket.set_reuseaddr(true)?;
-                socket.bind(address)
-            })
+        let listener = std::net::TcpListener::bind(address)
             .map_err(|e| ConfigError::new(key, format!("cannot listen on {address}: {e}")))?;
+        held.push(listener);
     }
     Ok(())
 }

@@ -276,6 +276,8 @@ pub(crate) async fn admit(
         }
         chain.retain(|route| !route.provider.keys_from_request());
     }
+    // Pingora's attempt bound counts on at most this many providers.
+    chain.truncate(MAX_PROVIDERS_IN_ORDER);
     let interval = match grant.policy.renewal_interval_seconds {
         0 => state
             .streams
@@ -374,15 +376,13 @@ fn providers_in_order(
             .collect(),
         None => listed,
     };
-    // Pingora's attempt bound counts on at most MAX_PROVIDERS_IN_ORDER providers, and only
-    // the first may answer from licensegate itself: the others are failed over to.
+    // Only the first may answer from licensegate itself: the others are failed over to.
     in_order
         .into_iter()
         .filter(|route| route.serves(drm))
         .enumerate()
         .filter(|(place, route)| *place == 0 || route.upstream(drm).is_some())
         .map(|(_, route)| route.clone())
-        .take(MAX_PROVIDERS_IN_ORDER)
         .collect()
 }
 

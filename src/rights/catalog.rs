@@ -470,7 +470,7 @@ pub(crate) fn validate_entry(
             return Err(ConfigError::new(
                 key,
                 "a Widevine renewal must reach the provider that licensed its session, which \
-                 licensegate records per user in its store: configure [auth] and [store]",
+                 licensegate records per user (in its store, opened for it): configure [auth]",
             ));
         }
     }
@@ -720,7 +720,7 @@ mod tests {
         };
         let error = validate_entry("x", list(), &unrecorded).unwrap_err();
         assert_eq!(error.key, "content.x.providers");
-        assert!(error.reason.contains("[auth] and [store]"), "{error}");
+        assert!(error.reason.contains("configure [auth]"), "{error}");
         assert!(validate_entry("x", entry(Some("relay"), &[]), &unrecorded).is_ok());
     }
 

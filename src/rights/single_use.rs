@@ -12,7 +12,7 @@ use super::auth::Identity;
 use crate::clock::now_seconds;
 use crate::config::SingleUse;
 use crate::http::problem::{Problem, Refusal};
-use crate::store::{Shared, StoreError};
+use crate::store::Shared;
 
 pub(crate) struct SingleUseTokens {
     settings: SingleUse,
@@ -100,13 +100,11 @@ impl SingleUseTokens {
             Ok(spent) => spent,
             Err(e) => {
                 tracing::error!(error = %e, "single-use token store unavailable");
-                // A spend that timed out may still have been written: undone, so that the
-                // player's retry is not refused as a replay. Best effort: on Redis the undo
-                // goes on another connection, which a spend still queued could follow. Other
-                // errors wrote nothing.
-                if matches!(e, StoreError::TimedOut) {
-                    self.give_back(token).await;
-                }
+                // A spend that timed out or lost its connection may still have been written:
+                // undone (only this request's own spend), so that the player's retry is not
+                // refused as a replay. Best effort: on Redis the undo goes on another
+                // connection, which a spend still queued could follow.
+                self.give_back(token).await;
                 return Err(Problem::new(Refusal::TokenStoreUnavailable));
             }
         };

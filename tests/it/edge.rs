@@ -1338,15 +1338,22 @@ async fn a_2xx_whose_vendor_leaves_before_its_body_is_a_502() {
 #[test]
 fn a_listener_address_in_use_stops_licensegate_naming_it() {
     let sim = Sim::start(&[]);
-    for (taken, key) in [(0, "listeners.license"), (1, "listeners.admin")] {
+    let plain = config(&[sim.url()], "");
+    // The admin listener on every address, at the license listener's port.
+    let overlapping = plain.replace(
+        "admin = \"127.0.0.1:${LG_ADMIN_PORT}\"",
+        "admin = \"0.0.0.0:${LG_PORT}\"",
+    );
+    assert_ne!(plain, overlapping);
+    for (config, held, key, address) in [
+        (&plain, Some(0), "listeners.license", "127.0.0.1:{license}"),
+        (&plain, Some(1), "listeners.admin", "127.0.0.1:{admin}"),
+        (&overlapping, None, "listeners.admin", "0.0.0.0:{license}"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("licensegate.toml"),
-            config(&[sim.url()], ""),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("licensegate.toml"), config).unwrap();
         let ports: [u16; 2] = free_ports();
-        let _holder = std::net::TcpListener::bind(("127.0.0.1", ports[taken])).unwrap();
+        let _holder = held.map(|n| std::net::TcpListener::bind(("127.0.0.1", ports[n])).unwrap());
         let mut child = gate_command(dir.path(), ports[0], ports[1])
             .spawn()
             .unwrap();
@@ -1357,11 +1364,11 @@ fn a_listener_address_in_use_stops_licensegate_naming_it() {
             });
         assert!(!status.success());
         let log = std::fs::read_to_string(dir.path().join("licensegate.log")).unwrap();
+        let address = address
+            .replace("{license}", &ports[0].to_string())
+            .replace("{admin}", &ports[1].to_string());
         assert!(
-            log.contains(&format!(
-                "cannot start: {key}: cannot listen on 127.0.0.1:{}",
-                ports[taken]
-            )),
+            log.contains(&format!("cannot start: {key}: cannot listen on {address}")),
             "{log}"
         );
     }

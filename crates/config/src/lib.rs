@@ -160,8 +160,8 @@ struct FileConfig {
     pub quota: Option<QuotaFile>,
     #[serde(default)]
     pub admin: AdminFile,
-    /// A section of its own opens a store even where nothing else needs one.
-    pub store: Option<StoreFile>,
+    #[serde(default)]
+    pub store: StoreFile,
     #[serde(default)]
     pub fairplay: FairPlayFile,
 }
@@ -432,8 +432,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             "a stream is counted per content and renews against it: configure [catalog]",
         ));
     }
-    let store_section = file.store.is_some();
-    let store = validate_store(file.store.unwrap_or_default())?;
+    let store = validate_store(file.store)?;
     let rate_limits = validate_rate_limits(file.rate_limits)?;
     if rate_limits.shared && !matches!(store.backend, StoreBackend::Redis(_)) {
         return Err(ConfigError::new(
@@ -451,17 +450,30 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         ));
     }
     // A Widevine renewal must reach the provider that licensed its session, which only the
-    // stream's record tells once a request can fail over (records are per user and content;
-    // a catalog's own lists are held to the same when it loads).
-    let widevine_fails_over = auth.is_some()
-        && file.catalog.is_some()
-        && routes
-            .get(&Drm::Widevine)
-            .is_some_and(|list| list.len() > 1);
-    let needs_store = store_section
-        || file.devices.is_some()
+    // stream's record tells once a request can fail over: with two providers of Widevine, a
+    // route's list or a catalog entry's may name both (records are per user and content).
+    let widevine_forwarders = providers
+        .values()
+        .filter(|provider| {
+            provider.cannot_serve(Drm::Widevine).is_none() && !provider.kind.facts().answers_locally
+        })
+        .count();
+    let widevine_may_fail_over =
+        auth.is_some() && file.catalog.is_some() && widevine_forwarders > 1;
+    if routes
+        .get(&Drm::Widevine)
+        .is_some_and(|list| list.len() > 1)
+        && (auth.is_none() || file.catalog.is_none())
+    {
+        return Err(ConfigError::new(
+            "routes.widevine",
+            "a Widevine renewal must reach the provider that licensed its session, which \
+             licensegate records per user and content: configure [auth] and [catalog]",
+        ));
+    }
+    let needs_store = file.devices.is_some()
         || file.streams.is_some()
-        || widevine_fails_over
+        || widevine_may_fail_over
         || file.quota.is_some()
         || admin.token.is_some()
         || rate_limits.shared

@@ -173,8 +173,10 @@ fn a_route_may_name_providers_in_order() {
     [providers.local]
     kind = "clearkey"
     "#;
+    let users_and_catalog = "[auth]\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\n\
+         secret = \"0123456789abcdef0123456789abcdef\"\n[catalog]\npath = \"catalog.toml\"\n";
     let config = parse(&format!(
-        "{}{backup}",
+        "{}{backup}\n{users_and_catalog}",
         MINIMAL.replace("widevine = \"sim\"", "widevine = [\"sim\", \"backup\"]")
     ))
     .unwrap();
@@ -210,15 +212,24 @@ fn a_route_may_name_providers_in_order() {
         assert_eq!(err.key, key, "{route}: {err}");
         assert!(err.reason.contains(reason), "{route}: {err}");
     }
-    // With users and a catalog, a Widevine list keeps stream records: a renewal goes to the
-    // provider that licensed its session. A [store] section of its own opens one too.
-    let users_and_catalog = "[auth]\n[[auth.keys]]\nkind = \"secret\"\nalgorithm = \"HS256\"\n\
-         secret = \"0123456789abcdef0123456789abcdef\"\n[catalog]\npath = \"catalog.toml\"\n";
+    // A Widevine renewal must go to the provider that licensed its session, which only a
+    // user's stream records tell: a Widevine list needs users and a catalog, and with them two
+    // providers of Widevine open the store.
+    let unrecorded = parse(&format!(
+        "{}{backup}",
+        MINIMAL.replace("widevine = \"sim\"", "widevine = [\"sim\", \"backup\"]")
+    ))
+    .unwrap_err();
+    assert_eq!(unrecorded.key, "routes.widevine");
+    assert!(
+        unrecorded.reason.contains("[auth] and [catalog]"),
+        "{unrecorded}"
+    );
     for (route, extra, store) in [
         ("widevine = [\"sim\", \"backup\"]", users_and_catalog, true),
-        ("widevine = \"sim\"", users_and_catalog, false),
-        ("widevine = [\"sim\", \"backup\"]", "", false),
-        ("widevine = \"sim\"", "[store]\n", true),
+        ("widevine = \"sim\"", users_and_catalog, true),
+        ("widevine = \"sim\"", "", false),
+        ("widevine = \"sim\"", "[store]\n", false),
     ] {
         let config = parse(&format!(
             "{}{backup}\n{extra}",

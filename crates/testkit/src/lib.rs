@@ -35,8 +35,9 @@ pub fn free_port() -> u16 {
     const FIRST: u16 = 20_000;
     const COUNT: u16 = 12_000;
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    // Processes started together (test binaries, CI jobs) begin at different places.
-    let start = (std::process::id() % u32::from(COUNT)) as u16;
+    // Processes started together (test binaries, CI jobs) begin far apart, not at
+    // neighbouring ports as neighbouring process ids would.
+    let start = (std::process::id().wrapping_mul(2_654_435_761) % u32::from(COUNT)) as u16;
     loop {
         let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = FIRST + (start + offset % COUNT) % COUNT;
@@ -122,8 +123,7 @@ fn listening(port: u16, child: &mut Child) -> Result<(), String> {
     Err(format!("nothing listens on port {port}"))
 }
 
-/// `N` ports free at once: each bound while the others are, so that they differ (two calls
-/// of [`free_port`] in a row may be handed the same one: 2 pairs in 20,000 here).
+/// `N` free ports, all different (as every port [`free_port`] hands out in this process).
 pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|_| free_port())
 }

@@ -73,7 +73,9 @@ local function live_one(key, name, now)
   return l
 end
 local function keep_at_least_until(key, until_at, now)
-  if until_at > now and redis.call('TTL', key) < until_at - now then
+  -- In milliseconds: TTL rounds, and could say a key lives as long as the lease when it dies
+  -- half a second before.
+  if until_at > now and redis.call('PTTL', key) < (until_at - now) * 1000 then
     redis.call('EXPIRE', key, until_at - now)
   end
 end
